@@ -19,7 +19,10 @@ _RTN_HELP = "write rtn:w<bits>[g<group>][,asym][,lm_head], e.g. rtn:w8, rtn:w4g1
 @register
 @dataclass(frozen=True)
 class RTNConfig(CompressionConfig):
-    """``bits`` 2–8; ``group_size`` None = one scale per output channel; lm_head excluded by default."""
+    """Round-to-nearest weight-only quantization of Linear layers: rtn:w<bits 2-8>[g<group>][,asym][,lm_head].
+
+    ``group_size`` None means one scale per output channel; lm_head is excluded by default.
+    """
 
     method: ClassVar[str] = "rtn"
     bits: int = 8
@@ -99,7 +102,7 @@ def quantize_dequantize(weight: torch.Tensor, config: RTNConfig) -> torch.Tensor
     return deq.to(weight.dtype)
 
 
-@apply_compression.register
+@apply_compression.register(RTNConfig)
 def _apply_rtn(config: RTNConfig, model: torch.nn.Module) -> dict[str, Any]:
     import torch
 

@@ -53,6 +53,10 @@ def ensure_local(name: str) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from flipscope.models.hf import quiet_transformers
+
+    quiet_transformers()
+
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     net = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     # transformers refuses save_pretrained on a GGUF-loaded model; the weights are plain float32 by now.

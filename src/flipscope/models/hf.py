@@ -24,6 +24,14 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:20]
 
 
+def quiet_transformers() -> None:
+    """Progress goes through flipscope's display; transformers' own bars and notices stay off."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def _device(name: str) -> str:
     if name != "auto":
         return name
@@ -45,6 +53,8 @@ class HFBackend:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from flipscope.compress import apply_compression
+
+        quiet_transformers()
 
         dtype = getattr(torch, options.dtype, None)
         if not isinstance(dtype, torch.dtype):

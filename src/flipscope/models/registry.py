@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from flipscope._cache import content_hash, file_sha256
+from flipscope.errors import FlipscopeError
 from flipscope.models._base import Backend
 from flipscope.models.spec import ModelSpec
 
@@ -47,6 +48,11 @@ def load_backend(spec: ModelSpec, options: LoadOptions | None = None) -> Backend
 def _hf_fingerprint(location: str) -> dict[str, Any]:
     path = Path(location).expanduser()
     if not path.is_dir():
+        if location.startswith((".", "/", "~")) or location.count("/") > 1 or path.exists():
+            raise FlipscopeError(
+                f"model folder {location} does not exist or is not a folder",
+                fix="give a folder with config.json and weights, or a hub id like org/name",
+            )
         return {"hub": location}
     files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json", ".gguf"))
     return {"files": {p.name: file_sha256(p) for p in files}}

@@ -1,0 +1,28 @@
+"""flipscope: does the compressed model still behave like its baseline?
+
+``import flipscope`` is light: torch and transformers load only when a model runs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from flipscope.errors import FlipscopeError
+
+if TYPE_CHECKING:
+    from flipscope._compare import Comparison, compare
+    from flipscope.report import load_run
+
+__all__ = ["Comparison", "FlipscopeError", "compare", "load_run"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("compare", "Comparison"):
+        from flipscope import _compare
+
+        return getattr(_compare, name)
+    if name == "load_run":
+        from flipscope.report import load_run
+
+        return load_run
+    raise AttributeError(f"module 'flipscope' has no attribute {name!r}")

@@ -1,0 +1,210 @@
+"""``compare``: the baseline once, then every candidate against it, on every task; writes a run directory."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import platform
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from flipscope._cache import cache_root, content_hash
+from flipscope.display import Display, NullDisplay
+from flipscope.errors import FlipscopeError
+from flipscope.metrics import ItemScore, TaskSummary, pair_up, summarize
+from flipscope.metrics.token_kl import DEFAULT_TOPK
+from flipscope.models import Backend, LoadOptions, ModelSpec, fingerprint, load_backend, parse_spec
+from flipscope.store import ModelEntry, PassResult, PassStore, RunFile, Settings, TaskEntry, records_frame, write_run
+from flipscope.tasks import PromptFormat, ScoreRequest, TaskData, build_requests, load_task
+
+log = logging.getLogger(__name__)
+
+#: Bumped whenever scoring changes what a cached pass would contain.
+SCORING_VERSION = 2
+
+
+@dataclass
+class Comparison:
+    """What ``compare`` returns: the run file (settings, summaries) and where it was written."""
+
+    run: RunFile
+    out: Path
+    scores: dict[str, list[ItemScore]] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> dict[str, dict[str, TaskSummary]]:
+        return self.run.summary
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("flipscope", "torch", "transformers", "numpy", "pandas", "pyarrow", "gguf"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _requests_hash(requests: list[ScoreRequest]) -> str:
+    return content_hash([[r.prefix, r.prompt, list(r.continuations)] for r in requests])
+
+
+def summarize_run(baseline: list[ItemScore], candidate: list[ItemScore], tasks: Sequence[str]) -> dict[str, TaskSummary]:
+    """Per task, plus "all" pooling every item when there are several tasks."""
+    pairs = pair_up(baseline, candidate)
+    out = {name: summarize([p for p in pairs if p.baseline.task == name]) for name in tasks}
+    if len(tasks) > 1:
+        out["all"] = summarize(pairs)
+    return out
+
+
+class _Runner:
+    def __init__(self, settings: Settings, display: Display, use_cache: bool) -> None:
+        self.settings = settings
+        self.display = display
+        self.use_cache = use_cache
+        self.store = PassStore(cache_root() / "passes")
+        self.options = LoadOptions(device=settings.device, dtype=settings.dtype)
+
+    def run_model(
+        self,
+        spec: ModelSpec,
+        role: str,
+        tasks: list[tuple[TaskData, list[ScoreRequest]]],
+        baseline: dict[str, PassResult] | None,
+    ) -> tuple[ModelEntry, dict[str, PassResult]]:
+        from flipscope._passes import run_pass
+
+        weights = fingerprint(spec)
+        entry = ModelEntry(spec=spec.label(), role=role, fingerprint=weights)
+        backend: Backend | None = None
+        results: dict[str, PassResult] = {}
+        try:
+            for task, requests in tasks:
+                ref = baseline[task.name] if baseline else None
+                key = content_hash(
+                    {"v": SCORING_VERSION, "model": weights, "requests": _requests_hash(requests),
+                     "dtype": self.settings.dtype, "topk": self.settings.topk if ref is None else None,
+                     "reference": ref.key if ref else None}
+                )
+                cached = self.store.load(key) if self.use_cache else None
+                if cached is not None:
+                    log.info("%s on %s: reusing cached results %s", spec.label(), task.name, key)
+                    results[task.name] = cached
+                    entry.reused[task.name] = True
+                else:
+                    if backend is None:
+                        backend = load_backend(spec, self.options)
+                    reference = ref.reference if ref and self._same_vocab(backend, ref, spec) else None
+                    with self.display.progress(f"{role} {spec.label()} · {task.name}", len(requests)) as advance:
+                        result = run_pass(
+                            backend, task, requests, key=key, reference=reference, progress=advance,
+                            topk=self.settings.topk if ref is None else None,
+                        )
+                    self.store.save(result)
+                    results[task.name] = result
+                    entry.reused[task.name] = False
+                entry.passes[task.name] = key
+                entry.tokenizer_fingerprint = results[task.name].tokenizer
+                entry.details = dict(results[task.name].model.get("details", {}))
+        finally:
+            if backend is not None:
+                backend.close()
+        return entry, results
+
+    @staticmethod
+    def _same_vocab(backend: Backend, ref: PassResult, spec: ModelSpec) -> bool:
+        if backend.info.tokenizer_fingerprint == ref.tokenizer:
+            return True
+        log.warning(
+            "%s has a different tokenizer from the baseline's: token KL needs the same vocabulary, so it is "
+            "not reported; choice-level metrics (accuracy, flips, choice KL) still are", spec.label(),
+        )
+        return False
+
+
+def compare(
+    baseline: str | ModelSpec,
+    candidates: Sequence[str | ModelSpec],
+    *,
+    tasks: Sequence[str] = ("mmlu",),
+    limit: int | None = None,
+    fewshot: int = 0,
+    format: str | PromptFormat = PromptFormat.CLOZE,
+    seed: int = 0,
+    topk: int = DEFAULT_TOPK,
+    out: str | Path | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
+    use_cache: bool = True,
+    display: Display | None = None,
+) -> Comparison:
+    """Run the baseline once and each candidate on ``tasks``; return and write the paired comparison."""
+    display = display or NullDisplay()
+    try:
+        fmt = PromptFormat(format)
+    except ValueError:
+        raise FlipscopeError(f"unknown prompt format {format!r}", fix="use cloze or letter") from None
+    if topk < 1:
+        raise FlipscopeError(f"--topk must be at least 1, got {topk}")
+    base_spec = baseline if isinstance(baseline, ModelSpec) else parse_spec(baseline)
+    cand_specs = [c if isinstance(c, ModelSpec) else parse_spec(c, baseline=base_spec) for c in candidates]
+    if not cand_specs:
+        raise FlipscopeError("no candidate given", fix="name at least one candidate, e.g. +rtn:w4g128")
+    labels = [c.label() for c in cand_specs]
+    if len(set(labels)) != len(labels) or base_spec.label() in labels:
+        raise FlipscopeError("a model is named twice", fix="give each candidate once, and none equal to the baseline")
+    if not tasks:
+        raise FlipscopeError("no task given", fix="use --tasks mmlu or a file")
+    settings = Settings(format=fmt.value, fewshot=fewshot, limit=limit, seed=seed, topk=topk, device=device, dtype=dtype)
+    loaded = [load_task(name, fewshot=fewshot, limit=limit, seed=seed) for name in tasks]
+    if len({t.name for t in loaded}) != len(loaded):
+        raise FlipscopeError("a task is named twice", fix="give each task once")
+    work = [(t, build_requests(t, fmt, fewshot)) for t in loaded]
+    runner = _Runner(settings, display, use_cache)
+    base_entry, base_results = runner.run_model(base_spec, "baseline", work, None)
+    base_scores = [s for r in base_results.values() for s in r.scores]
+    entries, summary, scores = [], {}, {base_spec.label(): base_scores}
+    notes = [f"{t.name}: {t.meta['note']}" for t in loaded if "note" in t.meta]
+    for r in base_results.values():
+        if r.reference is not None:
+            tail = r.reference.mean_tail_mass
+            notes.append(
+                f"token KL uses the baseline's top-{topk} log-probs + tail mass per answer token "
+                f"(mean tail mass {tail:.2e}); it is a lower bound of the full-vocabulary KL"
+            )
+            break
+    for spec in cand_specs:
+        entry, results = runner.run_model(spec, "candidate", work, base_results)
+        entries.append(entry)
+        cand_scores = [s for r in results.values() for s in r.scores]
+        scores[spec.label()] = cand_scores
+        summary[spec.label()] = summarize_run(base_scores, cand_scores, [t.name for t in loaded])
+    run = RunFile(
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        flipscope_version=library_versions().get("flipscope", "unknown"),
+        versions=library_versions(),
+        settings=settings,
+        baseline=base_entry,
+        candidates=entries,
+        tasks=[TaskEntry(name=t.name, meta=t.meta) for t in loaded],
+        summary=summary,
+        notes=notes,
+    )
+    folder = Path(out) if out else Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    roles = {label: ("baseline" if label == base_spec.label() else "candidate", s) for label, s in scores.items()}
+    write_run(folder, run, records_frame(roles), _items_frame(loaded))
+    return Comparison(run, folder, scores)
+
+
+def _items_frame(tasks: list[TaskData]) -> Any:
+    import pandas as pd
+
+    rows = [
+        {**asdict(item), "task": t.name, "choices": list(item.choices)} for t in tasks for item in t.items
+    ]
+    return pd.DataFrame(rows)

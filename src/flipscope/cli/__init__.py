@@ -1,0 +1,59 @@
+"""``flipscope``: a thin click group; each subcommand calls the public Python API."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from flipscope.cli.compare import compare_cmd
+from flipscope.cli.listing import models_cmd, tasks_cmd
+from flipscope.cli.report import report_cmd
+from flipscope.errors import FlipscopeError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="flipscope")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """Does the compressed model still behave like its baseline?
+
+    Compares a baseline LLM with compressed candidates item by item: accuracy and its change, flips
+    (answers that changed from correct to incorrect and back), McNemar's paired test, and KL divergence.
+
+    \b
+    Start with:
+      flipscope compare bundled:smollm2-135m +rtn:w8 +rtn:w4g128 --tasks mmlu --limit 200
+      flipscope report runs/<run>
+    """
+    from rich.logging import RichHandler
+
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler = RichHandler(show_time=False, show_path=False, markup=False)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+    for noisy in ("transformers", "huggingface_hub", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(max(level, logging.ERROR))
+
+
+cli.add_command(compare_cmd)
+cli.add_command(report_cmd)
+cli.add_command(models_cmd)
+cli.add_command(tasks_cmd)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except FlipscopeError as exc:
+        click.echo(f"error: {exc.one_line()}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted; finished model passes are cached and are reused by the next run", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted; finished model passes are cached and are reused by the next run", err=True)
+        sys.exit(130)

@@ -1,0 +1,73 @@
+"""``flipscope compare``."""
+
+from __future__ import annotations
+
+import click
+
+from flipscope.metrics.token_kl import DEFAULT_TOPK
+
+
+@click.command("compare")
+@click.argument("baseline")
+@click.argument("candidates", nargs=-1, required=True)
+@click.option("--tasks", "-t", default="mmlu", show_default=True,
+              help="Comma-separated: mmlu, mmlu:<subject>, or a .jsonl/.csv/.parquet file.")
+@click.option("--limit", "-n", type=int, default=None,
+              help="Evaluate N items per task, sampled stratified by subject with --seed. Default: all.")
+@click.option("--fewshot", "-k", type=int, default=0, show_default=True, help="Solved examples before each question.")
+@click.option("--format", "fmt", type=click.Choice(["cloze", "letter"]), default="cloze", show_default=True,
+              help="cloze: score each option's text; letter: list options and score ' A'..' D'.")
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
+              help="Run directory to write. Default: runs/<timestamp>.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --limit sample.")
+@click.option("--topk", type=int, default=DEFAULT_TOPK, show_default=True,
+              help="Baseline log-probs kept per answer token for token KL (plus the tail's mass).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 … (auto: cuda if present).")
+@click.option("--dtype", default="float32", show_default=True, help="Weights dtype: float32, bfloat16, float16.")
+@click.option("--no-cache", is_flag=True, help="Run every model again instead of reusing cached passes.")
+def compare_cmd(
+    baseline: str,
+    candidates: tuple[str, ...],
+    tasks: str,
+    limit: int | None,
+    fewshot: int,
+    fmt: str,
+    out: str | None,
+    seed: int,
+    topk: int,
+    device: str,
+    dtype: str,
+    no_cache: bool,
+) -> None:
+    """Compare BASELINE with each CANDIDATE, item by item.
+
+    \b
+    Model specs:
+      bundled:smollm2-135m             the bundled SmolLM2-135M-Instruct (default baseline)
+      hf:<folder or hub id>            any transformers causal LM
+      <spec>+rtn:w4g128                compressed on the fly (RTN, 4 bits, group 128)
+      +rtn:w8                          (candidates) the baseline, compressed
+    The baseline is run once and cached; each candidate costs one model pass.
+    """
+    from flipscope import compare
+    from flipscope.display import RichDisplay
+    from flipscope.report import print_run
+
+    display = RichDisplay()
+    result = compare(
+        baseline,
+        list(candidates),
+        tasks=[t for t in tasks.split(",") if t.strip()] if tasks else [],
+        limit=limit,
+        fewshot=fewshot,
+        format=fmt,
+        seed=seed,
+        topk=topk,
+        out=out,
+        device=device,
+        dtype=dtype,
+        use_cache=not no_cache,
+        display=display,
+    )
+    print_run(result.run)
+    click.echo(f"run written to {result.out}  (records.parquet, run.json; `flipscope report {result.out}`)")

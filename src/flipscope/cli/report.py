@@ -1,0 +1,22 @@
+"""``flipscope report``."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("report")
+@click.argument("run_dir", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the recomputed summary as JSON instead of tables.")
+def report_cmd(run_dir: str, as_json: bool) -> None:
+    """Re-render a stored run's summary from its files, without loading any model."""
+    import json
+
+    from flipscope.report import load_run, print_run
+
+    run = load_run(run_dir)
+    if as_json:
+        summary = {c: {t: s.model_dump() for t, s in tasks.items()} for c, tasks in run.summary.items()}
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        print_run(run)

@@ -1,0 +1,20 @@
+"""Models: one backend per module behind the small ``Backend`` protocol; specs name them."""
+
+from flipscope.models._base import Backend, ModelInfo, OptionScores, RowSink
+from flipscope.models.registry import SOURCES, LoadOptions, Source, fingerprint, load_backend, register_source
+from flipscope.models.spec import ModelSpec, parse_spec
+
+__all__ = [
+    "SOURCES",
+    "Backend",
+    "LoadOptions",
+    "ModelInfo",
+    "ModelSpec",
+    "OptionScores",
+    "RowSink",
+    "Source",
+    "fingerprint",
+    "load_backend",
+    "parse_spec",
+    "register_source",
+]

@@ -1,0 +1,73 @@
+"""Terminal rendering of a run: one table per candidate, then the flips-by-margin view and warnings."""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from flipscope.metrics import TaskSummary
+from flipscope.report._format import num, pct, pvalue
+from flipscope.store import RunFile
+
+COLUMNS = ("task", "n", "acc_B%", "acc_C%", "Δacc%", "flips%", "C→I", "I→C", "all-flips%",
+           "McNemar p", "choice KL", "token KL")
+
+
+def summary_row(task: str, s: TaskSummary) -> list[str]:
+    return [
+        task,
+        str(s.n),
+        pct(s.acc_baseline),
+        pct(s.acc_candidate),
+        pct(s.delta_acc, signed=True),
+        pct(s.flips),
+        str(s.flips_c2i),
+        str(s.flips_i2c),
+        pct(s.all_flips),
+        pvalue(s.mcnemar_p),
+        num(s.choice_kl_mean),
+        num(s.token_kl_mean),
+    ]
+
+
+def candidate_table(candidate: str, per_task: dict[str, TaskSummary], baseline: str) -> Table:
+    table = Table(title=f"{candidate}  vs  {baseline}", title_justify="left", header_style="bold")
+    for name in COLUMNS:
+        table.add_column(name, justify="left" if name == "task" else "right")
+    for task, s in per_task.items():
+        table.add_row(*summary_row(task, s), style="bold" if task == "all" else None)
+    return table
+
+
+def margin_line(s: TaskSummary) -> str:
+    parts = []
+    for b in s.flips_by_margin:
+        parts.append(f"[{b.lo:g},{b.hi:g}{']' if b.hi == 1 else ')'} {b.flips}/{b.n}")
+    return "flips by baseline top-margin: " + "  ".join(parts)
+
+
+def render_run(run: RunFile) -> Group:
+    parts: list[Table | Text] = []
+    settings = run.settings
+    header = (
+        f"baseline {run.baseline.spec} · format {settings.format} · {settings.fewshot}-shot · "
+        f"limit {settings.limit if settings.limit else 'all'} · seed {settings.seed}"
+    )
+    parts.append(Text(header, style="dim"))
+    for candidate, per_task in run.summary.items():
+        parts.append(candidate_table(candidate, per_task, run.baseline.spec))
+        for task, s in per_task.items():
+            parts.append(Text(f"  {task}: {margin_line(s)}", style="dim"))
+            parts.extend(Text(f"  ! {task}: {w}", style="yellow") for w in s.warnings)
+    for note in run.notes:
+        parts.append(Text(f"note: {note}", style="dim"))
+    return Group(*parts)
+
+
+def print_run(run: RunFile, console: Console | None = None) -> None:
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=140)  # files and pipes: never squeeze the table
+    console.print(render_run(run))

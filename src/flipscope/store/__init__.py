@@ -1,0 +1,18 @@
+"""Persistence: cached model passes and run directories."""
+
+from flipscope.store.passes import PassResult, PassStore, ReferenceRows, scores_from_frame
+from flipscope.store.run import ModelEntry, RunFile, Settings, TaskEntry, read_run, records_frame, write_run
+
+__all__ = [
+    "ModelEntry",
+    "PassResult",
+    "PassStore",
+    "ReferenceRows",
+    "RunFile",
+    "Settings",
+    "TaskEntry",
+    "read_run",
+    "records_frame",
+    "scores_from_frame",
+    "write_run",
+]

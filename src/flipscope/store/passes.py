@@ -1,0 +1,120 @@
+"""Results of one model on one task, cached on disk under a content hash.
+
+A pass directory holds ``scores.parquet`` (one row per item), ``pass.json`` (the model's identity) and, for a
+baseline, its answer-token distributions in compact form (``rows.npz``: top-k ids and log-probs, tail log-mass,
+and per (item, option) the span of rows). Writing goes to a temporary folder renamed at the end, so an
+interrupted run never leaves a half-written pass behind, and every finished pass survives for the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flipscope.metrics import ItemScore
+from flipscope.metrics.token_kl import CompactRows
+
+
+@dataclass(frozen=True)
+class ReferenceRows:
+    """A baseline's compact answer-token rows; ``spans[j]`` = (start, end) rows of the j-th (item, option)."""
+
+    rows: CompactRows
+    spans: np.ndarray  # [n_item_options, 2] int64
+
+    def option(self, j: int) -> CompactRows:
+        start, end = (int(v) for v in self.spans[j])
+        return CompactRows(self.rows.ids[start:end], self.rows.logprobs[start:end], self.rows.tail[start:end])
+
+    @property
+    def mean_tail_mass(self) -> float:
+        return float(np.mean(np.exp(self.rows.tail.astype(np.float64)))) if len(self.rows) else 0.0
+
+
+@dataclass
+class PassResult:
+    key: str
+    model: dict[str, Any]
+    scores: list[ItemScore]
+    reference: ReferenceRows | None = None
+
+    @property
+    def tokenizer(self) -> str:
+        return str(self.model.get("tokenizer_fingerprint", ""))
+
+
+def _scores_frame(scores: list[ItemScore]) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "task": [s.task for s in scores],
+            "item_id": [s.item_id for s in scores],
+            "subject": [s.subject for s in scores],
+            "target": [s.target for s in scores],
+            "choice_logprobs": [list(s.logprobs) for s in scores],
+            "option_chars": [list(s.option_chars) for s in scores],
+            "token_kl": pd.array([s.token_kl for s in scores], dtype="Float64"),
+        }
+    )
+
+
+def scores_from_frame(frame: Any) -> list[ItemScore]:
+    import pandas as pd
+
+    out = []
+    for row in frame.itertuples(index=False):
+        kl = row.token_kl
+        out.append(
+            ItemScore(
+                task=str(row.task),
+                item_id=str(row.item_id),
+                subject=str(row.subject),
+                target=int(row.target),
+                logprobs=tuple(float(v) for v in row.choice_logprobs),
+                option_chars=tuple(int(v) for v in row.option_chars),
+                token_kl=None if kl is None or pd.isna(kl) else float(kl),
+            )
+        )
+    return out
+
+
+class PassStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def load(self, key: str) -> PassResult | None:
+        folder = self.path(key)
+        if not (folder / "pass.json").exists():
+            return None
+        import pandas as pd
+
+        model = json.loads((folder / "pass.json").read_text())
+        scores = scores_from_frame(pd.read_parquet(folder / "scores.parquet"))
+        reference = None
+        if (folder / "rows.npz").exists():
+            with np.load(folder / "rows.npz") as data:
+                rows = CompactRows(data["ids"], data["logprobs"], data["tail"])
+                reference = ReferenceRows(rows, data["spans"])
+        return PassResult(key, model, scores, reference)
+
+    def save(self, result: PassResult) -> None:
+        folder = self.path(result.key)
+        tmp = folder.with_name(folder.name + ".part")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _scores_frame(result.scores).to_parquet(tmp / "scores.parquet", index=False)
+        if result.reference is not None:
+            r = result.reference
+            np.savez(tmp / "rows.npz", ids=r.rows.ids, logprobs=r.rows.logprobs, tail=r.rows.tail, spans=r.spans)
+        (tmp / "pass.json").write_text(json.dumps(result.model, indent=1, default=str))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.replace(folder)

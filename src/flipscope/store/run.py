@@ -1,0 +1,117 @@
+"""The run directory: ``run.json`` (typed, versioned) and per-item ``records.parquet`` / ``items.parquet``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from flipscope.errors import FlipscopeError
+from flipscope.metrics import ItemScore, TaskSummary
+
+SCHEMA_VERSION = 1
+RUN_FILE = "run.json"
+RECORDS_FILE = "records.parquet"
+ITEMS_FILE = "items.parquet"
+
+
+class ModelEntry(BaseModel):
+    spec: str
+    role: str  # "baseline" or "candidate"
+    fingerprint: str
+    tokenizer_fingerprint: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+    passes: dict[str, str] = Field(default_factory=dict)  # task → pass cache key
+    reused: dict[str, bool] = Field(default_factory=dict)  # task → loaded from cache instead of run
+
+
+class TaskEntry(BaseModel):
+    name: str
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class Settings(BaseModel):
+    format: str
+    fewshot: int
+    limit: int | None
+    seed: int
+    topk: int
+    device: str
+    dtype: str
+
+
+class RunFile(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    created: str
+    flipscope_version: str
+    versions: dict[str, str]
+    settings: Settings
+    baseline: ModelEntry
+    candidates: list[ModelEntry]
+    tasks: list[TaskEntry]
+    #: summary[candidate spec][task name]; with several tasks, also an "all" entry pooling their items.
+    summary: dict[str, dict[str, TaskSummary]]
+    notes: list[str] = Field(default_factory=list)
+
+
+def records_frame(scores: dict[str, tuple[str, list[ItemScore]]]) -> Any:
+    """One row per (model, item): ``scores[spec] = (role, items)``."""
+    import pandas as pd
+
+    rows = []
+    for spec, (role, items) in scores.items():
+        for s in items:
+            rows.append(
+                {
+                    "task": s.task,
+                    "item_id": s.item_id,
+                    "subject": s.subject,
+                    "model": spec,
+                    "role": role,
+                    "target": s.target,
+                    "choice": s.choice,
+                    "correct": s.correct,
+                    "choice_norm": s.choice_norm,
+                    "correct_norm": s.correct_norm,
+                    "choice_logprobs": list(s.logprobs),
+                    "option_chars": list(s.option_chars),
+                    "token_kl": s.token_kl,
+                }
+            )
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame["token_kl"] = frame["token_kl"].astype("Float64")
+    return frame
+
+
+def write_run(folder: Path, run: RunFile, records: Any, items: Any) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    records.to_parquet(folder / RECORDS_FILE, index=False)
+    items.to_parquet(folder / ITEMS_FILE, index=False)
+    (folder / RUN_FILE).write_text(run.model_dump_json(indent=2))
+
+
+def read_run(folder: Path) -> tuple[RunFile, Any]:
+    """Load ``run.json`` and ``records.parquet``; a clear error for a missing or malformed run directory."""
+    import pandas as pd
+
+    run_path, rec_path = folder / RUN_FILE, folder / RECORDS_FILE
+    if not run_path.exists() or not rec_path.exists():
+        raise FlipscopeError(
+            f"{folder} is not a flipscope run directory (needs {RUN_FILE} and {RECORDS_FILE})",
+            fix="give the --out folder of a `flipscope compare` run",
+        )
+    try:
+        raw = json.loads(run_path.read_text())
+        version = raw.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise FlipscopeError(
+                f"{run_path} has schema version {version}; this flipscope reads version {SCHEMA_VERSION}",
+                fix="re-run `flipscope compare` with this version",
+            )
+        run = RunFile.model_validate(raw)
+    except (ValueError, ValidationError) as exc:
+        raise FlipscopeError(f"{run_path} is malformed ({str(exc).splitlines()[0]})", fix="re-run the comparison") from exc
+    return run, pd.read_parquet(rec_path)
