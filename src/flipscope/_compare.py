@@ -63,11 +63,11 @@ def summarize_run(baseline: list[ItemScore], candidate: list[ItemScore], tasks: 
 
 
 class _Runner:
-    def __init__(self, settings: Settings, display: Display, use_cache: bool) -> None:
+    def __init__(self, settings: Settings, display: Display, use_cache: bool, cache_dir: Path) -> None:
         self.settings = settings
         self.display = display
         self.use_cache = use_cache
-        self.store = PassStore(cache_root() / "passes")
+        self.store = PassStore(cache_dir)
         self.options = LoadOptions(device=settings.device, dtype=settings.dtype)
 
     def run_model(
@@ -141,9 +141,15 @@ def compare(
     device: str = "auto",
     dtype: str = "float32",
     use_cache: bool = True,
+    cache_dir: str | Path | None = None,
     display: Display | None = None,
 ) -> Comparison:
-    """Run the baseline once and each candidate on ``tasks``; return and write the paired comparison."""
+    """Run the baseline once and each candidate on ``tasks``; return and write the paired comparison.
+
+    Every model pass is cached under ``cache_dir`` (default: the flipscope cache's ``passes/``) by a content
+    hash of (weights, compression, task items, prompts, settings): the baseline runs once for any number of
+    candidates and runs, and an interrupted run resumes from its finished passes.
+    """
     display = display or NullDisplay()
     try:
         fmt = PromptFormat(format)
@@ -165,7 +171,7 @@ def compare(
     if len({t.name for t in loaded}) != len(loaded):
         raise FlipscopeError("a task is named twice", fix="give each task once")
     work = [(t, build_requests(t, fmt, fewshot)) for t in loaded]
-    runner = _Runner(settings, display, use_cache)
+    runner = _Runner(settings, display, use_cache, Path(cache_dir) if cache_dir else cache_root() / "passes")
     base_entry, base_results = runner.run_model(base_spec, "baseline", work, None)
     base_scores = [s for r in base_results.values() for s in r.scores]
     entries, summary, scores = [], {}, {base_spec.label(): base_scores}

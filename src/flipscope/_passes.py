@@ -29,11 +29,13 @@ class TopKRecorder:
     def __call__(self, request: int, option: int, logprobs: np.ndarray) -> None:
         self.parts[(request, option)] = compress_topk(logprobs, self.k)  # [T, V] → [T, k]
 
-    def result(self) -> ReferenceRows:
+    def result(self) -> ReferenceRows | None:
         """Rows laid out in (request, option) order, whatever order the backend scored them in."""
+        if not self.parts:
+            return None  # the backend gives no full-vocabulary rows
         ordered = [self.parts[key] for key in sorted(self.parts)]
         ends = np.cumsum([len(part) for part in ordered], dtype=np.int64)
-        spans = np.stack([ends - [len(part) for part in ordered], ends], axis=1) if ordered else np.zeros((0, 2))
+        spans = np.stack([ends - [len(part) for part in ordered], ends], axis=1)
         return ReferenceRows(concat_rows(ordered, self.k), spans.astype(np.int64))
 
 

@@ -25,6 +25,8 @@ from flipscope.metrics.token_kl import DEFAULT_TOPK
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 … (auto: cuda if present).")
 @click.option("--dtype", default="float32", show_default=True, help="Weights dtype: float32, bfloat16, float16.")
 @click.option("--no-cache", is_flag=True, help="Run every model again instead of reusing cached passes.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Where model passes are cached. Default: $FLIPSCOPE_CACHE/passes (~/.cache/flipscope/passes).")
 def compare_cmd(
     baseline: str,
     candidates: tuple[str, ...],
@@ -38,6 +40,7 @@ def compare_cmd(
     device: str,
     dtype: str,
     no_cache: bool,
+    cache_dir: str | None,
 ) -> None:
     """Compare BASELINE with each CANDIDATE, item by item.
 
@@ -67,6 +70,7 @@ def compare_cmd(
         device=device,
         dtype=dtype,
         use_cache=not no_cache,
+        cache_dir=cache_dir,
         display=display,
     )
     print_run(result.run)

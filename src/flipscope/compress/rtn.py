@@ -81,8 +81,8 @@ def quantize_dequantize(weight: torch.Tensor, config: RTNConfig) -> torch.Tensor
     pad = (-in_features) % group
     w = weight.detach().to(torch.float32)
     if pad:
-        # Pad with each row's first value so padding never widens a group's range.
-        w = torch.cat([w, w[:, :1].expand(out_features, pad)], dim=1)
+        # Pad with each row's last value: it lies in the short last group, so its range does not widen.
+        w = torch.cat([w, w[:, -1:].expand(out_features, pad)], dim=1)
     w = w.reshape(out_features, -1, group)  # [out, n_groups, group]
     if config.symmetric:
         qmax = 2 ** (config.bits - 1) - 1

@@ -75,7 +75,10 @@ def summarize(pairs: Sequence[Pair]) -> TaskSummary:
     acc_b, acc_c = _rate(k_base, n), _rate(k_cand, n)
     warnings = collapse_warnings(pairs)
     if n and len(token_kls) < n:
-        warnings.append(f"token KL missing on {n - len(token_kls)} of {n} items (vocabularies differ?)")
+        warnings.append(
+            f"token KL missing on {n - len(token_kls)} of {n} items: the candidate's vocabulary or tokenization "
+            "differs from the baseline's, or a backend gave no full-vocabulary log-probabilities"
+        )
     return TaskSummary(
         n=n,
         acc_baseline=acc_b,

@@ -1,0 +1,3 @@
+from flipscope.cli import main
+
+main()

@@ -1,0 +1,143 @@
+"""Shared fixtures: a tiny randomly initialised Llama built in the test, and a scripted mock backend."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flipscope.models import ModelInfo, ModelSpec, OptionScores, RowSink, Source, register_source
+from flipscope.tasks import ScoreRequest
+
+CORPUS = [
+    "The capital of France is Paris. The capital of Italy is Rome.",
+    "Question: What is two plus two? Answer: four. Water boils at one hundred degrees.",
+    "The following are questions (with answers) about science and history.",
+    "Mercury Venus Earth Mars Jupiter Saturn Uranus Neptune are planets of the sun.",
+]
+
+
+def make_tokenizer(folder: Path, vocab_size: int, corpus: Sequence[str] = CORPUS) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "<s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>")
+    fast.save_pretrained(folder)
+
+
+def make_tiny_llama(folder: Path, *, seed: int = 0, vocab_size: int = 320, corpus: Sequence[str] = CORPUS) -> Path:
+    """A 2-layer Llama with random weights and a BPE tokenizer trained on a few sentences."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    make_tokenizer(folder, vocab_size, corpus)
+    from transformers import AutoTokenizer
+
+    n_vocab = len(AutoTokenizer.from_pretrained(folder))
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=n_vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False, pad_token_id=0,
+    )
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # sharper than the default init so that answers differ between items
+        for p in model.parameters():
+            p.mul_(4.0) if p.dim() > 1 else None
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_other_vocab(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    corpus = [s.upper() for s in CORPUS] + ["zebra quartz vexing jumbo fjord glyph"]
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama-2"), seed=1, vocab_size=300, corpus=corpus)
+
+
+@pytest.fixture
+def mc_file(tmp_path: Path) -> Path:
+    rows = [
+        {"id": f"q{i}", "question": f"Which planet is number {i % 4 + 1}?", "subject": ["astro", "geo"][i % 2],
+         "choices": ["Mercury", "Venus", "Earth", "Mars"], "answer": i % 4}
+        for i in range(12)
+    ]
+    path = tmp_path / "planets.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+# --- scripted mock backend -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Script:
+    """What a mock model answers: ``logprobs(request_index, request) -> per-option log-likelihoods``;
+    ``rows(request_index, option) -> [T, V]`` log-probabilities for token KL."""
+
+    logprobs: Callable[[int, ScoreRequest], tuple[float, ...]]
+    rows: Callable[[int, int], np.ndarray] | None = None
+    tokenizer: str = "mock-vocab"
+    vocab: int = 16
+    calls: list[int] = field(default_factory=list)
+
+
+SCRIPTS: dict[str, Script] = {}
+
+
+class MockBackend:
+    def __init__(self, spec: ModelSpec, script: Script) -> None:
+        self.script = script
+        self.info = ModelInfo(spec.label(), script.vocab, script.tokenizer, {"mock": True})
+
+    def score(
+        self,
+        requests: Sequence[ScoreRequest],
+        *,
+        rows: RowSink | None = None,
+        advance: Callable[[int], None] | None = None,
+    ) -> list[OptionScores]:
+        self.script.calls.append(len(requests))
+        out = []
+        for i, request in enumerate(requests):
+            lps = self.script.logprobs(i, request)
+            if rows is not None and self.script.rows is not None:
+                for o in range(len(request.continuations)):
+                    rows(i, o, self.script.rows(i, o))
+            out.append(OptionScores(tuple(lps), tuple(1 for _ in lps)))
+            if advance:
+                advance(1)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+register_source(
+    Source(
+        "mock",
+        "scripted test backend",
+        lambda location: {"mock": location, "tokenizer": SCRIPTS[location].tokenizer},
+        lambda spec, options: MockBackend(spec, SCRIPTS[spec.location]),
+    )
+)
+
+
+@pytest.fixture
+def scripts() -> dict[str, Script]:
+    SCRIPTS.clear()
+    return SCRIPTS

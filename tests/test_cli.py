@@ -1,0 +1,78 @@
+"""The command line: bad input gets one line naming the problem and the fix, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flipscope.cli import main
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["flipscope", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["compare", "nosuch:x", "+rtn:w4"], "unknown model spec 'nosuch:x'"),
+        (["compare", "bundled:smollm2-135m", "+awq:w4"], "unknown compression method 'awq'"),
+        (["compare", "bundled:smollm2-135m", "+rtn:w4", "--tasks", "nosuch"], "unknown task 'nosuch'"),
+        (["compare", "bundled:smollm2-135m", "+rtn:w4", "--tasks", "missing.jsonl"], "does not exist"),
+        (["compare", "bundled:smollm2-135m", "+rtn:w4", "--limit", "0"], "--limit must be at least 1"),
+        (["compare", "hf:./no/such/folder", "+rtn:w4", "--tasks", "mmlu", "--limit", "1"], "does not exist"),
+        (["report", "/no/such/run"], "is not a flipscope run directory"),
+    ],
+)
+def test_bad_input_one_line_no_traceback(monkeypatch, capsys, args: list[str], message: str) -> None:
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err + out
+    assert len(err.strip().splitlines()) == 1 and " — " in err  # problem — fix
+
+
+def test_malformed_row_names_line(monkeypatch, capsys, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "Q", "choices": ["a", "b"], "answer": 0}\n{"question": "R", "answer": 1}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "compare", "bundled:smollm2-135m", "+rtn:w4", "--tasks", str(bad))
+    assert code == 2 and "bad.jsonl, line 2: malformed row" in err and "Traceback" not in err
+
+
+def test_report_of_stored_run(monkeypatch, capsys, scripts, mc_file: Path, tmp_path: Path) -> None:
+    from flipscope import compare
+    from tests.conftest import Script
+
+    scripts["b"] = Script(lambda i, r: (-1.0, -2.0, -3.0, -4.0))
+    scripts["c"] = Script(lambda i, r: (-2.0, -1.0, -3.0, -4.0) if i % 3 == 0 else (-1.0, -2.0, -3.0, -4.0))
+    compare("mock:b", ["mock:c"], tasks=[str(mc_file)], out=tmp_path / "run", cache_dir=tmp_path / "cache")
+    code, out, err = run_cli(monkeypatch, capsys, "report", str(tmp_path / "run"))
+    assert code == 0, err
+    assert "mock:c" in out and "planets" in out and "McNemar p" in out
+    code, out, _ = run_cli(monkeypatch, capsys, "report", str(tmp_path / "run"), "--json")
+    assert code == 0 and '"flips_c2i": ' in out
+
+
+def test_help_and_listings_run_as_a_program() -> None:
+    for args in (["--help"], ["compare", "--help"], ["models"], ["tasks"]):
+        proc = subprocess.run([sys.executable, "-m", "flipscope", *args], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip()
+    proc = subprocess.run([sys.executable, "-m", "flipscope", "models"], capture_output=True, text=True, timeout=60)
+    assert "bundled:smollm2-135m" in proc.stdout and "rtn" in proc.stdout
+
+
+def test_import_does_not_load_torch() -> None:
+    code = "import sys, flipscope, flipscope.report, flipscope.metrics; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "False", proc.stderr

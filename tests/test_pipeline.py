@@ -1,0 +1,142 @@
+"""Pipeline tests: the scripted mock backend and a tiny random Llama through ``compare`` and ``report``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import special
+
+from flipscope import compare, load_run
+from flipscope.metrics.token_kl import kl_full
+from flipscope.models import parse_spec
+from flipscope.store import read_run
+from flipscope.tasks import ScoreRequest
+from tests.conftest import Script
+
+V = 16
+
+
+def rows_for(seed: int, shift: float = 0.0) -> callable:  # type: ignore[valid-type]
+    def rows(i: int, o: int) -> np.ndarray:
+        rng = np.random.default_rng(1000 * i + o)
+        logits = rng.normal(size=(2, V)) * 2  # [T=2, V]
+        logits += shift * np.random.default_rng(seed + 7 * i + o).normal(size=(2, V))
+        return (logits - special.logsumexp(logits, axis=-1, keepdims=True)).astype(np.float32)
+
+    return rows
+
+
+def answers(choices: dict[int, int]) -> callable:  # type: ignore[valid-type]
+    """Pick option ``choices.get(i, 0)`` for request i, with a fixed margin."""
+
+    def logprobs(i: int, request: ScoreRequest) -> tuple[float, ...]:
+        pick = choices.get(i, 0)
+        return tuple(-1.0 if o == pick else -3.0 for o in range(len(request.continuations)))
+
+    return logprobs
+
+
+def test_mock_pipeline_metrics_and_token_kl(scripts, mc_file: Path, tmp_path: Path) -> None:
+    # mc_file answers are i % 4; baseline right on items 0-5, candidate flips 2 to wrong and 1 to right.
+    base_choices = {i: (i % 4 if i < 6 else (i + 1) % 4) for i in range(12)}
+    cand_choices = dict(base_choices) | {0: 1, 1: 2, 7: 7 % 4, 9: (9 + 2) % 4}
+    scripts["base"] = Script(answers(base_choices), rows_for(0), vocab=V)
+    scripts["cand"] = Script(answers(cand_choices), rows_for(1, shift=0.5), vocab=V)
+    result = compare("mock:base", ["mock:cand"], tasks=[str(mc_file)], topk=V, out=tmp_path / "run",
+                     cache_dir=tmp_path / "cache")
+    s = result.summary["mock:cand"]["planets"]
+    assert s.n == 12
+    assert s.acc_baseline == pytest.approx(6 / 12) and s.acc_candidate == pytest.approx(5 / 12)
+    assert (s.flips_c2i, s.flips_i2c) == (2, 1) and s.flips == pytest.approx(3 / 12)
+    assert s.all_flips == pytest.approx(4 / 12)
+    # with top-k = V the stored baseline is exact: token KL equals the mean of full-vocabulary KL
+    base_rows, cand_rows = rows_for(0), rows_for(1, shift=0.5)
+    expected = np.mean([np.mean([kl_full(base_rows(i, o), cand_rows(i, o)).mean() for o in range(4)])
+                        for i in range(12)])
+    assert s.token_kl_mean == pytest.approx(expected, rel=1e-4)
+
+
+def test_baseline_runs_once_and_is_reused(scripts, mc_file: Path, tmp_path: Path) -> None:
+    scripts["base"] = Script(answers({}), rows_for(0), vocab=V)
+    scripts["c1"] = Script(answers({1: 1}), rows_for(1), vocab=V)
+    scripts["c2"] = Script(answers({2: 3}), rows_for(2), vocab=V)
+    kwargs = {"tasks": [str(mc_file)], "cache_dir": tmp_path / "cache", "topk": 4}
+    first = compare("mock:base", ["mock:c1", "mock:c2"], out=tmp_path / "a", **kwargs)
+    assert len(scripts["base"].calls) == 1  # N candidates cost N + 1 passes
+    assert len(scripts["c1"].calls) == 1 and len(scripts["c2"].calls) == 1
+    second = compare("mock:base", ["mock:c2"], out=tmp_path / "b", **kwargs)
+    assert len(scripts["base"].calls) == 1  # not run again
+    assert second.run.baseline.reused == {"planets": True}
+    assert second.summary["mock:c2"] == first.summary["mock:c2"]
+    compare("mock:base", ["mock:c2"], out=tmp_path / "c", use_cache=False, **kwargs)
+    assert len(scripts["base"].calls) == 2
+
+
+def test_different_tokenizer_reports_choice_metrics_without_token_kl(scripts, mc_file: Path, tmp_path: Path) -> None:
+    scripts["base"] = Script(answers({}), rows_for(0), vocab=V)
+    scripts["other"] = Script(answers({3: 1}), rows_for(1), tokenizer="another-vocab", vocab=V)
+    result = compare("mock:base", ["mock:other"], tasks=[str(mc_file)], out=tmp_path / "r", cache_dir=tmp_path / "c")
+    s = result.summary["mock:other"]["planets"]
+    assert s.token_kl_mean is None and s.flips is not None and s.choice_kl_mean is not None
+    assert any("token KL missing" in w for w in s.warnings)
+
+
+def test_tiny_llama_compare_report_roundtrip(tiny_llama: Path, mc_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = compare(f"hf:{tiny_llama}", ["+rtn:w8", "+rtn:w2g16"], tasks=[str(mc_file)], out=out,
+                     cache_dir=tmp_path / "cache", fewshot=0)
+    s8 = result.summary[f"hf:{tiny_llama}+rtn:w8"]["planets"]
+    s2 = result.summary[f"hf:{tiny_llama}+rtn:w2g16"]["planets"]
+    assert s8.n == s2.n == 12
+    assert s8.token_kl_mean is not None and s2.token_kl_mean is not None
+    assert 0 <= s8.token_kl_mean < s2.token_kl_mean  # 2-bit moves the distributions more than 8-bit
+    assert s8.choice_kl_mean is not None and s8.choice_kl_mean < s2.choice_kl_mean  # type: ignore[operator]
+    # the run directory: typed run.json and a records table pandas loads
+    run, records = read_run(out)
+    assert set(run.summary) == {f"hf:{tiny_llama}+rtn:w8", f"hf:{tiny_llama}+rtn:w2g16"}
+    for key in ("n", "acc_baseline", "acc_candidate", "delta_acc", "flips", "flips_c2i", "flips_i2c",
+                "all_flips", "mcnemar_p", "choice_kl_mean", "token_kl_mean"):
+        assert key in run.summary[f"hf:{tiny_llama}+rtn:w8"]["planets"].model_dump()
+    frame = pd.read_parquet(out / "records.parquet")
+    assert {"task", "item_id", "model", "choice", "correct", "choice_logprobs"} <= set(frame.columns)
+    assert len(frame) == 3 * 12
+    assert len(pd.read_parquet(out / "items.parquet")) == 12
+    # report recomputes the same summary from the files alone
+    reloaded = load_run(out)
+    assert reloaded.summary == result.summary
+
+
+def test_tiny_llama_scores_match_full_sequence_reference(tiny_llama: Path) -> None:
+    """Prefix sharing, batched options and cache reuse give the same log-likelihoods as one pass per option."""
+    import torch
+
+    from flipscope.models import load_backend
+
+    backend = load_backend(parse_spec(f"hf:{tiny_llama}"))
+    requests = [
+        ScoreRequest("The following are questions.\n\nQuestion: Mars?\nAnswer: planet\n\n", "Question: Paris?\nAnswer:",
+                     (" France", " the capital of Italy", " four")),
+        ScoreRequest("The following are questions.\n\nQuestion: Mars?\nAnswer: planet\n\n", "Question: Rome?\nAnswer:",
+                     (" Italy", " two plus two")),
+        ScoreRequest("", "Q?\nA. x\nB. y\nAnswer:", (" A", " B")),
+    ]
+    got = backend.score(requests)
+    model, tok = backend.model, backend.tokenizer  # type: ignore[attr-defined]
+    for request, scores in zip(requests, got, strict=True):
+        ctx = tok.encode(request.prefix, add_special_tokens=False) + tok.encode(request.prompt, add_special_tokens=False)
+        for cont, value in zip(request.continuations, scores.logprobs, strict=True):
+            ids = tok.encode(cont, add_special_tokens=False)
+            with torch.no_grad():
+                lp = torch.log_softmax(model(torch.tensor([ctx + ids])).logits[0].float(), -1)
+            ref = sum(float(lp[len(ctx) - 1 + j, t]) for j, t in enumerate(ids))
+            assert value == pytest.approx(ref, abs=1e-4)
+
+
+def test_tiny_llama_vocab_mismatch(tiny_llama: Path, tiny_llama_other_vocab: Path, mc_file: Path, tmp_path: Path) -> None:
+    result = compare(f"hf:{tiny_llama}", [f"hf:{tiny_llama_other_vocab}"], tasks=[str(mc_file)],
+                     out=tmp_path / "r", cache_dir=tmp_path / "c")
+    s = result.summary[f"hf:{tiny_llama_other_vocab}"]["planets"]
+    assert s.token_kl_mean is None and s.n == 12 and s.mcnemar_p <= 1.0
