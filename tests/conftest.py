@@ -29,7 +29,9 @@ def make_tokenizer(folder: Path, vocab_size: int, corpus: Sequence[str] = CORPUS
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "<s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(corpus, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>")
@@ -47,8 +49,15 @@ def make_tiny_llama(folder: Path, *, seed: int = 0, vocab_size: int = 320, corpu
     n_vocab = len(AutoTokenizer.from_pretrained(folder))
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=n_vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False, pad_token_id=0,
+        vocab_size=n_vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        pad_token_id=0,
     )
     model = LlamaForCausalLM(config)
     with torch.no_grad():  # sharper than the default init so that answers differ between items
@@ -72,8 +81,13 @@ def tiny_llama_other_vocab(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def mc_file(tmp_path: Path) -> Path:
     rows = [
-        {"id": f"q{i}", "question": f"Which planet is number {i % 4 + 1}?", "subject": ["astro", "geo"][i % 2],
-         "choices": ["Mercury", "Venus", "Earth", "Mars"], "answer": i % 4}
+        {
+            "id": f"q{i}",
+            "question": f"Which planet is number {i % 4 + 1}?",
+            "subject": ["astro", "geo"][i % 2],
+            "choices": ["Mercury", "Venus", "Earth", "Mars"],
+            "answer": i % 4,
+        }
         for i in range(12)
     ]
     path = tmp_path / "planets.jsonl"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from flipscope import compare
-from flipscope.metrics.token_kl import compress_topk, kl_compact, kl_full
+from flipscope.metrics.token_kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK, compress_topk, kl_compact, kl_full
 from flipscope.models import load_backend, parse_spec
 from flipscope.tasks import PromptFormat, build_requests, load_task
 
@@ -19,8 +19,14 @@ BASE = "bundled:smollm2-135m"
 
 
 def test_bundled_compare_on_mmlu(tmp_path: Path) -> None:
-    result = compare(BASE, ["+rtn:w8", "+rtn:w3g64"], tasks=["mmlu"], limit=12, out=tmp_path / "run",
-                     cache_dir=tmp_path / "cache")
+    result = compare(
+        BASE,
+        ["+rtn:w8", "+rtn:w3g64"],
+        tasks=["mmlu"],
+        limit=12,
+        out=tmp_path / "run",
+        cache_dir=tmp_path / "cache",
+    )
     w8 = result.summary[f"{BASE}+rtn:w8"]["mmlu"]
     w3 = result.summary[f"{BASE}+rtn:w3g64"]["mmlu"]
     assert w8.n == w3.n == 12
@@ -34,8 +40,15 @@ def test_bundled_compare_on_mmlu(tmp_path: Path) -> None:
 
 
 def test_letter_format_collapse_is_flagged(tmp_path: Path) -> None:
-    result = compare(BASE, ["+rtn:w8"], tasks=["mmlu"], limit=24, format="letter", out=tmp_path / "run",
-                     cache_dir=tmp_path / "cache")
+    result = compare(
+        BASE,
+        ["+rtn:w8"],
+        tasks=["mmlu"],
+        limit=24,
+        format="letter",
+        out=tmp_path / "run",
+        cache_dir=tmp_path / "cache",
+    )
     s = result.summary[f"{BASE}+rtn:w8"]["mmlu"]
     assert s.top_choice_baseline is not None and s.top_choice_baseline[1] >= 0.6
     assert any("collapse" in w for w in s.warnings)
@@ -51,18 +64,43 @@ def test_compact_token_kl_error_on_the_real_model() -> None:
         backend.score(requests, rows=lambda i, o, lp, name=name: rows[name].__setitem__((i, o), lp.copy()))
         backend.close()
     exact = np.concatenate([kl_full(rows["b"][k], rows["c"][k]) for k in rows["b"]])
-    for k, tolerance in ((128, 0.10), (1024, 0.03)):
-        approx = np.concatenate([kl_compact(compress_topk(rows["b"][key], k), rows["c"][key]) for key in rows["b"]])
-        assert np.all(approx <= exact + 1e-5)
-        assert approx.mean() >= (1 - tolerance) * exact.mean(), (k, approx.mean(), exact.mean())
+    coarse = np.concatenate([kl_compact(compress_topk(rows["b"][key], 128), rows["c"][key]) for key in rows["b"]])
+    assert np.all(coarse <= exact + 1e-5)  # the head + tail-mass form alone is a lower bound
+    stored = np.concatenate(
+        [
+            kl_compact(
+                compress_topk(rows["b"][key], DEFAULT_TOPK, DEFAULT_TAIL_SAMPLES, seed=list(key)),
+                rows["c"][key],
+            )
+            for key in rows["b"]
+        ]
+    )
+    assert stored.mean() == pytest.approx(exact.mean(), rel=0.02)  # measured: within 1%
+    assert np.corrcoef(stored, exact)[0, 1] > 0.99
 
 
 def test_cli_compare_prints_table(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "flipscope", "compare", BASE, "+rtn:w4g128", "--limit", "3", "--out",
-           str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flipscope",
+        "compare",
+        BASE,
+        "+rtn:w4g128",
+        "--limit",
+        "3",
+        "--out",
+        str(tmp_path / "run"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "rtn:w4g128" in proc.stdout and "McNemar p" in proc.stdout and "token KL" in proc.stdout
-    report = subprocess.run([sys.executable, "-m", "flipscope", "report", str(tmp_path / "run")],
-                            capture_output=True, text=True, timeout=120)
+    report = subprocess.run(
+        [sys.executable, "-m", "flipscope", "report", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert report.returncode == 0 and "rtn:w4g128" in report.stdout

@@ -45,8 +45,14 @@ def test_mock_pipeline_metrics_and_token_kl(scripts, mc_file: Path, tmp_path: Pa
     cand_choices = dict(base_choices) | {0: 1, 1: 2, 7: 7 % 4, 9: (9 + 2) % 4}
     scripts["base"] = Script(answers(base_choices), rows_for(0), vocab=V)
     scripts["cand"] = Script(answers(cand_choices), rows_for(1, shift=0.5), vocab=V)
-    result = compare("mock:base", ["mock:cand"], tasks=[str(mc_file)], topk=V, out=tmp_path / "run",
-                     cache_dir=tmp_path / "cache")
+    result = compare(
+        "mock:base",
+        ["mock:cand"],
+        tasks=[str(mc_file)],
+        topk=V,
+        out=tmp_path / "run",
+        cache_dir=tmp_path / "cache",
+    )
     s = result.summary["mock:cand"]["planets"]
     assert s.n == 12
     assert s.acc_baseline == pytest.approx(6 / 12) and s.acc_candidate == pytest.approx(5 / 12)
@@ -54,8 +60,9 @@ def test_mock_pipeline_metrics_and_token_kl(scripts, mc_file: Path, tmp_path: Pa
     assert s.all_flips == pytest.approx(4 / 12)
     # with top-k = V the stored baseline is exact: token KL equals the mean of full-vocabulary KL
     base_rows, cand_rows = rows_for(0), rows_for(1, shift=0.5)
-    expected = np.mean([np.mean([kl_full(base_rows(i, o), cand_rows(i, o)).mean() for o in range(4)])
-                        for i in range(12)])
+    expected = np.mean(
+        [np.mean([kl_full(base_rows(i, o), cand_rows(i, o)).mean() for o in range(4)]) for i in range(12)]
+    )
     assert s.token_kl_mean == pytest.approx(expected, rel=1e-4)
 
 
@@ -86,8 +93,14 @@ def test_different_tokenizer_reports_choice_metrics_without_token_kl(scripts, mc
 
 def test_tiny_llama_compare_report_roundtrip(tiny_llama: Path, mc_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = compare(f"hf:{tiny_llama}", ["+rtn:w8", "+rtn:w2g16"], tasks=[str(mc_file)], out=out,
-                     cache_dir=tmp_path / "cache", fewshot=0)
+    result = compare(
+        f"hf:{tiny_llama}",
+        ["+rtn:w8", "+rtn:w2g16"],
+        tasks=[str(mc_file)],
+        out=out,
+        cache_dir=tmp_path / "cache",
+        fewshot=0,
+    )
     s8 = result.summary[f"hf:{tiny_llama}+rtn:w8"]["planets"]
     s2 = result.summary[f"hf:{tiny_llama}+rtn:w2g16"]["planets"]
     assert s8.n == s2.n == 12
@@ -95,10 +108,21 @@ def test_tiny_llama_compare_report_roundtrip(tiny_llama: Path, mc_file: Path, tm
     assert 0 <= s8.token_kl_mean < s2.token_kl_mean  # 2-bit moves the distributions more than 8-bit
     assert s8.choice_kl_mean is not None and s8.choice_kl_mean < s2.choice_kl_mean  # type: ignore[operator]
     # the run directory: typed run.json and a records table pandas loads
-    run, records = read_run(out)
+    run, _records = read_run(out)
     assert set(run.summary) == {f"hf:{tiny_llama}+rtn:w8", f"hf:{tiny_llama}+rtn:w2g16"}
-    for key in ("n", "acc_baseline", "acc_candidate", "delta_acc", "flips", "flips_c2i", "flips_i2c",
-                "all_flips", "mcnemar_p", "choice_kl_mean", "token_kl_mean"):
+    for key in (
+        "n",
+        "acc_baseline",
+        "acc_candidate",
+        "delta_acc",
+        "flips",
+        "flips_c2i",
+        "flips_i2c",
+        "all_flips",
+        "mcnemar_p",
+        "choice_kl_mean",
+        "token_kl_mean",
+    ):
         assert key in run.summary[f"hf:{tiny_llama}+rtn:w8"]["planets"].model_dump()
     frame = pd.read_parquet(out / "records.parquet")
     assert {"task", "item_id", "model", "choice", "correct", "choice_logprobs"} <= set(frame.columns)
@@ -117,16 +141,24 @@ def test_tiny_llama_scores_match_full_sequence_reference(tiny_llama: Path) -> No
 
     backend = load_backend(parse_spec(f"hf:{tiny_llama}"))
     requests = [
-        ScoreRequest("The following are questions.\n\nQuestion: Mars?\nAnswer: planet\n\n", "Question: Paris?\nAnswer:",
-                     (" France", " the capital of Italy", " four")),
-        ScoreRequest("The following are questions.\n\nQuestion: Mars?\nAnswer: planet\n\n", "Question: Rome?\nAnswer:",
-                     (" Italy", " two plus two")),
+        ScoreRequest(
+            "The following are questions.\n\nQuestion: Mars?\nAnswer: planet\n\n",
+            "Question: Paris?\nAnswer:",
+            (" France", " the capital of Italy", " four"),
+        ),
+        ScoreRequest(
+            "The following are questions.\n\nQuestion: Mars?\nAnswer: planet\n\n",
+            "Question: Rome?\nAnswer:",
+            (" Italy", " two plus two"),
+        ),
         ScoreRequest("", "Q?\nA. x\nB. y\nAnswer:", (" A", " B")),
     ]
     got = backend.score(requests)
     model, tok = backend.model, backend.tokenizer  # type: ignore[attr-defined]
     for request, scores in zip(requests, got, strict=True):
-        ctx = tok.encode(request.prefix, add_special_tokens=False) + tok.encode(request.prompt, add_special_tokens=False)
+        ctx = tok.encode(request.prefix, add_special_tokens=False) + tok.encode(
+            request.prompt, add_special_tokens=False
+        )
         for cont, value in zip(request.continuations, scores.logprobs, strict=True):
             ids = tok.encode(cont, add_special_tokens=False)
             with torch.no_grad():
@@ -135,8 +167,15 @@ def test_tiny_llama_scores_match_full_sequence_reference(tiny_llama: Path) -> No
             assert value == pytest.approx(ref, abs=1e-4)
 
 
-def test_tiny_llama_vocab_mismatch(tiny_llama: Path, tiny_llama_other_vocab: Path, mc_file: Path, tmp_path: Path) -> None:
-    result = compare(f"hf:{tiny_llama}", [f"hf:{tiny_llama_other_vocab}"], tasks=[str(mc_file)],
-                     out=tmp_path / "r", cache_dir=tmp_path / "c")
+def test_tiny_llama_vocab_mismatch(
+    tiny_llama: Path, tiny_llama_other_vocab: Path, mc_file: Path, tmp_path: Path
+) -> None:
+    result = compare(
+        f"hf:{tiny_llama}",
+        [f"hf:{tiny_llama_other_vocab}"],
+        tasks=[str(mc_file)],
+        out=tmp_path / "r",
+        cache_dir=tmp_path / "c",
+    )
     s = result.summary[f"hf:{tiny_llama_other_vocab}"]["planets"]
     assert s.token_kl_mean is None and s.n == 12 and s.mcnemar_p <= 1.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from flipscope.compress import RTNConfig, parse_method, quantize_dequantize
@@ -81,7 +83,7 @@ def test_rtn_error_falls_as_bits_rise() -> None:
     torch.manual_seed(0)
     w = torch.randn(64, 256)
     errors = [float((quantize_dequantize(w, RTNConfig(bits=b, group_size=64)) - w).pow(2).mean()) for b in range(2, 9)]
-    assert all(later < earlier for earlier, later in zip(errors, errors[1:], strict=False))
+    assert all(later < earlier for earlier, later in itertools.pairwise(errors))
 
 
 def test_rtn_on_model_skips_lm_head_and_keeps_tied_embeddings(tiny_llama) -> None:

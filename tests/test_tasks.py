@@ -13,21 +13,47 @@ from flipscope.tasks import MCItem, PromptFormat, build_request, load_task
 from flipscope.tasks._sampling import allocate, stratified_sample
 from flipscope.tasks.mmlu import parse_offline
 
-HEADER = json.dumps({"question": "question", "answer_a": "answer_a", "answer_b": "answer_b",
-                     "answer_c": "answer_c", "answer_d": "answer_d", "correct_answer": "answer", "topic": "x"})
+HEADER = json.dumps(
+    {
+        "question": "question",
+        "answer_a": "answer_a",
+        "answer_b": "answer_b",
+        "answer_c": "answer_c",
+        "answer_d": "answer_d",
+        "correct_answer": "answer",
+        "topic": "x",
+    }
+)
 
 
 def mmlu_line(q: str, topic: str, answer: str = "B") -> str:
-    return json.dumps({"question": q, "answer_a": "a", "answer_b": "b", "answer_c": "c", "answer_d": "d",
-                       "correct_answer": answer, "topic": topic})
+    return json.dumps(
+        {
+            "question": q,
+            "answer_a": "a",
+            "answer_b": "b",
+            "answer_c": "c",
+            "answer_d": "d",
+            "correct_answer": answer,
+            "topic": topic,
+        }
+    )
 
 
 def test_offline_mmlu_parse_skips_and_counts_header_rows() -> None:
-    lines = [mmlu_line("q1", "high school physics"), HEADER, mmlu_line("q2", "high school physics", "D"),
-             mmlu_line("q3", "anatomy", "A"), HEADER]
+    lines = [
+        mmlu_line("q1", "high school physics"),
+        HEADER,
+        mmlu_line("q2", "high school physics", "D"),
+        mmlu_line("q3", "anatomy", "A"),
+        HEADER,
+    ]
     by_subject, headers = parse_offline(lines, "mmlu.jsonl")
     assert headers == 2
-    assert [i.item_id for i in by_subject["high_school_physics"]] == ["high_school_physics/0", "high_school_physics/1"]
+    assert [i.item_id for i in by_subject["high_school_physics"]] == [
+        "high_school_physics/0",
+        "high_school_physics/1",
+    ]
     assert by_subject["high_school_physics"][1].answer == 3
     assert by_subject["anatomy"][0].choices == ("a", "b", "c", "d")
 
@@ -70,8 +96,12 @@ def test_prompt_formats_share_prefix_per_subject() -> None:
 def test_user_files_in_three_formats(tmp_path: Path, mc_file: Path) -> None:
     task = load_task(str(mc_file))
     assert len(task.items) == 12 and task.items[0].choices == ("Mercury", "Venus", "Earth", "Mars")
-    frame = pd.DataFrame([{"question": "Q?", "A": "x", "B": "y", "C": "z", "answer": "C"},
-                          {"question": "R?", "A": "x", "B": "y", "C": "z", "answer": 0}])
+    frame = pd.DataFrame(
+        [
+            {"question": "Q?", "A": "x", "B": "y", "C": "z", "answer": "C"},
+            {"question": "R?", "A": "x", "B": "y", "C": "z", "answer": 0},
+        ]
+    )
     frame.to_csv(tmp_path / "t.csv", index=False)
     csv_task = load_task(str(tmp_path / "t.csv"))
     assert [i.answer for i in csv_task.items] == [2, 0]
@@ -83,10 +113,15 @@ def test_user_files_in_three_formats(tmp_path: Path, mc_file: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ('{"question": "Q", "choices": ["a", "b"], "answer": 0}\n{"question": "R", "choices": ["a"], "answer": 0}',
-         "line 2: malformed row"),
-        ('{"question": "Q", "choices": ["a", "b"], "answer": 0}\n\n{"question": "R", "choices": ["a", "b"], "answer": 5}',
-         "line 3: malformed row"),
+        (
+            '{"question": "Q", "choices": ["a", "b"], "answer": 0}\n{"question": "R", "choices": ["a"], "answer": 0}',
+            "line 2: malformed row",
+        ),
+        (
+            '{"question": "Q", "choices": ["a", "b"], "answer": 0}\n\n'
+            '{"question": "R", "choices": ["a", "b"], "answer": 5}',
+            "line 3: malformed row",
+        ),
         ('{"question": "Q", "choices": ["a", "b"]}', "line 1: malformed row .*missing answer"),
         ('{"question": "Q", "choices": ["a", "b"], "answer": 0}\n{not json', "line 2: not valid JSON"),
     ],

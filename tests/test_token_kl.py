@@ -43,6 +43,32 @@ def test_compact_is_a_lower_bound_and_tightens_with_k() -> None:
     assert previous == pytest.approx(exact, rel=1e-4)
 
 
+def test_tail_samples_make_the_mean_unbiased() -> None:
+    """A heavy tail (the case where top-k alone fails): the coarse bound falls far short, the sampled one does not."""
+    rng = np.random.default_rng(5)
+    a = random_logprobs(rng, 400, 2000, scale=1.0)  # flat: most mass outside any small head
+    b = (a + rng.normal(size=a.shape).astype(np.float32) * 0.7).astype(np.float32)
+    b = (b - special.logsumexp(b, axis=-1, keepdims=True)).astype(np.float32)
+    exact = kl_full(a, b).mean()
+    coarse = kl_compact(compress_topk(a, 32), b).mean()
+    sampled = kl_compact(compress_topk(a, 32, samples=64, seed=0), b).mean()
+    assert coarse < 0.5 * exact
+    assert sampled == pytest.approx(exact, rel=0.03)
+
+
+def test_tail_samples_come_from_outside_the_head_and_are_reproducible() -> None:
+    rng = np.random.default_rng(6)
+    a = random_logprobs(rng, 3, 300)
+    c = compress_topk(a, 20, samples=16, seed=[4, 2])
+    assert c.sample_ids.shape == (3, 16)
+    for row in range(3):
+        assert not set(c.sample_ids[row]) & set(c.ids[row])
+    assert c.sample_logprobs == pytest.approx(np.take_along_axis(a, c.sample_ids.astype(np.int64), -1))
+    again = compress_topk(a, 20, samples=16, seed=[4, 2])
+    assert np.array_equal(c.sample_ids, again.sample_ids)
+    assert compress_topk(a, 300, samples=16).sample_ids.shape == (3, 0)  # no tail to sample
+
+
 def test_topk_rows_are_sorted_and_tail_is_the_rest() -> None:
     rng = np.random.default_rng(3)
     a = random_logprobs(rng, 3, 100)

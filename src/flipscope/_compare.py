@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import platform
@@ -15,15 +16,24 @@ from flipscope._cache import cache_root, content_hash
 from flipscope.display import Display, NullDisplay
 from flipscope.errors import FlipscopeError
 from flipscope.metrics import ItemScore, TaskSummary, pair_up, summarize
-from flipscope.metrics.token_kl import DEFAULT_TOPK
+from flipscope.metrics.token_kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
 from flipscope.models import Backend, LoadOptions, ModelSpec, fingerprint, load_backend, parse_spec
-from flipscope.store import ModelEntry, PassResult, PassStore, RunFile, Settings, TaskEntry, records_frame, write_run
+from flipscope.store import (
+    ModelEntry,
+    PassResult,
+    PassStore,
+    RunFile,
+    Settings,
+    TaskEntry,
+    records_frame,
+    write_run,
+)
 from flipscope.tasks import PromptFormat, ScoreRequest, TaskData, build_requests, load_task
 
 log = logging.getLogger(__name__)
 
 #: Bumped whenever scoring changes what a cached pass would contain.
-SCORING_VERSION = 2
+SCORING_VERSION = 3
 
 
 @dataclass
@@ -42,10 +52,8 @@ class Comparison:
 def library_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in ("flipscope", "torch", "transformers", "numpy", "pandas", "pyarrow", "gguf"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -53,7 +61,9 @@ def _requests_hash(requests: list[ScoreRequest]) -> str:
     return content_hash([[r.prefix, r.prompt, list(r.continuations)] for r in requests])
 
 
-def summarize_run(baseline: list[ItemScore], candidate: list[ItemScore], tasks: Sequence[str]) -> dict[str, TaskSummary]:
+def summarize_run(
+    baseline: list[ItemScore], candidate: list[ItemScore], tasks: Sequence[str]
+) -> dict[str, TaskSummary]:
     """Per task, plus "all" pooling every item when there are several tasks."""
     pairs = pair_up(baseline, candidate)
     out = {name: summarize([p for p in pairs if p.baseline.task == name]) for name in tasks}
@@ -87,9 +97,14 @@ class _Runner:
             for task, requests in tasks:
                 ref = baseline[task.name] if baseline else None
                 key = content_hash(
-                    {"v": SCORING_VERSION, "model": weights, "requests": _requests_hash(requests),
-                     "dtype": self.settings.dtype, "topk": self.settings.topk if ref is None else None,
-                     "reference": ref.key if ref else None}
+                    {
+                        "v": SCORING_VERSION,
+                        "model": weights,
+                        "requests": _requests_hash(requests),
+                        "dtype": self.settings.dtype,
+                        "store": [self.settings.topk, self.settings.tail_samples] if ref is None else None,
+                        "reference": ref.key if ref else None,
+                    }
                 )
                 cached = self.store.load(key) if self.use_cache else None
                 if cached is not None:
@@ -102,8 +117,14 @@ class _Runner:
                     reference = ref.reference if ref and self._same_vocab(backend, ref, spec) else None
                     with self.display.progress(f"{role} {spec.label()} · {task.name}", len(requests)) as advance:
                         result = run_pass(
-                            backend, task, requests, key=key, reference=reference, progress=advance,
+                            backend,
+                            task,
+                            requests,
+                            key=key,
+                            reference=reference,
+                            progress=advance,
                             topk=self.settings.topk if ref is None else None,
+                            tail_samples=self.settings.tail_samples,
                         )
                     self.store.save(result)
                     results[task.name] = result
@@ -122,7 +143,8 @@ class _Runner:
             return True
         log.warning(
             "%s has a different tokenizer from the baseline's: token KL needs the same vocabulary, so it is "
-            "not reported; choice-level metrics (accuracy, flips, choice KL) still are", spec.label(),
+            "not reported; choice-level metrics (accuracy, flips, choice KL) still are",
+            spec.label(),
         )
         return False
 
@@ -137,6 +159,7 @@ def compare(
     format: str | PromptFormat = PromptFormat.CLOZE,
     seed: int = 0,
     topk: int = DEFAULT_TOPK,
+    tail_samples: int = DEFAULT_TAIL_SAMPLES,
     out: str | Path | None = None,
     device: str = "auto",
     dtype: str = "float32",
@@ -150,13 +173,13 @@ def compare(
     hash of (weights, compression, task items, prompts, settings): the baseline runs once for any number of
     candidates and runs, and an interrupted run resumes from its finished passes.
     """
-    display = display or NullDisplay()
+    shown: Display = display or NullDisplay()
     try:
         fmt = PromptFormat(format)
     except ValueError:
         raise FlipscopeError(f"unknown prompt format {format!r}", fix="use cloze or letter") from None
-    if topk < 1:
-        raise FlipscopeError(f"--topk must be at least 1, got {topk}")
+    if topk < 1 or tail_samples < 0:
+        raise FlipscopeError(f"--topk must be ≥ 1 and --tail-samples ≥ 0, got {topk} and {tail_samples}")
     base_spec = baseline if isinstance(baseline, ModelSpec) else parse_spec(baseline)
     cand_specs = [c if isinstance(c, ModelSpec) else parse_spec(c, baseline=base_spec) for c in candidates]
     if not cand_specs:
@@ -166,22 +189,31 @@ def compare(
         raise FlipscopeError("a model is named twice", fix="give each candidate once, and none equal to the baseline")
     if not tasks:
         raise FlipscopeError("no task given", fix="use --tasks mmlu or a file")
-    settings = Settings(format=fmt.value, fewshot=fewshot, limit=limit, seed=seed, topk=topk, device=device, dtype=dtype)
+    settings = Settings(
+        format=fmt.value,
+        fewshot=fewshot,
+        limit=limit,
+        seed=seed,
+        topk=topk,
+        tail_samples=tail_samples,
+        device=device,
+        dtype=dtype,
+    )
     loaded = [load_task(name, fewshot=fewshot, limit=limit, seed=seed) for name in tasks]
     if len({t.name for t in loaded}) != len(loaded):
         raise FlipscopeError("a task is named twice", fix="give each task once")
     work = [(t, build_requests(t, fmt, fewshot)) for t in loaded]
-    runner = _Runner(settings, display, use_cache, Path(cache_dir) if cache_dir else cache_root() / "passes")
+    runner = _Runner(settings, shown, use_cache, Path(cache_dir) if cache_dir else cache_root() / "passes")
     base_entry, base_results = runner.run_model(base_spec, "baseline", work, None)
     base_scores = [s for r in base_results.values() for s in r.scores]
     entries, summary, scores = [], {}, {base_spec.label(): base_scores}
     notes = [f"{t.name}: {t.meta['note']}" for t in loaded if "note" in t.meta]
     for r in base_results.values():
         if r.reference is not None:
-            tail = r.reference.mean_tail_mass
+            how = f"+ {tail_samples} sampled tail tokens (unbiased mean)" if tail_samples else "(a lower bound)"
             notes.append(
-                f"token KL uses the baseline's top-{topk} log-probs + tail mass per answer token "
-                f"(mean tail mass {tail:.2e}); it is a lower bound of the full-vocabulary KL"
+                f"token KL: the baseline is stored as top-{topk} log-probs + tail mass {how} per answer token; "
+                f"mean tail mass {r.reference.mean_tail_mass:.3f}"
             )
             break
     for spec in cand_specs:
@@ -210,7 +242,5 @@ def compare(
 def _items_frame(tasks: list[TaskData]) -> Any:
     import pandas as pd
 
-    rows = [
-        {**asdict(item), "task": t.name, "choices": list(item.choices)} for t in tasks for item in t.items
-    ]
+    rows = [{**asdict(item), "task": t.name, "choices": list(item.choices)} for t in tasks for item in t.items]
     return pd.DataFrame(rows)

@@ -22,12 +22,14 @@ log = logging.getLogger(__name__)
 class TopKRecorder:
     """Row sink of a baseline pass: keeps each answer token's top-k log-probs and tail mass."""
 
-    def __init__(self, k: int) -> None:
+    def __init__(self, k: int, samples: int) -> None:
         self.k = k
+        self.samples = samples
         self.parts: dict[tuple[int, int], CompactRows] = {}
 
     def __call__(self, request: int, option: int, logprobs: np.ndarray) -> None:
-        self.parts[(request, option)] = compress_topk(logprobs, self.k)  # [T, V] → [T, k]
+        # [T, V] → [T, k] head + [T, m] tail samples, seeded by position so any scoring order gives the same draws
+        self.parts[(request, option)] = compress_topk(logprobs, self.k, self.samples, seed=[request, option])
 
     def result(self) -> ReferenceRows | None:
         """Rows laid out in (request, option) order, whatever order the backend scored them in."""
@@ -36,7 +38,7 @@ class TopKRecorder:
         ordered = [self.parts[key] for key in sorted(self.parts)]
         ends = np.cumsum([len(part) for part in ordered], dtype=np.int64)
         spans = np.stack([ends - [len(part) for part in ordered], ends], axis=1)
-        return ReferenceRows(concat_rows(ordered, self.k), spans.astype(np.int64))
+        return ReferenceRows(concat_rows(ordered), spans.astype(np.int64))
 
 
 class KLMeter:
@@ -69,12 +71,13 @@ def run_pass(
     *,
     key: str,
     topk: int | None,
+    tail_samples: int = 0,
     reference: ReferenceRows | None,
     progress: Callable[[int], None] | None,
 ) -> PassResult:
     """Score ``requests`` (one per ``task.items``). ``topk`` set: record compact rows (a baseline).
     ``reference`` set: measure answer-token KL against it (a candidate)."""
-    recorder = TopKRecorder(topk) if topk else None
+    recorder = TopKRecorder(topk, tail_samples) if topk else None
     meter = None
     if reference is not None:
         offsets = np.concatenate([[0], np.cumsum([len(r.continuations) for r in requests])]).tolist()
@@ -102,6 +105,9 @@ def run_pass(
         "details": backend.info.details,
     }
     if meter is not None and meter.mismatched:
-        log.warning("%s: %d items tokenised differently from the baseline; no token KL for them",
-                    task.name, len(meter.mismatched))
+        log.warning(
+            "%s: %d items tokenised differently from the baseline; no token KL for them",
+            task.name,
+            len(meter.mismatched),
+        )
     return PassResult(key, model, scores, recorder.result() if recorder else None)

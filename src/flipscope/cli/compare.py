@@ -4,29 +4,66 @@ from __future__ import annotations
 
 import click
 
-from flipscope.metrics.token_kl import DEFAULT_TOPK
+from flipscope.metrics.token_kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
 
 
 @click.command("compare")
 @click.argument("baseline")
 @click.argument("candidates", nargs=-1, required=True)
-@click.option("--tasks", "-t", default="mmlu", show_default=True,
-              help="Comma-separated: mmlu, mmlu:<subject>, or a .jsonl/.csv/.parquet file.")
-@click.option("--limit", "-n", type=int, default=None,
-              help="Evaluate N items per task, sampled stratified by subject with --seed. Default: all.")
+@click.option(
+    "--tasks",
+    "-t",
+    default="mmlu",
+    show_default=True,
+    help="Comma-separated: mmlu, mmlu:<subject>, or a .jsonl/.csv/.parquet file.",
+)
+@click.option(
+    "--limit",
+    "-n",
+    type=int,
+    default=None,
+    help="Evaluate N items per task, sampled stratified by subject with --seed. Default: all.",
+)
 @click.option("--fewshot", "-k", type=int, default=0, show_default=True, help="Solved examples before each question.")
-@click.option("--format", "fmt", type=click.Choice(["cloze", "letter"]), default="cloze", show_default=True,
-              help="cloze: score each option's text; letter: list options and score ' A'..' D'.")
-@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
-              help="Run directory to write. Default: runs/<timestamp>.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["cloze", "letter"]),
+    default="cloze",
+    show_default=True,
+    help="cloze: score each option's text; letter: list options and score ' A'..' D'.",
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Run directory to write. Default: runs/<timestamp>.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --limit sample.")
-@click.option("--topk", type=int, default=DEFAULT_TOPK, show_default=True,
-              help="Baseline log-probs kept per answer token for token KL (plus the tail's mass).")
+@click.option(
+    "--topk",
+    type=int,
+    default=DEFAULT_TOPK,
+    show_default=True,
+    help="Baseline log-probs kept per answer token for token KL (plus the tail's mass).",
+)
+@click.option(
+    "--tail-samples",
+    type=int,
+    default=DEFAULT_TAIL_SAMPLES,
+    show_default=True,
+    help="Tail tokens sampled per answer token: makes the stored token KL unbiased (0: lower bound).",
+)
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 … (auto: cuda if present).")
 @click.option("--dtype", default="float32", show_default=True, help="Weights dtype: float32, bfloat16, float16.")
 @click.option("--no-cache", is_flag=True, help="Run every model again instead of reusing cached passes.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              help="Where model passes are cached. Default: $FLIPSCOPE_CACHE/passes (~/.cache/flipscope/passes).")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where model passes are cached. Default: $FLIPSCOPE_CACHE/passes (~/.cache/flipscope/passes).",
+)
 def compare_cmd(
     baseline: str,
     candidates: tuple[str, ...],
@@ -37,6 +74,7 @@ def compare_cmd(
     out: str | None,
     seed: int,
     topk: int,
+    tail_samples: int,
     device: str,
     dtype: str,
     no_cache: bool,
@@ -66,6 +104,7 @@ def compare_cmd(
         format=fmt,
         seed=seed,
         topk=topk,
+        tail_samples=tail_samples,
         out=out,
         device=device,
         dtype=dtype,

