@@ -52,11 +52,11 @@ def candidate_table(candidate: str, per_task: dict[str, TaskSummary], baseline: 
     return table
 
 
-def margin_line(s: TaskSummary) -> str:
-    parts = []
-    for b in s.flips_by_margin:
-        parts.append(f"[{b.lo:g},{b.hi:g}{']' if b.hi == 1 else ')'} {b.flips}/{b.n}")
-    return "flips by baseline top-margin: " + "  ".join(parts)
+def detail_line(s: TaskSummary) -> str:
+    """acc_norm, and the flips per bucket of the baseline's top margin."""
+    parts = [f"[{b.lo:g},{b.hi:g}{']' if b.hi == 1 else ')'} {b.flips}/{b.n}" for b in s.flips_by_margin]
+    norm = f"acc_norm B {pct(s.acc_norm_baseline)}% C {pct(s.acc_norm_candidate)}%"
+    return f"{norm} · flips by baseline top-margin: " + "  ".join(parts)
 
 
 def render_run(run: RunFile) -> Group:
@@ -70,7 +70,7 @@ def render_run(run: RunFile) -> Group:
     for candidate, per_task in run.summary.items():
         parts.append(candidate_table(candidate, per_task, run.baseline.spec))
         for task, s in per_task.items():
-            parts.append(Text(f"  {task}: {margin_line(s)}", style="dim"))
+            parts.append(Text(f"  {task}: {detail_line(s)}", style="dim"))
             parts.extend(Text(f"  ! {task}: {w}", style="yellow") for w in s.warnings)
     for note in run.notes:
         parts.append(Text(f"note: {note}", style="dim"))
