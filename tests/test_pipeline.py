@@ -154,6 +154,12 @@ def test_tiny_llama_scores_match_full_sequence_reference(tiny_llama: Path) -> No
         ScoreRequest("", "Q?\nA. x\nB. y\nAnswer:", (" A", " B")),
     ]
     got = backend.score(requests)
+    # a tiny logits budget forces every option into its own chunk: same numbers
+    from flipscope.models._hf_score import PrefixScorer
+
+    chunked = PrefixScorer(backend.model, backend.tokenizer, "cpu", label="x", logits_budget=1).score(requests)  # type: ignore[attr-defined]
+    for a, b in zip(got, chunked, strict=True):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
     model, tok = backend.model, backend.tokenizer  # type: ignore[attr-defined]
     for request, scores in zip(requests, got, strict=True):
         ctx = tok.encode(request.prefix, add_special_tokens=False) + tok.encode(

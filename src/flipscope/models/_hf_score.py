@@ -23,8 +23,9 @@ from flipscope.tasks import ScoreRequest
 
 
 class PrefixScorer:
-    def __init__(self, model: Any, tokenizer: Any, device: str, *, label: str) -> None:
+    def __init__(self, model: Any, tokenizer: Any, device: str, *, label: str, logits_budget: int = 256 << 20) -> None:
         self.model = model
+        self.logits_budget = logits_budget
         self.tokenizer = tokenizer
         self.device = device
         self.label = label
@@ -60,13 +61,33 @@ class PrefixScorer:
             )
 
     def _options(self, conts: list[list[int]], first: torch.Tensor, cache: Any, index: int) -> list[torch.Tensor]:
-        """Per option, log-probs predicting each of its tokens: [len(option), V]."""
+        """Per option, log-probs predicting each of its tokens: [len(option), V].
+
+        Options run as right-padded batches on top of the prompt's cache, in chunks whose logits
+        [n, W, V] float32 stay within ``logits_budget`` bytes (a single longer option runs alone).
+        """
+        if max(len(c) for c in conts) <= 1:
+            return [first[None] for _ in conts]  # every option is one token: the prompt's last position
+        vocab = first.shape[-1]
+        out: list[torch.Tensor] = []
+        chunk: list[list[int]] = []
+        for tokens in conts:
+            width = max(len(c) for c in [*chunk, tokens]) - 1
+            if chunk and (len(chunk) + 1) * width * vocab * 4 > self.logits_budget:
+                out += self._option_batch(chunk, first, copy.deepcopy(cache), index)
+                chunk = []
+            chunk.append(tokens)
+        out += self._option_batch(chunk, first, cache, index)
+        return out
+
+    def _option_batch(self, conts: list[list[int]], first: torch.Tensor, cache: Any, index: int) -> list[torch.Tensor]:
         width = max(len(c) for c in conts) - 1
         if width <= 0:
-            return [first[None] for _ in conts]  # every option is one token: the prompt's last position
+            return [first[None] for _ in conts]
         n = len(conts)
         past = cache.get_seq_length()
-        cache.batch_repeat_interleave(n)
+        if n > 1:
+            cache.batch_repeat_interleave(n)
         inp = torch.full((n, width), self.pad, dtype=torch.long, device=self.device)  # [n, W]
         mask = torch.zeros((n, past + width), dtype=torch.long, device=self.device)  # [n, P + W]
         mask[:, :past] = 1
@@ -75,7 +96,8 @@ class PrefixScorer:
             inp[o, : len(body)] = torch.tensor(body, dtype=torch.long)
             mask[o, past : past + len(body)] = 1
         logits = self.model(input_ids=inp, attention_mask=mask, use_cache=True, **{self.cache_kw: cache}).logits
-        logprobs = torch.log_softmax(logits.float(), dim=-1)  # [n, W, V]
+        logprobs = logits.float()  # [n, W, V]; normalised in place: no second [n, W, V] buffer
+        logprobs.sub_(torch.logsumexp(logprobs, dim=-1, keepdim=True))
         self._check(logprobs, index)
         return [torch.cat([first[None], logprobs[o, : len(c) - 1]]) for o, c in enumerate(conts)]
 
