@@ -137,7 +137,7 @@ def main() -> None:
 
     folder = str(ensure_local("smollm2-135m"))
     print(
-        f"model: {folder} (float32, CPU, {os.cpu_count()} cores); {args.limit} MMLU questions; "
+        f"model: {folder} (float32, CPU, {os.cpu_count()} cores); {args.limit} questions of {args.task}; "
         f"lm-eval batch size {args.batch_size}"
     )
     header = (

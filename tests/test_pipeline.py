@@ -152,14 +152,20 @@ def test_tiny_llama_scores_match_full_sequence_reference(tiny_llama: Path) -> No
             (" Italy", " two plus two"),
         ),
         ScoreRequest("", "Q?\nA. x\nB. y\nAnswer:", (" A", " B")),
+        ScoreRequest("", "A much longer question about the planets Mercury and Venus?\nAnswer:", (" yes", " no way")),
+        ScoreRequest("Header.\n\n", "Short?\nAnswer:", (" the capital of France is Paris", " x")),
+        ScoreRequest("Header.\n\n", "A longer prompt that shares the header?\nAnswer:", (" Rome", " two plus two")),
     ]
     got = backend.score(requests)
     # a tiny logits budget forces every option into its own chunk: same numbers
     from flipscope.models._hf_score import PrefixScorer
 
-    chunked = PrefixScorer(backend.model, backend.tokenizer, "cpu", label="x", logits_budget=1).score(requests)  # type: ignore[attr-defined]
-    for a, b in zip(got, chunked, strict=True):
+    net, tokenizer = backend.model, backend.tokenizer  # type: ignore[attr-defined]
+    chunked = PrefixScorer(net, tokenizer, "cpu", label="x", logits_budget=1).score(requests)
+    one_by_one = PrefixScorer(net, tokenizer, "cpu", label="x", max_batch=1).score(requests)
+    for a, b, c in zip(got, chunked, one_by_one, strict=True):
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+        assert a.logprobs == pytest.approx(c.logprobs, abs=1e-4)
     model, tok = backend.model, backend.tokenizer  # type: ignore[attr-defined]
     for request, scores in zip(requests, got, strict=True):
         ctx = tok.encode(request.prefix, add_special_tokens=False) + tok.encode(
@@ -185,3 +191,26 @@ def test_tiny_llama_vocab_mismatch(
     )
     s = result.summary[f"hf:{tiny_llama_other_vocab}"]["planets"]
     assert s.token_kl_mean is None and s.n == 12 and s.mcnemar_p <= 1.0
+    assert s.acc_candidate is not None and s.choice_kl_mean is not None
+    assert any("different tokenizer" in note for note in result.run.notes)
+
+
+def test_nan_logits_stop_with_a_clear_error_and_keep_finished_passes(
+    tiny_llama: Path, mc_file: Path, tmp_path: Path
+) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from flipscope.errors import FlipscopeError
+
+    broken = tmp_path / "broken"
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
+    model.save_pretrained(broken)
+    AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(broken)
+    cache = tmp_path / "cache"
+    with pytest.raises(FlipscopeError, match="NaN or infinite logits"):
+        compare(f"hf:{tiny_llama}", [f"hf:{broken}"], tasks=[str(mc_file)], out=tmp_path / "r", cache_dir=cache)
+    assert len([p for p in cache.iterdir() if (p / "pass.json").exists()]) == 1  # the baseline pass survived
+    assert not (tmp_path / "r" / "run.json").exists()  # no half-true run written

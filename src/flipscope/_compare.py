@@ -79,6 +79,7 @@ class _Runner:
         self.use_cache = use_cache
         self.store = PassStore(cache_dir)
         self.options = LoadOptions(device=settings.device, dtype=settings.dtype)
+        self.notes: list[str] = []
 
     def run_model(
         self,
@@ -137,15 +138,16 @@ class _Runner:
                 backend.close()
         return entry, results
 
-    @staticmethod
-    def _same_vocab(backend: Backend, ref: PassResult, spec: ModelSpec) -> bool:
+    def _same_vocab(self, backend: Backend, ref: PassResult, spec: ModelSpec) -> bool:
         if backend.info.tokenizer_fingerprint == ref.tokenizer:
             return True
-        log.warning(
-            "%s has a different tokenizer from the baseline's: token KL needs the same vocabulary, so it is "
-            "not reported; choice-level metrics (accuracy, flips, choice KL) still are",
-            spec.label(),
+        message = (
+            f"{spec.label()} has a different tokenizer from the baseline's: token KL needs the same vocabulary, "
+            "so it is not reported; choice-level metrics (accuracy, flips, choice KL) still are"
         )
+        log.warning(message)
+        if message not in self.notes:
+            self.notes.append(message)
         return False
 
 
@@ -222,6 +224,7 @@ def compare(
         cand_scores = [s for r in results.values() for s in r.scores]
         scores[spec.label()] = cand_scores
         summary[spec.label()] = summarize_run(base_scores, cand_scores, [t.name for t in loaded])
+    notes += runner.notes
     run = RunFile(
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         flipscope_version=library_versions().get("flipscope", "unknown"),

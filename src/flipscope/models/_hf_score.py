@@ -1,17 +1,19 @@
-"""Log-likelihood scoring that computes each shared piece of text once.
+"""Log-likelihood scoring that computes each shared piece of text once, several questions per forward pass.
 
 A request is prefix + prompt + k continuations. Requests are grouped by prefix (task header and few-shot
-examples): the prefix runs once and its key/value cache is reused by every prompt of the group. Each prompt
-runs once; its last position predicts every continuation's first token, so single-token options (" A".." D")
-need no further pass. Longer options run together as one right-padded batch on top of the prompt's cache,
-with logits computed only at option positions.
+examples): the prefix runs once and its key/value cache is reused by every prompt of the group (a prefix used by
+a single request is simply part of its prompt). Prompts run in right-padded batches with explicit position ids;
+each prompt's last position predicts every continuation's first token, so single-token options (" A".." D") need
+no further pass. Longer options of the whole batch then run as one right-padded batch on top of their prompts'
+cache, with logits computed only at option positions and bounded by a memory budget.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
 
@@ -22,19 +24,53 @@ from flipscope.models._base import OptionScores, RowSink
 from flipscope.tasks import ScoreRequest
 
 
+def _select_rows(cache: Any, indices: torch.Tensor) -> Any:
+    """A cache holding ``cache``'s batch rows ``indices`` (repeats allowed); ``cache`` itself is left as it was."""
+    if hasattr(cache, "layers"):
+        # selecting builds new tensors, so shallow copies of the cache and its layers suffice
+        out = copy.copy(cache)
+        out.layers = [copy.copy(layer) for layer in cache.layers]
+    else:  # older transformers
+        out = copy.deepcopy(cache)
+    out.batch_select_indices(indices)
+    return out
+
+
+@dataclass(frozen=True)
+class _Item:
+    index: int  # position in the caller's request list
+    prompt: list[int]  # token ids after the shared prefix
+    options: list[list[int]]
+
+
 class PrefixScorer:
-    def __init__(self, model: Any, tokenizer: Any, device: str, *, label: str, logits_budget: int = 256 << 20) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        device: str,
+        *,
+        label: str,
+        logits_budget: int = 128 << 20,
+        batch_tokens: int = 512,
+        max_batch: int = 16,
+    ) -> None:
         self.model = model
-        self.logits_budget = logits_budget
         self.tokenizer = tokenizer
         self.device = device
         self.label = label
+        self.logits_budget = logits_budget  # bytes of float32 option logits per forward pass
+        self.batch_tokens = batch_tokens  # padded prompt tokens per forward pass
+        self.max_batch = max_batch
         bos = tokenizer.bos_token_id
         self.bos = [bos] if bos is not None and getattr(tokenizer, "add_bos_token", False) else []
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         # transformers ≥ 5.x names the cache argument ``cache``; older releases ``past_key_values``.
         params = inspect.signature(model.forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
 
     def new_cache(self) -> Any:
         from transformers import DynamicCache
@@ -44,62 +80,139 @@ class PrefixScorer:
         except TypeError:  # older transformers
             return DynamicCache()
 
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
-
-    def _forward(self, ids: list[int], cache: Any) -> torch.Tensor:
-        """Run ``ids`` after ``cache`` (grown in place); returns log-probs at the last position [V]."""
-        inp = torch.tensor([ids], device=self.device)  # [1, T]
-        out = self.model(input_ids=inp, use_cache=True, logits_to_keep=1, **{self.cache_kw: cache})
-        return torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # [V]
-
-    def _check(self, logprobs: torch.Tensor, index: int) -> None:
-        if not bool(torch.isfinite(logprobs).all()):
+    def _check(self, lse: torch.Tensor, index: int) -> None:
+        """``lse``: the log-sum-exp of logits rows; NaN or +inf anywhere in a row shows up in it."""
+        if not bool(torch.isfinite(lse).all()):
             raise FlipscopeError(
                 f"model {self.label} produced NaN or infinite logits on request {index}",
                 fix="check its compression settings, or run in float32 (--dtype float32)",
             )
 
-    def _options(self, conts: list[list[int]], first: torch.Tensor, cache: Any, index: int) -> list[torch.Tensor]:
-        """Per option, log-probs predicting each of its tokens: [len(option), V].
+    def _groups(self, requests: Sequence[ScoreRequest]) -> Iterator[tuple[list[int], list[_Item]]]:
+        """(shared prefix ids, items after it). Requests alone with their prefix are pooled, prefix in prompt."""
+        order = sorted(range(len(requests)), key=lambda i: requests[i].prefix)
+        pooled: list[_Item] = []
+        for prefix, members in groupby(order, key=lambda i: requests[i].prefix):
+            indices = list(members)
+            prefix_ids = self.bos + self.encode(prefix)
+            shared = len(indices) > 1 and len(prefix_ids) > 0
+            items = [
+                _Item(
+                    i,
+                    (self.encode(requests[i].prompt) if shared else prefix_ids + self.encode(requests[i].prompt)),
+                    [self.encode(text) for text in requests[i].continuations],
+                )
+                for i in indices
+            ]
+            for item in items:
+                if any(not option for option in item.options):
+                    raise FlipscopeError(
+                        f"request {item.index} has an option that encodes to no tokens", fix="remove empty options"
+                    )
+            if shared:
+                yield prefix_ids, items
+            else:
+                pooled += items
+        if pooled:
+            yield [], pooled
 
-        Options run as right-padded batches on top of the prompt's cache, in chunks whose logits
-        [n, W, V] float32 stay within ``logits_budget`` bytes (a single longer option runs alone).
-        """
-        if max(len(c) for c in conts) <= 1:
-            return [first[None] for _ in conts]  # every option is one token: the prompt's last position
-        vocab = first.shape[-1]
-        out: list[torch.Tensor] = []
-        chunk: list[list[int]] = []
-        for tokens in conts:
-            width = max(len(c) for c in [*chunk, tokens]) - 1
-            if chunk and (len(chunk) + 1) * width * vocab * 4 > self.logits_budget:
-                out += self._option_batch(chunk, first, copy.deepcopy(cache), index)
-                chunk = []
-            chunk.append(tokens)
-        out += self._option_batch(chunk, first, cache, index)
-        return out
+    def _batches(self, items: list[_Item]) -> Iterator[list[_Item]]:
+        """Similar lengths together, at most ``batch_tokens`` padded prompt tokens per batch."""
+        batch: list[_Item] = []
+        for item in sorted(items, key=lambda it: len(it.prompt)):
+            width = max([len(it.prompt) for it in batch] + [len(item.prompt)])
+            if batch and (len(batch) >= self.max_batch or (len(batch) + 1) * width > self.batch_tokens):
+                yield batch
+                batch = []
+            batch.append(item)
+        if batch:
+            yield batch
 
-    def _option_batch(self, conts: list[list[int]], first: torch.Tensor, cache: Any, index: int) -> list[torch.Tensor]:
-        width = max(len(c) for c in conts) - 1
-        if width <= 0:
-            return [first[None] for _ in conts]
-        n = len(conts)
-        past = cache.get_seq_length()
-        if n > 1:
+    def _prompts(self, batch: list[_Item], prefix_cache: Any, past: int) -> tuple[torch.Tensor, Any]:
+        """Run a batch of prompts after the prefix; returns first-token log-probs [B, V] and the batch's cache."""
+        n, width = len(batch), max(len(it.prompt) for it in batch)
+        cache = copy.deepcopy(prefix_cache) if past else self.new_cache()
+        if past and n > 1:
             cache.batch_repeat_interleave(n)
-        inp = torch.full((n, width), self.pad, dtype=torch.long, device=self.device)  # [n, W]
-        mask = torch.zeros((n, past + width), dtype=torch.long, device=self.device)  # [n, P + W]
+        inp = torch.full((n, width), self.pad, dtype=torch.long, device=self.device)  # [B, Lp]
+        mask = torch.zeros((n, past + width), dtype=torch.long, device=self.device)  # [B, P0 + Lp]
         mask[:, :past] = 1
-        for o, tokens in enumerate(conts):
-            body = tokens[:-1]  # the last token predicts nothing we need
-            inp[o, : len(body)] = torch.tensor(body, dtype=torch.long)
-            mask[o, past : past + len(body)] = 1
-        logits = self.model(input_ids=inp, attention_mask=mask, use_cache=True, **{self.cache_kw: cache}).logits
-        logprobs = logits.float()  # [n, W, V]; normalised in place: no second [n, W, V] buffer
-        logprobs.sub_(torch.logsumexp(logprobs, dim=-1, keepdim=True))
-        self._check(logprobs, index)
-        return [torch.cat([first[None], logprobs[o, : len(c) - 1]]) for o, c in enumerate(conts)]
+        for b, item in enumerate(batch):
+            inp[b, : len(item.prompt)] = torch.tensor(item.prompt, dtype=torch.long)
+            mask[b, past : past + len(item.prompt)] = 1
+        positions = (past + torch.arange(width, device=self.device)).expand(n, width)  # [B, Lp]
+        last = [len(item.prompt) - 1 for item in batch]
+        keep = sorted(set(last))
+        out = self.model(
+            input_ids=inp,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=torch.tensor(keep, device=self.device),
+            **{self.cache_kw: cache},
+        )
+        at = torch.tensor([keep.index(pos) for pos in last], device=self.device)
+        first = out.logits[torch.arange(n, device=self.device), at].float()  # [B, V]
+        lse = torch.logsumexp(first, dim=-1, keepdim=True)  # [B, 1]
+        for b, item in enumerate(batch):
+            self._check(lse[b], item.index)
+        return first.sub_(lse), cache
+
+    def _option_chunks(
+        self, rows: list[tuple[int, int]], batch: list[_Item], vocab: int
+    ) -> Iterator[list[tuple[int, int]]]:
+        """Option rows sorted by length, cut where the logits would pass the budget or padding would dominate."""
+        chunk: list[tuple[int, int]] = []
+        narrowest = 0
+        for b, o in sorted(rows, key=lambda row: len(batch[row[0]].options[row[1]])):
+            width = len(batch[b].options[o]) - 1
+            too_big = (len(chunk) + 1) * width * vocab * 4 > self.logits_budget
+            if chunk and (too_big or width > 2 * narrowest + 4):
+                yield chunk
+                chunk = []
+            if not chunk:
+                narrowest = width
+            chunk.append((b, o))
+        if chunk:
+            yield chunk
+
+    def _options(
+        self, batch: list[_Item], first: torch.Tensor, cache: Any, past: int
+    ) -> dict[tuple[int, int], torch.Tensor]:
+        """Per (batch row, option): log-probs predicting each of the option's tokens, [len(option), V]."""
+        out = {
+            (b, o): first[b][None] for b, item in enumerate(batch) for o, t in enumerate(item.options) if len(t) == 1
+        }
+        longer = [(b, o) for b, item in enumerate(batch) for o, t in enumerate(item.options) if len(t) > 1]
+        if not longer:
+            return out
+        prompt_width = max(len(it.prompt) for it in batch)
+        chunks = list(self._option_chunks(longer, batch, first.shape[-1]))
+        for chunk in chunks:
+            rows = _select_rows(cache, torch.tensor([b for b, _ in chunk], device=self.device))
+            n = len(chunk)
+            width = max(len(batch[b].options[o]) for b, o in chunk) - 1
+            inp = torch.full((n, width), self.pad, dtype=torch.long, device=self.device)  # [R, W]
+            mask = torch.zeros((n, past + prompt_width + width), dtype=torch.long, device=self.device)
+            positions = torch.zeros((n, width), dtype=torch.long, device=self.device)  # [R, W]
+            mask[:, :past] = 1
+            for r, (b, o) in enumerate(chunk):
+                body = batch[b].options[o][:-1]  # the last token predicts nothing we need
+                length = len(batch[b].prompt)
+                inp[r, : len(body)] = torch.tensor(body, dtype=torch.long)
+                mask[r, past : past + length] = 1
+                mask[r, past + prompt_width : past + prompt_width + len(body)] = 1
+                positions[r] = past + length + torch.arange(width, device=self.device)
+            logits = self.model(
+                input_ids=inp, attention_mask=mask, position_ids=positions, use_cache=True, **{self.cache_kw: rows}
+            ).logits
+            logprobs = logits.float()  # [R, W, V]; normalised in place: no second [R, W, V] buffer
+            lse = torch.logsumexp(logprobs, dim=-1, keepdim=True)  # [R, W, 1]
+            logprobs.sub_(lse)
+            for r, (b, o) in enumerate(chunk):
+                self._check(lse[r, : len(batch[b].options[o]) - 1], batch[b].index)
+                out[(b, o)] = torch.cat([first[b][None], logprobs[r, : len(batch[b].options[o]) - 1]])
+        return out
 
     @torch.inference_mode()
     def score(
@@ -110,32 +223,25 @@ class PrefixScorer:
         advance: Callable[[int], None] | None = None,
     ) -> list[OptionScores]:
         results: list[OptionScores | None] = [None] * len(requests)
-        order = sorted(range(len(requests)), key=lambda i: requests[i].prefix)
-        for prefix, group in groupby(order, key=lambda i: requests[i].prefix):
-            prefix_ids = self.bos + self.encode(prefix)
-            prefix_cache = self.new_cache()
+        for prefix_ids, items in self._groups(requests):
+            prefix_cache = None
             if prefix_ids:
-                self._forward(prefix_ids, prefix_cache)
-            for index in group:
-                request = requests[index]
-                prompt_ids = self.encode(request.prompt) if prefix_ids else self.bos + self.encode(request.prompt)
-                cache = copy.deepcopy(prefix_cache) if prefix_ids else self.new_cache()
-                first = self._forward(prompt_ids, cache)
-                self._check(first, index)
-                conts = [self.encode(text) for text in request.continuations]
-                if any(not c for c in conts):
-                    raise FlipscopeError(
-                        f"request {index} has an option that encodes to no tokens", fix="remove empty options"
-                    )
-                per_option = self._options(conts, first, cache, index)
-                logprobs, counts = [], []
-                for o, (tokens, option_rows) in enumerate(zip(conts, per_option, strict=True)):
-                    target = torch.tensor(tokens, device=option_rows.device)
-                    logprobs.append(float(option_rows.gather(1, target[:, None]).sum()))
-                    counts.append(len(tokens))
-                    if rows is not None:
-                        rows(index, o, option_rows.cpu().numpy())
-                results[index] = OptionScores(tuple(logprobs), tuple(counts))
-                if advance is not None:
-                    advance(1)
+                prefix_cache = self.new_cache()
+                inp = torch.tensor([prefix_ids], device=self.device)  # [1, P0]
+                self.model(input_ids=inp, use_cache=True, logits_to_keep=1, **{self.cache_kw: prefix_cache})
+            for batch in self._batches(items):
+                first, cache = self._prompts(batch, prefix_cache, len(prefix_ids))
+                per_option = self._options(batch, first, cache, len(prefix_ids))
+                for b, item in enumerate(batch):
+                    logprobs, counts = [], []
+                    for o, tokens in enumerate(item.options):
+                        option_rows = per_option[(b, o)]  # [T, V]
+                        target = torch.tensor(tokens, device=option_rows.device)
+                        logprobs.append(float(option_rows.gather(1, target[:, None]).sum()))
+                        counts.append(len(tokens))
+                        if rows is not None:
+                            rows(item.index, o, option_rows.cpu().numpy())
+                    results[item.index] = OptionScores(tuple(logprobs), tuple(counts))
+                    if advance is not None:
+                        advance(1)
         return [r for r in results if r is not None]
