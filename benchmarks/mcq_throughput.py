@@ -93,6 +93,8 @@ def measure(tool: str, folder: str, args: argparse.Namespace, fmt: str, shots: i
         tool,
         "--folder",
         folder,
+        "--task",
+        args.task,
         "--limit",
         str(args.limit),
         "--format",

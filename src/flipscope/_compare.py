@@ -103,6 +103,7 @@ class _Runner:
                         "model": weights,
                         "requests": _requests_hash(requests),
                         "dtype": self.settings.dtype,
+                        "device": self.settings.device,
                         "store": [self.settings.topk, self.settings.tail_samples] if ref is None else None,
                         "reference": ref.key if ref else None,
                     }

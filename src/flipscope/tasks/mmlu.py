@@ -25,6 +25,19 @@ def _subject_key(topic: str) -> str:
     return topic.strip().lower().replace(" ", "_")
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check, so an offline machine falls back at once instead of after the hub client's retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _from_hub() -> tuple[list[MCItem], dict[str, list[MCItem]]] | None:
     """The hub copy (test split evaluated, dev split for few-shot). None when the hub is unreachable."""
     if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE"):
@@ -32,6 +45,9 @@ def _from_hub() -> tuple[list[MCItem], dict[str, list[MCItem]]] | None:
     try:
         from datasets import load_dataset  # optional: users with hub access install `datasets`
     except ImportError:
+        return None
+    if not _hub_reachable():
+        log.info("the Hugging Face hub is not reachable; using the offline MMLU copy")
         return None
     try:
         test = load_dataset(HUB_ID, "all", split="test")
