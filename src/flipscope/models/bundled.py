@@ -58,8 +58,15 @@ def ensure_local(name: str) -> Path:
 
     quiet_transformers()
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    net: Any = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        net: Any = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    except (ValueError, OSError, ImportError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise FlipscopeError(
+            f"cannot convert the bundled model {name} from {gguf_path.name}: {first}",
+            fix="install what the message names, or delete the cached file to fetch it again",
+        ) from exc
     # transformers refuses save_pretrained on a GGUF-loaded model; the weights are plain float32 by now.
     net.hf_quantizer = None
     net.is_quantized = False
