@@ -24,6 +24,8 @@ class RichDisplay:
         from rich.console import Console
 
         self.console = Console(stderr=True)
+        if not self.console.is_terminal:
+            self.console = Console(stderr=True, width=120)  # logs and pipes: keep descriptions whole
 
     @contextmanager
     def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
