@@ -15,7 +15,7 @@ from typing import Any
 from flipscope._cache import cache_root, content_hash
 from flipscope.display import Display, NullDisplay
 from flipscope.errors import FlipscopeError
-from flipscope.metrics import ItemScore, TaskSummary, pair_up, summarize
+from flipscope.metrics import ItemScore, TaskSummary, summarize_run
 from flipscope.metrics.token_kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
 from flipscope.models import Backend, LoadOptions, ModelSpec, fingerprint, load_backend, parse_spec
 from flipscope.store import (
@@ -59,17 +59,6 @@ def library_versions() -> dict[str, str]:
 
 def _requests_hash(requests: list[ScoreRequest]) -> str:
     return content_hash([[r.prefix, r.prompt, list(r.continuations)] for r in requests])
-
-
-def summarize_run(
-    baseline: list[ItemScore], candidate: list[ItemScore], tasks: Sequence[str]
-) -> dict[str, TaskSummary]:
-    """Per task, plus "all" pooling every item when there are several tasks."""
-    pairs = pair_up(baseline, candidate)
-    out = {name: summarize([p for p in pairs if p.baseline.task == name]) for name in tasks}
-    if len(tasks) > 1:
-        out["all"] = summarize(pairs)
-    return out
 
 
 class _Runner:

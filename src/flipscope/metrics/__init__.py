@@ -11,7 +11,7 @@ from flipscope.metrics.paired import (
     top_margin,
     wilson_interval,
 )
-from flipscope.metrics.summary import TaskSummary, summarize
+from flipscope.metrics.summary import TaskSummary, summarize, summarize_run
 
 __all__ = [
     "FlipCounts",
@@ -25,6 +25,7 @@ __all__ = [
     "mcnemar_exact",
     "pair_up",
     "summarize",
+    "summarize_run",
     "top_choice_share",
     "top_margin",
     "wilson_interval",

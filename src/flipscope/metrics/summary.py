@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel
 
 from flipscope.metrics import paired
-from flipscope.metrics._records import Pair
+from flipscope.metrics._records import ItemScore, Pair, pair_up
 
 #: A model whose most frequent answer position covers this share of items (with ≥ 20 items) has collapsed.
 COLLAPSE_SHARE = 0.6
@@ -106,3 +106,14 @@ def summarize(pairs: Sequence[Pair]) -> TaskSummary:
         top_choice_candidate=paired.top_choice_share([p.candidate.choice for p in pairs]),
         warnings=warnings,
     )
+
+
+def summarize_run(
+    baseline: list[ItemScore], candidate: list[ItemScore], tasks: Sequence[str]
+) -> dict[str, TaskSummary]:
+    """Per task, plus "all" pooling every item when there are several tasks."""
+    pairs = pair_up(baseline, candidate)
+    out = {name: summarize([p for p in pairs if p.baseline.task == name]) for name in tasks}
+    if len(tasks) > 1:
+        out["all"] = summarize(pairs)
+    return out

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flipscope.metrics import ItemScore
+from flipscope.metrics import ItemScore, summarize_run
 from flipscope.report.table import print_run, render_run
 from flipscope.store import RunFile, read_run, scores_from_frame
 
 
 def load_run(folder: str | Path) -> RunFile:
     """Read a run directory and recompute every summary from its per-item records."""
-    from flipscope._compare import summarize_run
-
     run, records = read_run(Path(folder))
     by_model: dict[str, list[ItemScore]] = {}
     for model, frame in records.groupby("model", sort=False):
