@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import click
 
 
-def _print_table(title: str, columns: tuple[str, str], rows: Iterable[tuple[str, str]]) -> None:
+def _print_table(title: str, columns: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -41,3 +41,21 @@ def tasks_cmd() -> None:
     from flipscope.tasks import TASKS
 
     _print_table("tasks", ("name", "what"), TASKS.items())
+
+
+@click.command("methods")
+def methods_cmd() -> None:
+    """List compression methods: spec syntax, parameters with defaults, and what each does."""
+    from flipscope.compress import METHODS
+
+    rows = [
+        (
+            cls.syntax or cls.method,
+            ", ".join(f"{name}={default!r}" for name, default in cls.parameters()),
+            (cls.__doc__ or "").strip().splitlines()[0],
+        )
+        for cls in METHODS.values()
+    ]
+    _print_table(
+        "compression methods (append to a spec: hf:DIR+rtn:w4g128, chainable)", ("spec", "parameters", "what"), rows
+    )

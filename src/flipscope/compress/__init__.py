@@ -1,13 +1,31 @@
-"""Compression applied on the fly to a copy of the baseline's weights."""
+"""Compression applied on the fly to a copy of the baseline's weights: one typed config per method."""
 
-from flipscope.compress._base import METHODS, CompressionConfig, apply_compression, parse_method
+from flipscope.compress._base import (
+    METHODS,
+    CompressionConfig,
+    apply_compression,
+    config_from_dict,
+    parse_method,
+)
+from flipscope.compress.drop import DropLayersConfig
+from flipscope.compress.ggml import GGMLConfig
+from flipscope.compress.noise import NoiseConfig
 from flipscope.compress.rtn import RTNConfig, quantize_dequantize
+from flipscope.compress.sparsity import MagnitudeConfig, NMConfig, magnitude_mask, nm_mask
 
 __all__ = [
     "METHODS",
     "CompressionConfig",
+    "DropLayersConfig",
+    "GGMLConfig",
+    "MagnitudeConfig",
+    "NMConfig",
+    "NoiseConfig",
     "RTNConfig",
     "apply_compression",
+    "config_from_dict",
+    "magnitude_mask",
+    "nm_mask",
     "parse_method",
     "quantize_dequantize",
 ]

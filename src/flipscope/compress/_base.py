@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from flipscope.errors import FlipscopeError
@@ -17,6 +18,10 @@ class CompressionConfig:
     """Base of every method's config. ``method`` is the name used in specs (``+rtn:w4g128``)."""
 
     method: ClassVar[str] = ""
+    #: How the spec suffix is written, for `flipscope methods` and error messages.
+    syntax: ClassVar[str] = ""
+    #: Bumped when a method's parameters change meaning; stored with every serialized config.
+    version: ClassVar[int] = 1
 
     @classmethod
     def parse(cls, args: str) -> CompressionConfig:  # pragma: no cover - overridden
@@ -26,7 +31,12 @@ class CompressionConfig:
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, **asdict(self)}
+        return {"method": self.method, "version": self.version, **asdict(self)}
+
+    @classmethod
+    def parameters(cls) -> list[tuple[str, object]]:
+        """(name, default) of each parameter."""
+        return [(f.name, f.default) for f in fields(cls)]
 
 
 METHODS: dict[str, type[CompressionConfig]] = {}
@@ -37,8 +47,32 @@ def register(cls: type[CompressionConfig]) -> type[CompressionConfig]:
     return cls
 
 
+def config_from_dict(data: dict[str, Any]) -> CompressionConfig:
+    """The inverse of ``CompressionConfig.to_dict``; refuses a version this flipscope does not know."""
+    values = dict(data)
+    name, version = values.pop("method", None), values.pop("version", 1)
+    cls = METHODS.get(str(name))
+    if cls is None:
+        raise FlipscopeError(f"unknown compression method {name!r} in a stored config")
+    if version != cls.version:
+        raise FlipscopeError(
+            f"stored {name} config has version {version}; this flipscope reads version {cls.version}",
+            fix="recreate it with this flipscope version",
+        )
+    for key, value in values.items():
+        if isinstance(value, list):
+            values[key] = tuple(value)
+    return cls(**values)
+
+
+#: ``N:M`` (e.g. ``2:4``) is shorthand for the N:M structured-sparsity method.
+_NM_SHORTHAND = re.compile(r"^\d+:\d+$")
+
+
 def parse_method(text: str) -> CompressionConfig:
     """``"rtn:w4g128"`` → ``RTNConfig(bits=4, group_size=128)``."""
+    if _NM_SHORTHAND.match(text.strip()):
+        text = "nm:" + text.strip()
     name, _, args = text.partition(":")
     cls = METHODS.get(name.strip().lower())
     if cls is None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from flipscope.compress._base import CompressionConfig, apply_compression, register
+from flipscope.compress._layers import linear_layers
 from flipscope.errors import FlipscopeError
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ class RTNConfig(CompressionConfig):
     """
 
     method: ClassVar[str] = "rtn"
+    syntax: ClassVar[str] = "rtn:w<bits 2-8>[g<group>][,asym][,lm_head]"
     bits: int = 8
     group_size: int | None = None
     symmetric: bool = True
@@ -106,25 +108,16 @@ def quantize_dequantize(weight: torch.Tensor, config: RTNConfig) -> torch.Tensor
 def _apply_rtn(config: RTNConfig, model: torch.nn.Module) -> dict[str, Any]:
     import torch
 
-    net: Any = model
-    output = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None
-    if config.include_lm_head and output is not None and hasattr(net, "get_input_embeddings"):
-        inp = net.get_input_embeddings()
-        if inp is not None and output.weight.data_ptr() == inp.weight.data_ptr():
-            # Tied weights: quantize the head alone, never the embedding table through it.
-            output.weight = torch.nn.Parameter(output.weight.detach().clone())
     touched, sq_err, sq_norm = 0, 0.0, 0.0
     with torch.no_grad():
-        for module in model.modules():
-            if not isinstance(module, torch.nn.Linear):
-                continue
-            if module is output and not config.include_lm_head:
-                continue
+        for _, module in linear_layers(model, include_lm_head=config.include_lm_head):
             new = quantize_dequantize(module.weight, config)
             sq_err += float((new.float() - module.weight.float()).pow(2).sum())
             sq_norm += float(module.weight.float().pow(2).sum())
             module.weight.copy_(new)
             touched += 1
-    if touched == 0:
-        raise FlipscopeError("rtn found no Linear layers to quantize in this model")
-    return {"layers": touched, "relative_weight_error": (sq_err / sq_norm) ** 0.5 if sq_norm else 0.0}
+    return {
+        "library": "flipscope",
+        "layers": touched,
+        "relative_weight_error": (sq_err / sq_norm) ** 0.5 if sq_norm else 0.0,
+    }

@@ -1,0 +1,159 @@
+"""Compression methods on small layers and the tiny Llama: error falls with bits, exact sparsity, identities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flipscope.compress import (
+    METHODS,
+    DropLayersConfig,
+    GGMLConfig,
+    MagnitudeConfig,
+    NMConfig,
+    NoiseConfig,
+    RTNConfig,
+    apply_compression,
+    config_from_dict,
+    magnitude_mask,
+    nm_mask,
+    parse_method,
+)
+from flipscope.errors import FlipscopeError
+
+
+def tiny(path: Path):  # type: ignore[no-untyped-def]
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+def logits(model, text_ids):  # type: ignore[no-untyped-def]
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([text_ids])).logits
+
+
+def linear_weights(model):  # type: ignore[no-untyped-def]
+    import torch
+
+    return {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        RTNConfig(bits=3, group_size=64, symmetric=False, include_lm_head=True),
+        GGMLConfig(qtype="Q5_1"),
+        NoiseConfig(sigma=0.05, seed=2),
+        MagnitudeConfig(sparsity=0.3),
+        NMConfig(n=2, m=4),
+        DropLayersConfig(layers=(0,)),
+    ],
+)
+def test_configs_round_trip_through_dicts_and_labels(config) -> None:  # type: ignore[no-untyped-def]
+    assert config_from_dict(config.to_dict()) == config
+    assert config.to_dict()["version"] == 1
+    assert parse_method(config.label()) == config
+
+
+def test_stored_config_of_another_version_is_refused() -> None:
+    with pytest.raises(FlipscopeError, match="version 9"):
+        config_from_dict({**RTNConfig().to_dict(), "version": 9})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("ggml:Q3_K", "unknown ggml type"),
+        ("noise:-1", "sigma must be ≥ 0"),
+        ("noise:abc", "cannot read noise"),
+        ("magnitude:1", "sparsity must be in"),
+        ("magnitude:1.5", "sparsity must be in"),
+        ("4:2", "0 < N < M"),
+        ("drop:first2", "cannot read drop"),
+        ("drop:last0", "invalid layer drop"),
+        ("rtn:w1", "bits must be 2–8"),
+    ],
+)
+def test_invalid_parameters_fail_at_parse_time(text: str, message: str) -> None:
+    with pytest.raises(FlipscopeError, match=message):
+        parse_method(text)
+
+
+def test_every_method_is_listed_with_syntax() -> None:
+    assert {"rtn", "ggml", "noise", "magnitude", "nm", "drop"} <= set(METHODS)
+    assert all(cls.syntax for cls in METHODS.values())
+
+
+def test_ggml_error_falls_as_bits_rise(tiny_llama: Path) -> None:
+    errors = {}
+    base = linear_weights(tiny(tiny_llama))
+    for qtype in ("Q4_0", "Q5_0", "Q8_0"):
+        model = tiny(tiny_llama)
+        stats = apply_compression(GGMLConfig(qtype=qtype), model)
+        assert stats["library"].startswith("gguf ")
+        new = linear_weights(model)
+        errors[qtype] = sum(float((new[n] - base[n]).pow(2).sum()) for n in base if n != "lm_head")
+        assert (new["lm_head"] == base["lm_head"]).all()
+    assert errors["Q8_0"] < errors["Q5_0"] < errors["Q4_0"]
+
+
+def test_noise_zero_is_the_identity_and_noise_scales_with_std(tiny_llama: Path) -> None:
+    base = tiny(tiny_llama)
+    same = tiny(tiny_llama)
+    apply_compression(NoiseConfig(sigma=0.0), same)
+    ids = [1, 5, 9, 12, 40]
+    assert (logits(same, ids) == logits(base, ids)).all()
+    noisy = tiny(tiny_llama)
+    apply_compression(NoiseConfig(sigma=0.1, seed=1), noisy)
+    w0, w1 = linear_weights(base), linear_weights(noisy)
+    name = "model.layers.0.mlp.up_proj"
+    ratio = float((w1[name] - w0[name]).std() / w0[name].std())
+    assert ratio == pytest.approx(0.1, rel=0.1)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.25, 0.5, 0.9])
+def test_magnitude_hits_the_sparsity_exactly(tiny_llama: Path, sparsity: float) -> None:
+    model = tiny(tiny_llama)
+    stats = apply_compression(MagnitudeConfig(sparsity=sparsity), model)
+    for name, w in linear_weights(model).items():
+        if name != "lm_head":
+            assert int((w == 0).sum()) == round(sparsity * w.numel()), name
+    assert stats["sparsity"] == pytest.approx(sparsity, abs=1e-3)
+
+
+def test_magnitude_mask_drops_the_smallest() -> None:
+    import torch
+
+    w = torch.tensor([[0.1, -3.0, 0.2, 5.0], [-0.05, 1.0, -2.0, 0.3]])
+    assert magnitude_mask(w, 0.5).tolist() == [[False, True, False, True], [False, True, True, False]]
+
+
+def test_two_four_pattern_is_exact(tiny_llama: Path) -> None:
+    import torch
+
+    w = torch.tensor([[0.1, -3.0, 0.2, 5.0, 1.0, 2.0, -3.0, 0.0]])
+    assert nm_mask(w, 2, 4).tolist() == [[False, True, False, True, False, True, True, False]]
+    model = tiny(tiny_llama)
+    apply_compression(NMConfig(n=2, m=4), model)
+    for name, weight in linear_weights(model).items():
+        if name != "lm_head":
+            groups = (weight != 0).reshape(weight.shape[0], -1, 4).sum(-1)
+            assert bool((groups <= 2).all()) and int((weight == 0).sum()) >= weight.numel() // 2
+
+
+def test_drop_layers_removes_blocks_and_the_model_still_scores(tiny_llama: Path) -> None:
+    from flipscope.models import load_backend, parse_spec
+    from flipscope.tasks import ScoreRequest
+
+    backend = load_backend(parse_spec(f"hf:{tiny_llama}+drop:last1"))
+    net = backend.model  # type: ignore[attr-defined]
+    assert len(net.model.layers) == 1 and net.config.num_hidden_layers == 1
+    assert backend.info.details["compression"]["drop:last1"]["dropped"] == [1]
+    scores = backend.score([ScoreRequest("Header.\n\n", "Question: Mars?\nAnswer:", (" planet", " a red one"))])
+    assert len(scores[0].logprobs) == 2 and all(v < 0 for v in scores[0].logprobs)
+    with pytest.raises(FlipscopeError, match="does not fit a model of 2 blocks"):
+        apply_compression(DropLayersConfig(layers=(0, 1)), tiny(tiny_llama))
