@@ -14,11 +14,13 @@ from flipscope.compress import (
     NMConfig,
     NoiseConfig,
     RTNConfig,
+    WandaConfig,
     apply_compression,
     config_from_dict,
     magnitude_mask,
     nm_mask,
     parse_method,
+    wanda_mask,
 )
 from flipscope.errors import FlipscopeError
 
@@ -51,6 +53,7 @@ def linear_weights(model):  # type: ignore[no-untyped-def]
         MagnitudeConfig(sparsity=0.3),
         NMConfig(n=2, m=4),
         DropLayersConfig(layers=(0,)),
+        WandaConfig(sparsity=0.25),
     ],
 )
 def test_configs_round_trip_through_dicts_and_labels(config) -> None:  # type: ignore[no-untyped-def]
@@ -84,7 +87,7 @@ def test_invalid_parameters_fail_at_parse_time(text: str, message: str) -> None:
 
 
 def test_every_method_is_listed_with_syntax() -> None:
-    assert {"rtn", "ggml", "noise", "magnitude", "nm", "drop"} <= set(METHODS)
+    assert {"rtn", "ggml", "noise", "magnitude", "nm", "drop", "wanda"} <= set(METHODS)
     assert all(cls.syntax for cls in METHODS.values())
 
 
@@ -157,3 +160,47 @@ def test_drop_layers_removes_blocks_and_the_model_still_scores(tiny_llama: Path)
     assert len(scores[0].logprobs) == 2 and all(v < 0 for v in scores[0].logprobs)
     with pytest.raises(FlipscopeError, match="does not fit a model of 2 blocks"):
         apply_compression(DropLayersConfig(layers=(0, 1)), tiny(tiny_llama))
+
+
+@pytest.mark.parametrize("suffix", ["+rtn:w4g16+drop:last1", "+rtn:w3g16,lm_head", "+2:4"])
+def test_saved_candidate_reloads_with_identical_outputs(tiny_llama: Path, tmp_path: Path, suffix: str) -> None:
+    import json
+
+    from flipscope import save_compressed
+    from flipscope.models import load_backend, parse_spec
+
+    spec = f"hf:{tiny_llama}{suffix}"
+    folder = save_compressed(spec, tmp_path / "saved")
+    record = json.loads((folder / "flipscope.json").read_text())
+    assert record["spec"] == spec and record["compression"][0]["version"] == 1
+    live = load_backend(parse_spec(spec)).model  # type: ignore[attr-defined]
+    saved = load_backend(parse_spec(f"hf:{folder}")).model  # type: ignore[attr-defined]
+    ids = [1, 7, 30, 2, 99, 4]
+    assert bool((logits(live, ids) == logits(saved, ids)).all())
+    with pytest.raises(FlipscopeError, match="not empty"):
+        save_compressed(spec, folder)
+
+
+def test_wanda_mask_weighs_magnitude_by_input_norm() -> None:
+    import torch
+
+    w = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    norms = torch.tensor([10.0, 1.0, 1.0, 0.1])  # scores 10, 2, 3, 0.4
+    assert wanda_mask(w, norms, 0.5).tolist() == [[True, False, True, False]]
+    assert magnitude_mask(w, 0.5).tolist() == [[False, False, True, True]]
+
+
+def test_wanda_prunes_each_row_exactly_on_the_tiny_llama(tiny_llama: Path) -> None:
+    from flipscope.models import load_backend, parse_spec
+    from flipscope.tasks import ScoreRequest
+
+    backend = load_backend(parse_spec(f"hf:{tiny_llama}+wanda:0.5"))
+    stats = backend.info.details["compression"]["wanda:0.5"]
+    assert stats["sparsity"] == pytest.approx(0.5) and "pydoc_data" in stats["calibration"]
+    for name, w in linear_weights(backend.model).items():  # type: ignore[attr-defined]
+        if name != "lm_head":
+            assert bool(((w == 0).sum(dim=1) == w.shape[1] // 2).all()), name
+    scores = backend.score([ScoreRequest("", "Question: Mars?\nAnswer:", (" planet", " a red one"))])
+    assert all(v < 0 for v in scores[0].logprobs)
+    with pytest.raises(FlipscopeError, match="tokenizer"):
+        apply_compression(WandaConfig(sparsity=0.5), tiny(tiny_llama))

@@ -11,9 +11,10 @@ from flipscope.errors import FlipscopeError
 
 if TYPE_CHECKING:
     from flipscope._compare import Comparison, compare
+    from flipscope._save import save_compressed
     from flipscope.report import load_run
 
-__all__ = ["Comparison", "FlipscopeError", "compare", "load_run"]
+__all__ = ["Comparison", "FlipscopeError", "compare", "load_run", "save_compressed"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,6 +22,10 @@ def __getattr__(name: str) -> Any:
         from flipscope import _compare
 
         return getattr(_compare, name)
+    if name == "save_compressed":
+        from flipscope._save import save_compressed
+
+        return save_compressed
     if name == "load_run":
         from flipscope.report import load_run
 

@@ -8,6 +8,7 @@ import sys
 import click
 
 from flipscope.cli.compare import compare_cmd
+from flipscope.cli.compress import compress_cmd
 from flipscope.cli.listing import methods_cmd, models_cmd, tasks_cmd
 from flipscope.cli.report import report_cmd
 from flipscope.errors import FlipscopeError
@@ -38,6 +39,7 @@ def cli(verbose: int) -> None:
 
 cli.add_command(compare_cmd)
 cli.add_command(report_cmd)
+cli.add_command(compress_cmd)
 cli.add_command(models_cmd)
 cli.add_command(methods_cmd)
 cli.add_command(tasks_cmd)

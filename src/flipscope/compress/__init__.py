@@ -3,6 +3,7 @@
 from flipscope.compress._base import (
     METHODS,
     CompressionConfig,
+    CompressionContext,
     apply_compression,
     config_from_dict,
     parse_method,
@@ -12,20 +13,24 @@ from flipscope.compress.ggml import GGMLConfig
 from flipscope.compress.noise import NoiseConfig
 from flipscope.compress.rtn import RTNConfig, quantize_dequantize
 from flipscope.compress.sparsity import MagnitudeConfig, NMConfig, magnitude_mask, nm_mask
+from flipscope.compress.wanda import WandaConfig, wanda_mask
 
 __all__ = [
     "METHODS",
     "CompressionConfig",
+    "CompressionContext",
     "DropLayersConfig",
     "GGMLConfig",
     "MagnitudeConfig",
     "NMConfig",
     "NoiseConfig",
     "RTNConfig",
+    "WandaConfig",
     "apply_compression",
     "config_from_dict",
     "magnitude_mask",
     "nm_mask",
     "parse_method",
     "quantize_dequantize",
+    "wanda_mask",
 ]

@@ -84,7 +84,17 @@ def parse_method(text: str) -> CompressionConfig:
     return cls.parse(args.strip())
 
 
+@dataclass(frozen=True)
+class CompressionContext:
+    """What some methods need beyond the weights: the tokenizer (for calibration text) and the device."""
+
+    tokenizer: Any = None
+    device: str = "cpu"
+
+
 @functools.singledispatch
-def apply_compression(config: CompressionConfig, model: torch.nn.Module) -> dict[str, Any]:
+def apply_compression(
+    config: CompressionConfig, model: torch.nn.Module, context: CompressionContext | None = None
+) -> dict[str, Any]:
     """Compress ``model`` in place; returns statistics (layers touched, error). Dispatched by config type."""
     raise FlipscopeError(f"compression method {config.method!r} has no implementation for this backend")

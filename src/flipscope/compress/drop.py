@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from flipscope.compress._base import CompressionConfig, apply_compression, register
+from flipscope.compress._base import CompressionConfig, CompressionContext, apply_compression, register
 from flipscope.compress._layers import decoder_layers
 from flipscope.errors import FlipscopeError
 
@@ -55,7 +55,9 @@ class DropLayersConfig(CompressionConfig):
 
 
 @apply_compression.register(DropLayersConfig)
-def _apply_drop(config: DropLayersConfig, model: torch.nn.Module) -> dict[str, Any]:
+def _apply_drop(
+    config: DropLayersConfig, model: torch.nn.Module, context: CompressionContext | None = None
+) -> dict[str, Any]:
     import torch
 
     net: Any = model

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from flipscope.compress._base import CompressionConfig, apply_compression, register
+from flipscope.compress._base import CompressionConfig, CompressionContext, apply_compression, register
 from flipscope.compress._layers import linear_layers
 from flipscope.errors import FlipscopeError
 
@@ -39,7 +39,9 @@ class GGMLConfig(CompressionConfig):
 
 
 @apply_compression.register(GGMLConfig)
-def _apply_ggml(config: GGMLConfig, model: torch.nn.Module) -> dict[str, Any]:
+def _apply_ggml(
+    config: GGMLConfig, model: torch.nn.Module, context: CompressionContext | None = None
+) -> dict[str, Any]:
     import torch
     from gguf import GGMLQuantizationType, quants
 

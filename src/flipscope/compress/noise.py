@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from flipscope.compress._base import CompressionConfig, apply_compression, register
+from flipscope.compress._base import CompressionConfig, CompressionContext, apply_compression, register
 from flipscope.compress._layers import linear_layers
 from flipscope.errors import FlipscopeError
 
@@ -42,7 +42,9 @@ class NoiseConfig(CompressionConfig):
 
 
 @apply_compression.register(NoiseConfig)
-def _apply_noise(config: NoiseConfig, model: torch.nn.Module) -> dict[str, Any]:
+def _apply_noise(
+    config: NoiseConfig, model: torch.nn.Module, context: CompressionContext | None = None
+) -> dict[str, Any]:
     import torch
 
     generator = torch.Generator().manual_seed(config.seed)

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from flipscope.compress._base import CompressionConfig, apply_compression, register
+from flipscope.compress._base import CompressionConfig, CompressionContext, apply_compression, register
 from flipscope.compress._layers import linear_layers
 from flipscope.errors import FlipscopeError
 
@@ -105,7 +105,7 @@ def quantize_dequantize(weight: torch.Tensor, config: RTNConfig) -> torch.Tensor
 
 
 @apply_compression.register(RTNConfig)
-def _apply_rtn(config: RTNConfig, model: torch.nn.Module) -> dict[str, Any]:
+def _apply_rtn(config: RTNConfig, model: torch.nn.Module, context: CompressionContext | None = None) -> dict[str, Any]:
     import torch
 
     touched, sq_err, sq_norm = 0, 0.0, 0.0

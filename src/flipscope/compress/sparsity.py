@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from flipscope.compress._base import CompressionConfig, apply_compression, register
+from flipscope.compress._base import CompressionConfig, CompressionContext, apply_compression, register
 from flipscope.compress._layers import linear_layers
 from flipscope.errors import FlipscopeError
 
@@ -101,12 +101,14 @@ def _prune(model: torch.nn.Module, mask_of: Any) -> dict[str, Any]:
 
 
 @apply_compression.register(MagnitudeConfig)
-def _apply_magnitude(config: MagnitudeConfig, model: torch.nn.Module) -> dict[str, Any]:
+def _apply_magnitude(
+    config: MagnitudeConfig, model: torch.nn.Module, context: CompressionContext | None = None
+) -> dict[str, Any]:
     return _prune(model, lambda name, w: magnitude_mask(w, config.sparsity))
 
 
 @apply_compression.register(NMConfig)
-def _apply_nm(config: NMConfig, model: torch.nn.Module) -> dict[str, Any]:
+def _apply_nm(config: NMConfig, model: torch.nn.Module, context: CompressionContext | None = None) -> dict[str, Any]:
     def mask_of(name: str, weight: Any) -> Any:
         if weight.shape[1] % config.m:
             raise FlipscopeError(

@@ -52,7 +52,7 @@ class HFBackend:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from flipscope.compress import apply_compression
+        from flipscope.compress import CompressionContext, apply_compression
 
         quiet_transformers()
 
@@ -73,7 +73,7 @@ class HFBackend:
         stats = {}
         for config in spec.compression:
             log.info("applying %s to %s", config.label(), spec.base().label())
-            stats[config.label()] = apply_compression(config, model)
+            stats[config.label()] = apply_compression(config, model, CompressionContext(tokenizer, device))
         info = ModelInfo(
             label=spec.label(),
             vocab_size=int(model.get_output_embeddings().weight.shape[0]),

@@ -1,0 +1,46 @@
+"""``save_compressed``: write a compressed candidate as a normal Hugging Face folder that ``hf:DIR`` loads."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from flipscope.errors import FlipscopeError
+from flipscope.models import LoadOptions, ModelSpec, load_backend, parse_spec
+
+log = logging.getLogger(__name__)
+META_FILE = "flipscope.json"
+
+
+def save_compressed(spec: str | ModelSpec, out: str | Path, *, device: str = "cpu", dtype: str = "float32") -> Path:
+    """Load ``spec`` (compressing it on the way), save weights, tokenizer and a ``flipscope.json`` record."""
+    from flipscope._compare import library_versions
+
+    parsed = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
+    folder = Path(out)
+    if folder.exists() and any(folder.iterdir()):
+        raise FlipscopeError(f"output folder {folder} is not empty", fix="choose a new --out folder")
+    backend = load_backend(parsed, LoadOptions(device=device, dtype=dtype))
+    net: Any = getattr(backend, "model", None)
+    tokenizer = getattr(backend, "tokenizer", None)
+    if net is None or tokenizer is None:
+        raise FlipscopeError(f"{parsed.source}: models cannot be saved", fix="use an hf: or bundled: spec")
+    head = net.get_output_embeddings()
+    embed = net.get_input_embeddings()
+    if head is not None and embed is not None and head.weight.data_ptr() != embed.weight.data_ptr():
+        net.config.tie_word_embeddings = False  # a compressed head must not be re-tied to the embeddings on load
+    folder.mkdir(parents=True, exist_ok=True)
+    net.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    record = {
+        "spec": parsed.label(),
+        "compression": [c.to_dict() for c in parsed.compression],
+        "details": backend.info.details,
+        "versions": library_versions(),
+    }
+    (folder / META_FILE).write_text(json.dumps(record, indent=2, default=str))
+    backend.close()
+    log.info("saved %s to %s", parsed.label(), folder)
+    return folder

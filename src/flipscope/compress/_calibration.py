@@ -1,0 +1,35 @@
+"""Calibration text for methods that look at activations: offline, from CPython's own documentation.
+
+``pydoc_data.topics`` (~465k characters of English prose) ships with every Python, so calibration never needs
+a download. The default set: the first ``samples`` × ``length`` tokens, cut into ``samples`` rows.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from flipscope.errors import FlipscopeError
+
+if TYPE_CHECKING:
+    import torch
+
+CALIBRATION_SOURCE = "python:pydoc_data.topics"
+
+
+def calibration_text() -> str:
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[key] for key in sorted(topics))
+
+
+def calibration_batch(tokenizer: Any, samples: int, length: int) -> torch.Tensor:
+    """Token ids [samples, length] from the calibration text."""
+    import torch
+
+    if tokenizer is None:
+        raise FlipscopeError("this method needs the model's tokenizer for calibration text")
+    ids = tokenizer.encode(calibration_text()[: samples * length * 12], add_special_tokens=False)
+    need = samples * length
+    if len(ids) < need:
+        raise FlipscopeError(f"calibration text gave {len(ids)} tokens, {need} needed", fix="use fewer samples")
+    return torch.tensor(ids[:need]).view(samples, length)
