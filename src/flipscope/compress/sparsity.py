@@ -14,6 +14,18 @@ if TYPE_CHECKING:
     import torch
 
 
+def check_sparsity(value: float, syntax: str) -> None:
+    if not 0 <= value < 1:
+        raise FlipscopeError(f"sparsity must be in [0, 1), got {value}", fix=f"write {syntax}")
+
+
+def parse_sparsity(args: str, syntax: str) -> float:
+    try:
+        return float(args)
+    except ValueError as exc:
+        raise FlipscopeError(f"cannot read sparsity {args!r}", fix=f"write {syntax}") from exc
+
+
 @register
 @dataclass(frozen=True)
 class MagnitudeConfig(CompressionConfig):
@@ -24,15 +36,11 @@ class MagnitudeConfig(CompressionConfig):
     sparsity: float = 0.5
 
     def __post_init__(self) -> None:
-        if not 0 <= self.sparsity < 1:
-            raise FlipscopeError(f"sparsity must be in [0, 1), got {self.sparsity}", fix=f"write {self.syntax}")
+        check_sparsity(self.sparsity, self.syntax)
 
     @classmethod
     def parse(cls, args: str) -> MagnitudeConfig:
-        try:
-            return cls(sparsity=float(args))
-        except ValueError as exc:
-            raise FlipscopeError(f"cannot read magnitude sparsity {args!r}", fix=f"write {cls.syntax}") from exc
+        return cls(sparsity=parse_sparsity(args, cls.syntax))
 
     def label(self) -> str:
         return f"magnitude:{self.sparsity:g}"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from flipscope.compress._base import CompressionConfig, CompressionContext, apply_compression, register
 from flipscope.compress._calibration import CALIBRATION_SOURCE, calibration_batch
 from flipscope.compress._layers import decoder_layers
+from flipscope.compress.sparsity import check_sparsity, parse_sparsity
 from flipscope.errors import FlipscopeError
 
 if TYPE_CHECKING:
@@ -30,17 +31,13 @@ class WandaConfig(CompressionConfig):
     length: int = 128
 
     def __post_init__(self) -> None:
-        if not 0 <= self.sparsity < 1:
-            raise FlipscopeError(f"sparsity must be in [0, 1), got {self.sparsity}", fix=f"write {self.syntax}")
+        check_sparsity(self.sparsity, self.syntax)
         if self.samples < 1 or self.length < 2:
             raise FlipscopeError("wanda needs at least one calibration sample of two tokens")
 
     @classmethod
     def parse(cls, args: str) -> WandaConfig:
-        try:
-            return cls(sparsity=float(args))
-        except ValueError as exc:
-            raise FlipscopeError(f"cannot read wanda sparsity {args!r}", fix=f"write {cls.syntax}") from exc
+        return cls(sparsity=parse_sparsity(args, cls.syntax))
 
     def label(self) -> str:
         return f"wanda:{self.sparsity:g}"
