@@ -54,6 +54,7 @@ def linear_weights(model):  # type: ignore[no-untyped-def]
         NMConfig(n=2, m=4),
         DropLayersConfig(layers=(0,)),
         WandaConfig(sparsity=0.25),
+        parse_method("hqq:w3g32"),
     ],
 )
 def test_configs_round_trip_through_dicts_and_labels(config) -> None:  # type: ignore[no-untyped-def]
@@ -79,6 +80,7 @@ def test_stored_config_of_another_version_is_refused() -> None:
         ("drop:first2", "cannot read drop"),
         ("drop:last0", "invalid layer drop"),
         ("rtn:w1", "bits must be 2–8"),
+        ("hqq:w5g64", "invalid hqq setting"),
     ],
 )
 def test_invalid_parameters_fail_at_parse_time(text: str, message: str) -> None:
@@ -204,3 +206,27 @@ def test_wanda_prunes_each_row_exactly_on_the_tiny_llama(tiny_llama: Path) -> No
     assert all(v < 0 for v in scores[0].logprobs)
     with pytest.raises(FlipscopeError, match="tokenizer"):
         apply_compression(WandaConfig(sparsity=0.5), tiny(tiny_llama))
+
+
+def test_hqq_error_falls_as_bits_rise(tiny_llama: Path) -> None:
+    from flipscope.compress import HQQConfig
+
+    base = linear_weights(tiny(tiny_llama))
+    errors = []
+    for bits in (2, 3, 4, 8):
+        model = tiny(tiny_llama)
+        stats = apply_compression(HQQConfig(bits=bits, group_size=64), model)
+        assert stats["library"].startswith("hqq ")
+        new = linear_weights(model)
+        errors.append(sum(float((new[n] - base[n]).pow(2).sum()) for n in base if n != "lm_head"))
+    assert errors == sorted(errors, reverse=True) and errors[-1] < errors[0] / 100
+
+
+def test_missing_library_names_the_pip_line(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from flipscope.compress import HQQConfig
+
+    monkeypatch.setitem(sys.modules, "hqq.core.quantize", None)  # import now fails as if not installed
+    with pytest.raises(FlipscopeError, match=r"pip install hqq==0\.2\.8\.post1"):
+        apply_compression(HQQConfig(bits=4, group_size=64), tiny(tiny_llama))

@@ -10,6 +10,7 @@ from flipscope.compress._base import (
 )
 from flipscope.compress.drop import DropLayersConfig
 from flipscope.compress.ggml import GGMLConfig
+from flipscope.compress.hqq import HQQConfig
 from flipscope.compress.noise import NoiseConfig
 from flipscope.compress.rtn import RTNConfig, quantize_dequantize
 from flipscope.compress.sparsity import MagnitudeConfig, NMConfig, magnitude_mask, nm_mask
@@ -21,6 +22,7 @@ __all__ = [
     "CompressionContext",
     "DropLayersConfig",
     "GGMLConfig",
+    "HQQConfig",
     "MagnitudeConfig",
     "NMConfig",
     "NoiseConfig",

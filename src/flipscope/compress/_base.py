@@ -42,6 +42,18 @@ class CompressionConfig:
 METHODS: dict[str, type[CompressionConfig]] = {}
 
 
+def require(module: str, *, method: str, pip: str) -> Any:
+    """Import ``module`` for ``method``, or fail with the exact install line."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise FlipscopeError(
+            f"method {method} needs the {module} library, which is not installed", fix=f"pip install {pip}"
+        ) from exc
+
+
 def register(cls: type[CompressionConfig]) -> type[CompressionConfig]:
     METHODS[cls.method] = cls
     return cls
