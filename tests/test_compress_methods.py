@@ -55,6 +55,7 @@ def linear_weights(model):  # type: ignore[no-untyped-def]
         DropLayersConfig(layers=(0,)),
         WandaConfig(sparsity=0.25),
         parse_method("hqq:w3g32"),
+        parse_method("bnb:int8,threshold=4"),
     ],
 )
 def test_configs_round_trip_through_dicts_and_labels(config) -> None:  # type: ignore[no-untyped-def]
@@ -81,6 +82,7 @@ def test_stored_config_of_another_version_is_refused() -> None:
         ("drop:last0", "invalid layer drop"),
         ("rtn:w1", "bits must be 2–8"),
         ("hqq:w5g64", "invalid hqq setting"),
+        ("bnb:int4", "invalid bitsandbytes setting"),
     ],
 )
 def test_invalid_parameters_fail_at_parse_time(text: str, message: str) -> None:
@@ -230,3 +232,41 @@ def test_missing_library_names_the_pip_line(tiny_llama: Path, monkeypatch: pytes
     monkeypatch.setitem(sys.modules, "hqq.core.quantize", None)  # import now fails as if not installed
     with pytest.raises(FlipscopeError, match=r"pip install hqq==0\.2\.8\.post1"):
         apply_compression(HQQConfig(bits=4, group_size=64), tiny(tiny_llama))
+
+
+def test_bnb_quantizes_at_load_and_int8_moves_less_than_4bit(tiny_llama: Path) -> None:
+    from flipscope.models import load_backend, parse_spec
+
+    base = tiny(tiny_llama)
+    ids = [1, 7, 30, 2, 99, 4, 18, 61]
+    ref = logits(base, ids)
+    moved = {}
+    for kind, layer in (("int8", "Linear8bitLt"), ("nf4", "Linear4bit"), ("fp4", "Linear4bit")):
+        backend = load_backend(parse_spec(f"hf:{tiny_llama}+bnb:{kind}"))
+        net = backend.model  # type: ignore[attr-defined]
+        assert type(net.model.layers[0].mlp.up_proj).__name__ == layer
+        assert backend.info.details["compression"][f"bnb:{kind}"]["library"].startswith("bitsandbytes ")
+        moved[kind] = float((logits(net, ids) - ref).abs().mean())
+    assert 0 < moved["int8"] < moved["nf4"]
+    assert moved["fp4"] > 0
+
+
+def test_bnb_must_come_first_and_cannot_be_saved(tiny_llama: Path, tmp_path: Path) -> None:
+    from flipscope import save_compressed
+    from flipscope.models import parse_spec
+
+    with pytest.raises(FlipscopeError, match="must come first"):
+        parse_spec(f"hf:{tiny_llama}+drop:last1+bnb:nf4")
+    assert parse_spec(f"hf:{tiny_llama}+bnb:nf4+drop:last1").compression[0] == parse_method("bnb:nf4")
+    with pytest.raises(FlipscopeError, match="nothing worth saving"):
+        save_compressed(f"hf:{tiny_llama}+bnb:int8", tmp_path / "out")
+
+
+def test_bnb_missing_library_names_the_pip_line(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from flipscope.models import load_backend, parse_spec
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    with pytest.raises(FlipscopeError, match=r"pip install bitsandbytes==0\.50\.2"):
+        load_backend(parse_spec(f"hf:{tiny_llama}+bnb:nf4"))

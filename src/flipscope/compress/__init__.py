@@ -8,6 +8,7 @@ from flipscope.compress._base import (
     config_from_dict,
     parse_method,
 )
+from flipscope.compress.bnb import BnBConfig
 from flipscope.compress.drop import DropLayersConfig
 from flipscope.compress.ggml import GGMLConfig
 from flipscope.compress.hqq import HQQConfig
@@ -18,6 +19,7 @@ from flipscope.compress.wanda import WandaConfig, wanda_mask
 
 __all__ = [
     "METHODS",
+    "BnBConfig",
     "CompressionConfig",
     "CompressionContext",
     "DropLayersConfig",

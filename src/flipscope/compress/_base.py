@@ -22,6 +22,16 @@ class CompressionConfig:
     syntax: ClassVar[str] = ""
     #: Bumped when a method's parameters change meaning; stored with every serialized config.
     version: ClassVar[int] = 1
+    #: Applied by the loader while the weights are read (bitsandbytes), not to a loaded model: must come first.
+    at_load: ClassVar[bool] = False
+
+    def load_kwargs(self, device: str) -> dict[str, Any]:
+        """Keyword arguments for ``from_pretrained``; only for ``at_load`` methods."""
+        raise NotImplementedError
+
+    def stats(self) -> dict[str, Any]:
+        """What an ``at_load`` method records in the run (library and version)."""
+        return {}
 
     @classmethod
     def parse(cls, args: str) -> CompressionConfig:  # pragma: no cover - overridden

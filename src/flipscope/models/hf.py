@@ -59,19 +59,26 @@ class HFBackend:
         dtype = getattr(torch, options.dtype, None)
         if not isinstance(dtype, torch.dtype):
             raise FlipscopeError(f"unknown dtype {options.dtype!r}", fix="use float32, bfloat16 or float16")
+        device = _device(options.device)
+        at_load = spec.compression[0] if spec.compression and spec.compression[0].at_load else None
+        extra = at_load.load_kwargs(device) if at_load else {}
         try:
             tokenizer = AutoTokenizer.from_pretrained(location)
-            model: Any = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+            model: Any = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **extra)
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise FlipscopeError(
                 f"cannot load model {spec.base().label()!r}: {first}",
                 fix="give a folder with config.json and weights, or a hub id when the hub is reachable",
             ) from exc
-        device = _device(options.device)
-        model.to(device).eval()
-        stats = {}
+        if at_load is None:
+            model.to(device)  # quantized-at-load models are placed by their loader
+        model.eval()
+        stats: dict[str, Any] = {}
         for config in spec.compression:
+            if config is at_load:
+                stats[config.label()] = config.stats()
+                continue
             log.info("applying %s to %s", config.label(), spec.base().label())
             stats[config.label()] = apply_compression(config, model, CompressionContext(tokenizer, device))
         info = ModelInfo(

@@ -64,4 +64,11 @@ def parse_spec(text: str, *, baseline: ModelSpec | None = None) -> ModelSpec:
         if not spec.location:
             raise FlipscopeError(f"model spec {text!r} names no model after '{source}:'", fix=SPEC_HELP)
     extra = tuple(parse_method(m) for m in methods)
-    return replace(spec, compression=spec.compression + extra)
+    chain = spec.compression + extra
+    late = [c.label() for c in chain[1:] if c.at_load]
+    if late:
+        raise FlipscopeError(
+            f"{late[0]} in {text!r} quantizes while the weights load, so it must come first",
+            fix="write it right after the model, e.g. hf:DIR+bnb:nf4+drop:last1",
+        )
+    return replace(spec, compression=chain)
