@@ -56,6 +56,7 @@ def linear_weights(model):  # type: ignore[no-untyped-def]
         WandaConfig(sparsity=0.25),
         parse_method("hqq:w3g32"),
         parse_method("bnb:int8,threshold=4"),
+        parse_method("torchao:intx-w3g64"),
     ],
 )
 def test_configs_round_trip_through_dicts_and_labels(config) -> None:  # type: ignore[no-untyped-def]
@@ -83,6 +84,8 @@ def test_stored_config_of_another_version_is_refused() -> None:
         ("rtn:w1", "bits must be 2–8"),
         ("hqq:w5g64", "invalid hqq setting"),
         ("bnb:int4", "invalid bitsandbytes setting"),
+        ("torchao:int4wo", "unknown torchao scheme"),
+        ("torchao:intx-w9g32", "unknown torchao scheme"),
     ],
 )
 def test_invalid_parameters_fail_at_parse_time(text: str, message: str) -> None:
@@ -270,3 +273,31 @@ def test_bnb_missing_library_names_the_pip_line(tiny_llama: Path, monkeypatch: p
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
     with pytest.raises(FlipscopeError, match=r"pip install bitsandbytes==0\.50\.2"):
         load_backend(parse_spec(f"hf:{tiny_llama}+bnb:nf4"))
+
+
+@pytest.mark.parametrize("scheme", ["int8wo", "w8a8-dyn", "float8wo", "intx-w4g32"])
+def test_torchao_schemes_run_and_keep_the_head(tiny_llama: Path, scheme: str) -> None:
+    from flipscope.compress import TorchAOConfig
+
+    model = tiny(tiny_llama)
+    ids = [1, 7, 30, 2, 99, 4]
+    ref = logits(tiny(tiny_llama), ids)
+    stats = apply_compression(TorchAOConfig(scheme=scheme), model)
+    assert stats["library"].startswith("torchao ") and stats["layers"] == 14
+    assert type(model.lm_head.weight).__name__ in ("Parameter", "Tensor")
+    assert type(model.model.layers[0].mlp.up_proj.weight).__name__ not in ("Parameter", "Tensor")
+    out = logits(model, ids)
+    assert 0 < float((out - ref).abs().mean()) < float(ref.abs().mean())
+
+
+def test_torchao_intx_error_falls_as_bits_rise(tiny_llama: Path) -> None:
+    from flipscope.compress import TorchAOConfig
+
+    ids = [1, 7, 30, 2, 99, 4]
+    ref = logits(tiny(tiny_llama), ids)
+    moved = []
+    for bits in (2, 4, 8):
+        model = tiny(tiny_llama)
+        apply_compression(TorchAOConfig(scheme=f"intx-w{bits}g32"), model)
+        moved.append(float((logits(model, ids) - ref).abs().mean()))
+    assert moved[0] > moved[1] > moved[2]

@@ -22,9 +22,11 @@ def save_compressed(spec: str | ModelSpec, out: str | Path, *, device: str = "cp
     folder = Path(out)
     if folder.exists() and any(folder.iterdir()):
         raise FlipscopeError(f"output folder {folder} is not empty", fix="choose a new --out folder")
-    if any(c.at_load for c in parsed.compression):
+    unsaveable = [c.label() for c in parsed.compression if not c.saveable]
+    if unsaveable:
         raise FlipscopeError(
-            f"{parsed.label()} is quantized while loading, which takes seconds: there is nothing worth saving",
+            f"{unsaveable[0]} does not leave plain weights to save; it is re-applied in seconds, so there is "
+            "nothing worth saving",
             fix="compare it directly with its spec",
         )
     backend = load_backend(parsed, LoadOptions(device=device, dtype=dtype))

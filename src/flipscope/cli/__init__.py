@@ -33,7 +33,7 @@ def cli(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler = RichHandler(show_time=False, show_path=False, markup=False)
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
-    for noisy in ("transformers", "huggingface_hub", "urllib3", "filelock"):
+    for noisy in ("transformers", "huggingface_hub", "urllib3", "filelock", "torchao", "torch.utils._pytree"):
         logging.getLogger(noisy).setLevel(max(level, logging.ERROR))
 
 

@@ -15,6 +15,7 @@ from flipscope.compress.hqq import HQQConfig
 from flipscope.compress.noise import NoiseConfig
 from flipscope.compress.rtn import RTNConfig, quantize_dequantize
 from flipscope.compress.sparsity import MagnitudeConfig, NMConfig, magnitude_mask, nm_mask
+from flipscope.compress.torchao import TorchAOConfig
 from flipscope.compress.wanda import WandaConfig, wanda_mask
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "NMConfig",
     "NoiseConfig",
     "RTNConfig",
+    "TorchAOConfig",
     "WandaConfig",
     "apply_compression",
     "config_from_dict",

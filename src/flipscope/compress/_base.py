@@ -24,6 +24,8 @@ class CompressionConfig:
     version: ClassVar[int] = 1
     #: Applied by the loader while the weights are read (bitsandbytes), not to a loaded model: must come first.
     at_load: ClassVar[bool] = False
+    #: False where the result is not plain dense weights that `flipscope compress` could save and reload.
+    saveable: ClassVar[bool] = True
 
     def load_kwargs(self, device: str) -> dict[str, Any]:
         """Keyword arguments for ``from_pretrained``; only for ``at_load`` methods."""
