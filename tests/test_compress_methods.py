@@ -57,6 +57,8 @@ def linear_weights(model):  # type: ignore[no-untyped-def]
         parse_method("hqq:w3g32"),
         parse_method("bnb:int8,threshold=4"),
         parse_method("torchao:intx-w3g64"),
+        parse_method("quanto:wint4"),
+        parse_method("quanto:w8a8"),
     ],
 )
 def test_configs_round_trip_through_dicts_and_labels(config) -> None:  # type: ignore[no-untyped-def]
@@ -85,6 +87,7 @@ def test_stored_config_of_another_version_is_refused() -> None:
         ("hqq:w5g64", "invalid hqq setting"),
         ("bnb:int4", "invalid bitsandbytes setting"),
         ("torchao:int4wo", "unknown torchao scheme"),
+        ("quanto:wint3", "cannot read quanto arguments"),
         ("torchao:intx-w9g32", "unknown torchao scheme"),
     ],
 )
@@ -301,3 +304,29 @@ def test_torchao_intx_error_falls_as_bits_rise(tiny_llama: Path) -> None:
         apply_compression(TorchAOConfig(scheme=f"intx-w{bits}g32"), model)
         moved.append(float((logits(model, ids) - ref).abs().mean()))
     assert moved[0] > moved[1] > moved[2]
+
+
+def test_quanto_weights_error_falls_as_bits_rise_and_w8a8_is_calibrated(tiny_llama: Path) -> None:
+    from flipscope.compress import QuantoConfig
+    from flipscope.models import load_backend, parse_spec
+
+    ids = [1, 7, 30, 2, 99, 4]
+    ref = logits(tiny(tiny_llama), ids)
+    moved = {}
+    for weights in ("int2", "int4", "int8"):
+        model = tiny(tiny_llama)
+        stats = apply_compression(QuantoConfig(weights=weights), model)
+        assert stats["library"].startswith("optimum-quanto ")
+        assert type(model.lm_head).__name__ == "Linear"  # the head is left alone
+        moved[weights] = float((logits(model, ids) - ref).abs().mean())
+    assert moved["int2"] > moved["int4"] > moved["int8"] > 0
+    from flipscope.tasks import ScoreRequest
+
+    scored = load_backend(parse_spec(f"hf:{tiny_llama}+quanto:wint4")).score(
+        [ScoreRequest("Header.\n\n", "Question: Mars?\nAnswer:", (" planet", " a red one"))]
+    )  # through the real scorer: int4 weights must work there too
+    assert all(v < 0 for v in scored[0].logprobs)
+    backend = load_backend(parse_spec(f"hf:{tiny_llama}+quanto:w8a8"))
+    assert "pydoc_data" in backend.info.details["compression"]["quanto:w8a8"]["calibration"]
+    w8a8 = float((logits(backend.model, ids) - ref).abs().mean())  # type: ignore[attr-defined]
+    assert 0 < w8a8 < moved["int2"]

@@ -13,6 +13,7 @@ from flipscope.compress.drop import DropLayersConfig
 from flipscope.compress.ggml import GGMLConfig
 from flipscope.compress.hqq import HQQConfig
 from flipscope.compress.noise import NoiseConfig
+from flipscope.compress.quanto import QuantoConfig
 from flipscope.compress.rtn import RTNConfig, quantize_dequantize
 from flipscope.compress.sparsity import MagnitudeConfig, NMConfig, magnitude_mask, nm_mask
 from flipscope.compress.torchao import TorchAOConfig
@@ -29,6 +30,7 @@ __all__ = [
     "MagnitudeConfig",
     "NMConfig",
     "NoiseConfig",
+    "QuantoConfig",
     "RTNConfig",
     "TorchAOConfig",
     "WandaConfig",

@@ -214,7 +214,7 @@ class PrefixScorer:
                 out[(b, o)] = torch.cat([first[b][None], logprobs[r, : len(batch[b].options[o]) - 1]])
         return out
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: some quantized weight types (quanto int4) refuse inference tensors
     def score(
         self,
         requests: Sequence[ScoreRequest],
