@@ -57,8 +57,18 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _requests_hash(requests: list[ScoreRequest]) -> str:
-    return content_hash([[r.prefix, r.prompt, list(r.continuations)] for r in requests])
+@dataclass(frozen=True)
+class _TaskWork:
+    """A task's items, the prompts built from them, and their content hash (computed once, used by every model)."""
+
+    task: TaskData
+    requests: list[ScoreRequest]
+    digest: str
+
+    @classmethod
+    def build(cls, task: TaskData, fmt: PromptFormat, fewshot: int) -> _TaskWork:
+        requests = build_requests(task, fmt, fewshot)
+        return cls(task, requests, content_hash([[r.prefix, r.prompt, list(r.continuations)] for r in requests]))
 
 
 class _Runner:
@@ -74,7 +84,7 @@ class _Runner:
         self,
         spec: ModelSpec,
         role: str,
-        tasks: list[tuple[TaskData, list[ScoreRequest]]],
+        tasks: list[_TaskWork],
         baseline: dict[str, PassResult] | None,
     ) -> tuple[ModelEntry, dict[str, PassResult]]:
         from flipscope._passes import run_pass
@@ -84,13 +94,14 @@ class _Runner:
         backend: Backend | None = None
         results: dict[str, PassResult] = {}
         try:
-            for task, requests in tasks:
+            for work in tasks:
+                task, requests = work.task, work.requests
                 ref = baseline[task.name] if baseline else None
                 key = content_hash(
                     {
                         "v": SCORING_VERSION,
                         "model": weights,
-                        "requests": _requests_hash(requests),
+                        "requests": work.digest,
                         "dtype": self.settings.dtype,
                         "device": self.settings.device,
                         "store": [self.settings.topk, self.settings.tail_samples] if ref is None else None,
@@ -194,7 +205,7 @@ def compare(
     loaded = [load_task(name, fewshot=fewshot, limit=limit, seed=seed) for name in tasks]
     if len({t.name for t in loaded}) != len(loaded):
         raise FlipscopeError("a task is named twice", fix="give each task once")
-    work = [(t, build_requests(t, fmt, fewshot)) for t in loaded]
+    work = [_TaskWork.build(t, fmt, fewshot) for t in loaded]
     runner = _Runner(settings, shown, use_cache, Path(cache_dir) if cache_dir else cache_root() / "passes")
     base_entry, base_results = runner.run_model(base_spec, "baseline", work, None)
     base_scores = [s for r in base_results.values() for s in r.scores]
