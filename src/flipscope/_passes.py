@@ -36,9 +36,9 @@ class TopKRecorder:
         if not self.parts:
             return None  # the backend gives no full-vocabulary rows
         ordered = [self.parts[key] for key in sorted(self.parts)]
-        ends = np.cumsum([len(part) for part in ordered], dtype=np.int64)
-        spans = np.stack([ends - [len(part) for part in ordered], ends], axis=1)
-        return ReferenceRows(concat_rows(ordered), spans.astype(np.int64))
+        lengths = np.array([len(part) for part in ordered], dtype=np.int64)
+        ends = np.cumsum(lengths)
+        return ReferenceRows(concat_rows(ordered), np.stack([ends - lengths, ends], axis=1))
 
 
 class KLMeter:

@@ -30,24 +30,26 @@ def save_compressed(spec: str | ModelSpec, out: str | Path, *, device: str = "cp
             fix="compare it directly with its spec",
         )
     backend = load_backend(parsed, LoadOptions(device=device, dtype=dtype))
-    net: Any = getattr(backend, "model", None)
-    tokenizer = getattr(backend, "tokenizer", None)
-    if net is None or tokenizer is None:
-        raise FlipscopeError(f"{parsed.source}: models cannot be saved", fix="use an hf: or bundled: spec")
-    head = net.get_output_embeddings()
-    embed = net.get_input_embeddings()
-    if head is not None and embed is not None and head.weight.data_ptr() != embed.weight.data_ptr():
-        net.config.tie_word_embeddings = False  # a compressed head must not be re-tied to the embeddings on load
-    folder.mkdir(parents=True, exist_ok=True)
-    net.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    record = {
-        "spec": parsed.label(),
-        "compression": [c.to_dict() for c in parsed.compression],
-        "details": backend.info.details,
-        "versions": library_versions(),
-    }
-    (folder / META_FILE).write_text(json.dumps(record, indent=2, default=str))
-    backend.close()
+    try:
+        net: Any = getattr(backend, "model", None)
+        tokenizer = getattr(backend, "tokenizer", None)
+        if net is None or tokenizer is None:
+            raise FlipscopeError(f"{parsed.source}: models cannot be saved", fix="use an hf: or bundled: spec")
+        head = net.get_output_embeddings()
+        embed = net.get_input_embeddings()
+        if head is not None and embed is not None and head.weight.data_ptr() != embed.weight.data_ptr():
+            net.config.tie_word_embeddings = False  # a compressed head must not be re-tied to the embeddings on load
+        folder.mkdir(parents=True, exist_ok=True)
+        net.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        record = {
+            "spec": parsed.label(),
+            "compression": [c.to_dict() for c in parsed.compression],
+            "details": backend.info.details,
+            "versions": library_versions(),
+        }
+        (folder / META_FILE).write_text(json.dumps(record, indent=2, default=str))
+    finally:
+        backend.close()
     log.info("saved %s to %s", parsed.label(), folder)
     return folder
