@@ -86,7 +86,7 @@ def test_cli_compare_prints_table(tmp_path: Path) -> None:
         "flipscope",
         "compare",
         BASE,
-        "+rtn:w4g128",
+        "+rtn:w4g64",
         "--limit",
         "3",
         "--out",
@@ -96,11 +96,11 @@ def test_cli_compare_prints_table(tmp_path: Path) -> None:
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert "rtn:w4g128" in proc.stdout and "McNemar p" in proc.stdout and "token KL" in proc.stdout
+    assert "rtn:w4g64" in proc.stdout and "McNemar p" in proc.stdout and "token KL" in proc.stdout
     report = subprocess.run(
         [sys.executable, "-m", "flipscope", "report", str(tmp_path / "run")],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert report.returncode == 0 and "rtn:w4g128" in report.stdout
+    assert report.returncode == 0 and "rtn:w4g64" in report.stdout

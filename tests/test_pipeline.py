@@ -133,13 +133,15 @@ def test_tiny_llama_compare_report_roundtrip(tiny_llama: Path, mc_file: Path, tm
     assert reloaded.summary == result.summary
 
 
-def test_tiny_llama_scores_match_full_sequence_reference(tiny_llama: Path) -> None:
-    """Prefix sharing, batched options and cache reuse give the same log-likelihoods as one pass per option."""
+@pytest.mark.parametrize("suffix", ["", "+kv:int8", "+kv:int4"])
+def test_tiny_llama_scores_match_full_sequence_reference(tiny_llama: Path, suffix: str) -> None:
+    """Prefix sharing, batched options and cache reuse give the same log-likelihoods as one pass per option, also
+    with a quantized KV cache (its quantizer is idempotent, so a cached prefix reads back the same values)."""
     import torch
 
     from flipscope.models import load_backend
 
-    backend = load_backend(parse_spec(f"hf:{tiny_llama}"))
+    backend = load_backend(parse_spec(f"hf:{tiny_llama}{suffix}"))
     requests = [
         ScoreRequest(
             "The following are questions.\n\nQuestion: Mars?\nAnswer: planet\n\n",

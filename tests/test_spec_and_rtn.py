@@ -12,10 +12,10 @@ from flipscope.models import ModelSpec, parse_spec
 
 
 def test_parse_bundled_with_compression() -> None:
-    spec = parse_spec("bundled:smollm2-135m+rtn:w4g128")
+    spec = parse_spec("bundled:smollm2-135m+rtn:w4g64")
     assert spec.source == "bundled" and spec.location == "smollm2-135m"
     assert spec.compression == (RTNConfig(bits=4, group_size=128),)
-    assert spec.label() == "bundled:smollm2-135m+rtn:w4g128"
+    assert spec.label() == "bundled:smollm2-135m+rtn:w4g64"
     assert parse_spec(spec.label()) == spec
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from flipscope.errors import FlipscopeError
-from flipscope.models import LoadOptions, ModelSpec, load_backend, parse_spec
+from flipscope.models import LoadOptions, ModelSpec, check_compression, load_backend, parse_spec
 
 log = logging.getLogger(__name__)
 META_FILE = "flipscope.json"
@@ -29,6 +29,7 @@ def save_compressed(spec: str | ModelSpec, out: str | Path, *, device: str = "cp
             "nothing worth saving",
             fix="compare it directly with its spec",
         )
+    check_compression(parsed)
     backend = load_backend(parsed, LoadOptions(device=device, dtype=dtype))
     try:
         net: Any = getattr(backend, "model", None)

@@ -25,7 +25,7 @@ def cli(verbose: int) -> None:
 
     \b
     Start with:
-      flipscope compare bundled:smollm2-135m +rtn:w8 +rtn:w4g128 --tasks mmlu --limit 200
+      flipscope compare bundled:smollm2-135m +rtn:w8 +rtn:w4g64 --tasks mmlu --limit 200
       flipscope report runs/<run>
     """
     from rich.logging import RichHandler

@@ -86,7 +86,7 @@ def compare_cmd(
     Model specs:
       bundled:smollm2-135m             the bundled SmolLM2-135M-Instruct (default baseline)
       hf:<folder or hub id>            any transformers causal LM
-      <spec>+rtn:w4g128                compressed on the fly (RTN, 4 bits, group 128)
+      <spec>+rtn:w4g64                compressed on the fly (RTN, 4 bits, group 64)
       +rtn:w8                          (candidates) the baseline, compressed
     The baseline is run once and cached; each candidate costs one model pass.
     """

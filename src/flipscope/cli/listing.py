@@ -57,5 +57,5 @@ def methods_cmd() -> None:
         for cls in METHODS.values()
     ]
     _print_table(
-        "compression methods (append to a spec: hf:DIR+rtn:w4g128, chainable)", ("spec", "parameters", "what"), rows
+        "compression methods (append to a spec: hf:DIR+rtn:w4g64, chainable)", ("spec", "parameters", "what"), rows
     )

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class CompressionConfig:
-    """Base of every method's config. ``method`` is the name used in specs (``+rtn:w4g128``)."""
+    """Base of every method's config. ``method`` is the name used in specs (``+rtn:w4g64``)."""
 
     method: ClassVar[str] = ""
     #: How the spec suffix is written, for `flipscope methods` and error messages.
@@ -35,6 +35,22 @@ class CompressionConfig:
         """What an ``at_load`` method records in the run (library and version)."""
         return {}
 
+    def check_model(self, model_config: dict[str, Any]) -> None:
+        """Refuse settings this model cannot take (a group size that does not divide a layer's input width), from
+        its config.json alone, before any weights are loaded."""
+        group = getattr(self, "group_size", None)
+        if not group:
+            return
+        widths = linear_input_widths(model_config)
+        bad = sorted(w for w in widths if w % group)
+        if bad:
+            fits = [g for g in (32, 64, 128, 256) if all(w % g == 0 for w in widths)]
+            raise FlipscopeError(
+                f"{self.label()}: group size {group} does not divide the Linear input width {bad[0]} of this model "
+                f"(widths {', '.join(map(str, sorted(widths)))})",
+                fix=f"use a group size that divides every width, e.g. {fits[-1] if fits else 'a divisor'}",
+            )
+
     @classmethod
     def parse(cls, args: str) -> CompressionConfig:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -52,6 +68,23 @@ class CompressionConfig:
 
 
 METHODS: dict[str, type[CompressionConfig]] = {}
+
+
+def linear_input_widths(model_config: dict[str, Any]) -> set[int]:
+    """The input widths of a decoder's Linear layers, read from a transformers config.json (text part)."""
+    text = model_config.get("text_config") or model_config
+    widths = set()
+    hidden = text.get("hidden_size")
+    if hidden:
+        widths.add(int(hidden))
+        heads = text.get("num_attention_heads")
+        head_dim = text.get("head_dim") or (hidden // heads if heads else None)
+        if heads and head_dim:
+            widths.add(int(heads) * int(head_dim))  # o_proj
+    for key in ("intermediate_size", "ffn_hidden_size"):
+        if text.get(key):
+            widths.add(int(text[key]))
+    return widths
 
 
 def require(module: str, *, method: str, pip: str) -> Any:
@@ -94,7 +127,7 @@ _NM_SHORTHAND = re.compile(r"^\d+:\d+$")
 
 
 def parse_method(text: str) -> CompressionConfig:
-    """``"rtn:w4g128"`` → ``RTNConfig(bits=4, group_size=128)``."""
+    """``"rtn:w4g64"`` → ``RTNConfig(bits=4, group_size=128)``."""
     if _NM_SHORTHAND.match(text.strip()):
         text = "nm:" + text.strip()
     name, _, args = text.partition(":")

@@ -37,6 +37,11 @@ class GGMLConfig(CompressionConfig):
     def label(self) -> str:
         return f"ggml:{self.qtype}"
 
+    @property
+    def group_size(self) -> int:
+        """Every llama.cpp block format here packs 32 weights of a row per block."""
+        return 32
+
 
 @apply_compression.register(GGMLConfig)
 def _apply_ggml(

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import torch
 
 _RTN_ARGS = re.compile(r"^w(?P<bits>\d+)(?:g(?P<group>\d+))?$")
-_RTN_HELP = "write rtn:w<bits>[g<group>][,asym][,lm_head], e.g. rtn:w8, rtn:w4g128, rtn:w3g64,asym"
+_RTN_HELP = "write rtn:w<bits>[g<group>][,asym][,lm_head], e.g. rtn:w8, rtn:w4g64, rtn:w3g64,asym"
 
 
 @register

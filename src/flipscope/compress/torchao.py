@@ -41,6 +41,11 @@ class TorchAOConfig(CompressionConfig):
     def label(self) -> str:
         return f"torchao:{self.scheme}"
 
+    @property
+    def group_size(self) -> int | None:
+        match = _INTX.match(self.scheme)
+        return int(match.group(2)) if match else None
+
     def build(self) -> Any:
         import torch
 

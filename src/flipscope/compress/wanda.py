@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from flipscope.compress._base import CompressionConfig, CompressionContext, apply_compression, register
 from flipscope.compress._calibration import CALIBRATION_SOURCE, calibration_batch
+from flipscope.compress._capture import BlockInputs, block_linears
 from flipscope.compress._layers import decoder_layers
 from flipscope.compress.sparsity import check_sparsity, parse_sparsity
 from flipscope.errors import FlipscopeError
@@ -55,16 +56,6 @@ def wanda_mask(weight: torch.Tensor, input_norm: torch.Tensor, sparsity: float) 
     return keep
 
 
-def _norm_hook(store: dict[str, Any], name: str) -> Any:
-    """A forward pre-hook adding the squared L2 norm of each input feature into ``store[name]``."""
-
-    def record(module: Any, args: tuple[Any, ...]) -> None:
-        x = args[0].detach().float().reshape(-1, args[0].shape[-1])  # [tokens, in]
-        store[name] += x.pow(2).sum(0).cpu()
-
-    return record
-
-
 @apply_compression.register(WandaConfig)
 def _apply_wanda(
     config: WandaConfig, model: torch.nn.Module, context: CompressionContext | None = None
@@ -74,23 +65,23 @@ def _apply_wanda(
     context = context or CompressionContext()
     batch = calibration_batch(context.tokenizer, config.samples, config.length).to(context.device)
     kept, total = 0, 0
-    for block in decoder_layers(model):
-        linears = {name: m for name, m in block.named_modules() if isinstance(m, torch.nn.Linear)}
+    blocks = decoder_layers(model)
+    inputs = BlockInputs(model, batch, blocks)
+    for block in blocks:
+        linears = block_linears(block)
         sq_norms = {name: torch.zeros(m.in_features) for name, m in linears.items()}
 
-        handles = [m.register_forward_pre_hook(_norm_hook(sq_norms, name)) for name, m in linears.items()]
-        try:
-            with torch.no_grad():
-                model(input_ids=batch)
-        finally:
-            for handle in handles:
-                handle.remove()
+        def add(name: str, x: torch.Tensor, sq_norms: dict[str, Any] = sq_norms) -> None:
+            sq_norms[name] += x.pow(2).sum(0).cpu()  # x: [tokens, in]
+
+        inputs.feed(block, linears, add)
         with torch.no_grad():
             for name, module in linears.items():
                 mask = wanda_mask(module.weight, sq_norms[name].sqrt(), config.sparsity)
                 module.weight.mul_(mask.to(module.weight.dtype).to(module.weight.device))
                 kept += int(mask.sum())
                 total += mask.numel()
+        inputs.advance(block)
     return {
         "library": "flipscope",
         "calibration": f"{CALIBRATION_SOURCE}, {config.samples}×{config.length} tokens",

