@@ -257,15 +257,41 @@ def test_bnb_quantizes_at_load_and_int8_moves_less_than_4bit(tiny_llama: Path) -
     assert moved["fp4"] > 0
 
 
-def test_bnb_must_come_first_and_cannot_be_saved(tiny_llama: Path, tmp_path: Path) -> None:
+def test_bnb_must_come_first_and_saves_as_a_prequantized_checkpoint(tiny_llama: Path, tmp_path: Path) -> None:
+    """A bitsandbytes candidate saved by `flipscope compress` is a pre-quantized checkpoint that hf:DIR loads."""
+    import json
+
     from flipscope import save_compressed
-    from flipscope.models import parse_spec
+    from flipscope.models import load_backend, parse_spec
 
     with pytest.raises(FlipscopeError, match="must come first"):
         parse_spec(f"hf:{tiny_llama}+drop:last1+bnb:nf4")
     assert parse_spec(f"hf:{tiny_llama}+bnb:nf4+drop:last1").compression[0] == parse_method("bnb:nf4")
-    with pytest.raises(FlipscopeError, match="nothing worth saving"):
-        save_compressed(f"hf:{tiny_llama}+bnb:int8", tmp_path / "out")
+    live = load_backend(parse_spec(f"hf:{tiny_llama}+bnb:nf4"))
+    folder = save_compressed(f"hf:{tiny_llama}+bnb:nf4", tmp_path / "nf4")
+    assert json.loads((folder / "config.json").read_text())["quantization_config"]["quant_method"] == "bitsandbytes"
+    saved = load_backend(parse_spec(f"hf:{folder}"))
+    assert saved.info.details["checkpoint_quantization"] == "bitsandbytes"
+    assert saved.info.details["parameters"] == live.info.details["parameters"] == tiny(tiny_llama).num_parameters()
+    ids = [1, 7, 30, 2, 99, 4]
+    assert bool((logits(live.model, ids) == logits(saved.model, ids)).all())  # type: ignore[attr-defined]
+    with pytest.raises(FlipscopeError, match="already bitsandbytes-quantized"):
+        load_backend(parse_spec(f"hf:{folder}+bnb:int8"))
+
+
+def test_checkpoint_whose_library_is_missing_names_the_pip_line(tiny_llama: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from flipscope.models import load_backend, parse_spec
+
+    folder = tmp_path / "awq"
+    shutil.copytree(tiny_llama, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": 32}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FlipscopeError, match=r"awq checkpoint; loading it needs gptqmodel — pip install gptqmodel"):
+        load_backend(parse_spec(f"hf:{folder}"))
 
 
 def test_bnb_missing_library_names_the_pip_line(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,10 +11,11 @@ from flipscope.errors import FlipscopeError
 
 if TYPE_CHECKING:
     from flipscope._compare import Comparison, compare
+    from flipscope._kld import KLDResult, kld
     from flipscope._save import save_compressed
     from flipscope.report import load_run
 
-__all__ = ["Comparison", "FlipscopeError", "compare", "load_run", "save_compressed"]
+__all__ = ["Comparison", "FlipscopeError", "KLDResult", "compare", "kld", "load_run", "save_compressed"]
 
 
 def __getattr__(name: str) -> Any:
@@ -22,6 +23,10 @@ def __getattr__(name: str) -> Any:
         from flipscope import _compare
 
         return getattr(_compare, name)
+    if name in ("kld", "KLDResult"):
+        from flipscope import _kld
+
+        return getattr(_kld, name)
     if name == "save_compressed":
         from flipscope._save import save_compressed
 

@@ -11,9 +11,19 @@ import click
 def report_cmd(run_dir: str, as_json: bool) -> None:
     """Re-render a stored run's summary from its files, without loading any model."""
     import json
+    from pathlib import Path
 
     from flipscope.report import load_run, print_run
 
+    if (Path(run_dir) / "positions.parquet").is_file():
+        from flipscope.report.kld_table import load_kld_run, print_kld_run
+
+        kld_run = load_kld_run(run_dir)
+        if as_json:
+            click.echo(json.dumps({c: s.model_dump() for c, s in kld_run.summary.items()}, indent=2))
+        else:
+            print_kld_run(kld_run)
+        return
     run = load_run(run_dir)
     if as_json:
         summary = {c: {t: s.model_dump() for t, s in tasks.items()} for c, tasks in run.summary.items()}

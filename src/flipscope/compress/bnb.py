@@ -24,7 +24,6 @@ class BnBConfig(CompressionConfig):
     method: ClassVar[str] = "bnb"
     syntax: ClassVar[str] = "bnb:{int8,nf4,fp4}[,threshold=<t>]"
     at_load: ClassVar[bool] = True
-    saveable: ClassVar[bool] = False
     kind: str = "nf4"
     threshold: float = 6.0
 

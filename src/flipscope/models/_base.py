@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
 
     from flipscope.tasks import ScoreRequest
+    from flipscope.tasks.corpus import Window
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,21 @@ class Backend(Protocol):
         advance: Callable[[int], None] | None = None,
     ) -> list[OptionScores]:
         """Score every continuation of every request; call ``advance(1)`` after each request."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class CorpusBackend(Protocol):
+    """A backend that gives full-vocabulary log-probabilities on text (for `flipscope kld`)."""
+
+    info: ModelInfo
+
+    def corpus_logprobs(
+        self, windows: Sequence[Window], *, rows: int = 256
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (log-probs [s ≤ rows, V] float32, next-token ids [s]) slices covering, in order, every scored
+        position of ``windows``. At most one slice of rows × V is materialised at a time."""
         ...
 
     def close(self) -> None: ...

@@ -5,16 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flipscope.errors import FlipscopeError
 from flipscope.models._base import ModelInfo, OptionScores, RowSink
 
 if TYPE_CHECKING:
+    import torch
+
     from flipscope.models.registry import LoadOptions
     from flipscope.models.spec import ModelSpec
     from flipscope.tasks import ScoreRequest
+    from flipscope.tasks.corpus import Window
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,43 @@ def quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+#: quant_method in a checkpoint's config.json → (modules transformers needs to load it, the pip line).
+CHECKPOINT_LIBRARIES: dict[str, tuple[tuple[str, ...], str]] = {
+    "gptq": (("optimum", "gptqmodel"), "optimum gptqmodel"),
+    "awq": (("gptqmodel",), "gptqmodel"),
+    "compressed-tensors": (("compressed_tensors",), "compressed-tensors"),
+    "bitsandbytes": (("bitsandbytes",), "bitsandbytes"),
+    "hqq": (("hqq",), "hqq"),
+    "quanto": (("optimum.quanto",), "optimum-quanto"),
+    "torchao": (("torchao",), "torchao"),
+}
+
+
+def checkpoint_quantization(location: str) -> str | None:
+    """The quant_method of an already quantized checkpoint folder (None for plain weights); refuses, with the pip
+    line, one whose library is missing."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(location).expanduser() / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        quant = json.loads(path.read_text()).get("quantization_config") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    method = str(quant.get("quant_method", "")) or None
+    if method in CHECKPOINT_LIBRARIES:
+        modules, pip = CHECKPOINT_LIBRARIES[method]
+        missing = [m for m in modules if importlib.util.find_spec(m.split(".")[0]) is None]
+        if missing:
+            raise FlipscopeError(
+                f"model folder {location} is a {method} checkpoint; loading it needs {', '.join(missing)}",
+                fix=f"pip install {pip}",
+            )
+    return method
 
 
 def _device(name: str) -> str:
@@ -62,17 +102,30 @@ class HFBackend:
         device = _device(options.device)
         at_load = spec.compression[0] if spec.compression and spec.compression[0].at_load else None
         extra = at_load.load_kwargs(device) if at_load else {}
+        checkpoint = checkpoint_quantization(location)
+        if checkpoint and at_load:
+            raise FlipscopeError(
+                f"{spec.label()}: the checkpoint is already {checkpoint}-quantized; {at_load.label()} cannot load it",
+                fix="drop the load-time method, or start from the unquantized model",
+            )
+        if checkpoint and not at_load:
+            extra = {"device_map": device}
         try:
             tokenizer = AutoTokenizer.from_pretrained(location)
             model: Any = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **extra)
+        except ImportError as exc:
+            raise FlipscopeError(
+                f"cannot load model {spec.base().label()!r}: {str(exc).strip().splitlines()[0]}",
+                fix="install the library named above",
+            ) from exc
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise FlipscopeError(
                 f"cannot load model {spec.base().label()!r}: {first}",
                 fix="give a folder with config.json and weights, or a hub id when the hub is reachable",
             ) from exc
-        if at_load is None:
-            model.to(device)  # quantized-at-load models are placed by their loader
+        if at_load is None and checkpoint is None:
+            model.to(device)  # quantized models are placed by their loader
         model.eval()
         stats: dict[str, Any] = {}
         for config in spec.compression:
@@ -89,7 +142,8 @@ class HFBackend:
                 "dtype": options.dtype,
                 "device": device,
                 "compression": stats,
-                "parameters": sum(p.numel() for p in model.parameters()),
+                "checkpoint_quantization": checkpoint,
+                "parameters": int(model.num_parameters()),  # counts packed 4-bit weights as the weights they hold
             },
         )
         return cls(model, tokenizer, info, device)
@@ -105,6 +159,47 @@ class HFBackend:
 
         scorer = PrefixScorer(self.model, self.tokenizer, self.device, label=self.info.label)
         return scorer.score(requests, rows=rows, advance=advance)
+
+    def corpus_logprobs(
+        self, windows: Sequence[Window], *, rows: int = 256
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The decoder runs once per batch of windows; the output head and log-softmax run ``rows`` positions at a
+        time, so the full [positions × vocabulary] logits never exist at once."""
+        import torch
+
+        if not windows:
+            return
+        first, length = windows[0].first, len(windows[0].ids)
+        if any(w.first != first or len(w.ids) != length for w in windows):
+            raise ValueError("windows of one call must share their length and first scored position")
+        head = self.model.get_output_embeddings()
+        decoder = self.model.get_decoder()
+        ids = torch.tensor([w.ids for w in windows], device=self.device)  # [B, T]
+        with torch.no_grad():
+            hidden = decoder(input_ids=ids, use_cache=False).last_hidden_state  # [B, T, H]
+            hidden = hidden[:, first : length - 1].reshape(-1, hidden.shape[-1])  # [B·n, H]
+            targets = ids[:, first + 1 : length].reshape(-1)  # [B·n]
+            for start in range(0, hidden.shape[0], rows):
+                logits = self._final_logits(head(hidden[start : start + rows]).float())  # [s, V]
+                lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # NaN or +inf anywhere in a row shows here
+                if not bool(torch.isfinite(lse).all()):
+                    raise FlipscopeError(
+                        f"model {self.info.label} produced NaN or infinite logits on window {windows[0].index}+",
+                        fix="check its compression settings, or run in float32 (--dtype float32)",
+                    )
+                logprobs = logits - lse
+                yield logprobs.cpu(), targets[start : start + rows].cpu()
+
+    def _final_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """What the model's own forward does after the head: logit scaling and soft-capping, where configured."""
+        config = self.model.config
+        scale = getattr(config, "logits_scaling", None)
+        if scale:
+            logits = logits / scale
+        cap = getattr(config, "final_logit_softcapping", None)
+        if cap:
+            logits = (logits / cap).tanh() * cap
+        return logits
 
     def close(self) -> None:
         self.model = None

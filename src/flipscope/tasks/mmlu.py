@@ -25,7 +25,7 @@ def _subject_key(topic: str) -> str:
     return topic.strip().lower().replace(" ", "_")
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     """A quick TCP check, so an offline machine falls back at once instead of after the hub client's retries."""
     import socket
     from urllib.parse import urlparse
@@ -46,7 +46,7 @@ def _from_hub() -> tuple[list[MCItem], dict[str, list[MCItem]]] | None:
         from datasets import load_dataset  # optional: users with hub access install `datasets`
     except ImportError:
         return None
-    if not _hub_reachable():
+    if not hub_reachable():
         log.info("the Hugging Face hub is not reachable; using the offline MMLU copy")
         return None
     try:

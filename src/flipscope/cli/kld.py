@@ -1,0 +1,82 @@
+"""``flipscope kld``."""
+
+from __future__ import annotations
+
+import click
+
+from flipscope.tasks.corpus import DEFAULT_CORPUS
+
+
+@click.command("kld")
+@click.argument("baseline")
+@click.argument("candidates", nargs=-1, required=True)
+@click.option(
+    "--corpus",
+    default=DEFAULT_CORPUS,
+    show_default=True,
+    help="A text file or folder of .txt files, hf:<dataset>[:<config>[:<split>]] (hub), or the offline default.",
+)
+@click.option(
+    "--ctx",
+    default=512,
+    show_default=True,
+    help="Tokens per window (the first becomes BOS where the tokenizer adds one).",
+)
+@click.option(
+    "--scored-fraction",
+    default=0.5,
+    show_default=True,
+    help="Share of each window scored, from its end (llama.cpp: 0.5).",
+)
+@click.option("--chunks", "max_windows", type=int, default=None, help="Use only the first N windows.")
+@click.option(
+    "--store",
+    type=click.Choice(["compact", "exact", "live"]),
+    default="compact",
+    show_default=True,
+    help="How the baseline is held: compact top-k + rest (lower bound), exact rows on disk, or live (both models).",
+)
+@click.option("--topk", default=64, show_default=True, help="Compact store: baseline log-probs kept per position.")
+@click.option(
+    "--tail-samples",
+    default=0,
+    show_default=True,
+    help="Compact store: tail tokens sampled per position (unbiased tail term).",
+)
+@click.option(
+    "--exact-code",
+    type=click.Choice(["int16", "float16"]),
+    default="int16",
+    show_default=True,
+    help="Exact store: uint16 grid over 40 nats (6e-4 step) or float16 log-probs.",
+)
+@click.option("--batch", default=1, show_default=True, help="Windows per forward pass.")
+@click.option(
+    "-o", "--out", type=click.Path(file_okay=False), default=None, help="Run directory. Default: runs/kld-<timestamp>."
+)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, … (auto: cuda if present).")
+@click.option("--dtype", default="float32", show_default=True, help="Weights dtype.")
+@click.option("--no-cache", is_flag=True, help="Recompute the baseline store even if a cached one exists.")
+def kld_cmd(baseline: str, candidates: tuple[str, ...], corpus: str, ctx: int, scored_fraction: float,
+            max_windows: int | None, store: str, topk: int, tail_samples: int, exact_code: str, batch: int,
+            out: str | None, device: str, dtype: str, no_cache: bool) -> None:  # fmt: skip
+    """Token-level KL and perplexity statistics of CANDIDATES against BASELINE on a text corpus.
+
+    \b
+    The statistics of llama.cpp's `llama-perplexity --kl-divergence` (PPL ratio, KL percentiles, Δp, same top
+    token) plus reverse KL, top-k agreement for k = 1..10 and KL by the baseline's confidence. The baseline is
+    stored once (cached) and reused for every candidate.
+    \b
+    Example:
+      flipscope kld bundled:smollm2-135m +rtn:w8 +rtn:w4g64 --chunks 40
+    """
+    from flipscope._kld import kld
+    from flipscope.display import RichDisplay
+    from flipscope.report.kld_table import print_kld_run
+
+    display = RichDisplay()
+    result = kld(baseline, list(candidates), corpus=corpus, ctx=ctx, scored_fraction=scored_fraction,
+                 max_windows=max_windows, store=store, topk=topk, tail_samples=tail_samples, exact_code=exact_code,
+                 batch=batch, out=out, device=device, dtype=dtype, use_cache=not no_cache, display=display)  # fmt: skip
+    print_kld_run(result.run, display.console)
+    click.echo(f"run directory: {result.out}")

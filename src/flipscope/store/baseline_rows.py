@@ -1,0 +1,201 @@
+"""Stored baseline log-probabilities for `flipscope kld`: exact rows or a compact top-k form, behind one reader.
+
+A store is a folder: ``header.json`` (kind, tokenizer fingerprint, vocabulary size, corpus hash, settings, whether
+it is complete), ``logp.npy`` (the baseline's log-prob of each true next token, float32, exact in every kind) and
+the kind's arrays, all written slice by slice into memory-mapped ``.npy`` files:
+
+- exact, ``float16``: ``rows.npy`` [N, V] float16 log-probs.
+- exact, ``int16``: ``rows.npy`` [N, V] uint16 codes of log p on a uniform grid from the row's max down to
+  max − 40 (lower values clip there), with ``lo.npy`` / ``step.npy`` [N] float32; step = 40 / 65535 ≈ 6.1e-4 nats.
+  Decoded rows are renormalised.
+- compact: ``ids.npy`` [N, k] int32, ``logprobs.npy`` [N, k] float32, ``rest.npy`` [N] float32 and, with tail
+  samples, ``sample_ids.npy`` / ``sample_logprobs.npy`` [N, m].
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from flipscope.errors import FlipscopeError
+
+if TYPE_CHECKING:
+    import torch
+
+    from flipscope.metrics.corpus_kl import TopK
+
+INT16_RANGE = 40.0
+_CODES = 65535
+KINDS = ("exact", "compact")
+
+
+@dataclass(frozen=True)
+class StoreHeader:
+    kind: str
+    positions: int
+    vocab_size: int
+    tokenizer_fingerprint: str
+    corpus_sha256: str
+    settings: dict[str, Any]
+    code: str = "float16"  # exact stores: float16 | int16
+    topk: int = 0
+    tail_samples: int = 0
+    complete: bool = False
+
+    def bytes_per_position(self) -> float:
+        per = 4.0  # logp
+        if self.kind == "exact":
+            per += 2 * self.vocab_size + (8 if self.code == "int16" else 0)
+        else:
+            per += 8 * self.topk + 4 + 8 * self.tail_samples
+        return per
+
+
+def llama_cpp_bytes_per_position(vocab_size: int) -> int:
+    """llama.cpp's --kl-divergence-base file: 2·⌈V/2⌉ + 4 uint16 values per token."""
+    return 2 * (2 * ((vocab_size + 1) // 2) + 4)
+
+
+class BaselineStore:
+    """Writes or reads one stored baseline."""
+
+    def __init__(self, folder: Path, header: StoreHeader, mode: str) -> None:
+        self.folder, self.header = folder, header
+        shape_n = (header.positions,)
+        arrays: dict[str, tuple[tuple[int, ...], Any]] = {"logp": (shape_n, np.float32)}
+        if header.kind == "exact":
+            arrays["rows"] = (
+                (header.positions, header.vocab_size),
+                np.float16 if header.code == "float16" else np.uint16,
+            )
+            if header.code == "int16":
+                arrays |= {"lo": (shape_n, np.float32), "step": (shape_n, np.float32)}
+        else:
+            k, m = header.topk, header.tail_samples
+            arrays |= {
+                "ids": ((header.positions, k), np.int32),
+                "logprobs": ((header.positions, k), np.float32),
+                "rest": (shape_n, np.float32),
+                "sample_ids": ((header.positions, m), np.int32),
+                "sample_logprobs": ((header.positions, m), np.float32),
+            }
+        self.arrays: dict[str, np.ndarray] = {}
+        for name, (shape, dtype) in arrays.items():
+            path = folder / f"{name}.npy"
+            if mode == "w":
+                self.arrays[name] = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+            else:
+                self.arrays[name] = np.load(path, mmap_mode="r")
+
+    @classmethod
+    def create(cls, folder: Path, header: StoreHeader) -> BaselineStore:
+        if header.kind not in KINDS or header.code not in ("float16", "int16"):
+            raise FlipscopeError(
+                f"unknown store {header.kind}/{header.code}", fix="use exact (float16|int16) or compact"
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_header(folder, header)
+        return cls(folder, header, "w")
+
+    @classmethod
+    def open(cls, folder: Path) -> BaselineStore | None:
+        """A complete store in ``folder``, or None where there is none (or an unfinished one)."""
+        path = folder / "header.json"
+        if not path.is_file():
+            return None
+        try:
+            header = StoreHeader(**json.loads(path.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise FlipscopeError(f"baseline store {folder} has a malformed header: {exc}", fix="delete it") from exc
+        return cls(folder, header, "r") if header.complete else None
+
+    def check_matches(self, *, tokenizer_fingerprint: str, vocab_size: int, corpus_sha256: str, label: str) -> None:
+        h = self.header
+        if h.tokenizer_fingerprint != tokenizer_fingerprint or h.vocab_size != vocab_size:
+            raise FlipscopeError(
+                f"{label} has a different tokenizer or vocabulary ({vocab_size}) than the stored baseline "
+                f"({h.vocab_size}); token-level KL compares distributions over the same vocabulary",
+                fix="compare models that share the baseline's tokenizer",
+            )
+        if h.corpus_sha256 != corpus_sha256:
+            raise FlipscopeError(
+                f"the stored baseline was computed on another corpus ({h.corpus_sha256[:12]}…)",
+                fix="use the same --corpus, or let flipscope recompute the baseline",
+            )
+
+    def write(self, start: int, rows: torch.Tensor, logp: torch.Tensor, topk: TopK | None) -> None:
+        """rows: [n, V] log-probs of positions start … start+n-1; logp: [n] of the true next tokens."""
+        end = start + rows.shape[0]
+        self.arrays["logp"][start:end] = logp.cpu().numpy()
+        if self.header.kind == "exact":
+            if self.header.code == "float16":
+                self.arrays["rows"][start:end] = rows.cpu().numpy().astype(np.float16)
+            else:
+                codes, lo, step = encode_int16(rows)
+                self.arrays["rows"][start:end] = codes
+                self.arrays["lo"][start:end], self.arrays["step"][start:end] = lo, step
+        else:
+            assert topk is not None
+            for name in ("ids", "logprobs", "rest", "sample_ids", "sample_logprobs"):
+                self.arrays[name][start:end] = getattr(topk, name).cpu().numpy()
+
+    def finish(self) -> None:
+        for array in self.arrays.values():
+            if isinstance(array, np.memmap):
+                array.flush()
+        self.header = StoreHeader(**{**asdict(self.header), "complete": True})
+        _write_header(self.folder, self.header)
+
+    def read(self, start: int, end: int) -> tuple[torch.Tensor | None, TopK | None, torch.Tensor]:
+        """(rows [n, V] float32 or None, TopK or None, logp [n]) for positions start … end-1."""
+        import torch
+
+        from flipscope.metrics.corpus_kl import TopK
+
+        logp = torch.from_numpy(np.array(self.arrays["logp"][start:end]))
+        if self.header.kind == "exact":
+            raw = np.array(self.arrays["rows"][start:end])
+            if self.header.code == "float16":
+                rows = torch.from_numpy(raw.astype(np.float32))
+            else:
+                rows = decode_int16(
+                    raw, np.array(self.arrays["lo"][start:end]), np.array(self.arrays["step"][start:end])
+                )
+            return torch.log_softmax(rows, dim=-1), None, logp
+        parts = {n: torch.from_numpy(np.array(self.arrays[n][start:end])) for n in ("ids", "logprobs", "rest")}
+        samples = {n: torch.from_numpy(np.array(self.arrays[n][start:end])) for n in ("sample_ids", "sample_logprobs")}
+        topk = TopK(
+            parts["ids"].long(),
+            parts["logprobs"],
+            parts["rest"],
+            samples["sample_ids"].long(),
+            samples["sample_logprobs"],
+        )
+        return None, topk, logp
+
+
+def encode_int16(rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """rows: [n, V] log-probs → uint16 codes [n, V], lo [n], step [n] (grid from the row max down INT16_RANGE)."""
+    import torch
+
+    top = rows.amax(dim=-1, keepdim=True)  # [n, 1]
+    lo = top - INT16_RANGE
+    step = torch.full_like(top, INT16_RANGE / _CODES)
+    codes = torch.round((rows.clamp(min=lo) - lo) / step).clamp(0, _CODES)
+    return codes.cpu().numpy().astype(np.uint16), lo[:, 0].cpu().numpy(), step[:, 0].cpu().numpy()
+
+
+def decode_int16(codes: np.ndarray, lo: np.ndarray, step: np.ndarray) -> torch.Tensor:
+    import torch
+
+    return torch.from_numpy(codes.astype(np.float32) * step[:, None] + lo[:, None])
+
+
+def _write_header(folder: Path, header: StoreHeader) -> None:
+    tmp = folder / "header.json.tmp"
+    tmp.write_text(json.dumps(asdict(header), indent=2))
+    tmp.replace(folder / "header.json")

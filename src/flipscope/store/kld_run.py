@@ -1,0 +1,90 @@
+"""The run directory of `flipscope kld`: ``run.json`` (typed, versioned) and ``positions.parquet``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from flipscope.errors import FlipscopeError
+from flipscope.metrics.corpus_stats import CorpusSummary
+
+KLD_SCHEMA_VERSION = 1
+POSITION_COLUMNS = ("kl", "kl_reverse", "logp_base", "logp_cand", "top_logp_base", "agree")
+
+
+class KLDSettings(BaseModel):
+    corpus: str
+    corpus_sha256: str
+    corpus_tokens: int
+    ctx: int
+    scored_fraction: float
+    windows: int
+    positions: int
+    store: str
+    exact_code: str | None = None
+    topk: int | None = None
+    tail_samples: int | None = None
+    device: str
+    dtype: str
+
+
+class WindowStats(BaseModel):
+    window: int
+    n: int
+    ppl_base: float
+    ppl_cand: float
+    kl_mean: float
+    same_top: float
+
+
+class Divergent(BaseModel):
+    window: int
+    position: int
+    kl: float
+    context: str
+    token: str
+
+
+class KLDRunFile(BaseModel):
+    schema_version: int = KLD_SCHEMA_VERSION
+    kind: str = "kld"
+    created: str
+    flipscope_version: str
+    settings: KLDSettings
+    baseline: dict[str, Any]
+    candidates: list[dict[str, Any]]
+    store: dict[str, Any]
+    summary: dict[str, CorpusSummary]
+    per_window: dict[str, list[WindowStats]] = Field(default_factory=dict)
+    most_divergent: dict[str, list[Divergent]] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)
+
+
+def write_kld_run(out: Path, run: KLDRunFile, positions: dict[str, dict[str, np.ndarray]]) -> None:
+    """positions: candidate → column → [n] array (plus ``window`` and ``position``)."""
+    import pandas as pd
+
+    out.mkdir(parents=True, exist_ok=True)
+    frames = [pd.DataFrame({"candidate": label, **cols}) for label, cols in positions.items()]
+    pd.concat(frames, ignore_index=True).to_parquet(out / "positions.parquet", index=False)
+    (out / "run.json").write_text(run.model_dump_json(indent=2))
+
+
+def read_kld_run(folder: Path) -> tuple[KLDRunFile, Any]:
+    """(run file, positions DataFrame)."""
+    import pandas as pd
+
+    try:
+        data = json.loads((folder / "run.json").read_text())
+        run = KLDRunFile.model_validate(data)
+        frame = pd.read_parquet(folder / "positions.parquet")
+    except (OSError, ValueError) as exc:
+        raise FlipscopeError(
+            f"cannot read kld run {folder}: {exc}", fix="give a folder written by flipscope kld"
+        ) from exc
+    return run, frame
