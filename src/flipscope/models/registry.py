@@ -110,6 +110,28 @@ def _bundled_load(spec: ModelSpec, options: LoadOptions) -> Backend:
     return HFBackend.load(spec, str(ensure_local(spec.location)), options)
 
 
+def _openai_fingerprint(location: str) -> dict[str, Any]:
+    from flipscope.models.openai_server import parse_location
+
+    url, model = parse_location(location)
+    return {"server": url, "model": model}
+
+
+def _openai_load(spec: ModelSpec, options: LoadOptions) -> Backend:
+    from flipscope.models.openai_server import OpenAIBackend
+
+    return OpenAIBackend.load(spec, options)
+
+
+register_source(
+    Source(
+        "openai",
+        "a model behind an OpenAI-compatible server: openai:<base_url>#<model> (API key from $FLIPSCOPE_API_KEY "
+        "or $OPENAI_API_KEY)",
+        _openai_fingerprint,
+        _openai_load,
+    )
+)
 register_source(
     Source("hf", "transformers causal LM: hf:<local folder> or hf:<hub id>", _hf_fingerprint, _hf_load, _hf_config)
 )

@@ -1,0 +1,102 @@
+"""How closely each way of holding the baseline reproduces the live (exact) token KL, and what it costs on disk.
+
+For the bundled model and several candidates, every scored position of the corpus is computed once per model; from
+the same baseline rows the script derives each store (exact int16 / float16, compact top-k with and without tail
+samples) through flipscope's own store code, and prints mean KL, relative error vs live, bytes per position next to
+llama.cpp's format, and whether the candidates rank the same. Run:
+
+    python benchmarks/kld_stores.py --chunks 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from flipscope.metrics.corpus_kl import TopK, kl_both_ways, kl_both_ways_topk, top_k
+from flipscope.models import LoadOptions, load_backend, parse_spec
+from flipscope.store.baseline_rows import StoreHeader, decode_int16, encode_int16, llama_cpp_bytes_per_position
+from flipscope.tasks.corpus import load_corpus, make_windows
+
+CANDIDATES = ["+rtn:w8", "+rtn:w4g64", "+rtn:w3g64", "+rtn:w2g64", "+hqq:w4g64", "+noise:0.02"]
+KS = (16, 64, 256)
+
+
+def hold(name: str, rows: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor | TopK:
+    """The baseline slice as the named store gives it back: decoded full rows, or the compact top-k form."""
+    if name == "exact int16":
+        return torch.log_softmax(decode_int16(*encode_int16(rows)), -1)
+    if name == "exact float16":
+        return torch.log_softmax(rows.half().float(), -1)
+    k = int(name.split("k=")[1].split()[0])
+    return top_k(rows, k, samples if "samples" in name else 0, generator)
+
+
+def kl_from(held: torch.Tensor | TopK, cand: torch.Tensor) -> torch.Tensor:
+    return kl_both_ways(held, cand)[0] if isinstance(held, torch.Tensor) else kl_both_ways_topk(held, cand)[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", default="bundled:smollm2-135m")
+    parser.add_argument("--chunks", type=int, default=16)
+    parser.add_argument("--ctx", type=int, default=512)
+    parser.add_argument("--tail-samples", type=int, default=64)
+    args = parser.parse_args()
+    options = LoadOptions(device="cpu")
+    base = load_backend(parse_spec(args.baseline), options)
+    tok = base.tokenizer  # type: ignore[attr-defined]
+    ids = tok.encode(load_corpus().text, add_special_tokens=False)
+    windows = make_windows(ids, args.ctx, bos_id=None, max_windows=args.chunks)
+    t0 = time.perf_counter()
+    base_rows = [lp for w in windows for lp, _ in base.corpus_logprobs([w])]  # type: ignore[attr-defined]
+    vocab = base_rows[0].shape[-1]
+    base.close()
+    variants: dict[str, list[float]] = {}
+    generator = torch.Generator().manual_seed(0)
+    names = ["exact int16", "exact float16"]
+    for k in KS:
+        names += [f"compact k={k}", f"compact k={k} +{args.tail_samples} samples"]
+    held = {name: [hold(name, b, args.tail_samples, generator) for b in base_rows] for name in names}
+    for spec in CANDIDATES:
+        cand = load_backend(parse_spec(args.baseline + spec), options)
+        rows = [lp for w in windows for lp, _ in cand.corpus_logprobs([w])]  # type: ignore[attr-defined]
+        cand.close()
+        live = torch.cat([kl_both_ways(b, c)[0] for b, c in zip(base_rows, rows, strict=True)])
+        variants.setdefault("live", []).append(float(live.mean()))
+        for name in names:
+            values = torch.cat([kl_from(h, c) for h, c in zip(held[name], rows, strict=True)])
+            variants.setdefault(name, []).append(float(values.mean()))
+    n = sum(r.shape[0] for r in base_rows)
+    print(f"{n} positions ({args.chunks} windows of {args.ctx}), vocabulary {vocab}, {time.perf_counter() - t0:.0f} s")
+    llama = llama_cpp_bytes_per_position(vocab)
+    sizes = {
+        "live": 0.0,
+        "exact int16": StoreHeader("exact", n, vocab, "", "", {}, code="int16").bytes_per_position(),
+        "exact float16": StoreHeader("exact", n, vocab, "", "", {}, code="float16").bytes_per_position(),
+    }
+    for k in KS:
+        sizes[f"compact k={k}"] = StoreHeader("compact", n, vocab, "", "", {}, topk=k).bytes_per_position()
+        sizes[f"compact k={k} +{args.tail_samples} samples"] = StoreHeader(
+            "compact", n, vocab, "", "", {}, topk=k, tail_samples=args.tail_samples
+        ).bytes_per_position()
+    live = np.array(variants["live"])
+    rank = np.argsort(live)
+    header = (
+        f"{'store':<28}" + "".join(f"{c:>12}" for c in CANDIDATES) + "  max |rel err|  bytes/pos  vs llama.cpp  ranking"
+    )
+    print(header)
+    for name, values in variants.items():
+        v = np.array(values)
+        rel = np.abs(v / live - 1).max()
+        same = "same" if np.array_equal(np.argsort(v), rank) else "DIFFERENT"
+        cells = "".join(f"{x:>12.5f}" for x in v)
+        print(f"{name:<28}{cells}  {rel:>12.2%}  {sizes[name]:>9.0f}  {sizes[name] / llama:>10.2%}  {same}")
+    print(f"llama.cpp --kl-divergence-base: {llama} bytes/position (2·⌈V/2⌉+4 uint16)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""A small JSON-over-HTTP client for OpenAI-compatible servers: retries with backoff, timeouts, no secrets in logs.
+
+Retried: HTTP 429 and 5xx, timeouts, dropped connections and bodies that are not complete JSON. Not retried: other
+4xx (a wrong model name or URL will not fix itself). The API key is read from an environment variable at call
+time and only ever sent in the Authorization header.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from flipscope.errors import FlipscopeError
+
+log = logging.getLogger(__name__)
+
+#: Environment variables the API key is read from, in order.
+API_KEY_VARIABLES = ("FLIPSCOPE_API_KEY", "OPENAI_API_KEY")
+
+
+@dataclass(frozen=True)
+class HTTPSettings:
+    timeout: float = 60.0
+    retries: int = 4
+    backoff: float = 0.5  # seconds; doubles per retry
+    concurrency: int = 4
+
+
+class Transient(Exception):
+    """A failure worth retrying; its message says what happened."""
+
+
+def _api_key() -> str | None:
+    for name in API_KEY_VARIABLES:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
+def post_json(base_url: str, path: str, body: dict[str, Any], settings: HTTPSettings) -> dict[str, Any]:
+    """POST ``body`` to ``base_url + path``; the parsed JSON object, or a FlipscopeError after the retries."""
+    url = base_url.rstrip("/") + path
+    last = ""
+    for attempt in range(settings.retries + 1):
+        if attempt:
+            delay = settings.backoff * 2 ** (attempt - 1)
+            log.info("retrying %s in %.1f s after: %s", url, delay, last)
+            time.sleep(delay)
+        try:
+            return _post_once(url, body, settings.timeout)
+        except Transient as exc:
+            last = str(exc)
+    raise FlipscopeError(
+        f"server {url} failed {settings.retries + 1} times; last: {last}",
+        fix="check that the server is up and not overloaded; raise --timeout or --retries",
+    )
+
+
+def _post_once(url: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+    headers = {"Content-Type": "application/json"}
+    key = _api_key()
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as exc:
+        detail = exc.read()[:300].decode(errors="replace")
+        if exc.code == 429 or exc.code >= 500:
+            raise Transient(f"HTTP {exc.code}") from exc
+        raise FlipscopeError(
+            f"server {url} answered HTTP {exc.code}: {detail.strip()}",
+            fix="check the base URL, the model name after '#', and the API key variable",
+        ) from exc
+    except TimeoutError as exc:
+        raise Transient(f"no answer within {timeout:g} s") from exc
+    except (urllib.error.URLError, ConnectionError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            raise Transient(f"no answer within {timeout:g} s") from exc
+        raise Transient(f"connection failed: {reason}") from exc
+    try:
+        parsed = json.loads(raw)
+    except ValueError as exc:
+        raise Transient(f"the response is not complete JSON ({len(raw)} bytes)") from exc
+    if not isinstance(parsed, dict):
+        raise Transient("the response is not a JSON object")
+    return parsed

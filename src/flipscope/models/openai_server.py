@@ -1,0 +1,180 @@
+"""``openai:<base_url>#<model>``: any OpenAI-compatible server (vLLM, llama.cpp's servers, SGLang, TGI, hosted APIs).
+
+Multiple choice needs prompt log-probabilities: each option is sent as ``/completions`` with ``echo`` and
+``logprobs``, and the log-probs of the tokens that start at or after the option's first character are summed.
+Many servers return no prompt log-probabilities for ``echo`` (llama.cpp's C++ server among them); scoring through
+them silently gives chance-level answers in other tools. flipscope probes the server once when it loads and refuses
+multiple choice there with an explanation. Generation goes through ``/chat/completions``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from flipscope.errors import FlipscopeError
+from flipscope.models._base import ModelInfo, OptionScores, RowSink
+from flipscope.models.openai_http import HTTPSettings, post_json
+
+if TYPE_CHECKING:
+    from flipscope.models.registry import LoadOptions
+    from flipscope.models.spec import ModelSpec
+    from flipscope.tasks import ScoreRequest
+
+log = logging.getLogger(__name__)
+
+PROBE_TEXT = "Paris is the capital of France, and Rome is the capital of Italy."
+NO_PROMPT_LOGPROBS = (
+    "returns no prompt log-probabilities for echo=true, so multiple-choice options cannot be scored (a tool that "
+    "scored them anyway would report chance-level accuracy)"
+)
+
+
+@dataclass(frozen=True)
+class ServerCapabilities:
+    prompt_logprobs: bool
+    top_logprobs: int  # alternatives per token the server returned when asked for 5; 0 if none
+    note: str = ""
+
+
+def parse_location(location: str) -> tuple[str, str]:
+    url, sep, model = location.partition("#")
+    if not sep or not model or not url.startswith(("http://", "https://")):
+        raise FlipscopeError(
+            f"cannot read server spec {location!r}",
+            fix="write openai:<base_url>#<model>, e.g. openai:http://127.0.0.1:8000/v1#my-model",
+        )
+    return url.rstrip("/"), model
+
+
+def echo_logprobs(choice: dict[str, Any]) -> tuple[list[str], list[float | None], list[int]] | None:
+    """(tokens, token_logprobs, text_offset) of a completions choice, or None where the server gave none."""
+    lp = choice.get("logprobs")
+    if not isinstance(lp, dict):
+        return None
+    tokens, values, offsets = lp.get("tokens"), lp.get("token_logprobs"), lp.get("text_offset")
+    if not isinstance(tokens, list) or not isinstance(values, list) or not isinstance(offsets, list):
+        return None
+    if not tokens or len(tokens) != len(values) or len(tokens) != len(offsets):
+        return None
+    return tokens, values, offsets
+
+
+def continuation_logprob(choice: dict[str, Any], context_chars: int, total_chars: int) -> tuple[float, int] | None:
+    """Sum of the log-probs of tokens starting in [context_chars, total_chars), and how many; None if missing."""
+    parsed = echo_logprobs(choice)
+    if parsed is None:
+        return None
+    _, values, offsets = parsed
+    chosen = [v for v, o in zip(values, offsets, strict=True) if context_chars <= o < total_chars]
+    if not chosen or any(v is None for v in chosen):
+        return None
+    return float(sum(v for v in chosen if v is not None)), len(chosen)
+
+
+class OpenAIBackend:
+    def __init__(self, base_url: str, model: str, settings: HTTPSettings, label: str) -> None:
+        self.base_url, self.model, self.settings = base_url, model, settings
+        self.capabilities = self.probe()
+        identity = hashlib.sha256(f"{base_url}#{model}".encode()).hexdigest()[:20]
+        self.info = ModelInfo(
+            label=label,
+            vocab_size=0,
+            tokenizer_fingerprint=f"server:{identity}",
+            details={
+                "server": base_url,
+                "model": model,
+                "prompt_logprobs": self.capabilities.prompt_logprobs,
+                "top_logprobs": self.capabilities.top_logprobs,
+                "token_kl": "not available through a server in this version",
+            },
+        )
+
+    @classmethod
+    def load(cls, spec: ModelSpec, options: LoadOptions) -> OpenAIBackend:
+        if spec.compression:
+            raise FlipscopeError(
+                f"{spec.label()}: a model behind a server cannot be compressed by flipscope",
+                fix="compress the model before serving it, or give a local spec",
+            )
+        url, model = parse_location(spec.location)
+        return cls(url, model, HTTPSettings(), spec.label())
+
+    def _completion(self, prompt: str, *, logprobs: int = 1) -> dict[str, Any]:
+        body = {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "echo": True,
+                "logprobs": logprobs}  # fmt: skip
+        response = post_json(self.base_url, "/completions", body, self.settings)
+        choices = response.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise FlipscopeError(f"server {self.base_url} returned no choices", fix="check the server's logs")
+        first: dict[str, Any] = choices[0]
+        return first
+
+    def probe(self) -> ServerCapabilities:
+        choice = self._completion(PROBE_TEXT, logprobs=5)
+        scored = continuation_logprob(choice, 1, len(PROBE_TEXT))
+        if scored is None:
+            return ServerCapabilities(False, 0, f"server {self.base_url} {NO_PROMPT_LOGPROBS}")
+        top = (choice.get("logprobs") or {}).get("top_logprobs") or []
+        widths = [len(t) for t in top if isinstance(t, dict)]
+        return ServerCapabilities(True, max(widths) if widths else 0)
+
+    def score(
+        self,
+        requests: Sequence[ScoreRequest],
+        *,
+        rows: RowSink | None = None,
+        advance: Callable[[int], None] | None = None,
+    ) -> list[OptionScores]:
+        if not self.capabilities.prompt_logprobs:
+            raise FlipscopeError(
+                f"{self.info.label}: {self.capabilities.note}",
+                fix="serve the model with prompt log-probabilities (vLLM, or llama-cpp-python's server with "
+                "--logits_all true), or use a gguf: or hf: spec",
+            )
+
+        def one(request: ScoreRequest) -> OptionScores:
+            context = request.prefix + request.prompt
+            sums, counts = [], []
+            for option in request.continuations:
+                text = context + option
+                result = continuation_logprob(self._completion(text), len(context), len(text))
+                if result is None:
+                    raise FlipscopeError(
+                        f"{self.info.label}: the answer for option {option!r} carried no prompt log-probabilities",
+                        fix="the server stopped returning them mid-run; check its logs and rerun (finished "
+                        "passes are cached)",
+                    )
+                sums.append(result[0])
+                counts.append(result[1])
+            return OptionScores(tuple(sums), tuple(counts))
+
+        out: list[OptionScores] = []
+        with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
+            for scored in pool.map(one, requests):
+                out.append(scored)
+                if advance:
+                    advance(1)
+        return out
+
+    def generate(self, prompts: Sequence[str], *, max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
+        """One chat turn per prompt, through ``/chat/completions``."""
+
+        def one(prompt: str) -> str:
+            body = {"model": self.model, "messages": [{"role": "user", "content": prompt}],
+                    "max_tokens": max_tokens, "temperature": temperature}  # fmt: skip
+            response = post_json(self.base_url, "/chat/completions", body, self.settings)
+            try:
+                return str(response["choices"][0]["message"]["content"])
+            except (KeyError, IndexError, TypeError) as exc:
+                raise FlipscopeError(f"server {self.base_url} returned a chat answer without content") from exc
+
+        with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
+            return list(pool.map(one, prompts))
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,99 @@
+"""A local OpenAI-compatible server for tests: scripted faults, then synthetic but consistent answers.
+
+Completions with echo return one token per character run (words and the spaces before them) with log-prob
+−0.5 · len(token), and text offsets, like a real server's ``logprobs`` object; chat returns a fixed text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+def completion(prompt: str, *, logprobs: bool = True) -> dict[str, Any]:
+    tokens = re.findall(r"\s*\S+|\s+", prompt) + [" ok"]
+    offsets, at = [], 0
+    for t in tokens:
+        offsets.append(at)
+        at += len(t)
+    values: list[float | None] = [None] + [-0.5 * len(t) for t in tokens[1:]]
+    choice: dict[str, Any] = {"text": prompt + " ok", "index": 0, "finish_reason": "length"}
+    if logprobs:
+        choice["logprobs"] = {
+            "tokens": tokens,
+            "token_logprobs": values,
+            "text_offset": offsets,
+            "top_logprobs": [None] + [{t: v, " x": -9.0} for t, v in zip(tokens[1:], values[1:], strict=True)],
+        }
+    return {"id": "cmpl", "object": "text_completion", "choices": [choice]}
+
+
+class FakeServer:
+    def __init__(self, script: list[str] | None = None, *, logprobs: bool = True, delay: float = 2.0) -> None:
+        self.script = list(script or [])
+        self.logprobs = logprobs
+        self.delay = delay
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.lock = threading.Lock()
+
+    def next_action(self) -> str:
+        with self.lock:
+            return self.script.pop(0) if self.script else "ok"
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.requests.append(body)
+                    server.headers.append(dict(self.headers))
+                action = server.next_action()
+                if action in ("429", "500", "503", "404"):
+                    self.send_response(int(action))
+                    self.end_headers()
+                    self.wfile.write(b'{"error": "scripted"}')
+                    return
+                if action == "timeout":
+                    time.sleep(server.delay)
+                if self.path.endswith("/chat/completions"):
+                    payload = {"choices": [{"message": {"role": "assistant", "content": "fake answer"}}]}
+                else:
+                    payload = completion(body["prompt"], logprobs=server.logprobs and action != "nologprobs")
+                data = json.dumps(payload).encode()
+                if action == "truncated":
+                    data = data[: len(data) // 2]
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except BrokenPipeError:
+                    pass
+
+        return Handler
+
+
+@contextmanager
+def serve(fake: FakeServer) -> Iterator[str]:
+    """Run ``fake`` on a free loopback port; yields its base URL (``http://127.0.0.1:PORT/v1``)."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), fake.handler())
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

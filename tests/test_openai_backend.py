@@ -1,0 +1,106 @@
+"""The OpenAI-compatible backend against a fault-injecting local server: retries, refusals, no silent numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fake_server import FakeServer, serve
+from flipscope.errors import FlipscopeError
+from flipscope.models.openai_http import HTTPSettings
+from flipscope.models.openai_server import OpenAIBackend
+from flipscope.tasks import ScoreRequest
+
+FAST = HTTPSettings(timeout=0.5, retries=2, backoff=0.01, concurrency=2)
+REQUESTS = [
+    ScoreRequest("Header.\n\n", "Question: which?\nAnswer:", (" a", " much longer words here")),
+    ScoreRequest("", "Q2?\nAnswer:", (" yes", " no")),
+]
+
+
+def backend(url: str, settings: HTTPSettings = FAST) -> OpenAIBackend:
+    return OpenAIBackend(url, "fake-model", settings, f"openai:{url}#fake-model")
+
+
+def test_scores_sum_the_option_tokens_only() -> None:
+    with serve(FakeServer()) as url:
+        scores = backend(url).score(REQUESTS)
+    assert scores[0].logprobs == (-1.0, pytest.approx(-0.5 * (5 + 7 + 6 + 5)))
+    assert scores[0].n_tokens == (1, 4) and scores[1].logprobs == (-2.0, -1.5)
+
+
+@pytest.mark.parametrize("fault", ["429", "500", "503", "timeout", "truncated"])
+def test_transient_faults_are_retried_to_success(fault: str) -> None:
+    fake = FakeServer([fault, fault])  # two failures, then fine: within 2 retries
+    with serve(fake) as url:
+        client = backend(url)
+        fake.script = [fault, fault]
+        scores = client.score(REQUESTS[1:])
+    assert scores[0].logprobs == (-2.0, -1.5)
+
+
+@pytest.mark.parametrize("fault", ["429", "500", "timeout", "truncated"])
+def test_persistent_faults_fail_with_a_clear_message(fault: str) -> None:
+    fake = FakeServer()
+    with serve(fake) as url:
+        client = backend(url)
+        fake.script = [fault] * 10
+        with pytest.raises(FlipscopeError, match=r"failed 3 times; last: "):
+            client.score(REQUESTS[1:])
+
+
+def test_a_client_error_is_not_retried() -> None:
+    fake = FakeServer()
+    with serve(fake) as url:
+        client = backend(url)
+        fake.script = ["404"]
+        with pytest.raises(FlipscopeError, match="answered HTTP 404"):
+            client.score(REQUESTS[1:])
+        assert len(fake.requests) == 2  # the probe and the one refused request
+
+
+def test_a_server_without_prompt_logprobs_is_refused_not_scored() -> None:
+    with serve(FakeServer(logprobs=False)) as url:
+        client = backend(url)
+        assert not client.capabilities.prompt_logprobs
+        with pytest.raises(FlipscopeError, match="chance-level"):
+            client.score(REQUESTS)
+
+
+def test_logprobs_missing_mid_run_stop_the_run() -> None:
+    fake = FakeServer()
+    with serve(fake) as url:
+        client = backend(url)
+        fake.script = ["nologprobs"]
+        with pytest.raises(FlipscopeError, match="carried no prompt log-probabilities"):
+            client.score(REQUESTS[1:])
+
+
+def test_api_key_comes_from_the_environment_and_is_never_stored(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, mc_file: Path
+) -> None:
+    import flipscope
+
+    monkeypatch.setenv("FLIPSCOPE_API_KEY", "sk-secret-123")
+    fake = FakeServer()
+    with serve(fake) as url:
+        result = flipscope.compare(f"openai:{url}#fake-model", [f"openai:{url}#other"], tasks=[str(mc_file)],
+                                   out=tmp_path / "run", cache_dir=tmp_path / "cache")  # fmt: skip
+        chat = backend(url).generate(["hello"])
+    assert chat == ["fake answer"]
+    assert all(h.get("Authorization") == "Bearer sk-secret-123" for h in fake.headers)
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file():
+            assert b"sk-secret-123" not in path.read_bytes()
+    summary = next(iter(result.summary.values()))
+    assert summary[next(iter(summary))].flips == 0.0  # the same fake model twice
+
+
+def test_spec_errors() -> None:
+    from flipscope.models import load_backend, parse_spec
+
+    with pytest.raises(FlipscopeError, match="openai:<base_url>#<model>"):
+        load_backend(parse_spec("openai:http://127.0.0.1:9/v1"))
+    with pytest.raises(FlipscopeError, match="cannot be compressed"):
+        load_backend(parse_spec("openai:http://127.0.0.1:9/v1#m+rtn:w8"))
