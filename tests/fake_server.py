@@ -6,6 +6,7 @@ Completions with echo return one token per character run (words and the spaces b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -17,7 +18,7 @@ from typing import Any
 
 
 def completion(prompt: str, *, logprobs: bool = True) -> dict[str, Any]:
-    tokens = re.findall(r"\s*\S+|\s+", prompt) + [" ok"]
+    tokens = [*re.findall(r"\s*\S+|\s+", prompt), " ok"]
     offsets, at = [], 0
     for t in tokens:
         offsets.append(at)
@@ -78,10 +79,8 @@ class FakeServer:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                try:
+                with contextlib.suppress(BrokenPipeError):
                     self.wfile.write(data)
-                except BrokenPipeError:
-                    pass
 
         return Handler
 

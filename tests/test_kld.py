@@ -151,18 +151,21 @@ def test_tiny_llama_stores_agree_with_live(tiny_llama: Path, tmp_path: Path) -> 
     vocab = live.positions[f"{base}+rtn:w4g16"]["kl"].size and exact.run.baseline["tokenizer"]
     assert vocab
     full = flipscope.kld(base, cands, store="compact", topk=10_000, out=tmp_path / "full", **common)
-    small = flipscope.kld(base, cands, store="compact", topk=4, out=tmp_path / "small", **common)
+    small = flipscope.kld(base, cands, store="compact", topk=4, tail_samples=0, out=tmp_path / "small", **common)
+    sampled = flipscope.kld(base, cands, store="compact", topk=16, out=tmp_path / "sampled", **common)
     for label in live.summary:
         kl_live = live.positions[label]["kl"]
         assert kl_live.size == 4 * 31 and (kl_live > 0).all()
         assert np.allclose(exact.positions[label]["kl"], kl_live, atol=2e-3, rtol=1e-2)
         assert np.allclose(full.positions[label]["kl"], kl_live, atol=1e-5, rtol=1e-4)
         assert (small.positions[label]["kl"] <= kl_live + 1e-5).all()
+        diff = sampled.positions[label]["kl"] - kl_live  # unbiased: its mean is within sampling error of 0
+        assert abs(diff.mean()) <= 4 * diff.std() / np.sqrt(diff.size)
         assert np.array_equal(full.positions[label]["agree"], live.positions[label]["agree"])
         assert live.summary[label].ppl_base.value == pytest.approx(exact.summary[label].ppl_base.value, rel=1e-5)
     stores = list((tmp_path / "cache").iterdir())
-    assert len(stores) == 3  # exact, compact k=10000, compact k=4; live stores nothing
-    again = flipscope.kld(base, cands[:1], store="compact", topk=4, out=tmp_path / "again", **common)
+    assert len(stores) == 4  # exact, compact k=10000, k=4, k=4 with samples; live stores nothing
+    again = flipscope.kld(base, cands[:1], store="compact", topk=4, tail_samples=0, out=tmp_path / "again", **common)
     assert np.array_equal(again.positions[f"{base}+rtn:w4g16"]["kl"], small.positions[f"{base}+rtn:w4g16"]["kl"])
     run = json.loads((tmp_path / "small" / "run.json").read_text())
     assert run["kind"] == "kld" and run["store"]["bytes_per_position"] < run["store"]["llama_cpp_bytes_per_position"]

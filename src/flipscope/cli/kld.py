@@ -34,14 +34,14 @@ from flipscope.tasks.corpus import DEFAULT_CORPUS
     type=click.Choice(["compact", "exact", "live"]),
     default="compact",
     show_default=True,
-    help="How the baseline is held: compact top-k + rest (lower bound), exact rows on disk, or live (both models).",
+    help="How the baseline is held: compact (top-k, rest mass, tail samples), exact rows on disk, or live.",
 )
 @click.option("--topk", default=64, show_default=True, help="Compact store: baseline log-probs kept per position.")
 @click.option(
     "--tail-samples",
-    default=0,
+    default=64,
     show_default=True,
-    help="Compact store: tail tokens sampled per position (unbiased tail term).",
+    help="Compact store: tail tokens sampled per position for an unbiased tail term (0: the pure lower bound).",
 )
 @click.option(
     "--exact-code",
