@@ -337,8 +337,6 @@ def _finish(
     tail_samples: int,
     exact_code: str,
 ) -> KLDResult:
-    from importlib import metadata
-
     from flipscope._compare import library_versions
 
     decode = _decoder(base_spec)
@@ -366,7 +364,7 @@ def _finish(
         store_info |= {"folder": str(stored.folder), "bytes_per_position": stored.header.bytes_per_position()}
     run = KLDRunFile(
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        flipscope_version=metadata.version("flipscope"),
+        flipscope_version=library_versions().get("flipscope", "unknown"),
         settings=settings,
         baseline={"spec": base_spec.label(), "fingerprint": base_fp, "tokenizer": plan.tokenizer},
         candidates=entries,

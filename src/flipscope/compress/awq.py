@@ -71,7 +71,7 @@ def best_scales(x: torch.Tensor, weights: list[torch.Tensor], grid: RTNConfig) -
     """Search the AWQ scale exponent. x: [tokens, in]; weights: [out_i, in] → scales [in], chosen exponent."""
     import torch
 
-    w = torch.cat([wi.float() for wi in weights])  # [out, in]
+    w = torch.cat([wi.float().to(x.device) for wi in weights])  # [out, in]
     x_mean = x.abs().mean(0)  # [in]
     g = grid.group_size or w.shape[1]
     w_rel = w.abs().view(w.shape[0], -1, g)
@@ -97,11 +97,11 @@ def best_clip(x: torch.Tensor, weight: torch.Tensor, grid: RTNConfig) -> torch.T
     g = grid.group_size or weight.shape[1]
     x = x[:: max(1, x.shape[0] // _CLIP_TOKENS)]
     xg = x.view(x.shape[0], -1, g)  # [n, groups, g]
-    w = weight.float().view(weight.shape[0], -1, g)  # [out, groups, g]
+    w = weight.float().to(x.device).view(weight.shape[0], -1, g)  # [out, groups, g]
     reference = torch.einsum("ngk,ogk->ong", xg, w)  # [out, n, groups]
     original = w.abs().amax(dim=-1, keepdim=True)  # [out, groups, 1]
     best_max = original.clone()
-    best_err = torch.full(original.shape, float("inf"))
+    best_err = torch.full(original.shape, float("inf"), device=w.device)
     for step in range(_CLIP_STEPS):
         max_val = original * (1 - step / _GRID)
         clipped = torch.clamp(w, -max_val, max_val)
@@ -161,7 +161,8 @@ def _apply_awq(config: AWQConfig, model: torch.nn.Module, context: CompressionCo
             seen[name].append(x.cpu())
 
         inputs.feed(block, {key: modules[key] for key in seen}, keep)
-        feats = {key: torch.cat(parts) for key, parts in seen.items()}  # [tokens, in]
+        device = next(block.parameters()).device
+        feats = {key: torch.cat(parts).to(device) for key, parts in seen.items()}  # [tokens, in]
         with torch.no_grad():
             for previous, names, key in groups:
                 scales, ratio = best_scales(feats[key], [modules[n].weight for n in names], grid)
@@ -173,7 +174,7 @@ def _apply_awq(config: AWQConfig, model: torch.nn.Module, context: CompressionCo
             for _, names, key in groups:
                 for name in names:
                     if not name.endswith(("q_proj", "k_proj")):
-                        clips[id(modules[name])] = best_clip(feats[key], modules[name].weight.cpu(), grid)
+                        clips[id(modules[name])] = best_clip(feats[key], modules[name].weight, grid)
         inputs.advance(block)
     touched = 0
     with torch.no_grad():

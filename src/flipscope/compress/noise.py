@@ -54,6 +54,6 @@ def _apply_noise(
             if config.sigma:
                 w = module.weight
                 noise = torch.randn(w.shape, generator=generator, dtype=torch.float32)  # [out, in]
-                w.add_((noise * config.sigma * w.float().std()).to(w.dtype).to(w.device))
+                w.add_((noise * config.sigma * float(w.float().std())).to(w.dtype).to(w.device))
             touched += 1
     return {"library": "flipscope", "layers": touched}

@@ -61,7 +61,7 @@ def smoothing_scales(act_max: torch.Tensor, weights: list[torch.Tensor], alpha: 
     import torch
 
     w_max = torch.cat([w.detach().abs().float() for w in weights]).amax(dim=0).clamp(min=1e-5)  # [in]
-    return (act_max.float().clamp(min=1e-5).pow(alpha) / w_max.pow(1 - alpha)).clamp(min=1e-5)
+    return (act_max.float().to(w_max.device).clamp(min=1e-5).pow(alpha) / w_max.pow(1 - alpha)).clamp(min=1e-5)
 
 
 def quantize_per_token(x: torch.Tensor, bits: int = 8) -> torch.Tensor:

@@ -48,7 +48,7 @@ def wanda_mask(weight: torch.Tensor, input_norm: torch.Tensor, sparsity: float) 
     """weight: [out, in]; input_norm: [in] = ‖X_j‖₂ → keep-mask dropping round(sparsity · in) per row."""
     import torch
 
-    score = weight.detach().abs().float() * input_norm.float()[None, :]  # [out, in]
+    score = weight.detach().abs().float() * input_norm.float().to(weight.device)[None, :]  # [out, in]
     drop = round(sparsity * weight.shape[1])
     keep = torch.ones_like(score, dtype=torch.bool)
     if drop:
