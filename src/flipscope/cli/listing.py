@@ -9,13 +9,14 @@ import click
 
 def _print_table(title: str, columns: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
     for name in columns:
         table.add_column(name)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(escape(cell) for cell in row))  # specs like rtn:w4[g<group>] are not markup
     Console().print(table)
 
 
@@ -52,7 +53,7 @@ def methods_cmd() -> None:
         (
             cls.syntax or cls.method,
             ", ".join(f"{name}={default!r}" for name, default in cls.parameters()),
-            (cls.__doc__ or "").strip().splitlines()[0],
+            " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split()),
         )
         for cls in METHODS.values()
     ]
