@@ -26,7 +26,11 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     ("args", "message"),
     [
         (["compare", "nosuch:x", "+rtn:w4"], "unknown model spec 'nosuch:x'"),
-        (["compare", "bundled:smollm2-135m", "+awq:w4"], "unknown compression method 'awq'"),
+        (["compare", "bundled:smollm2-135m", "+slicegpt:0.2"], "unknown compression method 'slicegpt'"),
+        (
+            ["compare", "bundled:smollm2-135m", "+awq:w4g128"],
+            "group size 128 does not divide the Linear input width 576",
+        ),
         (["compare", "bundled:smollm2-135m", "+rtn:w4", "--tasks", "nosuch"], "unknown task 'nosuch'"),
         (["compare", "bundled:smollm2-135m", "+rtn:w4", "--tasks", "missing.jsonl"], "does not exist"),
         (["compare", "bundled:smollm2-135m", "+rtn:w4", "--limit", "0"], "--limit must be at least 1"),

@@ -17,7 +17,7 @@ from flipscope.display import Display, NullDisplay
 from flipscope.errors import FlipscopeError
 from flipscope.metrics import ItemScore, TaskSummary, summarize_run
 from flipscope.metrics.token_kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
-from flipscope.models import Backend, LoadOptions, ModelSpec, check_compression, fingerprint, load_backend, parse_spec
+from flipscope.models import Backend, LoadOptions, ModelSpec, fingerprint, load_backend, parse_models
 from flipscope.store import (
     ModelEntry,
     PassResult,
@@ -183,15 +183,7 @@ def compare(
         raise FlipscopeError(f"unknown prompt format {format!r}", fix="use cloze or letter") from None
     if topk < 1 or tail_samples < 0:
         raise FlipscopeError(f"--topk must be ≥ 1 and --tail-samples ≥ 0, got {topk} and {tail_samples}")
-    base_spec = baseline if isinstance(baseline, ModelSpec) else parse_spec(baseline)
-    cand_specs = [c if isinstance(c, ModelSpec) else parse_spec(c, baseline=base_spec) for c in candidates]
-    if not cand_specs:
-        raise FlipscopeError("no candidate given", fix="name at least one candidate, e.g. +rtn:w4g64")
-    for spec in (base_spec, *cand_specs):
-        check_compression(spec)
-    labels = [c.label() for c in cand_specs]
-    if len(set(labels)) != len(labels) or base_spec.label() in labels:
-        raise FlipscopeError("a model is named twice", fix="give each candidate once, and none equal to the baseline")
+    base_spec, cand_specs = parse_models(baseline, candidates)
     if not tasks:
         raise FlipscopeError("no task given", fix="use --tasks mmlu or a file")
     settings = Settings(

@@ -17,7 +17,7 @@ from flipscope._cache import cache_root, content_hash
 from flipscope.display import Display, NullDisplay
 from flipscope.errors import FlipscopeError
 from flipscope.metrics.corpus_stats import CorpusSummary, summarize_corpus
-from flipscope.models import LoadOptions, ModelSpec, check_compression, fingerprint, load_backend, parse_spec
+from flipscope.models import LoadOptions, ModelSpec, fingerprint, load_backend, parse_models
 from flipscope.models._base import CorpusBackend
 from flipscope.store.baseline_rows import BaselineStore, StoreHeader, llama_cpp_bytes_per_position
 from flipscope.store.kld_run import POSITION_COLUMNS, Divergent, KLDRunFile, KLDSettings, WindowStats, write_kld_run
@@ -87,12 +87,7 @@ def kld(
         raise FlipscopeError("--topk, --batch and --rows must be ≥ 1 and --tail-samples ≥ 0")
     if exact_code not in ("float16", "int16"):
         raise FlipscopeError(f"unknown exact-store code {exact_code!r}", fix="use float16 or int16")
-    base_spec = baseline if isinstance(baseline, ModelSpec) else parse_spec(baseline)
-    cand_specs = [c if isinstance(c, ModelSpec) else parse_spec(c, baseline=base_spec) for c in candidates]
-    if not cand_specs:
-        raise FlipscopeError("no candidate given", fix="name at least one candidate, e.g. +rtn:w4g64")
-    for spec in (base_spec, *cand_specs):
-        check_compression(spec)
+    base_spec, cand_specs = parse_models(baseline, candidates)
     text = load_corpus(corpus)
     options = LoadOptions(device=device, dtype=dtype)
     settings_key = {"ctx": ctx, "fraction": scored_fraction, "max_windows": max_windows, "dtype": dtype}

@@ -22,6 +22,12 @@ def calibration_text() -> str:
     return "\n\n".join(topics[key] for key in sorted(topics))
 
 
+def check_calibration(samples: int, length: int, method: str) -> None:
+    """Refuse a calibration set too small to run: at least one sample of two tokens."""
+    if samples < 1 or length < 2:
+        raise FlipscopeError(f"{method} needs at least one calibration sample of two tokens")
+
+
 def calibration_batch(tokenizer: Any, samples: int, length: int) -> torch.Tensor:
     """Token ids [samples, length] from the calibration text."""
     import torch

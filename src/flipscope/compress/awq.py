@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from flipscope.compress._base import CompressionConfig, CompressionContext, apply_compression, register
-from flipscope.compress._calibration import CALIBRATION_SOURCE, calibration_batch
+from flipscope.compress._calibration import CALIBRATION_SOURCE, calibration_batch, check_calibration
 from flipscope.compress._capture import BlockInputs
 from flipscope.compress._layers import decoder_layers
 from flipscope.compress.rtn import RTNConfig, quantize_dequantize
@@ -50,8 +50,7 @@ class AWQConfig(CompressionConfig):
             raise FlipscopeError(f"awq bits must be 2–8, got {self.bits}", fix=_HELP)
         if self.group_size < 1:
             raise FlipscopeError(f"awq group size must be ≥ 1, got {self.group_size}", fix=_HELP)
-        if self.samples < 1 or self.length < 2:
-            raise FlipscopeError("awq needs at least one calibration sample of two tokens", fix=_HELP)
+        check_calibration(self.samples, self.length, "awq")
 
     @classmethod
     def parse(cls, args: str) -> AWQConfig:

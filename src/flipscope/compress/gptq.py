@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from flipscope.compress._base import CompressionConfig, CompressionContext, apply_compression, register
-from flipscope.compress._calibration import CALIBRATION_SOURCE, calibration_batch
+from flipscope.compress._calibration import CALIBRATION_SOURCE, calibration_batch, check_calibration
 from flipscope.compress._capture import BlockInputs, block_linears
 from flipscope.compress._layers import decoder_layers
 from flipscope.errors import FlipscopeError
@@ -49,8 +49,7 @@ class GPTQConfig(CompressionConfig):
             raise FlipscopeError(f"gptq group size must be ≥ 1, got {self.group_size}", fix=_HELP)
         if not 0 < self.damp < 1:
             raise FlipscopeError(f"gptq damp must be in (0, 1), got {self.damp}", fix=_HELP)
-        if self.samples < 1 or self.length < 2:
-            raise FlipscopeError("gptq needs at least one calibration sample of two tokens", fix=_HELP)
+        check_calibration(self.samples, self.length, "gptq")
 
     @classmethod
     def parse(cls, args: str) -> GPTQConfig:

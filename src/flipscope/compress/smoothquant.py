@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from flipscope.compress._base import CompressionConfig, CompressionContext, apply_compression, register
-from flipscope.compress._calibration import CALIBRATION_SOURCE, calibration_batch
+from flipscope.compress._calibration import CALIBRATION_SOURCE, calibration_batch, check_calibration
 from flipscope.compress._capture import block_linears, feed_inputs
 from flipscope.compress._layers import decoder_layers
 from flipscope.compress.rtn import RTNConfig, quantize_dequantize
@@ -41,8 +41,7 @@ class SmoothQuantConfig(CompressionConfig):
     def __post_init__(self) -> None:
         if not 0 <= self.alpha <= 1:
             raise FlipscopeError(f"smoothquant alpha must be in [0, 1], got {self.alpha}", fix=_HELP)
-        if self.samples < 1 or self.length < 2:
-            raise FlipscopeError("smoothquant needs at least one calibration sample of two tokens", fix=_HELP)
+        check_calibration(self.samples, self.length, "smoothquant")
 
     @classmethod
     def parse(cls, args: str) -> SmoothQuantConfig:

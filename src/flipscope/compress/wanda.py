@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from flipscope.compress._base import CompressionConfig, CompressionContext, apply_compression, register
-from flipscope.compress._calibration import CALIBRATION_SOURCE, calibration_batch
+from flipscope.compress._calibration import CALIBRATION_SOURCE, calibration_batch, check_calibration
 from flipscope.compress._capture import BlockInputs, block_linears
 from flipscope.compress._layers import decoder_layers
 from flipscope.compress.sparsity import check_sparsity, parse_sparsity
-from flipscope.errors import FlipscopeError
 
 if TYPE_CHECKING:
     import torch
@@ -33,8 +32,7 @@ class WandaConfig(CompressionConfig):
 
     def __post_init__(self) -> None:
         check_sparsity(self.sparsity, self.syntax)
-        if self.samples < 1 or self.length < 2:
-            raise FlipscopeError("wanda needs at least one calibration sample of two tokens")
+        check_calibration(self.samples, self.length, "wanda")
 
     @classmethod
     def parse(cls, args: str) -> WandaConfig:

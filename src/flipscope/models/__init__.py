@@ -8,6 +8,7 @@ from flipscope.models.registry import (
     check_compression,
     fingerprint,
     load_backend,
+    parse_models,
     register_source,
 )
 from flipscope.models.spec import ModelSpec, parse_spec
@@ -24,6 +25,7 @@ __all__ = [
     "check_compression",
     "fingerprint",
     "load_backend",
+    "parse_models",
     "parse_spec",
     "register_source",
 ]

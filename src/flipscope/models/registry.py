@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,23 @@ def check_compression(spec: ModelSpec) -> None:
         return
     for config in spec.compression:
         config.check_model(model_config)
+
+
+def parse_models(baseline: str | ModelSpec, candidates: Sequence[str | ModelSpec]) -> tuple[ModelSpec, list[ModelSpec]]:
+    """Parse and check a baseline and its candidates (``+method`` candidates apply to the baseline) before any
+    weights are loaded."""
+    from flipscope.models.spec import parse_spec
+
+    base = baseline if isinstance(baseline, ModelSpec) else parse_spec(baseline)
+    cands = [c if isinstance(c, ModelSpec) else parse_spec(c, baseline=base) for c in candidates]
+    if not cands:
+        raise FlipscopeError("no candidate given", fix="name at least one candidate, e.g. +rtn:w4g64")
+    for spec in (base, *cands):
+        check_compression(spec)
+    labels = [c.label() for c in cands]
+    if len(set(labels)) != len(labels) or base.label() in labels:
+        raise FlipscopeError("a model is named twice", fix="give each candidate once, and none equal to the baseline")
+    return base, cands
 
 
 def load_backend(spec: ModelSpec, options: LoadOptions | None = None) -> Backend:
