@@ -128,7 +128,11 @@ def kld(
         for spec in cand_specs:
             backend = _corpus_backend(spec, options)
             try:
-                if backend.info.tokenizer_fingerprint != plan.tokenizer or backend.info.vocab_size != plan.vocab_size:
+                if stored is not None:
+                    stored.check_matches(tokenizer_fingerprint=backend.info.tokenizer_fingerprint,
+                                         vocab_size=backend.info.vocab_size, corpus_sha256=text.sha256,
+                                         label=spec.label())  # fmt: skip
+                elif (backend.info.tokenizer_fingerprint, backend.info.vocab_size) != (plan.tokenizer, plan.vocab_size):
                     raise FlipscopeError(
                         f"{spec.label()} has a different tokenizer or vocabulary than the baseline; token-level KL "
                         "compares distributions over the same vocabulary",

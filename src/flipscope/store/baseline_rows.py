@@ -118,7 +118,7 @@ class BaselineStore:
         if h.tokenizer_fingerprint != tokenizer_fingerprint or h.vocab_size != vocab_size:
             raise FlipscopeError(
                 f"{label} has a different tokenizer or vocabulary ({vocab_size}) than the stored baseline "
-                f"({h.vocab_size}); token-level KL compares distributions over the same vocabulary",
+                f"({h.vocab_size}, {self.folder}); token-level KL compares distributions over the same vocabulary",
                 fix="compare models that share the baseline's tokenizer",
             )
         if h.corpus_sha256 != corpus_sha256:
