@@ -140,6 +140,19 @@ def _gguf_load(spec: ModelSpec, options: LoadOptions) -> Backend:
     return GGUFBackend.load(spec, options)
 
 
+def _vllm_fingerprint(location: str) -> dict[str, Any]:
+    from flipscope.models.vllm_engine import parse_location
+
+    model, _ = parse_location(location)
+    return _hf_fingerprint(model)
+
+
+def _vllm_load(spec: ModelSpec, options: LoadOptions) -> Backend:
+    from flipscope.models.vllm_engine import VLLMBackend
+
+    return VLLMBackend.load(spec, options)
+
+
 def _openai_fingerprint(location: str) -> dict[str, Any]:
     from flipscope.models.openai_server import parse_location
 
@@ -160,6 +173,14 @@ register_source(
         "bundled model as float32 GGUF; @original for the shipped Q4_1 file); +ggml:<type> quantizes with llama.cpp",
         _gguf_fingerprint,
         _gguf_load,
+    )
+)
+register_source(
+    Source(
+        "vllm",
+        "vLLM's offline engine on GPUs (pip install vllm): vllm:<folder or hub id>[#tp=<gpus>]",
+        _vllm_fingerprint,
+        _vllm_load,
     )
 )
 register_source(

@@ -1,0 +1,52 @@
+"""vLLM's prompt_logprobs → option log-likelihoods, on outputs shaped as vLLM documents them (no GPU needed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from flipscope.errors import FlipscopeError
+from flipscope.models.vllm_engine import option_logprob, parse_location
+
+
+@dataclass
+class Logprob:  # vllm.logprobs.Logprob's fields
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+def test_option_logprob_sums_the_option_positions_only() -> None:
+    ids = [11, 12, 13, 14, 15]
+    # position 0 is None; each dict holds the actual token (and, with prompt_logprobs=k, the top-k others)
+    prompt_logprobs = [None, {12: Logprob(-1.0, 3), 7: Logprob(-0.5, 1)}, {13: Logprob(-2.0, 1)},
+                       {14: Logprob(-0.25, 2), 9: Logprob(-0.1, 1)}, {15: Logprob(-0.75, 1)}]  # fmt: skip
+    assert option_logprob(prompt_logprobs, ids, start=3) == pytest.approx(-1.0)
+    assert option_logprob(prompt_logprobs, ids, start=1) == pytest.approx(-4.0)
+    plain = [None, {12: -1.0}, {13: -2.0}, {14: -0.25}, {15: -0.75}]  # older versions: floats
+    assert option_logprob(plain, ids, start=2) == pytest.approx(-3.0)
+
+
+def test_missing_prompt_logprobs_are_an_error_not_a_number() -> None:
+    with pytest.raises(FlipscopeError, match="no prompt log-probabilities"):
+        option_logprob(None, [1, 2], start=1)
+    with pytest.raises(FlipscopeError, match="position 1"):
+        option_logprob([None, {5: Logprob(-1.0)}], [1, 2], start=1)
+
+
+def test_location_options() -> None:
+    assert parse_location("/models/llama#tp=4") == ("/models/llama", 4)
+    assert parse_location("org/name") == ("org/name", 1)
+    with pytest.raises(FlipscopeError, match="vllm:<model>"):
+        parse_location("org/name#pp=2")
+
+
+def test_missing_vllm_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from flipscope.models import load_backend, parse_spec
+
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    with pytest.raises(FlipscopeError, match="pip install vllm"):
+        load_backend(parse_spec("vllm:org/name"))
