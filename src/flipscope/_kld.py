@@ -124,6 +124,7 @@ def kld(
         else:
             plan = _plan_from_store(stored, ctx, scored_fraction)
         positions: dict[str, dict[str, np.ndarray]] = {}
+        divergent: dict[str, list[Divergent]] = {}
         entries = []
         for spec in cand_specs:
             backend = _corpus_backend(spec, options)
@@ -140,6 +141,7 @@ def kld(
                     )
                 with shown.progress(f"kld {spec.label()}", len(plan.windows)) as advance:
                     positions[spec.label()] = _score(backend, base_backend, stored, plan, batch, rows, advance)
+                divergent[spec.label()] = _divergent(positions[spec.label()], plan, backend.decode)
                 entries.append(
                     {"spec": spec.label(), "fingerprint": fingerprint(spec), "details": backend.info.details}
                 )
@@ -153,6 +155,7 @@ def kld(
         base_fp,
         entries,
         positions,
+        divergent,
         plan,
         text,
         stored,
@@ -323,6 +326,7 @@ def _finish(
     base_fp: str,
     entries: list[dict[str, Any]],
     positions: dict[str, dict[str, np.ndarray]],
+    divergent: dict[str, list[Divergent]],
     plan: _Plan,
     text: Any,
     stored: BaselineStore | None,
@@ -338,7 +342,6 @@ def _finish(
 ) -> KLDResult:
     from flipscope._compare import library_versions
 
-    decode = _decoder(base_spec)
     n_positions = sum(w.scored for w in plan.windows)
     settings = KLDSettings(
         corpus=text.source,
@@ -372,7 +375,7 @@ def _finish(
             label: summarize_corpus(**{c: cols[c] for c in POSITION_COLUMNS}) for label, cols in positions.items()
         },
         per_window={label: _window_stats(cols) for label, cols in positions.items()},
-        most_divergent={label: _divergent(cols, plan, decode) for label, cols in positions.items()},
+        most_divergent=divergent,
         versions=library_versions(),
         notes=["compact store: KL over top-k ∪ {rest}, a lower bound (reverse KL too)"]
         if store == "compact" and not tail_samples
@@ -381,22 +384,3 @@ def _finish(
     target = Path(out) if out else Path("runs") / ("kld-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     write_kld_run(target, run, positions)
     return KLDResult(run, target, positions)
-
-
-def _decoder(spec: ModelSpec) -> Any:
-    """The baseline tokenizer's decode, for showing context; None where it cannot be had cheaply."""
-    try:
-        from transformers import AutoTokenizer
-
-        from flipscope.models.registry import SOURCES
-
-        location = spec.location
-        if spec.source == "bundled":
-            from flipscope.models.bundled import ensure_local
-
-            location = str(ensure_local(spec.location))
-        elif spec.source not in SOURCES or spec.source != "hf":
-            return None
-        return AutoTokenizer.from_pretrained(location).decode
-    except Exception:
-        return None

@@ -148,6 +148,9 @@ class GGUFBackend:
                 offset = start - window.first
                 yield torch.from_numpy(log_softmax(logits)), targets[offset : offset + stop - start]
 
+    def decode(self, ids: Sequence[int]) -> str:
+        return bytes(self.llm.detokenize(list(ids))).decode("utf-8", errors="replace")
+
     def generate(self, prompts: Sequence[str], *, max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
         """One chat turn per prompt, with the model's own chat template (greedy at temperature 0)."""
         out = []

@@ -190,6 +190,9 @@ class HFBackend:
                 logprobs = logits - lse
                 yield logprobs.cpu(), targets[start : start + rows].cpu()
 
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids)))
+
     def _final_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """What the model's own forward does after the head: logit scaling and soft-capping, where configured."""
         config = self.model.config
