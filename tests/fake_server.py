@@ -17,13 +17,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
-def completion(prompt: str, *, logprobs: bool = True) -> dict[str, Any]:
+def completion(prompt: str, *, logprobs: bool = True, echo: bool = True, shift: bool = False) -> dict[str, Any]:
+    if not echo:  # generation only: the one generated token
+        generated = {"tokens": [" ok"], "token_logprobs": [-1.5], "text_offset": [len(prompt)],
+                     "top_logprobs": [{" ok": -1.5}]}  # fmt: skip
+        choice = {"text": " ok", "index": 0, "logprobs": generated}
+        return {"id": "cmpl", "object": "text_completion", "choices": [choice]}
     tokens = [*re.findall(r"\s*\S+|\s+", prompt), " ok"]
     offsets, at = [], 0
     for t in tokens:
         offsets.append(at)
         at += len(t)
     values: list[float | None] = [None] + [-0.5 * len(t) for t in tokens[1:]]
+    if shift:  # the value of the token after: the off-by-one of some servers
+        values = [None] + [-0.5 * len(t) - 0.7 for t in tokens[2:]] + [-0.1]
     choice: dict[str, Any] = {"text": prompt + " ok", "index": 0, "finish_reason": "length"}
     if logprobs:
         choice["logprobs"] = {
@@ -36,9 +43,12 @@ def completion(prompt: str, *, logprobs: bool = True) -> dict[str, Any]:
 
 
 class FakeServer:
-    def __init__(self, script: list[str] | None = None, *, logprobs: bool = True, delay: float = 2.0) -> None:
+    def __init__(
+        self, script: list[str] | None = None, *, logprobs: bool = True, delay: float = 2.0, shift: bool = False
+    ) -> None:
         self.script = list(script or [])
         self.logprobs = logprobs
+        self.shift = shift
         self.delay = delay
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -71,7 +81,8 @@ class FakeServer:
                 if self.path.endswith("/chat/completions"):
                     payload = {"choices": [{"message": {"role": "assistant", "content": "fake answer"}}]}
                 else:
-                    payload = completion(body["prompt"], logprobs=server.logprobs and action != "nologprobs")
+                    payload = completion(body["prompt"], logprobs=server.logprobs and action != "nologprobs",
+                                         echo=bool(body.get("echo")), shift=server.shift)  # fmt: skip
                 data = json.dumps(payload).encode()
                 if action == "truncated":
                     data = data[: len(data) // 2]

@@ -72,6 +72,7 @@ def llama_server():  # type: ignore[no-untyped-def]
     import socket
     import subprocess
     import sys
+    import tempfile
     import time
     import urllib.request
 
@@ -83,8 +84,9 @@ def llama_server():  # type: ignore[no-untyped-def]
         port = s.getsockname()[1]
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_gguf("smollm2-135m")),
                "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--logits_all", "true",
-               "--n_ctx", "2048", "--seed", "0"]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+               "--n_ctx", "2048", "--seed", "0", "--verbose", "false"]  # fmt: skip
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - open for the server's lifetime; a pipe would fill and stall it
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 120
     while True:
@@ -94,23 +96,47 @@ def llama_server():  # type: ignore[no-untyped-def]
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
-                err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-                pytest.fail(f"llama_cpp.server did not start: {err}")
+                log.seek(0)
+                pytest.fail(f"llama_cpp.server did not start: {log.read().decode(errors='replace')[-2000:]}")
             time.sleep(0.5)
     yield url
     proc.terminate()
     proc.wait(timeout=30)
+    log.close()
 
 
-def test_real_server_multiple_choice_and_chat_match_the_local_engine(llama_server: str, tmp_path: Path) -> None:
+def test_real_server_is_probed_refused_for_multiple_choice_and_still_chats(llama_server: str, tmp_path: Path) -> None:
+    """llama-cpp-python 0.3.36's server echoes each prompt token's log-prob one position late (checked against the
+    local engine in the next test); flipscope's probe catches it and refuses to score instead of giving numbers."""
     import flipscope
     from flipscope.models import load_backend, parse_spec
 
-    result = flipscope.compare("gguf:smollm2-135m", [f"openai:{llama_server}#smollm2"], tasks=["mmlu"], limit=20,
-                               out=tmp_path / "run", cache_dir=tmp_path / "cache")  # fmt: skip
-    s = result.summary[f"openai:{llama_server}#smollm2"]["mmlu"]
-    assert s.n == 20 and s.all_flips <= 0.05 and s.choice_kl_mean < 1e-2
     server = load_backend(parse_spec(f"openai:{llama_server}#smollm2"))
-    assert server.capabilities.prompt_logprobs  # type: ignore[attr-defined]
+    assert not server.capabilities.prompt_logprobs  # type: ignore[attr-defined]
+    with pytest.raises(FlipscopeError, match="disagree with its own generation"):
+        flipscope.compare("gguf:smollm2-135m", [f"openai:{llama_server}#smollm2"], tasks=["mmlu"], limit=5,
+                          out=tmp_path / "run", cache_dir=tmp_path / "cache")  # fmt: skip
     answer = server.generate(["Name a planet."], max_tokens=8)  # type: ignore[attr-defined]
     assert answer[0].strip()
+
+
+def test_real_server_echo_logprobs_are_the_local_engines_one_position_late(llama_server: str) -> None:
+    import numpy as np
+
+    from flipscope.models import load_backend, parse_spec
+    from flipscope.models.gguf import log_softmax
+    from flipscope.models.openai_http import HTTPSettings, post_json
+
+    text = "Question: What is the capital of France?\nAnswer: Paris"
+    body = {"model": "smollm2", "prompt": text, "max_tokens": 1, "echo": True, "logprobs": 1, "temperature": 0}
+    served = post_json(llama_server, "/completions", body, HTTPSettings())["choices"][0]["logprobs"]["token_logprobs"]
+    local = load_backend(parse_spec("gguf:smollm2-135m"))
+    ids = local._tokens(text)  # type: ignore[attr-defined]
+    local.llm.reset()  # type: ignore[attr-defined]
+    local.llm.eval(ids)  # type: ignore[attr-defined]
+    lp = log_softmax(np.array(local.llm.scores[: len(ids)]))  # type: ignore[attr-defined]
+    local.close()
+    right = [float(lp[i - 1, ids[i]]) for i in range(1, len(ids))]
+    late = [float(lp[i, ids[i]]) for i in range(1, len(ids))]
+    assert served[1 : len(ids)] == pytest.approx(late, abs=1e-3)
+    assert served[1 : len(ids)] != pytest.approx(right, abs=0.1)

@@ -57,7 +57,7 @@ def test_a_client_error_is_not_retried() -> None:
         fake.script = ["404"]
         with pytest.raises(FlipscopeError, match="answered HTTP 404"):
             client.score(REQUESTS[1:])
-        assert len(fake.requests) == 2  # the probe and the one refused request
+        assert len(fake.requests) == 4  # the three probe requests and the one refused request
 
 
 def test_a_server_without_prompt_logprobs_is_refused_not_scored() -> None:
@@ -65,6 +65,15 @@ def test_a_server_without_prompt_logprobs_is_refused_not_scored() -> None:
         client = backend(url)
         assert not client.capabilities.prompt_logprobs
         with pytest.raises(FlipscopeError, match="chance-level"):
+            client.score(REQUESTS)
+
+
+def test_a_server_whose_prompt_logprobs_are_shifted_is_refused() -> None:
+    """Echoed log-probs read one position late (llama-cpp-python 0.3.36's server) disagree with generation."""
+    with serve(FakeServer(shift=True)) as url:
+        client = backend(url)
+        assert not client.capabilities.prompt_logprobs
+        with pytest.raises(FlipscopeError, match="disagree with its own generation"):
             client.score(REQUESTS)
 
 

@@ -182,11 +182,8 @@ def _corpus_backend(spec: ModelSpec, options: LoadOptions) -> CorpusBackend:
     return result
 
 
-def _plan(backend: Any, text: str, ctx: int, fraction: float, max_windows: int | None) -> _Plan:
-    tokenizer = backend.tokenizer
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    probe = tokenizer("x").input_ids
-    bos = tokenizer.bos_token_id if probe and probe[0] == tokenizer.bos_token_id else None
+def _plan(backend: CorpusBackend, text: str, ctx: int, fraction: float, max_windows: int | None) -> _Plan:
+    ids, bos = backend.encode_corpus(text)
     windows = make_windows(ids, ctx, bos_id=bos, scored_fraction=fraction, max_windows=max_windows)
     return _Plan(windows, ids, backend.info.tokenizer_fingerprint, backend.info.vocab_size)
 

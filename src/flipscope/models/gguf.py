@@ -8,6 +8,7 @@ llama.cpp itself into the cache first.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -69,16 +70,17 @@ class GGUFBackend:
             assert isinstance(config, GGMLConfig)
             path = quantized(path, config.qtype, requantize=config.requantize)
         gpu = options.device.startswith("cuda") or (options.device == "auto" and _has_cuda())
-        llm = llama_cpp.Llama(
-            model_path=str(path),
-            n_ctx=N_CTX,
-            n_batch=512,
-            logits_all=True,
-            n_threads=os.cpu_count() or 1,
-            n_gpu_layers=-1 if gpu else 0,
-            seed=0,
-            verbose=False,
-        )
+        with _extra_buffer_types(llama_cpp, enabled=_extra_buffers_safe()):
+            llm = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=N_CTX,
+                n_batch=512,
+                logits_all=True,
+                n_threads=os.cpu_count() or 1,
+                n_gpu_layers=-1 if gpu else 0,
+                seed=0,
+                verbose=False,
+            )
         details = {
             "file": str(path),
             "source_file_type": source_type,
@@ -148,6 +150,10 @@ class GGUFBackend:
                 offset = start - window.first
                 yield torch.from_numpy(log_softmax(logits)), targets[offset : offset + stop - start]
 
+    def encode_corpus(self, text: str) -> tuple[list[int], int | None]:
+        bos = int(self.llm.token_bos()) if self.llm._model.add_bos_token() else None
+        return self._tokens(text), bos
+
     def decode(self, ids: Sequence[int]) -> str:
         return bytes(self.llm.detokenize(list(ids))).decode("utf-8", errors="replace")
 
@@ -166,6 +172,37 @@ class GGUFBackend:
         if self.llm is not None:
             self.llm.close()
         self.llm = None
+
+
+def _extra_buffers_safe() -> bool:
+    """llama.cpp's extra CPU buffer types (weight repacking, AMX tiles) crashed with a segmentation fault on
+    quantized weights on an AMX CPU in a sandbox; they stay off on AMX CPUs unless FLIPSCOPE_LLAMA_EXTRA_BUFTS=1."""
+    setting = os.environ.get("FLIPSCOPE_LLAMA_EXTRA_BUFTS")
+    if setting is not None:
+        return setting == "1"
+    try:
+        with open("/proc/cpuinfo") as info:
+            return "amx_int8" not in info.read()
+    except OSError:
+        return True
+
+
+@contextlib.contextmanager
+def _extra_buffer_types(llama_cpp: Any, *, enabled: bool) -> Iterator[None]:
+    """Create models with ``use_extra_bufts`` set as asked (llama-cpp-python does not expose it)."""
+    bindings = llama_cpp.llama_cpp  # the module llama_cpp.Llama reads its defaults from
+    original = bindings.llama_model_default_params
+
+    def params() -> Any:
+        value = original()
+        value.use_extra_bufts = enabled
+        return value
+
+    bindings.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        bindings.llama_model_default_params = original
 
 
 def _has_cuda() -> bool:

@@ -193,6 +193,12 @@ class HFBackend:
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids)))
 
+    def encode_corpus(self, text: str) -> tuple[list[int], int | None]:
+        ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+        probe = self.tokenizer("x").input_ids
+        bos = self.tokenizer.bos_token_id
+        return ids, bos if probe and probe[0] == bos else None
+
     def _final_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """What the model's own forward does after the head: logit scaling and soft-capping, where configured."""
         config = self.model.config

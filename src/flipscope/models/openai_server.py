@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROBE_TEXT = "Paris is the capital of France, and Rome is the capital of Italy."
+PROBE_PREFIX = "The capital of France is"
+#: How far (nats) a server's echoed log-prob may differ from the one it generated the same token with.
+PROBE_TOLERANCE = 0.05
 NO_PROMPT_LOGPROBS = (
     "returns no prompt log-probabilities for echo=true, so multiple-choice options cannot be scored (a tool that "
     "scored them anyway would report chance-level accuracy)"
@@ -104,8 +107,8 @@ class OpenAIBackend:
         url, model = parse_location(spec.location)
         return cls(url, model, HTTPSettings(), spec.label())
 
-    def _completion(self, prompt: str, *, logprobs: int = 1) -> dict[str, Any]:
-        body = {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "echo": True,
+    def _completion(self, prompt: str, *, logprobs: int = 1, echo: bool = True) -> dict[str, Any]:
+        body = {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "echo": echo,
                 "logprobs": logprobs}  # fmt: skip
         response = post_json(self.base_url, "/completions", body, self.settings)
         choices = response.get("choices")
@@ -115,12 +118,30 @@ class OpenAIBackend:
         return first
 
     def probe(self) -> ServerCapabilities:
+        """Does the server return prompt log-probabilities, and are they the right ones? The token it generates
+        after PROBE_PREFIX, echoed back as the prompt's last token, must get the log-prob it was generated with."""
         choice = self._completion(PROBE_TEXT, logprobs=5)
-        scored = continuation_logprob(choice, 1, len(PROBE_TEXT))
-        if scored is None:
+        if continuation_logprob(choice, 1, len(PROBE_TEXT)) is None:
             return ServerCapabilities(False, 0, f"server {self.base_url} {NO_PROMPT_LOGPROBS}")
         top = (choice.get("logprobs") or {}).get("top_logprobs") or []
         widths = [len(t) for t in top if isinstance(t, dict)]
+        generated = self._completion(PROBE_PREFIX, echo=False)
+        text = str(generated.get("text", ""))
+        values = (generated.get("logprobs") or {}).get("token_logprobs") or []
+        if text and values and values[0] is not None:
+            echoed = continuation_logprob(
+                self._completion(PROBE_PREFIX + text), len(PROBE_PREFIX), len(PROBE_PREFIX + text)
+            )
+            if echoed is None or echoed[1] != 1 or abs(echoed[0] - float(values[0])) > PROBE_TOLERANCE:
+                got = "none" if echoed is None else f"{echoed[0]:.3f}"
+                return ServerCapabilities(
+                    False,
+                    0,
+                    f"server {self.base_url} returns prompt log-probabilities that disagree with its own generation "
+                    f"({text!r} after the probe prompt: generated at {float(values[0]):.3f}, echoed at {got}; "
+                    "llama-cpp-python 0.3.36's server reads each prompt token's log-prob one position late), so "
+                    "multiple-choice scores from it would be wrong",
+                )
         return ServerCapabilities(True, max(widths) if widths else 0)
 
     def score(
@@ -133,8 +154,8 @@ class OpenAIBackend:
         if not self.capabilities.prompt_logprobs:
             raise FlipscopeError(
                 f"{self.info.label}: {self.capabilities.note}",
-                fix="serve the model with prompt log-probabilities (vLLM, or llama-cpp-python's server with "
-                "--logits_all true), or use a gguf: or hf: spec",
+                fix="serve the model where prompt log-probabilities are right (vLLM's server), or score it "
+                "locally with a gguf:, hf: or vllm: spec",
             )
 
         def one(request: ScoreRequest) -> OptionScores:
