@@ -172,7 +172,9 @@ def test_drop_layers_removes_blocks_and_the_model_still_scores(tiny_llama: Path)
         apply_compression(DropLayersConfig(layers=(0, 1)), tiny(tiny_llama))
 
 
-@pytest.mark.parametrize("suffix", ["+rtn:w4g16+drop:last1", "+rtn:w3g16,lm_head", "+2:4"])
+@pytest.mark.parametrize(
+    "suffix", ["+rtn:w4g16+drop:last1", "+rtn:w3g16,lm_head", "+2:4", "+gptq:w4g16,act", "+awq:w3g32"]
+)
 def test_saved_candidate_reloads_with_identical_outputs(tiny_llama: Path, tmp_path: Path, suffix: str) -> None:
     import json
 
