@@ -14,7 +14,7 @@ from flipscope.models import ModelSpec, parse_spec
 def test_parse_bundled_with_compression() -> None:
     spec = parse_spec("bundled:smollm2-135m+rtn:w4g64")
     assert spec.source == "bundled" and spec.location == "smollm2-135m"
-    assert spec.compression == (RTNConfig(bits=4, group_size=128),)
+    assert spec.compression == (RTNConfig(bits=4, group_size=64),)
     assert spec.label() == "bundled:smollm2-135m+rtn:w4g64"
     assert parse_spec(spec.label()) == spec
 
@@ -40,7 +40,7 @@ def test_bare_directory_is_hf(tmp_path) -> None:
     ("text", "message"),
     [
         ("nosuch:model", "unknown model spec"),
-        ("bundled:smollm2-135m+gptq:w4", "unknown compression method 'gptq'"),
+        ("bundled:smollm2-135m+slicegpt:0.2", "unknown compression method 'slicegpt'"),
         ("bundled:smollm2-135m+rtn:w9", "bits must be 2–8"),
         ("bundled:smollm2-135m+rtn:x4", "cannot read rtn arguments"),
         ("bundled:smollm2-135m+rtn:w4,fast", "unknown rtn flag"),
