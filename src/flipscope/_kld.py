@@ -339,6 +339,7 @@ def _finish(
 ) -> KLDResult:
     from flipscope._compare import library_versions
 
+    versions = library_versions()
     n_positions = sum(w.scored for w in plan.windows)
     settings = KLDSettings(
         corpus=text.source,
@@ -363,7 +364,7 @@ def _finish(
         store_info |= {"folder": str(stored.folder), "bytes_per_position": stored.header.bytes_per_position()}
     run = KLDRunFile(
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        flipscope_version=library_versions().get("flipscope", "unknown"),
+        flipscope_version=versions.get("flipscope", "unknown"),
         settings=settings,
         baseline={"spec": base_spec.label(), "fingerprint": base_fp, "tokenizer": plan.tokenizer},
         candidates=entries,
@@ -373,7 +374,7 @@ def _finish(
         },
         per_window={label: _window_stats(cols) for label, cols in positions.items()},
         most_divergent=divergent,
-        versions=library_versions(),
+        versions=versions,
         notes=["compact store: KL over top-k ∪ {rest}, a lower bound (reverse KL too)"]
         if store == "compact" and not tail_samples
         else [],

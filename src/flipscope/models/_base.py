@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
+
+from flipscope.errors import FlipscopeError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -12,6 +16,21 @@ if TYPE_CHECKING:
 
     from flipscope.tasks import ScoreRequest
     from flipscope.tasks.corpus import Window
+
+
+def vocabulary_fingerprint(pieces: Iterable[tuple[str, int]]) -> str:
+    """Identity of a vocabulary: its (token text, id) pairs in id order. Every backend computes it here, so that
+    two engines reading the same vocabulary (transformers and llama.cpp) agree and token KL can cross them."""
+    ordered = [list(pair) for pair in sorted(pieces, key=lambda pair: pair[1])]
+    return hashlib.sha256(json.dumps(ordered, ensure_ascii=False).encode()).hexdigest()[:20]
+
+
+def nonfinite_logits(label: str, where: str) -> FlipscopeError:
+    """The error for NaN or infinite logits from ``label`` at ``where`` (a request, a window)."""
+    return FlipscopeError(
+        f"model {label} produced NaN or infinite logits on {where}",
+        fix="check its compression settings, or run in float32 (--dtype float32)",
+    )
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from flipscope.errors import FlipscopeError
-from flipscope.models._base import OptionScores, RowSink
+from flipscope.models._base import OptionScores, RowSink, nonfinite_logits
 from flipscope.tasks import ScoreRequest
 
 
@@ -83,10 +83,7 @@ class PrefixScorer:
     def _check(self, lse: torch.Tensor, index: int) -> None:
         """``lse``: the log-sum-exp of logits rows; NaN or +inf anywhere in a row shows up in it."""
         if not bool(torch.isfinite(lse).all()):
-            raise FlipscopeError(
-                f"model {self.label} produced NaN or infinite logits on request {index}",
-                fix="check its compression settings, or run in float32 (--dtype float32)",
-            )
+            raise nonfinite_logits(self.label, f"request {index}")
 
     def _groups(self, requests: Sequence[ScoreRequest]) -> Iterator[tuple[list[int], list[_Item]]]:
         """(shared prefix ids, items after it). Requests alone with their prefix are pooled, prefix in prompt."""

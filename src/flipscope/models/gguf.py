@@ -9,8 +9,6 @@ llama.cpp itself into the cache first.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -19,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flipscope.errors import FlipscopeError
-from flipscope.models._base import ModelInfo, OptionScores, RowSink
+from flipscope.models._base import ModelInfo, OptionScores, RowSink, nonfinite_logits, vocabulary_fingerprint
 from flipscope.models.gguf_file import file_type, quantized, require_llama_cpp, resolve
 
 if TYPE_CHECKING:
@@ -48,8 +46,7 @@ class GGUFBackend:
     def __init__(self, llm: Any, label: str, details: dict[str, object]) -> None:
         self.llm = llm
         vocab = int(llm.n_vocab())
-        texts = [[llm._model.token_get_text(i), i] for i in range(vocab)]
-        fingerprint = hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()[:20]
+        fingerprint = vocabulary_fingerprint((llm._model.token_get_text(i), i) for i in range(vocab))
         self.info = ModelInfo(label=label, vocab_size=vocab, tokenizer_fingerprint=fingerprint, details=details)
 
     @classmethod
@@ -119,7 +116,7 @@ class GGUFBackend:
                 self.llm.eval(ids)
                 logits = np.array(self.llm.scores[len(context) - 1 : len(context) - 1 + len(ids)])  # [T, V]
                 if not np.isfinite(logits).all():
-                    raise FlipscopeError(f"model {self.info.label} produced NaN or infinite logits on request {index}")
+                    raise nonfinite_logits(self.info.label, f"request {index}")
                 logprobs = log_softmax(logits)
                 if rows is not None:
                     rows(index, option_index, logprobs)
@@ -146,7 +143,7 @@ class GGUFBackend:
                 stop = min(start + rows, end)
                 logits = np.array(self.llm.scores[start:stop])  # [s, V]
                 if not np.isfinite(logits).all():
-                    raise FlipscopeError(f"model {self.info.label} produced NaN or infinite logits")
+                    raise nonfinite_logits(self.info.label, f"window {window.index}")
                 offset = start - window.first
                 yield torch.from_numpy(log_softmax(logits)), targets[offset : offset + stop - start]
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flipscope.errors import FlipscopeError
-from flipscope.models._base import ModelInfo, OptionScores, RowSink
+from flipscope.models._base import ModelInfo, OptionScores, RowSink, nonfinite_logits, vocabulary_fingerprint
 
 if TYPE_CHECKING:
     import torch
@@ -23,8 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:20]
+    return vocabulary_fingerprint(tokenizer.get_vocab().items())
 
 
 def quiet_transformers() -> None:
@@ -51,15 +48,10 @@ def checkpoint_quantization(location: str) -> str | None:
     """The quant_method of an already quantized checkpoint folder (None for plain weights); refuses, with the pip
     line, one whose library is missing."""
     import importlib.util
-    from pathlib import Path
 
-    path = Path(location).expanduser() / "config.json"
-    if not path.is_file():
-        return None
-    try:
-        quant = json.loads(path.read_text()).get("quantization_config") or {}
-    except (OSError, ValueError, AttributeError):
-        return None
+    from flipscope.models.registry import read_config
+
+    quant = (read_config(location) or {}).get("quantization_config") or {}
     method = str(quant.get("quant_method", "")) or None
     if method in CHECKPOINT_LIBRARIES:
         modules, pip = CHECKPOINT_LIBRARIES[method]
@@ -183,10 +175,7 @@ class HFBackend:
                 logits = self._final_logits(head(hidden[start : start + rows]).float())  # [s, V]
                 lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # NaN or +inf anywhere in a row shows here
                 if not bool(torch.isfinite(lse).all()):
-                    raise FlipscopeError(
-                        f"model {self.info.label} produced NaN or infinite logits on window {windows[0].index}+",
-                        fix="check its compression settings, or run in float32 (--dtype float32)",
-                    )
+                    raise nonfinite_logits(self.info.label, f"window {windows[0].index}+")
                 logprobs = logits - lse
                 yield logprobs.cpu(), targets[start : start + rows].cpu()
 

@@ -90,7 +90,7 @@ def _hf_fingerprint(location: str) -> dict[str, Any]:
     return {"files": {p.name: file_sha256(p) for p in files}}
 
 
-def _hf_config(location: str) -> dict[str, Any] | None:
+def read_config(location: str) -> dict[str, Any] | None:
     path = Path(location).expanduser() / "config.json"
     if path.is_file():
         try:
@@ -104,7 +104,7 @@ def _hf_config(location: str) -> dict[str, Any] | None:
 def _bundled_config(location: str) -> dict[str, Any] | None:
     from flipscope.models.bundled import ensure_local
 
-    return _hf_config(str(ensure_local(location)))
+    return read_config(str(ensure_local(location)))
 
 
 def _hf_load(spec: ModelSpec, options: LoadOptions) -> Backend:
@@ -193,7 +193,7 @@ register_source(
     )
 )
 register_source(
-    Source("hf", "transformers causal LM: hf:<local folder> or hf:<hub id>", _hf_fingerprint, _hf_load, _hf_config)
+    Source("hf", "transformers causal LM: hf:<local folder> or hf:<hub id>", _hf_fingerprint, _hf_load, read_config)
 )
 register_source(
     Source(
