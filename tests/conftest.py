@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from flipscope.models import ModelInfo, ModelSpec, OptionScores, RowSink, Source, register_source
+from flipscope.models._base import Capabilities, TopKRows
 from flipscope.tasks import ScoreRequest
 
 CORPUS = [
@@ -101,13 +102,19 @@ def mc_file(tmp_path: Path) -> Path:
 @dataclass
 class Script:
     """What a mock model answers: ``logprobs(request_index, request) -> per-option log-likelihoods``;
-    ``rows(request_index, option) -> [T, V]`` log-probabilities for token KL."""
+    ``rows(request_index, option) -> [T, V]`` log-probabilities for token KL. ``topk`` > 0: the mock behaves like
+    a server, handing over only each row's top-k as token text ("t<id>") → log-prob."""
 
     logprobs: Callable[[int, ScoreRequest], tuple[float, ...]]
     rows: Callable[[int, int], np.ndarray] | None = None
     tokenizer: str = "mock-vocab"
     vocab: int = 16
+    topk: int = 0
     calls: list[int] = field(default_factory=list)
+
+
+def mock_pieces(vocab: int) -> list[str]:
+    return [f"t{i}" for i in range(vocab)]
 
 
 SCRIPTS: dict[str, Script] = {}
@@ -116,7 +123,9 @@ SCRIPTS: dict[str, Script] = {}
 class MockBackend:
     def __init__(self, spec: ModelSpec, script: Script) -> None:
         self.script = script
-        self.info = ModelInfo(spec.label(), script.vocab, script.tokenizer, {"mock": True})
+        rows = "topk" if script.topk else "full"
+        caps = Capabilities(rows=rows, topk=script.topk, max_context=10_000)
+        self.info = ModelInfo(spec.label(), script.vocab, script.tokenizer, {"mock": True}, caps)
 
     def score(
         self,
@@ -131,11 +140,26 @@ class MockBackend:
             lps = self.script.logprobs(i, request)
             if rows is not None and self.script.rows is not None:
                 for o in range(len(request.continuations)):
-                    rows(i, o, self.script.rows(i, o))
+                    full = self.script.rows(i, o)  # [T, V]
+                    rows(i, o, self._topk(full) if self.script.topk else full)
             out.append(OptionScores(tuple(lps), tuple(1 for _ in lps)))
             if advance:
                 advance(1)
         return out
+
+    def _topk(self, full: np.ndarray) -> TopKRows:
+        names = mock_pieces(full.shape[1])
+        top = np.argsort(-full, axis=-1)[:, : self.script.topk]  # [T, k]
+        return TopKRows(tuple({names[j]: float(row[j]) for j in ids} for row, ids in zip(full, top, strict=True)))
+
+    def vocabulary_pieces(self) -> list[str]:
+        return mock_pieces(self.script.vocab)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def generate(self, prompts: Sequence[str], *, max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
+        return [f"answer to {p}" for p in prompts]
 
     def close(self) -> None:
         pass

@@ -22,6 +22,7 @@ from flipscope.store import (
     ModelEntry,
     PassResult,
     PassStore,
+    ReferenceRows,
     RunFile,
     Settings,
     TaskEntry,
@@ -33,7 +34,7 @@ from flipscope.tasks import PromptFormat, ScoreRequest, TaskData, build_requests
 log = logging.getLogger(__name__)
 
 #: Bumped whenever scoring changes what a cached pass would contain.
-SCORING_VERSION = 3
+SCORING_VERSION = 4
 
 
 @dataclass
@@ -87,7 +88,7 @@ class _Runner:
         tasks: list[_TaskWork],
         baseline: dict[str, PassResult] | None,
     ) -> tuple[ModelEntry, dict[str, PassResult]]:
-        from flipscope._passes import run_pass
+        from flipscope._passes import TOPK_APPROXIMATE, run_pass
 
         weights = fingerprint(spec)
         entry = ModelEntry(spec=spec.label(), role=role, fingerprint=weights)
@@ -116,7 +117,7 @@ class _Runner:
                 else:
                     if backend is None:
                         backend = load_backend(spec, self.options)
-                    reference = ref.reference if ref and self._same_vocab(backend, ref, spec) else None
+                    reference, exact = self._reference(backend, ref, spec)
                     with self.display.progress(f"{role} {spec.label()} · {task.name}", len(requests)) as advance:
                         result = run_pass(
                             backend,
@@ -124,6 +125,7 @@ class _Runner:
                             requests,
                             key=key,
                             reference=reference,
+                            exact=exact,
                             progress=advance,
                             topk=self.settings.topk if ref is None else None,
                             tail_samples=self.settings.tail_samples,
@@ -134,22 +136,43 @@ class _Runner:
                 entry.passes[task.name] = key
                 entry.tokenizer_fingerprint = results[task.name].tokenizer
                 entry.details = dict(results[task.name].model.get("details", {}))
+                if results[task.name].model.get("token_kl") == TOPK_APPROXIMATE:
+                    entry.details["token_kl"] = TOPK_APPROXIMATE
+                    self._note(
+                        f"{spec.label()}: token KL is {TOPK_APPROXIMATE} — over the tokens that both the baseline's "
+                        "and the candidate's top-k name (matched by text) plus one rest bucket; a lower bound of the "
+                        "full-vocabulary KL"
+                    )
         finally:
             if backend is not None:
                 backend.close()
         return entry, results
 
-    def _same_vocab(self, backend: Backend, ref: PassResult, spec: ModelSpec) -> bool:
-        if backend.info.tokenizer_fingerprint == ref.tokenizer:
-            return True
-        message = (
+    def _reference(
+        self, backend: Backend, ref: PassResult | None, spec: ModelSpec
+    ) -> tuple[ReferenceRows | None, bool]:
+        """The baseline rows to measure this candidate's token KL against, and whether it is exact (full rows over
+        one vocabulary) or top-k approximate (a side gives only a server's top-k, matched by token text)."""
+        if ref is None or ref.reference is None:
+            return None, True
+        rows, kind = backend.info.capabilities.rows, ref.reference.kind
+        if rows is None:
+            self._note(f"{spec.label()} gives no per-token log-probabilities, so token KL is not reported for it")
+            return None, True
+        if rows == "full" and kind == "full" and backend.info.tokenizer_fingerprint == ref.tokenizer:
+            return ref.reference, True
+        if "topk" in (rows, kind) and ref.reference.pieces is not None:
+            return ref.reference, False
+        self._note(
             f"{spec.label()} has a different tokenizer from the baseline's: token KL needs the same vocabulary, "
             "so it is not reported; choice-level metrics (accuracy, flips, choice KL) still are"
         )
+        return None, True
+
+    def _note(self, message: str) -> None:
         log.warning(message)
         if message not in self.notes:
             self.notes.append(message)
-        return False
 
 
 def compare(

@@ -1,67 +1,132 @@
 """One model over one task: score every item, and either record the baseline's answer-token distributions
-(compact top-k form) or measure a candidate's answer-token KL against them as the rows stream by."""
+(compact top-k form) or measure a candidate's answer-token KL against them as the rows stream by.
+
+Token KL is exact (up to the stored baseline's documented error) where both sides give full-vocabulary rows over
+the same vocabulary, and *top-k approximate* (``metrics.topk_kl``) where a side gives only a server's top-k."""
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from flipscope.errors import FlipscopeError
 from flipscope.metrics import ItemScore
 from flipscope.metrics.token_kl import CompactRows, compress_topk, concat_rows, kl_compact
+from flipscope.metrics.topk_kl import compact_pieces, full_pieces, kl_shared, topk_compact, unique_pieces
 from flipscope.models import Backend
+from flipscope.models._base import TopKRows
 from flipscope.store import PassResult, ReferenceRows
 from flipscope.tasks import ScoreRequest, TaskData
 
 log = logging.getLogger(__name__)
 
+#: How a pass's token KL is labelled when a side gave only top-k rows.
+TOPK_APPROXIMATE = "top-k approximate"
+
 
 class TopKRecorder:
     """Row sink of a baseline pass: keeps each answer token's top-k log-probs and tail mass."""
 
-    def __init__(self, k: int, samples: int) -> None:
+    def __init__(self, k: int, samples: int, pieces: list[str] | None) -> None:
         self.k = k
         self.samples = samples
+        self.pieces = pieces  # the backend's token texts by id (None behind a server)
         self.parts: dict[tuple[int, int], CompactRows] = {}
+        self.named: dict[str, int] = {}  # a server's token texts, as they appear
+        self.kind: Literal["full", "topk"] = "full"
 
-    def __call__(self, request: int, option: int, logprobs: np.ndarray) -> None:
+    def __call__(self, request: int, option: int, rows: np.ndarray | TopKRows) -> None:
+        if isinstance(rows, TopKRows):
+            self.kind = "topk"
+            self.parts[(request, option)] = topk_compact(rows.tokens, self.named)
+            return
         # [T, V] → [T, k] head + [T, m] tail samples, seeded by position so any scoring order gives the same draws
-        self.parts[(request, option)] = compress_topk(logprobs, self.k, self.samples, seed=[request, option])
+        self.parts[(request, option)] = compress_topk(rows, self.k, self.samples, seed=[request, option])
 
     def result(self) -> ReferenceRows | None:
         """Rows laid out in (request, option) order, whatever order the backend scored them in."""
         if not self.parts:
-            return None  # the backend gives no full-vocabulary rows
+            return None  # the backend gives no per-token distributions
         ordered = [self.parts[key] for key in sorted(self.parts)]
+        if self.kind == "topk":  # pad every part to the widest k
+            width = max(part.ids.shape[1] for part in ordered)
+            ordered = [_widen(part, width) for part in ordered]
         lengths = np.array([len(part) for part in ordered], dtype=np.int64)
         ends = np.cumsum(lengths)
-        return ReferenceRows(concat_rows(ordered), np.stack([ends - lengths, ends], axis=1))
+        pieces = list(self.named) if self.kind == "topk" else self.pieces
+        return ReferenceRows(concat_rows(ordered), np.stack([ends - lengths, ends], axis=1), self.kind, pieces)
+
+
+def _widen(part: CompactRows, width: int) -> CompactRows:
+    pad = width - part.ids.shape[1]
+    if pad == 0:
+        return part
+    ids = np.pad(part.ids, ((0, 0), (0, pad)), constant_values=-1)
+    values = np.pad(part.logprobs, ((0, 0), (0, pad)), constant_values=-np.inf)
+    return CompactRows(ids, values, part.tail, part.sample_ids, part.sample_logprobs)
 
 
 class KLMeter:
     """Row sink of a candidate pass: answer-token KL(baseline‖candidate) per option, against stored rows."""
 
-    def __init__(self, reference: ReferenceRows, offsets: list[int]) -> None:
+    def __init__(
+        self, reference: ReferenceRows, offsets: list[int], *, exact: bool, pieces: list[str] | None = None
+    ) -> None:
+        """``exact``: full rows over the baseline's own vocabulary (kl_compact); otherwise top-k approximate,
+        matching tokens by text (``pieces``: the candidate's token texts by id, for its full rows)."""
         self.reference = reference
         self.offsets = offsets  # offsets[i] = index of request i's first (item, option) in the reference
+        self.exact = exact
+        self.table = unique_pieces(pieces) if pieces is not None else None
         self.per_item: dict[int, list[float]] = defaultdict(list)
         self.mismatched: set[int] = set()
 
-    def __call__(self, request: int, option: int, logprobs: np.ndarray) -> None:
+    def __call__(self, request: int, option: int, rows: np.ndarray | TopKRows) -> None:
         ref = self.reference.option(self.offsets[request] + option)
-        if len(ref) != logprobs.shape[0]:
+        if len(ref) != len(rows):
             self.mismatched.add(request)  # the options tokenised differently: no per-token comparison
             return
-        self.per_item[request].append(float(np.mean(kl_compact(ref, logprobs))))
+        if self.exact and not isinstance(rows, TopKRows):
+            self.per_item[request].append(float(np.mean(kl_compact(ref, rows))))
+            return
+        assert self.reference.pieces is not None
+        base = compact_pieces(ref, self.reference.pieces)  # T mappings text → log p_B
+        if isinstance(rows, TopKRows):
+            cand: list[dict[str, float]] | tuple[Any, ...] = rows.tokens
+        elif self.table is not None:
+            cand = full_pieces(rows, base, self.table)
+        else:
+            self.mismatched.add(request)
+            return
+        self.per_item[request].append(float(np.mean([kl_shared(b, c) for b, c in zip(base, cand, strict=True)])))
 
     def item_kl(self, request: int, n_options: int) -> float | None:
         values = self.per_item.get(request, [])
         if request in self.mismatched or len(values) != n_options:
             return None
         return float(np.mean(values))
+
+
+def check_backend(backend: Backend, requests: list[ScoreRequest]) -> None:
+    """What the task needs from the backend, checked before anything runs: option scoring, and room for the
+    longest prompt + option in the model's context."""
+    caps, label = backend.info.capabilities, backend.info.label
+    if not caps.multiple_choice:
+        raise FlipscopeError(f"{label} cannot score multiple-choice options: {caps.note}", fix=caps.fix or None)
+    if caps.max_context is None or not requests:
+        return
+    texts = [r.prefix + r.prompt + max(r.continuations, key=len) for r in requests]
+    longest = max(texts, key=len)
+    n = backend.count_tokens(longest)
+    if n is not None and n > caps.max_context:
+        raise FlipscopeError(
+            f"{label}: the longest prompt + option is {n} tokens, over the model's {caps.max_context}-token context",
+            fix="use fewer few-shot examples (--fewshot), or a model with a longer context",
+        )
 
 
 def run_pass(
@@ -73,15 +138,19 @@ def run_pass(
     topk: int | None,
     tail_samples: int = 0,
     reference: ReferenceRows | None,
+    exact: bool = True,
     progress: Callable[[int], None] | None,
 ) -> PassResult:
     """Score ``requests`` (one per ``task.items``). ``topk`` set: record compact rows (a baseline).
-    ``reference`` set: measure answer-token KL against it (a candidate)."""
-    recorder = TopKRecorder(topk, tail_samples) if topk else None
+    ``reference`` set: measure answer-token KL against it (a candidate; ``exact`` as in ``KLMeter``)."""
+    check_backend(backend, requests)
+    rows_kind = backend.info.capabilities.rows
+    pieces = backend.vocabulary_pieces() if rows_kind == "full" and (topk or not exact) else None
+    recorder = TopKRecorder(topk, tail_samples, pieces) if topk and rows_kind else None
     meter = None
-    if reference is not None:
+    if reference is not None and rows_kind:
         offsets = np.concatenate([[0], np.cumsum([len(r.continuations) for r in requests])]).tolist()
-        meter = KLMeter(reference, [int(v) for v in offsets])
+        meter = KLMeter(reference, [int(v) for v in offsets], exact=exact, pieces=pieces)
     sink = recorder or meter
     scored = backend.score(requests, rows=sink, advance=progress)
     scores = []
@@ -103,6 +172,7 @@ def run_pass(
         "tokenizer_fingerprint": backend.info.tokenizer_fingerprint,
         "vocab_size": backend.info.vocab_size,
         "details": backend.info.details,
+        "token_kl": None if meter is None else "exact" if exact else TOPK_APPROXIMATE,
     }
     if meter is not None and meter.mismatched:
         log.warning(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol, Union
 
 from flipscope.errors import FlipscopeError
 
@@ -34,11 +34,41 @@ def nonfinite_logits(label: str, where: str) -> FlipscopeError:
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What a backend can give; the task layer checks these before it runs anything.
+
+    ``rows``: "full" = log-probabilities over the whole vocabulary at every answer token (exact token KL, `kld`);
+    "topk" = only the ``topk`` most likely tokens there, named by their text (token KL is top-k approximate);
+    None = no per-token distributions. ``multiple_choice`` false comes with ``note`` saying why.
+    """
+
+    multiple_choice: bool = True
+    rows: Literal["full", "topk"] | None = "full"
+    topk: int = 0
+    chat: bool = True
+    max_context: int | None = None
+    note: str = ""
+    fix: str = ""
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     label: str
     vocab_size: int
     tokenizer_fingerprint: str
     details: dict[str, object]
+    capabilities: Capabilities = field(default_factory=Capabilities)
+
+
+@dataclass(frozen=True)
+class TopKRows:
+    """T answer tokens as a server or engine that gives only the k most likely tokens returns them: per position,
+    token text → log-probability (the actual token included where the server adds it)."""
+
+    tokens: tuple[Mapping[str, float], ...]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
 
 
 @dataclass(frozen=True)
@@ -49,12 +79,15 @@ class OptionScores:
     n_tokens: tuple[int, ...]
 
 
-#: Receives the full-vocabulary log-probabilities predicting each token of one continuation:
-#: (request index, option index, logprobs [T, V] float32). Rows are only valid during the call.
-RowSink = Callable[[int, int, "np.ndarray"], None]
+#: Receives the distributions predicting each token of one continuation: (request index, option index, rows) with
+#: rows either full-vocabulary log-probabilities [T, V] float32 (valid only during the call) or ``TopKRows``.
+RowSink = Callable[[int, int, Union["np.ndarray", TopKRows]], None]
 
 
 class Backend(Protocol):
+    """Every backend: score options (with full or top-k rows, as ``info.capabilities`` says), generate chat
+    answers, and name its vocabulary's tokens as text (for top-k KL against a server)."""
+
     info: ModelInfo
 
     def score(
@@ -65,6 +98,18 @@ class Backend(Protocol):
         advance: Callable[[int], None] | None = None,
     ) -> list[OptionScores]:
         """Score every continuation of every request; call ``advance(1)`` after each request."""
+        ...
+
+    def generate(self, prompts: Sequence[str], *, max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
+        """One chat turn per prompt (the model's chat template; greedy at temperature 0)."""
+        ...
+
+    def vocabulary_pieces(self) -> list[str] | None:
+        """The text of every token id alone (None where the vocabulary is not known, as behind a server)."""
+        ...
+
+    def count_tokens(self, text: str) -> int | None:
+        """How many tokens ``text`` is (None where unknown)."""
         ...
 
     def close(self) -> None: ...

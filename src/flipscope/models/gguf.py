@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flipscope.errors import FlipscopeError
-from flipscope.models._base import ModelInfo, OptionScores, RowSink, nonfinite_logits, vocabulary_fingerprint
+from flipscope.models._base import (
+    Capabilities,
+    ModelInfo,
+    OptionScores,
+    RowSink,
+    nonfinite_logits,
+    vocabulary_fingerprint,
+)
 from flipscope.models.gguf_file import file_type, quantized, require_llama_cpp, resolve
 
 if TYPE_CHECKING:
@@ -47,7 +54,13 @@ class GGUFBackend:
         self.llm = llm
         vocab = int(llm.n_vocab())
         fingerprint = vocabulary_fingerprint((llm._model.token_get_text(i), i) for i in range(vocab))
-        self.info = ModelInfo(label=label, vocab_size=vocab, tokenizer_fingerprint=fingerprint, details=details)
+        chat = bool(llm.metadata.get("tokenizer.chat_template"))
+        capabilities = Capabilities(rows="full", chat=chat, max_context=N_CTX)
+        self.info = ModelInfo(
+            label=label, vocab_size=vocab, tokenizer_fingerprint=fingerprint, details=details, capabilities=capabilities
+        )
+        #: The model's BOS token, where its tokenizer starts every input with one (as transformers does).
+        self.bos = [int(llm.token_bos())] if llm._model.add_bos_token() else []
 
     @classmethod
     def load(cls, spec: ModelSpec, options: LoadOptions) -> GGUFBackend:
@@ -101,7 +114,7 @@ class GGUFBackend:
     ) -> list[OptionScores]:
         out = []
         for index, request in enumerate(requests):
-            context = self._tokens(request.prefix) + self._tokens(request.prompt)
+            context = self.bos + self._tokens(request.prefix) + self._tokens(request.prompt)
             options = [self._tokens(c) for c in request.continuations]
             if not context or len(context) + max(len(o) for o in options) > N_CTX:
                 raise FlipscopeError(
@@ -148,8 +161,13 @@ class GGUFBackend:
                 yield torch.from_numpy(log_softmax(logits)), targets[offset : offset + stop - start]
 
     def encode_corpus(self, text: str) -> tuple[list[int], int | None]:
-        bos = int(self.llm.token_bos()) if self.llm._model.add_bos_token() else None
-        return self._tokens(text), bos
+        return self._tokens(text), self.bos[0] if self.bos else None
+
+    def vocabulary_pieces(self) -> list[str]:
+        return [bytes(self.llm.detokenize([i])).decode("utf-8", errors="replace") for i in range(self.info.vocab_size)]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.bos) + len(self._tokens(text))
 
     def decode(self, ids: Sequence[int]) -> str:
         return bytes(self.llm.detokenize(list(ids))).decode("utf-8", errors="replace")

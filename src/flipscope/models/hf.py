@@ -7,7 +7,14 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flipscope.errors import FlipscopeError
-from flipscope.models._base import ModelInfo, OptionScores, RowSink, nonfinite_logits, vocabulary_fingerprint
+from flipscope.models._base import (
+    Capabilities,
+    ModelInfo,
+    OptionScores,
+    RowSink,
+    nonfinite_logits,
+    vocabulary_fingerprint,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -22,6 +29,18 @@ log = logging.getLogger(__name__)
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     return vocabulary_fingerprint(tokenizer.get_vocab().items())
+
+
+def tokenizer_pieces(tokenizer: Any, size: int) -> list[str]:
+    """The text of each token id alone, for ids 0 … size-1 (ids past the tokenizer's end get "")."""
+    known = min(size, len(tokenizer))
+    texts = tokenizer.batch_decode([[i] for i in range(known)], clean_up_tokenization_spaces=False)
+    return [str(t) for t in texts] + [""] * (size - known)
+
+
+def max_context(config: Any) -> int | None:
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) else None
 
 
 def quiet_transformers() -> None:
@@ -137,8 +156,36 @@ class HFBackend:
                 "checkpoint_quantization": checkpoint,
                 "parameters": int(model.num_parameters()),  # counts packed 4-bit weights as the weights they hold
             },
+            capabilities=Capabilities(
+                rows="full", chat=tokenizer.chat_template is not None, max_context=max_context(model.config)
+            ),
         )
         return cls(model, tokenizer, info, device)
+
+    def vocabulary_pieces(self) -> list[str]:
+        return tokenizer_pieces(self.tokenizer, self.info.vocab_size)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def generate(self, prompts: Sequence[str], *, max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
+        """One chat turn per prompt with the tokenizer's chat template (plain text where it has none)."""
+        import torch
+
+        out = []
+        for prompt in prompts:
+            if self.info.capabilities.chat:
+                messages = [{"role": "user", "content": prompt}]
+                text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            else:
+                text = prompt
+            ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids.to(self.device)
+            sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+            with torch.no_grad():
+                made = self.model.generate(ids, max_new_tokens=max_tokens, pad_token_id=self.tokenizer.eos_token_id,
+                                           **sampling)  # fmt: skip
+            out.append(str(self.tokenizer.decode(made[0, ids.shape[1] :], skip_special_tokens=True)))
+        return out
 
     def score(
         self,

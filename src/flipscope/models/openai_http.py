@@ -37,6 +37,14 @@ class Transient(Exception):
     """A failure worth retrying; its message says what happened."""
 
 
+class ClientError(FlipscopeError):
+    """The server refused the request (a 4xx other than 429); ``status`` is the HTTP code."""
+
+    def __init__(self, message: str, *, status: int, fix: str) -> None:
+        super().__init__(message, fix=fix)
+        self.status = status
+
+
 def _api_key() -> str | None:
     for name in API_KEY_VARIABLES:
         value = os.environ.get(name)
@@ -77,8 +85,9 @@ def _post_once(url: str, body: dict[str, Any], timeout: float) -> dict[str, Any]
         detail = exc.read()[:300].decode(errors="replace")
         if exc.code == 429 or exc.code >= 500:
             raise Transient(f"HTTP {exc.code}") from exc
-        raise FlipscopeError(
+        raise ClientError(
             f"server {url} answered HTTP {exc.code}: {detail.strip()}",
+            status=exc.code,
             fix="check the base URL, the model name after '#', and the API key variable",
         ) from exc
     except TimeoutError as exc:

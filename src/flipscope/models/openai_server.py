@@ -1,10 +1,12 @@
 """``openai:<base_url>#<model>``: any OpenAI-compatible server (vLLM, llama.cpp's servers, SGLang, TGI, hosted APIs).
 
 Multiple choice needs prompt log-probabilities: each option is sent as ``/completions`` with ``echo`` and
-``logprobs``, and the log-probs of the tokens that start at or after the option's first character are summed.
-Many servers return no prompt log-probabilities for ``echo`` (llama.cpp's C++ server among them); scoring through
-them silently gives chance-level answers in other tools. flipscope probes the server once when it loads and refuses
-multiple choice there with an explanation. Generation goes through ``/chat/completions``.
+``logprobs``, and the log-probs of the tokens that start at or after the option's first character are summed;
+the server's top-k alternatives at those tokens (k = 20, or 5 where a server allows no more) give top-k
+approximate token KL (``metrics.topk_kl``). Many servers return no prompt log-probabilities for ``echo``
+(llama.cpp's C++ server among them); scoring through them silently gives chance-level answers in other tools.
+flipscope probes the server once when it loads and refuses multiple choice there with an explanation. Generation
+goes through ``/chat/completions``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flipscope.errors import FlipscopeError
-from flipscope.models._base import ModelInfo, OptionScores, RowSink
-from flipscope.models.openai_http import HTTPSettings, post_json
+from flipscope.models._base import Capabilities, ModelInfo, OptionScores, RowSink, TopKRows
+from flipscope.models.openai_http import ClientError, HTTPSettings, post_json
 
 if TYPE_CHECKING:
     from flipscope.models.registry import LoadOptions
@@ -31,6 +33,12 @@ PROBE_TEXT = "Paris is the capital of France, and Rome is the capital of Italy."
 PROBE_PREFIX = "The capital of France is"
 #: How far (nats) a server's echoed log-prob may differ from the one it generated the same token with.
 PROBE_TOLERANCE = 0.05
+#: Alternatives asked for per token: 20 (vLLM's default cap), else 5 (OpenAI's cap for completions).
+TOP_LOGPROBS = (20, 5)
+NO_MC_FIX = (
+    "serve the model where prompt log-probabilities are right (vLLM's server), or score it locally with a gguf:, "
+    "hf: or vllm: spec"
+)
 NO_PROMPT_LOGPROBS = (
     "returns no prompt log-probabilities for echo=true, so multiple-choice options cannot be scored (a tool that "
     "scored them anyway would report chance-level accuracy)"
@@ -79,11 +87,24 @@ def continuation_logprob(choice: dict[str, Any], context_chars: int, total_chars
     return float(sum(v for v in chosen if v is not None)), len(chosen)
 
 
+def continuation_topk(choice: dict[str, Any], context_chars: int, total_chars: int) -> TopKRows | None:
+    """The server's top-k (token text → log-prob) at each token starting in [context_chars, total_chars)."""
+    parsed = echo_logprobs(choice)
+    top = (choice.get("logprobs") or {}).get("top_logprobs")
+    if parsed is None or not isinstance(top, list) or len(top) != len(parsed[2]):
+        return None
+    chosen = [t for t, o in zip(top, parsed[2], strict=True) if context_chars <= o < total_chars]
+    if not chosen or not all(isinstance(t, dict) and t for t in chosen):
+        return None
+    return TopKRows(tuple({str(k): float(v) for k, v in t.items() if v is not None} for t in chosen))
+
+
 class OpenAIBackend:
     def __init__(self, base_url: str, model: str, settings: HTTPSettings, label: str) -> None:
         self.base_url, self.model, self.settings = base_url, model, settings
         self.capabilities = self.probe()
         identity = hashlib.sha256(f"{base_url}#{model}".encode()).hexdigest()[:20]
+        caps = self.capabilities
         self.info = ModelInfo(
             label=label,
             vocab_size=0,
@@ -91,10 +112,18 @@ class OpenAIBackend:
             details={
                 "server": base_url,
                 "model": model,
-                "prompt_logprobs": self.capabilities.prompt_logprobs,
-                "top_logprobs": self.capabilities.top_logprobs,
-                "token_kl": "not available through a server in this version",
+                "prompt_logprobs": caps.prompt_logprobs,
+                "top_logprobs": caps.top_logprobs,
             },
+            capabilities=Capabilities(
+                multiple_choice=caps.prompt_logprobs,
+                rows="topk" if caps.prompt_logprobs and caps.top_logprobs > 0 else None,
+                topk=caps.top_logprobs,
+                chat=True,
+                max_context=None,
+                note=caps.note,
+                fix=NO_MC_FIX,
+            ),
         )
 
     @classmethod
@@ -120,11 +149,19 @@ class OpenAIBackend:
     def probe(self) -> ServerCapabilities:
         """Does the server return prompt log-probabilities, and are they the right ones? The token it generates
         after PROBE_PREFIX, echoed back as the prompt's last token, must get the log-prob it was generated with."""
-        choice = self._completion(PROBE_TEXT, logprobs=5)
+        for asked in TOP_LOGPROBS:
+            try:
+                choice = self._completion(PROBE_TEXT, logprobs=asked)
+                break
+            except ClientError as exc:
+                if exc.status != 400 or asked == TOP_LOGPROBS[-1]:
+                    raise
+                log.info("%s refused logprobs=%d (%s); asking for %d", self.base_url, asked, exc.problem,
+                         TOP_LOGPROBS[-1])  # fmt: skip
         if continuation_logprob(choice, 1, len(PROBE_TEXT)) is None:
             return ServerCapabilities(False, 0, f"server {self.base_url} {NO_PROMPT_LOGPROBS}")
         top = (choice.get("logprobs") or {}).get("top_logprobs") or []
-        widths = [len(t) for t in top if isinstance(t, dict)]
+        widths = [min(len(t), asked) for t in top if isinstance(t, dict)]
         generated = self._completion(PROBE_PREFIX, echo=False)
         text = str(generated.get("text", ""))
         values = (generated.get("logprobs") or {}).get("token_logprobs") or []
@@ -152,18 +189,16 @@ class OpenAIBackend:
         advance: Callable[[int], None] | None = None,
     ) -> list[OptionScores]:
         if not self.capabilities.prompt_logprobs:
-            raise FlipscopeError(
-                f"{self.info.label}: {self.capabilities.note}",
-                fix="serve the model where prompt log-probabilities are right (vLLM's server), or score it "
-                "locally with a gguf:, hf: or vllm: spec",
-            )
+            raise FlipscopeError(f"{self.info.label}: {self.capabilities.note}", fix=NO_MC_FIX)
+        k = self.capabilities.top_logprobs if rows is not None else 0
 
-        def one(request: ScoreRequest) -> OptionScores:
+        def one(request: ScoreRequest) -> tuple[OptionScores, list[TopKRows | None]]:
             context = request.prefix + request.prompt
-            sums, counts = [], []
+            sums, counts, tops = [], [], []
             for option in request.continuations:
                 text = context + option
-                result = continuation_logprob(self._completion(text), len(context), len(text))
+                choice = self._completion(text, logprobs=max(k, 1))
+                result = continuation_logprob(choice, len(context), len(text))
                 if result is None:
                     raise FlipscopeError(
                         f"{self.info.label}: the answer for option {option!r} carried no prompt log-probabilities",
@@ -172,15 +207,25 @@ class OpenAIBackend:
                     )
                 sums.append(result[0])
                 counts.append(result[1])
-            return OptionScores(tuple(sums), tuple(counts))
+                tops.append(continuation_topk(choice, len(context), len(text)) if k else None)
+            return OptionScores(tuple(sums), tuple(counts)), tops
 
         out: list[OptionScores] = []
         with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
-            for scored in pool.map(one, requests):
+            for index, (scored, tops) in enumerate(pool.map(one, requests)):
                 out.append(scored)
+                for option, top in enumerate(tops):
+                    if rows is not None and top is not None:
+                        rows(index, option, top)  # missing top-k: that item gets no token KL, and a warning
                 if advance:
                     advance(1)
         return out
+
+    def vocabulary_pieces(self) -> None:
+        return None
+
+    def count_tokens(self, text: str) -> None:
+        return None
 
     def generate(self, prompts: Sequence[str], *, max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
         """One chat turn per prompt, through ``/chat/completions``."""

@@ -1,9 +1,10 @@
 """``vllm:<model or folder>[#tp=<n>]``: vLLM's offline engine, for models that need GPUs (``pip install vllm``).
 
 Options are scored from ``prompt_logprobs``: every (context + option) is one prompt of token ids, generated with
-``max_tokens=1`` and ``prompt_logprobs=0``, which returns, per prompt position, a dict holding at least the actual
-token's ``Logprob`` (position 0 is ``None``: nothing predicts the first token). The option's log-likelihood is the
-sum over its positions. All prompts of a pass go to the engine at once, so vLLM batches and shares prefixes.
+``max_tokens=1`` and ``prompt_logprobs=k``, which returns, per prompt position, a dict holding the actual token's
+``Logprob`` and the k most likely others (position 0 is ``None``: nothing predicts the first token). The option's
+log-likelihood is the sum over its positions; the top-k (k = 20, vLLM's default ``max_logprobs``) give top-k
+approximate token KL. All prompts of a pass go to the engine at once, so vLLM batches and shares prefixes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flipscope.errors import FlipscopeError
-from flipscope.models._base import ModelInfo, OptionScores, RowSink
+from flipscope.models._base import Capabilities, ModelInfo, OptionScores, RowSink, TopKRows
 
 if TYPE_CHECKING:
     from flipscope.models.registry import LoadOptions
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from flipscope.tasks import ScoreRequest
 
 VLLM_PIP = "pip install vllm (a CUDA machine; vLLM pins its own torch)"
+#: Alternatives per prompt token asked for when token KL is measured (vLLM's default max_logprobs).
+TOPK = 20
 
 
 def parse_location(location: str) -> tuple[str, int]:
@@ -54,9 +57,24 @@ def option_logprob(prompt_logprobs: Sequence[Mapping[int, Any] | None] | None, i
     return total
 
 
+def option_topk(
+    prompt_logprobs: Sequence[Mapping[int, Any] | None], start: int, pieces: Sequence[str]
+) -> TopKRows | None:
+    """The top-k at positions start … end of one prompt, token ids named by their text (``pieces``)."""
+    chosen = prompt_logprobs[start:]
+    if any(entry is None for entry in chosen):
+        return None
+    return TopKRows(
+        tuple({pieces[i]: _value(v) for i, v in entry.items() if 0 <= i < len(pieces)} for entry in chosen if entry)
+    )
+
+
 class VLLMBackend:
     def __init__(self, engine: Any, tokenizer: Any, info: ModelInfo) -> None:
         self.engine, self.tokenizer, self.info = engine, tokenizer, info
+        self.pieces: list[str] | None = None
+        bos = tokenizer.bos_token_id
+        self.bos = [bos] if bos is not None and getattr(tokenizer, "add_bos_token", False) else []
 
     @classmethod
     def load(cls, spec: ModelSpec, options: LoadOptions) -> VLLMBackend:
@@ -73,18 +91,41 @@ class VLLMBackend:
             raise FlipscopeError("vllm: models need the vllm library", fix=VLLM_PIP) from exc
         model, tp = parse_location(spec.location)
         dtype = "auto" if options.dtype == "float32" else options.dtype
-        engine = vllm.LLM(model=model, tensor_parallel_size=tp, dtype=dtype, seed=0)
+        engine = vllm.LLM(model=model, tensor_parallel_size=tp, dtype=dtype, seed=0, max_logprobs=TOPK)
         tokenizer = engine.get_tokenizer()
+        context = getattr(getattr(engine.llm_engine, "model_config", None), "max_model_len", None)
         info = ModelInfo(
             label=spec.label(),
             vocab_size=len(tokenizer),
             tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
             details={"engine": f"vllm {getattr(vllm, '__version__', '?')}", "tensor_parallel": tp, "dtype": dtype},
+            capabilities=Capabilities(
+                rows="topk", topk=TOPK, chat=tokenizer.chat_template is not None, max_context=context
+            ),
         )
         return cls(engine, tokenizer, info)
 
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
+
+    def vocabulary_pieces(self) -> list[str]:
+        from flipscope.models.hf import tokenizer_pieces
+
+        if self.pieces is None:
+            self.pieces = tokenizer_pieces(self.tokenizer, self.info.vocab_size)
+        return self.pieces
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.bos) + len(self._ids(text))
+
+    def generate(self, prompts: Sequence[str], *, max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
+        """One chat turn per prompt through vLLM's chat API (the model's chat template)."""
+        import vllm
+
+        params = vllm.SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=0)
+        conversations = [[{"role": "user", "content": p}] for p in prompts]
+        outputs = self.engine.chat(conversations, params, use_tqdm=False)
+        return [str(o.outputs[0].text) for o in outputs]
 
     def score(
         self,
@@ -97,19 +138,24 @@ class VLLMBackend:
 
         prompts, spans = [], []
         for request in requests:
-            context = self._ids(request.prefix) + self._ids(request.prompt)
+            context = self.bos + self._ids(request.prefix) + self._ids(request.prompt)
             for option in request.continuations:
                 ids = context + self._ids(option)
                 prompts.append({"prompt_token_ids": ids})
                 spans.append((ids, len(context)))
-        params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        k = TOPK if rows is not None else 0
+        params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=k)
         outputs = self.engine.generate(prompts, params, use_tqdm=False)
         values = [option_logprob(o.prompt_logprobs, ids, start) for o, (ids, start) in zip(outputs, spans, strict=True)]
         out, at = [], 0
-        for request in requests:
+        for index, request in enumerate(requests):
             n = len(request.continuations)
             counts = tuple(len(ids) - start for ids, start in spans[at : at + n])
             out.append(OptionScores(tuple(values[at : at + n]), counts))
+            for j in range(n if rows is not None else 0):
+                top = option_topk(outputs[at + j].prompt_logprobs, spans[at + j][1], self.vocabulary_pieces())
+                if rows is not None and top is not None:
+                    rows(index, j, top)
             at += n
             if advance:
                 advance(1)

@@ -2,7 +2,8 @@
 
 A pass directory holds ``scores.parquet`` (one row per item), ``pass.json`` (the model's identity) and, for a
 baseline, its answer-token distributions in compact form (``rows.npz``: top-k ids and log-probs, tail log-mass,
-and per (item, option) the span of rows). Writing goes to a temporary folder renamed at the end, so an
+and per (item, option) the span of rows) and ``pieces.json`` (each id's token text, for top-k KL against servers;
+for a server baseline, the ids index the texts it named). Writing goes to a temporary folder renamed at the end, so an
 interrupted run never leaves a half-written pass behind, and every finished pass survives for the next run.
 """
 
@@ -12,7 +13,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -24,10 +25,14 @@ ROW_FIELDS = ("ids", "logprobs", "tail", "sample_ids", "sample_logprobs")
 
 @dataclass(frozen=True)
 class ReferenceRows:
-    """A baseline's compact answer-token rows; ``spans[j]`` = (start, end) rows of the j-th (item, option)."""
+    """A baseline's compact answer-token rows; ``spans[j]`` = (start, end) rows of the j-th (item, option).
+    ``kind``: "full" = top-k of full-vocabulary rows (ids are the model's token ids); "topk" = what a server named
+    (ids index ``pieces``). ``pieces``: token text per id, where known."""
 
     rows: CompactRows
     spans: np.ndarray  # [n_item_options, 2] int64
+    kind: Literal["full", "topk"] = "full"
+    pieces: list[str] | None = None
 
     def option(self, j: int) -> CompactRows:
         start, end = (int(v) for v in self.spans[j])
@@ -105,7 +110,9 @@ class PassStore:
         if (folder / "rows.npz").exists():
             with np.load(folder / "rows.npz") as data:
                 rows = CompactRows(*(data[f] for f in ROW_FIELDS))
-                reference = ReferenceRows(rows, data["spans"])
+                spans = data["spans"]
+            meta = json.loads((folder / "pieces.json").read_text()) if (folder / "pieces.json").exists() else {}
+            reference = ReferenceRows(rows, spans, meta.get("kind", "full"), meta.get("pieces"))
         return PassResult(key, model, scores, reference)
 
     def save(self, result: PassResult) -> None:
@@ -117,6 +124,7 @@ class PassStore:
         if result.reference is not None:
             r = result.reference
             np.savez(tmp / "rows.npz", spans=r.spans, **{f: getattr(r.rows, f) for f in ROW_FIELDS})
+            (tmp / "pieces.json").write_text(json.dumps({"kind": r.kind, "pieces": r.pieces}, ensure_ascii=False))
         (tmp / "pass.json").write_text(json.dumps(result.model, indent=1, default=str))
         shutil.rmtree(folder, ignore_errors=True)
         tmp.replace(folder)
