@@ -110,6 +110,8 @@ class Script:
     tokenizer: str = "mock-vocab"
     vocab: int = 16
     topk: int = 0
+    max_context: int = 10_000
+    multiple_choice: bool = True
     calls: list[int] = field(default_factory=list)
 
 
@@ -124,7 +126,14 @@ class MockBackend:
     def __init__(self, spec: ModelSpec, script: Script) -> None:
         self.script = script
         rows = "topk" if script.topk else "full"
-        caps = Capabilities(rows=rows, topk=script.topk, max_context=10_000)
+        caps = Capabilities(
+            multiple_choice=script.multiple_choice,
+            rows=rows,
+            topk=script.topk,
+            max_context=script.max_context,
+            note="its server returns no prompt log-probabilities",
+            fix="serve it elsewhere",
+        )
         self.info = ModelInfo(spec.label(), script.vocab, script.tokenizer, {"mock": True}, caps)
 
     def score(

@@ -170,9 +170,7 @@ def test_tiny_llama_scores_match_full_sequence_reference(tiny_llama: Path, suffi
         assert a.logprobs == pytest.approx(c.logprobs, abs=1e-4)
     model, tok = backend.model, backend.tokenizer  # type: ignore[attr-defined]
     for request, scores in zip(requests, got, strict=True):
-        ctx = tok.encode(request.prefix, add_special_tokens=False) + tok.encode(
-            request.prompt, add_special_tokens=False
-        )
+        ctx = tok.encode(request.prefix + request.prompt, add_special_tokens=False)  # the context as one text
         for cont, value in zip(request.continuations, scores.logprobs, strict=True):
             ids = tok.encode(cont, add_special_tokens=False)
             with torch.no_grad():
@@ -216,3 +214,49 @@ def test_nan_logits_stop_with_a_clear_error_and_keep_finished_passes(
         compare(f"hf:{tiny_llama}", [f"hf:{broken}"], tasks=[str(mc_file)], out=tmp_path / "r", cache_dir=cache)
     assert len([p for p in cache.iterdir() if (p / "pass.json").exists()]) == 1  # the baseline pass survived
     assert not (tmp_path / "r" / "run.json").exists()  # no half-true run written
+
+
+def exact_token_kl(base_seed: int, cand_seed: int, shift: float) -> float:
+    base_rows, cand_rows = rows_for(base_seed), rows_for(cand_seed, shift=shift)
+    return float(
+        np.mean([np.mean([kl_full(base_rows(i, o), cand_rows(i, o)).mean() for o in range(4)]) for i in range(12)])
+    )
+
+
+@pytest.mark.parametrize(("base_k", "cand_k"), [(0, 4), (4, 0), (4, 6)])
+def test_top_k_rows_give_top_k_approximate_token_kl(
+    scripts, mc_file: Path, tmp_path: Path, base_k: int, cand_k: int
+) -> None:
+    """A side that hands over only its top-k (a server) still gets token KL: a lower bound, labelled as such."""
+    scripts["base"] = Script(answers({}), rows_for(0), vocab=V, topk=base_k)
+    scripts["cand"] = Script(answers({}), rows_for(1, shift=0.5), vocab=V, topk=cand_k, tokenizer="server:x")
+    result = compare("mock:base", ["mock:cand"], tasks=[str(mc_file)], topk=V, out=tmp_path / "r",
+                     cache_dir=tmp_path / "c")  # fmt: skip
+    approx = result.summary["mock:cand"]["planets"].token_kl_mean
+    exact = exact_token_kl(0, 1, 0.5)
+    assert approx is not None and 0.2 * exact < approx <= exact + 1e-6
+    assert result.run.candidates[0].details["token_kl"] == "top-k approximate"
+    assert any("top-k approximate" in note for note in result.run.notes)
+
+
+def test_top_k_with_every_token_named_is_exact(scripts, mc_file: Path, tmp_path: Path) -> None:
+    scripts["base"] = Script(answers({}), rows_for(0), vocab=V)
+    scripts["cand"] = Script(answers({}), rows_for(1, shift=0.5), vocab=V, topk=V, tokenizer="server:x")
+    result = compare("mock:base", ["mock:cand"], tasks=[str(mc_file)], topk=V, out=tmp_path / "r",
+                     cache_dir=tmp_path / "c")  # fmt: skip
+    assert result.summary["mock:cand"]["planets"].token_kl_mean == pytest.approx(exact_token_kl(0, 1, 0.5), rel=1e-4)
+
+
+def test_capabilities_are_checked_before_anything_runs(scripts, mc_file: Path, tmp_path: Path) -> None:
+    from flipscope.errors import FlipscopeError
+
+    scripts["base"] = Script(answers({}), rows_for(0), vocab=V)
+    scripts["nolp"] = Script(answers({}), multiple_choice=False)
+    scripts["short"] = Script(answers({}), max_context=3)
+    kwargs = {"tasks": [str(mc_file)], "cache_dir": tmp_path / "c"}
+    with pytest.raises(FlipscopeError, match="cannot score multiple-choice options: its server returns no prompt"):
+        compare("mock:base", ["mock:nolp"], out=tmp_path / "a", **kwargs)
+    with pytest.raises(FlipscopeError, match=r"over the model's 3-token context"):
+        compare("mock:base", ["mock:short"], out=tmp_path / "b", **kwargs)
+    assert scripts["nolp"].calls == [] and scripts["short"].calls == []  # refused before scoring
+    assert len(scripts["base"].calls) == 1  # the finished baseline pass was kept and reused

@@ -1,8 +1,9 @@
 """Log-likelihood scoring that computes each shared piece of text once, several questions per forward pass.
 
-A request is prefix + prompt + k continuations. Requests are grouped by prefix (task header and few-shot
-examples): the prefix runs once and its key/value cache is reused by every prompt of the group (a prefix used by
-a single request is simply part of its prompt). Prompts run in right-padded batches with explicit position ids;
+A request is prefix + prompt + k continuations; the context (prefix + prompt) is tokenised as one text and each
+continuation on its own. Requests are grouped by prefix (task header and few-shot examples): the prefix's tokens
+run once and their key/value cache is reused by every prompt of the group (a prefix used by a single request is
+simply part of its prompt). Prompts run in right-padded batches with explicit position ids;
 each prompt's last position predicts every continuation's first token, so single-token options (" A".." D") need
 no further pass. Longer options of the whole batch then run as one right-padded batch on top of their prompts'
 cache, with logits computed only at option positions and bounded by a memory budget.
@@ -34,6 +35,16 @@ def _select_rows(cache: Any, indices: torch.Tensor) -> Any:
         out = copy.deepcopy(cache)
     out.batch_select_indices(indices)
     return out
+
+
+def _common_length(sequences: Sequence[list[int]]) -> int:
+    """Length of the longest run of leading ids that all ``sequences`` share."""
+    n = 0
+    for column in zip(*sequences, strict=False):
+        if any(v != column[0] for v in column):
+            break
+        n += 1
+    return n
 
 
 @dataclass(frozen=True)
@@ -86,28 +97,29 @@ class PrefixScorer:
             raise nonfinite_logits(self.label, f"request {index}")
 
     def _groups(self, requests: Sequence[ScoreRequest]) -> Iterator[tuple[list[int], list[_Item]]]:
-        """(shared prefix ids, items after it). Requests alone with their prefix are pooled, prefix in prompt."""
+        """(shared prefix ids, items after it). Each context (prefix + prompt) is tokenised as one text, as a
+        server or lm-eval would see it; the requests of one prefix share the longest common run of leading ids
+        (the prefix's tokens, up to where its last token may merge with a prompt). Requests alone with their
+        prefix are pooled, the whole context in the prompt."""
         order = sorted(range(len(requests)), key=lambda i: requests[i].prefix)
         pooled: list[_Item] = []
         for prefix, members in groupby(order, key=lambda i: requests[i].prefix):
             indices = list(members)
-            prefix_ids = self.bos + self.encode(prefix)
-            shared = len(indices) > 1 and len(prefix_ids) > 0
+            contexts = [self.bos + self.encode(prefix + requests[i].prompt) for i in indices]
+            shared = 0
+            if len(indices) > 1 and prefix:
+                shared = min(_common_length(contexts), min(len(c) for c in contexts) - 1)  # keep ≥ 1 prompt id
             items = [
-                _Item(
-                    i,
-                    (self.encode(requests[i].prompt) if shared else prefix_ids + self.encode(requests[i].prompt)),
-                    [self.encode(text) for text in requests[i].continuations],
-                )
-                for i in indices
+                _Item(i, context[shared:], [self.encode(text) for text in requests[i].continuations])
+                for i, context in zip(indices, contexts, strict=True)
             ]
             for item in items:
                 if any(not option for option in item.options):
                     raise FlipscopeError(
                         f"request {item.index} has an option that encodes to no tokens", fix="remove empty options"
                     )
-            if shared:
-                yield prefix_ids, items
+            if shared > 0:
+                yield contexts[0][:shared], items
             else:
                 pooled += items
         if pooled:

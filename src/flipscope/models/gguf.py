@@ -114,7 +114,7 @@ class GGUFBackend:
     ) -> list[OptionScores]:
         out = []
         for index, request in enumerate(requests):
-            context = self.bos + self._tokens(request.prefix) + self._tokens(request.prompt)
+            context = self.bos + self._tokens(request.prefix + request.prompt)  # one text, as servers see it
             options = [self._tokens(c) for c in request.continuations]
             if not context or len(context) + max(len(o) for o in options) > N_CTX:
                 raise FlipscopeError(

@@ -70,8 +70,9 @@ def bundled_gguf(name: str, *, original: bool = False) -> Path:
     return out
 
 
-def dequantized_copy(source: Path, out: Path) -> None:
-    """Copy a GGUF file's metadata and tensors, every tensor dequantized to float32 (file type ALL_F32)."""
+def dequantized_copy(source: Path, out: Path, *, metadata: dict[str, Any] | None = None) -> None:
+    """Copy a GGUF file's metadata and tensors, every tensor dequantized to float32 (file type ALL_F32);
+    ``metadata`` replaces the values of existing keys (e.g. ``tokenizer.ggml.add_bos_token``)."""
     import numpy as np
     from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
     from gguf.quants import dequantize
@@ -85,6 +86,7 @@ def dequantized_copy(source: Path, out: Path) -> None:
         if field.name.startswith("GGUF.") or field.name == "general.architecture":
             continue
         value = 0 if field.name == "general.file_type" else field.contents()
+        value = (metadata or {}).get(field.name, value)
         kind = field.types[0]
         sub = field.types[-1] if kind == GGUFValueType.ARRAY else None
         writer.add_key_value(field.name, value, kind, sub_type=sub)

@@ -138,7 +138,7 @@ class VLLMBackend:
 
         prompts, spans = [], []
         for request in requests:
-            context = self.bos + self._ids(request.prefix) + self._ids(request.prompt)
+            context = self.bos + self._ids(request.prefix + request.prompt)
             for option in request.continuations:
                 ids = context + self._ids(option)
                 prompts.append({"prompt_token_ids": ids})

@@ -1,0 +1,147 @@
+"""llama-cpp-python's OpenAI-compatible server on loopback (its ``[server]`` extra) through ``openai:``: multiple
+choice, generation and top-k approximate token KL against the same file run locally through ``gguf:``, and the
+probe that refuses a server whose echoed log-probabilities are wrong."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flipscope.errors import FlipscopeError
+
+pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed (CI installs it)")
+
+pytestmark = pytest.mark.e2e
+
+
+@contextlib.contextmanager
+def serve_gguf(path: Path, alias: str) -> Iterator[str]:
+    """``python -m llama_cpp.server`` on a free loopback port serving ``path``; yields its /v1 URL."""
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", alias,
+               "--host", "127.0.0.1", "--port", str(port), "--logits_all", "true", "--n_ctx", "2048",
+               "--seed", "0", "--verbose", "false"]  # fmt: skip
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - open for the server's lifetime; a pipe would fill and stall it
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 120
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(url + "/models", timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    log.seek(0)
+                    pytest.fail(f"llama_cpp.server did not start: {log.read().decode(errors='replace')[-2000:]}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def llama_server() -> Iterator[str]:
+    """The bundled model's float32 GGUF as it is: SmolLM2 starts inputs without a BOS token."""
+    from flipscope.models.gguf_file import bundled_gguf
+
+    with serve_gguf(bundled_gguf("smollm2-135m"), "smollm2") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def bos_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same weights with ``add_bos_token`` on, standing in for the many models whose tokenizer starts every
+    input with BOS (Llama, Mistral, Gemma): llama-cpp-python's server aligns echoed log-probs right for those."""
+    from flipscope.models.gguf_file import bundled_gguf, dequantized_copy
+
+    out = tmp_path_factory.mktemp("bos") / "smollm2-135m-bos.gguf"
+    dequantized_copy(bundled_gguf("smollm2-135m"), out, metadata={"tokenizer.ggml.add_bos_token": True})
+    return out
+
+
+@pytest.fixture(scope="module")
+def bos_server(bos_gguf: Path) -> Iterator[str]:
+    with serve_gguf(bos_gguf, "smollm2-bos") as url:
+        yield url
+
+
+def test_real_server_multiple_choice_generation_and_top_k_kl(bos_gguf: Path, bos_server: str, tmp_path: Path) -> None:
+    """The file through llama.cpp in-process (gguf:, full rows) vs the same file behind the server (openai:,
+    prompt log-probs + top-20): the same answers, choice KL at the engines' noise floor, top-k token KL tiny."""
+    import flipscope
+    from flipscope.models import load_backend, parse_spec
+
+    spec = f"openai:{bos_server}#smollm2-bos"
+    server = load_backend(parse_spec(spec))
+    caps = server.info.capabilities
+    assert caps.multiple_choice and caps.rows == "topk" and caps.topk == 20
+    result = flipscope.compare(f"gguf:{bos_gguf}", [spec], tasks=["mmlu"], limit=8, out=tmp_path / "run",
+                               cache_dir=tmp_path / "cache")  # fmt: skip
+    s = result.summary[spec]["mmlu"]
+    assert s.n == 8 and s.flips == 0.0 and s.all_flips == 0.0
+    assert s.choice_kl_mean is not None and s.choice_kl_mean < 1e-4
+    assert s.token_kl_mean is not None and 0.0 <= s.token_kl_mean < 1e-3
+    assert result.run.candidates[0].details["token_kl"] == "top-k approximate"
+    assert any("top-k approximate" in n for n in result.run.notes)
+    answer = server.generate(["Name a planet."], max_tokens=8)
+    assert answer[0].strip()
+    # the reverse: the server as baseline (its top-20 stored by text), the in-process engine as candidate
+    back = flipscope.compare(spec, [f"gguf:{bos_gguf}"], tasks=["mmlu"], limit=4, out=tmp_path / "back",
+                             cache_dir=tmp_path / "cache")  # fmt: skip
+    r = back.summary[f"gguf:{bos_gguf}"]["mmlu"]
+    assert r.flips == 0.0 and r.token_kl_mean is not None and r.token_kl_mean < 1e-3
+
+
+def test_real_server_is_probed_refused_for_multiple_choice_and_still_chats(llama_server: str, tmp_path: Path) -> None:
+    """llama-cpp-python 0.3.36's server echoes each prompt token's log-prob one position late (checked against the
+    local engine in the next test); flipscope's probe catches it and refuses to score instead of giving numbers."""
+    import flipscope
+    from flipscope.models import load_backend, parse_spec
+
+    server = load_backend(parse_spec(f"openai:{llama_server}#smollm2"))
+    assert not server.capabilities.prompt_logprobs  # type: ignore[attr-defined]
+    with pytest.raises(FlipscopeError, match="disagree with its own generation"):
+        flipscope.compare("gguf:smollm2-135m", [f"openai:{llama_server}#smollm2"], tasks=["mmlu"], limit=5,
+                          out=tmp_path / "run", cache_dir=tmp_path / "cache")  # fmt: skip
+    answer = server.generate(["Name a planet."], max_tokens=8)  # type: ignore[attr-defined]
+    assert answer[0].strip()
+
+
+def test_real_server_echo_logprobs_are_the_local_engines_one_position_late(llama_server: str) -> None:
+    import numpy as np
+
+    from flipscope.models import load_backend, parse_spec
+    from flipscope.models.gguf import log_softmax
+    from flipscope.models.openai_http import HTTPSettings, post_json
+
+    text = "Question: What is the capital of France?\nAnswer: Paris"
+    body = {"model": "smollm2", "prompt": text, "max_tokens": 1, "echo": True, "logprobs": 1, "temperature": 0}
+    served = post_json(llama_server, "/completions", body, HTTPSettings())["choices"][0]["logprobs"]["token_logprobs"]
+    local = load_backend(parse_spec("gguf:smollm2-135m"))
+    ids = local._tokens(text)  # type: ignore[attr-defined]
+    local.llm.reset()  # type: ignore[attr-defined]
+    local.llm.eval(ids)  # type: ignore[attr-defined]
+    lp = log_softmax(np.array(local.llm.scores[: len(ids)]))  # type: ignore[attr-defined]
+    local.close()
+    right = [float(lp[i - 1, ids[i]]) for i in range(1, len(ids))]
+    late = [float(lp[i, ids[i]]) for i in range(1, len(ids))]
+    assert served[1 : len(ids)] == pytest.approx(late, abs=1e-3)
+    assert served[1 : len(ids)] != pytest.approx(right, abs=0.1)
