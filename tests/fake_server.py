@@ -44,9 +44,16 @@ def completion(prompt: str, *, logprobs: bool = True, echo: bool = True, shift: 
 
 class FakeServer:
     def __init__(
-        self, script: list[str] | None = None, *, logprobs: bool = True, delay: float = 2.0, shift: bool = False
+        self,
+        script: list[str] | None = None,
+        *,
+        logprobs: bool = True,
+        delay: float = 2.0,
+        shift: bool = False,
+        max_logprobs: int | None = None,
     ) -> None:
         self.script = list(script or [])
+        self.max_logprobs = max_logprobs  # asking for more alternatives answers HTTP 400, as OpenAI's API does
         self.logprobs = logprobs
         self.shift = shift
         self.delay = delay
@@ -71,7 +78,9 @@ class FakeServer:
                     server.requests.append(body)
                     server.headers.append(dict(self.headers))
                 action = server.next_action()
-                if action in ("429", "500", "503", "404"):
+                if server.max_logprobs is not None and int(body.get("logprobs") or 0) > server.max_logprobs:
+                    action = "400"
+                if action in ("429", "500", "503", "404", "400"):
                     self.send_response(int(action))
                     self.end_headers()
                     self.wfile.write(b'{"error": "scripted"}')

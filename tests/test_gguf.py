@@ -45,6 +45,8 @@ def test_gguf_and_hf_backends_agree_on_the_same_weights(tmp_path: Path) -> None:
     assert s.n == 100
     assert s.flips <= 0.01 and s.choice_kl_mean < 1e-3
     assert s.token_kl_mean is not None and s.token_kl_mean < 1e-3  # same vocabulary: token KL across engines
+    floor = [n for n in result.run.notes if "noise floor" in n]
+    assert len(floor) == 1 and f"flips {s.flips:.1%}" in floor[0] and "bundled → gguf" in floor[0]
 
 
 def test_gguf_quant_types_mc_kld_and_generation(tmp_path: Path) -> None:

@@ -77,6 +77,19 @@ def test_a_server_whose_prompt_logprobs_are_shifted_is_refused() -> None:
             client.score(REQUESTS)
 
 
+def test_top_k_asks_for_20_alternatives_then_5_where_the_server_allows_no_more() -> None:
+    fake = FakeServer(max_logprobs=5)
+    with serve(fake) as url:
+        client = backend(url)
+        caps = client.info.capabilities
+        assert caps.multiple_choice and caps.rows == "topk" and caps.topk == 2  # the fake names 2 per token
+        assert [r["logprobs"] for r in fake.requests[:2]] == [20, 5]
+        seen = []
+        client.score(REQUESTS[:1], rows=lambda i, o, r: seen.append((i, o, r)))
+    assert [(i, o, len(r)) for i, o, r in seen] == [(0, 0, 1), (0, 1, 4)]  # option tokens only
+    assert seen[1][2].tokens[0] == {" much": -2.5, " x": -9.0}
+
+
 def test_logprobs_missing_mid_run_stop_the_run() -> None:
     fake = FakeServer()
     with serve(fake) as url:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from flipscope.errors import FlipscopeError
-from flipscope.models.vllm_engine import option_logprob, parse_location
+from flipscope.models.vllm_engine import option_logprob, option_topk, parse_location
 
 
 @dataclass
@@ -26,6 +26,15 @@ def test_option_logprob_sums_the_option_positions_only() -> None:
     assert option_logprob(prompt_logprobs, ids, start=1) == pytest.approx(-4.0)
     plain = [None, {12: -1.0}, {13: -2.0}, {14: -0.25}, {15: -0.75}]  # older versions: floats
     assert option_logprob(plain, ids, start=2) == pytest.approx(-3.0)
+
+
+def test_top_k_of_the_option_positions_named_by_text() -> None:
+    pieces = [f"<{i}>" for i in range(16)]
+    prompt_logprobs = [None, {12: Logprob(-1.0, 3), 7: Logprob(-0.5, 1)}, {13: Logprob(-2.0, 1), 4: Logprob(-3.0, 2)},
+                       {14: Logprob(-0.25, 2), 9: Logprob(-0.1, 1)}]  # fmt: skip
+    rows = option_topk(prompt_logprobs, 2, pieces)
+    assert rows is not None and rows.tokens == ({"<13>": -2.0, "<4>": -3.0}, {"<14>": -0.25, "<9>": -0.1})
+    assert option_topk([None, None], 1, pieces) is None
 
 
 def test_missing_prompt_logprobs_are_an_error_not_a_number() -> None:

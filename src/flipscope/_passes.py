@@ -82,6 +82,7 @@ class KLMeter:
         self.offsets = offsets  # offsets[i] = index of request i's first (item, option) in the reference
         self.exact = exact
         self.table = unique_pieces(pieces) if pieces is not None else None
+        self.base_table = unique_pieces(reference.pieces) if reference.pieces is not None and not exact else None
         self.per_item: dict[int, list[float]] = defaultdict(list)
         self.mismatched: set[int] = set()
 
@@ -94,7 +95,7 @@ class KLMeter:
             self.per_item[request].append(float(np.mean(kl_compact(ref, rows))))
             return
         assert self.reference.pieces is not None
-        base = compact_pieces(ref, self.reference.pieces)  # T mappings text → log p_B
+        base = compact_pieces(ref, self.reference.pieces, self.base_table)  # T mappings text → log p_B
         if isinstance(rows, TopKRows):
             cand: list[dict[str, float]] | tuple[Any, ...] = rows.tokens
         elif self.table is not None:

@@ -44,9 +44,12 @@ def kl_shared(base: Mapping[str, float], cand: Mapping[str, float]) -> float:
     return max(head + float(np.exp(rest_b)) * (rest_b - rest_c), 0.0)
 
 
-def compact_pieces(rows: CompactRows, pieces: Sequence[str]) -> list[dict[str, float]]:
-    """Each row's top-k head as token text → log-prob, keeping only texts that name one token in ``pieces``."""
-    table = unique_pieces(pieces)
+def compact_pieces(
+    rows: CompactRows, pieces: Sequence[str], table: Mapping[str, int] | None = None
+) -> list[dict[str, float]]:
+    """Each row's top-k head as token text → log-prob, keeping only texts that name one token in ``pieces``
+    (``table``: ``unique_pieces(pieces)``, where the caller keeps it)."""
+    table = unique_pieces(pieces) if table is None else table
     out = []
     for ids, values in zip(rows.ids, rows.logprobs, strict=True):  # [k], [k] per row
         named = (pieces[int(i)] if i >= 0 else "" for i in ids)  # −1: padding

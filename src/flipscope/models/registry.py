@@ -44,6 +44,16 @@ def fingerprint(spec: ModelSpec) -> str:
     return content_hash({"weights": weights, "compression": [c.to_dict() for c in spec.compression]})
 
 
+def same_weights(spec: ModelSpec) -> str | None:
+    """A name for the exact float weights an uncompressed spec runs, where two sources are known to share them
+    (``bundled:NAME`` in transformers and ``gguf:NAME``, its bit-identical float32 GGUF); None otherwise."""
+    from flipscope.models.bundled import BUNDLED
+
+    if spec.compression or spec.source not in ("bundled", "gguf") or spec.location not in BUNDLED:
+        return None
+    return f"bundled:{spec.location}"
+
+
 def check_compression(spec: ModelSpec) -> None:
     """Check each compression step against the model's config.json, before any weights are loaded."""
     if not spec.compression:
