@@ -126,3 +126,13 @@ def test_spec_errors() -> None:
         load_backend(parse_spec("openai:http://127.0.0.1:9/v1"))
     with pytest.raises(FlipscopeError, match="cannot be compressed"):
         load_backend(parse_spec("openai:http://127.0.0.1:9/v1#m+rtn:w8"))
+
+
+def test_kld_refuses_a_server_and_says_why(tmp_path: Path) -> None:
+    import flipscope
+
+    corpus = tmp_path / "text.txt"
+    corpus.write_text("Some text to score. " * 50)
+    with serve(FakeServer()) as url, pytest.raises(FlipscopeError, match=r"needs full-vocabulary.*only its top-k"):
+        flipscope.kld(f"openai:{url}#fake-model", [f"openai:{url}#other"], corpus=str(corpus), ctx=32,
+                      out=tmp_path / "kld", cache_dir=tmp_path / "cache")  # fmt: skip

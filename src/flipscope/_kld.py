@@ -172,11 +172,13 @@ def kld(
 
 def _corpus_backend(spec: ModelSpec, options: LoadOptions) -> CorpusBackend:
     backend: Any = load_backend(spec, options)
-    if not hasattr(backend, "corpus_logprobs"):
+    rows = backend.info.capabilities.rows
+    if rows != "full" or not hasattr(backend, "corpus_logprobs"):
         backend.close()
+        given = "only its top-k log-probabilities" if rows == "topk" else "no per-token log-probabilities"
         raise FlipscopeError(
-            f"{spec.label()}: this backend gives no full-vocabulary log-probabilities on text",
-            fix="use an hf: or bundled: model for flipscope kld",
+            f"{spec.label()}: flipscope kld needs full-vocabulary log-probabilities on text; it gives {given}",
+            fix="run the model locally as an hf:, bundled: or gguf: spec (compare still measures top-k token KL)",
         )
     result: CorpusBackend = backend
     return result
