@@ -121,6 +121,20 @@ def test_api_key_comes_from_the_environment_and_is_never_stored(
 
 def test_spec_errors() -> None:
     from flipscope.models import load_backend, parse_spec
+    from flipscope.models.openai_server import parse_server
+
+    url, model, settings = parse_server("http://h:1/v1/#m-7b,concurrency=8,timeout=120,retries=2")
+    assert (url, model, settings.concurrency, settings.timeout, settings.retries) == (
+        "http://h:1/v1",
+        "m-7b",
+        8,
+        120,
+        2,
+    )
+    with pytest.raises(FlipscopeError, match="server option 'threads=2'"):
+        parse_server("http://h:1/v1#m,threads=2")
+    with pytest.raises(FlipscopeError, match="server option 'concurrency=0'"):
+        parse_server("http://h:1/v1#m,concurrency=0")
 
     with pytest.raises(FlipscopeError, match="openai:<base_url>#<model>"):
         load_backend(parse_spec("openai:http://127.0.0.1:9/v1"))

@@ -68,7 +68,8 @@ def post_json(base_url: str, path: str, body: dict[str, Any], settings: HTTPSett
             last = str(exc)
     raise FlipscopeError(
         f"server {url} failed {settings.retries + 1} times; last: {last}",
-        fix="check that the server is up and not overloaded; raise --timeout or --retries",
+        fix="check that the server is up and not overloaded; raise its timeout or retries in the spec "
+        "(openai:<url>#<model>,timeout=120,retries=8) or lower concurrency=",
     )
 
 

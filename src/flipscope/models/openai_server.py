@@ -53,13 +53,42 @@ class ServerCapabilities:
 
 
 def parse_location(location: str) -> tuple[str, str]:
-    url, sep, model = location.partition("#")
+    """(base URL, model name) of ``<base_url>#<model>[,option=value...]``."""
+    url, model, _ = parse_server(location)
+    return url, model
+
+
+def parse_server(location: str) -> tuple[str, str, HTTPSettings]:
+    """``<base_url>#<model>[,concurrency=N][,timeout=SECONDS][,retries=N]`` → (URL, model, HTTP settings)."""
+    url, sep, rest = location.partition("#")
+    model, *options = rest.split(",")
     if not sep or not model or not url.startswith(("http://", "https://")):
         raise FlipscopeError(
             f"cannot read server spec {location!r}",
             fix="write openai:<base_url>#<model>, e.g. openai:http://127.0.0.1:8000/v1#my-model",
         )
-    return url.rstrip("/"), model
+    values: dict[str, float] = {}
+    for option in options:
+        key, _, value = option.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if key not in ("concurrency", "timeout", "retries") or number < (1 if key == "concurrency" else 0):
+            raise FlipscopeError(
+                f"cannot read server option {option!r} in {location!r}",
+                fix="options are concurrency=<requests at once ≥ 1>, timeout=<seconds>, retries=<count>, e.g. "
+                "openai:http://127.0.0.1:8000/v1#my-model,concurrency=8,timeout=120",
+            )
+        values[key] = number
+    defaults = HTTPSettings()
+    settings = HTTPSettings(
+        timeout=values.get("timeout", defaults.timeout),
+        retries=int(values.get("retries", defaults.retries)),
+        backoff=defaults.backoff,
+        concurrency=int(values.get("concurrency", defaults.concurrency)),
+    )
+    return url.rstrip("/"), model, settings
 
 
 def echo_logprobs(choice: dict[str, Any]) -> tuple[list[str], list[float | None], list[int]] | None:
@@ -133,8 +162,8 @@ class OpenAIBackend:
                 f"{spec.label()}: a model behind a server cannot be compressed by flipscope",
                 fix="compress the model before serving it, or give a local spec",
             )
-        url, model = parse_location(spec.location)
-        return cls(url, model, HTTPSettings(), spec.label())
+        url, model, settings = parse_server(spec.location)
+        return cls(url, model, settings, spec.label())
 
     def _completion(self, prompt: str, *, logprobs: int = 1, echo: bool = True) -> dict[str, Any]:
         body = {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "echo": echo,
