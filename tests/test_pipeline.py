@@ -237,6 +237,13 @@ def test_top_k_rows_give_top_k_approximate_token_kl(
     assert approx is not None and 0.2 * exact < approx <= exact + 1e-6
     assert result.run.candidates[0].details["token_kl"] == "top-k approximate"
     assert any("top-k approximate" in note for note in result.run.notes)
+    from rich.console import Console
+
+    from flipscope.report.table import print_run
+
+    console = Console(record=True, width=200)
+    print_run(load_run(tmp_path / "r"), console)
+    assert "mock:cand  vs  mock:base  · token KL top-k approximate" in console.export_text()
 
 
 def test_top_k_with_every_token_named_is_exact(scripts, mc_file: Path, tmp_path: Path) -> None:

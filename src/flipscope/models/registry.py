@@ -196,8 +196,8 @@ register_source(
 register_source(
     Source(
         "openai",
-        "a model behind an OpenAI-compatible server: openai:<base_url>#<model> (API key from $FLIPSCOPE_API_KEY "
-        "or $OPENAI_API_KEY)",
+        "a model behind an OpenAI-compatible server: openai:<base_url>#<model>[,concurrency=4,timeout=60,retries=4] "
+        "(API key from $FLIPSCOPE_API_KEY or $OPENAI_API_KEY); top-k approximate token KL",
         _openai_fingerprint,
         _openai_load,
     )

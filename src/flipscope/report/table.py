@@ -43,8 +43,10 @@ def summary_row(task: str, s: TaskSummary) -> list[str]:
     ]
 
 
-def candidate_table(candidate: str, per_task: dict[str, TaskSummary], baseline: str) -> Table:
-    table = Table(title=f"{candidate}  vs  {baseline}", title_justify="left", header_style="bold")
+def candidate_table(candidate: str, per_task: dict[str, TaskSummary], baseline: str, *, token_kl: str = "") -> Table:
+    """``token_kl``: how the token KL column was measured, where it is not exact (e.g. "top-k approximate")."""
+    title = f"{candidate}  vs  {baseline}" + (f"  · token KL {token_kl}" if token_kl else "")
+    table = Table(title=title, title_justify="left", header_style="bold")
     for name in COLUMNS:
         table.add_column(name, justify="left" if name == "task" else "right")
     for task, s in per_task.items():
@@ -67,8 +69,10 @@ def render_run(run: RunFile) -> Group:
         f"limit {settings.limit if settings.limit else 'all'} · seed {settings.seed}"
     )
     parts.append(Text(header, style="dim"))
+    kinds = {c.spec: str(c.details.get("token_kl", "")) for c in run.candidates}
     for candidate, per_task in run.summary.items():
-        parts.append(candidate_table(candidate, per_task, run.baseline.spec))
+        kind = kinds.get(candidate, "")
+        parts.append(candidate_table(candidate, per_task, run.baseline.spec, token_kl="" if kind == "exact" else kind))
         for task, s in per_task.items():
             parts.append(Text(f"  {task}: {detail_line(s)}", style="dim"))
             parts.extend(Text(f"  ! {task}: {w}", style="yellow") for w in s.warnings)
