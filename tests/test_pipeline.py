@@ -267,3 +267,23 @@ def test_capabilities_are_checked_before_anything_runs(scripts, mc_file: Path, t
         compare("mock:base", ["mock:short"], out=tmp_path / "b", **kwargs)
     assert scripts["nolp"].calls == [] and scripts["short"].calls == []  # refused before scoring
     assert len(scripts["base"].calls) == 1  # the finished baseline pass was kept and reused
+
+
+def test_tiny_llama_capabilities_generation_and_context_check(tiny_llama: Path, tmp_path: Path) -> None:
+    from flipscope._passes import check_backend
+    from flipscope.errors import FlipscopeError
+    from flipscope.models import load_backend
+
+    backend = load_backend(parse_spec(f"hf:{tiny_llama}"))
+    caps = backend.info.capabilities
+    assert caps.multiple_choice and caps.rows == "full" and caps.max_context == 512
+    assert not caps.chat  # the test tokenizer has no chat template: generation continues the plain text
+    answer = backend.generate(["The capital of France is"], max_tokens=4)
+    assert len(answer) == 1 and isinstance(answer[0], str) and answer[0]
+    pieces = backend.vocabulary_pieces()
+    text = "The capital of France is Paris."
+    ids = backend.tokenizer.encode(text, add_special_tokens=False)  # type: ignore[attr-defined]
+    assert len(pieces) == backend.info.vocab_size and "".join(pieces[i] for i in ids) == text
+    check_backend(backend, [ScoreRequest("", "Question: Paris?\nAnswer:", (" France",))])
+    with pytest.raises(FlipscopeError, match="over the model's 512-token context"):
+        check_backend(backend, [ScoreRequest("", "Mars Venus " * 400, (" France",))])
