@@ -117,7 +117,7 @@ def test_real_server_is_probed_refused_for_multiple_choice_and_still_chats(llama
     from flipscope.models import load_backend, parse_spec
 
     server = load_backend(parse_spec(f"openai:{llama_server}#smollm2"))
-    assert not server.capabilities.prompt_logprobs  # type: ignore[attr-defined]
+    assert not server.info.capabilities.multiple_choice
     with pytest.raises(FlipscopeError, match="disagree with its own generation"):
         flipscope.compare("gguf:smollm2-135m", [f"openai:{llama_server}#smollm2"], tasks=["mmlu"], limit=5,
                           out=tmp_path / "run", cache_dir=tmp_path / "cache")  # fmt: skip

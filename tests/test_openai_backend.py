@@ -63,7 +63,7 @@ def test_a_client_error_is_not_retried() -> None:
 def test_a_server_without_prompt_logprobs_is_refused_not_scored() -> None:
     with serve(FakeServer(logprobs=False)) as url:
         client = backend(url)
-        assert not client.capabilities.prompt_logprobs
+        assert not client.info.capabilities.multiple_choice
         with pytest.raises(FlipscopeError, match="chance-level"):
             client.score(REQUESTS)
 
@@ -72,7 +72,7 @@ def test_a_server_whose_prompt_logprobs_are_shifted_is_refused() -> None:
     """Echoed log-probs read one position late (llama-cpp-python 0.3.36's server) disagree with generation."""
     with serve(FakeServer(shift=True)) as url:
         client = backend(url)
-        assert not client.capabilities.prompt_logprobs
+        assert not client.info.capabilities.multiple_choice
         with pytest.raises(FlipscopeError, match="disagree with its own generation"):
             client.score(REQUESTS)
 

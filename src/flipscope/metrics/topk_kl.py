@@ -79,7 +79,7 @@ def topk_compact(tokens: Sequence[Mapping[str, float]], index: dict[str, int]) -
         for col, (text, value) in enumerate(ordered):
             ids[row, col] = index.setdefault(text, len(index))
             values[row, col] = value
-    finite = np.where(np.isfinite(values), values, -np.inf).astype(np.float64)
-    tail = log1mexp(np.minimum(logsumexp(finite, axis=-1), _MAX_HEAD_LOGMASS)) if k else np.zeros(len(tokens))
+    head = values.astype(np.float64)  # padding is already −inf
+    tail = log1mexp(np.minimum(logsumexp(head, axis=-1), _MAX_HEAD_LOGMASS)) if k else np.zeros(len(tokens))
     empty = np.zeros((len(tokens), 0))
     return CompactRows(ids, values, tail.astype(np.float32), empty.astype(np.int32), empty.astype(np.float32))

@@ -22,6 +22,7 @@ import torch
 
 from flipscope.errors import FlipscopeError
 from flipscope.models._base import OptionScores, RowSink, nonfinite_logits
+from flipscope.models.hf import bos_prefix
 from flipscope.tasks import ScoreRequest
 
 
@@ -73,8 +74,7 @@ class PrefixScorer:
         self.logits_budget = logits_budget  # bytes of float32 option logits per forward pass
         self.batch_tokens = batch_tokens  # padded prompt tokens per forward pass
         self.max_batch = max_batch
-        bos = tokenizer.bos_token_id
-        self.bos = [bos] if bos is not None and getattr(tokenizer, "add_bos_token", False) else []
+        self.bos = bos_prefix(tokenizer)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         # transformers ≥ 5.x names the cache argument ``cache``; older releases ``past_key_values``.
         params = inspect.signature(model.forward).parameters

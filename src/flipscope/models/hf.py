@@ -38,6 +38,12 @@ def tokenizer_pieces(tokenizer: Any, size: int) -> list[str]:
     return [str(t) for t in texts] + [""] * (size - known)
 
 
+def bos_prefix(tokenizer: Any) -> list[int]:
+    """[BOS id] where the tokenizer starts every input with it, else []."""
+    bos = tokenizer.bos_token_id
+    return [bos] if bos is not None and getattr(tokenizer, "add_bos_token", False) else []
+
+
 def max_context(config: Any) -> int | None:
     value = getattr(config, "max_position_embeddings", None)
     return int(value) if isinstance(value, int) else None
@@ -166,7 +172,7 @@ class HFBackend:
         return tokenizer_pieces(self.tokenizer, self.info.vocab_size)
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
+        return len(bos_prefix(self.tokenizer)) + len(self.tokenizer.encode(text, add_special_tokens=False))
 
     def generate(self, prompts: Sequence[str], *, max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
         """One chat turn per prompt with the tokenizer's chat template (plain text where it has none)."""

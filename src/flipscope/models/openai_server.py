@@ -15,7 +15,6 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flipscope.errors import FlipscopeError
@@ -43,13 +42,6 @@ NO_PROMPT_LOGPROBS = (
     "returns no prompt log-probabilities for echo=true, so multiple-choice options cannot be scored (a tool that "
     "scored them anyway would report chance-level accuracy)"
 )
-
-
-@dataclass(frozen=True)
-class ServerCapabilities:
-    prompt_logprobs: bool
-    top_logprobs: int  # alternatives per token the server returned when asked for 5; 0 if none
-    note: str = ""
 
 
 def parse_location(location: str) -> tuple[str, str]:
@@ -131,9 +123,8 @@ def continuation_topk(choice: dict[str, Any], context_chars: int, total_chars: i
 class OpenAIBackend:
     def __init__(self, base_url: str, model: str, settings: HTTPSettings, label: str) -> None:
         self.base_url, self.model, self.settings = base_url, model, settings
-        self.capabilities = self.probe()
+        capabilities = self.probe()
         identity = hashlib.sha256(f"{base_url}#{model}".encode()).hexdigest()[:20]
-        caps = self.capabilities
         self.info = ModelInfo(
             label=label,
             vocab_size=0,
@@ -141,18 +132,10 @@ class OpenAIBackend:
             details={
                 "server": base_url,
                 "model": model,
-                "prompt_logprobs": caps.prompt_logprobs,
-                "top_logprobs": caps.top_logprobs,
+                "prompt_logprobs": capabilities.multiple_choice,
+                "top_logprobs": capabilities.topk,
             },
-            capabilities=Capabilities(
-                multiple_choice=caps.prompt_logprobs,
-                rows="topk" if caps.prompt_logprobs and caps.top_logprobs > 0 else None,
-                topk=caps.top_logprobs,
-                chat=True,
-                max_context=None,
-                note=caps.note,
-                fix=NO_MC_FIX,
-            ),
+            capabilities=capabilities,
         )
 
     @classmethod
@@ -175,7 +158,7 @@ class OpenAIBackend:
         first: dict[str, Any] = choices[0]
         return first
 
-    def probe(self) -> ServerCapabilities:
+    def probe(self) -> Capabilities:
         """Does the server return prompt log-probabilities, and are they the right ones? The token it generates
         after PROBE_PREFIX, echoed back as the prompt's last token, must get the log-prob it was generated with."""
         for asked in TOP_LOGPROBS:
@@ -188,7 +171,7 @@ class OpenAIBackend:
                 log.info("%s refused logprobs=%d (%s); asking for %d", self.base_url, asked, exc.problem,
                          TOP_LOGPROBS[-1])  # fmt: skip
         if continuation_logprob(choice, 1, len(PROBE_TEXT)) is None:
-            return ServerCapabilities(False, 0, f"server {self.base_url} {NO_PROMPT_LOGPROBS}")
+            return self._refused(f"server {self.base_url} {NO_PROMPT_LOGPROBS}")
         top = (choice.get("logprobs") or {}).get("top_logprobs") or []
         widths = [min(len(t), asked) for t in top if isinstance(t, dict)]
         generated = self._completion(PROBE_PREFIX, echo=False)
@@ -200,15 +183,19 @@ class OpenAIBackend:
             )
             if echoed is None or echoed[1] != 1 or abs(echoed[0] - float(values[0])) > PROBE_TOLERANCE:
                 got = "none" if echoed is None else f"{echoed[0]:.3f}"
-                return ServerCapabilities(
-                    False,
-                    0,
+                return self._refused(
                     f"server {self.base_url} returns prompt log-probabilities that disagree with its own generation "
                     f"({text!r} after the probe prompt: generated at {float(values[0]):.3f}, echoed at {got}; "
                     "llama-cpp-python 0.3.36's server reads each prompt token's log-prob one position late), so "
                     "multiple-choice scores from it would be wrong",
                 )
-        return ServerCapabilities(True, max(widths) if widths else 0)
+        k = max(widths) if widths else 0
+        return Capabilities(rows="topk" if k else None, topk=k, chat=True, max_context=None, fix=NO_MC_FIX)
+
+    @staticmethod
+    def _refused(note: str) -> Capabilities:
+        """A server whose prompt log-probabilities cannot be used: no option scores, no token rows; chat works."""
+        return Capabilities(multiple_choice=False, rows=None, chat=True, max_context=None, note=note, fix=NO_MC_FIX)
 
     def score(
         self,
@@ -217,9 +204,10 @@ class OpenAIBackend:
         rows: RowSink | None = None,
         advance: Callable[[int], None] | None = None,
     ) -> list[OptionScores]:
-        if not self.capabilities.prompt_logprobs:
-            raise FlipscopeError(f"{self.info.label}: {self.capabilities.note}", fix=NO_MC_FIX)
-        k = self.capabilities.top_logprobs if rows is not None else 0
+        caps = self.info.capabilities
+        if not caps.multiple_choice:
+            raise FlipscopeError(f"{self.info.label}: {caps.note}", fix=caps.fix)
+        k = caps.topk if rows is not None else 0
 
         def one(request: ScoreRequest) -> tuple[OptionScores, list[TopKRows | None]]:
             context = request.prefix + request.prompt

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from flipscope.errors import FlipscopeError
 from flipscope.models._base import Capabilities, ModelInfo, OptionScores, RowSink, TopKRows
+from flipscope.models.hf import bos_prefix
 
 if TYPE_CHECKING:
     from flipscope.models.registry import LoadOptions
@@ -61,20 +62,17 @@ def option_topk(
     prompt_logprobs: Sequence[Mapping[int, Any] | None], start: int, pieces: Sequence[str]
 ) -> TopKRows | None:
     """The top-k at positions start … end of one prompt, token ids named by their text (``pieces``)."""
-    chosen = prompt_logprobs[start:]
-    if any(entry is None for entry in chosen):
-        return None
-    return TopKRows(
-        tuple({pieces[i]: _value(v) for i, v in entry.items() if 0 <= i < len(pieces)} for entry in chosen if entry)
-    )
+    chosen = [entry for entry in prompt_logprobs[start:] if entry is not None]
+    if len(chosen) != len(prompt_logprobs) - start:
+        return None  # a position without log-probs: no rows rather than misaligned ones
+    return TopKRows(tuple({pieces[i]: _value(v) for i, v in entry.items() if 0 <= i < len(pieces)} for entry in chosen))
 
 
 class VLLMBackend:
     def __init__(self, engine: Any, tokenizer: Any, info: ModelInfo) -> None:
         self.engine, self.tokenizer, self.info = engine, tokenizer, info
         self.pieces: list[str] | None = None
-        bos = tokenizer.bos_token_id
-        self.bos = [bos] if bos is not None and getattr(tokenizer, "add_bos_token", False) else []
+        self.bos = bos_prefix(tokenizer)
 
     @classmethod
     def load(cls, spec: ModelSpec, options: LoadOptions) -> VLLMBackend:
