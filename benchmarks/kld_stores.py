@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from flipscope.metrics.corpus_kl import TopK, kl_both_ways, kl_both_ways_topk, top_k
+from flipscope.metrics.kl import CompactRows, compress, kl_compact, kl_exact
 from flipscope.models import LoadOptions, load_backend, parse_spec
 from flipscope.store.baseline_rows import StoreHeader, decode_int16, encode_int16, llama_cpp_bytes_per_position
 from flipscope.tasks.corpus import load_corpus, make_windows
@@ -25,18 +25,18 @@ CANDIDATES = ["+rtn:w8", "+rtn:w4g64", "+rtn:w3g64", "+rtn:w2g64", "+hqq:w4g64",
 KS = (16, 64, 256)
 
 
-def hold(name: str, rows: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor | TopK:
+def hold(name: str, rows: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor | CompactRows:
     """The baseline slice as the named store gives it back: decoded full rows, or the compact top-k form."""
     if name == "exact int16":
         return torch.log_softmax(decode_int16(*encode_int16(rows)), -1)
     if name == "exact float16":
         return torch.log_softmax(rows.half().float(), -1)
     k = int(name.split("k=")[1].split()[0])
-    return top_k(rows, k, samples if "samples" in name else 0, generator)
+    return compress(rows, k, samples if "samples" in name else 0, generator=generator)
 
 
-def kl_from(held: torch.Tensor | TopK, cand: torch.Tensor) -> torch.Tensor:
-    return kl_both_ways(held, cand)[0] if isinstance(held, torch.Tensor) else kl_both_ways_topk(held, cand)[0]
+def kl_from(held: torch.Tensor | CompactRows, cand: torch.Tensor) -> torch.Tensor:
+    return kl_exact(held, cand)[0] if isinstance(held, torch.Tensor) else kl_compact(held, cand).forward
 
 
 def main() -> None:
@@ -65,7 +65,7 @@ def main() -> None:
         cand = load_backend(parse_spec(args.baseline + spec), options)
         rows = [lp for w in windows for lp, _ in cand.corpus_logprobs([w])]  # type: ignore[attr-defined]
         cand.close()
-        live = torch.cat([kl_both_ways(b, c)[0] for b, c in zip(base_rows, rows, strict=True)])
+        live = torch.cat([kl_exact(b, c)[0] for b, c in zip(base_rows, rows, strict=True)])
         variants.setdefault("live", []).append(float(live.mean()))
         for name in names:
             values = torch.cat([kl_from(h, c) for h, c in zip(held[name], rows, strict=True)])

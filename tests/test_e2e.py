@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from flipscope import compare
-from flipscope.metrics.token_kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK, compress_topk, kl_compact, kl_full
+from flipscope._passes import _seed
+from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK, compress, kl_compact, kl_exact
 from flipscope.models import load_backend, parse_spec
 from flipscope.tasks import PromptFormat, build_requests, load_task
 
@@ -63,15 +64,15 @@ def test_compact_token_kl_error_on_the_real_model() -> None:
         backend = load_backend(parse_spec(spec))
         backend.score(requests, rows=lambda i, o, lp, name=name: rows[name].__setitem__((i, o), lp.copy()))
         backend.close()
-    exact = np.concatenate([kl_full(rows["b"][k], rows["c"][k]) for k in rows["b"]])
-    coarse = np.concatenate([kl_compact(compress_topk(rows["b"][key], 128), rows["c"][key]) for key in rows["b"]])
+    exact = np.concatenate([kl_exact(rows["b"][k], rows["c"][k])[0] for k in rows["b"]])
+    coarse = np.concatenate([kl_compact(compress(rows["b"][k], 128), rows["c"][k]).forward for k in rows["b"]])
     assert np.all(coarse <= exact + 1e-5)  # the head + tail-mass form alone is a lower bound
     stored = np.concatenate(
         [
             kl_compact(
-                compress_topk(rows["b"][key], DEFAULT_TOPK, DEFAULT_TAIL_SAMPLES, seed=list(key)),
+                compress(rows["b"][key], DEFAULT_TOPK, DEFAULT_TAIL_SAMPLES, seed=_seed(*key)),
                 rows["c"][key],
-            )
+            ).forward
             for key in rows["b"]
         ]
     )

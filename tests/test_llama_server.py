@@ -99,7 +99,7 @@ def test_real_server_multiple_choice_generation_and_top_k_kl(bos_gguf: Path, bos
     assert s.n == 8 and s.flips == 0.0 and s.all_flips == 0.0
     assert s.choice_kl_mean is not None and s.choice_kl_mean < 1e-4
     assert s.token_kl_mean is not None and 0.0 <= s.token_kl_mean < 1e-3
-    assert result.run.candidates[0].details["token_kl"] == "top-k approximate"
+    assert result.run.candidates[0].details["token_kl"] == "top-k approximate (lower bound)"
     assert any("top-k approximate" in n for n in result.run.notes)
     answer = server.generate(["Name a planet."], max_tokens=8)
     assert answer[0].strip()

@@ -10,7 +10,7 @@ import pytest
 from scipy import special
 
 from flipscope import compare, load_run
-from flipscope.metrics.token_kl import kl_full
+from flipscope.metrics.kl import kl_exact
 from flipscope.models import parse_spec
 from flipscope.store import read_run
 from flipscope.tasks import ScoreRequest
@@ -61,7 +61,7 @@ def test_mock_pipeline_metrics_and_token_kl(scripts, mc_file: Path, tmp_path: Pa
     # with top-k = V the stored baseline is exact: token KL equals the mean of full-vocabulary KL
     base_rows, cand_rows = rows_for(0), rows_for(1, shift=0.5)
     expected = np.mean(
-        [np.mean([kl_full(base_rows(i, o), cand_rows(i, o)).mean() for o in range(4)]) for i in range(12)]
+        [np.mean([kl_exact(base_rows(i, o), cand_rows(i, o))[0].mean() for o in range(4)]) for i in range(12)]
     )
     assert s.token_kl_mean == pytest.approx(expected, rel=1e-4)
 
@@ -219,7 +219,7 @@ def test_nan_logits_stop_with_a_clear_error_and_keep_finished_passes(
 def exact_token_kl(base_seed: int, cand_seed: int, shift: float) -> float:
     base_rows, cand_rows = rows_for(base_seed), rows_for(cand_seed, shift=shift)
     return float(
-        np.mean([np.mean([kl_full(base_rows(i, o), cand_rows(i, o)).mean() for o in range(4)]) for i in range(12)])
+        np.mean([np.mean([kl_exact(base_rows(i, o), cand_rows(i, o))[0].mean() for o in range(4)]) for i in range(12)])
     )
 
 
@@ -235,7 +235,7 @@ def test_top_k_rows_give_top_k_approximate_token_kl(
     approx = result.summary["mock:cand"]["planets"].token_kl_mean
     exact = exact_token_kl(0, 1, 0.5)
     assert approx is not None and 0.2 * exact < approx <= exact + 1e-6
-    assert result.run.candidates[0].details["token_kl"] == "top-k approximate"
+    assert result.run.candidates[0].details["token_kl"] == "top-k approximate (lower bound)"
     assert any("top-k approximate" in note for note in result.run.notes)
     from rich.console import Console
 
@@ -243,7 +243,7 @@ def test_top_k_rows_give_top_k_approximate_token_kl(
 
     console = Console(record=True, width=200)
     print_run(load_run(tmp_path / "r"), console)
-    assert "mock:cand  vs  mock:base  · token KL top-k approximate" in console.export_text()
+    assert "mock:cand  vs  mock:base  · token KL top-k approximate (lower bound)" in console.export_text()
 
 
 def test_top_k_with_every_token_named_is_exact(scripts, mc_file: Path, tmp_path: Path) -> None:
@@ -287,3 +287,34 @@ def test_tiny_llama_capabilities_generation_and_context_check(tiny_llama: Path, 
     check_backend(backend, [ScoreRequest("", "Question: Paris?\nAnswer:", (" France",))])
     with pytest.raises(FlipscopeError, match="over the model's 512-token context"):
         check_backend(backend, [ScoreRequest("", "Mars Venus " * 400, (" France",))])
+
+
+def test_a_store_without_tail_samples_is_labelled_a_lower_bound(scripts, mc_file: Path, tmp_path: Path) -> None:
+    scripts["base"] = Script(answers({}), rows_for(0), vocab=V)
+    scripts["cand"] = Script(answers({}), rows_for(1, shift=0.5), vocab=V)
+    kwargs = {"tasks": [str(mc_file)], "topk": 4, "cache_dir": tmp_path / "c"}
+    bound = compare("mock:base", ["mock:cand"], tail_samples=0, out=tmp_path / "r", **kwargs)
+    sampled = compare("mock:base", ["mock:cand"], out=tmp_path / "s", **kwargs)
+    b = bound.summary["mock:cand"]["planets"].token_kl_mean
+    s = sampled.summary["mock:cand"]["planets"].token_kl_mean
+    assert b is not None and s is not None and b < s
+    assert bound.run.candidates[0].details["token_kl"] == "lower bound (top-k + rest, no tail samples)"
+    assert "token_kl" not in sampled.run.candidates[0].details
+    from rich.console import Console
+
+    from flipscope.report.table import print_run
+
+    console = Console(record=True, width=200)
+    print_run(load_run(tmp_path / "r"), console)
+    assert "· token KL lower bound (top-k + rest, no tail samples)" in console.export_text()
+
+
+def test_positions_whose_top_k_lists_share_no_token_are_counted_not_scored(
+    scripts, mc_file: Path, tmp_path: Path
+) -> None:
+    scripts["base"] = Script(answers({}), rows_for(0), vocab=V, topk=1)
+    scripts["cand"] = Script(answers({}), rows_for(1, shift=3.0), vocab=V, topk=1, tokenizer="server:x")
+    result = compare("mock:base", ["mock:cand"], tasks=[str(mc_file)], topk=V, out=tmp_path / "r",
+                     cache_dir=tmp_path / "c")  # fmt: skip
+    notes = [n for n in result.run.notes if "share no token" in n]
+    assert len(notes) == 1 and "left out of token KL (not scored 0)" in notes[0]

@@ -7,7 +7,7 @@ import pytest
 from scipy.special import log_softmax
 from scipy.stats import entropy
 
-from flipscope.metrics.token_kl import compress_topk, kl_full
+from flipscope.metrics.kl import compress, kl_exact
 from flipscope.metrics.topk_kl import compact_pieces, full_pieces, kl_shared, topk_compact, unique_pieces
 
 
@@ -32,13 +32,16 @@ def test_kl_shared_is_the_kl_of_the_coarse_grained_distributions() -> None:
 
 def test_topk_kl_is_a_lower_bound_and_exact_at_the_full_vocabulary() -> None:
     base, cand = rows(2), rows(3)
-    exact = kl_full(base, cand)  # [T]
+    exact = kl_exact(base, cand)[0]  # [T]
     for k in (1, 5, 20):
         top_b, top_c = np.argsort(-base, -1)[:, :k], np.argsort(-cand, -1)[:, :k]
         approx = [
             kl_shared(as_text(b, ib), as_text(c, ic)) for b, c, ib, ic in zip(base, cand, top_b, top_c, strict=True)
         ]
-        assert all(a <= e + 1e-6 for a, e in zip(approx, exact, strict=True))
+        assert all(a is None or a <= e + 1e-6 for a, e in zip(approx, exact, strict=True))
+        if k == 1:  # different top tokens share nothing: no number, never a silent 0
+            disjoint = top_b[:, 0] != top_c[:, 0]
+            assert disjoint.any() and [a is None for a in approx] == disjoint.tolist()
     everything = np.arange(base.shape[1])
     full = [kl_shared(as_text(b, everything), as_text(c, everything)) for b, c in zip(base, cand, strict=True)]
     np.testing.assert_allclose(full, exact, rtol=1e-4, atol=1e-6)
@@ -48,7 +51,7 @@ def test_a_stored_baseline_against_a_full_candidate_by_text() -> None:
     """Baseline compact rows (ids) → text; the candidate's full rows looked up by text through its own table."""
     base, cand = rows(4), rows(5)
     pieces = [f"t{i}" for i in range(base.shape[1])]
-    named = compact_pieces(compress_topk(base, 8), pieces)
+    named = compact_pieces(compress(base, 8), pieces)
     looked_up = full_pieces(cand, named, unique_pieces(pieces))
     top = np.argsort(-base, -1)[:, :8]
     for row, ids, want in zip(cand, top, looked_up, strict=True):
@@ -57,7 +60,7 @@ def test_a_stored_baseline_against_a_full_candidate_by_text() -> None:
 
 def test_texts_that_name_several_tokens_or_broken_bytes_are_left_out() -> None:
     assert unique_pieces(["a", " b", "a", "", "c\ufffd", "d"]) == {" b": 1, "d": 5}
-    base = compress_topk(np.log(np.array([[0.5, 0.3, 0.1, 0.1]], np.float32)), 4)
+    base = compress(np.log(np.array([[0.5, 0.3, 0.1, 0.1]], np.float32)), 4)
     assert compact_pieces(base, ["x", "y", "x", "z"]) == [
         {"y": pytest.approx(np.log(0.3)), "z": pytest.approx(np.log(0.1))}
     ]
@@ -71,6 +74,6 @@ def test_server_rows_as_compact_rows_share_one_text_table() -> None:
     assert first.ids.tolist() == [[0, 1], [2, -1]] and second.ids.tolist() == [[1, 3, 0]]  # by descending log-prob
     assert first.logprobs[1, 1] == -np.inf
     mass = np.exp(-0.1) + np.exp(-2.5)
-    assert float(first.tail[0]) == pytest.approx(np.log(1 - mass), rel=1e-5)
+    assert float(first.rest[0]) == pytest.approx(np.log(1 - mass), rel=1e-5)
     table = list(index)
     assert compact_pieces(first, table)[1] == {" c": pytest.approx(-0.7)}

@@ -16,7 +16,7 @@ from flipscope._cache import cache_root, content_hash
 from flipscope.display import Display, NullDisplay
 from flipscope.errors import FlipscopeError
 from flipscope.metrics import ItemScore, TaskSummary, summarize_run
-from flipscope.metrics.token_kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
+from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
 from flipscope.models import Backend, LoadOptions, ModelSpec, fingerprint, load_backend, parse_models
 from flipscope.models.registry import same_weights
 from flipscope.store import (
@@ -35,7 +35,7 @@ from flipscope.tasks import PromptFormat, ScoreRequest, TaskData, build_requests
 log = logging.getLogger(__name__)
 
 #: Bumped whenever scoring changes what a cached pass would contain.
-SCORING_VERSION = 4
+SCORING_VERSION = 5
 
 
 @dataclass
@@ -89,7 +89,7 @@ class _Runner:
         tasks: list[_TaskWork],
         baseline: dict[str, PassResult] | None,
     ) -> tuple[ModelEntry, dict[str, PassResult]]:
-        from flipscope._passes import TOPK_APPROXIMATE, run_pass
+        from flipscope._passes import TOPK_APPROXIMATE, TOPK_BOUND, run_pass
 
         weights = fingerprint(spec)
         entry = ModelEntry(spec=spec.label(), role=role, fingerprint=weights)
@@ -137,13 +137,22 @@ class _Runner:
                 entry.passes[task.name] = key
                 entry.tokenizer_fingerprint = results[task.name].tokenizer
                 entry.details = dict(results[task.name].model.get("details", {}))
-                if results[task.name].model.get("token_kl") == TOPK_APPROXIMATE:
+                measured = results[task.name].model
+                if measured.get("token_kl") == TOPK_APPROXIMATE:
                     entry.details["token_kl"] = TOPK_APPROXIMATE
                     self._note(
                         f"{spec.label()}: token KL is {TOPK_APPROXIMATE} — over the tokens that both the baseline's "
                         "and the candidate's top-k name (matched by text) plus one rest bucket; a lower bound of the "
                         "full-vocabulary KL"
                     )
+                    unshared, positions = measured.get("token_kl_unshared", (0, 0))
+                    if unshared:
+                        self._note(
+                            f"{spec.label()} on {task.name}: at {unshared} of {positions} answer-token positions the "
+                            "two top-k lists share no token; those positions are left out of token KL (not scored 0)"
+                        )
+                elif measured.get("token_kl") == "exact" and self.settings.tail_samples == 0:
+                    entry.details["token_kl"] = TOPK_BOUND
         finally:
             if backend is not None:
                 backend.close()

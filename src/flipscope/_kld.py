@@ -20,7 +20,15 @@ from flipscope.metrics.corpus_stats import CorpusSummary, summarize_corpus
 from flipscope.models import LoadOptions, ModelSpec, fingerprint, load_backend, parse_models
 from flipscope.models._base import CorpusBackend
 from flipscope.store.baseline_rows import BaselineStore, StoreHeader, llama_cpp_bytes_per_position
-from flipscope.store.kld_run import POSITION_COLUMNS, Divergent, KLDRunFile, KLDSettings, WindowStats, write_kld_run
+from flipscope.store.kld_run import (
+    POSITION_COLUMNS,
+    Divergent,
+    KLDRunFile,
+    KLDSettings,
+    WindowStats,
+    kl_kinds,
+    write_kld_run,
+)
 from flipscope.tasks.corpus import Window, load_corpus, make_windows
 
 log = logging.getLogger(__name__)
@@ -31,7 +39,7 @@ STORES = ("compact", "exact", "live")
 DEFAULT_KLD_TOPK = 64
 DEFAULT_KLD_TAIL_SAMPLES = 64
 #: Bumped whenever what a stored baseline holds changes.
-STORE_VERSION = 1
+STORE_VERSION = 2
 
 
 @dataclass
@@ -220,7 +228,7 @@ def _build_store(
 ) -> BaselineStore:
     import torch
 
-    from flipscope.metrics.corpus_kl import top_k
+    from flipscope.metrics.kl import compress
 
     header = StoreHeader(
         kind=kind,
@@ -241,7 +249,7 @@ def _build_store(
         for group in _batches(plan.windows, batch):
             for logprobs, targets in backend.corpus_logprobs(group, rows=rows):
                 logp = logprobs.gather(-1, targets[:, None])[:, 0]
-                compact = top_k(logprobs, topk, tail_samples, generator) if kind == "compact" else None
+                compact = compress(logprobs, topk, tail_samples, generator=generator) if kind == "compact" else None
                 store.write(at, logprobs, logp, compact)
                 at += logprobs.shape[0]
             advance(len(group))
@@ -357,6 +365,7 @@ def _finish(
         tail_samples=tail_samples if store == "compact" else None,
         device=options.device,
         dtype=options.dtype,
+        **dict(zip(("kl_forward", "kl_reverse"), kl_kinds(store, tail_samples), strict=True)),
     )
     store_info: dict[str, Any] = {
         "kind": store,
@@ -377,10 +386,19 @@ def _finish(
         per_window={label: _window_stats(cols) for label, cols in positions.items()},
         most_divergent=divergent,
         versions=versions,
-        notes=["compact store: KL over top-k ∪ {rest}, a lower bound (reverse KL too)"]
-        if store == "compact" and not tail_samples
-        else [],
+        notes=_store_notes(store, tail_samples),
     )
     target = Path(out) if out else Path("runs") / ("kld-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     write_kld_run(target, run, positions)
     return KLDResult(run, target, positions)
+
+
+def _store_notes(store: str, tail_samples: int) -> list[str]:
+    if store != "compact":
+        return []
+    if not tail_samples:
+        return ["compact store without tail samples: KL(B‖C) and KL(C‖B) are over top-k ∪ {rest}, lower bounds"]
+    return [
+        "compact store: KL(B‖C) is an unbiased estimate (top-k and rest exact, the tail from its samples); "
+        "KL(C‖B) is over top-k ∪ {rest} only, a lower bound"
+    ]

@@ -15,7 +15,7 @@ import numpy as np
 
 from flipscope.errors import FlipscopeError
 from flipscope.metrics import ItemScore
-from flipscope.metrics.token_kl import CompactRows, compress_topk, concat_rows, kl_compact
+from flipscope.metrics.kl import CompactRows, compress, concat_rows, kl_compact
 from flipscope.metrics.topk_kl import compact_pieces, full_pieces, kl_shared, topk_compact, unique_pieces
 from flipscope.models import Backend
 from flipscope.models._base import TopKRows
@@ -25,7 +25,9 @@ from flipscope.tasks import ScoreRequest, TaskData
 log = logging.getLogger(__name__)
 
 #: How a pass's token KL is labelled when a side gave only top-k rows.
-TOPK_APPROXIMATE = "top-k approximate"
+TOPK_APPROXIMATE = "top-k approximate (lower bound)"
+#: How it is labelled where the baseline was stored without tail samples (``--tail-samples 0``).
+TOPK_BOUND = "lower bound (top-k + rest, no tail samples)"
 
 
 class TopKRecorder:
@@ -45,7 +47,7 @@ class TopKRecorder:
             self.parts[(request, option)] = topk_compact(rows.tokens, self.named)
             return
         # [T, V] → [T, k] head + [T, m] tail samples, seeded by position so any scoring order gives the same draws
-        self.parts[(request, option)] = compress_topk(rows, self.k, self.samples, seed=[request, option])
+        self.parts[(request, option)] = compress(rows, self.k, self.samples, seed=_seed(request, option))
 
     def result(self) -> ReferenceRows | None:
         """Rows laid out in (request, option) order, whatever order the backend scored them in."""
@@ -61,13 +63,18 @@ class TopKRecorder:
         return ReferenceRows(concat_rows(ordered), np.stack([ends - lengths, ends], axis=1), self.kind, pieces)
 
 
+def _seed(request: int, option: int) -> int:
+    """The tail draws' seed of one (request, option): the same whatever order the backend scores them in."""
+    return request * 1024 + option
+
+
 def _widen(part: CompactRows, width: int) -> CompactRows:
     pad = width - part.ids.shape[1]
     if pad == 0:
         return part
     ids = np.pad(part.ids, ((0, 0), (0, pad)), constant_values=-1)
     values = np.pad(part.logprobs, ((0, 0), (0, pad)), constant_values=-np.inf)
-    return CompactRows(ids, values, part.tail, part.sample_ids, part.sample_logprobs)
+    return CompactRows(ids, values, part.rest, part.sample_ids, part.sample_logprobs)
 
 
 class KLMeter:
@@ -85,6 +92,8 @@ class KLMeter:
         self.base_table = unique_pieces(reference.pieces) if reference.pieces is not None and not exact else None
         self.per_item: dict[int, list[float]] = defaultdict(list)
         self.mismatched: set[int] = set()
+        self.positions = 0  # top-k approximate: answer-token positions compared,
+        self.unshared = 0  # and those where the two top-k lists share no token (left out, counted)
 
     def __call__(self, request: int, option: int, rows: np.ndarray | TopKRows) -> None:
         ref = self.reference.option(self.offsets[request] + option)
@@ -92,7 +101,7 @@ class KLMeter:
             self.mismatched.add(request)  # the options tokenised differently: no per-token comparison
             return
         if self.exact and not isinstance(rows, TopKRows):
-            self.per_item[request].append(float(np.mean(kl_compact(ref, rows))))
+            self.per_item[request].append(float(np.mean(kl_compact(ref, rows).forward)))
             return
         assert self.reference.pieces is not None
         base = compact_pieces(ref, self.reference.pieces, self.base_table)  # T mappings text → log p_B
@@ -103,7 +112,14 @@ class KLMeter:
         else:
             self.mismatched.add(request)
             return
-        self.per_item[request].append(float(np.mean([kl_shared(b, c) for b, c in zip(base, cand, strict=True)])))
+        values = [kl_shared(b, c) for b, c in zip(base, cand, strict=True)]
+        scored = [v for v in values if v is not None]
+        self.positions += len(values)
+        self.unshared += len(values) - len(scored)
+        if not scored:
+            self.mismatched.add(request)  # no position shares a token: nothing to measure for this item
+            return
+        self.per_item[request].append(float(np.mean(scored)))
 
     def item_kl(self, request: int, n_options: int) -> float | None:
         values = self.per_item.get(request, [])
@@ -175,6 +191,8 @@ def run_pass(
         "details": backend.info.details,
         "token_kl": None if meter is None else "exact" if exact else TOPK_APPROXIMATE,
     }
+    if meter is not None and not exact:
+        model["token_kl_unshared"] = [meter.unshared, meter.positions]
     if meter is not None and meter.mismatched:
         log.warning(
             "%s: %d items tokenised differently from the baseline; no token KL for them",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from flipscope.metrics.token_kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
+from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
 
 
 @click.command("compare")

@@ -7,7 +7,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from flipscope.metrics._records import Pair
+from flipscope.metrics.kl import kl_exact
 
 Z95 = 1.959963984540054
 #: Edges of the baseline top-margin buckets: [0, .1), [.1, .25), [.25, .5), [.5, 1].
@@ -71,9 +74,12 @@ def log_softmax(logprobs: Sequence[float]) -> list[float]:
 
 
 def choice_kl(baseline: Sequence[float], candidate: Sequence[float]) -> float:
-    """KL(B‖C) between the softmaxes over the per-choice log-likelihoods."""
-    lb, lc = log_softmax(baseline), log_softmax(candidate)
-    return max(0.0, sum(math.exp(b) * (b - c) for b, c in zip(lb, lc, strict=True)))
+    """KL(B‖C) between the softmaxes over the per-choice log-likelihoods (``metrics.kl``'s exact form: non-negative
+    terms, −inf handled, a NaN log-likelihood gives NaN)."""
+    lb, lc = np.array(baseline, np.float64), np.array(candidate, np.float64)  # [options]
+    if len(lb) != len(lc):
+        raise ValueError(f"choice_kl: {len(lb)} baseline vs {len(lc)} candidate options")
+    return float(kl_exact(lb[None], lc[None])[0][0])
 
 
 def top_margin(logprobs: Sequence[float]) -> float:

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from flipscope.metrics.token_kl import CompactRows, log1mexp, logsumexp
+from flipscope.metrics.kl import CompactRows, kl_terms, log1mexp, logsumexp
 
 #: Keeps a rest bucket's log-mass finite where rounding puts the named tokens' mass at or above 1.
 _MAX_HEAD_LOGMASS = -1e-12
@@ -31,17 +31,17 @@ def unique_pieces(pieces: Sequence[str]) -> dict[str, int]:
     return {p: i for i, p in enumerate(pieces) if p and "\ufffd" not in p and counts[p] == 1}
 
 
-def kl_shared(base: Mapping[str, float], cand: Mapping[str, float]) -> float:
-    """KL(B‖C) over the tokens both name + one rest bucket (see the module docstring); 0 if they share none."""
+def kl_shared(base: Mapping[str, float], cand: Mapping[str, float]) -> float | None:
+    """KL(B‖C) over the tokens both name + one rest bucket (see the module docstring); None where the two lists
+    share no token (nothing to compare: the caller counts such positions, it never scores them 0)."""
     shared = [t for t in base if t in cand and np.isfinite(base[t]) and np.isfinite(cand[t])]
     if not shared:
-        return 0.0
+        return None
     lb = np.array([base[t] for t in shared], np.float64)  # [S]
     lc = np.array([cand[t] for t in shared], np.float64)  # [S]
-    head = float(np.sum(np.exp(lb) * (lb - lc)))
-    rest_b = float(log1mexp(np.minimum(logsumexp(lb), _MAX_HEAD_LOGMASS)))
-    rest_c = float(log1mexp(np.minimum(logsumexp(lc), _MAX_HEAD_LOGMASS)))
-    return max(head + float(np.exp(rest_b)) * (rest_b - rest_c), 0.0)
+    rest_b = log1mexp(np.minimum(logsumexp(lb), _MAX_HEAD_LOGMASS))
+    rest_c = log1mexp(np.minimum(logsumexp(lc), _MAX_HEAD_LOGMASS))
+    return float(np.sum(kl_terms(lb, lc)) + kl_terms(rest_b, rest_c))
 
 
 def compact_pieces(
@@ -80,6 +80,6 @@ def topk_compact(tokens: Sequence[Mapping[str, float]], index: dict[str, int]) -
             ids[row, col] = index.setdefault(text, len(index))
             values[row, col] = value
     head = values.astype(np.float64)  # padding is already −inf
-    tail = log1mexp(np.minimum(logsumexp(head, axis=-1), _MAX_HEAD_LOGMASS)) if k else np.zeros(len(tokens))
+    tail = log1mexp(np.minimum(logsumexp(head), _MAX_HEAD_LOGMASS)) if k else np.zeros(len(tokens))
     empty = np.zeros((len(tokens), 0))
     return CompactRows(ids, values, tail.astype(np.float32), empty.astype(np.int32), empty.astype(np.float32))

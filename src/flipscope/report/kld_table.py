@@ -9,7 +9,7 @@ from rich.table import Table
 
 from flipscope.metrics.corpus_stats import CorpusSummary, summarize_corpus
 from flipscope.report._format import num
-from flipscope.store.kld_run import POSITION_COLUMNS, KLDRunFile, read_kld_run
+from flipscope.store.kld_run import POSITION_COLUMNS, KLDRunFile, KLDSettings, read_kld_run
 
 OVERVIEW = (
     "candidate",
@@ -45,8 +45,9 @@ def overview(run: KLDRunFile) -> Table:
         f"{s.positions} positions · store {s.store}"
     )
     table = Table(title=title, title_justify="left", header_style="bold")
+    marked = {"KL mean": _bound("KL mean", s.kl_forward), "rev KL": _bound("rev KL", s.kl_reverse)}
     for name in OVERVIEW:
-        table.add_column(name, justify="left" if name == "candidate" else "right")
+        table.add_column(marked.get(name, name), justify="left" if name == "candidate" else "right")
     for label, x in run.summary.items():
         table.add_row(
             label,
@@ -63,7 +64,11 @@ def overview(run: KLDRunFile) -> Table:
     return table
 
 
-def details(label: str, x: CorpusSummary) -> Table:
+def _bound(name: str, kind: str) -> str:
+    return f"{name} (lower bound)" if kind == "lower bound" else name
+
+
+def details(label: str, x: CorpusSummary, settings: KLDSettings) -> Table:
     """llama.cpp's statistics block for one candidate, and what goes beyond it."""
     table = Table(title=label, title_justify="left", show_header=False, box=None, padding=(0, 2))
     table.add_column(justify="left")
@@ -72,10 +77,13 @@ def details(label: str, x: CorpusSummary) -> Table:
         ("PPL(C) / PPL(B)", _pm(x.ppl_ratio.value, x.ppl_ratio.err)),
         ("PPL(C) − PPL(B)", _pm(x.ppl_diff.value, x.ppl_diff.err)),
         ("Cor(ln PPL(B), ln PPL(C))", num(x.ln_ppl_correlation)),
-        ("KL(B‖C) mean ± err, σ", f"{_pm(x.kl_mean.value, x.kl_mean.err, 6)}, σ {num(x.kl_std, 6)}"),
+        (
+            _bound("KL(B‖C) mean ± err, σ", settings.kl_forward),
+            f"{_pm(x.kl_mean.value, x.kl_mean.err, 6)}, σ {num(x.kl_std, 6)}",
+        ),
         ("KL max / min", f"{num(x.kl_max, 6)} / {num(x.kl_min, 6)}"),
         ("KL percentiles", "  ".join(f"{p}%: {num(v, 5)}" for p, v in x.kl_percentiles.items())),
-        ("KL(C‖B) mean", _pm(x.kl_reverse_mean.value, x.kl_reverse_mean.err, 6)),
+        (_bound("KL(C‖B) mean", settings.kl_reverse), _pm(x.kl_reverse_mean.value, x.kl_reverse_mean.err, 6)),
         (
             "Δp mean, RMS",
             f"{x.dp_mean.value * 100:+.3f}% ± {x.dp_mean.err * 100:.3f}%, RMS {x.dp_rms.value * 100:.3f}%",
@@ -96,7 +104,7 @@ def details(label: str, x: CorpusSummary) -> Table:
 def render_kld_run(run: KLDRunFile) -> Group:
     parts: list[object] = [overview(run)]
     for label, x in run.summary.items():
-        parts.append(details(label, x))
+        parts.append(details(label, x, run.settings))
         top = run.most_divergent.get(label, [])[:3]
         for d in top:
             parts.append(f"  KL {d.kl:.3f} at window {d.window} pos {d.position}: …{d.context!r} → {d.token!r}")

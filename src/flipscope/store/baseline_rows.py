@@ -26,7 +26,7 @@ from flipscope.errors import FlipscopeError
 if TYPE_CHECKING:
     import torch
 
-    from flipscope.metrics.corpus_kl import TopK
+    from flipscope.metrics.kl import CompactRows
 
 INT16_RANGE = 40.0
 _CODES = 65535
@@ -127,7 +127,7 @@ class BaselineStore:
                 fix="use the same --corpus, or let flipscope recompute the baseline",
             )
 
-    def write(self, start: int, rows: torch.Tensor, logp: torch.Tensor, topk: TopK | None) -> None:
+    def write(self, start: int, rows: torch.Tensor, logp: torch.Tensor, topk: CompactRows | None) -> None:
         """rows: [n, V] log-probs of positions start … start+n-1; logp: [n] of the true next tokens."""
         end = start + rows.shape[0]
         self.arrays["logp"][start:end] = logp.cpu().numpy()
@@ -150,11 +150,11 @@ class BaselineStore:
         self.header = StoreHeader(**{**asdict(self.header), "complete": True})
         _write_header(self.folder, self.header)
 
-    def read(self, start: int, end: int) -> tuple[torch.Tensor | None, TopK | None, torch.Tensor]:
-        """(rows [n, V] float32 or None, TopK or None, logp [n]) for positions start … end-1."""
+    def read(self, start: int, end: int) -> tuple[torch.Tensor | None, CompactRows | None, torch.Tensor]:
+        """(rows [n, V] float32 or None, CompactRows or None, logp [n]) for positions start … end-1."""
         import torch
 
-        from flipscope.metrics.corpus_kl import TopK
+        from flipscope.metrics.kl import CompactRows
 
         logp = torch.from_numpy(np.array(self.arrays["logp"][start:end]))
         if self.header.kind == "exact":
@@ -168,7 +168,7 @@ class BaselineStore:
             return torch.log_softmax(rows, dim=-1), None, logp
         parts = {n: torch.from_numpy(np.array(self.arrays[n][start:end])) for n in ("ids", "logprobs", "rest")}
         samples = {n: torch.from_numpy(np.array(self.arrays[n][start:end])) for n in ("sample_ids", "sample_logprobs")}
-        topk = TopK(
+        topk = CompactRows(
             parts["ids"].long(),
             parts["logprobs"],
             parts["rest"],

@@ -30,6 +30,17 @@ class KLDSettings(BaseModel):
     tail_samples: int | None = None
     device: str
     dtype: str
+    #: How the numbers were obtained: KL(B‖C) "exact" | "unbiased estimate" | "lower bound"; KL(C‖B) "exact" |
+    #: "lower bound" (a compact store holds no sample of the candidate's tail).
+    kl_forward: str = "exact"
+    kl_reverse: str = "exact"
+
+
+def kl_kinds(store: str, tail_samples: int) -> tuple[str, str]:
+    """(forward, reverse) kinds of KL that a baseline store gives."""
+    if store != "compact":
+        return "exact", "exact"
+    return ("unbiased estimate" if tail_samples else "lower bound"), "lower bound"
 
 
 class WindowStats(BaseModel):

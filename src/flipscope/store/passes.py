@@ -18,9 +18,9 @@ from typing import Any, Literal
 import numpy as np
 
 from flipscope.metrics import ItemScore
-from flipscope.metrics.token_kl import CompactRows
+from flipscope.metrics.kl import CompactRows
 
-ROW_FIELDS = ("ids", "logprobs", "tail", "sample_ids", "sample_logprobs")
+ROW_FIELDS = ("ids", "logprobs", "rest", "sample_ids", "sample_logprobs")
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class ReferenceRows:
 
     @property
     def mean_tail_mass(self) -> float:
-        return float(np.mean(np.exp(self.rows.tail.astype(np.float64)))) if len(self.rows) else 0.0
+        return float(np.mean(np.exp(self.rows.rest.astype(np.float64)))) if len(self.rows) else 0.0
 
 
 @dataclass
