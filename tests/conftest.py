@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,31 @@ import pytest
 from flipscope.models import ModelInfo, ModelSpec, OptionScores, RowSink, Source, register_source
 from flipscope.models._base import Capabilities, TopKRows
 from flipscope.tasks import ScoreRequest
+
+# --- hermetic caches -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def e2e_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the session's end-to-end tests (the bundled model is fetched and converted once per session):
+    $FLIPSCOPE_TEST_CACHE where set (CI keeps one between runs), else a temporary folder — never the user's."""
+    folder = os.environ.get("FLIPSCOPE_TEST_CACHE")
+    return Path(folder) if folder else tmp_path_factory.mktemp("e2e-cache")
+
+
+@pytest.fixture(autouse=True)
+def _hermetic(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Every test gets its own cache; outside the e2e tier downloads fail (FLIPSCOPE_NO_DOWNLOAD), so a test that
+    would fetch anything fails instead of touching the network; the hub is off for every test."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if request.node.get_closest_marker("e2e"):
+        monkeypatch.setenv("FLIPSCOPE_CACHE", str(request.getfixturevalue("e2e_cache")))
+        monkeypatch.delenv("FLIPSCOPE_NO_DOWNLOAD", raising=False)
+    else:
+        monkeypatch.setenv("FLIPSCOPE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        monkeypatch.setenv("FLIPSCOPE_NO_DOWNLOAD", "1")
+
 
 CORPUS = [
     "The capital of France is Paris. The capital of Italy is Rome.",

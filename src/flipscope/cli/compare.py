@@ -15,7 +15,8 @@ from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
     "-t",
     default="mmlu",
     show_default=True,
-    help="Comma-separated: mmlu, mmlu:<subject>, or a .jsonl/.csv/.parquet file.",
+    help="Comma-separated tasks: mmlu, mmlu:<subject>[,<subject>…], or a .jsonl/.csv/.parquet file "
+    "(e.g. mmlu:anatomy,astronomy,my_questions.jsonl).",
 )
 @click.option(
     "--limit",
@@ -93,12 +94,13 @@ def compare_cmd(
     from flipscope import compare
     from flipscope.display import RichDisplay
     from flipscope.report import print_run
+    from flipscope.tasks import split_tasks
 
     display = RichDisplay()
     result = compare(
         baseline,
         list(candidates),
-        tasks=[t for t in tasks.split(",") if t.strip()] if tasks else [],
+        tasks=split_tasks(tasks),
         limit=limit,
         fewshot=fewshot,
         format=fmt,

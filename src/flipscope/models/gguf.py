@@ -79,7 +79,7 @@ class GGUFBackend:
             config = steps[0]
             assert isinstance(config, GGMLConfig)
             path = quantized(path, config.qtype, requantize=config.requantize)
-        gpu = options.device.startswith("cuda") or (options.device == "auto" and _has_cuda())
+        gpu = options.resolved().device.startswith("cuda")
         with _extra_buffer_types(llama_cpp, enabled=_extra_buffers_safe()):
             llm = llama_cpp.Llama(
                 model_path=str(path),
@@ -218,12 +218,3 @@ def _extra_buffer_types(llama_cpp: Any, *, enabled: bool) -> Iterator[None]:
         yield
     finally:
         bindings.llama_model_default_params = original
-
-
-def _has_cuda() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except ImportError:
-        return False

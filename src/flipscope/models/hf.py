@@ -89,14 +89,6 @@ def checkpoint_quantization(location: str) -> str | None:
     return method
 
 
-def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class HFBackend:
     def __init__(self, model: Any, tokenizer: Any, info: ModelInfo, device: str) -> None:
         self.model = model
@@ -116,7 +108,7 @@ class HFBackend:
         dtype = getattr(torch, options.dtype, None)
         if not isinstance(dtype, torch.dtype):
             raise FlipscopeError(f"unknown dtype {options.dtype!r}", fix="use float32, bfloat16 or float16")
-        device = _device(options.device)
+        device = options.resolved().device
         at_load = spec.compression[0] if spec.compression and spec.compression[0].at_load else None
         extra = at_load.load_kwargs(device) if at_load else {}
         checkpoint = checkpoint_quantization(location)

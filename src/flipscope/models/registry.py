@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +14,22 @@ from flipscope.errors import FlipscopeError
 from flipscope.models._base import Backend
 from flipscope.models.spec import ModelSpec
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class LoadOptions:
     device: str = "auto"
     dtype: str = "float32"
+
+    def resolved(self) -> LoadOptions:
+        """The device actually used: ``auto`` → cuda where torch sees a GPU, else cpu. Cache keys hold this, so
+        results computed on one device are never reused for a run on another."""
+        if self.device != "auto":
+            return self
+        import torch
+
+        return LoadOptions("cuda" if torch.cuda.is_available() else "cpu", self.dtype)
 
 
 @dataclass(frozen=True)
@@ -87,21 +99,50 @@ def load_backend(spec: ModelSpec, options: LoadOptions | None = None) -> Backend
     return SOURCES[spec.source].load(spec, options or LoadOptions())
 
 
-def _hf_fingerprint(location: str) -> dict[str, Any]:
+def _hf_folder(location: str) -> Path | None:
+    """The local folder an ``hf:`` location names, or None for a hub id; an error for a missing local path."""
     path = Path(location).expanduser()
-    if not path.is_dir():
-        if location.startswith((".", "/", "~")) or location.count("/") > 1 or path.exists():
-            raise FlipscopeError(
-                f"model folder {location} does not exist or is not a folder",
-                fix="give a folder with config.json and weights, or a hub id like org/name",
-            )
-        return {"hub": location}
+    if path.is_dir():
+        return path
+    if location.startswith((".", "/", "~")) or location.count("/") > 1 or path.exists():
+        raise FlipscopeError(
+            f"model folder {location} does not exist or is not a folder",
+            fix="give a folder with config.json and weights, or a hub id like org/name",
+        )
+    return None
+
+
+def hub_revision(repo: str) -> str:
+    """The commit a hub id resolves to now (asked of the hub, else the local hub cache's snapshot): cached results
+    are keyed by it, so a model updated on the hub is never matched with results of its earlier weights."""
+    import huggingface_hub
+
+    try:
+        sha = huggingface_hub.model_info(repo).sha
+        if sha:
+            return str(sha)
+    except Exception as exc:  # offline, private, or unknown: fall back to what the local hub cache holds
+        log.info("hub revision of %s not resolved online (%s); trying the local hub cache", repo, exc)
+    try:
+        return Path(huggingface_hub.snapshot_download(repo, local_files_only=True)).name
+    except Exception as exc:
+        raise FlipscopeError(
+            f"hf:{repo}: cannot resolve which revision of this hub model to use ({exc})",
+            fix="check the network / HF_ENDPOINT / HF_TOKEN, or give a local folder as hf:/path/to/model",
+        ) from exc
+
+
+def _hf_fingerprint(location: str) -> dict[str, Any]:
+    path = _hf_folder(location)
+    if path is None:
+        return {"hub": location, "revision": hub_revision(location)}
     files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json", ".gguf"))
     return {"files": {p.name: file_sha256(p) for p in files}}
 
 
 def read_config(location: str) -> dict[str, Any] | None:
-    path = Path(location).expanduser() / "config.json"
+    folder = _hf_folder(location)
+    path = (folder or Path(location)) / "config.json"
     if path.is_file():
         try:
             loaded = json.loads(path.read_text())

