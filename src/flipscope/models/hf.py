@@ -39,9 +39,22 @@ def tokenizer_pieces(tokenizer: Any, size: int) -> list[str]:
 
 
 def bos_prefix(tokenizer: Any) -> list[int]:
-    """[BOS id] where the tokenizer starts every input with it, else []."""
-    bos = tokenizer.bos_token_id
-    return [bos] if bos is not None and getattr(tokenizer, "add_bos_token", False) else []
+    """[BOS id] where the tokenizer starts every input with it, else [] — the one BOS rule of every backend that
+    tokenises with transformers (the scorer, ``kld``'s corpus windows, vLLM, token counts).
+
+    Asked of the tokenizer itself, by encoding a probe text with and without special tokens: a tokenizer adds BOS
+    through ``add_bos_token`` or through its post-processor alone (the Llama-3 family), and only the encoding shows
+    both. Contexts and continuations are then encoded without special tokens, the BOS id placed once at the start
+    of each context (what the model saw in training and what lm-eval and servers give it)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return []
+    try:
+        with_special = list(tokenizer.encode("x", add_special_tokens=True))
+        without = list(tokenizer.encode("x", add_special_tokens=False))
+    except TypeError:  # a tokenizer without special tokens at all
+        return []
+    return [int(bos)] if with_special[:1] == [bos] and without[:1] != [bos] else []
 
 
 def max_context(config: Any) -> int | None:
@@ -229,9 +242,8 @@ class HFBackend:
 
     def encode_corpus(self, text: str) -> tuple[list[int], int | None]:
         ids = list(self.tokenizer.encode(text, add_special_tokens=False))
-        probe = self.tokenizer("x").input_ids
-        bos = self.tokenizer.bos_token_id
-        return ids, bos if probe and probe[0] == bos else None
+        bos = bos_prefix(self.tokenizer)
+        return ids, bos[0] if bos else None
 
     def _final_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """What the model's own forward does after the head: logit scaling and soft-capping, where configured."""

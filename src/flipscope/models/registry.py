@@ -168,7 +168,8 @@ def _bundled_fingerprint(location: str) -> dict[str, Any]:
     from flipscope.models.bundled import lookup
 
     model = lookup(location)
-    return {"bundled": model.name, "package": f"{model.package}=={model.version}", "member": model.member}
+    found = {"bundled": model.name, "package": f"{model.package}=={model.version}", "member": model.member}
+    return found | ({"sha256": model.sha256} if model.sha256 else {})
 
 
 def _bundled_load(spec: ModelSpec, options: LoadOptions) -> Backend:
