@@ -66,3 +66,30 @@ def test_gguf_quant_types_mc_kld_and_generation(tmp_path: Path) -> None:
     answer = backend.generate(["What is the capital of France?"], max_tokens=12)  # type: ignore[attr-defined]
     backend.close()
     assert answer[0].strip()
+
+
+def test_gemma_adds_bos_the_same_way_in_bundled_and_gguf(tmp_path: Path) -> None:
+    """Gemma 3's tokenizer adds BOS through its post-processor only: bundled: (transformers) and gguf: (llama.cpp)
+    must both put it first — in option scoring (0 flips, near-zero KL) and in kld's windows (same ids)."""
+    import flipscope
+    from flipscope.models import load_backend, parse_spec
+
+    hf, gg = load_backend(parse_spec("bundled:gemma3-270m")), load_backend(parse_spec("gguf:gemma3-270m"))
+    text = "The planets circle the sun."
+    ids_hf, bos_hf = hf.encode_corpus(text)  # type: ignore[attr-defined]
+    ids_gg, bos_gg = gg.encode_corpus(text)  # type: ignore[attr-defined]
+    assert bos_hf == bos_gg == 2 and ids_hf == ids_gg
+    assert hf.count_tokens(text) == gg.count_tokens(text) == len(ids_hf) + 1
+    hf.close()
+    gg.close()
+    result = flipscope.compare("bundled:gemma3-270m", ["gguf:gemma3-270m"], tasks=["mmlu"], limit=12,
+                               out=tmp_path / "run", cache_dir=tmp_path / "cache")  # fmt: skip
+    s = result.summary["gguf:gemma3-270m"]["mmlu"]
+    assert s.flips == 0 and s.choice_kl_mean < 1e-3
+    assert s.token_kl_mean is not None and s.token_kl_mean < 1e-2
+    corpus = tmp_path / "text.txt"
+    corpus.write_text(text * 200)
+    kld = flipscope.kld("bundled:gemma3-270m", ["gguf:gemma3-270m"], corpus=str(corpus), ctx=64, max_windows=2,
+                        out=tmp_path / "kld", cache_dir=tmp_path / "kcache")  # fmt: skip
+    assert kld.summary["gguf:gemma3-270m"].kl_mean.value < 1e-2
+    assert kld.summary["gguf:gemma3-270m"].same_top.value > 0.9

@@ -20,8 +20,10 @@ if TYPE_CHECKING:
 
 def vocabulary_fingerprint(pieces: Iterable[tuple[str, int]]) -> str:
     """Identity of a vocabulary: its (token text, id) pairs in id order. Every backend computes it here, so that
-    two engines reading the same vocabulary (transformers and llama.cpp) agree and token KL can cross them."""
-    ordered = [list(pair) for pair in sorted(pieces, key=lambda pair: pair[1])]
+    two engines reading the same vocabulary (transformers and llama.cpp) agree and token KL can cross them.
+    SentencePiece's space mark "▁" counts as a space: transformers' GGUF reader writes Gemma 3's whitespace-run
+    tokens as "▁▁…" where llama.cpp keeps "  …", the same tokens."""
+    ordered = [[text.replace("\u2581", " "), i] for text, i in sorted(pieces, key=lambda pair: pair[1])]
     return hashlib.sha256(json.dumps(ordered, ensure_ascii=False).encode()).hexdigest()[:20]
 
 
