@@ -6,17 +6,28 @@ samples) through flipscope's own store code, and prints mean KL, relative error 
 llama.cpp's format, and whether the candidates rank the same. Run:
 
     python benchmarks/kld_stores.py --chunks 16
+    python benchmarks/kld_stores.py --candidates +rtn:w8,gguf:smollm2-135m   # an 8-bit candidate, the noise floor
+
+A candidate starting with "+" compresses the baseline; any other spec is a model of its own (gguf:smollm2-135m is the
+baseline's weights in llama.cpp: the engines' noise floor). The row "compact k=64 +64 samples, clamped (before)"
+re-states the estimator kld used before metrics/kl.py (the total clamped at 0 after adding the sampled tail term).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from flipscope.metrics.kl import CompactRows, compress, kl_compact, kl_exact
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kl_estimator_bias import before
+
 from flipscope.models import LoadOptions, load_backend, parse_spec
 from flipscope.store.baseline_rows import StoreHeader, decode_int16, encode_int16, llama_cpp_bytes_per_position
 from flipscope.tasks.corpus import load_corpus, make_windows
@@ -45,6 +56,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=16)
     parser.add_argument("--ctx", type=int, default=512)
     parser.add_argument("--tail-samples", type=int, default=64)
+    parser.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated candidate specs")
     args = parser.parse_args()
     options = LoadOptions(device="cpu")
     base = load_backend(parse_spec(args.baseline), options)
@@ -61,8 +73,10 @@ def main() -> None:
     for k in KS:
         names += [f"compact k={k}", f"compact k={k} +{args.tail_samples} samples"]
     held = {name: [hold(name, b, args.tail_samples, generator) for b in base_rows] for name in names}
-    for spec in CANDIDATES:
-        cand = load_backend(parse_spec(args.baseline + spec), options)
+    candidates = args.candidates.split(",")
+    old = f"compact k=64 +{args.tail_samples} samples, clamped (before)"
+    for spec in candidates:
+        cand = load_backend(parse_spec(args.baseline + spec if spec.startswith("+") else spec), options)
         rows = [lp for w in windows for lp, _ in cand.corpus_logprobs([w])]  # type: ignore[attr-defined]
         cand.close()
         live = torch.cat([kl_exact(b, c)[0] for b, c in zip(base_rows, rows, strict=True)])
@@ -70,6 +84,9 @@ def main() -> None:
         for name in names:
             values = torch.cat([kl_from(h, c) for h, c in zip(held[name], rows, strict=True)])
             variants.setdefault(name, []).append(float(values.mean()))
+        held64 = held[f"compact k=64 +{args.tail_samples} samples"]
+        clamped = [before(h.numpy(), c.numpy(), clamp_total=True) for h, c in zip(held64, rows, strict=True)]
+        variants.setdefault(old, []).append(float(np.concatenate(clamped).mean()))
     n = sum(r.shape[0] for r in base_rows)
     print(f"{n} positions ({args.chunks} windows of {args.ctx}), vocabulary {vocab}, {time.perf_counter() - t0:.0f} s")
     llama = llama_cpp_bytes_per_position(vocab)
@@ -83,18 +100,21 @@ def main() -> None:
         sizes[f"compact k={k} +{args.tail_samples} samples"] = StoreHeader(
             "compact", n, vocab, "", "", {}, topk=k, tail_samples=args.tail_samples
         ).bytes_per_position()
+    sizes[old] = sizes[f"compact k=64 +{args.tail_samples} samples"]
     live = np.array(variants["live"])
     rank = np.argsort(live)
     header = (
-        f"{'store':<28}" + "".join(f"{c:>12}" for c in CANDIDATES) + "  max |rel err|  bytes/pos  vs llama.cpp  ranking"
+        f"{'store':<44}"
+        + "".join(f"{c[-16:]:>17}" for c in candidates)
+        + "  max |rel err|  bytes/pos  vs llama.cpp  ranking"
     )
     print(header)
     for name, values in variants.items():
         v = np.array(values)
         rel = np.abs(v / live - 1).max()
         same = "same" if np.array_equal(np.argsort(v), rank) else "DIFFERENT"
-        cells = "".join(f"{x:>12.5f}" for x in v)
-        print(f"{name:<28}{cells}  {rel:>12.2%}  {sizes[name]:>9.0f}  {sizes[name] / llama:>10.2%}  {same}")
+        cells = "".join(f"{x:>17.4e}" for x in v)
+        print(f"{name:<44}{cells}  {rel:>12.2%}  {sizes[name]:>9.0f}  {sizes[name] / llama:>10.2%}  {same}")
     print(f"llama.cpp --kl-divergence-base: {llama} bytes/position (2·⌈V/2⌉+4 uint16)")
 
 

@@ -1,9 +1,17 @@
-"""Questions per second on multiple-choice scoring: flipscope vs lm-eval 0.4.13, side by side in one run.
+"""Multiple-choice scoring speed: flipscope vs lm-eval 0.4.13, side by side in one run, at the same boundaries.
 
-Both score the same MMLU questions with the same prompts (flipscope's cloze and letter formats, 0-shot and
-5-shot), the same model folder (the bundled SmolLM2-135M, float32, CPU). lm-eval runs `--model hf` with a local
-JSONL task whose context is exactly flipscope's prefix + prompt. Each measurement runs in its own process, so its
-peak resident memory is reported too. Model loading is excluded from both timings.
+Both score the same MMLU questions with the same prompts (flipscope's cloze and letter formats, 0-shot and 5-shot),
+the same model folder (the bundled SmolLM2-135M, float32, CPU) and the same batch size. lm-eval gets a local JSONL
+task whose context is exactly flipscope's prefix + prompt. Every measurement runs in a process of its own.
+
+- **scoring only**: the model loaded and the requests built; flipscope's ``backend.score(requests)`` against
+  lm-eval's ``HFLM.loglikelihood(instances)`` over the same (context, option) pairs.
+- **whole CLI process**: wall time from process start to exit, same items. A flipscope comparison scores two models
+  (baseline and candidate), so it is timed as ``flipscope compare hf:F hf:F' --no-cache`` (F' a hard-linked copy of
+  F) against two ``lm_eval --model hf`` processes, one per model.
+- **efficiency vs the limit**: the tokens that must be computed (each distinct shared prefix once, then each
+  question's own tokens and its options' tokens) per second of flipscope's scoring, over the bare forward-pass
+  throughput of the same model on full batches (batch × 256 random tokens, no cache, logits of one position).
 
     pip install -e ".[bench]"      # lm-eval==0.4.13
     python benchmarks/mcq_throughput.py                       # 48 questions from 4 MMLU subjects
@@ -16,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,92 +34,181 @@ from pathlib import Path
 from flipscope.metrics import first_argmax
 from flipscope.tasks import PromptFormat, build_requests, load_task
 
-
-def questions(task_name: str, limit: int, fmt: str, shots: int, seed: int) -> tuple[list, list]:
-    task = load_task(task_name, fewshot=5, limit=limit, seed=seed)  # same items for 0- and 5-shot
-    return task.items, build_requests(task, PromptFormat(fmt), shots)
+BARE_LENGTH = 256
 
 
-def run_flipscope(folder: str, task_name: str, limit: int, fmt: str, shots: int, seed: int, batch_size: int) -> dict:
+def questions(args: argparse.Namespace) -> tuple[list, list]:
+    task = load_task(args.task, fewshot=5, limit=args.limit, seed=args.seed)  # same items for 0- and 5-shot
+    return task.items, build_requests(task, PromptFormat(args.format), args.shots)
+
+
+def work_tokens(tokenizer, requests) -> int:  # type: ignore[no-untyped-def]
+    """Tokens that must run: each distinct prefix once, then each question's own tokens and its options'."""
+    n = lambda text: len(tokenizer.encode(text, add_special_tokens=False)) if text else 0  # noqa: E731
+    prefixes = {r.prefix for r in requests}
+    return sum(n(p) for p in prefixes) + sum(
+        n(r.prefix + r.prompt) - n(r.prefix) + sum(n(c) for c in r.continuations) for r in requests
+    )
+
+
+def fs_score(args: argparse.Namespace) -> dict:
     from flipscope.models import LoadOptions, parse_spec
     from flipscope.models.hf import HFBackend
 
-    items, requests = questions(task_name, limit, fmt, shots, seed)
-    backend = HFBackend.load(parse_spec(f"hf:{folder}"), folder, LoadOptions(device="cpu"))
+    items, requests = questions(args)
+    backend = HFBackend.load(
+        parse_spec(f"hf:{args.folder}"), args.folder, LoadOptions("cpu", batch_size=args.batch_size)
+    )
     start = time.perf_counter()
     scores = backend.score(requests)
     elapsed = time.perf_counter() - start
     correct = sum(first_argmax(s.logprobs) == it.answer for s, it in zip(scores, items, strict=True))
+    return {
+        "seconds": elapsed,
+        "n": len(requests),
+        "acc": correct / len(requests),
+        "tokens": work_tokens(backend.tokenizer, requests),
+    }
+
+
+def lm_score(args: argparse.Namespace) -> dict:
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    items, requests = questions(args)
+    lm = HFLM(pretrained=args.folder, batch_size=args.batch_size, device="cpu", dtype="float32")
+    pairs = [(r.prefix + r.prompt, c) for r in requests for c in r.continuations]
+    instances = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+    start = time.perf_counter()
+    out = lm.loglikelihood(instances)
+    elapsed = time.perf_counter() - start
+    at, correct = 0, 0
+    for item, request in zip(items, requests, strict=True):
+        lls = [ll for ll, _ in out[at : at + len(request.continuations)]]
+        correct += first_argmax(lls) == item.answer
+        at += len(request.continuations)
     return {"seconds": elapsed, "n": len(requests), "acc": correct / len(requests)}
 
 
-def run_lmeval(folder: str, task_name: str, limit: int, fmt: str, shots: int, seed: int, batch_size: int) -> dict:
-    import lm_eval
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
+def bare(args: argparse.Namespace) -> dict:
+    """Tokens/s of plain forward passes on full batches: the limit of any scorer of this model here."""
+    import torch
+    from transformers import AutoModelForCausalLM
 
-    items, requests = questions(task_name, limit, fmt, shots, seed)
-    workdir = Path(tempfile.mkdtemp(prefix="lmeval-task-"))
-    with (workdir / "data.jsonl").open("w") as fh:
+    model = AutoModelForCausalLM.from_pretrained(args.folder, dtype=torch.float32).eval()
+    ids = torch.randint(0, model.config.vocab_size, (args.batch_size, BARE_LENGTH))
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False, logits_to_keep=1)  # warm-up
+        start, rounds = time.perf_counter(), 4
+        for _ in range(rounds):
+            model(input_ids=ids, use_cache=False, logits_to_keep=1)
+        elapsed = time.perf_counter() - start
+    return {"tokens_per_s": rounds * ids.numel() / elapsed}
+
+
+def lm_task(folder: Path, args: argparse.Namespace) -> None:
+    items, requests = questions(args)
+    with (folder / "data.jsonl").open("w") as fh:
         for item, req in zip(items, requests, strict=True):
             row = {"context": req.prefix + req.prompt, "choices": list(req.continuations), "answer": item.answer}
             fh.write(json.dumps(row) + "\n")
-    (workdir / "task.yaml").write_text(
-        "task: flipscope_bench\n"
-        "dataset_path: json\n"
-        f"dataset_kwargs:\n  data_files:\n    test: {workdir / 'data.jsonl'}\n"
-        "test_split: test\n"
-        "output_type: multiple_choice\n"
-        'doc_to_text: "{{context}}"\n'
-        "doc_to_choice: choices\n"
-        "doc_to_target: answer\n"
-        'target_delimiter: ""\n'
-        "num_fewshot: 0\n"
-        "metric_list:\n  - metric: acc\n"
+    (folder / "task.yaml").write_text(
+        "task: flipscope_bench\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {folder / 'data.jsonl'}\n"
+        "test_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{context}}"\ndoc_to_choice: choices\ndoc_to_target: answer\ntarget_delimiter: ""\n'
+        "num_fewshot: 0\nmetric_list:\n  - metric: acc\n"
     )
-    lm = HFLM(pretrained=folder, batch_size=batch_size, device="cpu", dtype="float32")
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) of one process."""
     start = time.perf_counter()
-    out = lm_eval.simple_evaluate(
-        model=lm, tasks=["flipscope_bench"], task_manager=TaskManager(include_path=str(workdir))
-    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - start
-    acc = out["results"]["flipscope_bench"]["acc,none"] if out else float("nan")
-    return {"seconds": elapsed, "n": len(requests), "acc": acc}
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])} … failed:\n{proc.stderr[-3000:]}")
+    return elapsed, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
-def worker(args: argparse.Namespace) -> None:
-    fn = run_flipscope if args.worker == "flipscope" else run_lmeval
-    result = fn(args.folder, args.task, args.limit, args.format, args.shots, args.seed, args.batch_size)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps(result))
-
-
-def measure(tool: str, folder: str, args: argparse.Namespace, fmt: str, shots: int) -> dict:
-    cmd = [
+def cli_times(args: argparse.Namespace, copy: str, env: dict[str, str]) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="mcq-bench-"))
+    fs_cmd = [
         sys.executable,
-        __file__,
+        "-m",
+        "flipscope",
+        "compare",
+        f"hf:{args.folder}",
+        f"hf:{copy}",
+        "--tasks",
+        args.task,
+        "--limit",
+        str(args.limit),
+        "--fewshot",
+        str(args.shots),
+        "--format",
+        args.format,
+        "--seed",
+        str(args.seed),
+        "--batch-size",
+        str(args.batch_size),
+        "--device",
+        "cpu",
+        "--no-cache",
+        "--cache-dir",
+        str(work / "cache"),
+        "--out",
+        str(work / "run"),
+    ]
+    fs_s, fs_mb = timed(fs_cmd, env)
+    lm_task(work, args)
+    lm_s = 0.0
+    for model in (args.folder, copy):
+        lm_cmd = [
+            sys.executable,
+            "-m",
+            "lm_eval",
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={model},dtype=float32",
+            "--device",
+            "cpu",
+            "--batch_size",
+            str(args.batch_size),
+            "--tasks",
+            "flipscope_bench",
+            "--include_path",
+            str(work),
+        ]
+        lm_s += timed(lm_cmd, env)[0]
+    shutil.rmtree(work, ignore_errors=True)
+    return {"fs_s": fs_s, "lm_s": lm_s, "fs_cli_mb": fs_mb}
+
+
+def measure(worker: str, args: argparse.Namespace, env: dict[str, str]) -> dict:
+    flags = [
         "--worker",
-        tool,
+        worker,
         "--folder",
-        folder,
+        args.folder,
         "--task",
         args.task,
         "--limit",
         str(args.limit),
         "--format",
-        fmt,
+        args.format,
         "--shots",
-        str(shots),
+        str(args.shots),
         "--seed",
         str(args.seed),
         "--batch-size",
         str(args.batch_size),
     ]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, __file__, *flags], capture_output=True, text=True, env=env)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
-        raise SystemExit(f"{tool} {fmt} {shots}-shot failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{worker} {args.format} {args.shots}-shot failed:\n{proc.stderr[-3000:]}")
     return json.loads(line[len("RESULT ") :])
 
 
@@ -119,45 +217,58 @@ def main() -> None:
     parser.add_argument(
         "--task",
         default="mmlu:astronomy,philosophy,prehistory,high_school_psychology",
-        help="flipscope task spec; the default shares each subject's few-shot prefix among ~12 questions. "
-        "Use `mmlu` for a sample spread over all 57 subjects (about one question per subject at --limit 48)",
+        help="flipscope task; the default shares each subject's few-shot prefix among ~12 questions",
     )
     parser.add_argument("--limit", type=int, default=48, help="questions per configuration")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--formats", default="cloze,letter")
     parser.add_argument("--shots", default="0,5")
-    parser.add_argument("--worker", choices=["flipscope", "lmeval"], help=argparse.SUPPRESS)
+    parser.add_argument("--no-cli", action="store_true", help="skip the whole-process timings")
+    parser.add_argument("--worker", choices=["fs", "lm", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--format", default="cloze", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         args.shots = int(args.shots)
-        worker(args)
+        result = {"fs": fs_score, "lm": lm_score, "bare": bare}[args.worker](args)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print("RESULT " + json.dumps(result))
         return
     from flipscope.models.bundled import ensure_local
 
-    folder = str(ensure_local("smollm2-135m"))
+    args.folder = str(ensure_local("smollm2-135m"))
+    copy = Path(tempfile.mkdtemp(prefix="mcq-copy-")) / "model"
+    shutil.copytree(args.folder, copy, copy_function=os.link)  # the same weights under another name
+    weights_mb = sum(p.stat().st_size for p in Path(args.folder).glob("*.safetensors")) / 2**20
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    limit = measure("bare", args, env)["tokens_per_s"]
     print(
-        f"model: {folder} (float32, CPU, {os.cpu_count()} cores); {args.limit} questions of {args.task}; "
-        f"lm-eval batch size {args.batch_size}"
+        f"model: {args.folder} (float32, CPU, {os.cpu_count()} cores, weights {weights_mb:.0f} MB); {args.limit} "
+        f"questions of {args.task}; batch size {args.batch_size} for both; bare forward {limit:.0f} tokens/s"
     )
     header = (
-        f"{'format':7} {'shots':>5} | {'flipscope q/s':>13} {'lm-eval q/s':>11} {'ratio':>6} | "
-        f"{'acc fs':>6} {'acc lm':>6} | {'peak MB fs':>10} {'peak MB lm':>10}"
+        f"{'format':7} {'shots':>5} | scoring only: {'fs q/s':>7} {'lm q/s':>7} {'ratio':>6} | whole CLI "
+        f"(2 models): {'fs s':>6} {'lm s':>6} {'ratio':>6} | {'efficiency':>10} | {'acc fs':>6} {'acc lm':>6} | "
+        f"peak MB: {'fs score':>8} {'lm score':>8} {'fs CLI':>7}"
     )
     print(header)
     print("-" * len(header))
     for fmt in args.formats.split(","):
-        for shots in (int(s) for s in args.shots.split(",")):
-            fs = measure("flipscope", folder, args, fmt, shots)
-            lm = measure("lmeval", folder, args, fmt, shots)
+        for shots in (int(s) for s in str(args.shots).split(",")):
+            run = argparse.Namespace(**{**vars(args), "format": fmt, "shots": shots})
+            fs, lm = measure("fs", run, env), measure("lm", run, env)
+            cli = cli_times(run, str(copy), env) if not args.no_cli else {"fs_s": 0, "lm_s": 0, "fs_cli_mb": 0}
             q_fs, q_lm = fs["n"] / fs["seconds"], lm["n"] / lm["seconds"]
+            eff = fs["tokens"] / fs["seconds"] / limit
+            whole = f"{cli['fs_s']:>6.1f} {cli['lm_s']:>6.1f} {cli['lm_s'] / max(cli['fs_s'], 1e-9):>5.1f}x"
             print(
-                f"{fmt:7} {shots:>5} | {q_fs:>13.2f} {q_lm:>11.2f} {q_fs / q_lm:>5.1f}x | "
-                f"{fs['acc']:>6.3f} {lm['acc']:>6.3f} | {fs['peak_rss_mb']:>10.0f} {lm['peak_rss_mb']:>10.0f}",
+                f"{fmt:7} {shots:>5} | {'':>14}{q_fs:>7.2f} {q_lm:>7.2f} {q_fs / q_lm:>5.1f}x | {'':>19}{whole} | "
+                f"{eff:>10.0%} | {fs['acc']:>6.3f} {lm['acc']:>6.3f} | {'':>9}{fs['peak_rss_mb']:>8.0f} "
+                f"{lm['peak_rss_mb']:>8.0f} {cli['fs_cli_mb']:>7.0f}",
                 flush=True,
             )
+    shutil.rmtree(copy.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

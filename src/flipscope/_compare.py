@@ -80,7 +80,7 @@ class _Runner:
         self.display = display
         self.use_cache = use_cache
         self.store = PassStore(cache_dir)
-        self.options = LoadOptions(device=settings.device, dtype=settings.dtype)
+        self.options = LoadOptions(device=settings.device, dtype=settings.dtype, batch_size=settings.batch_size)
         self.notes: list[str] = []
 
     def run_model(
@@ -107,6 +107,7 @@ class _Runner:
                         "requests": work.digest,
                         "dtype": self.settings.dtype,
                         "device": self.settings.device,
+                        "batch": self.settings.batch_size,
                         "store": [self.settings.topk, self.settings.tail_samples] if ref is None else None,
                         "reference": ref.key if ref else None,
                     }
@@ -200,6 +201,7 @@ def compare(
     out: str | Path | None = None,
     device: str = "auto",
     dtype: str = "float32",
+    batch_size: int = 16,
     use_cache: bool = True,
     cache_dir: str | Path | None = None,
     display: Display | None = None,
@@ -215,6 +217,8 @@ def compare(
         fmt = PromptFormat(format)
     except ValueError:
         raise FlipscopeError(f"unknown prompt format {format!r}", fix="use cloze or letter") from None
+    if batch_size < 1:
+        raise FlipscopeError(f"--batch-size must be at least 1, got {batch_size}")
     if topk < 1 or tail_samples < 0:
         raise FlipscopeError(f"--topk must be ≥ 1 and --tail-samples ≥ 0, got {topk} and {tail_samples}")
     if not tasks:
@@ -232,6 +236,7 @@ def compare(
         tail_samples=tail_samples,
         device=LoadOptions(device, dtype).resolved().device,  # the device used, as cache keys and run.json hold it
         dtype=dtype,
+        batch_size=batch_size,
     )
     loaded = [load_task(name, fewshot=fewshot, limit=limit, seed=seed) for name in tasks]
     if len({t.name for t in loaded}) != len(loaded):

@@ -58,6 +58,13 @@ from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
 )
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 … (auto: cuda if present).")
 @click.option("--dtype", default="float32", show_default=True, help="Weights dtype: float32, bfloat16, float16.")
+@click.option(
+    "--batch-size",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Questions per forward pass (transformers backends); part of the cache key.",
+)
 @click.option("--no-cache", is_flag=True, help="Run every model again instead of reusing cached passes.")
 @click.option(
     "--cache-dir",
@@ -78,6 +85,7 @@ def compare_cmd(
     tail_samples: int,
     device: str,
     dtype: str,
+    batch_size: int,
     no_cache: bool,
     cache_dir: str | None,
 ) -> None:
@@ -110,6 +118,7 @@ def compare_cmd(
         out=out,
         device=device,
         dtype=dtype,
+        batch_size=batch_size,
         use_cache=not no_cache,
         cache_dir=cache_dir,
         display=display,

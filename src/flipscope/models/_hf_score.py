@@ -72,7 +72,7 @@ class PrefixScorer:
         self.device = device
         self.label = label
         self.logits_budget = logits_budget  # bytes of float32 option logits per forward pass
-        self.batch_tokens = batch_tokens  # padded prompt tokens per forward pass
+        self.batch_tokens = max(batch_tokens, 32 * max_batch)  # padded prompt tokens per forward pass
         self.max_batch = max_batch
         self.bos = bos_prefix(tokenizer)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -143,22 +143,47 @@ class GGUFBackend:
     def corpus_logprobs(
         self, windows: Sequence[Window], *, rows: int = 256
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Log-probs at each window's scored positions, ``rows`` at a time. llama.cpp computes logits only at the
+        scored positions (as llama-perplexity does) and they are read in place from its output buffer: no
+        full-window logits, no copy into llama-cpp-python's score table."""
         import torch
 
         for window in windows:
             if len(window.ids) > N_CTX:
                 raise FlipscopeError(f"--ctx {len(window.ids)} exceeds the gguf backend's {N_CTX}-token context")
-            self.llm.reset()
-            self.llm.eval(list(window.ids))
-            end = len(window.ids) - 1
             targets = torch.tensor(window.ids[window.first + 1 :])
-            for start in range(window.first, end, rows):
-                stop = min(start + rows, end)
-                logits = np.array(self.llm.scores[start:stop])  # [s, V]
-                if not np.isfinite(logits).all():
-                    raise nonfinite_logits(self.info.label, f"window {window.index}")
-                offset = start - window.first
-                yield torch.from_numpy(log_softmax(logits)), targets[offset : offset + stop - start]
+            at = 0
+            for logits in self._scored_logits(list(window.ids), window.first):  # [n, V], valid until the next one
+                for start in range(0, logits.shape[0], rows):
+                    part = torch.from_numpy(logits[start : start + rows])  # a view of llama.cpp's buffer
+                    lse = torch.logsumexp(part, dim=-1, keepdim=True)  # [s, 1]
+                    if not bool(torch.isfinite(lse).all()):
+                        raise nonfinite_logits(self.info.label, f"window {window.index}")
+                    yield part - lse, targets[at : at + part.shape[0]]
+                    at += part.shape[0]
+
+    def _scored_logits(self, ids: list[int], first: int) -> Iterator[np.ndarray]:
+        """Evaluate ``ids`` from an empty cache with logits requested at positions first … len(ids)−2 only; yields
+        each decode call's logits [n, V] as a view of llama.cpp's buffer, valid until the next is asked for."""
+        ctx, batch = self.llm._ctx, self.llm._batch
+        ctx.kv_cache_clear()
+        self.llm.reset()  # llama-cpp-python's own token bookkeeping: empty, as the cache now is
+        n_batch, vocab, last = self.llm.n_batch, self.info.vocab_size, len(ids) - 1
+        for begin in range(0, len(ids), n_batch):
+            chunk = ids[begin : begin + n_batch]
+            raw = batch.batch
+            raw.n_tokens = len(chunk)
+            outputs = 0
+            for j, token in enumerate(chunk):
+                raw.token[j], raw.pos[j], raw.n_seq_id[j] = token, begin + j, 1
+                raw.seq_id[j][0] = 0
+                wanted = first <= begin + j < last
+                raw.logits[j] = wanted
+                outputs += wanted
+            ctx.decode(batch)
+            if outputs:
+                yield np.ctypeslib.as_array(ctx.get_logits(), shape=(outputs, vocab))
+        ctx.kv_cache_clear()
 
     def encode_corpus(self, text: str) -> tuple[list[int], int | None]:
         return self._tokens(text), self.bos[0] if self.bos else None

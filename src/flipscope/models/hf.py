@@ -103,11 +103,12 @@ def checkpoint_quantization(location: str) -> str | None:
 
 
 class HFBackend:
-    def __init__(self, model: Any, tokenizer: Any, info: ModelInfo, device: str) -> None:
+    def __init__(self, model: Any, tokenizer: Any, info: ModelInfo, device: str, batch_size: int = 16) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.info = info
         self.device = device
+        self.batch_size = batch_size
 
     @classmethod
     def load(cls, spec: ModelSpec, location: str, options: LoadOptions) -> HFBackend:
@@ -171,7 +172,7 @@ class HFBackend:
                 rows="full", chat=tokenizer.chat_template is not None, max_context=max_context(model.config)
             ),
         )
-        return cls(model, tokenizer, info, device)
+        return cls(model, tokenizer, info, device, options.batch_size)
 
     def vocabulary_pieces(self) -> list[str]:
         return tokenizer_pieces(self.tokenizer, self.info.vocab_size)
@@ -207,7 +208,7 @@ class HFBackend:
     ) -> list[OptionScores]:
         from flipscope.models._hf_score import PrefixScorer
 
-        scorer = PrefixScorer(self.model, self.tokenizer, self.device, label=self.info.label)
+        scorer = PrefixScorer(self.model, self.tokenizer, self.device, label=self.info.label, max_batch=self.batch_size)
         return scorer.score(requests, rows=rows, advance=advance)
 
     def corpus_logprobs(

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 class LoadOptions:
     device: str = "auto"
     dtype: str = "float32"
+    #: Questions per forward pass where a backend batches them (the transformers scorer).
+    batch_size: int = 16
 
     def resolved(self) -> LoadOptions:
         """The device actually used: ``auto`` → cuda where torch sees a GPU, else cpu. Cache keys hold this, so
@@ -29,7 +31,7 @@ class LoadOptions:
             return self
         import torch
 
-        return LoadOptions("cuda" if torch.cuda.is_available() else "cpu", self.dtype)
+        return LoadOptions("cuda" if torch.cuda.is_available() else "cpu", self.dtype, self.batch_size)
 
 
 @dataclass(frozen=True)

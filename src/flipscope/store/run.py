@@ -41,6 +41,7 @@ class Settings(BaseModel):
     tail_samples: int
     device: str
     dtype: str
+    batch_size: int = 16
 
 
 class RunFile(BaseModel):
