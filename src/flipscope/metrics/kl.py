@@ -13,21 +13,22 @@ near-zero KLs upwards) and keep their accuracy where KL is tiny (expm1 near r = 
 give 0 (p_B = 0) or +inf (p_C = 0 < p_B), never NaN; a NaN input stays NaN.
 
 **Compact** (the baseline stored as its top-k log-probs, the log of its remaining mass P_B, and m tail tokens drawn
-∝ p_B outside the top-k; the candidate's full row). With the candidate's rest mass P_C = 1 − Σ_head p_C,
+∝ p_B outside the top-k; the candidate's full row). With the candidate's rest mass P_C = Σ_tail p_C,
 
     KL(B‖C) = Σ_head p_B (log p_B − log p_C) + P_B (log P_B − log P_C) + P_B · KL(B̃‖C̃)
 
 where B̃, C̃ are the two distributions renormalised over the tail. The first two terms are the KL over the
 partition top-k ∪ {rest} (a lower bound by the log-sum inequality), computed exactly with the same non-negative
-terms. The third is estimated from the samples v_j ~ B̃ (stratified along B̃'s CDF, which keeps the mean
-unbiased) by
+terms. The third is estimated from the samples v_j ~ B̃ (stratified along B̃'s CDF, which keeps the mean unbiased) by
 
     mean_j ((r_j − 1) − log r_j),   r_j = C̃(v_j) / B̃(v_j).
 
 E[r] = Σ_tail C̃ = 1 under B̃, so this mean is an unbiased estimate of KL(B̃‖C̃), and every term is ≥ 0: no clamp,
 hence no upward bias at the KLs of 8-bit candidates and of the noise floor (1e-6 … 1e-3). Compared with the plain
 mean of −log r (also unbiased), the (r − 1) control variate removes the first-order noise, so its variance is far
-smaller when C is close to B; and an error in P_C shifts log r_j by a constant, which cancels to first order.
+smaller when C is close to B. P_C is summed over the tail tokens (never 1 − Σ_head, see ``log_rest``); a row whose
+normalisation is off by η (float32) gives every bucket the same factor 1 + η, which the terms' Σ (p_C − p_B)
+cancels.
 
 KL(C‖B) from the compact form is only the partition term — a **lower bound** — and so is KL(B‖C) without tail
 samples; ``CompactKL`` says which.
@@ -46,8 +47,6 @@ DEFAULT_TOPK = 128
 DEFAULT_TAIL_SAMPLES = 64
 #: Rows processed together by the exact and compact functions (bounds float64 temporaries to rows × V × 8 bytes).
 BLOCK_ROWS = 32
-#: Smallest rest mass given to a candidate whose top-k mass rounds to 1 or above.
-MIN_REST = 1e-12
 
 Array = Any  # numpy.ndarray or torch.Tensor
 
@@ -124,6 +123,19 @@ def _cat(parts: list[Array], like: Array) -> Array:
 
         return torch.cat(parts)
     return np.concatenate(parts)
+
+
+def log_rest(rows: Array, ids: Array) -> Array:
+    """log of each row's mass outside ``ids``, summed over those tokens themselves. rows: [n, V]; ids: [n, k] → [n].
+
+    Never 1 − Σ_head: a float32 row's normalisation is off by ~1e-6 (its log-sum-exp is rounded), which swamps a
+    tail mass below that — seen on SmolLM2 at positions whose top-64 hold all but 3e-7 of the mass, where the
+    subtraction made the candidate's tail 1e-12 and the estimate 0.12 instead of 5e-6."""
+    if _is_torch(rows):
+        return logsumexp(rows.scatter(-1, ids.long(), float("-inf")))
+    masked = np.array(rows, copy=True)
+    np.put_along_axis(masked, ids.astype(np.int64), -np.inf, axis=-1)
+    return logsumexp(masked)
 
 
 def kl_exact(base: Array, cand: Array) -> tuple[Array, Array]:
@@ -224,9 +236,7 @@ def kl_compact(base: CompactRows, cand: Array) -> CompactKL:
         lb, lc = _f64(b.logprobs), _f64(gather(cand[s:e], b.ids))  # [b, k]
         rest_b = _f64(b.rest)  # [b]
         xp = _xp(lc)
-        mass_c = 1 - xp.exp(lc).sum(-1)  # the candidate's mass outside the baseline's top-k
-        rest_c = xp.log(xp.where(mass_c > MIN_REST, mass_c, MIN_REST))  # [b]
-        rest_c = xp.where(xp.isneginf(rest_b), -np.inf, rest_c)  # the head is the whole vocabulary: no rest bucket
+        rest_c = _f64(log_rest(cand[s:e], b.ids))  # [b], the candidate's mass outside the baseline's top-k
         fwd = kl_terms(lb, lc).sum(-1) + kl_terms(rest_b, rest_c)
         reverse.append(kl_terms(lc, lb).sum(-1) + kl_terms(rest_c, rest_b))
         if b.samples:
