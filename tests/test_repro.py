@@ -69,3 +69,17 @@ def test_hub_models_are_fingerprinted_by_resolved_revision(monkeypatch: pytest.M
     monkeypatch.setattr(huggingface_hub, "snapshot_download", missing)
     with pytest.raises(FlipscopeError, match="cannot resolve which revision"):
         fingerprint(spec)
+
+
+def test_batch_size_reaches_the_scorer_and_the_cache_key(tiny_llama: Path, mc_file: Path, tmp_path: Path) -> None:
+    from flipscope.models import load_backend, parse_spec
+
+    backend = load_backend(parse_spec(f"hf:{tiny_llama}"), LoadOptions("cpu", batch_size=3))
+    assert backend.batch_size == 3  # type: ignore[attr-defined]
+    backend.close()
+    kwargs = {"tasks": [str(mc_file)], "cache_dir": tmp_path / "cache"}
+    one = compare(f"hf:{tiny_llama}", ["+rtn:w8"], batch_size=1, out=tmp_path / "a", **kwargs)
+    four = compare(f"hf:{tiny_llama}", ["+rtn:w8"], batch_size=4, out=tmp_path / "b", **kwargs)
+    assert one.run.settings.batch_size == 1 and four.run.baseline.reused == {"planets": False}
+    s1, s4 = one.summary[f"hf:{tiny_llama}+rtn:w8"]["planets"], four.summary[f"hf:{tiny_llama}+rtn:w8"]["planets"]
+    assert s1.acc_baseline == s4.acc_baseline and s1.choice_kl_mean == pytest.approx(s4.choice_kl_mean, abs=1e-5)

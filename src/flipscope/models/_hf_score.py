@@ -38,6 +38,15 @@ def _select_rows(cache: Any, indices: torch.Tensor) -> Any:
     return out
 
 
+def _cache_bytes(cache: Any) -> int:
+    """Bytes held by a key/value cache's tensors."""
+    if hasattr(cache, "layers"):
+        tensors = [t for layer in cache.layers for t in (getattr(layer, "keys", None), getattr(layer, "values", None))]
+    else:  # older transformers
+        tensors = [*getattr(cache, "key_cache", []), *getattr(cache, "value_cache", [])]
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
 def _common_length(sequences: Sequence[list[int]]) -> int:
     """Length of the longest run of leading ids that all ``sequences`` share."""
     n = 0
@@ -71,7 +80,7 @@ class PrefixScorer:
         self.tokenizer = tokenizer
         self.device = device
         self.label = label
-        self.logits_budget = logits_budget  # bytes of float32 option logits per forward pass
+        self.logits_budget = logits_budget  # bytes of option logits, and of prompt-cache copies, per forward pass
         self.batch_tokens = max(batch_tokens, 32 * max_batch)  # padded prompt tokens per forward pass
         self.max_batch = max_batch
         self.bos = bos_prefix(tokenizer)
@@ -168,14 +177,17 @@ class PrefixScorer:
         return first.sub_(lse), cache
 
     def _option_chunks(
-        self, rows: list[tuple[int, int]], batch: list[_Item], vocab: int
+        self, rows: list[tuple[int, int]], batch: list[_Item], vocab: int, row_bytes: int
     ) -> Iterator[list[tuple[int, int]]]:
-        """Option rows sorted by length, cut where the logits would pass the budget or padding would dominate."""
+        """Option rows sorted by length, cut where the logits or the rows' copies of the prompt cache (``row_bytes``
+        each: every option row needs its own copy of its prompt's keys and values) would pass their budgets, or where
+        padding would dominate."""
         chunk: list[tuple[int, int]] = []
         narrowest = 0
         for b, o in sorted(rows, key=lambda row: len(batch[row[0]].options[row[1]])):
             width = len(batch[b].options[o]) - 1
             too_big = (len(chunk) + 1) * width * vocab * 4 > self.logits_budget
+            too_big = too_big or (len(chunk) + 1) * row_bytes > self.logits_budget
             if chunk and (too_big or width > 2 * narrowest + 4):
                 yield chunk
                 chunk = []
@@ -204,7 +216,7 @@ class PrefixScorer:
         if not longer:
             return
         prompt_width = max(len(it.prompt) for it in batch)
-        chunks = list(self._option_chunks(longer, batch, first.shape[-1]))
+        chunks = list(self._option_chunks(longer, batch, first.shape[-1], _cache_bytes(cache) // len(batch)))
         for chunk in chunks:
             rows = _select_rows(cache, torch.tensor([b for b, _ in chunk], device=self.device))
             n = len(chunk)
