@@ -72,7 +72,7 @@ class PrefixScorer:
         device: str,
         *,
         label: str,
-        logits_budget: int = 128 << 20,
+        logits_budget: int = 64 << 20,
         batch_tokens: int = 512,
         max_batch: int = 16,
     ) -> None:
@@ -134,12 +134,18 @@ class PrefixScorer:
         if pooled:
             yield [], pooled
 
-    def _batches(self, items: list[_Item]) -> Iterator[list[_Item]]:
-        """Similar lengths together, at most ``batch_tokens`` padded prompt tokens per batch."""
+    def _batches(self, items: list[_Item], past: int = 0, token_bytes: int = 0) -> Iterator[list[_Item]]:
+        """Similar lengths together, at most ``batch_tokens`` padded prompt tokens per batch, and at most the budget
+        in key/value cache: each row holds its own copy of the ``past`` prefix tokens (``token_bytes`` each)."""
         batch: list[_Item] = []
         for item in sorted(items, key=lambda it: len(it.prompt)):
             width = max([len(it.prompt) for it in batch] + [len(item.prompt)])
-            if batch and (len(batch) >= self.max_batch or (len(batch) + 1) * width > self.batch_tokens):
+            cache = (len(batch) + 1) * (past + width) * token_bytes
+            if batch and (
+                len(batch) >= self.max_batch
+                or (len(batch) + 1) * width > self.batch_tokens
+                or cache > self.logits_budget
+            ):
                 yield batch
                 batch = []
             batch.append(item)
@@ -235,13 +241,13 @@ class PrefixScorer:
             logits = self.model(
                 input_ids=inp, attention_mask=mask, position_ids=positions, use_cache=True, **{self.cache_kw: rows}
             ).logits
-            logprobs = logits.float()  # [R, W, V]; normalised in place: no second [R, W, V] buffer
-            lse = torch.logsumexp(logprobs, dim=-1, keepdim=True)  # [R, W, 1]
-            logprobs.sub_(lse)
+            logprobs = logits.float()  # [R, W, V]; normalised in place, a row at a time: no second [R, W, V] buffer
             for r, (b, o) in enumerate(chunk):
-                self._check(lse[r, : len(batch[b].options[o]) - 1], batch[b].index)
-                emit(b, o, torch.cat([first[b][None], logprobs[r, : len(batch[b].options[o]) - 1]]))
-            del logits, logprobs, lse, rows
+                own = logprobs[r, : len(batch[b].options[o]) - 1]  # [T-1, V]
+                lse = torch.logsumexp(own, dim=-1, keepdim=True)  # [T-1, 1]
+                self._check(lse, batch[b].index)
+                emit(b, o, torch.cat([first[b][None], own.sub_(lse)]))
+            del logits, logprobs, rows
 
     @torch.no_grad()  # not inference_mode: some quantized weight types (quanto int4) refuse inference tensors
     def score(
@@ -258,7 +264,8 @@ class PrefixScorer:
                 prefix_cache = self.new_cache()
                 inp = torch.tensor([prefix_ids], device=self.device)  # [1, P0]
                 self.model(input_ids=inp, use_cache=True, logits_to_keep=1, **{self.cache_kw: prefix_cache})
-            for batch in self._batches(items):
+            token_bytes = _cache_bytes(prefix_cache) // len(prefix_ids) if prefix_ids else 0
+            for batch in self._batches(items, len(prefix_ids), token_bytes):
                 first, cache = self._prompts(batch, prefix_cache, len(prefix_ids))
                 sums: dict[tuple[int, int], float] = {}
 
