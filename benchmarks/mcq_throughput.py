@@ -121,14 +121,22 @@ def lm_task(folder: Path, args: argparse.Namespace) -> None:
     )
 
 
+#: Runs a command and prints its own peak RSS (the benchmark's other children are not counted).
+_PEAK = (
+    "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+    "print('PEAK', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(code)"
+)
+
+
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     """(wall seconds, peak RSS MB) of one process."""
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-c", _PEAK, *cmd], capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:4])} … failed:\n{proc.stderr[-3000:]}")
-    return elapsed, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    peak = next(line for line in proc.stderr.splitlines() if line.startswith("PEAK "))
+    return elapsed, int(peak.split()[1]) / 1024
 
 
 def cli_times(args: argparse.Namespace, copy: str, env: dict[str, str]) -> dict:
@@ -242,7 +250,7 @@ def main() -> None:
     shutil.copytree(args.folder, copy, copy_function=os.link)  # the same weights under another name
     weights_mb = sum(p.stat().st_size for p in Path(args.folder).glob("*.safetensors")) / 2**20
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    limit = measure("bare", args, env)["tokens_per_s"]
+    limit = measure("bare", argparse.Namespace(**{**vars(args), "shots": 0}), env)["tokens_per_s"]
     print(
         f"model: {args.folder} (float32, CPU, {os.cpu_count()} cores, weights {weights_mb:.0f} MB); {args.limit} "
         f"questions of {args.task}; batch size {args.batch_size} for both; bare forward {limit:.0f} tokens/s"
