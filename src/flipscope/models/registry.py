@@ -144,7 +144,9 @@ def _hf_fingerprint(location: str) -> dict[str, Any]:
 
 def read_config(location: str) -> dict[str, Any] | None:
     folder = _hf_folder(location)
-    path = (folder or Path(location)) / "config.json"
+    if folder is None:
+        return None  # a hub id: its config is not read without loading
+    path = folder / "config.json"
     if path.is_file():
         try:
             loaded = json.loads(path.read_text())
