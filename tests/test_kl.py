@@ -190,3 +190,24 @@ def test_tiny_tail_masses_with_a_float32_normalisation_error(kind: str) -> None:
     exact = kl_exact(base, cand)[0]
     got = to_numpy(kl_compact(stored, as_kind(cand, kind)).forward)
     np.testing.assert_allclose(got, exact, rtol=0.05, atol=1e-8)
+
+
+def test_two_level_tail_draws_follow_the_inverse_cdf() -> None:
+    """The block-wise inverse CDF picks the token a full-row cumulative sum picks (numpy, brute force), never a
+    zero-weight token (head or padding), on a vocabulary that is not a multiple of the block size."""
+    from flipscope.metrics.kl import _in_blocks, _stratified
+
+    rng = np.random.default_rng(3)
+    weights = rng.exponential(size=(3, 1000)) * (rng.random((3, 1000)) > 0.3)  # [3, 1000], 30% zeros
+    weights[1, 500:] = 0.0
+    weights[2, :] *= 10.0 ** rng.uniform(-30, 0, size=1000)  # weights spanning 30 orders of magnitude
+    fractions = (np.arange(4000) + rng.random(4000)) / 4000  # [4000]
+    blocks = _in_blocks(torch.from_numpy(weights).float())
+    sums = blocks.sum(-1).double()
+    drawn = _stratified(blocks, sums, torch.from_numpy(np.tile(fractions, (3, 1)))).numpy()  # [3, 4000]
+    for row in range(3):
+        w = weights[row].astype(np.float32).astype(np.float64)
+        cdf = np.cumsum(w)
+        expected = np.searchsorted(cdf, fractions * cdf[-1], side="right")
+        assert (w[drawn[row]] > 0).all()
+        assert np.mean(drawn[row] == expected) > 0.999

@@ -186,7 +186,7 @@ def concat_rows(rows: list[CompactRows]) -> CompactRows:
 
 
 def compress(logprobs: Array, k: int, samples: int = 0, *, seed: int = 0, generator: Any = None) -> CompactRows:
-    """Compact form of baseline rows. logprobs: [n, V] (renormalised here in float64) → CompactRows with the top
+    """Compact form of baseline rows. logprobs: [n, V] (head and rest renormalised here in float64) → CompactRows with the top
     ``k`` and ``samples`` stratified tail draws per row, as the input's array kind (ids int32/int64 as given by
     the framework, values float32). ``generator`` (a torch.Generator) or ``seed`` fixes the draws."""
     import torch
@@ -198,24 +198,58 @@ def compress(logprobs: Array, k: int, samples: int = 0, *, seed: int = 0, genera
     m = samples if k < rows.shape[-1] else 0
     parts = []
     for s, e in _blocks(rows.shape[0]):
-        x = rows[s:e].double()
-        x = x - torch.logsumexp(x, dim=-1, keepdim=True)  # [b, V], normalised
+        x = rows[s:e]  # [b, V], as given (float32 mostly): a float64 copy of every row would double the cost
         values, ids = torch.topk(x, k, dim=-1)  # [b, k], descending
-        tail = x.scatter(-1, ids, float("-inf"))  # [b, V]
-        rest = torch.logsumexp(tail, dim=-1)  # [b]
+        weights = (x - values[:, :1]).exp().scatter_(-1, ids, 0.0)  # [b, V] ∝ the tail's probabilities, head 0
+        blocks = _in_blocks(weights)  # [b, nb, SAMPLE_BLOCK]
+        sums = blocks.sum(-1).double()  # [b, nb]: the tail summed over its own tokens (never 1 − Σ head)
+        head, rest = values.double(), values[:, 0].double() + torch.log(sums.sum(-1))  # [b, k], [b]
+        total = torch.logaddexp(torch.logsumexp(head, dim=-1), rest)  # [b]: head + rest renormalised in float64
         if m:
-            cdf = torch.cumsum(tail.exp(), dim=-1)  # [b, V]
             strata = torch.arange(m, dtype=torch.float64) + torch.rand(e - s, m, dtype=torch.float64, generator=gen)
-            u = (strata / m).to(cdf.device) * cdf[:, -1:]  # [b, m]
-            drawn = torch.searchsorted(cdf, u, right=True).clamp(max=rows.shape[-1] - 1)  # [b, m]
+            drawn = _stratified(blocks, sums, (strata / m).to(sums.device)).clamp(max=rows.shape[-1] - 1)
         else:
             drawn = torch.zeros(e - s, 0, dtype=torch.long, device=rows.device)
-        parts.append(CompactRows(ids, values.float(), rest.float(), drawn, x.gather(-1, drawn).float()))
+        sampled = x.gather(-1, drawn).double() - total[:, None]  # [b, m]
+        parts.append(
+            CompactRows(ids, (head - total[:, None]).float(), (rest - total).float(), drawn, sampled.float())
+        )
     out = concat_rows(parts)
     if given_numpy:
         out = out.numpy()
         return replace(out, ids=out.ids.astype(np.int32), sample_ids=out.sample_ids.astype(np.int32))
     return out
+
+
+#: Tail sampling searches blocks of this many tokens, then one block: no cumulative sum over the whole row.
+SAMPLE_BLOCK = 256
+
+
+def _in_blocks(weights: Any) -> Any:
+    """weights: [b, V] → [b, ⌈V/B⌉, B], zero-padded (a view where V is a multiple of B)."""
+    import torch.nn.functional as F
+
+    pad = (-weights.shape[-1]) % SAMPLE_BLOCK
+    padded = F.pad(weights, (0, pad)) if pad else weights
+    return padded.view(weights.shape[0], -1, SAMPLE_BLOCK)
+
+
+def _stratified(blocks: Any, sums: Any, fractions: Any) -> Any:
+    """Tokens drawn ∝ weight at the given fractions of each row's total (inverse CDF, two levels).
+    blocks: [b, nb, B] non-negative weights; sums: [b, nb] float64 block totals; fractions: [b, m] in [0, 1) →
+    token indices [b, m], each of positive weight wherever the row has any."""
+    import torch
+
+    cdf = sums.cumsum(-1)  # [b, nb]
+    u = fractions * cdf[:, -1:]  # [b, m]
+    j = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[-1] - 1)  # [b, m]: the block holding u
+    below = torch.where(j > 0, cdf.gather(-1, (j - 1).clamp(min=0)), 0.0)  # [b, m]
+    inner = blocks.gather(1, j[..., None].expand(-1, -1, blocks.shape[-1])).double().cumsum(-1)  # [b, m, B]
+    # The block's own cumulative sum can end a rounding error below its total: stay inside it, so the first
+    # position whose cumulative sum exceeds r always has positive weight.
+    r = torch.minimum(u - below, inner[..., -1] * (1 - 1e-12))  # [b, m]
+    i = torch.searchsorted(inner, r[..., None], right=True)[..., 0].clamp(max=blocks.shape[-1] - 1)  # [b, m]
+    return j * blocks.shape[-1] + i
 
 
 @dataclass(frozen=True)

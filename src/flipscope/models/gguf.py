@@ -25,7 +25,7 @@ from flipscope.models._base import (
     nonfinite_logits,
     vocabulary_fingerprint,
 )
-from flipscope.models.gguf_file import file_type, quantized, require_llama_cpp, resolve
+from flipscope.models.gguf_file import ENGINE_SETTINGS, file_type, quantized, require_llama_cpp, resolve
 
 if TYPE_CHECKING:
     import torch
@@ -84,8 +84,8 @@ class GGUFBackend:
             llm = llama_cpp.Llama(
                 model_path=str(path),
                 n_ctx=N_CTX,
-                n_batch=512,
                 logits_all=True,
+                **ENGINE_SETTINGS,
                 n_threads=os.cpu_count() or 1,
                 n_gpu_layers=-1 if gpu else 0,
                 seed=0,
@@ -96,6 +96,7 @@ class GGUFBackend:
             "source_file_type": source_type,
             "llama_cpp": getattr(llama_cpp, "__version__", "unknown"),
             "n_ctx": N_CTX,
+            **ENGINE_SETTINGS,
             "compression": {c.label(): {"library": "llama.cpp"} for c in steps},
         }
         return cls(llm, spec.label(), details)

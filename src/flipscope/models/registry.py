@@ -184,10 +184,10 @@ def _bundled_load(spec: ModelSpec, options: LoadOptions) -> Backend:
 
 
 def _gguf_fingerprint(location: str) -> dict[str, Any]:
-    from flipscope.models.gguf_file import resolve
+    from flipscope.models.gguf_file import ENGINE_SETTINGS, resolve
 
     path = resolve(location)
-    return {"gguf": path.name, "sha256": file_sha256(path)}
+    return {"gguf": path.name, "sha256": file_sha256(path), "engine": ENGINE_SETTINGS}
 
 
 def _gguf_load(spec: ModelSpec, options: LoadOptions) -> Backend:
