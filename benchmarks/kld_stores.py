@@ -103,9 +103,10 @@ def main() -> None:
     sizes[old] = sizes[f"compact k=64 +{args.tail_samples} samples"]
     live = np.array(variants["live"])
     rank = np.argsort(live)
+    width = max(17, *(len(c) + 1 for c in candidates))
     header = (
         f"{'store':<44}"
-        + "".join(f"{c[-16:]:>17}" for c in candidates)
+        + "".join(f"{c:>{width}}" for c in candidates)
         + "  max |rel err|  bytes/pos  vs llama.cpp  ranking"
     )
     print(header)
@@ -113,7 +114,7 @@ def main() -> None:
         v = np.array(values)
         rel = np.abs(v / live - 1).max()
         same = "same" if np.array_equal(np.argsort(v), rank) else "DIFFERENT"
-        cells = "".join(f"{x:>17.4e}" for x in v)
+        cells = "".join(f"{x:>{width}.4e}" for x in v)
         print(f"{name:<44}{cells}  {rel:>12.2%}  {sizes[name]:>9.0f}  {sizes[name] / llama:>10.2%}  {same}")
     print(f"llama.cpp --kl-divergence-base: {llama} bytes/position (2·⌈V/2⌉+4 uint16)")
 
