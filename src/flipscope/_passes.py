@@ -20,7 +20,7 @@ from flipscope.metrics.topk_kl import compact_pieces, full_pieces, kl_shared, to
 from flipscope.models import Backend
 from flipscope.models._base import TopKRows
 from flipscope.store import PassResult, ReferenceRows
-from flipscope.tasks import ScoreRequest, TaskData
+from flipscope.tasks import ItemRequests, ScoreRequest, TaskData
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def check_backend(backend: Backend, requests: list[ScoreRequest]) -> None:
 def run_pass(
     backend: Backend,
     task: TaskData,
-    requests: list[ScoreRequest],
+    prompts: list[ItemRequests],
     *,
     key: str,
     topk: int | None,
@@ -158,8 +158,10 @@ def run_pass(
     exact: bool = True,
     progress: Callable[[int], None] | None,
 ) -> PassResult:
-    """Score ``requests`` (one per ``task.items``). ``topk`` set: record compact rows (a baseline).
-    ``reference`` set: measure answer-token KL against it (a candidate; ``exact`` as in ``KLMeter``)."""
+    """Score the requests of ``prompts`` (one entry per ``task.items``). ``topk`` set: record compact rows (a
+    baseline). ``reference`` set: measure answer-token KL against it (a candidate; ``exact`` as in ``KLMeter``).
+    An item scored through one request per option (Winogrande) gets each request's one option score."""
+    requests = [r for p in prompts for r in p.requests]
     check_backend(backend, requests)
     rows_kind = backend.info.capabilities.rows
     pieces = backend.vocabulary_pieces() if rows_kind == "full" and (topk or not exact) else None
@@ -170,17 +172,23 @@ def run_pass(
         meter = KLMeter(reference, [int(v) for v in offsets], exact=exact, pieces=pieces)
     sink = recorder or meter
     scored = backend.score(requests, rows=sink, advance=progress)
-    scores = []
-    for index, (item, request, result) in enumerate(zip(task.items, requests, scored, strict=True)):
-        token_kl = meter.item_kl(index, len(request.continuations)) if meter else None
+    scores, at = [], 0
+    for item, prompt in zip(task.items, prompts, strict=True):
+        mine = range(at, at + len(prompt.requests))
+        at += len(prompt.requests)
+        logprobs = tuple(v for i in mine for v in scored[i].logprobs)
+        token_kl = None
+        if meter:
+            kls = [meter.item_kl(i, len(requests[i].continuations)) for i in mine]
+            token_kl = None if any(k is None for k in kls) else float(np.mean([k for k in kls if k is not None]))
         scores.append(
             ItemScore(
                 task=task.name,
                 item_id=item.item_id,
                 subject=item.subject,
                 target=item.answer,
-                logprobs=result.logprobs,
-                option_chars=tuple(len(c) for c in request.continuations),
+                logprobs=logprobs,
+                option_chars=prompt.option_chars,
                 token_kl=token_kl,
             )
         )

@@ -186,9 +186,10 @@ def concat_rows(rows: list[CompactRows]) -> CompactRows:
 
 
 def compress(logprobs: Array, k: int, samples: int = 0, *, seed: int = 0, generator: Any = None) -> CompactRows:
-    """Compact form of baseline rows. logprobs: [n, V] (head and rest renormalised here in float64) → CompactRows with the top
-    ``k`` and ``samples`` stratified tail draws per row, as the input's array kind (ids int32/int64 as given by
-    the framework, values float32). ``generator`` (a torch.Generator) or ``seed`` fixes the draws."""
+    """Compact form of baseline rows. logprobs: [n, V] (head and rest renormalised here in float64) →
+    CompactRows with the top ``k`` and ``samples`` stratified tail draws per row, as the input's array kind (ids
+    int32/int64 as given by the framework, values float32). ``generator`` (a torch.Generator) or ``seed`` fixes
+    the draws."""
     import torch
 
     given_numpy = not _is_torch(logprobs)
@@ -211,9 +212,7 @@ def compress(logprobs: Array, k: int, samples: int = 0, *, seed: int = 0, genera
         else:
             drawn = torch.zeros(e - s, 0, dtype=torch.long, device=rows.device)
         sampled = x.gather(-1, drawn).double() - total[:, None]  # [b, m]
-        parts.append(
-            CompactRows(ids, (head - total[:, None]).float(), (rest - total).float(), drawn, sampled.float())
-        )
+        parts.append(CompactRows(ids, (head - total[:, None]).float(), (rest - total).float(), drawn, sampled.float()))
     out = concat_rows(parts)
     if given_numpy:
         out = out.numpy()

