@@ -16,6 +16,12 @@ task whose context is exactly flipscope's prefix + prompt. Every measurement run
     pip install -e ".[bench]"      # lm-eval==0.4.13
     python benchmarks/mcq_throughput.py                       # 48 questions from 4 MMLU subjects
     python benchmarks/mcq_throughput.py --task mmlu --limit 24  # spread over all 57 subjects
+    python benchmarks/mcq_throughput.py --task hellaswag --formats cloze --shots 0   # lm-eval's own config
+    python benchmarks/mcq_throughput.py --task winogrande --formats cloze --shots 0
+
+For a suite task (ARC, HellaSwag, PIQA, Winogrande, BoolQ, OpenBookQA) the whole-CLI lm-eval process runs
+lm-eval's stock config on the same rows (``flipscope.tasks.lm_eval_export``), 0-shot: its few-shot examples would
+come from a training split the offline copy lacks.
 """
 
 from __future__ import annotations
@@ -32,14 +38,27 @@ import time
 from pathlib import Path
 
 from flipscope.metrics import first_argmax
-from flipscope.tasks import PromptFormat, build_requests, load_task
+from flipscope.tasks import PromptFormat, item_requests, load_task
+from flipscope.tasks.lm_eval_export import STOCK, export_task
 
 BARE_LENGTH = 256
 
 
-def questions(args: argparse.Namespace) -> tuple[list, list]:
+def questions(args: argparse.Namespace) -> tuple[list, list, list]:
+    """(items, their ItemRequests, every request in order); Winogrande gives a request per option."""
     task = load_task(args.task, fewshot=5, limit=args.limit, seed=args.seed)  # same items for 0- and 5-shot
-    return task.items, build_requests(task, PromptFormat(args.format), args.shots)
+    prompts = item_requests(task, PromptFormat(args.format), args.shots)
+    return task.items, prompts, [r for p in prompts for r in p.requests]
+
+
+def correct(items, prompts, lls) -> float:  # type: ignore[no-untyped-def]
+    """Accuracy from the options' log-likelihoods, listed request by request, continuation by continuation."""
+    at, right = 0, 0
+    for item, prompt in zip(items, prompts, strict=True):
+        n = sum(len(r.continuations) for r in prompt.requests)
+        right += first_argmax(tuple(lls[at : at + n])) == item.answer
+        at += n
+    return right / len(items)
 
 
 def work_tokens(tokenizer, requests) -> int:  # type: ignore[no-untyped-def]
@@ -55,18 +74,17 @@ def fs_score(args: argparse.Namespace) -> dict:
     from flipscope.models import LoadOptions, parse_spec
     from flipscope.models.hf import HFBackend
 
-    items, requests = questions(args)
+    items, prompts, requests = questions(args)
     backend = HFBackend.load(
         parse_spec(f"hf:{args.folder}"), args.folder, LoadOptions("cpu", batch_size=args.batch_size)
     )
     start = time.perf_counter()
     scores = backend.score(requests)
     elapsed = time.perf_counter() - start
-    correct = sum(first_argmax(s.logprobs) == it.answer for s, it in zip(scores, items, strict=True))
     return {
         "seconds": elapsed,
-        "n": len(requests),
-        "acc": correct / len(requests),
+        "n": len(items),
+        "acc": correct(items, prompts, [v for s in scores for v in s.logprobs]),
         "tokens": work_tokens(backend.tokenizer, requests),
     }
 
@@ -75,19 +93,14 @@ def lm_score(args: argparse.Namespace) -> dict:
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    items, requests = questions(args)
+    items, prompts, requests = questions(args)
     lm = HFLM(pretrained=args.folder, batch_size=args.batch_size, device="cpu", dtype="float32")
     pairs = [(r.prefix + r.prompt, c) for r in requests for c in r.continuations]
     instances = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
     start = time.perf_counter()
     out = lm.loglikelihood(instances)
     elapsed = time.perf_counter() - start
-    at, correct = 0, 0
-    for item, request in zip(items, requests, strict=True):
-        lls = [ll for ll, _ in out[at : at + len(request.continuations)]]
-        correct += first_argmax(lls) == item.answer
-        at += len(request.continuations)
-    return {"seconds": elapsed, "n": len(requests), "acc": correct / len(requests)}
+    return {"seconds": elapsed, "n": len(items), "acc": correct(items, prompts, [ll for ll, _ in out])}
 
 
 def bare(args: argparse.Namespace) -> dict:
@@ -106,8 +119,12 @@ def bare(args: argparse.Namespace) -> dict:
     return {"tokens_per_s": rounds * ids.numel() / elapsed}
 
 
-def lm_task(folder: Path, args: argparse.Namespace) -> None:
-    items, requests = questions(args)
+def lm_task(folder: Path, args: argparse.Namespace) -> str:
+    """The lm-eval task for the whole-CLI timing: a suite task through lm-eval's own stock config (pointed at the
+    same rows); MMLU and files as a JSONL task whose context is exactly flipscope's prefix + prompt."""
+    items, _, requests = questions(args)
+    if args.task in STOCK:
+        return export_task(args.task, [item.item_id for item in items], folder)
     with (folder / "data.jsonl").open("w") as fh:
         for item, req in zip(items, requests, strict=True):
             row = {"context": req.prefix + req.prompt, "choices": list(req.continuations), "answer": item.answer}
@@ -119,6 +136,7 @@ def lm_task(folder: Path, args: argparse.Namespace) -> None:
         'doc_to_text: "{{context}}"\ndoc_to_choice: choices\ndoc_to_target: answer\ntarget_delimiter: ""\n'
         "num_fewshot: 0\nmetric_list:\n  - metric: acc\n"
     )
+    return "flipscope_bench"
 
 
 #: Runs a command and prints its own peak RSS (the benchmark's other children are not counted).
@@ -169,7 +187,7 @@ def cli_times(args: argparse.Namespace, copy: str, env: dict[str, str]) -> dict:
         str(work / "run"),
     ]
     fs_s, fs_mb = timed(fs_cmd, env)
-    lm_task(work, args)
+    lm_name = lm_task(work, args)
     lm_s = 0.0
     for model in (args.folder, copy):
         lm_cmd = [
@@ -185,7 +203,7 @@ def cli_times(args: argparse.Namespace, copy: str, env: dict[str, str]) -> dict:
             "--batch_size",
             str(args.batch_size),
             "--tasks",
-            "flipscope_bench",
+            lm_name,
             "--include_path",
             str(work),
         ]

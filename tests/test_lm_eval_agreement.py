@@ -7,7 +7,6 @@ on its own): those are counted, and must be the only differences."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,53 +18,19 @@ pytestmark = pytest.mark.e2e
 
 N = 30
 TASKS = ("arc_challenge", "hellaswag", "winogrande", "boolq")
-STOCK = {
-    "arc_challenge": "arc/arc_challenge.yaml",
-    "hellaswag": "hellaswag/hellaswag.yaml",
-    "winogrande": "winogrande/default.yaml",
-    "boolq": "super_glue/boolq/default.yaml",
-}
-
-
-def _hf_rows(name: str, ids: list[str]) -> list[dict[str, Any]]:
-    """The evaluated items as the hub's rows (the schema lm-eval's config reads), from the same offline files."""
-    from flipscope.tasks.olmo import arrow_rows, request_docs
-
-    if name == "arc_challenge":
-        docs = {d["id"]: d for d in request_docs("arc_challenge/test_rc_5shot", docs=1172, fields={"id"})}
-        out = []
-        for i in ids:
-            d = docs[i]
-            labels = [chr(65 + k) for k in range(len(d["choices"]))]
-            out.append({"id": i, "question": d["query"][10:-8], "choices": {"text": d["choices"], "label": labels},
-                        "answerKey": labels[d["gold"]]})  # fmt: skip
-        return out
-    folder = {"hellaswag": "hellaswag/none", "winogrande": "winogrande/winogrande_xl", "boolq": "boolq/none"}[name]
-    rows = arrow_rows(f"{folder}/validation", rows=None, fields=set())
-    picked = [rows[int(i)] for i in ids]
-    if name == "boolq":  # lm-eval reads super_glue's copy: `label` 1 = yes
-        picked = [{"passage": r["passage"], "question": r["question"], "label": int(r["answer"])} for r in picked]
-    return picked
 
 
 def _lm_eval(folder: Path, model: Path, ids: dict[str, list[str]]) -> dict[str, list[dict[str, Any]]]:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    stock = Path(lm_eval.__file__).parent / "tasks"
-    for name in TASKS:
-        data = folder / f"{name}.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in _hf_rows(name, ids[name])))
-        split = "test" if name == "arc_challenge" else "validation"
-        (folder / f"fs_{name}.yaml").write_text(
-            f"include: {stock / STOCK[name]}\ntask: fs_{name}\ndataset_path: json\ndataset_name: null\n"
-            f"dataset_kwargs:\n  data_files:\n    {split}: {data}\ntraining_split: null\n"
-            + ("validation_split: null\n" if split == "test" else "")
-        )
+    from flipscope.tasks.lm_eval_export import export_task
+
+    names = {name: export_task(name, ids[name], folder) for name in TASKS}
     results = lm_eval.simple_evaluate(
         model="hf",
         model_args=f"pretrained={model},dtype=float32",
-        tasks=[f"fs_{name}" for name in TASKS],
+        tasks=list(names.values()),
         task_manager=TaskManager(include_path=str(folder)),
         num_fewshot=0,
         batch_size=8,
@@ -73,7 +38,7 @@ def _lm_eval(folder: Path, model: Path, ids: dict[str, list[str]]) -> dict[str, 
         log_samples=True,
     )
     assert results is not None
-    return {name: sorted(results["samples"][f"fs_{name}"], key=lambda s: s["doc_id"]) for name in TASKS}
+    return {name: sorted(results["samples"][task], key=lambda s: s["doc_id"]) for name, task in names.items()}
 
 
 def _their_split(tokenizer: Any, context: str, continuation: str) -> list[int]:
