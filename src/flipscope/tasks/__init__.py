@@ -46,7 +46,7 @@ def split_tasks(text: str) -> list[str]:
     for piece in (p.strip() for p in text.split(",")):
         if not piece:
             continue
-        if piece == "paper" and not (out and ":" in out[-1]):
+        if piece == "paper":
             out += [name for name in PAPER if name not in out]
             continue
         standalone = ":" in piece or piece in _NAMES or Path(piece).suffix.lower() in SUFFIXES or "/" in piece
@@ -108,6 +108,11 @@ def load_task(name: str, *, fewshot: int = 0, limit: int | None = None, seed: in
         return load_file(ref.path, limit=limit, seed=seed)
     if ref.name in SUITE:
         items, pool, meta = load_suite_task(ref.name, fewshot=fewshot)
+        if not items:
+            raise FlipscopeError(
+                f"task {ref.name} has no items left to evaluate after holding out {fewshot} few-shot examples",
+                fix="use fewer few-shot examples (--fewshot)",
+            )
         sample = stratified_sample(items, limit, seed=seed)
         meta.update(available=len(items), evaluated=len(sample), limit=limit, seed=seed)
         return TaskData(ref.name, sample, {"": pool}, meta, SUITE[ref.name].template)
