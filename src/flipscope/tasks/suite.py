@@ -33,13 +33,22 @@ def _arc(split_docs: list[dict[str, Any]]) -> list[MCItem]:
     return items
 
 
-def _arc_rows(rows: list[dict[str, Any]]) -> list[MCItem]:
-    return [
-        MCItem(
-            r["id"], r["question"], tuple(r["choices"]["text"]), _letter_index(r["answerKey"], r["choices"]["label"])
-        )
-        for r in rows
-    ]
+def _labelled(question: str) -> Callable[[list[dict[str, Any]]], list[MCItem]]:
+    """Rows with ``id``, a question field, ``choices`` {text, label} and ``answerKey`` (ARC, OpenBookQA,
+    CommonsenseQA)."""
+
+    def convert(rows: list[dict[str, Any]]) -> list[MCItem]:
+        return [
+            MCItem(
+                str(r["id"]),
+                r[question],
+                tuple(r["choices"]["text"]),
+                _letter_index(r["answerKey"], r["choices"]["label"]),
+            )
+            for r in rows
+        ]
+
+    return convert
 
 
 def _hellaswag_clean(text: str) -> str:
@@ -101,7 +110,7 @@ def _arc_task(name: str, folder: str, docs: int, validation: int) -> SuiteTask:
             )
         ),
         _QA,
-        _rows(f"ai2_arc/{folder}/validation", validation, _ARC_FIELDS, _arc_rows),
+        _rows(f"ai2_arc/{folder}/validation", validation, _ARC_FIELDS, _labelled("question")),
     )
 
 
@@ -157,15 +166,7 @@ SUITE: dict[str, SuiteTask] = {
             "openbookqa/main/validation",
             500,
             {"id", "question_stem", "choices", "answerKey"},
-            lambda rows: [
-                MCItem(
-                    r["id"],
-                    r["question_stem"],
-                    tuple(r["choices"]["text"]),
-                    _letter_index(r["answerKey"], r["choices"]["label"]),
-                )
-                for r in rows
-            ],
+            _labelled("question_stem"),
         ),
         _PLAIN,
     ),
@@ -198,15 +199,7 @@ SUITE: dict[str, SuiteTask] = {
             "tau/commonsense_qa/none/validation",
             1221,
             {"id", "question", "choices", "answerKey"},
-            lambda rows: [
-                MCItem(
-                    r["id"],
-                    r["question"],
-                    tuple(r["choices"]["text"]),
-                    _letter_index(r["answerKey"], r["choices"]["label"]),
-                )
-                for r in rows
-            ],
+            _labelled("question"),
         ),
         Template(
             "letters",
