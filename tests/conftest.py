@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 
 from flipscope.models import ModelInfo, ModelSpec, OptionScores, RowSink, Source, register_source
-from flipscope.models._base import Capabilities, TopKRows
+from flipscope.models._base import (
+    Capabilities,
+    Decoding,
+    Generation,
+    GenRequest,
+    StopReason,
+    TopKRows,
+    cut_at_stop,
+)
 from flipscope.tasks import ScoreRequest
 
 # --- hermetic caches -------------------------------------------------------------------------------------------
@@ -139,6 +147,8 @@ class Script:
     max_context: int = 10_000
     multiple_choice: bool = True
     calls: list[int] = field(default_factory=list)
+    #: prompt → generated text (before stop strings are applied)
+    answer: Callable[[str], str] = lambda prompt: f"answer to {prompt}"
 
 
 def mock_pieces(vocab: int) -> list[str]:
@@ -193,8 +203,16 @@ class MockBackend:
     def count_tokens(self, text: str) -> int:
         return len(text.split())
 
-    def generate(self, prompts: Sequence[str], *, max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
-        return [f"answer to {p}" for p in prompts]
+    def generate(
+        self, requests: Sequence[GenRequest], decoding: Decoding, *, advance: Callable[[int], None] | None = None
+    ) -> list[Generation]:
+        out = []
+        for request in requests:
+            text, stopped = cut_at_stop(self.script.answer(request.prompt), decoding.stop)
+            out.append(Generation(text, StopReason.STOP if stopped else StopReason.EOS, len(request.prompt), len(text)))
+            if advance:
+                advance(1)
+        return out
 
     def close(self) -> None:
         pass

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from flipscope.errors import FlipscopeError
+from flipscope.models._base import Decoding, GenRequest
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (CI installs it: see .ci/run)")
 
@@ -63,9 +64,10 @@ def test_gguf_quant_types_mc_kld_and_generation(tmp_path: Path) -> None:
     q2 = result.summary["gguf:smollm2-135m+ggml:Q2_K"].kl_mean.value
     assert 0 < q8 < q2
     backend = load_backend(parse_spec("gguf:smollm2-135m"))
-    answer = backend.generate(["What is the capital of France?"], max_tokens=12)  # type: ignore[attr-defined]
+    chat = [GenRequest("What is the capital of France?", chat=True), GenRequest("The capital of France is")]
+    answer = backend.generate(chat, Decoding(max_new_tokens=12))
     backend.close()
-    assert answer[0].strip()
+    assert answer[0].text.strip() and answer[1].text.strip() and answer[1].new_tokens
 
 
 def test_gemma_adds_bos_the_same_way_in_bundled_and_gguf(tmp_path: Path) -> None:

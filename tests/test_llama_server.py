@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from flipscope.errors import FlipscopeError
+from flipscope.models._base import Decoding, GenRequest
 
 pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed (CI installs it)")
 
@@ -101,8 +102,8 @@ def test_real_server_multiple_choice_generation_and_top_k_kl(bos_gguf: Path, bos
     assert s.token_kl_mean is not None and 0.0 <= s.token_kl_mean < 1e-3
     assert result.run.candidates[0].details["token_kl"] == "top-k approximate (lower bound)"
     assert any("top-k approximate" in n for n in result.run.notes)
-    answer = server.generate(["Name a planet."], max_tokens=8)
-    assert answer[0].strip()
+    answer = server.generate([GenRequest("Name a planet.", chat=True)], Decoding(max_new_tokens=8))
+    assert answer[0].text.strip()
     # the reverse: the server as baseline (its top-20 stored by text), the in-process engine as candidate
     back = flipscope.compare(spec, [f"gguf:{bos_gguf}"], tasks=["mmlu"], limit=4, out=tmp_path / "back",
                              cache_dir=tmp_path / "cache")  # fmt: skip
@@ -121,8 +122,10 @@ def test_real_server_is_probed_refused_for_multiple_choice_and_still_chats(llama
     with pytest.raises(FlipscopeError, match="disagree with its own generation"):
         flipscope.compare("gguf:smollm2-135m", [f"openai:{llama_server}#smollm2"], tasks=["mmlu"], limit=5,
                           out=tmp_path / "run", cache_dir=tmp_path / "cache")  # fmt: skip
-    answer = server.generate(["Name a planet."], max_tokens=8)  # type: ignore[attr-defined]
-    assert answer[0].strip()
+    answer = server.generate(
+        [GenRequest("Name a planet.", chat=True), GenRequest("Mars is a")], Decoding(max_new_tokens=8)
+    )
+    assert answer[0].text.strip() and answer[1].text.strip()
 
 
 def test_real_server_echo_logprobs_are_the_local_engines_one_position_late(llama_server: str) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from fake_server import FakeServer, serve
 from flipscope.errors import FlipscopeError
+from flipscope.models._base import Decoding, GenRequest
 from flipscope.models.openai_http import HTTPSettings
 from flipscope.models.openai_server import OpenAIBackend
 from flipscope.tasks import ScoreRequest
@@ -109,8 +110,8 @@ def test_api_key_comes_from_the_environment_and_is_never_stored(
     with serve(fake) as url:
         result = flipscope.compare(f"openai:{url}#fake-model", [f"openai:{url}#other"], tasks=[str(mc_file)],
                                    out=tmp_path / "run", cache_dir=tmp_path / "cache")  # fmt: skip
-        chat = backend(url).generate(["hello"])
-    assert chat == ["fake answer"]
+        chat = backend(url).generate([GenRequest("hello", chat=True)], Decoding())
+    assert [g.text for g in chat] == ["fake answer"]
     assert all(h.get("Authorization") == "Bearer sk-secret-123" for h in fake.headers)
     for path in (tmp_path / "run").rglob("*"):
         if path.is_file():

@@ -12,6 +12,7 @@ from scipy import special
 from flipscope import compare, load_run
 from flipscope.metrics.kl import kl_exact
 from flipscope.models import parse_spec
+from flipscope.models._base import Decoding, GenRequest
 from flipscope.store import read_run
 from flipscope.tasks import ScoreRequest
 from tests.conftest import Script
@@ -278,8 +279,8 @@ def test_tiny_llama_capabilities_generation_and_context_check(tiny_llama: Path, 
     caps = backend.info.capabilities
     assert caps.multiple_choice and caps.rows == "full" and caps.max_context == 512
     assert not caps.chat  # the test tokenizer has no chat template: generation continues the plain text
-    answer = backend.generate(["The capital of France is"], max_tokens=4)
-    assert len(answer) == 1 and isinstance(answer[0], str) and answer[0]
+    answer = backend.generate([GenRequest("The capital of France is")], Decoding(max_new_tokens=4))
+    assert len(answer) == 1 and answer[0].text and answer[0].new_tokens == 4
     pieces = backend.vocabulary_pieces()
     text = "The capital of France is Paris."
     ids = backend.tokenizer.encode(text, add_special_tokens=False)  # type: ignore[attr-defined]

@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Literal, Protocol, Union
 
 from flipscope.errors import FlipscopeError
@@ -81,6 +82,58 @@ class OptionScores:
     n_tokens: tuple[int, ...]
 
 
+class StopReason(StrEnum):
+    """Why a generation ended: a stop string, the end-of-sequence token, or ``max_new_tokens``. llama.cpp and
+    OpenAI-compatible servers report both of the first two as "stop": there ``STOP`` means either."""
+
+    STOP = "stop"
+    EOS = "eos"
+    LENGTH = "length"
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """One generation: ``prompt`` is raw text continued as is, or (``chat``) the user's message, wrapped in the
+    model's chat template."""
+
+    prompt: str
+    chat: bool = False
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """Decoding settings, shared by every backend (and part of a generation pass's cache key). Greedy at
+    temperature 0; sampling uses ``seed``."""
+
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    temperature: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A generated answer, cut before its first stop string; token counts as the backend reports them."""
+
+    text: str
+    stop_reason: StopReason
+    prompt_tokens: int | None
+    new_tokens: int | None
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to the earliest of the ``stop`` strings, and whether one was found."""
+    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+def finish_reason(reason: object) -> StopReason:
+    """An engine's or server's ``finish_reason`` ("stop", "length", "eos") as a StopReason."""
+    if reason == "length":
+        return StopReason.LENGTH
+    return StopReason.EOS if reason == "eos" else StopReason.STOP
+
+
 #: Receives the distributions predicting each token of one continuation: (request index, option index, rows) with
 #: rows either full-vocabulary log-probabilities [T, V] float32 (valid only during the call) or ``TopKRows``.
 RowSink = Callable[[int, int, Union["np.ndarray", TopKRows]], None]
@@ -102,8 +155,14 @@ class Backend(Protocol):
         """Score every continuation of every request; call ``advance(1)`` after each request."""
         ...
 
-    def generate(self, prompts: Sequence[str], *, max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
-        """One chat turn per prompt (the model's chat template; greedy at temperature 0)."""
+    def generate(
+        self,
+        requests: Sequence[GenRequest],
+        decoding: Decoding,
+        *,
+        advance: Callable[[int], None] | None = None,
+    ) -> list[Generation]:
+        """Generate for every request (several per forward pass where the engine can); ``advance(1)`` after each."""
         ...
 
     def vocabulary_pieces(self) -> list[str] | None:

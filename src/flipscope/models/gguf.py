@@ -19,9 +19,13 @@ import numpy as np
 from flipscope.errors import FlipscopeError
 from flipscope.models._base import (
     Capabilities,
+    Decoding,
+    Generation,
+    GenRequest,
     ModelInfo,
     OptionScores,
     RowSink,
+    finish_reason,
     nonfinite_logits,
     vocabulary_fingerprint,
 )
@@ -198,15 +202,31 @@ class GGUFBackend:
     def decode(self, ids: Sequence[int]) -> str:
         return bytes(self.llm.detokenize(list(ids))).decode("utf-8", errors="replace")
 
-    def generate(self, prompts: Sequence[str], *, max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
-        """One chat turn per prompt, with the model's own chat template (greedy at temperature 0)."""
+    def generate(
+        self,
+        requests: Sequence[GenRequest],
+        decoding: Decoding,
+        *,
+        advance: Callable[[int], None] | None = None,
+    ) -> list[Generation]:
+        """One request at a time through llama.cpp (raw completion, or the GGUF's chat template)."""
         out = []
-        for prompt in prompts:
+        settings = {"max_tokens": decoding.max_new_tokens, "temperature": decoding.temperature,
+                    "stop": list(decoding.stop) or None, "seed": decoding.seed}  # fmt: skip
+        for request in requests:
             self.llm.reset()
-            answer = self.llm.create_chat_completion(
-                messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=temperature, seed=0
-            )
-            out.append(str(answer["choices"][0]["message"]["content"] or ""))
+            if request.chat and self.info.capabilities.chat:
+                messages = [{"role": "user", "content": request.prompt}]
+                answer = self.llm.create_chat_completion(messages=messages, **settings)
+                text = answer["choices"][0]["message"]["content"] or ""
+            else:
+                answer = self.llm.create_completion(prompt=request.prompt, **settings)
+                text = answer["choices"][0]["text"] or ""
+            usage = answer.get("usage") or {}
+            reason = finish_reason(answer["choices"][0].get("finish_reason"))
+            out.append(Generation(str(text), reason, usage.get("prompt_tokens"), usage.get("completion_tokens")))
+            if advance:
+                advance(1)
         return out
 
     def close(self) -> None:

@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Any
 from flipscope.errors import FlipscopeError
 from flipscope.models._base import (
     Capabilities,
+    Decoding,
+    Generation,
+    GenRequest,
     ModelInfo,
     OptionScores,
     RowSink,
@@ -195,24 +198,29 @@ class HFBackend:
     def count_tokens(self, text: str) -> int:
         return len(bos_prefix(self.tokenizer)) + len(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def generate(self, prompts: Sequence[str], *, max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
-        """One chat turn per prompt with the tokenizer's chat template (plain text where it has none)."""
-        import torch
+    def generate(
+        self,
+        requests: Sequence[GenRequest],
+        decoding: Decoding,
+        *,
+        advance: Callable[[int], None] | None = None,
+    ) -> list[Generation]:
+        """Batched, left-padded, one key/value cache per batch (see ``_hf_generate``)."""
+        from flipscope.models._hf_generate import generate
 
-        out = []
-        for prompt in prompts:
-            if self.info.capabilities.chat:
-                messages = [{"role": "user", "content": prompt}]
-                text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            else:
-                text = prompt
-            ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids.to(self.device)
-            sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-            with torch.no_grad():
-                made = self.model.generate(ids, max_new_tokens=max_tokens, pad_token_id=self.tokenizer.eos_token_id,
-                                           **sampling)  # fmt: skip
-            out.append(str(self.tokenizer.decode(made[0, ids.shape[1] :], skip_special_tokens=True)))
-        return out
+        return generate(
+            self.model,
+            self.tokenizer,
+            self.device,
+            requests,
+            decoding,
+            bos=bos_prefix(self.tokenizer),
+            chat=self.info.capabilities.chat,
+            batch_size=self.batch_size,
+            max_context=self.info.capabilities.max_context,
+            label=self.info.label,
+            advance=advance,
+        )
 
     def score(
         self,

@@ -18,7 +18,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from flipscope.errors import FlipscopeError
-from flipscope.models._base import Capabilities, ModelInfo, OptionScores, RowSink, TopKRows
+from flipscope.models._base import (
+    Capabilities,
+    Decoding,
+    Generation,
+    GenRequest,
+    ModelInfo,
+    OptionScores,
+    RowSink,
+    TopKRows,
+    finish_reason,
+)
 from flipscope.models.openai_http import ClientError, HTTPSettings, post_json
 
 if TYPE_CHECKING:
@@ -244,20 +254,45 @@ class OpenAIBackend:
     def count_tokens(self, text: str) -> None:
         return None
 
-    def generate(self, prompts: Sequence[str], *, max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
-        """One chat turn per prompt, through ``/chat/completions``."""
+    def generate(
+        self,
+        requests: Sequence[GenRequest],
+        decoding: Decoding,
+        *,
+        advance: Callable[[int], None] | None = None,
+    ) -> list[Generation]:
+        """``/completions`` for raw prompts, ``/chat/completions`` for chat, concurrently, retried."""
+        settings = {"model": self.model, "max_tokens": decoding.max_new_tokens, "temperature": decoding.temperature,
+                    "seed": decoding.seed, **({"stop": list(decoding.stop)} if decoding.stop else {})}  # fmt: skip
 
-        def one(prompt: str) -> str:
-            body = {"model": self.model, "messages": [{"role": "user", "content": prompt}],
-                    "max_tokens": max_tokens, "temperature": temperature}  # fmt: skip
-            response = post_json(self.base_url, "/chat/completions", body, self.settings)
+        def one(request: GenRequest) -> Generation:
+            if request.chat:
+                path, body = (
+                    "/chat/completions",
+                    {**settings, "messages": [{"role": "user", "content": request.prompt}]},
+                )
+            else:
+                path, body = "/completions", {**settings, "prompt": request.prompt}
+            response = post_json(self.base_url, path, body, self.settings)
             try:
-                return str(response["choices"][0]["message"]["content"])
+                choice = response["choices"][0]
+                text = choice["message"]["content"] if request.chat else choice["text"]
+                usage = response.get("usage") or {}
+                reason = finish_reason(choice.get("finish_reason"))
+                return Generation(str(text or ""), reason, usage.get("prompt_tokens"), usage.get("completion_tokens"))
             except (KeyError, IndexError, TypeError) as exc:
-                raise FlipscopeError(f"server {self.base_url} returned a chat answer without content") from exc
+                raise FlipscopeError(
+                    f"server {self.base_url} returned a {path} answer without generated text",
+                    fix="check that the server can generate (its /v1/completions and /v1/chat/completions)",
+                ) from exc
 
+        out = []
         with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
-            return list(pool.map(one, prompts))
+            for generation in pool.map(one, requests):
+                out.append(generation)
+                if advance:
+                    advance(1)
+        return out
 
     def close(self) -> None:
         pass

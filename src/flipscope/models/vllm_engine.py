@@ -13,7 +13,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flipscope.errors import FlipscopeError
-from flipscope.models._base import Capabilities, ModelInfo, OptionScores, RowSink, TopKRows
+from flipscope.models._base import (
+    Capabilities,
+    Decoding,
+    Generation,
+    GenRequest,
+    ModelInfo,
+    OptionScores,
+    RowSink,
+    TopKRows,
+    finish_reason,
+)
 from flipscope.models.hf import bos_prefix
 
 if TYPE_CHECKING:
@@ -116,14 +126,36 @@ class VLLMBackend:
     def count_tokens(self, text: str) -> int:
         return len(self.bos) + len(self._ids(text))
 
-    def generate(self, prompts: Sequence[str], *, max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
-        """One chat turn per prompt through vLLM's chat API (the model's chat template)."""
+    def generate(
+        self,
+        requests: Sequence[GenRequest],
+        decoding: Decoding,
+        *,
+        advance: Callable[[int], None] | None = None,
+    ) -> list[Generation]:
+        """All requests in one vLLM call (continuous batching); chat requests through its chat API."""
         import vllm
 
-        params = vllm.SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=0)
-        conversations = [[{"role": "user", "content": p}] for p in prompts]
-        outputs = self.engine.chat(conversations, params, use_tqdm=False)
-        return [str(o.outputs[0].text) for o in outputs]
+        params = vllm.SamplingParams(max_tokens=decoding.max_new_tokens, temperature=decoding.temperature,
+                                     seed=decoding.seed, stop=list(decoding.stop) or None)  # fmt: skip
+        results: dict[int, Generation] = {}
+        for chat in (False, True):
+            picked = [i for i, r in enumerate(requests) if r.chat == chat]
+            if not picked:
+                continue
+            if chat:
+                conversations = [[{"role": "user", "content": requests[i].prompt}] for i in picked]
+                outputs = self.engine.chat(conversations, params, use_tqdm=False)
+            else:
+                outputs = self.engine.generate([requests[i].prompt for i in picked], params, use_tqdm=False)
+            for i, o in zip(picked, outputs, strict=True):
+                made = o.outputs[0]
+                eos = made.finish_reason == "stop" and made.stop_reason is None  # vLLM names the stop string
+                reason = finish_reason("eos" if eos else made.finish_reason)
+                results[i] = Generation(str(made.text), reason, len(o.prompt_token_ids or []), len(made.token_ids))
+                if advance:
+                    advance(1)
+        return [results[i] for i in range(len(requests))]
 
     def score(
         self,

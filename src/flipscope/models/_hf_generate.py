@@ -1,0 +1,96 @@
+"""Batched generation on transformers: prompts of similar length together, left-padded, decoded step by step with
+one key/value cache for the batch (transformers' ``generate``), each row stopping on its own at EOS, a stop string
+or ``max_new_tokens``; a row that has stopped only pads until the batch ends. Greedy at temperature 0, sampling
+with the recorded seed otherwise."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from flipscope.errors import FlipscopeError
+from flipscope.models._base import Decoding, Generation, GenRequest, StopReason, cut_at_stop
+
+
+def prompt_text(tokenizer: Any, request: GenRequest, chat: bool) -> str:
+    """The text a model continues: the chat template around the user's message where asked (and available)."""
+    if request.chat and chat:
+        messages = [{"role": "user", "content": request.prompt}]
+        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return request.prompt
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    device: str,
+    requests: Sequence[GenRequest],
+    decoding: Decoding,
+    *,
+    bos: list[int],
+    chat: bool,
+    batch_size: int,
+    max_context: int | None,
+    label: str,
+    advance: Callable[[int], None] | None = None,
+) -> list[Generation]:
+    import torch
+
+    encoded = [
+        bos + list(tokenizer.encode(prompt_text(tokenizer, r, chat), add_special_tokens=False)) for r in requests
+    ]
+    for index, prompt_ids in enumerate(encoded):
+        if max_context is not None and len(prompt_ids) + decoding.max_new_tokens > max_context:
+            raise FlipscopeError(
+                f"{label}: prompt {index} is {len(prompt_ids)} tokens; with {decoding.max_new_tokens} new tokens it "
+                f"passes the model's {max_context}-token context",
+                fix="lower --max-new-tokens or use fewer few-shot examples",
+            )
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    out: list[Generation | None] = [None] * len(requests)
+    order = sorted(range(len(requests)), key=lambda i: len(encoded[i]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in chunk)
+        ids = torch.full((len(chunk), width), pad if pad is not None else 0, dtype=torch.long)  # [B, L] left-padded
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, i in enumerate(chunk):
+            ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+            mask[row, width - len(encoded[i]) :] = 1
+        sampling: dict[str, Any] = {"do_sample": False}
+        if decoding.temperature > 0:
+            torch.manual_seed(decoding.seed)
+            sampling = {"do_sample": True, "temperature": decoding.temperature, "top_k": 0, "top_p": 1.0}
+        stops = {"stop_strings": list(decoding.stop), "tokenizer": tokenizer} if decoding.stop else {}
+        with torch.no_grad():
+            made = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=decoding.max_new_tokens,
+                pad_token_id=pad,
+                eos_token_id=eos,
+                **sampling,
+                **stops,
+            )  # [B, L + new]
+        for row, i in enumerate(chunk):
+            new = made[row, width:].tolist()
+            while new and pad is not None and pad != eos and new[-1] == pad:  # a finished row's padding
+                new.pop()
+            out[i] = _finish(new, tokenizer, decoding, eos, len(encoded[i]))
+            if advance:
+                advance(1)
+    return [g for g in out if g is not None]
+
+
+def _finish(new: list[int], tokenizer: Any, decoding: Decoding, eos: int | None, prompt_tokens: int) -> Generation:
+    """One row's new tokens → its text up to the first stop string, and why it stopped."""
+    if eos is not None and eos in new:
+        text = str(tokenizer.decode(new[: new.index(eos)], skip_special_tokens=True))
+        text, stopped = cut_at_stop(text, decoding.stop)
+        reason = StopReason.STOP if stopped else StopReason.EOS
+        return Generation(text, reason, prompt_tokens, new.index(eos) + (0 if stopped else 1))
+    text, stopped = cut_at_stop(str(tokenizer.decode(new, skip_special_tokens=True)), decoding.stop)
+    if stopped:
+        return Generation(text, StopReason.STOP, prompt_tokens, len(new))
+    return Generation(text, StopReason.LENGTH, prompt_tokens, len(new))
