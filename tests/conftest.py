@@ -149,6 +149,7 @@ class Script:
     calls: list[int] = field(default_factory=list)
     #: prompt → generated text (before stop strings are applied)
     answer: Callable[[str], str] = lambda prompt: f"answer to {prompt}"
+    generated: list[int] = field(default_factory=list)  # requests per generate call
 
 
 def mock_pieces(vocab: int) -> list[str]:
@@ -206,10 +207,12 @@ class MockBackend:
     def generate(
         self, requests: Sequence[GenRequest], decoding: Decoding, *, advance: Callable[[int], None] | None = None
     ) -> list[Generation]:
+        self.script.generated.append(len(requests))
         out = []
         for request in requests:
             text, stopped = cut_at_stop(self.script.answer(request.prompt), decoding.stop)
-            out.append(Generation(text, StopReason.STOP if stopped else StopReason.EOS, len(request.prompt), len(text)))
+            reason = StopReason.STOP if stopped else StopReason.EOS
+            out.append(Generation(text, reason, len(request.prompt), len(text), tuple(ord(c) for c in text)))
             if advance:
                 advance(1)
         return out

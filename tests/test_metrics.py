@@ -149,3 +149,28 @@ def test_quantile_matches_numpy() -> None:
 def test_pair_up_rejects_unmatched_items() -> None:
     with pytest.raises(ValueError, match="no baseline"):
         pair_up([score("a", 0, (0.0, -1.0))], [score("b", 0, (0.0, -1.0))])
+
+
+def test_judge_free_distances_by_hand() -> None:
+    from flipscope.metrics import FreeAnswer, ItemScore, Pair, answer_distance
+    from flipscope.metrics._records import first_divergence
+
+    assert first_divergence((1, 2, 3), (1, 2, 4)) == 2
+    assert first_divergence((1, 2), (1, 2, 3)) == 2 and first_divergence((5,), (5,)) is None
+    assert first_divergence((), (7,)) == 0
+
+    def free(text: str, answer: str, ids: tuple[int, ...] | None, lp: float | None, n: int | None) -> FreeAnswer:
+        return FreeAnswer(text, answer, False, False, "stop", len(text), ids, lp, n)
+
+    base = ItemScore("gsm8k", "1", "", 0, (), free=free("a b c", "3", (1, 2, 3), -6.0, 3))
+    cand = ItemScore("gsm8k", "1", "", 0, (), token_kl=0.25, free=free("a b d", "3", (1, 2, 9), -7.5, None))
+    d = answer_distance(Pair(base, cand))
+    assert d is not None and d.teacher_kl == 0.25 and d.delta_nll == 0.5 and d.first_divergence == 2
+    assert d.same_answer and not d.identical
+    same = ItemScore("gsm8k", "1", "", 0, (), free=free("a b c", "[invalid]", None, -6.0, None))
+    d2 = answer_distance(
+        Pair(ItemScore("gsm8k", "1", "", 0, (), free=free("a b c", "[invalid]", None, None, None)), same)
+    )
+    assert (
+        d2 is not None and d2.identical and d2.first_divergence is None and not d2.same_answer and d2.delta_nll is None
+    )

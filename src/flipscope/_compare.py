@@ -6,13 +6,23 @@ import contextlib
 import datetime as dt
 import logging
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from flipscope._cache import cache_root, content_hash
+from flipscope._generative import (
+    FREE_TASKS,
+    FreeTask,
+    free_scores,
+    generate_pass,
+    generation_key,
+    load_free_task,
+    teacher_key,
+    teacher_requests,
+)
 from flipscope.display import Display, NullDisplay
 from flipscope.errors import FlipscopeError
 from flipscope.metrics import ItemScore, TaskSummary, summarize_run
@@ -30,6 +40,7 @@ from flipscope.store import (
     records_frame,
     write_run,
 )
+from flipscope.store.generations import GenerationStore
 from flipscope.store.run_dir import check_out, claim_run_dir
 from flipscope.tasks import ItemRequests, PromptFormat, TaskData, check_task, item_requests, load_task
 
@@ -85,6 +96,7 @@ class _Runner:
         self.display = display
         self.use_cache = use_cache
         self.store = PassStore(cache_dir)
+        self.generations = GenerationStore(cache_dir / "generations")
         self.options = LoadOptions(device=settings.device, dtype=settings.dtype, batch_size=settings.batch_size)
         self.notes: list[str] = []
 
@@ -94,76 +106,126 @@ class _Runner:
         role: str,
         tasks: list[_TaskWork],
         baseline: dict[str, PassResult] | None,
+        free: Sequence[FreeTask] = (),
     ) -> tuple[ModelEntry, dict[str, PassResult]]:
-        from flipscope._passes import TOPK_APPROXIMATE, TOPK_BOUND, run_pass
-
         weights = fingerprint(spec)
         entry = ModelEntry(spec=spec.label(), role=role, fingerprint=weights)
-        backend: Backend | None = None
+        loaded: list[Backend] = []
+
+        def backend() -> Backend:  # loaded on first need: nothing loads when every pass is cached
+            if not loaded:
+                loaded.append(load_backend(spec, self.options))
+            return loaded[0]
+
         results: dict[str, PassResult] = {}
         try:
             for work in tasks:
-                task = work.task
+                ref = baseline[work.task.name] if baseline else None
+                results[work.task.name], entry.reused[work.task.name] = self._mc_pass(work, spec, role, weights,
+                                                                                      backend, ref)  # fmt: skip
+            for task in free:
                 ref = baseline[task.name] if baseline else None
-                key = content_hash(
-                    {
-                        "v": SCORING_VERSION,
-                        "model": weights,
-                        "requests": work.digest,
-                        "dtype": self.settings.dtype,
-                        "device": self.settings.device,
-                        "batch": self.settings.batch_size,
-                        "store": [self.settings.topk, self.settings.tail_samples] if ref is None else None,
-                        "reference": ref.key if ref else None,
-                    }
-                )
-                cached = self.store.load(key) if self.use_cache else None
-                if cached is not None:
-                    log.info("%s on %s: reusing cached results %s", spec.label(), task.name, key)
-                    results[task.name] = cached
-                    entry.reused[task.name] = True
-                else:
-                    if backend is None:
-                        backend = load_backend(spec, self.options)
-                    reference, exact = self._reference(backend, ref, spec)
-                    with self.display.progress(f"{role} {spec.label()} · {task.name}", work.n_requests) as advance:
-                        result = run_pass(
-                            backend,
-                            task,
-                            work.prompts,
-                            key=key,
-                            reference=reference,
-                            exact=exact,
-                            progress=advance,
-                            topk=self.settings.topk if ref is None else None,
-                            tail_samples=self.settings.tail_samples,
-                        )
-                    self.store.save(result)
-                    results[task.name] = result
-                    entry.reused[task.name] = False
-                entry.passes[task.name] = key
-                entry.tokenizer_fingerprint = results[task.name].tokenizer
-                entry.details = dict(results[task.name].model.get("details", {}))
-                measured = results[task.name].model
-                if measured.get("token_kl") == TOPK_APPROXIMATE:
-                    entry.details["token_kl"] = TOPK_APPROXIMATE
-                    self._note(
-                        f"{spec.label()}: token KL is {TOPK_APPROXIMATE} — over the tokens that both the baseline's "
-                        "and the candidate's top-k name (matched by text) plus one rest bucket; a lower bound of the "
-                        "full-vocabulary KL"
-                    )
-                    unshared, positions = measured.get("token_kl_unshared", (0, 0))
-                    if unshared:
-                        self._note(
-                            f"{spec.label()} on {task.name}: at {unshared} of {positions} answer-token positions the "
-                            "two top-k lists share no token; those positions are left out of token KL (not scored 0)"
-                        )
-                elif measured.get("token_kl") == "exact" and self.settings.tail_samples == 0:
-                    entry.details["token_kl"] = TOPK_BOUND
+                results[task.name], entry.reused[task.name] = self._free_pass(task, spec, role, weights, backend, ref)
+            for name, result in results.items():
+                self._record(entry, spec, name, result)
         finally:
-            if backend is not None:
-                backend.close()
+            for b in loaded:
+                b.close()
         return entry, results
+
+    def _key(self, weights: str, content: object, ref: PassResult | None) -> dict[str, Any]:
+        return {
+            "v": SCORING_VERSION,
+            "model": weights,
+            "content": content,
+            "dtype": self.settings.dtype,
+            "device": self.settings.device,
+            "batch": self.settings.batch_size,
+            "store": [self.settings.topk, self.settings.tail_samples] if ref is None else None,
+            "reference": ref.key if ref else None,
+        }
+
+    def _scoring(
+        self,
+        data: TaskData,
+        prompts: list[ItemRequests],
+        key: str,
+        spec: ModelSpec,
+        backend: Callable[[], Backend],
+        ref: PassResult | None,
+        title: str,
+    ) -> tuple[PassResult, bool]:
+        """A scoring pass (cached): the baseline records its rows compactly, a candidate is measured against them."""
+        from flipscope._passes import run_pass
+
+        cached = self.store.load(key) if self.use_cache else None
+        if cached is not None:
+            log.info("%s on %s: reusing cached results %s", spec.label(), data.name, key)
+            return cached, True
+        reference, exact = self._reference(backend(), ref, spec)
+        with self.display.progress(title, sum(len(p.requests) for p in prompts)) as advance:
+            result = run_pass(
+                backend(),
+                data,
+                prompts,
+                key=key,
+                reference=reference,
+                exact=exact,
+                progress=advance,
+                topk=self.settings.topk if ref is None else None,
+                tail_samples=self.settings.tail_samples,
+            )
+        self.store.save(result)
+        return result, False
+
+    def _mc_pass(
+        self, work: _TaskWork, spec: ModelSpec, role: str, weights: str, backend: Callable[[], Backend],
+        ref: PassResult | None,
+    ) -> tuple[PassResult, bool]:  # fmt: skip
+        key = content_hash(self._key(weights, work.digest, ref))
+        return self._scoring(
+            work.task, work.prompts, key, spec, backend, ref, f"{role} {spec.label()} · {work.task.name}"
+        )
+
+    def _free_pass(
+        self, task: FreeTask, spec: ModelSpec, role: str, weights: str, backend: Callable[[], Backend],
+        ref: PassResult | None,
+    ) -> tuple[PassResult, bool]:  # fmt: skip
+        """Generate (stored, resumable), then score the baseline's answers teacher-forced."""
+        key = generation_key(task, weights, self._key(weights, None, None))
+        title = f"{role} {spec.label()} · {task.name}"
+        with self.display.progress(f"{title} (generating)", len(task.prompts)) as advance:
+            made, reused = generate_pass(task, key, backend, self.generations, use_cache=self.use_cache,
+                                         advance=advance)  # fmt: skip
+        answers = [s.free.text if s.free else "" for s in ref.scores] if ref else [g.text for g in made]
+        data, prompts = teacher_requests(task, answers)
+        tkey = teacher_key(weights, answers, self._key(weights, task.digest, ref))
+        teacher, cached = self._scoring(data, prompts, tkey, spec, backend, ref, f"{title} (scoring B's answers)")
+        return PassResult(tkey, teacher.model, free_scores(task, made, teacher), teacher.reference), reused and cached
+
+    def _record(self, entry: ModelEntry, spec: ModelSpec, task: str, result: PassResult) -> None:
+        """The model entry's passes, tokenizer and details, and the notes a pass's token KL calls for."""
+        from flipscope._passes import TOPK_APPROXIMATE, TOPK_BOUND
+
+        entry.passes[task] = result.key
+        entry.tokenizer_fingerprint = result.tokenizer
+        entry.details = dict(result.model.get("details", {}))
+        measured = result.model
+        if measured.get("token_kl") == TOPK_APPROXIMATE:
+            entry.details["token_kl"] = TOPK_APPROXIMATE
+            self._note(
+                f"{spec.label()}: token KL is {TOPK_APPROXIMATE} — over the tokens that both the baseline's "
+                "and the candidate's top-k name (matched by text) plus one rest bucket; a lower bound of the "
+                "full-vocabulary KL"
+            )
+            unshared, positions = measured.get("token_kl_unshared", (0, 0))
+            if unshared:
+                self._note(
+                    f"{spec.label()} on {task}: at {unshared} of {positions} answer-token positions the "
+                    "two top-k lists share no token; those positions are left out of token KL (not scored 0)"
+                )
+        elif measured.get("token_kl") == "exact" and self.settings.tail_samples == 0:
+            entry.details["token_kl"] = TOPK_BOUND
 
     def _reference(
         self, backend: Backend, ref: PassResult | None, spec: ModelSpec
@@ -207,6 +269,7 @@ def compare(
     device: str = "auto",
     dtype: str = "float32",
     batch_size: int = 16,
+    max_new_tokens: int | None = None,
     use_cache: bool = True,
     cache_dir: str | Path | None = None,
     display: Display | None = None,
@@ -243,12 +306,15 @@ def compare(
         dtype=dtype,
         batch_size=batch_size,
     )
-    loaded = [load_task(name, fewshot=fewshot, limit=limit, seed=seed) for name in tasks]
+    loaded = [load_task(name, fewshot=fewshot, limit=limit, seed=seed) for name in tasks if name not in FREE_TASKS]
+    free = [load_free_task(name, limit=limit, seed=seed, max_new_tokens=max_new_tokens) for name in tasks
+            if name in FREE_TASKS]  # fmt: skip
+    names = [t.name if t is not None else name for name, t in _in_order(tasks, loaded)]
     if len({t.name for t in loaded}) != len(loaded):
         raise FlipscopeError("a task is named twice", fix="give each task once")
     work = [_TaskWork.build(t, fmt, fewshot) for t in loaded]
     runner = _Runner(settings, shown, use_cache, Path(cache_dir) if cache_dir else cache_root() / "passes")
-    base_entry, base_results = runner.run_model(base_spec, "baseline", work, None)
+    base_entry, base_results = runner.run_model(base_spec, "baseline", work, None, free)
     base_scores = [s for r in base_results.values() for s in r.scores]
     entries, summary, scores = [], {}, {base_spec.label(): base_scores}
     notes = [f"{t.name}: {t.meta['note']}" for t in loaded if "note" in t.meta]
@@ -261,11 +327,11 @@ def compare(
             )
             break
     for spec in cand_specs:
-        entry, results = runner.run_model(spec, "candidate", work, base_results)
+        entry, results = runner.run_model(spec, "candidate", work, base_results, free)
         entries.append(entry)
         cand_scores = [s for r in results.values() for s in r.scores]
         scores[spec.label()] = cand_scores
-        summary[spec.label()] = summarize_run(base_scores, cand_scores, [t.name for t in loaded])
+        summary[spec.label()] = summarize_run(base_scores, cand_scores, names)
         floor = noise_floor_note(base_spec, spec, summary[spec.label()])
         if floor:
             notes.append(floor)
@@ -277,13 +343,14 @@ def compare(
         settings=settings,
         baseline=base_entry,
         candidates=entries,
-        tasks=[TaskEntry(name=t.name, meta=t.meta) for t in loaded],
+        tasks=[TaskEntry(name=t.name, meta=t.meta) for t in loaded]
+        + [TaskEntry(name=t.name, meta=t.meta) for t in free],
         summary=summary,
         notes=notes,
     )
     folder = claim_run_dir(out)
     roles = {label: ("baseline" if label == base_spec.label() else "candidate", s) for label, s in scores.items()}
-    write_run(folder, run, records_frame(roles), _items_frame(loaded))
+    write_run(folder, run, records_frame(roles), _items_frame(loaded, free))
     return Comparison(run, folder, scores)
 
 
@@ -304,8 +371,16 @@ def noise_floor_note(base: ModelSpec, cand: ModelSpec, per_task: dict[str, TaskS
     )
 
 
-def _items_frame(tasks: list[TaskData]) -> Any:
+def _items_frame(tasks: list[TaskData], free: Sequence[FreeTask] = ()) -> Any:
     import pandas as pd
 
     rows = [{**asdict(item), "task": t.name, "choices": list(item.choices)} for t in tasks for item in t.items]
+    rows += [{"item_id": p.item_id, "question": p.question, "target": p.target, "task": t.name, "prompt": text}
+             for t in free for p, text in zip(t.problems, t.prompts, strict=True)]  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _in_order(names: Sequence[str], loaded: list[TaskData]) -> list[tuple[str, TaskData | None]]:
+    """Each asked-for task with its loaded multiple-choice data (None for free-form ones), in the order asked."""
+    mc = iter(loaded)
+    return [(name, None if name in FREE_TASKS else next(mc)) for name in names]

@@ -177,6 +177,7 @@ def run_pass(
         mine = range(at, at + len(prompt.requests))
         at += len(prompt.requests)
         logprobs = tuple(v for i in mine for v in scored[i].logprobs)
+        tokens = tuple(v for i in mine for v in scored[i].n_tokens)
         token_kl = None
         if meter:
             kls = [meter.item_kl(i, len(requests[i].continuations)) for i in mine]
@@ -190,6 +191,7 @@ def run_pass(
                 logprobs=logprobs,
                 option_chars=prompt.option_chars,
                 token_kl=token_kl,
+                option_tokens=tokens,
             )
         )
     model: dict[str, Any] = {

@@ -16,7 +16,8 @@ from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
     default="mmlu",
     show_default=True,
     help="Comma-separated tasks, by lm-eval's names: mmlu, mmlu:<subject>[,<subject>…], arc_challenge, arc_easy, "
-    "hellaswag, piqa, winogrande, boolq, openbookqa, sciq, copa, commonsense_qa, social_iqa; paper (the paper's "
+    "hellaswag, piqa, winogrande, boolq, openbookqa, sciq, copa, commonsense_qa, social_iqa, gsm8k (generated); "
+    "paper (the paper's "
     "suite: mmlu … openbookqa); or a .jsonl/.csv/.parquet file (e.g. mmlu:anatomy,astronomy,my_questions.jsonl). "
     "`flipscope tasks` lists them.",
 )
@@ -76,6 +77,12 @@ from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
     show_default=True,
     help="Questions per forward pass (transformers backends); part of the cache key.",
 )
+@click.option(
+    "--max-new-tokens",
+    type=int,
+    default=None,
+    help="Free-form tasks (gsm8k): tokens generated at most per answer. Default: 256.",
+)
 @click.option("--no-cache", is_flag=True, help="Run every model again instead of reusing cached passes.")
 @click.option(
     "--cache-dir",
@@ -97,6 +104,7 @@ def compare_cmd(
     device: str,
     dtype: str,
     batch_size: int,
+    max_new_tokens: int | None,
     no_cache: bool,
     cache_dir: str | None,
 ) -> None:
@@ -130,6 +138,7 @@ def compare_cmd(
         device=device,
         dtype=dtype,
         batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
         use_cache=not no_cache,
         cache_dir=cache_dir,
         display=display,

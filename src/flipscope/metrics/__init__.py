@@ -1,6 +1,14 @@
 """Metrics: pure functions over paired per-item records; no model is needed to compute them."""
 
-from flipscope.metrics._records import ItemScore, Pair, first_argmax, pair_up
+from flipscope.metrics._records import (
+    AnswerDistance,
+    FreeAnswer,
+    ItemScore,
+    Pair,
+    answer_distance,
+    first_argmax,
+    pair_up,
+)
 from flipscope.metrics.paired import (
     FlipCounts,
     choice_kl,
@@ -14,10 +22,13 @@ from flipscope.metrics.paired import (
 from flipscope.metrics.summary import TaskSummary, summarize, summarize_run
 
 __all__ = [
+    "AnswerDistance",
     "FlipCounts",
+    "FreeAnswer",
     "ItemScore",
     "Pair",
     "TaskSummary",
+    "answer_distance",
     "choice_kl",
     "first_argmax",
     "flip_counts",

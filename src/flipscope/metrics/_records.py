@@ -15,8 +15,39 @@ def first_argmax(values: tuple[float, ...]) -> int:
 
 
 @dataclass(frozen=True)
+class FreeAnswer:
+    """A free-form answer: the generated text (cut at its stop string), the final answer extracted from it
+    ("[invalid]" where none), whether that is right (and under lm-eval's strict filter), why generation stopped,
+    its tokens (where the backend knows them); ``ref_logprob``: the log-likelihood this model gives the
+    *baseline's* answer, teacher-forced (the baseline: its own), over ``ref_tokens`` tokens — None where the
+    baseline's answer is empty or could not be scored."""
+
+    text: str
+    answer: str
+    correct: bool
+    correct_strict: bool
+    stop_reason: str
+    new_tokens: int | None
+    token_ids: tuple[int, ...] | None = None
+    ref_logprob: float | None = None
+    ref_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class AnswerDistance:
+    """Judge-free distances from the baseline's free-form answer to a candidate's, on one item (see
+    ``answer_distance``)."""
+
+    teacher_kl: float | None
+    delta_nll: float | None
+    first_divergence: int | None
+    identical: bool
+    same_answer: bool
+
+
+@dataclass(frozen=True)
 class ItemScore:
-    """One model's answer to one item: the summed log-likelihood of each option.
+    """One model's answer to one item: the summed log-likelihood of each option, or (``free``) a generated answer.
 
     ``option_chars`` (length of each option's text) gives ``acc_norm``; ``token_kl`` is the mean answer-token
     KL(baseline‖this model) over the item's options, present on candidates whose vocabulary matches.
@@ -29,6 +60,8 @@ class ItemScore:
     logprobs: tuple[float, ...]
     option_chars: tuple[int, ...] = ()
     token_kl: float | None = None
+    free: FreeAnswer | None = None
+    option_tokens: tuple[int, ...] = ()
 
     @property
     def choice(self) -> int:
@@ -36,17 +69,22 @@ class ItemScore:
 
     @property
     def correct(self) -> bool:
-        return self.choice == self.target
+        return self.free.correct if self.free is not None else self.choice == self.target
+
+    @property
+    def answer_key(self) -> int | str:
+        """What all-flips compares: the chosen option, or the extracted free-form answer."""
+        return self.free.answer if self.free is not None else self.choice
 
     @property
     def choice_norm(self) -> int:
-        if not self.option_chars:
+        if not self.option_chars or self.free is not None:
             return self.choice
         return first_argmax(tuple(lp / max(n, 1) for lp, n in zip(self.logprobs, self.option_chars, strict=True)))
 
     @property
     def correct_norm(self) -> bool:
-        return self.choice_norm == self.target
+        return self.correct if self.free is not None else self.choice_norm == self.target
 
 
 @dataclass(frozen=True)
@@ -65,3 +103,32 @@ def pair_up(baseline: list[ItemScore], candidate: list[ItemScore]) -> list[Pair]
             raise ValueError(f"candidate item {score.task}/{score.item_id} has no baseline result")
         pairs.append(Pair(base, score))
     return pairs
+
+
+def first_divergence(a: tuple[int, ...], b: tuple[int, ...]) -> int | None:
+    """Index of the first token where two answers differ (the shorter one's length where one continues the
+    other); None where they are the same tokens."""
+    for index, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return index
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def answer_distance(pair: Pair) -> AnswerDistance | None:
+    """Judge-free distances of a free-form pair: ``teacher_kl`` = the candidate's mean per-token KL(B‖C) over
+    the baseline's answer with both models fed its tokens; ``delta_nll`` = (NLL_C − NLL_B) of that answer per
+    token; ``first_divergence`` (None: the same tokens; also None where either side's tokens are unknown, then
+    ``identical`` compares text); ``same_answer``: the same extracted final answer. None for multiple choice."""
+    b, c = pair.baseline.free, pair.candidate.free
+    if b is None or c is None:
+        return None
+    nll = None
+    if b.ref_logprob is not None and c.ref_logprob is not None and b.ref_tokens:
+        nll = (b.ref_logprob - c.ref_logprob) / b.ref_tokens
+    divergence = None
+    identical = b.text == c.text
+    if b.token_ids is not None and c.token_ids is not None:
+        divergence = first_divergence(b.token_ids, c.token_ids)
+        identical = divergence is None
+    same = b.answer == c.answer and not b.answer.startswith("[")
+    return AnswerDistance(pair.candidate.token_kl, nll, divergence, identical, same)

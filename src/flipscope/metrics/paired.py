@@ -56,7 +56,7 @@ class FlipCounts:
 def flip_counts(pairs: Sequence[Pair]) -> FlipCounts:
     c2i = sum(1 for p in pairs if p.baseline.correct and not p.candidate.correct)
     i2c = sum(1 for p in pairs if not p.baseline.correct and p.candidate.correct)
-    changed = sum(1 for p in pairs if p.baseline.choice != p.candidate.choice)
+    changed = sum(1 for p in pairs if p.baseline.answer_key != p.candidate.answer_key)
     return FlipCounts(len(pairs), c2i, i2c, changed)
 
 

@@ -21,6 +21,24 @@ class Bucket(BaseModel):
     flip_rate: float | None
 
 
+class FreeSummary(BaseModel):
+    """Free-form tasks: the judge-free distances (means over the items where they were measured) and how the
+    answers ended."""
+
+    teacher_kl_mean: float | None
+    delta_nll_mean: float | None
+    identical: float | None  # share of items whose two answers are the same tokens
+    same_answer: float | None  # share with the same extracted final answer
+    first_divergence_median: float | None  # among answers that differ
+    measured: int  # items with teacher-forced numbers
+    acc_strict_baseline: float | None  # lm-eval's strict-match filter ("The answer is N.")
+    acc_strict_candidate: float | None
+    invalid_baseline: int  # no final answer found in the text
+    invalid_candidate: int
+    truncated_baseline: int  # stopped at max_new_tokens
+    truncated_candidate: int
+
+
 class TaskSummary(BaseModel):
     n: int
     acc_baseline: float | None
@@ -45,6 +63,7 @@ class TaskSummary(BaseModel):
     top_choice_baseline: tuple[int, float] | None
     top_choice_candidate: tuple[int, float] | None
     warnings: list[str]
+    free: FreeSummary | None = None
 
 
 def _rate(k: int, n: int) -> float | None:
@@ -65,16 +84,51 @@ def collapse_warnings(pairs: Sequence[Pair]) -> list[str]:
     return out
 
 
+def free_summary(pairs: Sequence[Pair]) -> FreeSummary | None:
+    """The judge-free columns of free-form items (None where the task is multiple choice)."""
+    from flipscope.metrics._records import answer_distance
+
+    both = [(p.baseline.free, p.candidate.free, answer_distance(p)) for p in pairs]
+    rows = [(b, c, d) for b, c, d in both if b is not None and c is not None and d is not None]
+    if not rows:
+        return None
+    teacher = [d.teacher_kl for _, _, d in rows if d.teacher_kl is not None]
+    nll = [d.delta_nll for _, _, d in rows if d.delta_nll is not None]
+    divergence = [float(d.first_divergence) for _, _, d in rows if d.first_divergence is not None]
+    invalid = "[invalid]"
+    return FreeSummary(
+        teacher_kl_mean=paired.mean(teacher),
+        delta_nll_mean=paired.mean(nll),
+        identical=_rate(sum(d.identical for _, _, d in rows), len(rows)),
+        same_answer=_rate(sum(d.same_answer for _, _, d in rows), len(rows)),
+        first_divergence_median=paired.quantile(divergence, 0.5),
+        measured=len(teacher),
+        acc_strict_baseline=_rate(sum(b.correct_strict for b, _, _ in rows), len(rows)),
+        acc_strict_candidate=_rate(sum(c.correct_strict for _, c, _ in rows), len(rows)),
+        invalid_baseline=sum(b.answer == invalid for b, _, _ in rows),
+        invalid_candidate=sum(c.answer == invalid for _, c, _ in rows),
+        truncated_baseline=sum(b.stop_reason == "length" for b, _, _ in rows),
+        truncated_candidate=sum(c.stop_reason == "length" for _, c, _ in rows),
+    )
+
+
 def summarize(pairs: Sequence[Pair]) -> TaskSummary:
     n = len(pairs)
+    choice_pairs = [p for p in pairs if p.baseline.free is None and p.baseline.logprobs]
     k_base = sum(p.baseline.correct for p in pairs)
     k_cand = sum(p.candidate.correct for p in pairs)
     counts = paired.flip_counts(pairs)
-    choice_kls = [paired.choice_kl(p.baseline.logprobs, p.candidate.logprobs) for p in pairs]
+    choice_kls = [paired.choice_kl(p.baseline.logprobs, p.candidate.logprobs) for p in choice_pairs]
     token_kls = [p.candidate.token_kl for p in pairs if p.candidate.token_kl is not None]
     acc_b, acc_c = _rate(k_base, n), _rate(k_cand, n)
-    warnings = collapse_warnings(pairs)
-    if n and len(token_kls) < n:
+    warnings = collapse_warnings(choice_pairs)
+    free = free_summary(pairs)
+    if free is not None and free.measured < n:
+        warnings.append(
+            f"judge-free distances measured on {free.measured} of {n} items: the others have an empty baseline "
+            "answer, or the candidate tokenises it differently (they are left out, not counted as 0)"
+        )
+    if n and len(token_kls) < n and free is None:
         warnings.append(
             f"token KL missing on {n - len(token_kls)} of {n} items: the candidate's vocabulary or tokenization "
             "differs from the baseline's, or a backend gave no full-vocabulary log-probabilities"
@@ -100,11 +154,13 @@ def summarize(pairs: Sequence[Pair]) -> TaskSummary:
         token_kl_mean=paired.mean(token_kls) if len(token_kls) == n else None,
         token_kl_items=len(token_kls),
         flips_by_margin=[
-            Bucket(lo=b.lo, hi=b.hi, n=b.n, flips=b.flips, flip_rate=b.rate) for b in paired.flips_by_margin(pairs)
+            Bucket(lo=b.lo, hi=b.hi, n=b.n, flips=b.flips, flip_rate=b.rate)
+            for b in paired.flips_by_margin(choice_pairs)
         ],
-        top_choice_baseline=paired.top_choice_share([p.baseline.choice for p in pairs]),
-        top_choice_candidate=paired.top_choice_share([p.candidate.choice for p in pairs]),
+        top_choice_baseline=paired.top_choice_share([p.baseline.choice for p in choice_pairs]),
+        top_choice_candidate=paired.top_choice_share([p.candidate.choice for p in choice_pairs]),
         warnings=warnings,
+        free=free,
     )
 
 

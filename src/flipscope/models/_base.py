@@ -113,12 +113,14 @@ class Decoding:
 
 @dataclass(frozen=True)
 class Generation:
-    """A generated answer, cut before its first stop string; token counts as the backend reports them."""
+    """A generated answer, cut before its first stop string; token counts as the backend reports them;
+    ``token_ids``: the answer's text tokenised alone, where the backend has the tokenizer (for first divergence)."""
 
     text: str
     stop_reason: StopReason
     prompt_tokens: int | None
     new_tokens: int | None
+    token_ids: tuple[int, ...] | None = None
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:

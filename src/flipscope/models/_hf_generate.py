@@ -6,6 +6,7 @@ with the recorded seed otherwise."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from flipscope.errors import FlipscopeError
@@ -77,7 +78,9 @@ def generate(
             new = made[row, width:].tolist()
             while new and pad is not None and pad != eos and new[-1] == pad:  # a finished row's padding
                 new.pop()
-            out[i] = _finish(new, tokenizer, decoding, eos, len(encoded[i]))
+            made_i = _finish(new, tokenizer, decoding, eos, len(encoded[i]))
+            ids_i = tuple(tokenizer.encode(made_i.text, add_special_tokens=False))
+            out[i] = replace(made_i, token_ids=ids_i)
             if advance:
                 advance(1)
     return [g for g in out if g is not None]

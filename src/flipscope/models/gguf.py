@@ -224,7 +224,8 @@ class GGUFBackend:
                 text = answer["choices"][0]["text"] or ""
             usage = answer.get("usage") or {}
             reason = finish_reason(answer["choices"][0].get("finish_reason"))
-            out.append(Generation(str(text), reason, usage.get("prompt_tokens"), usage.get("completion_tokens")))
+            ids = tuple(self._tokens(str(text)))
+            out.append(Generation(str(text), reason, usage.get("prompt_tokens"), usage.get("completion_tokens"), ids))
             if advance:
                 advance(1)
         return out

@@ -55,7 +55,18 @@ def candidate_table(candidate: str, per_task: dict[str, TaskSummary], baseline: 
 
 
 def detail_line(s: TaskSummary) -> str:
-    """acc_norm, and the flips per bucket of the baseline's top margin."""
+    """acc_norm, and the flips per bucket of the baseline's top margin; for free-form tasks the judge-free
+    distances instead."""
+    if s.free is not None:
+        f = s.free
+        return (
+            f"judge-free: teacher-forced KL {num(f.teacher_kl_mean)} · ΔNLL/token {num(f.delta_nll_mean)} · "
+            f"identical {pct(f.identical)}% · same answer {pct(f.same_answer)}% · first divergence (median token) "
+            f"{num(f.first_divergence_median, 0)} · measured {f.measured}/{s.n} · strict acc "
+            f"B {pct(f.acc_strict_baseline)}% C {pct(f.acc_strict_candidate)}% · no answer "
+            f"B {f.invalid_baseline} C {f.invalid_candidate} · "
+            f"hit max tokens B {f.truncated_baseline} C {f.truncated_candidate}"
+        )
     parts = [f"[{b.lo:g},{b.hi:g}{']' if b.hi == 1 else ')'} {b.flips}/{b.n}" for b in s.flips_by_margin]
     norm = f"acc_norm B {pct(s.acc_norm_baseline)}% C {pct(s.acc_norm_candidate)}%"
     return f"{norm} · flips by baseline top-margin: " + "  ".join(parts)

@@ -66,6 +66,7 @@ def _scores_frame(scores: list[ItemScore]) -> Any:
             "target": [s.target for s in scores],
             "choice_logprobs": [list(s.logprobs) for s in scores],
             "option_chars": [list(s.option_chars) for s in scores],
+            "option_tokens": [list(s.option_tokens) for s in scores],
             "token_kl": pd.array([s.token_kl for s in scores], dtype="Float64"),
         }
     )
@@ -85,6 +86,7 @@ def scores_from_frame(frame: Any) -> list[ItemScore]:
                 target=int(row.target),
                 logprobs=tuple(float(v) for v in row.choice_logprobs),
                 option_chars=tuple(int(v) for v in row.option_chars),
+                option_tokens=tuple(int(v) for v in getattr(row, "option_tokens", ())),
                 token_kl=None if kl is None or pd.isna(kl) else float(kl),
             )
         )

