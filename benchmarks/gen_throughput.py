@@ -117,8 +117,11 @@ def main() -> None:
     limit = run("bare", args)
     ours, theirs = run("fs", args), run("lm", args)
     same = sum(a.strip() == b.strip() for a, b in zip(ours["outputs"], theirs["outputs"], strict=True))
-    print(f"{args.prompts} GSM8K prompts (8-shot, ~{limit['cache_length']} tokens), max {args.max_new_tokens} new "
-          f"tokens, batch {args.batch_size}, greedy, CPU {os.cpu_count()} cores; identical outputs {same}/{args.prompts}")  # fmt: skip
+    print(
+        f"{args.prompts} GSM8K prompts (8-shot, ~{limit['cache_length']} tokens), max {args.max_new_tokens} new "
+        f"tokens, batch {args.batch_size}, greedy, CPU {os.cpu_count()} cores; identical outputs "
+        f"{same}/{args.prompts}"
+    )
     print(f"{'':28} {'seconds':>8} {'tokens':>7} {'tokens/s':>9} {'of bare':>8} {'peak MB':>8}")
     for name, r in (("flipscope (transformers)", ours), ("lm-eval generate_until", theirs)):
         rate = r["tokens"] / r["seconds"]
