@@ -213,15 +213,21 @@ class GGUFBackend:
         out = []
         settings = {"max_tokens": decoding.max_new_tokens, "temperature": decoding.temperature,
                     "stop": list(decoding.stop) or None, "seed": decoding.seed}  # fmt: skip
-        for request in requests:
+        for index, request in enumerate(requests):
             self.llm.reset()
-            if request.chat and self.info.capabilities.chat:
-                messages = [{"role": "user", "content": request.prompt}]
-                answer = self.llm.create_chat_completion(messages=messages, **settings)
-                text = answer["choices"][0]["message"]["content"] or ""
-            else:
-                answer = self.llm.create_completion(prompt=request.prompt, **settings)
-                text = answer["choices"][0]["text"] or ""
+            try:
+                if request.chat and self.info.capabilities.chat:
+                    messages = [{"role": "user", "content": request.prompt}]
+                    answer = self.llm.create_chat_completion(messages=messages, **settings)
+                    text = answer["choices"][0]["message"]["content"] or ""
+                else:
+                    answer = self.llm.create_completion(prompt=request.prompt, **settings)
+                    text = answer["choices"][0]["text"] or ""
+            except ValueError as exc:  # llama-cpp-python: "Requested tokens (…) exceed context window of …"
+                raise FlipscopeError(
+                    f"{self.info.label}: prompt {index} cannot be generated from ({exc})",
+                    fix="lower --max-new-tokens or use a shorter prompt",
+                ) from exc
             usage = answer.get("usage") or {}
             reason = finish_reason(answer["choices"][0].get("finish_reason"))
             ids = tuple(self._tokens(str(text)))
