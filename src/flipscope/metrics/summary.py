@@ -79,7 +79,7 @@ def collapse_warnings(pairs: Sequence[Pair]) -> list[str]:
             letter = "ABCDEFGHIJ"[share[0]] if share[0] < 10 else str(share[0])
             out.append(
                 f"{role} picked option {letter} on {share[1]:.0%} of items: its answers collapse onto one choice, "
-                "so flips there mean little (try --format cloze)"
+                "so flips there mean little (MMLU and your files in --format letter: try --format cloze)"
             )
     return out
 
