@@ -158,6 +158,11 @@ def test_tiny_llama_scores_match_full_sequence_reference(tiny_llama: Path, suffi
         ScoreRequest("", "A much longer question about the planets Mercury and Venus?\nAnswer:", (" yes", " no way")),
         ScoreRequest("Header.\n\n", "Short?\nAnswer:", (" the capital of France is Paris", " x")),
         ScoreRequest("Header.\n\n", "A longer prompt that shares the header?\nAnswer:", (" Rome", " two plus two")),
+        # one multi-token option: prompt and option run as one left-padded row (Winogrande, teacher forcing)
+        ScoreRequest("Tell me.\n\n", "Sarah beat Maria at chess so Sarah", (" was proud of the win.",)),
+        ScoreRequest("Tell me.\n\n", "Sarah beat Maria so Maria", (" was proud of the win today.",)),
+        ScoreRequest("", "A standalone context", (" continues here with words",)),
+        ScoreRequest("", "Another", (" one",)),
     ]
     got = backend.score(requests)
     # a tiny logits budget forces every option into its own chunk: same numbers

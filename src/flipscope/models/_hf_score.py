@@ -6,7 +6,9 @@ run once and their key/value cache is reused by every prompt of the group (a pre
 simply part of its prompt). Prompts run in right-padded batches with explicit position ids;
 each prompt's last position predicts every continuation's first token, so single-token options (" A".." D") need
 no further pass. Longer options of the whole batch then run as one right-padded batch on top of their prompts'
-cache, with logits computed only at option positions and bounded by a memory budget.
+cache, with logits computed only at option positions and bounded by a memory budget. A request with a single
+multi-token option (Winogrande's per-option contexts, a free-form answer scored teacher-forced) runs prompt and
+option as one left-padded row instead: one pass, no cache copy.
 """
 
 from __future__ import annotations
@@ -248,6 +250,60 @@ class PrefixScorer:
                 yield b, o, torch.cat([first[b][None], own.sub_(lse)])
             del logits, logprobs, rows
 
+    def _folded_batches(self, items: list[_Item], past: int, token_bytes: int) -> Iterator[list[_Item]]:
+        """Batches of one-option items (prompt + option run as one row): bounded in padded tokens, in logits kept
+        (rows × the longest option × vocabulary) and in copies of the prefix cache."""
+        vocab = int(getattr(self.model.config, "vocab_size", 0) or 50_000)
+        batch: list[_Item] = []
+        for item in sorted(items, key=lambda it: len(it.prompt) + len(it.options[0])):
+            group = [*batch, item]
+            width = max(len(it.prompt) + len(it.options[0]) - 1 for it in group)
+            longest = max(len(it.options[0]) for it in group)
+            if batch and (
+                len(group) > self.max_batch
+                or len(group) * width > self.batch_tokens
+                or len(group) * longest * vocab * 4 > self.logits_budget
+                or len(group) * (past + width) * token_bytes > self.logits_budget
+            ):
+                yield batch
+                batch = []
+            batch.append(item)
+        if batch:
+            yield batch
+
+    def _folded(self, batch: list[_Item], prefix_cache: Any, past: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """Items with a single multi-token option, each run as one left-padded row of prompt + option (no second
+        pass, no per-option cache copy); yields (batch row, log-probs [T, V] predicting the option's tokens)."""
+        n = len(batch)
+        rows = [it.prompt + it.options[0][:-1] for it in batch]
+        width, keep = max(len(r) for r in rows), max(len(it.options[0]) for it in batch)
+        cache = copy.deepcopy(prefix_cache) if past else self.new_cache()
+        if past and n > 1:
+            cache.batch_repeat_interleave(n)
+        inp = torch.full((n, width), self.pad, dtype=torch.long, device=self.device)  # [B, L], left-padded
+        mask = torch.zeros((n, past + width), dtype=torch.long, device=self.device)  # [B, P0 + L]
+        mask[:, :past] = 1
+        positions = torch.full((n, width), past, dtype=torch.long, device=self.device)  # [B, L]
+        for b, row in enumerate(rows):
+            start = width - len(row)
+            inp[b, start:] = torch.tensor(row, dtype=torch.long)
+            mask[b, past + start :] = 1
+            positions[b, start:] = past + torch.arange(len(row), device=self.device)
+        logits = self.model(
+            input_ids=inp,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=keep,
+            **{self.cache_kw: cache},
+        ).logits  # [B, keep, V]: the last positions of every row
+        for b, item in enumerate(batch):
+            own = logits[b, keep - len(item.options[0]) :].float()  # [T, V]
+            lse = torch.logsumexp(own, dim=-1, keepdim=True)  # [T, 1]
+            self._check(lse, item.index)
+            yield b, own.sub_(lse)
+        del logits, cache
+
     @torch.no_grad()  # not inference_mode: some quantized weight types (quanto int4) refuse inference tensors
     def score(
         self,
@@ -264,6 +320,18 @@ class PrefixScorer:
                 inp = torch.tensor([prefix_ids], device=self.device)  # [1, P0]
                 self.model(input_ids=inp, use_cache=True, logits_to_keep=1, **{self.cache_kw: prefix_cache})
             token_bytes = _cache_bytes(prefix_cache) // len(prefix_ids) if prefix_ids else 0
+            folded = [it for it in items if len(it.options) == 1 and len(it.options[0]) > 1]
+            for batch in self._folded_batches(folded, len(prefix_ids), token_bytes):
+                for b, option_rows in self._folded(batch, prefix_cache, len(prefix_ids)):  # [T, V]
+                    item = batch[b]
+                    target = torch.tensor(item.options[0], device=option_rows.device)
+                    total = float(option_rows.gather(1, target[:, None]).sum())
+                    if rows is not None:
+                        rows(item.index, 0, option_rows.cpu().numpy())
+                    results[item.index] = OptionScores((total,), (len(item.options[0]),))
+                    if advance is not None:
+                        advance(1)
+            items = [it for it in items if not (len(it.options) == 1 and len(it.options[0]) > 1)]
             for batch in self._batches(items, len(prefix_ids), token_bytes):
                 first, cache = self._prompts(batch, prefix_cache, len(prefix_ids))
                 sums: dict[tuple[int, int], float] = {}
