@@ -21,7 +21,7 @@ def completion(prompt: str, *, logprobs: bool = True, echo: bool = True, shift: 
     if not echo:  # generation only: the one generated token
         generated = {"tokens": [" ok"], "token_logprobs": [-1.5], "text_offset": [len(prompt)],
                      "top_logprobs": [{" ok": -1.5}]}  # fmt: skip
-        choice = {"text": " ok", "index": 0, "logprobs": generated}
+        choice = {"text": " ok", "index": 0, "logprobs": generated, "finish_reason": "length"}
         return {"id": "cmpl", "object": "text_completion", "choices": [choice]}
     tokens = [*re.findall(r"\s*\S+|\s+", prompt), " ok"]
     offsets, at = [], 0
@@ -87,7 +87,9 @@ class FakeServer:
                     return
                 if action == "timeout":
                     time.sleep(server.delay)
-                if self.path.endswith("/chat/completions"):
+                if action == "notext":  # a server that cannot generate: an answer without text
+                    payload = {"choices": [{"finish_reason": "stop"}]}
+                elif self.path.endswith("/chat/completions"):
                     payload = {"choices": [{"message": {"role": "assistant", "content": "fake answer"}}]}
                 else:
                     payload = completion(body["prompt"], logprobs=server.logprobs and action != "nologprobs",

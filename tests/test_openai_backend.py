@@ -151,3 +151,20 @@ def test_kld_refuses_a_server_and_says_why(tmp_path: Path) -> None:
     with serve(FakeServer()) as url, pytest.raises(FlipscopeError, match=r"needs full-vocabulary.*only its top-k"):
         flipscope.kld(f"openai:{url}#fake-model", [f"openai:{url}#other"], corpus=str(corpus), ctx=32,
                       out=tmp_path / "kld", cache_dir=tmp_path / "cache")  # fmt: skip
+
+
+def test_generation_through_completions_and_chat_and_a_server_that_cannot() -> None:
+    from flipscope.models._base import StopReason
+
+    fake = FakeServer()
+    with serve(fake) as url:
+        server = backend(url)  # probes the server first
+        made = server.generate([GenRequest("Q: 2+2?\nA:"), GenRequest("hi", chat=True)],
+                               Decoding(max_new_tokens=5, stop=("Q:",)))  # fmt: skip
+        assert [g.text for g in made] == [" ok", "fake answer"]
+        assert made[0].stop_reason is StopReason.LENGTH
+        sent = next(r for r in fake.requests if r.get("prompt") == "Q: 2+2?\nA:")
+        assert sent["stop"] == ["Q:"] and sent["max_tokens"] == 5 and sent["temperature"] == 0.0
+        fake.script = ["notext"]
+        with pytest.raises(FlipscopeError, match="without generated text"):
+            server.generate([GenRequest("x")], Decoding())
