@@ -81,6 +81,9 @@ def test_gsm8k_grades_flips_and_judge_free_distances(scripts: dict[str, Script],
     assert cand.loc[first, "answer"] == str(ids[1] * 10) and cand.loc[first, "delta_nll"] == pytest.approx(0.5)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["summary"]["mock:c"]["gsm8k"]["free"]["measured"] == 40 - len(empty)
+    from flipscope.report import load_run
+
+    assert load_run(tmp_path / "run").summary == result.summary  # `flipscope report` recomputes the same numbers
 
 
 def test_a_killed_generation_run_resumes_from_stored_chunks(scripts: dict[str, Script], tmp_path: Path) -> None:

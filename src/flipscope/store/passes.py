@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from flipscope.metrics import ItemScore
+from flipscope.metrics import FreeAnswer, ItemScore
 from flipscope.metrics.kl import CompactRows
 
 ROW_FIELDS = ("ids", "logprobs", "rest", "sample_ids", "sample_logprobs")
@@ -72,6 +72,32 @@ def _scores_frame(scores: list[ItemScore]) -> Any:
     )
 
 
+def _free_answer(row: Any) -> FreeAnswer | None:
+    """A records row's free-form answer (run directories' records.parquet), None for multiple choice."""
+    import pandas as pd
+
+    text = getattr(row, "output", None)
+    if text is None or (not isinstance(text, str) and pd.isna(text)):
+        return None
+
+    def value(name: str) -> Any:
+        v = getattr(row, name, None)
+        return None if v is None or (not isinstance(v, (list, np.ndarray)) and pd.isna(v)) else v
+
+    ids = value("output_token_ids")
+    return FreeAnswer(
+        text=str(text),
+        answer=str(row.answer),
+        correct=bool(row.correct),
+        correct_strict=bool(row.correct_strict),
+        stop_reason=str(row.stop_reason),
+        new_tokens=None if value("new_tokens") is None else int(row.new_tokens),
+        token_ids=None if ids is None else tuple(int(i) for i in ids),
+        ref_logprob=None if value("ref_logprob") is None else float(row.ref_logprob),
+        ref_tokens=None if value("ref_tokens") is None else int(row.ref_tokens),
+    )
+
+
 def scores_from_frame(frame: Any) -> list[ItemScore]:
     import pandas as pd
 
@@ -87,6 +113,7 @@ def scores_from_frame(frame: Any) -> list[ItemScore]:
                 logprobs=tuple(float(v) for v in row.choice_logprobs),
                 option_chars=tuple(int(v) for v in row.option_chars),
                 option_tokens=tuple(int(v) for v in getattr(row, "option_tokens", ())),
+                free=_free_answer(row),
                 token_kl=None if kl is None or pd.isna(kl) else float(kl),
             )
         )

@@ -66,7 +66,8 @@ def _free_columns(score: ItemScore, base: ItemScore | None) -> dict[str, Any]:
     if f is None:
         return {}
     out = {"output": f.text, "answer": f.answer, "correct_strict": f.correct_strict, "stop_reason": f.stop_reason,
-           "new_tokens": f.new_tokens, "ref_logprob": f.ref_logprob, "ref_tokens": f.ref_tokens}  # fmt: skip
+           "new_tokens": f.new_tokens, "ref_logprob": f.ref_logprob, "ref_tokens": f.ref_tokens,
+           "output_token_ids": list(f.token_ids) if f.token_ids is not None else None}  # fmt: skip
     d = answer_distance(Pair(base, score)) if base is not None and base is not score else None
     if d is not None:
         out.update(teacher_kl=d.teacher_kl, delta_nll=d.delta_nll, first_divergence=d.first_divergence,
