@@ -146,5 +146,6 @@ def test_real_server_echo_logprobs_are_the_local_engines_one_position_late(llama
     local.close()
     right = [float(lp[i - 1, ids[i]]) for i in range(1, len(ids))]
     late = [float(lp[i, ids[i]]) for i in range(1, len(ids))]
-    assert served[1 : len(ids)] == pytest.approx(late, abs=1e-3)
+    # 1e-2: the local engine runs with flash attention, the server without (differences up to 4e-3 seen)
+    assert served[1 : len(ids)] == pytest.approx(late, abs=1e-2)
     assert served[1 : len(ids)] != pytest.approx(right, abs=0.1)
