@@ -14,7 +14,6 @@ from typing import Any
 
 from flipscope._cache import cache_root, content_hash
 from flipscope._generative import (
-    FREE_TASKS,
     FreeTask,
     free_scores,
     generate_pass,
@@ -42,7 +41,7 @@ from flipscope.store import (
 )
 from flipscope.store.generations import GenerationStore
 from flipscope.store.run_dir import check_out, claim_run_dir
-from flipscope.tasks import ItemRequests, PromptFormat, TaskData, check_task, item_requests, load_task
+from flipscope.tasks import GENERATIVE, ItemRequests, PromptFormat, TaskData, check_task, item_requests, load_task
 
 log = logging.getLogger(__name__)
 
@@ -133,14 +132,18 @@ class _Runner:
                 b.close()
         return entry, results
 
+    def _engine(self) -> dict[str, Any]:
+        """The settings that change any pass's numbers: device and dtype actually used, batch size."""
+        return {"dtype": self.settings.dtype, "device": self.settings.device, "batch": self.settings.batch_size}
+
     def _key(self, weights: str, content: object, ref: PassResult | None) -> dict[str, Any]:
+        """A scoring pass's key: also the stored top-k and tail samples (baseline), or the baseline it is measured
+        against (candidate)."""
         return {
             "v": SCORING_VERSION,
             "model": weights,
             "content": content,
-            "dtype": self.settings.dtype,
-            "device": self.settings.device,
-            "batch": self.settings.batch_size,
+            **self._engine(),
             "store": [self.settings.topk, self.settings.tail_samples] if ref is None else None,
             "reference": ref.key if ref else None,
         }
@@ -192,7 +195,7 @@ class _Runner:
         ref: PassResult | None,
     ) -> tuple[PassResult, bool]:  # fmt: skip
         """Generate (stored, resumable), then score the baseline's answers teacher-forced."""
-        key = generation_key(task, weights, self._key(weights, None, None))
+        key = generation_key(task, weights, self._engine())  # not --topk/--tail-samples: they change no answer
         title = f"{role} {spec.label()} · {task.name}"
         with self.display.progress(f"{title} (generating)", len(task.prompts)) as advance:
             made, reused = generate_pass(task, key, backend, self.generations, use_cache=self.use_cache,
@@ -306,11 +309,11 @@ def compare(
         dtype=dtype,
         batch_size=batch_size,
     )
-    loaded = [load_task(name, fewshot=fewshot, limit=limit, seed=seed) for name in tasks if name not in FREE_TASKS]
+    loaded = [load_task(name, fewshot=fewshot, limit=limit, seed=seed) for name in tasks if name not in GENERATIVE]
     free = [load_free_task(name, limit=limit, seed=seed, max_new_tokens=max_new_tokens) for name in tasks
-            if name in FREE_TASKS]  # fmt: skip
+            if name in GENERATIVE]  # fmt: skip
     names = [t.name if t is not None else name for name, t in _in_order(tasks, loaded)]
-    if len({t.name for t in loaded}) != len(loaded):
+    if len(set(names)) != len(names):
         raise FlipscopeError("a task is named twice", fix="give each task once")
     work = [_TaskWork.build(t, fmt, fewshot) for t in loaded]
     runner = _Runner(settings, shown, use_cache, Path(cache_dir) if cache_dir else cache_root() / "passes")
@@ -383,4 +386,4 @@ def _items_frame(tasks: list[TaskData], free: Sequence[FreeTask] = ()) -> Any:
 def _in_order(names: Sequence[str], loaded: list[TaskData]) -> list[tuple[str, TaskData | None]]:
     """Each asked-for task with its loaded multiple-choice data (None for free-form ones), in the order asked."""
     mc = iter(loaded)
-    return [(name, None if name in FREE_TASKS else next(mc)) for name in names]
+    return [(name, None if name in GENERATIVE else next(mc)) for name in names]

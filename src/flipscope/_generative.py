@@ -17,18 +17,16 @@ from flipscope.models import Backend
 from flipscope.models._base import Decoding, Generation, GenRequest
 from flipscope.store import PassResult
 from flipscope.store.generations import GenerationStore
-from flipscope.tasks import GENERATIVE, ItemRequests, MCItem, ScoreRequest, TaskData
+from flipscope.tasks import ItemRequests, MCItem, ScoreRequest, TaskData
 from flipscope.tasks._sampling import stratified_sample
 from flipscope.tasks.gsm8k import (
-    INVALID,
     MAX_NEW_TOKENS,
     STOP,
     Filter,
     Problem,
-    extract,
+    final_answer,
     is_correct,
     load_gsm8k,
-    normalise,
     prompt,
 )
 
@@ -36,7 +34,6 @@ log = logging.getLogger(__name__)
 
 #: Bumped whenever generation or teacher-forced scoring changes what a stored pass would hold.
 GEN_VERSION = 1
-FREE_TASKS = GENERATIVE
 
 
 @dataclass(frozen=True)
@@ -93,19 +90,15 @@ def teacher_requests(task: FreeTask, answers: list[str]) -> tuple[TaskData, list
     return TaskData(f"{task.name}:teacher", items, {}, {}), prompts
 
 
-def free_scores(
-    task: FreeTask,
-    made: list[Generation],
-    teacher: PassResult | None,
-) -> list[ItemScore]:
+def free_scores(task: FreeTask, made: list[Generation], teacher: PassResult) -> list[ItemScore]:
     """This model's graded answers, with its teacher-forced numbers on the baseline's answers."""
-    scored = {s.item_id: s for s in (teacher.scores if teacher else [])}
+    scored = {s.item_id: s for s in teacher.scores}
     out = []
     for problem, g in zip(task.problems, made, strict=True):
         t = scored.get(problem.item_id)
         free = FreeAnswer(
             text=g.text,
-            answer=final_answer(g.text),
+            answer=final_answer(g.text, Filter.FLEXIBLE),
             correct=is_correct(g.text, problem.target, Filter.FLEXIBLE),
             correct_strict=is_correct(g.text, problem.target, Filter.STRICT),
             stop_reason=g.stop_reason.value,
@@ -116,12 +109,6 @@ def free_scores(
         )
         out.append(ItemScore(task.name, problem.item_id, "", 0, (), (), t.token_kl if t else None, free))
     return out
-
-
-def final_answer(text: str) -> str:
-    """The flexible filter's final number, normalised as exact match compares it ("[invalid]" where none)."""
-    found = extract(text, Filter.FLEXIBLE)
-    return found if found == INVALID else normalise(found)
 
 
 def teacher_key(weights: str, answers: list[str], settings: dict[str, Any]) -> str:

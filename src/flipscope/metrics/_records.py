@@ -14,6 +14,10 @@ def first_argmax(values: tuple[float, ...]) -> int:
     return best
 
 
+#: A free-form answer from which no final answer could be extracted (lm-eval's filter fallback).
+NO_ANSWER = "[invalid]"
+
+
 @dataclass(frozen=True)
 class FreeAnswer:
     """A free-form answer: the generated text (cut at its stop string), the final answer extracted from it
@@ -130,5 +134,5 @@ def answer_distance(pair: Pair) -> AnswerDistance | None:
     if b.token_ids is not None and c.token_ids is not None:
         divergence = first_divergence(b.token_ids, c.token_ids)
         identical = divergence is None
-    same = b.answer == c.answer and not b.answer.startswith("[")
+    same = b.answer == c.answer and b.answer != NO_ANSWER
     return AnswerDistance(pair.candidate.token_kl, nll, divergence, identical, same)

@@ -86,7 +86,7 @@ def collapse_warnings(pairs: Sequence[Pair]) -> list[str]:
 
 def free_summary(pairs: Sequence[Pair]) -> FreeSummary | None:
     """The judge-free columns of free-form items (None where the task is multiple choice)."""
-    from flipscope.metrics._records import answer_distance
+    from flipscope.metrics._records import NO_ANSWER, answer_distance
 
     both = [(p.baseline.free, p.candidate.free, answer_distance(p)) for p in pairs]
     rows = [(b, c, d) for b, c, d in both if b is not None and c is not None and d is not None]
@@ -95,7 +95,6 @@ def free_summary(pairs: Sequence[Pair]) -> FreeSummary | None:
     teacher = [d.teacher_kl for _, _, d in rows if d.teacher_kl is not None]
     nll = [d.delta_nll for _, _, d in rows if d.delta_nll is not None]
     divergence = [float(d.first_divergence) for _, _, d in rows if d.first_divergence is not None]
-    invalid = "[invalid]"
     return FreeSummary(
         teacher_kl_mean=paired.mean(teacher),
         delta_nll_mean=paired.mean(nll),
@@ -105,8 +104,8 @@ def free_summary(pairs: Sequence[Pair]) -> FreeSummary | None:
         measured=len(teacher),
         acc_strict_baseline=_rate(sum(b.correct_strict for b, _, _ in rows), len(rows)),
         acc_strict_candidate=_rate(sum(c.correct_strict for _, c, _ in rows), len(rows)),
-        invalid_baseline=sum(b.answer == invalid for b, _, _ in rows),
-        invalid_candidate=sum(c.answer == invalid for _, c, _ in rows),
+        invalid_baseline=sum(b.answer == NO_ANSWER for b, _, _ in rows),
+        invalid_candidate=sum(c.answer == NO_ANSWER for _, c, _ in rows),
         truncated_baseline=sum(b.stop_reason == "length" for b, _, _ in rows),
         truncated_candidate=sum(c.stop_reason == "length" for _, c, _ in rows),
     )

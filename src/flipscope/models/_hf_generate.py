@@ -6,7 +6,6 @@ with the recorded seed otherwise."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 from flipscope.errors import FlipscopeError
@@ -78,22 +77,21 @@ def generate(
             new = made[row, width:].tolist()
             while new and pad is not None and pad != eos and new[-1] == pad:  # a finished row's padding
                 new.pop()
-            made_i = _finish(new, tokenizer, decoding, eos, len(encoded[i]))
-            ids_i = tuple(tokenizer.encode(made_i.text, add_special_tokens=False))
-            out[i] = replace(made_i, token_ids=ids_i)
+            out[i] = _finish(new, tokenizer, decoding, eos, len(encoded[i]))
             if advance:
                 advance(1)
     return [g for g in out if g is not None]
 
 
 def _finish(new: list[int], tokenizer: Any, decoding: Decoding, eos: int | None, prompt_tokens: int) -> Generation:
-    """One row's new tokens → its text up to the first stop string, and why it stopped."""
-    if eos is not None and eos in new:
-        text = str(tokenizer.decode(new[: new.index(eos)], skip_special_tokens=True))
-        text, stopped = cut_at_stop(text, decoding.stop)
-        reason = StopReason.STOP if stopped else StopReason.EOS
-        return Generation(text, reason, prompt_tokens, new.index(eos) + (0 if stopped else 1))
-    text, stopped = cut_at_stop(str(tokenizer.decode(new, skip_special_tokens=True)), decoding.stop)
+    """One row's new tokens → its text up to the first stop string, why it stopped, and the text's tokens."""
+    end = new.index(eos) if eos is not None and eos in new else None  # the EOS token, where one came
+    text, stopped = cut_at_stop(str(tokenizer.decode(new[:end], skip_special_tokens=True)), decoding.stop)
     if stopped:
-        return Generation(text, StopReason.STOP, prompt_tokens, len(new))
-    return Generation(text, StopReason.LENGTH, prompt_tokens, len(new))
+        reason, count = StopReason.STOP, len(new) if end is None else end
+    elif end is not None:
+        reason, count = StopReason.EOS, end + 1
+    else:
+        reason, count = StopReason.LENGTH, len(new)
+    ids = tuple(tokenizer.encode(text, add_special_tokens=False))
+    return Generation(text, reason, prompt_tokens, count, ids)

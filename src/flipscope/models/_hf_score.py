@@ -253,7 +253,7 @@ class PrefixScorer:
     def _folded_batches(self, items: list[_Item], past: int, token_bytes: int) -> Iterator[list[_Item]]:
         """Batches of one-option items (prompt + option run as one row): bounded in padded tokens, in logits kept
         (rows × the longest option × vocabulary) and in copies of the prefix cache."""
-        vocab = int(getattr(self.model.config, "vocab_size", 0) or 50_000)
+        vocab = int(self.model.config.get_text_config().vocab_size)  # the logits' width (multimodal configs too)
         batch: list[_Item] = []
         for item in sorted(items, key=lambda it: len(it.prompt) + len(it.options[0])):
             group = [*batch, item]

@@ -3,7 +3,7 @@ Lines file written to a ``.part`` name and renamed when complete (a rename is at
 only whole chunks; a restarted run reads them, generates the rest, and writes ``complete.json`` at the end. A
 chunk that cannot be read (truncated, edited) is an error naming the file, never silently regenerated or skipped.
 
-Layout: ``<cache>/generations/<key>/chunk-00000.jsonl`` … and ``complete.json`` (the model's identity)."""
+Layout: ``<cache>/generations/<key>/chunk-00000.jsonl`` … and ``complete.json`` (how many answers)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,6 @@ class GenerationStore:
         generate: Callable[[Sequence[int]], list[Generation]],
         *,
         chunk: int = 32,
-        model: dict[str, Any] | None = None,
         use_cache: bool = True,
     ) -> tuple[list[Generation], bool]:
         """All ``n`` generations of pass ``key`` (and whether all came from the store): the stored ones, then
@@ -79,5 +78,5 @@ class GenerationStore:
             part.write_text("".join(json.dumps(_to_row(i, g)) + "\n" for i, g in zip(indices, made, strict=True)))
             part.replace(part.with_suffix(""))
             done.update(zip(indices, made, strict=True))
-        (folder / "complete.json").write_text(json.dumps({"n": n, "model": model or {}}, default=str))
+        (folder / "complete.json").write_text(json.dumps({"n": n}))
         return [done[i] for i in range(n)], not todo

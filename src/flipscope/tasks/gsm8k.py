@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from flipscope.errors import FlipscopeError
+from flipscope.metrics._records import NO_ANSWER
 
 TEST_PROBLEMS = 1319
 EXEMPLARS = 8
@@ -25,7 +26,7 @@ MAX_NEW_TOKENS = 256
 _STRICT = re.compile(r"The answer is (\-?[0-9\.\,]+).")
 _FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 _IGNORE = (re.compile(","), re.compile(r"\$"), re.compile(r"(?s).*#### "), re.compile(r"\.$"))
-INVALID = "[invalid]"
+INVALID = NO_ANSWER
 
 
 class Filter(StrEnum):
@@ -63,9 +64,15 @@ def normalise(answer: str) -> str:
     return answer.lower()
 
 
+def final_answer(text: str, how: Filter = Filter.FLEXIBLE) -> str:
+    """The final answer a filter finds, normalised as exact match compares it (``[invalid]`` where none)."""
+    found = extract(text, how)
+    return found if found == INVALID else normalise(found)
+
+
 def is_correct(text: str, target: str, how: Filter) -> bool:
-    answer = extract(text, how)
-    return answer != INVALID and normalise(answer) == normalise(target)
+    answer = final_answer(text, how)
+    return answer != INVALID and answer == normalise(target)
 
 
 def prompt(exemplars: list[tuple[str, str]], question: str) -> str:

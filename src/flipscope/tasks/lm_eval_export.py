@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from flipscope.errors import FlipscopeError
-from flipscope.tasks.olmo import arrow_rows, request_docs
+from flipscope.tasks._items import LETTERS
+from flipscope.tasks.olmo import arrow_rows
+from flipscope.tasks.suite import SUITE
 
 #: Suite task → (its stock config under lm_eval/tasks, the split the exported file fills).
 STOCK = {
@@ -34,20 +36,13 @@ _FOLDERS = {
 
 def _hub_rows(name: str) -> dict[str, dict[str, Any]]:
     """Item id → the row in the hub's schema, ids as the suite's loaders give them."""
-    if name.startswith("arc_"):
-        docs = request_docs(f"{name}/test_rc_5shot", docs={"arc_challenge": 1172, "arc_easy": 2376}[name],
-                            fields={"id", "query", "choices", "gold"})  # fmt: skip
+    if name.startswith("arc_"):  # the test set exists only as oe-eval docs: rebuilt from the suite's own items
         out = {}
-        for d in docs:
-            labels = [chr(65 + k) for k in range(len(d["choices"]))]
-            choices = {"text": d["choices"], "label": labels}
-            question = d["query"][10:-8]  # "Question: …\nAnswer:" → the question
-            out[str(d["id"])] = {
-                "id": d["id"],
-                "question": question,
-                "choices": choices,
-                "answerKey": labels[d["gold"]],
-            }
+        for item in SUITE[name].load():
+            labels = list(LETTERS[: len(item.choices)])
+            choices = {"text": list(item.choices), "label": labels}
+            out[item.item_id] = {"id": item.item_id, "question": item.question, "choices": choices,
+                                 "answerKey": labels[item.answer]}  # fmt: skip
         return out
     rows = arrow_rows(f"{_FOLDERS[name]}/validation", rows=None, fields=set())
     if name == "openbookqa":
