@@ -1,7 +1,8 @@
-"""Batched generation on transformers: prompts of similar length together, left-padded, decoded step by step with
-one key/value cache for the batch (transformers' ``generate``), each row stopping on its own at EOS, a stop string
-or ``max_new_tokens``; a row that has stopped only pads until the batch ends. Greedy at temperature 0, sampling
-with the recorded seed otherwise."""
+"""Batched generation on transformers. Models with a plain full-attention cache decode with continuous batching and
+a shared prompt prefix (``_hf_decode``); others (sliding-window layers, e.g. Gemma 3) through transformers'
+``generate`` on static batches: prompts of similar length together, left-padded, each row stopping on its own at
+EOS, a stop string or ``max_new_tokens`` (a row that has stopped only pads until its batch ends). Greedy at
+temperature 0, sampling with the recorded seed otherwise."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from flipscope.errors import FlipscopeError
+from flipscope.models import _hf_decode
 from flipscope.models._base import Decoding, Generation, GenRequest, StopReason, cut_at_stop
 
 
@@ -48,6 +50,18 @@ def generate(
             )
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    if _hf_decode.supported(model):
+        return _hf_decode.decode(
+            model,
+            tokenizer,
+            device,
+            encoded,
+            decoding,
+            batch_size=batch_size,
+            pad=pad if pad is not None else 0,
+            finish=lambda new, i: _finish(new, tokenizer, decoding, eos, len(encoded[i])),
+            advance=advance,
+        )
     out: list[Generation | None] = [None] * len(requests)
     order = sorted(range(len(requests)), key=lambda i: len(encoded[i]))
     for start in range(0, len(order), batch_size):
