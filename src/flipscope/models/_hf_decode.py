@@ -15,6 +15,7 @@ or other cache layers use transformers' ``generate`` instead (``_hf_generate``).
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,52 +52,95 @@ class _Row:
     new: list[int] = field(default_factory=list)
 
 
-class _Batch:
-    """The running rows' cache: per layer keys/values [B, H, T, D], and the attention mask [B, T] over its columns."""
+def _Slab(keys: Any, values: Any, spare: int) -> Any:  # noqa: N802 - builds a cache layer, named as a class
+    """One layer's keys and values [B, H, T, D] inside buffers with room for ``spare`` more columns: each decode step
+    writes its new column in place (transformers' DynamicLayer concatenates, copying the whole cache every step)."""
+    return _slab_class()(keys, values, spare)
 
-    def __init__(self) -> None:
-        self.layers: list[tuple[Any, Any]] = []
+
+@functools.cache
+def _slab_class() -> type:
+    from transformers.cache_utils import DynamicLayer
+
+    class Slab(DynamicLayer):  # type: ignore[misc]
+        def __init__(self, keys: Any, values: Any, spare: int) -> None:
+            super().__init__()
+            self.device, self.is_initialized = keys.device, True
+            self._fill(keys, values, spare)
+
+        def _fill(self, k: Any, v: Any, room: int) -> None:
+            import torch
+
+            b, h, t, d = k.shape
+            self.kbuf = torch.empty((b, h, t + room, d), dtype=k.dtype, device=k.device)
+            self.vbuf = torch.empty((b, h, t + room, v.shape[-1]), dtype=v.dtype, device=v.device)
+            self.kbuf[:, :, :t], self.vbuf[:, :, :t] = k, v
+            self.length = t
+            self.keys, self.values = self.kbuf[:, :, :t], self.vbuf[:, :, :t]
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            n = key_states.shape[-2]
+            if self.length + n > self.kbuf.shape[-2]:
+                self._fill(self.keys, self.values, max(n, self.length))
+            self.kbuf[:, :, self.length : self.length + n] = key_states
+            self.vbuf[:, :, self.length : self.length + n] = value_states
+            self.length += n
+            self.keys, self.values = self.kbuf[:, :, : self.length], self.vbuf[:, :, : self.length]
+            return self.keys, self.values
+
+    return Slab
+
+
+class _Batch:
+    """The running rows: per layer a slab of keys/values [B, H, T, D], the attention mask [B, T] over its columns."""
+
+    def __init__(self, spare: int) -> None:
+        self.spare = spare
+        self.slabs: list[Any] = []
         self.mask: Any = None
         self.rows: list[_Row] = []
 
     def cache(self) -> Any:
         from transformers import DynamicCache
 
-        return DynamicCache(ddp_cache_data=self.layers)
+        cache = DynamicCache()
+        cache.layers = self.slabs
+        return cache
 
-    def take(self, cache: Any) -> None:
-        self.layers = [(layer.keys, layer.values) for layer in cache.layers]
-
-    def add(self, layers: list[tuple[Any, Any]], mask: Any, rows: list[_Row], prefix: int) -> None:
-        """Join newly prefilled rows; the shorter side gets masked padding columns right after the prefix."""
-        if not self.rows:
-            self.layers, self.mask, self.rows = layers, mask, rows
-            return
-        gap = self.mask.shape[1] - mask.shape[1]
-        if gap > 0:
-            layers, mask = [(_widen(k, prefix, gap), _widen(v, prefix, gap)) for k, v in layers], _widen(mask, prefix, gap)
-        elif gap < 0:
-            self.layers = [(_widen(k, prefix, -gap), _widen(v, prefix, -gap)) for k, v in self.layers]
-            self.mask = _widen(self.mask, prefix, -gap)
+    def rebuild(self, kept: list[int], joining: _Batch | None, prefix: int) -> None:
+        """Keep the rows at ``kept`` and add ``joining``'s (the shorter side padded with masked columns right after
+        the prefix), in one copy; cache columns that no row attends any more are dropped."""
         import torch
 
-        self.layers = [(torch.cat([k0, k1]), torch.cat([v0, v1])) for (k0, v0), (k1, v1) in zip(self.layers, layers)]
-        self.mask = torch.cat([self.mask, mask])
-        self.rows += rows
-
-    def keep(self, kept: list[int]) -> None:
-        """Keep only the rows at ``kept``, then drop the cache columns none of them attends."""
-        import torch
-
-        if not kept:
-            self.__init__()  # type: ignore[misc]
+        if joining is not None and not self.rows:
+            self.slabs, self.mask, self.rows = joining.slabs, joining.mask, joining.rows  # adopted, no copy
             return
-        rows = torch.tensor(kept, dtype=torch.long, device=self.mask.device)
-        mask = self.mask[rows]
-        columns = mask.any(dim=0).nonzero().flatten()  # [T']
-        self.mask = mask[:, columns]
-        self.layers = [(k[rows][:, :, columns], v[rows][:, :, columns]) for k, v in self.layers]
-        self.rows = [self.rows[i] for i in kept]
+        if joining is None and len(kept) == len(self.rows):
+            return
+        sides = [(self, kept)] + ([(joining, list(range(len(joining.rows))))] if joining is not None else [])
+        sides = [(side, torch.tensor(picked, dtype=torch.long, device=side.mask.device)) for side, picked in sides
+                 if picked]  # fmt: skip
+        rows = [side.rows[int(i)] for side, picked in sides for i in picked]
+        if not rows:
+            self.slabs, self.mask, self.rows = [], None, []
+            return
+        width = max(side.mask.shape[1] for side, _ in sides)
+
+        def joined(tensors: list[Any]) -> Any:  # one [B_side, …, T_side, …] per side → [B, …, width, …]
+            return torch.cat([_widen(t[picked], prefix, width - side.mask.shape[1])
+                              for t, (side, picked) in zip(tensors, sides, strict=True)])  # fmt: skip
+
+        mask = joined([side.mask for side, _ in sides])
+        columns = mask.any(dim=0).nonzero().flatten()  # [T'] the columns some row attends
+        slabs = []
+        for depth in range(len(self.slabs)):  # layer by layer, each old slab released as its copy is made
+            k = joined([side.slabs[depth].keys for side, _ in sides])[:, :, columns]
+            v = joined([side.slabs[depth].values for side, _ in sides])[:, :, columns]
+            for side, _ in sides:
+                side.slabs[depth] = None
+            slabs.append(_Slab(k, v, self.spare))
+            del k, v
+        self.slabs, self.mask, self.rows = slabs, mask[:, columns], rows
 
 
 def _widen(tensor: Any, at: int, width: int) -> Any:
@@ -104,6 +148,8 @@ def _widen(tensor: Any, at: int, width: int) -> Any:
     import torch
 
     axis = 1 if tensor.dim() == 2 else 2
+    if width == 0:
+        return tensor
     shape = list(tensor.shape)
     shape[axis] = width
     zeros = torch.zeros(shape, dtype=tensor.dtype, device=tensor.device)
@@ -142,8 +188,22 @@ def decode(
             out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
             head = [(layer.keys, layer.values) for layer in out.past_key_values.layers]  # [1, H, P, D] each
 
-        def admit(indices: list[int]) -> tuple[list[tuple[Any, Any]], Any, list[_Row], list[int]]:
-            """Prefill these prompts' suffixes against the shared prefix: their cache, mask, rows, first tokens."""
+        batch = _Batch(spare=decoding.max_new_tokens)
+        results: list[Any] = [None] * len(encoded)
+
+        def stops(row: _Row, token: int) -> bool:
+            """Add the row's new token; a row that stops is finished here and leaves the batch."""
+            row.new.append(token)
+            if not _stopped(row.new, token, eos, tokenizer, decoding):
+                return False
+            results[row.index] = finish(row.new, row.index)
+            if advance:
+                advance(1)
+            return True
+
+        def admit(indices: list[int]) -> _Batch:
+            """Prefill these prompts' suffixes against the shared prefix, in slabs of their own (the prefix's keys
+            and values copied in, the suffix written after them), and add each row's first token."""
             width = max(len(encoded[i]) - prefix for i in indices)
             ids = torch.full((len(indices), width), pad, dtype=torch.long)  # [k, W] left-padded suffixes
             mask = torch.zeros((len(indices), prefix + width), dtype=torch.long)  # [k, P + W]
@@ -154,50 +214,39 @@ def decode(
                 ids[row, width - len(suffix) :] = torch.tensor(suffix)
                 mask[row, prefix + width - len(suffix) :] = 1
                 positions[row, width - len(suffix) :] = torch.arange(prefix, len(encoded[i]))
-            cache = None
-            if head:
-                from transformers import DynamicCache
+            part = _Batch(spare=width + decoding.max_new_tokens)
+            part.slabs = [_Slab(k.expand(len(indices), -1, -1, -1), v.expand(len(indices), -1, -1, -1), part.spare)
+                          for k, v in head]  # fmt: skip
+            part.mask, part.rows = mask.to(device), [_Row(i, len(encoded[i])) for i in indices]
+            out = model(input_ids=ids.to(device), attention_mask=part.mask, position_ids=positions.to(device),
+                        past_key_values=part.cache() if head else None, use_cache=True, logits_to_keep=1)  # fmt: skip
+            if not head:
+                part.slabs = [_Slab(layer.keys, layer.values, decoding.max_new_tokens)
+                              for layer in out.past_key_values.layers]  # fmt: skip
+            first = pick(out.logits[:, -1].float())
+            del out
+            part.spare = decoding.max_new_tokens
+            part.rebuild([r for r, (row, t) in enumerate(zip(part.rows, first, strict=True)) if not stops(row, t)],
+                         None, prefix)  # fmt: skip
+            return part
 
-                cache = DynamicCache(ddp_cache_data=[(k.expand(len(indices), -1, -1, -1).contiguous(),
-                                                      v.expand(len(indices), -1, -1, -1).contiguous()) for k, v in head])  # fmt: skip
-            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                        past_key_values=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
-            layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-            rows = [_Row(i, len(encoded[i])) for i in indices]
-            return layers, mask.to(device), rows, pick(out.logits[:, -1].float())
-
-        results: list[Any] = [None] * len(encoded)
         waiting = deque(sorted(range(len(encoded)), key=lambda i: -len(encoded[i])))
-        batch = _Batch()
-        tokens: list[int] = []
+        kept: list[int] = []
         while waiting or batch.rows:
-            free = batch_size - len(batch.rows)
-            if waiting and free > 0:
-                joining = [waiting.popleft() for _ in range(min(free, len(waiting)))]
-                layers, mask, rows, first = admit(joining)
-                batch.add(layers, mask, rows, prefix)
-                tokens += first
-            kept: list[int] = []
-            for slot, (row, token) in enumerate(zip(batch.rows, tokens, strict=True)):
-                row.new.append(token)
-                if _stopped(row.new, token, eos, tokenizer, decoding):
-                    results[row.index] = finish(row.new, row.index)
-                    if advance:
-                        advance(1)
-                else:
-                    kept.append(slot)
-            if len(kept) < len(batch.rows):
-                batch.keep(kept)
-                tokens = [tokens[s] for s in kept]
+            free = batch_size - len(kept)
+            joining = admit([waiting.popleft() for _ in range(min(free, len(waiting)))]) if waiting and free else None
+            batch.rebuild(kept, joining, prefix)
             if not batch.rows:
+                kept = []
                 continue
-            ids = torch.tensor([[t] for t in tokens], device=device)  # [B, 1]
+            ids = torch.tensor([[row.new[-1]] for row in batch.rows], device=device)  # [B, 1]
             positions = torch.tensor([[row.position + len(row.new) - 1] for row in batch.rows], device=device)
-            batch.mask = torch.cat([batch.mask, torch.ones((len(tokens), 1), dtype=torch.long, device=device)], 1)
+            batch.mask = torch.cat([batch.mask, torch.ones((len(ids), 1), dtype=torch.long, device=device)], 1)
             out = model(input_ids=ids, attention_mask=batch.mask, position_ids=positions,
                         past_key_values=batch.cache(), use_cache=True)  # fmt: skip
-            batch.take(out.past_key_values)
             tokens = pick(out.logits[:, -1].float())
+            del out  # its cache object lists the slabs, which ``rebuild`` replaces
+            kept = [slot for slot, (row, token) in enumerate(zip(batch.rows, tokens, strict=True)) if not stops(row, token)]
     return results
 
 
