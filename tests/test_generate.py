@@ -40,7 +40,7 @@ CONTEXT = "Q: What is the capital of Spain?\nA: Madrid.\n\nQ: Name a planet.\nA:
     ("prompts", "batch_size", "continuous"),
     [
         (PROMPTS, 3, True),  # no shared prefix; 5 prompts through 3 slots: rows leave and waiting prompts join
-        ([CONTEXT + p for p in PROMPTS + ["Jupiter", "Why is the sky blue?"]], 2, True),  # a shared few-shot prefix
+        ([CONTEXT + p for p in [*PROMPTS, "Jupiter", "Why is the sky blue?"]], 2, True),  # a shared few-shot prefix
         (PROMPTS, 3, False),  # transformers' generate (models with sliding-window caches)
     ],
     ids=["continuous", "shared-prefix", "static"],

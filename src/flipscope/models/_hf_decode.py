@@ -31,7 +31,7 @@ def supported(model: Any) -> bool:
 
     try:
         layers = DynamicCache(config=model.config).layers
-    except Exception:  # noqa: BLE001 - any model transformers cannot describe falls back to ``generate``
+    except Exception:  # any model transformers cannot describe falls back to ``generate``
         return False
     return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
@@ -52,7 +52,7 @@ class _Row:
     new: list[int] = field(default_factory=list)
 
 
-def _Slab(keys: Any, values: Any, spare: int) -> Any:  # noqa: N802 - builds a cache layer, named as a class
+def _slab(keys: Any, values: Any, spare: int) -> Any:
     """One layer's keys and values [B, H, T, D] inside buffers with room for ``spare`` more columns: each decode step
     writes its new column in place (transformers' DynamicLayer concatenates, copying the whole cache every step)."""
     return _slab_class()(keys, values, spare)
@@ -138,7 +138,7 @@ class _Batch:
             v = joined([side.slabs[depth].values for side, _ in sides])[:, :, columns]
             for side, _ in sides:
                 side.slabs[depth] = None
-            slabs.append(_Slab(k, v, self.spare))
+            slabs.append(_slab(k, v, self.spare))
             del k, v
         self.slabs, self.mask, self.rows = slabs, mask[:, columns], rows
 
@@ -215,13 +215,13 @@ def decode(
                 mask[row, prefix + width - len(suffix) :] = 1
                 positions[row, width - len(suffix) :] = torch.arange(prefix, len(encoded[i]))
             part = _Batch(spare=width + decoding.max_new_tokens)
-            part.slabs = [_Slab(k.expand(len(indices), -1, -1, -1), v.expand(len(indices), -1, -1, -1), part.spare)
+            part.slabs = [_slab(k.expand(len(indices), -1, -1, -1), v.expand(len(indices), -1, -1, -1), part.spare)
                           for k, v in head]  # fmt: skip
             part.mask, part.rows = mask.to(device), [_Row(i, len(encoded[i])) for i in indices]
             out = model(input_ids=ids.to(device), attention_mask=part.mask, position_ids=positions.to(device),
                         past_key_values=part.cache() if head else None, use_cache=True, logits_to_keep=1)  # fmt: skip
             if not head:
-                part.slabs = [_Slab(layer.keys, layer.values, decoding.max_new_tokens)
+                part.slabs = [_slab(layer.keys, layer.values, decoding.max_new_tokens)
                               for layer in out.past_key_values.layers]  # fmt: skip
             first = pick(out.logits[:, -1].float())
             del out
@@ -246,7 +246,7 @@ def decode(
                         past_key_values=batch.cache(), use_cache=True)  # fmt: skip
             tokens = pick(out.logits[:, -1].float())
             del out  # its cache object lists the slabs, which ``rebuild`` replaces
-            kept = [slot for slot, (row, token) in enumerate(zip(batch.rows, tokens, strict=True)) if not stops(row, token)]
+            kept = [slot for slot, (row, t) in enumerate(zip(batch.rows, tokens, strict=True)) if not stops(row, t)]
     return results
 
 
