@@ -117,8 +117,8 @@ class _Batch:
             return
         if joining is None and len(kept) == len(self.rows):
             return
-        sides = [(self, kept)] + ([(joining, list(range(len(joining.rows))))] if joining is not None else [])
-        sides = [(side, torch.tensor(picked, dtype=torch.long, device=side.mask.device)) for side, picked in sides
+        chosen = [(self, kept)] + ([(joining, list(range(len(joining.rows))))] if joining is not None else [])
+        sides = [(side, torch.tensor(picked, dtype=torch.long, device=side.mask.device)) for side, picked in chosen
                  if picked]  # fmt: skip
         rows = [side.rows[int(i)] for side, picked in sides for i in picked]
         if not rows:
