@@ -217,6 +217,10 @@ class MockBackend:
                 advance(1)
         return out
 
+    def chat_prompt(self, request: GenRequest) -> str:
+        """The scripted chat template: one line per message, then the assistant's cue."""
+        return "".join(f"{m['role']}: {m['content']}\n" for m in request.messages()) + "assistant:"
+
     def close(self) -> None:
         pass
 

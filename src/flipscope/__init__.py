@@ -12,10 +12,24 @@ from flipscope.errors import FlipscopeError
 if TYPE_CHECKING:
     from flipscope._compare import Comparison, compare
     from flipscope._kld import KLDResult, kld
+    from flipscope._mtbench import MTBenchSettings
+    from flipscope._mtbench_api import MTBenchResult, judge_run, mtbench
     from flipscope._save import save_compressed
     from flipscope.report import load_run
 
-__all__ = ["Comparison", "FlipscopeError", "KLDResult", "compare", "kld", "load_run", "save_compressed"]
+__all__ = [
+    "Comparison",
+    "FlipscopeError",
+    "KLDResult",
+    "MTBenchResult",
+    "MTBenchSettings",
+    "compare",
+    "judge_run",
+    "kld",
+    "load_run",
+    "mtbench",
+    "save_compressed",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -27,6 +41,14 @@ def __getattr__(name: str) -> Any:
         from flipscope import _kld
 
         return getattr(_kld, name)
+    if name in ("mtbench", "judge_run", "MTBenchResult"):
+        from flipscope import _mtbench_api
+
+        return getattr(_mtbench_api, name)
+    if name == "MTBenchSettings":
+        from flipscope._mtbench import MTBenchSettings
+
+        return MTBenchSettings
     if name == "save_compressed":
         from flipscope._save import save_compressed
 

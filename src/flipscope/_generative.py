@@ -90,22 +90,35 @@ def teacher_requests(task: FreeTask, answers: list[str]) -> tuple[TaskData, list
     return TaskData(f"{task.name}:teacher", items, {}, {}), prompts
 
 
+def free_answer(
+    g: Generation, teacher: ItemScore | None, *, answer: str, correct: bool, correct_strict: bool
+) -> FreeAnswer:
+    """A generated answer as a record, with this model's teacher-forced numbers on the baseline's answer."""
+    return FreeAnswer(
+        text=g.text,
+        answer=answer,
+        correct=correct,
+        correct_strict=correct_strict,
+        stop_reason=g.stop_reason.value,
+        new_tokens=g.new_tokens,
+        token_ids=g.token_ids,
+        ref_logprob=teacher.logprobs[0] if teacher is not None and teacher.logprobs else None,
+        ref_tokens=teacher.option_tokens[0] if teacher is not None and teacher.option_tokens else None,
+    )
+
+
 def free_scores(task: FreeTask, made: list[Generation], teacher: PassResult) -> list[ItemScore]:
     """This model's graded answers, with its teacher-forced numbers on the baseline's answers."""
     scored = {s.item_id: s for s in teacher.scores}
     out = []
     for problem, g in zip(task.problems, made, strict=True):
         t = scored.get(problem.item_id)
-        free = FreeAnswer(
-            text=g.text,
+        free = free_answer(
+            g,
+            t,
             answer=final_answer(g.text, Filter.FLEXIBLE),
             correct=is_correct(g.text, problem.target, Filter.FLEXIBLE),
             correct_strict=is_correct(g.text, problem.target, Filter.STRICT),
-            stop_reason=g.stop_reason.value,
-            new_tokens=g.new_tokens,
-            token_ids=g.token_ids,
-            ref_logprob=t.logprobs[0] if t is not None and t.logprobs else None,
-            ref_tokens=t.option_tokens[0] if t is not None and t.option_tokens else None,
         )
         out.append(ItemScore(task.name, problem.item_id, "", 0, (), (), t.token_kl if t else None, free))
     return out

@@ -11,6 +11,7 @@ from flipscope.cli.compare import compare_cmd
 from flipscope.cli.compress import compress_cmd
 from flipscope.cli.kld import kld_cmd
 from flipscope.cli.listing import methods_cmd, models_cmd, tasks_cmd
+from flipscope.cli.mtbench import judge_cmd, mtbench_cmd
 from flipscope.cli.report import report_cmd
 from flipscope.errors import FlipscopeError
 
@@ -28,6 +29,7 @@ def cli(verbose: int) -> None:
     Start with:
       flipscope compare bundled:smollm2-135m +rtn:w8 +rtn:w4g64 --tasks mmlu --limit 200
       flipscope kld bundled:smollm2-135m +rtn:w8 +rtn:w4g64 --chunks 40
+      flipscope mtbench bundled:smollm2-135m +rtn:w8 --judge openai:<model>@<url>
       flipscope report runs/<run>
     """
     from rich.logging import RichHandler
@@ -43,6 +45,8 @@ cli.add_command(compare_cmd)
 cli.add_command(report_cmd)
 cli.add_command(compress_cmd)
 cli.add_command(kld_cmd)
+cli.add_command(mtbench_cmd)
+cli.add_command(judge_cmd)
 cli.add_command(models_cmd)
 cli.add_command(methods_cmd)
 cli.add_command(tasks_cmd)

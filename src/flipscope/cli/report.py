@@ -24,6 +24,17 @@ def report_cmd(run_dir: str, as_json: bool) -> None:
         else:
             print_kld_run(kld_run)
         return
+    from flipscope.store.mtbench_run import is_mtbench
+
+    if is_mtbench(Path(run_dir)):
+        from flipscope.report.mtbench_table import load_mtbench_run, print_mtbench
+
+        mt_run, summary = load_mtbench_run(run_dir)
+        if as_json:
+            click.echo(json.dumps(summary, indent=2, default=str))
+        else:
+            print_mtbench(mt_run, summary)
+        return
     run = load_run(run_dir)
     if as_json:
         summary = {c: {t: s.model_dump() for t, s in tasks.items()} for c, tasks in run.summary.items()}

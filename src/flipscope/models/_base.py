@@ -94,10 +94,30 @@ class StopReason(StrEnum):
 @dataclass(frozen=True)
 class GenRequest:
     """One generation: ``prompt`` is raw text continued as is, or (``chat``) the user's message, wrapped in the
-    model's chat template."""
+    model's chat template after an optional ``system`` message and the conversation's earlier ``history``
+    ((user, assistant) turns)."""
 
     prompt: str
     chat: bool = False
+    system: str | None = None
+    history: tuple[tuple[str, str], ...] = ()
+
+    def messages(self) -> list[dict[str, str]]:
+        """The conversation as chat messages, ending with the user's message (the one rule every backend uses)."""
+        out = [{"role": "system", "content": self.system}] if self.system else []
+        for user, assistant in self.history:
+            out += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+        return [*out, {"role": "user", "content": self.prompt}]
+
+    def plain(self) -> str:
+        """The text a model without a chat template continues: the prompt as is, or, for a chat request with a
+        system message or earlier turns, the conversation as a plain transcript."""
+        if not (self.chat and (self.history or self.system)):
+            return self.prompt
+        lines = [self.system + "\n"] if self.system else []
+        for user, assistant in self.history:
+            lines += [f"User: {user}", f"Assistant: {assistant}"]
+        return "\n".join([*lines, f"User: {self.prompt}", "Assistant:"])
 
 
 @dataclass(frozen=True)

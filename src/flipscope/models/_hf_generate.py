@@ -15,11 +15,11 @@ from flipscope.models._base import Decoding, Generation, GenRequest, StopReason,
 
 
 def prompt_text(tokenizer: Any, request: GenRequest, chat: bool) -> str:
-    """The text a model continues: the chat template around the user's message where asked (and available)."""
+    """The text a model continues: the chat template around the conversation where asked (a plain transcript where
+    the model has no template)."""
     if request.chat and chat:
-        messages = [{"role": "user", "content": request.prompt}]
-        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-    return request.prompt
+        return str(tokenizer.apply_chat_template(request.messages(), tokenize=False, add_generation_prompt=True))
+    return request.plain()
 
 
 def generate(

