@@ -38,14 +38,28 @@ def write_mtbench(folder: Path, per_category: int = 2) -> Path:
     for category in CATEGORIES:
         for n in range(per_category):
             qid += 1
-            questions.append({"question_id": qid, "category": category,
-                              "turns": [f"{category} question {n} {{braces}}", f"follow-up {qid}"]})  # fmt: skip
+            questions.append(
+                {
+                    "question_id": qid,
+                    "category": category,
+                    "turns": [f"{category} question {n} {{braces}}", f"follow-up {qid}"],
+                }
+            )
             if category in REF:
                 references.append(
                     {"question_id": qid, "choices": [{"index": 0, "turns": [f"ref{qid}a", f"ref{qid}b"]}]}
                 )
-    lines = [json.dumps({"name": k, "type": "pairwise" if k.startswith("pair") else "single", "system_prompt": v[0],
-                         "prompt_template": v[1]}) for k, v in PROMPTS.items()]  # fmt: skip
+    lines = [
+        json.dumps(
+            {
+                "name": k,
+                "type": "pairwise" if k.startswith("pair") else "single",
+                "system_prompt": v[0],
+                "prompt_template": v[1],
+            }
+        )
+        for k, v in PROMPTS.items()
+    ]
     (folder / "mt_bench" / "question.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
     (folder / "mt_bench" / "reference_answer" / "gpt-4.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in references)

@@ -137,5 +137,5 @@ def test_bad_mtbench_folders_are_named(tmp_path: Path) -> None:
     (folder / "mt_bench" / "reference_answer" / "gpt-4.jsonl").write_text("")
     with pytest.raises(FlipscopeError, match="no reference answer for questions"):
         load_mtbench(folder)
-    with pytest.raises(FlipscopeError, match="no mt_bench/question.jsonl"):
+    with pytest.raises(FlipscopeError, match=r"no mt_bench/question\.jsonl"):
         load_mtbench(tmp_path / "c")

@@ -99,8 +99,22 @@ def test_mtbench_judgeless_run_and_cli_errors(scripts: dict[str, Script], tmp_pa
     _scripts(scripts)
     data = write_mtbench(tmp_path / "data", per_category=1)
     runner = CliRunner()
-    out = runner.invoke(cli, ["mtbench", "mock:b", "mock:c", "--data", str(data), "--out", str(tmp_path / "run"),
-                              "--cache-dir", str(tmp_path / "cache"), "--greedy"], terminal_width=200)  # fmt: skip
+    out = runner.invoke(
+        cli,
+        [
+            "mtbench",
+            "mock:b",
+            "mock:c",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--greedy",
+        ],
+        terminal_width=200,
+    )
     assert out.exit_code == 0, out.output
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["judges"] == [] and run["settings"]["greedy"] is True and run["settings"]["seed"] == 0
@@ -138,8 +152,9 @@ else:
 def _driver(tmp_path: Path, name: str, data: Path, cache: Path) -> tuple[Path, Path]:
     script, log = tmp_path / f"{name}.py", tmp_path / f"{name}.log"
     tests = str(Path(__file__).resolve().parent.parent)
-    script.write_text(DRIVER.format(tests=tests, log=str(log), data=str(data), cache=str(cache),
-                                    out=str(tmp_path / f"{name}-run")))  # fmt: skip
+    script.write_text(
+        DRIVER.format(tests=tests, log=str(log), data=str(data), cache=str(cache), out=str(tmp_path / f"{name}-run"))
+    )
     return script, log
 
 
