@@ -310,15 +310,23 @@ class Session:
         return grades, pairs
 
     def warn_weak(self, judge: str, backend: Backend, models: list[ModelAnswers]) -> None:
+        """Warn where the judge is smaller than 1B parameters or than a model it judges, or (size unknown, as
+        behind a server) is named like a bundled model."""
+        from flipscope.models.bundled import BUNDLED
+
         params = backend.info.details.get("parameters")
         judged = [m.parameters for m in models if m.parameters]
-        small = isinstance(params, int) and (params < WEAK_JUDGE_PARAMETERS or any(params < p for p in judged))
-        if small or judge.startswith("bundled:"):
-            size = f"{params / 1e6:.0f}M parameters" if isinstance(params, int) else "a bundled model"
+        if isinstance(params, int):
+            small = params < WEAK_JUDGE_PARAMETERS or any(params < p for p in judged)
+            size = f"{params / 1e6:.0f}M parameters"
+        else:
+            small = judge.startswith("bundled:") or any(name.split("-")[0] in judge.lower() for name in BUNDLED)
+            size = "the size of a bundled model"
+        if small:
             self.note(
-                f"weak judge: {judge} has {size}; judges this small often ignore the verdict format and "
-                "change their verdict with the answers' order — read its grades as a smoke test, not a "
-                "measurement (use a judge larger than the models judged)"
+                f"weak judge: {judge} has {size}; judges this small often ignore the verdict format and change "
+                "their verdict with the answers' order — read its grades as a smoke test, not a measurement "
+                "(use a judge larger than the models judged)"
             )
 
     def note(self, message: str) -> None:
