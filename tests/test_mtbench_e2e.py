@@ -80,9 +80,8 @@ def test_fastchat_files_and_prompts_filled_as_fastchat_fills_them() -> None:
 @pytest.fixture(scope="module")
 def judge_server() -> Iterator[str]:
     pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed (CI installs it)")
-    from llama_server import serve_gguf
-
     from flipscope.models.gguf_file import bundled_gguf
+    from llama_server import serve_gguf
 
     with serve_gguf(bundled_gguf("smollm2-135m"), "smollm2", n_ctx=4096) as url:
         yield url
@@ -90,8 +89,9 @@ def judge_server() -> Iterator[str]:
 
 def test_mtbench_on_the_bundled_model_judged_through_a_loopback_server(judge_server: str, tmp_path: Path) -> None:
     judge = f"openai:{judge_server}#smollm2"
-    settings = flipscope.MTBenchSettings(judge=judge, limit=1, max_new_tokens=24, judge_max_tokens=24,
-                                         cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    settings = flipscope.MTBenchSettings(
+        judge=judge, limit=1, max_new_tokens=24, judge_max_tokens=24, cache_dir=str(tmp_path / "cache")
+    )
     result = flipscope.mtbench("bundled:smollm2-135m", ["+rtn:w8"], settings, out=tmp_path / "run")
     judged = pd.read_parquet(tmp_path / "run" / "judgements.parquet")
     single, pairs = judged[judged["mode"] == "single"], judged[judged["mode"] == "pairwise"]
@@ -100,11 +100,14 @@ def test_mtbench_on_the_bundled_model_judged_through_a_loopback_server(judge_ser
     summary = result.run.summary[f"openai:{judge_server}#smollm2"]
     grades = {g["model"]: g for g in summary["grades"]}
     assert all(g["graded"] + g["unparseable"] == 16 for g in grades.values())
-    assert grades["bundled:smollm2-135m"]["graded"] == sum(parse_rating(r) is not None for r in
-                                                            single[single.model == "bundled:smollm2-135m"]["raw"])  # fmt: skip
+    assert grades["bundled:smollm2-135m"]["graded"] == sum(
+        parse_rating(r) is not None for r in single[single.model == "bundled:smollm2-135m"]["raw"]
+    )
     (pair,) = summary["pairs"]
-    parsed = sum(parse_pair(a) is not None and parse_pair(b) is not None
-                 for a, b in zip(pairs["raw"], pairs["raw_swapped"], strict=True))  # fmt: skip
+    parsed = sum(
+        parse_pair(a) is not None and parse_pair(b) is not None
+        for a, b in zip(pairs["raw"], pairs["raw_swapped"], strict=True)
+    )
     assert pair["wins"] + pair["ties"] + pair["losses"] == parsed and pair["invalid"] == 16 - parsed
     assert any(n.startswith("weak judge") for n in result.run.notes)
     dist = result.run.summary["distances"]["bundled:smollm2-135m+rtn:w8"]["all"]
