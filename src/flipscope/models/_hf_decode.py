@@ -170,8 +170,12 @@ def decode(
 ) -> list[Any]:
     """Generate for every encoded prompt; ``finish(new_tokens, request_index)`` turns a stopped row into its result."""
     import torch
+    from transformers import DynamicCache
+
+    from flipscope.models._hf_score import cache_argument
 
     eos = tokenizer.eos_token_id
+    kw = cache_argument(model)
     prefix = shared_prefix(encoded)
     generator = torch.Generator(device=device).manual_seed(decoding.seed) if decoding.temperature > 0 else None
 
@@ -185,8 +189,9 @@ def decode(
         head: list[tuple[Any, Any]] = []
         if prefix:
             ids = torch.tensor([encoded[0][:prefix]], device=device)  # [1, P]
-            out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-            head = [(layer.keys, layer.values) for layer in out.past_key_values.layers]  # [1, H, P, D] each
+            cache: Any = DynamicCache()
+            model(input_ids=ids, use_cache=True, logits_to_keep=1, **{kw: cache})
+            head = [(layer.keys, layer.values) for layer in cache.layers]  # [1, H, P, D] each
 
         batch = _Batch(spare=decoding.max_new_tokens)
         results: list[Any] = [None] * len(encoded)
@@ -218,11 +223,12 @@ def decode(
             part.slabs = [_slab(k.expand(len(indices), -1, -1, -1), v.expand(len(indices), -1, -1, -1), part.spare)
                           for k, v in head]  # fmt: skip
             part.mask, part.rows = mask.to(device), [_Row(i, len(encoded[i])) for i in indices]
+            cache: Any = part.cache() if head else DynamicCache()
             out = model(input_ids=ids.to(device), attention_mask=part.mask, position_ids=positions.to(device),
-                        past_key_values=part.cache() if head else None, use_cache=True, logits_to_keep=1)  # fmt: skip
+                        use_cache=True, logits_to_keep=1, **{kw: cache})  # fmt: skip
             if not head:
-                part.slabs = [_slab(layer.keys, layer.values, decoding.max_new_tokens)
-                              for layer in out.past_key_values.layers]  # fmt: skip
+                part.slabs = [_slab(layer.keys, layer.values, decoding.max_new_tokens) for layer in cache.layers]
+            del cache
             first = pick(out.logits[:, -1].float())
             del out
             part.spare = decoding.max_new_tokens
@@ -243,7 +249,7 @@ def decode(
             positions = torch.tensor([[row.position + len(row.new) - 1] for row in batch.rows], device=device)
             batch.mask = torch.cat([batch.mask, torch.ones((len(ids), 1), dtype=torch.long, device=device)], 1)
             out = model(input_ids=ids, attention_mask=batch.mask, position_ids=positions,
-                        past_key_values=batch.cache(), use_cache=True)  # fmt: skip
+                        use_cache=True, **{kw: batch.cache()})  # fmt: skip
             tokens = pick(out.logits[:, -1].float())
             del out  # its cache object lists the slabs, which ``rebuild`` replaces
             kept = [slot for slot, (row, t) in enumerate(zip(batch.rows, tokens, strict=True)) if not stops(row, t)]

@@ -28,6 +28,12 @@ from flipscope.models.hf import bos_prefix
 from flipscope.tasks import ScoreRequest
 
 
+def cache_argument(model: Any) -> str:
+    """The name of the forward pass's key/value cache argument: ``cache`` in transformers ≥ 5.x (which warns on the
+    old name), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _select_rows(cache: Any, indices: torch.Tensor) -> Any:
     """A cache holding ``cache``'s batch rows ``indices`` (repeats allowed); ``cache`` itself is left as it was."""
     if hasattr(cache, "layers"):
@@ -87,9 +93,7 @@ class PrefixScorer:
         self.max_batch = max_batch
         self.bos = bos_prefix(tokenizer)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        # transformers ≥ 5.x names the cache argument ``cache``; older releases ``past_key_values``.
-        params = inspect.signature(model.forward).parameters
-        self.cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.cache_kw = cache_argument(model)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
