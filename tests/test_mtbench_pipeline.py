@@ -119,6 +119,16 @@ def test_mtbench_judgeless_run_and_cli_errors(scripts: dict[str, Script], tmp_pa
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["judges"] == [] and run["settings"]["greedy"] is True and run["settings"]["seed"] == 0
     assert run["summary"]["distances"]["mock:c"]["all"]["measured"] == 16
+    judged = runner.invoke(
+        cli,
+        ["judge", str(tmp_path / "run"), "--judge", "mock:j", "--cache-dir", str(tmp_path / "cache"), "--no-pairwise"],
+        terminal_width=200,
+    )
+    assert judged.exit_code == 0, judged.output
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["judges"] == ["mock:j"] and run["summary"]["mock:j"]["pairs"] == []
+    assert {g["model"]: g["overall"] for g in run["summary"]["mock:j"]["grades"]} == {"mock:b": 8.0, "mock:c": 5.0}
+    assert "single grades (1–10) by mock:j" in judged.output
     bad = runner.invoke(cli, ["judge", str(tmp_path), "--judge", "mock:j"])
     assert bad.exit_code != 0 and "run.json" in str(bad.exception or bad.output)
 

@@ -88,6 +88,7 @@ def render_mtbench(run: Any, summary: dict[str, Any]) -> Group:
                     *[pct(p["categories"].get(c)) for c in categories],
                 )
             parts.append(pairs)
+        parts.append(_side_by_side(run, dist, j, categories, label))
         n = j["candidates_correlated"]
         parts.append(
             f"Spearman ρ across {n} candidates, {label}: grade drop vs teacher KL "
@@ -98,6 +99,34 @@ def render_mtbench(run: Any, summary: dict[str, Any]) -> Group:
     for note in run.notes:
         parts.append(f"note: {note}")
     return Group(*parts)
+
+
+def _side_by_side(run: Any, dist: dict[str, Any], j: dict[str, Any], categories: list[str], label: str) -> Table:
+    """Per category, for each candidate: the judge-free teacher KL beside the judge's grade change and win rate."""
+    grades = {g["model"]: g for g in j["grades"]}
+    wins = {p["candidate"]: p for p in j["pairs"]}
+    base = grades.get(run.baseline.spec)
+    table = Table(title=f"per category: teacher KL · grade change vs the baseline · win rate ({label})")
+    table.add_column("category")
+    for cand in dist:
+        table.add_column(f"{cand}\nKL · Δgrade · win", justify="right")
+    for category in ["all", *categories]:
+        cells = []
+        for cand, per in dist.items():
+            s = per.get(category)
+            kl = num(s["teacher_kl_mean"]) if s else "–"
+            g = grades.get(cand)
+            if category == "all":
+                mine, theirs = (g or {}).get("overall"), (base or {}).get("overall")
+                win = wins[cand]["win_rate"] if cand in wins else None
+            else:
+                mine = (g or {}).get("categories", {}).get(category)
+                theirs = (base or {}).get("categories", {}).get(category)
+                win = wins[cand]["categories"].get(category) if cand in wins else None
+            delta = f"{mine - theirs:+.2f}" if mine is not None and theirs is not None else "–"
+            cells.append(f"{kl} · {delta} · {pct(win)}")
+        table.add_row(category, *cells)
+    return table
 
 
 def print_mtbench(run: Any, summary: dict[str, Any], console: Console | None = None) -> None:
