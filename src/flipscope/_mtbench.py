@@ -244,31 +244,31 @@ class Session:
         spec = parse_spec(judge)
         weights = fingerprint(spec)
         decoding = Decoding(self.settings.judge_max_tokens, (), 0.0, self.settings.seed)
-        loaded: list[Backend] = []
-
-        def backend() -> Backend:
-            if not loaded:
-                loaded.append(load_backend(spec, self.options))
-                self.warn_weak(judge, loaded[0], models)
-            return loaded[0]
-
         grades: list[Grade] = []
         pairs: list[PairJudgement] = []
         slots = [(q, turn) for q in questions for turn in (1, 2)]
-        try:
+        with self.loader(spec) as load:
+            warned: list[bool] = []
+
+            def backend() -> Backend:
+                if not warned:
+                    warned.append(True)
+                    self.warn_weak(judge, load(), models)
+                return load()
+
+            def ask(title: str, asked: list[tuple[Any, GenRequest]]) -> list[str]:
+                made = self.generate(
+                    f"judge {spec.label()} · {title}", weights, backend, [r for _, r in asked], [decoding] * len(asked)
+                )
+                return [g.text for g in made]
+
             if self.settings.single:
                 for m in models:
                     asked = [prompts.single(bench, q, m.texts()[questions.index(q)], t) for q, t in slots]
-                    made = self.generate(
-                        f"judge {spec.label()} · grading {m.spec}",
-                        weights,
-                        backend,
-                        [r for _, r in asked],
-                        [decoding] * len(asked),
-                    )
+                    texts = ask(f"grading {m.spec}", asked)
                     grades += [
-                        Grade(spec.label(), m.spec, q.question_id, q.category, t, p.name, g.text, parse_rating(g.text))
-                        for (q, t), (p, _), g in zip(slots, asked, made, strict=True)
+                        Grade(spec.label(), m.spec, q.question_id, q.category, t, p.name, text, parse_rating(text))
+                        for (q, t), (p, _), text in zip(slots, asked, texts, strict=True)
                     ]
             if self.settings.pairwise:
                 base = models[0].texts()
@@ -281,15 +281,9 @@ class Session:
                             prompts.pairwise(bench, q, base[i], mine[i], t),
                             prompts.pairwise(bench, q, mine[i], base[i], t),
                         ]
-                    made = self.generate(
-                        f"judge {spec.label()} · {m.spec} vs baseline",
-                        weights,
-                        backend,
-                        [r for _, r in asked],
-                        [decoding] * len(asked),
-                    )
+                    texts = ask(f"{m.spec} vs baseline", asked)
                     for n, (q, t) in enumerate(slots):
-                        one, two = made[2 * n].text, made[2 * n + 1].text
+                        one, two = texts[2 * n], texts[2 * n + 1]
                         pairs.append(
                             PairJudgement(
                                 spec.label(),
@@ -304,9 +298,6 @@ class Session:
                                 parse_pair(two),
                             )
                         )
-        finally:
-            for b in loaded:
-                b.close()
         return grades, pairs
 
     def warn_weak(self, judge: str, backend: Backend, models: list[ModelAnswers]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from flipscope._mtbench import JUDGE_MAX_TOKENS, MTBenchSettings
@@ -59,6 +61,33 @@ def _engine_options(fn):  # type: ignore[no-untyped-def]
     return fn
 
 
+def _settings(
+    judge_max_tokens: int,
+    no_single: bool,
+    no_pairwise: bool,
+    data: str | None,
+    device: str,
+    dtype: str,
+    batch_size: int,
+    no_cache: bool,
+    cache_dir: str | None,
+    **answering: Any,
+) -> MTBenchSettings:
+    """The options both commands share, as the settings object the API takes."""
+    return MTBenchSettings(
+        single=not no_single,
+        pairwise=not no_pairwise,
+        judge_max_tokens=judge_max_tokens,
+        data=data,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        use_cache=not no_cache,
+        cache_dir=cache_dir,
+        **answering,
+    )
+
+
 @click.command("mtbench")
 @click.argument("baseline")
 @click.argument("candidates", nargs=-1, required=True)
@@ -113,27 +142,27 @@ def mtbench_cmd(
 
     \b
     Example:
-      flipscope mtbench bundled:smollm2-135m +rtn:w8 +rtn:w3g64 --judge openai:judge@http://127.0.0.1:8080/v1
+      flipscope mtbench bundled:smollm2-135m +rtn:w8 +rtn:w3g64 --judge openai:http://127.0.0.1:8080/v1#judge
     """
     from flipscope import mtbench
     from flipscope.display import RichDisplay
     from flipscope.report.mtbench_table import load_mtbench_run, print_mtbench
 
-    settings = MTBenchSettings(
+    settings = _settings(
+        judge_max_tokens,
+        no_single,
+        no_pairwise,
+        data,
+        device,
+        dtype,
+        batch_size,
+        no_cache,
+        cache_dir,
         judge=judge_spec,
-        single=not no_single,
-        pairwise=not no_pairwise,
         greedy=greedy,
         seed=seed,
         limit=limit,
         max_new_tokens=max_new_tokens,
-        judge_max_tokens=judge_max_tokens,
-        data=data,
-        device=device,
-        dtype=dtype,
-        batch_size=batch_size,
-        use_cache=not no_cache,
-        cache_dir=cache_dir,
     )
     result = mtbench(baseline, list(candidates), settings, out=out, display=RichDisplay())
     print_mtbench(*load_mtbench_run(result.out))
@@ -163,16 +192,6 @@ def judge_cmd(
     from flipscope.display import RichDisplay
     from flipscope.report.mtbench_table import load_mtbench_run, print_mtbench
 
-    settings = MTBenchSettings(
-        single=not no_single,
-        pairwise=not no_pairwise,
-        judge_max_tokens=judge_max_tokens,
-        data=data,
-        device=device,
-        dtype=dtype,
-        batch_size=batch_size,
-        use_cache=not no_cache,
-        cache_dir=cache_dir,
-    )
+    settings = _settings(judge_max_tokens, no_single, no_pairwise, data, device, dtype, batch_size, no_cache, cache_dir)
     judge_run(run_dir, judge_spec, settings, display=RichDisplay())
     print_mtbench(*load_mtbench_run(run_dir))
