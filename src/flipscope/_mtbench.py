@@ -99,6 +99,9 @@ class Session:
         self.generations = GenerationStore(root / "generations")
         self.options = LoadOptions(settings.device, settings.dtype, settings.batch_size)
         self.notes: list[str] = []
+        #: generations per stored chunk: enough to keep a batch full (continuous batching refills from it), few
+        #: enough that a killed run loses little
+        self.chunk = 2 * settings.batch_size
 
     def engine(self) -> dict[str, Any]:
         return {
@@ -136,7 +139,9 @@ class Session:
                 ) -> list[Generation]:
                     return backend().generate([requests[picked[j]] for j in sub], decoding, advance=advance)
 
-                made, _ = self.generations.run(key, len(picked), run, chunk=8, use_cache=self.settings.use_cache)
+                made, _ = self.generations.run(
+                    key, len(picked), run, chunk=self.chunk, use_cache=self.settings.use_cache
+                )
                 for i, g in zip(picked, made, strict=True):
                     out[i] = g
         return [g for g in out if g is not None]
