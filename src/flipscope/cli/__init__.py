@@ -29,7 +29,7 @@ def cli(verbose: int) -> None:
     Start with:
       flipscope compare bundled:smollm2-135m +rtn:w8 +rtn:w4g64 --tasks mmlu --limit 200
       flipscope kld bundled:smollm2-135m +rtn:w8 +rtn:w4g64 --chunks 40
-      flipscope mtbench bundled:smollm2-135m +rtn:w8 --judge openai:<model>@<url>
+      flipscope mtbench bundled:smollm2-135m +rtn:w8 --judge openai:<url>#<model>
       flipscope report runs/<run>
     """
     from rich.logging import RichHandler

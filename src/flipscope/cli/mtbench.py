@@ -10,7 +10,7 @@ from flipscope._mtbench import JUDGE_MAX_TOKENS, MTBenchSettings
 from flipscope.tasks.mtbench import MAX_NEW_TOKENS
 
 _JUDGE_HELP = (
-    "The judge model, any spec: openai:<model>@<url> (a hosted API or your vLLM / llama.cpp server), hf:…, "
+    "The judge model, any spec: openai:<url>#<model> (a hosted API or your vLLM / llama.cpp server), hf:…, "
     "bundled:…, gguf:…"
 )
 
