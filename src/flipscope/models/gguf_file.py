@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from flipscope._atomic import write_once
 from flipscope._cache import cache_root, file_sha256
 from flipscope.errors import FlipscopeError
 
@@ -112,21 +113,23 @@ def bundled_gguf(name: str, *, original: bool = False) -> Path:
     out = cache_root() / "gguf" / f"{model.name}-{model.version}-F32.gguf"
     if not out.exists():
         log.info("writing a float32 copy of %s once: %s", shipped.name, out)
-        dequantized_copy(shipped, out)
+        write_once(out, lambda tmp: _dequantize_into(shipped, tmp, None))
     return out
 
 
 def dequantized_copy(source: Path, out: Path, *, metadata: dict[str, Any] | None = None) -> None:
     """Copy a GGUF file's metadata and tensors, every tensor dequantized to float32 (file type ALL_F32);
     ``metadata`` replaces the values of existing keys (e.g. ``tokenizer.ggml.add_bos_token``)."""
+    write_once(out, lambda tmp: _dequantize_into(source, tmp, metadata), done=lambda _: False)
+
+
+def _dequantize_into(source: Path, tmp: Path, metadata: dict[str, Any] | None) -> None:
     import numpy as np
     from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
     from gguf.quants import dequantize
 
     reader = GGUFReader(str(source))
     arch = reader.fields["general.architecture"].contents()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".part")
     writer = GGUFWriter(str(tmp), arch=str(arch))
     for field in reader.fields.values():
         if field.name.startswith("GGUF.") or field.name == "general.architecture":
@@ -146,7 +149,6 @@ def dequantized_copy(source: Path, out: Path, *, metadata: dict[str, Any] | None
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    tmp.replace(out)
 
 
 def quantized(source: Path, qtype: str, *, requantize: bool) -> Path:
@@ -164,16 +166,15 @@ def quantized(source: Path, qtype: str, *, requantize: bool) -> Path:
     out = cache_root() / "gguf" / f"{file_sha256(source)[:16]}-{qtype}{'-requant' if requantize else ''}.gguf"
     if out.exists():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".part")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype
-    params.nthread = os.cpu_count() or 1
-    params.allow_requantize = requantize
-    log.info("quantizing %s to %s with llama.cpp", source.name, qtype)
-    code = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
-    if code != 0 or not tmp.exists():
-        tmp.unlink(missing_ok=True)
-        raise FlipscopeError(f"llama.cpp could not quantize {source.name} to {qtype} (code {code})")
-    tmp.replace(out)
-    return out
+
+    def make(tmp: Path) -> None:
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = ftype
+        params.nthread = os.cpu_count() or 1
+        params.allow_requantize = requantize
+        log.info("quantizing %s to %s with llama.cpp", source.name, qtype)
+        code = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
+        if code != 0 or not tmp.exists():
+            raise FlipscopeError(f"llama.cpp could not quantize {source.name} to {qtype} (code {code})")
+
+    return write_once(out, make)

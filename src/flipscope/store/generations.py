@@ -8,12 +8,14 @@ Layout: ``<cache>/generations/<key>/chunk-00000.jsonl`` … and ``complete.json`
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from flipscope._atomic import exclusive, temporary
 from flipscope.errors import FlipscopeError
 from flipscope.models._base import Generation, StopReason
 
@@ -66,6 +68,18 @@ class GenerationStore:
         """All ``n`` generations of pass ``key`` (and whether all came from the store): the stored ones, then
         ``generate(indices)`` for the rest, ``chunk`` at a time, each chunk stored before the next starts."""
         folder = self.folder(key)
+        with exclusive(folder):  # a second process on the same pass waits, then reads what this one stored
+            return self._run(folder, n, generate, chunk=chunk, use_cache=use_cache)
+
+    def _run(
+        self,
+        folder: Path,
+        n: int,
+        generate: Callable[[Sequence[int]], list[Generation]],
+        *,
+        chunk: int,
+        use_cache: bool,
+    ) -> tuple[list[Generation], bool]:
         if not use_cache:
             shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True, exist_ok=True)
@@ -74,9 +88,10 @@ class GenerationStore:
         for start in range(0, len(todo), chunk):
             indices = todo[start : start + chunk]
             made = generate(indices)
-            part = folder / f"chunk-{len(list(folder.glob('chunk-*.jsonl'))):05d}.jsonl.part"
+            name = folder / f"chunk-{len(list(folder.glob('chunk-*.jsonl'))):05d}.jsonl"
+            part = temporary(name)
             part.write_text("".join(json.dumps(_to_row(i, g)) + "\n" for i, g in zip(indices, made, strict=True)))
-            part.replace(part.with_suffix(""))
+            os.replace(part, name)
             done.update(zip(indices, made, strict=True))
         (folder / "complete.json").write_text(json.dumps({"n": n}))
         return [done[i] for i in range(n)], not todo

@@ -10,13 +10,13 @@ interrupted run never leaves a half-written pass behind, and every finished pass
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from flipscope._atomic import write_once
 from flipscope.metrics import FreeAnswer, ItemScore
 from flipscope.metrics.kl import CompactRows
 
@@ -145,9 +145,10 @@ class PassStore:
         return PassResult(key, model, scores, reference)
 
     def save(self, result: PassResult) -> None:
-        folder = self.path(result.key)
-        tmp = folder.with_name(folder.name + ".part")
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_once(self.path(result.key), lambda tmp: self._write(tmp, result), done=lambda _: False)
+
+    @staticmethod
+    def _write(tmp: Path, result: PassResult) -> None:
         tmp.mkdir(parents=True)
         _scores_frame(result.scores).to_parquet(tmp / "scores.parquet", index=False)
         if result.reference is not None:
@@ -155,5 +156,3 @@ class PassStore:
             np.savez(tmp / "rows.npz", spans=r.spans, **{f: getattr(r.rows, f) for f in ROW_FIELDS})
             (tmp / "pieces.json").write_text(json.dumps({"kind": r.kind, "pieces": r.pieces}, ensure_ascii=False))
         (tmp / "pass.json").write_text(json.dumps(result.model, indent=1, default=str))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.replace(folder)
