@@ -22,6 +22,7 @@ from flipscope._generative import (
     teacher_key,
     teacher_requests,
 )
+from flipscope._noise import NoiseFloor
 from flipscope.display import Display, NullDisplay
 from flipscope.errors import FlipscopeError
 from flipscope.metrics import ItemScore, TaskSummary, summarize_run
@@ -30,6 +31,7 @@ from flipscope.models import Backend, LoadOptions, ModelSpec, fingerprint, load_
 from flipscope.models.registry import same_weights
 from flipscope.store import (
     ModelEntry,
+    NoiseFloorEntry,
     PassResult,
     PassStore,
     ReferenceRows,
@@ -120,8 +122,9 @@ class _Runner:
         try:
             for work in tasks:
                 ref = baseline[work.task.name] if baseline else None
-                results[work.task.name], entry.reused[work.task.name] = self._mc_pass(work, spec, role, weights,
-                                                                                      backend, ref)  # fmt: skip
+                results[work.task.name], entry.reused[work.task.name] = self._mc_pass(
+                    work, spec, role, weights, backend, ref
+                )
             for task in free:
                 ref = baseline[task.name] if baseline else None
                 results[task.name], entry.reused[task.name] = self._free_pass(task, spec, role, weights, backend, ref)
@@ -182,24 +185,35 @@ class _Runner:
         return result, False
 
     def _mc_pass(
-        self, work: _TaskWork, spec: ModelSpec, role: str, weights: str, backend: Callable[[], Backend],
+        self,
+        work: _TaskWork,
+        spec: ModelSpec,
+        role: str,
+        weights: str,
+        backend: Callable[[], Backend],
         ref: PassResult | None,
-    ) -> tuple[PassResult, bool]:  # fmt: skip
+    ) -> tuple[PassResult, bool]:
         key = content_hash(self._key(weights, work.digest, ref))
         return self._scoring(
             work.task, work.prompts, key, spec, backend, ref, f"{role} {spec.label()} · {work.task.name}"
         )
 
     def _free_pass(
-        self, task: FreeTask, spec: ModelSpec, role: str, weights: str, backend: Callable[[], Backend],
+        self,
+        task: FreeTask,
+        spec: ModelSpec,
+        role: str,
+        weights: str,
+        backend: Callable[[], Backend],
         ref: PassResult | None,
-    ) -> tuple[PassResult, bool]:  # fmt: skip
+    ) -> tuple[PassResult, bool]:
         """Generate (stored, resumable), then score the baseline's answers teacher-forced."""
         key = generation_key(task, weights, self._engine())  # not --topk/--tail-samples: they change no answer
         title = f"{role} {spec.label()} · {task.name}"
         with self.display.progress(f"{title} (generating)", len(task.prompts)) as advance:
-            made, reused = generate_pass(task, key, backend, self.generations, use_cache=self.use_cache,
-                                         advance=advance)  # fmt: skip
+            made, reused = generate_pass(
+                task, key, backend, self.generations, use_cache=self.use_cache, advance=advance
+            )
         answers = [s.free.text if s.free else "" for s in ref.scores] if ref else [g.text for g in made]
         data, prompts = teacher_requests(task, answers)
         tkey = teacher_key(weights, answers, self._key(weights, task.digest, ref))
@@ -273,6 +287,7 @@ def compare(
     dtype: str = "float32",
     batch_size: int = 16,
     max_new_tokens: int | None = None,
+    noise_floor: NoiseFloor | None = None,
     use_cache: bool = True,
     cache_dir: str | Path | None = None,
     display: Display | None = None,
@@ -281,7 +296,8 @@ def compare(
 
     Every model pass is cached under ``cache_dir`` (default: the flipscope cache's ``passes/``) by a content
     hash of (weights, compression, task items, prompts, settings): the baseline runs once for any number of
-    candidates and runs, and an interrupted run resumes from its finished passes.
+    candidates and runs, and an interrupted run resumes from its finished passes. With ``noise_floor``, the
+    baseline also runs under those settings and is paired with itself (no candidate is needed then).
     """
     shown: Display = display or NullDisplay()
     try:
@@ -296,8 +312,10 @@ def compare(
         raise FlipscopeError("no task given", fix="use --tasks mmlu or a file")
     for name in tasks:  # task errors first: they need nothing fetched
         check_task(name, fewshot=fewshot, limit=limit)
+    if noise_floor is not None:
+        noise_floor.check(batch_size, dtype)
     check_out(out)
-    base_spec, cand_specs = parse_models(baseline, candidates)
+    base_spec, cand_specs = parse_models(baseline, candidates, allow_none=noise_floor is not None)
     settings = Settings(
         format=fmt.value,
         fewshot=fewshot,
@@ -310,8 +328,11 @@ def compare(
         batch_size=batch_size,
     )
     loaded = [load_task(name, fewshot=fewshot, limit=limit, seed=seed) for name in tasks if name not in GENERATIVE]
-    free = [load_free_task(name, limit=limit, seed=seed, max_new_tokens=max_new_tokens) for name in tasks
-            if name in GENERATIVE]  # fmt: skip
+    free = [
+        load_free_task(name, limit=limit, seed=seed, max_new_tokens=max_new_tokens)
+        for name in tasks
+        if name in GENERATIVE
+    ]
     names = [t.name if t is not None else name for name, t in _in_order(tasks, loaded)]
     if len(set(names)) != len(names):
         raise FlipscopeError("a task is named twice", fix="give each task once")
@@ -335,9 +356,26 @@ def compare(
         cand_scores = [s for r in results.values() for s in r.scores]
         scores[spec.label()] = cand_scores
         summary[spec.label()] = summarize_run(base_scores, cand_scores, names)
-        floor = noise_floor_note(base_spec, spec, summary[spec.label()])
-        if floor:
-            notes.append(floor)
+        engines = noise_floor_note(base_spec, spec, summary[spec.label()])
+        if engines:
+            notes.append(engines)
+    floor: NoiseFloorEntry | None = None
+    if noise_floor is not None:
+        floor_settings = settings.model_copy(
+            update={"batch_size": noise_floor.batch_size, "dtype": noise_floor.dtype or dtype}
+        )
+        floor_runner = _Runner(floor_settings, shown, use_cache, runner.store.root)
+        floor_entry, floor_results = floor_runner.run_model(base_spec, "noise floor", work, base_results, free)
+        floor_scores = [s for r in floor_results.values() for s in r.scores]
+        scores[f"{base_spec.label()} [noise floor]"] = floor_scores
+        floor = NoiseFloorEntry(
+            setup=noise_floor.setup(batch_size, dtype),
+            batch_size=noise_floor.batch_size,
+            dtype=noise_floor.dtype or dtype,
+            model=floor_entry,
+            summary=summarize_run(base_scores, floor_scores, names),
+        )
+        notes += [n for n in floor_runner.notes if n not in runner.notes]
     notes += runner.notes
     run = RunFile(
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -349,12 +387,17 @@ def compare(
         tasks=[TaskEntry(name=t.name, meta=t.meta) for t in loaded]
         + [TaskEntry(name=t.name, meta=t.meta) for t in free],
         summary=summary,
+        noise_floor=floor,
         notes=notes,
     )
     folder = claim_run_dir(out)
-    roles = {label: ("baseline" if label == base_spec.label() else "candidate", s) for label, s in scores.items()}
+    roles = {label: (_role(label, base_spec.label()), s) for label, s in scores.items()}
     write_run(folder, run, records_frame(roles), _items_frame(loaded, free))
     return Comparison(run, folder, scores)
+
+
+def _role(label: str, baseline: str) -> str:
+    return "baseline" if label == baseline else "noise floor" if label.endswith("[noise floor]") else "candidate"
 
 
 def noise_floor_note(base: ModelSpec, cand: ModelSpec, per_task: dict[str, TaskSummary]) -> str | None:
@@ -378,8 +421,11 @@ def _items_frame(tasks: list[TaskData], free: Sequence[FreeTask] = ()) -> Any:
     import pandas as pd
 
     rows = [{**asdict(item), "task": t.name, "choices": list(item.choices)} for t in tasks for item in t.items]
-    rows += [{"item_id": p.item_id, "question": p.question, "target": p.target, "task": t.name, "prompt": text}
-             for t in free for p, text in zip(t.problems, t.prompts, strict=True)]  # fmt: skip
+    rows += [
+        {"item_id": p.item_id, "question": p.question, "target": p.target, "task": t.name, "prompt": text}
+        for t in free
+        for p, text in zip(t.problems, t.prompts, strict=True)
+    ]
     return pd.DataFrame(rows)
 
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from flipscope.cli.compare import compare_cmd
+from flipscope.cli.compare import compare_cmd, noise_floor_cmd
 from flipscope.cli.compress import compress_cmd
 from flipscope.cli.kld import kld_cmd
 from flipscope.cli.listing import methods_cmd, models_cmd, tasks_cmd
@@ -42,6 +42,7 @@ def cli(verbose: int) -> None:
 
 
 cli.add_command(compare_cmd)
+cli.add_command(noise_floor_cmd)
 cli.add_command(report_cmd)
 cli.add_command(compress_cmd)
 cli.add_command(kld_cmd)

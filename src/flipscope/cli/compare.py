@@ -9,7 +9,7 @@ from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
 
 @click.command("compare")
 @click.argument("baseline")
-@click.argument("candidates", nargs=-1, required=True)
+@click.argument("candidates", nargs=-1)
 @click.option(
     "--tasks",
     "-t",
@@ -83,6 +83,18 @@ from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
     default=None,
     help="Free-form tasks (gsm8k): tokens generated at most per answer. Default: 256.",
 )
+@click.option(
+    "--noise-floor",
+    is_flag=True,
+    help="Also run the baseline again with another batch size (1, or 8 when --batch-size is 1) and pair it with "
+    "itself: its flips are noise, shown beside every candidate's flips with its 95% interval.",
+)
+@click.option(
+    "--noise-floor-batch", type=int, default=None, help="The noise floor's batch size (implies --noise-floor)."
+)
+@click.option(
+    "--noise-floor-dtype", default=None, help="The noise floor's dtype, e.g. bfloat16 (implies --noise-floor)."
+)
 @click.option("--no-cache", is_flag=True, help="Run every model again instead of reusing cached passes.")
 @click.option(
     "--cache-dir",
@@ -105,6 +117,9 @@ def compare_cmd(
     dtype: str,
     batch_size: int,
     max_new_tokens: int | None,
+    noise_floor: bool,
+    noise_floor_batch: int | None,
+    noise_floor_dtype: str | None,
     no_cache: bool,
     cache_dir: str | None,
 ) -> None:
@@ -119,10 +134,16 @@ def compare_cmd(
     The baseline is run once and cached; each candidate costs one model pass.
     """
     from flipscope import compare
+    from flipscope._noise import NoiseFloor
     from flipscope.display import RichDisplay
     from flipscope.report import print_run
     from flipscope.tasks import split_tasks
 
+    floor = None
+    if noise_floor or noise_floor_batch is not None or noise_floor_dtype is not None:
+        floor = NoiseFloor(noise_floor_batch or NoiseFloor.default(batch_size).batch_size, noise_floor_dtype)
+    if not candidates and floor is None:
+        raise click.UsageError("name at least one CANDIDATE (e.g. +rtn:w4g64), or ask for --noise-floor")
     display = RichDisplay()
     result = compare(
         baseline,
@@ -139,9 +160,25 @@ def compare_cmd(
         dtype=dtype,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
+        noise_floor=floor,
         use_cache=not no_cache,
         cache_dir=cache_dir,
         display=display,
     )
     print_run(result.run)
     click.echo(f"run written to {result.out}  (records.parquet, run.json; `flipscope report {result.out}`)")
+
+
+def _noise_floor_only(**kwargs: object) -> None:
+    compare_cmd.callback(candidates=(), **{**kwargs, "noise_floor": True})  # type: ignore[misc]
+
+
+noise_floor_cmd = click.Command(
+    "noise-floor",
+    params=[p for p in compare_cmd.params if p.name not in ("candidates", "noise_floor")],
+    callback=_noise_floor_only,
+    help="The noise floor of BASELINE alone: the baseline run again with another batch size (1, or 8 when "
+    "--batch-size is 1; or --noise-floor-batch / --noise-floor-dtype) and paired with itself — the flips and KL "
+    "that no compression caused. Same options as `compare`.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)

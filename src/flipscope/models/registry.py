@@ -80,14 +80,16 @@ def check_compression(spec: ModelSpec) -> None:
         config.check_model(model_config)
 
 
-def parse_models(baseline: str | ModelSpec, candidates: Sequence[str | ModelSpec]) -> tuple[ModelSpec, list[ModelSpec]]:
+def parse_models(
+    baseline: str | ModelSpec, candidates: Sequence[str | ModelSpec], *, allow_none: bool = False
+) -> tuple[ModelSpec, list[ModelSpec]]:
     """Parse and check a baseline and its candidates (``+method`` candidates apply to the baseline) before any
-    weights are loaded."""
+    weights are loaded; ``allow_none``: no candidate is fine (a noise-floor run)."""
     from flipscope.models.spec import parse_spec
 
     base = baseline if isinstance(baseline, ModelSpec) else parse_spec(baseline)
     cands = [c if isinstance(c, ModelSpec) else parse_spec(c, baseline=base) for c in candidates]
-    if not cands:
+    if not cands and not allow_none:
         raise FlipscopeError("no candidate given", fix="name at least one candidate, e.g. +rtn:w4g64")
     for spec in (base, *cands):
         check_compression(spec)

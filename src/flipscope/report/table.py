@@ -43,14 +43,31 @@ def summary_row(task: str, s: TaskSummary) -> list[str]:
     ]
 
 
-def candidate_table(candidate: str, per_task: dict[str, TaskSummary], baseline: str, *, token_kl: str = "") -> Table:
-    """``token_kl``: how the token KL column was measured, where it is not exact (e.g. "top-k approximate")."""
+def candidate_table(
+    candidate: str,
+    per_task: dict[str, TaskSummary],
+    baseline: str,
+    *,
+    token_kl: str = "",
+    floor: dict[str, TaskSummary] | None = None,
+) -> Table:
+    """``token_kl``: how the token KL column was measured, where it is not exact (e.g. "top-k approximate");
+    ``floor``: the noise floor per task, shown beside the candidate's flips (with its 95% interval)."""
+    from flipscope._noise import indistinguishable
+
     title = f"{candidate}  vs  {baseline}" + (f"  · token KL {token_kl}" if token_kl else "")
     table = Table(title=title, title_justify="left", header_style="bold")
-    for name in COLUMNS:
+    columns = (*COLUMNS, "floor flips% [95% CI]", "vs floor") if floor else COLUMNS
+    for name in columns:
         table.add_column(name, justify="left" if name == "task" else "right")
     for task, s in per_task.items():
-        table.add_row(*summary_row(task, s), style="bold" if task == "all" else None)
+        row = summary_row(task, s)
+        f = (floor or {}).get(task)
+        if floor is not None:
+            ci = f"[{pct(f.flips_ci[0])}, {pct(f.flips_ci[1])}]" if f is not None and f.flips_ci else ""
+            same = indistinguishable(s, f) if f is not None else None
+            row += [f"{pct(f.flips) if f else '–'} {ci}", "–" if same is None else "≈ floor" if same else "above"]
+        table.add_row(*row, style="bold" if task == "all" else None)
     return table
 
 
@@ -81,9 +98,18 @@ def render_run(run: RunFile) -> Group:
     )
     parts.append(Text(header, style="dim"))
     kinds = {c.spec: str(c.details.get("token_kl", "")) for c in run.candidates}
+    floor = run.noise_floor.summary if run.noise_floor else None
+    if run.noise_floor is not None:
+        parts.append(
+            candidate_table(f"noise floor ({run.noise_floor.setup})", run.noise_floor.summary, run.baseline.spec)
+        )
     for candidate, per_task in run.summary.items():
         kind = kinds.get(candidate, "")
-        parts.append(candidate_table(candidate, per_task, run.baseline.spec, token_kl="" if kind == "exact" else kind))
+        parts.append(
+            candidate_table(
+                candidate, per_task, run.baseline.spec, token_kl="" if kind == "exact" else kind, floor=floor
+            )
+        )
         for task, s in per_task.items():
             parts.append(Text(f"  {task}: {detail_line(s)}", style="dim"))
             parts.extend(Text(f"  ! {task}: {w}", style="yellow") for w in s.warnings)

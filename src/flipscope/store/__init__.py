@@ -1,10 +1,20 @@
 """Persistence: cached model passes and run directories."""
 
 from flipscope.store.passes import PassResult, PassStore, ReferenceRows, scores_from_frame
-from flipscope.store.run import ModelEntry, RunFile, Settings, TaskEntry, read_run, records_frame, write_run
+from flipscope.store.run import (
+    ModelEntry,
+    NoiseFloorEntry,
+    RunFile,
+    Settings,
+    TaskEntry,
+    read_run,
+    records_frame,
+    write_run,
+)
 
 __all__ = [
     "ModelEntry",
+    "NoiseFloorEntry",
     "PassResult",
     "PassStore",
     "ReferenceRows",

@@ -44,6 +44,16 @@ class Settings(BaseModel):
     batch_size: int = 16
 
 
+class NoiseFloorEntry(BaseModel):
+    """The baseline run again under ``setup`` (e.g. "batch 16 → 1"), paired with the baseline."""
+
+    setup: str
+    batch_size: int
+    dtype: str
+    model: ModelEntry
+    summary: dict[str, TaskSummary]
+
+
 class RunFile(BaseModel):
     schema_version: int = SCHEMA_VERSION
     created: str
@@ -55,6 +65,7 @@ class RunFile(BaseModel):
     tasks: list[TaskEntry]
     #: summary[candidate spec][task name]; with several tasks, also an "all" entry pooling their items.
     summary: dict[str, dict[str, TaskSummary]]
+    noise_floor: NoiseFloorEntry | None = None
     notes: list[str] = Field(default_factory=list)
 
 
