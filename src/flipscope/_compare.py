@@ -22,13 +22,12 @@ from flipscope._generative import (
     teacher_key,
     teacher_requests,
 )
-from flipscope._noise import NoiseFloor
+from flipscope._noise import NoiseFloor, engines_note, role_of
 from flipscope.display import Display, NullDisplay
 from flipscope.errors import FlipscopeError
 from flipscope.metrics import ItemScore, TaskSummary, summarize_run
 from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
 from flipscope.models import Backend, LoadOptions, ModelSpec, fingerprint, load_backend, parse_models
-from flipscope.models.registry import same_weights
 from flipscope.store import (
     ModelEntry,
     NoiseFloorEntry,
@@ -356,7 +355,7 @@ def compare(
         cand_scores = [s for r in results.values() for s in r.scores]
         scores[spec.label()] = cand_scores
         summary[spec.label()] = summarize_run(base_scores, cand_scores, names)
-        engines = noise_floor_note(base_spec, spec, summary[spec.label()])
+        engines = engines_note(base_spec, spec, summary[spec.label()])
         if engines:
             notes.append(engines)
     floor: NoiseFloorEntry | None = None
@@ -391,30 +390,9 @@ def compare(
         notes=notes,
     )
     folder = claim_run_dir(out)
-    roles = {label: (_role(label, base_spec.label()), s) for label, s in scores.items()}
+    roles = {label: (role_of(label, base_spec.label()), s) for label, s in scores.items()}
     write_run(folder, run, records_frame(roles), _items_frame(loaded, free))
     return Comparison(run, folder, scores)
-
-
-def _role(label: str, baseline: str) -> str:
-    return "baseline" if label == baseline else "noise floor" if label.endswith("[noise floor]") else "candidate"
-
-
-def noise_floor_note(base: ModelSpec, cand: ModelSpec, per_task: dict[str, TaskSummary]) -> str | None:
-    """Where the candidate runs the baseline's very weights on another engine, what it measures is the engines'
-    noise floor: say so, with the numbers."""
-    weights = same_weights(base)
-    if weights is None or weights != same_weights(cand) or base.source == cand.source:
-        return None
-    s = per_task.get("all") or next(iter(per_task.values()))
-    flips = "n/a" if s.flips is None else f"{s.flips:.1%}"
-    choice = "n/a" if s.choice_kl_mean is None else f"{s.choice_kl_mean:.1e}"
-    token = "n/a" if s.token_kl_mean is None else f"{s.token_kl_mean:.1e}"
-    return (
-        f"{cand.label()} runs the baseline's weights ({weights}) on another engine ({base.source} → {cand.source}): "
-        f"its flips {flips}, choice KL {choice} and token KL {token} are the two backends' noise floor; "
-        "compression effects below it cannot be told apart across these engines"
-    )
 
 
 def _items_frame(tasks: list[TaskData], free: Sequence[FreeTask] = ()) -> Any:

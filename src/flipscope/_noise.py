@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from flipscope.errors import FlipscopeError
 from flipscope.metrics import TaskSummary
+from flipscope.models import ModelSpec
+from flipscope.models.registry import same_weights
 
 
 @dataclass(frozen=True)
@@ -42,3 +44,25 @@ def indistinguishable(candidate: TaskSummary, floor: TaskSummary) -> bool | None
     if candidate.flips is None or floor.flips_ci is None:
         return None
     return candidate.flips <= floor.flips_ci[1]
+
+
+def role_of(label: str, baseline: str) -> str:
+    """A records.parquet label's role: the baseline, the noise floor ("<baseline> [noise floor]") or a candidate."""
+    return "baseline" if label == baseline else "noise floor" if label.endswith("[noise floor]") else "candidate"
+
+
+def engines_note(base: ModelSpec, cand: ModelSpec, per_task: dict[str, TaskSummary]) -> str | None:
+    """Where the candidate runs the baseline's very weights on another engine, what it measures is the engines'
+    noise floor: say so, with the numbers."""
+    weights = same_weights(base)
+    if weights is None or weights != same_weights(cand) or base.source == cand.source:
+        return None
+    s = per_task.get("all") or next(iter(per_task.values()))
+    flips = "n/a" if s.flips is None else f"{s.flips:.1%}"
+    choice = "n/a" if s.choice_kl_mean is None else f"{s.choice_kl_mean:.1e}"
+    token = "n/a" if s.token_kl_mean is None else f"{s.token_kl_mean:.1e}"
+    return (
+        f"{cand.label()} runs the baseline's weights ({weights}) on another engine ({base.source} → {cand.source}): "
+        f"its flips {flips}, choice KL {choice} and token KL {token} are the two backends' noise floor; "
+        "compression effects below it cannot be told apart across these engines"
+    )
