@@ -45,3 +45,12 @@ def file_sha256(path: Path) -> str:
     memo.parent.mkdir(parents=True, exist_ok=True)
     memo.write_text(json.dumps({"key": key, "sha256": value}))
     return value
+
+
+def user_path(text: str) -> Path:
+    """A path as a user typed it, ``~`` expanded where a home directory is known (``~name`` of an unknown user,
+    or no home at all, stays as typed rather than failing)."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        return Path(text)

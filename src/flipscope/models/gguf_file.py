@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from flipscope._atomic import write_once
-from flipscope._cache import cache_root, file_sha256
+from flipscope._cache import cache_root, file_sha256, user_path
 from flipscope.errors import FlipscopeError
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def resolve(location: str) -> Path:
     name, _, variant = location.partition("@")
     if name in BUNDLED:
         return bundled_gguf(name, original=variant == "original")
-    path = Path(location).expanduser()
+    path = user_path(location)
     if not path.is_file():
         raise FlipscopeError(
             f"GGUF file {location} does not exist",

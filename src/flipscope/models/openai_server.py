@@ -54,6 +54,27 @@ NO_PROMPT_LOGPROBS = (
 )
 
 
+def generation_of(response: dict[str, Any], *, chat: bool, where: str) -> Generation:
+    """A generation reply (``choices[0].text``, or ``.message.content`` for chat; ``usage`` token counts) as a
+    Generation; anything else (no text, text that is not a string, counts that are not whole numbers) is an error
+    naming the server — never an answer made up from it."""
+    try:
+        choice = response["choices"][0]
+        text = choice["message"]["content"] if chat else choice["text"]
+        usage = response.get("usage") or {}
+        counts = [usage.get("prompt_tokens"), usage.get("completion_tokens")]
+        if text is None:
+            text = ""
+        if not isinstance(text, str) or not all(c is None or (isinstance(c, int) and c >= 0) for c in counts):
+            raise TypeError("not a text answer")
+        return Generation(text, finish_reason(choice.get("finish_reason")), counts[0], counts[1])
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise FlipscopeError(
+            f"{where} returned an answer without generated text ({type(exc).__name__}: {str(exc)[:80]})",
+            fix="check that the server can generate (its /v1/completions and /v1/chat/completions)",
+        ) from exc
+
+
 def parse_location(location: str) -> tuple[str, str]:
     """(base URL, model name) of ``<base_url>#<model>[,option=value...]``."""
     url, model, _ = parse_server(location)
@@ -159,8 +180,14 @@ class OpenAIBackend:
         return cls(url, model, settings, spec.label())
 
     def _completion(self, prompt: str, *, logprobs: int = 1, echo: bool = True) -> dict[str, Any]:
-        body = {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "echo": echo,
-                "logprobs": logprobs}  # fmt: skip
+        body = {
+            "model": self.model,
+            "prompt": prompt,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "echo": echo,
+            "logprobs": logprobs,
+        }
         response = post_json(self.base_url, "/completions", body, self.settings)
         choices = response.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
@@ -178,8 +205,9 @@ class OpenAIBackend:
             except ClientError as exc:
                 if exc.status != 400 or asked == TOP_LOGPROBS[-1]:
                     raise
-                log.info("%s refused logprobs=%d (%s); asking for %d", self.base_url, asked, exc.problem,
-                         TOP_LOGPROBS[-1])  # fmt: skip
+                log.info(
+                    "%s refused logprobs=%d (%s); asking for %d", self.base_url, asked, exc.problem, TOP_LOGPROBS[-1]
+                )
         if continuation_logprob(choice, 1, len(PROBE_TEXT)) is None:
             return self._refused(f"server {self.base_url} {NO_PROMPT_LOGPROBS}")
         top = (choice.get("logprobs") or {}).get("top_logprobs") or []
@@ -262,8 +290,13 @@ class OpenAIBackend:
         advance: Callable[[int], None] | None = None,
     ) -> list[Generation]:
         """``/completions`` for raw prompts, ``/chat/completions`` for chat, concurrently, retried."""
-        settings = {"model": self.model, "max_tokens": decoding.max_new_tokens, "temperature": decoding.temperature,
-                    "seed": decoding.seed, **({"stop": list(decoding.stop)} if decoding.stop else {})}  # fmt: skip
+        settings = {
+            "model": self.model,
+            "max_tokens": decoding.max_new_tokens,
+            "temperature": decoding.temperature,
+            "seed": decoding.seed,
+            **({"stop": list(decoding.stop)} if decoding.stop else {}),
+        }
 
         def one(request: GenRequest) -> Generation:
             if request.chat:
@@ -273,18 +306,11 @@ class OpenAIBackend:
                 )
             else:
                 path, body = "/completions", {**settings, "prompt": request.prompt}
-            response = post_json(self.base_url, path, body, self.settings)
-            try:
-                choice = response["choices"][0]
-                text = choice["message"]["content"] if request.chat else choice["text"]
-                usage = response.get("usage") or {}
-                reason = finish_reason(choice.get("finish_reason"))
-                return Generation(str(text or ""), reason, usage.get("prompt_tokens"), usage.get("completion_tokens"))
-            except (KeyError, IndexError, TypeError) as exc:
-                raise FlipscopeError(
-                    f"server {self.base_url} returned a {path} answer without generated text",
-                    fix="check that the server can generate (its /v1/completions and /v1/chat/completions)",
-                ) from exc
+            return generation_of(
+                post_json(self.base_url, path, body, self.settings),
+                chat=request.chat,
+                where=f"server {self.base_url} ({path})",
+            )
 
         out = []
         with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:

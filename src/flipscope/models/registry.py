@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flipscope._cache import content_hash, file_sha256
+from flipscope._cache import content_hash, file_sha256, user_path
 from flipscope.errors import FlipscopeError
 from flipscope.models._base import Backend
 from flipscope.models.spec import ModelSpec
@@ -105,7 +105,7 @@ def load_backend(spec: ModelSpec, options: LoadOptions | None = None) -> Backend
 
 def _hf_folder(location: str) -> Path | None:
     """The local folder an ``hf:`` location names, or None for a hub id; an error for a missing local path."""
-    path = Path(location).expanduser()
+    path = user_path(location)
     if path.is_dir():
         return path
     if location.startswith((".", "/", "~")) or location.count("/") > 1 or path.exists():

@@ -7,9 +7,9 @@ A candidate may start with ``+`` to mean "the baseline, compressed": ``+rtn:w8``
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
+from flipscope._cache import user_path
 from flipscope.compress import CompressionConfig, parse_method
 from flipscope.errors import FlipscopeError
 
@@ -56,7 +56,7 @@ def parse_spec(text: str, *, baseline: ModelSpec | None = None) -> ModelSpec:
         source, sep, location = head.partition(":")
         if sep and source.lower() in SOURCES:
             spec = ModelSpec(source.lower(), location.strip())
-        elif Path(head).expanduser().is_dir():
+        elif user_path(head).is_dir():
             spec = ModelSpec("hf", head)
         else:
             known = ", ".join(sorted(SOURCES))

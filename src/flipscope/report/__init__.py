@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from flipscope.errors import FlipscopeError
 from flipscope.metrics import ItemScore, summarize_run
 from flipscope.report.table import print_run, render_run
 from flipscope.store import RunFile, read_run, scores_from_frame
@@ -13,12 +14,23 @@ def load_run(folder: str | Path) -> RunFile:
     """Read a run directory and recompute every summary from its per-item records."""
     run, records = read_run(Path(folder))
     by_model: dict[str, list[ItemScore]] = {}
-    for model, frame in records.groupby("model", sort=False):
-        by_model[str(model)] = scores_from_frame(frame)
+    try:
+        for model, frame in records.groupby("model", sort=False):
+            by_model[str(model)] = scores_from_frame(frame)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise FlipscopeError(
+            f"{Path(folder) / 'records.parquet'} does not hold flipscope records ({type(exc).__name__}: "
+            f"{str(exc)[:120]})",
+            fix="re-run the comparison",
+        ) from exc
     base = by_model.get(run.baseline.spec, [])
     tasks = [t.name for t in run.tasks]
     summary = {c.spec: summarize_run(base, by_model.get(c.spec, []), tasks) for c in run.candidates}
-    return run.model_copy(update={"summary": summary})
+    floor = run.noise_floor
+    if floor is not None:
+        floor_scores = by_model.get(f"{run.baseline.spec} [noise floor]", [])
+        floor = floor.model_copy(update={"summary": summarize_run(base, floor_scores, tasks)})
+    return run.model_copy(update={"summary": summary, "noise_floor": floor})
 
 
 __all__ = ["load_run", "print_run", "render_run"]

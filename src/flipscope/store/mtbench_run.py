@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from flipscope._atomic import temporary
 from flipscope.errors import FlipscopeError
 from flipscope.judge import Grade, PairJudgement, parse_pair, parse_rating
 from flipscope.metrics import FreeAnswer, ItemScore
@@ -185,10 +186,10 @@ def write(folder: Path, run: MTBenchRunFile, answers: Any | None = None, judgeme
     """Each file written to a temporary name and renamed into place; ``run.json`` last."""
     for name, frame in ((ANSWERS_FILE, answers), (JUDGEMENTS_FILE, judgements)):
         if frame is not None:
-            part = folder / (name + ".part")
+            part = temporary(folder / name)
             frame.to_parquet(part, index=False)
             os.replace(part, folder / name)
-    part = folder / "run.json.part"
+    part = temporary(folder / "run.json")
     part.write_text(run.model_dump_json(indent=2), encoding="utf-8")
     os.replace(part, folder / "run.json")
 

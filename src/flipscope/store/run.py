@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -119,10 +120,18 @@ def records_frame(scores: dict[str, tuple[str, list[ItemScore]]]) -> Any:
 
 
 def write_run(folder: Path, run: RunFile, records: Any, items: Any) -> None:
+    """Each file written under a temporary name and renamed into place, ``run.json`` last: a run directory with a
+    ``run.json`` is complete."""
+    from flipscope._atomic import temporary
+
     folder.mkdir(parents=True, exist_ok=True)
-    records.to_parquet(folder / RECORDS_FILE, index=False)
-    items.to_parquet(folder / ITEMS_FILE, index=False)
-    (folder / RUN_FILE).write_text(run.model_dump_json(indent=2))
+    for name, frame in ((RECORDS_FILE, records), (ITEMS_FILE, items)):
+        tmp = temporary(folder / name)
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, folder / name)
+    tmp = temporary(folder / RUN_FILE)
+    tmp.write_text(run.model_dump_json(indent=2))
+    os.replace(tmp, folder / RUN_FILE)
 
 
 def read_run(folder: Path) -> tuple[RunFile, Any]:
@@ -137,6 +146,8 @@ def read_run(folder: Path) -> tuple[RunFile, Any]:
         )
     try:
         raw = json.loads(run_path.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
         version = raw.get("schema_version")
         if version != SCHEMA_VERSION:
             raise FlipscopeError(
@@ -148,4 +159,9 @@ def read_run(folder: Path) -> tuple[RunFile, Any]:
         raise FlipscopeError(
             f"{run_path} is malformed ({str(exc).splitlines()[0]})", fix="re-run the comparison"
         ) from exc
-    return run, pd.read_parquet(rec_path)
+    try:
+        return run, pd.read_parquet(rec_path)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise FlipscopeError(
+            f"{rec_path} is unreadable ({str(exc).splitlines()[0][:160]})", fix="re-run the comparison"
+        ) from exc

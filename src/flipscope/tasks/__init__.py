@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from flipscope._cache import user_path
 from flipscope.errors import FlipscopeError
 from flipscope.tasks._items import (
     ItemRequests,
@@ -88,7 +89,7 @@ def check_task(name: str, *, fewshot: int = 0, limit: int | None = None) -> Task
         if key == prefix or key.startswith(prefix + ":"):
             subjects = [s.strip().lower().replace(" ", "_") for s in key[len(prefix) + 1 :].split(",") if s.strip()]
             return TaskRef(key, hub, tuple(subjects))
-    path = Path(key).expanduser()
+    path = user_path(key)
     if path.suffix.lower() in SUFFIXES:
         if not path.is_file():
             raise FlipscopeError(f"task file {path} does not exist", fix="check the path given to --tasks")

@@ -15,6 +15,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from flipscope._cache import user_path
 from flipscope.errors import FlipscopeError
 
 DEFAULT_CORPUS = "python:pydoc_data.topics"
@@ -52,7 +53,7 @@ def load_corpus(source: str | None = None) -> Corpus:
         return Corpus(calibration_text(), name)
     if name.startswith("hf:"):
         return _hub_corpus(name)
-    path = Path(name).expanduser()
+    path = user_path(name)
     if path.is_dir():
         files = sorted(path.rglob("*.txt"))
         if not files:

@@ -10,6 +10,7 @@ answer (math, reasoning, coding)."""
 from __future__ import annotations
 
 import json
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,23 @@ TEMPERATURE = {
 }
 #: Categories whose answers the judge compares with a reference answer (FastChat's NEED_REF_CATS).
 NEED_REF = ("math", "reasoning", "coding")
+#: The placeholders FastChat fills in judge prompts.
+FIELDS = {
+    "question",
+    "answer",
+    "answer_a",
+    "answer_b",
+    "ref_answer_1",
+    "ref_answer_2",
+    "question_1",
+    "question_2",
+    "answer_1",
+    "answer_2",
+    "answer_a_1",
+    "answer_a_2",
+    "answer_b_1",
+    "answer_b_2",
+}
 #: FastChat's max_new_token for answers.
 MAX_NEW_TOKENS = 1024
 
@@ -94,20 +112,50 @@ def _lines(text: str, where: str, fields: tuple[str, ...]) -> list[dict[str, Any
 
 def parse(read: Any, source: str) -> MTBench:
     """``read(member)`` → the text of ``mt_bench/question.jsonl`` etc."""
-    questions = []
-    for row in _lines(read(QUESTIONS), f"{source}/{QUESTIONS}", ("question_id", "category", "turns")):
-        turns = row["turns"]
+    questions: list[Question] = []
+    where = f"{source}/{QUESTIONS}"
+    for n, row in enumerate(_lines(read(QUESTIONS), where, ("question_id", "category", "turns")), start=1):
+        turns, qid = row["turns"], row["question_id"]
         if not (isinstance(turns, list) and len(turns) == 2 and all(isinstance(t, str) for t in turns)):
+            raise FlipscopeError(f"{where}: question {n} does not have two text turns", fix="restore the file")
+        if not isinstance(qid, int) or isinstance(qid, bool) or not isinstance(row["category"], str):
             raise FlipscopeError(
-                f"{source}/{QUESTIONS}: question {row['question_id']} does not have two text turns",
+                f"{where}: question {n} needs an integer question_id and a text category", fix="restore the file"
+            )
+        questions.append(Question(qid, row["category"], (turns[0], turns[1])))
+    ids = [q.question_id for q in questions]
+    if not questions or len(set(ids)) != len(ids):
+        raise FlipscopeError(
+            f"{where}: {'no questions' if not questions else 'a question_id appears twice'}", fix="restore the file"
+        )
+    references: dict[int, tuple[str, ...]] = {}
+    where = f"{source}/{REFERENCES}"
+    for n, row in enumerate(_lines(read(REFERENCES), where, ("question_id", "choices")), start=1):
+        try:
+            turns = row["choices"][0]["turns"]
+            if not (isinstance(turns, list) and all(isinstance(t, str) for t in turns) and len(turns) == 2):
+                raise TypeError("turns")
+            references[int(row["question_id"])] = tuple(turns)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise FlipscopeError(
+                f"{where}, answer {n}: no two text turns in choices[0]", fix="restore the file"
+            ) from exc
+    prompts = {}
+    where = f"{source}/{PROMPTS}"
+    for row in _lines(read(PROMPTS), where, ("name", "type", "system_prompt", "prompt_template")):
+        if not all(isinstance(row[k], str) for k in ("name", "type", "system_prompt", "prompt_template")):
+            raise FlipscopeError(
+                f"{where}: prompt {row['name']!r} has a field that is not text", fix="restore the file"
+            )
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(row["prompt_template"]) if f is not None}
+        except ValueError as exc:
+            raise FlipscopeError(f"{where}: prompt {row['name']!r}: {exc}", fix="restore the file") from exc
+        if fields - FIELDS:
+            raise FlipscopeError(
+                f"{where}: prompt {row['name']!r} asks for {sorted(fields - FIELDS)}, which FastChat never fills",
                 fix="restore the file",
             )
-        questions.append(Question(int(row["question_id"]), str(row["category"]), (turns[0], turns[1])))
-    references = {}
-    for row in _lines(read(REFERENCES), f"{source}/{REFERENCES}", ("question_id", "choices")):
-        references[int(row["question_id"])] = tuple(str(t) for t in row["choices"][0]["turns"])
-    prompts = {}
-    for row in _lines(read(PROMPTS), f"{source}/{PROMPTS}", ("name", "type", "system_prompt", "prompt_template")):
         prompts[row["name"]] = JudgePrompt(row["name"], row["type"], row["system_prompt"], row["prompt_template"])
     needed = {
         "single-v1",
