@@ -1,6 +1,7 @@
 """Property-based: generated malformed task files, model specs, run directories, MT-Bench files, judge outputs
 and server replies each give a clean FlipscopeError (or, where the input happens to be valid, a valid result) —
-never another exception, never a number computed from bad data; through the CLI, the error `flipscope` prints as one line."""
+never another exception, never a number computed from bad data; through the CLI, the error `flipscope` prints as
+one line."""
 
 from __future__ import annotations
 
@@ -94,9 +95,8 @@ def test_malformed_server_replies(reply: dict[str, Any], chat: bool) -> None:
 @pytest.fixture(scope="module")
 def stored_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real run directory of a scripted comparison, to corrupt."""
-    from tests.conftest import SCRIPTS, Script
-
     from flipscope import compare
+    from tests.conftest import SCRIPTS, Script
 
     root = tmp_path_factory.mktemp("stored")
     task = root / "t.jsonl"
@@ -134,9 +134,8 @@ def test_corrupted_run_directories(stored_run: Path, name: str, cut: float, junk
     member=st.sampled_from(["mt_bench/question.jsonl", "mt_bench/reference_answer/gpt-4.jsonl", "judge_prompts.jsonl"]),
 )
 def test_malformed_mtbench_files(lines: list[str], member: str) -> None:
-    from mtbench_data import write_mtbench
-
     from flipscope.tasks.mtbench import load_mtbench
+    from mtbench_data import write_mtbench
 
     with tempfile.TemporaryDirectory() as folder:
         data = write_mtbench(Path(folder))
