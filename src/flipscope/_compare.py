@@ -161,7 +161,7 @@ class _Runner:
         title: str,
     ) -> tuple[PassResult, bool]:
         """A scoring pass (cached): the baseline records its rows compactly, a candidate is measured against them."""
-        from flipscope._passes import run_pass
+        from flipscope._stored_pass import run_stored_pass
 
         cached = self.store.load(key) if self.use_cache else None
         if cached is not None:
@@ -169,8 +169,9 @@ class _Runner:
             return cached, True
         reference, exact = self._reference(backend(), ref, spec)
         with self.display.progress(title, sum(len(p.requests) for p in prompts)) as advance:
-            result = run_pass(
-                backend(),
+            result = run_stored_pass(
+                self.store,
+                backend,
                 data,
                 prompts,
                 key=key,
@@ -179,8 +180,8 @@ class _Runner:
                 progress=advance,
                 topk=self.settings.topk if ref is None else None,
                 tail_samples=self.settings.tail_samples,
+                use_cache=self.use_cache,
             )
-        self.store.save(result)
         return result, False
 
     def _mc_pass(

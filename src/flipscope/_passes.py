@@ -33,7 +33,8 @@ TOPK_BOUND = "lower bound (top-k + rest, no tail samples)"
 class TopKRecorder:
     """Row sink of a baseline pass: keeps each answer token's top-k log-probs and tail mass."""
 
-    def __init__(self, k: int, samples: int, pieces: list[str] | None) -> None:
+    def __init__(self, k: int, samples: int, pieces: list[str] | None, first_request: int = 0) -> None:
+        self.first_request = first_request  # requests before this chunk of the pass: the tail draws' seeds are global
         self.k = k
         self.samples = samples
         self.pieces = pieces  # the backend's token texts by id (None behind a server)
@@ -47,7 +48,8 @@ class TopKRecorder:
             self.parts[(request, option)] = topk_compact(rows.tokens, self.named)
             return
         # [T, V] → [T, k] head + [T, m] tail samples, seeded by position so any scoring order gives the same draws
-        self.parts[(request, option)] = compress(rows, self.k, self.samples, seed=_seed(request, option))
+        seed = _seed(self.first_request + request, option)
+        self.parts[(request, option)] = compress(rows, self.k, self.samples, seed=seed)
 
     def result(self) -> ReferenceRows | None:
         """Rows laid out in (request, option) order, whatever order the backend scored them in."""
@@ -157,6 +159,7 @@ def run_pass(
     reference: ReferenceRows | None,
     exact: bool = True,
     progress: Callable[[int], None] | None,
+    first_request: int = 0,
 ) -> PassResult:
     """Score the requests of ``prompts`` (one entry per ``task.items``). ``topk`` set: record compact rows (a
     baseline). ``reference`` set: measure answer-token KL against it (a candidate; ``exact`` as in ``KLMeter``).
@@ -165,7 +168,7 @@ def run_pass(
     check_backend(backend, requests)
     rows_kind = backend.info.capabilities.rows
     pieces = backend.vocabulary_pieces() if rows_kind == "full" and (topk or not exact) else None
-    recorder = TopKRecorder(topk, tail_samples, pieces) if topk and rows_kind else None
+    recorder = TopKRecorder(topk, tail_samples, pieces, first_request) if topk and rows_kind else None
     meter = None
     if reference is not None and rows_kind:
         offsets = np.concatenate([[0], np.cumsum([len(r.continuations) for r in requests])]).tolist()

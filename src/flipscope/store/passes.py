@@ -10,6 +10,7 @@ interrupted run never leaves a half-written pass behind, and every finished pass
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -143,6 +144,11 @@ class PassStore:
             meta = json.loads((folder / "pieces.json").read_text()) if (folder / "pieces.json").exists() else {}
             reference = ReferenceRows(rows, spans, meta.get("kind", "full"), meta.get("pieces"))
         return PassResult(key, model, scores, reference)
+
+    def delete(self, key: str) -> None:
+        path = self.path(key)
+        shutil.rmtree(path, ignore_errors=True)
+        path.with_name(path.name + ".lock").unlink(missing_ok=True)
 
     def save(self, result: PassResult) -> None:
         write_once(self.path(result.key), lambda tmp: self._write(tmp, result), done=lambda _: False)

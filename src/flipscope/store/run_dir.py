@@ -13,12 +13,25 @@ def check_out(out: str | Path | None) -> Path | None:
     if out is None:
         return None
     folder = Path(out)
+    if folder.is_dir() and interrupted(folder):
+        return folder  # a run killed while writing its files: written again
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise FlipscopeError(
             f"run directory {folder} already exists and is not empty; a run never overwrites another",
             fix="give another --out, or delete that folder first",
         )
     return folder
+
+
+def interrupted(folder: Path) -> bool:
+    """A run directory whose run was killed while writing it: data files or temporary files, no ``run.json``
+    (written last, so a folder with it is complete)."""
+    entries = list(folder.iterdir())
+    return (
+        bool(entries)
+        and not (folder / "run.json").exists()
+        and all(e.is_file() and e.suffix in (".parquet", ".part") for e in entries)
+    )
 
 
 def claim_run_dir(out: str | Path | None, *, prefix: str = "") -> Path:

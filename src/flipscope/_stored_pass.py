@@ -1,0 +1,115 @@
+"""A scoring pass stored as it goes: the items are scored in chunks of ``CHUNK_ITEMS``, each chunk stored (as a
+pass of its own, under ``<key>.part<i>``) the moment it is scored, so a killed run loses at most one chunk; a
+restarted run loads the stored chunks and scores the rest. The chunks are merged into the pass (stored under
+``key``, the chunks then deleted), equal to a pass scored in one go: a baseline's tail draws are seeded by the
+request's index in the whole pass, and a candidate measures each chunk against the same slice of the baseline."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable
+
+import numpy as np
+
+from flipscope._passes import _widen, run_pass
+from flipscope.metrics.kl import concat_rows
+from flipscope.models import Backend
+from flipscope.store import PassResult, PassStore, ReferenceRows
+from flipscope.tasks import ItemRequests, TaskData
+
+#: Items scored and stored together.
+CHUNK_ITEMS = 128
+
+
+def run_stored_pass(
+    store: PassStore,
+    backend: Callable[[], Backend],
+    task: TaskData,
+    prompts: list[ItemRequests],
+    *,
+    key: str,
+    topk: int | None,
+    tail_samples: int,
+    reference: ReferenceRows | None,
+    exact: bool,
+    progress: Callable[[int], None] | None,
+    use_cache: bool = True,
+) -> PassResult:
+    bounds = [*range(0, len(task.items), CHUNK_ITEMS), len(task.items)]
+    parts: list[PassResult] = []
+    requests_before = options_before = 0
+    for c, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+        chunk = prompts[lo:hi]
+        n_requests = sum(len(p.requests) for p in chunk)
+        n_options = sum(len(r.continuations) for p in chunk for r in p.requests)
+        part_key = f"{key}.part{c:05d}"
+        part = store.load(part_key) if use_cache else None
+        if part is None:
+            part = run_pass(
+                backend(),
+                dataclasses.replace(task, items=task.items[lo:hi]),
+                chunk,
+                key=part_key,
+                topk=topk,
+                tail_samples=tail_samples,
+                reference=slice_reference(reference, options_before, options_before + n_options),
+                exact=exact,
+                progress=progress,
+                first_request=requests_before,
+            )
+            store.save(part)
+        elif progress:
+            progress(n_requests)
+        parts.append(part)
+        requests_before += n_requests
+        options_before += n_options
+    result = merge_parts(key, parts)
+    store.save(result)
+    for c in range(len(parts)):
+        store.delete(f"{key}.part{c:05d}")
+    return result
+
+
+def slice_reference(reference: ReferenceRows | None, start: int, end: int) -> ReferenceRows | None:
+    """The baseline rows of (item, option) pairs ``start``…``end`` of the pass (the rows themselves shared)."""
+    if reference is None:
+        return None
+    return dataclasses.replace(reference, spans=reference.spans[start:end])
+
+
+def merge_parts(key: str, parts: list[PassResult]) -> PassResult:
+    model = dict(parts[0].model)
+    unshared = [p.model["token_kl_unshared"] for p in parts if "token_kl_unshared" in p.model]
+    if unshared:
+        model["token_kl_unshared"] = [sum(u[0] for u in unshared), sum(u[1] for u in unshared)]
+    references = [p.reference for p in parts if p.reference is not None]
+    if references and len(references) != len(parts):
+        raise ValueError("some chunks of a pass have baseline rows and some have none")
+    scores = [s for p in parts for s in p.scores]
+    return PassResult(key, model, scores, merge_references(references) if references else None)
+
+
+def merge_references(parts: list[ReferenceRows]) -> ReferenceRows:
+    """Chunks' rows in order; a server's named tokens ("topk") renumbered into one list of pieces."""
+    kind = parts[0].kind
+    pieces = parts[0].pieces
+    rows = [p.rows for p in parts]
+    if kind == "topk":
+        names: dict[str, int] = {}
+        rows = []
+        for p in parts:
+            mapping = np.array([names.setdefault(t, len(names)) for t in (p.pieces or [])] + [-1], dtype=np.int64)
+            rows.append(
+                dataclasses.replace(
+                    p.rows,
+                    ids=mapping[p.rows.ids].astype(p.rows.ids.dtype),
+                    sample_ids=mapping[p.rows.sample_ids].astype(p.rows.sample_ids.dtype),
+                )
+            )
+        width = max(r.ids.shape[1] for r in rows)
+        rows = [_widen(r, width) for r in rows]
+        pieces = list(names)
+    offsets = np.cumsum([0] + [len(p.rows) for p in parts[:-1]])
+    spans = np.concatenate([p.spans + off for p, off in zip(parts, offsets, strict=True)])
+    return ReferenceRows(concat_rows(rows), spans, kind, pieces)
