@@ -62,6 +62,7 @@ def _engine_options(fn):  # type: ignore[no-untyped-def]
 
 
 def _settings(
+    *,
     judge_max_tokens: int,
     no_single: bool,
     no_pairwise: bool,
@@ -73,7 +74,7 @@ def _settings(
     cache_dir: str | None,
     **answering: Any,
 ) -> MTBenchSettings:
-    """The options both commands share, as the settings object the API takes."""
+    """The options both commands share (``_engine_options``), as the settings object the API takes."""
     return MTBenchSettings(
         single=not no_single,
         pairwise=not no_pairwise,
@@ -117,23 +118,7 @@ def _settings(
 )
 @_engine_options
 def mtbench_cmd(
-    baseline: str,
-    candidates: tuple[str, ...],
-    judge_spec: str | None,
-    out: str | None,
-    limit: int | None,
-    greedy: bool,
-    seed: int,
-    max_new_tokens: int,
-    judge_max_tokens: int,
-    no_single: bool,
-    no_pairwise: bool,
-    data: str | None,
-    device: str,
-    dtype: str,
-    batch_size: int,
-    no_cache: bool,
-    cache_dir: str | None,
+    baseline: str, candidates: tuple[str, ...], judge_spec: str | None, out: str | None, **options: Any
 ) -> None:
     """MT-Bench: BASELINE and each CANDIDATE answer both turns of the 80 questions (with their chat templates);
     candidates are measured on the baseline's answers without a judge (teacher-forced KL, ΔNLL, first divergence,
@@ -148,22 +133,7 @@ def mtbench_cmd(
     from flipscope.display import RichDisplay
     from flipscope.report.mtbench_table import load_mtbench_run, print_mtbench
 
-    settings = _settings(
-        judge_max_tokens,
-        no_single,
-        no_pairwise,
-        data,
-        device,
-        dtype,
-        batch_size,
-        no_cache,
-        cache_dir,
-        judge=judge_spec,
-        greedy=greedy,
-        seed=seed,
-        limit=limit,
-        max_new_tokens=max_new_tokens,
-    )
+    settings = _settings(judge=judge_spec, **options)
     result = mtbench(baseline, list(candidates), settings, out=out, display=RichDisplay())
     print_mtbench(*load_mtbench_run(result.out))
     click.echo(f"run written to {result.out}  (answers.parquet, judgements.parquet, run.json)")
@@ -173,25 +143,13 @@ def mtbench_cmd(
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--judge", "judge_spec", required=True, help=_JUDGE_HELP + ".")
 @_engine_options
-def judge_cmd(
-    run_dir: str,
-    judge_spec: str,
-    judge_max_tokens: int,
-    no_single: bool,
-    no_pairwise: bool,
-    data: str | None,
-    device: str,
-    dtype: str,
-    batch_size: int,
-    no_cache: bool,
-    cache_dir: str | None,
-) -> None:
+def judge_cmd(run_dir: str, judge_spec: str, **options: Any) -> None:
     """Judge (or re-judge) a stored `flipscope mtbench` run's answers with JUDGE, without generating answers
     again; judgements by other judges stay in the run beside the new ones."""
     from flipscope import judge_run
     from flipscope.display import RichDisplay
     from flipscope.report.mtbench_table import load_mtbench_run, print_mtbench
 
-    settings = _settings(judge_max_tokens, no_single, no_pairwise, data, device, dtype, batch_size, no_cache, cache_dir)
+    settings = _settings(**options)
     judge_run(run_dir, judge_spec, settings, display=RichDisplay())
     print_mtbench(*load_mtbench_run(run_dir))
