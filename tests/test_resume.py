@@ -123,3 +123,13 @@ def test_compare_killed_at_random_points_resumes_to_the_same_records(tmp_path: P
     b = pd.read_parquet(tmp_path / "whole" / "records.parquet")
     assert len(a) == 3 * 120 and not a.duplicated(["model", "item_id"]).any()
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_the_same_inputs_give_identical_records(tiny_llama: Path, mc_file: Path, tmp_path: Path) -> None:
+    """Determinism: two runs of the same comparison, nothing cached, on the same machine."""
+    runs = [
+        _run(tmp_path / f"r{i}", tmp_path / f"c{i}", f"hf:{tiny_llama}", "+rtn:w4g16", mc_file, batch_size=4)
+        for i in range(2)
+    ]
+    pd.testing.assert_frame_equal(runs[0], runs[1])
+    assert runs[0][runs[0].role == "candidate"]["token_kl"].notna().all()
