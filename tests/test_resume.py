@@ -4,11 +4,13 @@ resumes from its stored chunks and gives records equal to an uninterrupted run's
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -133,3 +135,59 @@ def test_the_same_inputs_give_identical_records(tiny_llama: Path, mc_file: Path,
     ]
     pd.testing.assert_frame_equal(runs[0], runs[1])
     assert runs[0][runs[0].role == "candidate"]["token_kl"].notna().all()
+
+
+KLD_DRIVER = """
+import sys
+sys.path.insert(0, {tests!r})
+import flipscope
+flipscope.kld("hf:{model}", ["+rtn:w4g16"], corpus={corpus!r}, ctx=32, max_windows=600, topk=8, tail_samples=4,
+              out={out!r}, cache_dir={cache!r}, device="cpu")
+"""
+
+
+def test_kld_killed_while_building_its_baseline_store_resumes_to_the_same_numbers(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    corpus = tmp_path / "text.txt"
+    corpus.write_text(" ".join(f"The planet number {i} circles the sun every {i * 7 % 13} years." for i in range(1500)))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent)}
+    tests = str(Path(__file__).resolve().parent.parent)
+
+    def driver(name: str, cache: Path) -> Path:
+        path = tmp_path / f"{name}.py"
+        path.write_text(
+            KLD_DRIVER.format(
+                tests=tests, model=tiny_llama, corpus=str(corpus), out=str(tmp_path / name), cache=str(cache)
+            )
+        )
+        return path
+
+    subprocess.run([sys.executable, str(driver("whole", tmp_path / "cache-whole"))], check=True, env=env, timeout=300)
+    script, rng, kills, points = driver("killed", tmp_path / "cache"), random.Random(11), 0, []
+
+    def done() -> int:  # windows the stored baseline has checkpointed
+        try:
+            return int(json.loads(next((tmp_path / "cache").glob("*/header.json")).read_text())["done_windows"])
+        except (StopIteration, ValueError, KeyError):
+            return 0
+
+    while True:
+        proc = subprocess.Popen([sys.executable, str(script)], env=env)
+        if kills >= 10:
+            assert proc.wait(timeout=600) == 0
+            break
+        start = done()
+        while proc.poll() is None and done() <= start:  # until this run's build is under way
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))
+        if proc.poll() is not None:
+            break  # it finished first
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        points.append(done())
+    assert kills >= 10 and len(set(points)) >= 5, points  # killed at many points inside the store's build
+    a = pd.read_parquet(tmp_path / "killed" / "positions.parquet")
+    b = pd.read_parquet(tmp_path / "whole" / "positions.parquet")
+    pd.testing.assert_frame_equal(a, b)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from flipscope._atomic import exclusive
 from flipscope._cache import cache_root, content_hash
 from flipscope.display import Display, NullDisplay
 from flipscope.errors import FlipscopeError
@@ -115,21 +117,25 @@ def kld(
             base_backend = _corpus_backend(base_spec, options)
             plan = _plan(base_backend, text.text, ctx, scored_fraction, max_windows)
             if store != "live":
-                stored = _build_store(
-                    base_backend,
-                    plan,
-                    folder / key,
-                    store,
-                    text.sha256,
-                    settings_key,
-                    shown,
-                    topk=topk,
-                    tail_samples=tail_samples,
-                    exact_code=exact_code,
-                    batch=batch,
-                    rows=rows,
-                    label=base_spec.label(),
-                )
+                with exclusive(folder / key):  # one process builds it; another waits, then finds it
+                    stored = BaselineStore.open(folder / key) if use_cache else None
+                    if not use_cache:
+                        shutil.rmtree(folder / key, ignore_errors=True)  # no resuming either
+                    stored = stored or _build_store(
+                        base_backend,
+                        plan,
+                        folder / key,
+                        store,
+                        text.sha256,
+                        settings_key,
+                        shown,
+                        topk=topk,
+                        tail_samples=tail_samples,
+                        exact_code=exact_code,
+                        batch=batch,
+                        rows=rows,
+                        label=base_spec.label(),
+                    )
                 base_backend.close()
                 base_backend = None
         else:
@@ -244,17 +250,25 @@ def _build_store(
         topk=min(topk, plan.vocab_size) if kind == "compact" else 0,
         tail_samples=tail_samples if kind == "compact" and topk < plan.vocab_size else 0,
     )
-    store = BaselineStore.create(folder, header)
-    np.save(folder / "windows.npy", np.array([w.ids for w in plan.windows], dtype=np.int32))
     generator = torch.Generator().manual_seed(0)
-    at = 0
+    store = BaselineStore.resume(folder, header)
+    if store is None:
+        store = BaselineStore.create(folder, header)
+        np.save(folder / "windows.npy", np.array([w.ids for w in plan.windows], dtype=np.int32))
+    state = store.rng_state()
+    if state is not None:
+        generator.set_state(torch.from_numpy(state))
+    done, at = store.header.done_windows, store.header.done_positions
     with shown.progress(f"baseline {label} → {kind} store", len(plan.windows)) as advance:
-        for group in _batches(plan.windows, batch):
+        advance(done)
+        for group in _batches(plan.windows[done:], batch):
             for logprobs, targets in backend.corpus_logprobs(group, rows=rows):
                 logp = logprobs.gather(-1, targets[:, None])[:, 0]
                 compact = compress(logprobs, topk, tail_samples, generator=generator) if kind == "compact" else None
                 store.write(at, logprobs, logp, compact)
                 at += logprobs.shape[0]
+            done += len(group)
+            store.checkpoint(done, at, generator.get_state().numpy())  # a killed build resumes from here
             advance(len(group))
     store.finish()
     return store

@@ -45,6 +45,8 @@ class StoreHeader:
     topk: int = 0
     tail_samples: int = 0
     complete: bool = False
+    done_windows: int = 0  # windows written and flushed so far: a killed build resumes after them
+    done_positions: int = 0
 
     def bytes_per_position(self) -> float:
         per = 4.0  # logp
@@ -89,7 +91,7 @@ class BaselineStore:
             if mode == "w":
                 self.arrays[name] = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
             else:
-                self.arrays[name] = np.load(path, mmap_mode="r")
+                self.arrays[name] = np.load(path, mmap_mode="r+" if mode == "r+" else "r")
 
     @classmethod
     def create(cls, folder: Path, header: StoreHeader) -> BaselineStore:
@@ -112,6 +114,38 @@ class BaselineStore:
         except (ValueError, TypeError) as exc:
             raise FlipscopeError(f"baseline store {folder} has a malformed header: {exc}", fix="delete it") from exc
         return cls(folder, header, "r") if header.complete else None
+
+    @classmethod
+    def resume(cls, folder: Path, header: StoreHeader) -> BaselineStore | None:
+        """An unfinished store in ``folder`` made with ``header``'s settings, opened to write on from its last
+        checkpoint; None where there is none."""
+        path = folder / "header.json"
+        if not path.is_file():
+            return None
+        try:
+            found = StoreHeader(**json.loads(path.read_text()))
+        except (ValueError, TypeError):
+            return None  # a header cut short by a kill: start again
+        same = {**asdict(found), "done_windows": 0, "done_positions": 0} == asdict(header)
+        if found.complete or not same or not found.done_windows:
+            return None
+        return cls(folder, found, "r+")
+
+    def checkpoint(self, windows: int, positions: int, rng_state: np.ndarray) -> None:
+        """Everything written so far is on disk: the arrays flushed, then the generator's state, then the header
+        that says how far (a kill before the header leaves the previous checkpoint, which is still whole)."""
+        for array in self.arrays.values():
+            if isinstance(array, np.memmap):
+                array.flush()
+        tmp = self.folder / "rng.npy.tmp.npy"
+        np.save(tmp, rng_state)
+        tmp.replace(self.folder / "rng.npy")
+        self.header = StoreHeader(**{**asdict(self.header), "done_windows": windows, "done_positions": positions})
+        _write_header(self.folder, self.header)
+
+    def rng_state(self) -> np.ndarray | None:
+        path = self.folder / "rng.npy"
+        return np.load(path) if self.header.done_windows and path.is_file() else None
 
     def check_matches(self, *, tokenizer_fingerprint: str, vocab_size: int, corpus_sha256: str, label: str) -> None:
         h = self.header
