@@ -129,22 +129,27 @@ class BaselineStore:
         same = {**asdict(found), "done_windows": 0, "done_positions": 0} == asdict(header)
         if found.complete or not same or not found.done_windows:
             return None
+        if not (folder / f"rng-{found.done_windows}.npy").is_file():
+            return None  # no sampler state for that checkpoint: start again rather than draw differently
         return cls(folder, found, "r+")
 
     def checkpoint(self, windows: int, positions: int, rng_state: np.ndarray) -> None:
-        """Everything written so far is on disk: the arrays flushed, then the generator's state, then the header
-        that says how far (a kill before the header leaves the previous checkpoint, which is still whole)."""
+        """Everything written so far is on disk: the arrays flushed, then the generator's state (in a file named by
+        the checkpoint), then the header that says how far. A kill anywhere leaves the previous checkpoint whole:
+        the header names its windows, and the generator state of exactly those windows."""
         for array in self.arrays.values():
             if isinstance(array, np.memmap):
                 array.flush()
-        tmp = self.folder / "rng.npy.tmp.npy"
+        tmp = self.folder / f"rng-{windows}.tmp.npy"
         np.save(tmp, rng_state)
-        tmp.replace(self.folder / "rng.npy")
+        tmp.replace(self.folder / f"rng-{windows}.npy")
+        previous = self.header.done_windows
         self.header = StoreHeader(**{**asdict(self.header), "done_windows": windows, "done_positions": positions})
         _write_header(self.folder, self.header)
+        (self.folder / f"rng-{previous}.npy").unlink(missing_ok=True)
 
     def rng_state(self) -> np.ndarray | None:
-        path = self.folder / "rng.npy"
+        path = self.folder / f"rng-{self.header.done_windows}.npy"
         return np.load(path) if self.header.done_windows and path.is_file() else None
 
     def check_matches(self, *, tokenizer_fingerprint: str, vocab_size: int, corpus_sha256: str, label: str) -> None:
