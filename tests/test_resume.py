@@ -180,7 +180,7 @@ def test_kld_killed_while_building_its_baseline_store_resumes_to_the_same_number
         start = done()
         while proc.poll() is None and done() <= start:  # until this run's build is under way
             time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.3))
+        time.sleep(rng.uniform(0.0, 0.05))  # a few windows further: at least 10 kills before the build ends
         if proc.poll() is not None:
             break  # it finished first
         proc.send_signal(signal.SIGKILL)
