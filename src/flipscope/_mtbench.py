@@ -251,7 +251,7 @@ class Session:
         decoding = Decoding(self.settings.judge_max_tokens, (), 0.0, self.settings.seed)
         grades: list[Grade] = []
         pairs: list[PairJudgement] = []
-        slots = [(q, turn) for q in questions for turn in (1, 2)]
+        slots = [(i, q, turn) for i, q in enumerate(questions) for turn in (1, 2)]
         with self.loader(spec) as load:
             warned: list[bool] = []
 
@@ -269,25 +269,25 @@ class Session:
 
             if self.settings.single:
                 for m in models:
-                    asked = [prompts.single(bench, q, m.texts()[questions.index(q)], t) for q, t in slots]
+                    answers = m.texts()
+                    asked = [prompts.single(bench, q, answers[i], t) for i, q, t in slots]
                     texts = ask(f"grading {m.spec}", asked)
                     grades += [
                         Grade(spec.label(), m.spec, q.question_id, q.category, t, p.name, text, parse_rating(text))
-                        for (q, t), (p, _), text in zip(slots, asked, texts, strict=True)
+                        for (_, q, t), (p, _), text in zip(slots, asked, texts, strict=True)
                     ]
             if self.settings.pairwise:
                 base = models[0].texts()
                 for m in models[1:]:
                     mine = m.texts()
                     asked = []
-                    for q, t in slots:
-                        i = questions.index(q)
+                    for i, q, t in slots:
                         asked += [
                             prompts.pairwise(bench, q, base[i], mine[i], t),
                             prompts.pairwise(bench, q, mine[i], base[i], t),
                         ]
                     texts = ask(f"{m.spec} vs baseline", asked)
-                    for n, (q, t) in enumerate(slots):
+                    for n, (_, q, t) in enumerate(slots):
                         one, two = texts[2 * n], texts[2 * n + 1]
                         pairs.append(
                             PairJudgement(
