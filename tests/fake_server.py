@@ -42,6 +42,19 @@ def completion(prompt: str, *, logprobs: bool = True, echo: bool = True, shift: 
     return {"id": "cmpl", "object": "text_completion", "choices": [choice]}
 
 
+def mutate(payload: Any, path: list[Any], value: Any) -> Any:
+    """``payload`` with the element at ``path`` (keys and indices; as far as it exists) replaced by ``value``."""
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    if isinstance(payload, dict) and isinstance(head, str):
+        return {**payload, head: mutate(payload.get(head), rest, value)}
+    if isinstance(payload, list) and isinstance(head, int) and payload:
+        i = head % len(payload)
+        return [*payload[:i], mutate(payload[i], rest, value), *payload[i + 1 :]]
+    return value
+
+
 class FakeServer:
     def __init__(
         self,
@@ -94,7 +107,12 @@ class FakeServer:
                 else:
                     payload = completion(body["prompt"], logprobs=server.logprobs and action != "nologprobs",
                                          echo=bool(body.get("echo")), shift=server.shift)  # fmt: skip
+                if action.startswith("mutate:"):  # a reply with one field replaced: [path…], value (JSON)
+                    path, value = json.loads(action.removeprefix("mutate:"))
+                    payload = mutate(payload, path, value)
                 data = json.dumps(payload).encode()
+                if action.startswith("raw:"):
+                    data = action.removeprefix("raw:").encode()
                 if action == "truncated":
                     data = data[: len(data) // 2]
                 self.send_response(200)

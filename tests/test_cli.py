@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -57,16 +58,23 @@ def test_malformed_row_names_line(monkeypatch, capsys, tmp_path: Path, tiny_llam
 
 def test_report_of_stored_run(monkeypatch, capsys, scripts, mc_file: Path, tmp_path: Path) -> None:
     from flipscope import compare
+    from flipscope._noise import NoiseFloor
     from tests.conftest import Script
 
     scripts["b"] = Script(lambda i, r: (-1.0, -2.0, -3.0, -4.0))
     scripts["c"] = Script(lambda i, r: (-2.0, -1.0, -3.0, -4.0) if i % 3 == 0 else (-1.0, -2.0, -3.0, -4.0))
-    compare("mock:b", ["mock:c"], tasks=[str(mc_file)], out=tmp_path / "run", cache_dir=tmp_path / "cache")
+    compare("mock:b", ["mock:c"], tasks=[str(mc_file)], out=tmp_path / "run", cache_dir=tmp_path / "cache",
+            noise_floor=NoiseFloor(1))  # fmt: skip
     code, out, err = run_cli(monkeypatch, capsys, "report", str(tmp_path / "run"))
     assert code == 0, err
-    assert "mock:c" in out and "planets" in out and "McNemar p" in out
+    assert "mock:c" in out and "planets" in out and "McNemar p" in out and "noise floor" in out
     code, out, _ = run_cli(monkeypatch, capsys, "report", str(tmp_path / "run"), "--json")
-    assert code == 0 and '"flips_c2i": ' in out
+    document = json.loads(out)
+    assert code == 0 and document["baseline"] == "mock:b"
+    c2i = sum(1 for i in range(12) if i % 4 == 0 and i % 3 == 0)  # b answers A, the key is i % 4; c moves to B
+    assert document["candidates"]["mock:c"]["planets"]["flips_c2i"] == c2i
+    floor = document["noise_floor"]
+    assert floor["setup"].startswith("batch") and floor["summary"]["planets"]["flips"] == 0.0
 
 
 def test_help_and_listings_run_as_a_program() -> None:

@@ -123,7 +123,7 @@ def test_tiny_llama_stores_agree_with_live(tiny_llama: Path, tmp_path: Path) -> 
         assert np.array_equal(full.positions[label]["agree"], live.positions[label]["agree"])
         assert live.summary[label].ppl_base.value == pytest.approx(exact.summary[label].ppl_base.value, rel=1e-5)
     stores = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # (beside them: their lock files)
-    assert len(stores) == 4  # exact, compact k=10000, k=4, k=4 with samples; live stores nothing
+    assert len(stores) == 5  # exact, compact k=10000, k=4, k=4 with samples (live stores none); candidates
     again = flipscope.kld(base, cands[:1], store="compact", topk=4, tail_samples=0, out=tmp_path / "again", **common)
     assert np.array_equal(again.positions[f"{base}+rtn:w4g16"]["kl"], small.positions[f"{base}+rtn:w4g16"]["kl"])
     run = json.loads((tmp_path / "small" / "run.json").read_text())

@@ -1,7 +1,7 @@
-"""Property-based: generated malformed task files, model specs, run directories, MT-Bench files, judge outputs
-and server replies each give a clean FlipscopeError (or, where the input happens to be valid, a valid result) —
-never another exception, never a number computed from bad data; through the CLI, the error `flipscope` prints as
-one line."""
+"""Property-based: generated malformed task files, model specs, corpora, run directories, MT-Bench files, judge
+outputs and server replies (alone, and mid-run through a whole comparison) each give a clean FlipscopeError (or,
+where the input happens to be valid, a valid result) — never another exception, never a number computed from bad
+data; through the CLI, the error `flipscope` prints as one line."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from flipscope.cli import cli
@@ -142,3 +142,86 @@ def test_malformed_mtbench_files(lines: list[str], member: str) -> None:
         (data / member).write_text("\n".join(lines) + "\n")
         with pytest.raises(FlipscopeError):
             load_mtbench(data)
+
+
+@FAST
+@given(data=st.binary(max_size=300) | st.text(max_size=300).map(str.encode), ctx=st.integers(2, 64))
+def test_malformed_corpora(data: bytes, ctx: int) -> None:
+    """Any bytes as a corpus file: text it can window, or a clean error naming the file — never a traceback."""
+    from flipscope.tasks.corpus import load_corpus, make_windows
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "corpus.txt"
+        path.write_bytes(data)
+        try:
+            corpus = load_corpus(str(path))
+            ids = [ord(c) % 97 for c in corpus.text]  # a character tokenizer
+            windows = make_windows(ids, ctx, bos_id=None)
+        except FlipscopeError as exc:
+            assert "\n" not in exc.one_line()
+            assert "corpus" in exc.one_line() or "window" in exc.one_line()
+            return
+        assert windows and all(len(w.ids) == ctx and 0 <= w.first < ctx - 1 for w in windows)
+
+
+REPLY_PATHS = st.sampled_from(
+    [
+        ["choices"],
+        ["choices", 0],
+        ["choices", 0, "logprobs"],
+        ["choices", 0, "logprobs", "tokens"],
+        ["choices", 0, "logprobs", "token_logprobs"],
+        ["choices", 0, "logprobs", "token_logprobs", -1],
+        ["choices", 0, "logprobs", "text_offset"],
+        ["choices", 0, "logprobs", "text_offset", -1],
+        ["choices", 0, "logprobs", "top_logprobs", -1],
+        ["choices", 0, "logprobs", "top_logprobs", -1, " x"],
+        ["choices", 0, "text"],
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+def fake_server() -> Any:
+    from fake_server import FakeServer, serve
+
+    fake = FakeServer()
+    with serve(fake) as url:
+        yield fake, url
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    at=st.integers(0, 30),
+    fault=st.tuples(REPLY_PATHS, json_values).map(lambda pv: "mutate:" + json.dumps(list(pv)))
+    | st.text(max_size=40).map(lambda t: "raw:" + t),
+)
+def test_a_server_misbehaving_mid_run(fake_server: Any, at: int, fault: str) -> None:
+    """A whole comparison against a server whose ``at``-th reply is malformed: a clean error and no run written,
+    or (the reply was still usable) a run whose every number is finite."""
+    import math
+
+    from flipscope import compare
+
+    fake, url = fake_server
+    with tempfile.TemporaryDirectory() as folder:
+        task = Path(folder) / "t.jsonl"
+        task.write_text("".join(json.dumps({"question": f"Is {i} even?", "choices": ["yes", "no"],
+                                            "answer": i % 2}) + "\n" for i in range(3)))  # fmt: skip
+        fake.script = ["ok"] * at + [fault]
+        spec = f"openai:{url}#{{}},retries=0,timeout=5,concurrency=1"
+        try:
+            result = compare(spec.format("base"), [spec.format("cand")], tasks=[str(task)],
+                             out=Path(folder) / "run", cache_dir=Path(folder) / "cache")  # fmt: skip
+        except FlipscopeError as exc:
+            event(f"error: {exc.one_line()[:60]}")
+            assert "\n" not in exc.one_line()
+            assert not (Path(folder) / "run" / "run.json").exists()
+            return
+        finally:
+            fake.script = []
+        event("run written")
+        for tasks in result.summary.values():
+            for s in tasks.values():
+                for value in (s.acc_baseline, s.acc_candidate, s.flips, s.choice_kl_mean, s.token_kl_mean):
+                    assert value is None or math.isfinite(value)

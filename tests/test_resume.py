@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -188,6 +189,49 @@ def test_kld_killed_while_building_its_baseline_store_resumes_to_the_same_number
         kills += 1
         points.append(done())
     assert kills >= 10 and len(set(points)) >= 5, points  # killed at many points inside the store's build
+    a = pd.read_parquet(tmp_path / "killed" / "positions.parquet")
+    b = pd.read_parquet(tmp_path / "whole" / "positions.parquet")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_kld_killed_while_measuring_a_candidate_resumes_to_the_same_numbers(tiny_llama: Path, tmp_path: Path) -> None:
+    """The baseline store is ready; the candidate's columns are stored in stretches as they are computed, and a run
+    killed between (or while writing) them continues after the last whole stretch."""
+    corpus = tmp_path / "text.txt"
+    corpus.write_text(" ".join(f"The planet number {i} circles the sun every {i * 7 % 13} years." for i in range(1500)))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent)}
+    tests = str(Path(__file__).resolve().parent.parent)
+    scripts = {}
+    for name in ("whole", "killed"):
+        scripts[name] = tmp_path / f"{name}.py"
+        text = KLD_DRIVER.format(
+            tests=tests, model=tiny_llama, corpus=str(corpus), out=str(tmp_path / name), cache=str(tmp_path / "cache")
+        )
+        scripts[name].write_text(text)
+    subprocess.run([sys.executable, str(scripts["whole"])], check=True, env=env, timeout=300)
+    parts = tmp_path / "cache" / "candidates"
+    shutil.rmtree(parts)  # the baseline store stays: the candidate is measured again, and killed
+    rng, kills, points = random.Random(5), 0, []
+
+    def stretches() -> int:
+        return len(list(parts.glob("*/*.npz")))
+
+    while True:
+        proc = subprocess.Popen([sys.executable, str(scripts["killed"])], env=env)
+        if kills >= 10:
+            assert proc.wait(timeout=600) == 0
+            break
+        start = stretches()
+        while proc.poll() is None and stretches() <= start:  # until this run stored a stretch of its own
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.05))
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        points.append(stretches())
+    assert kills >= 10 and len(set(points)) >= 5, points
     a = pd.read_parquet(tmp_path / "killed" / "positions.parquet")
     b = pd.read_parquet(tmp_path / "whole" / "positions.parquet")
     pd.testing.assert_frame_equal(a, b)

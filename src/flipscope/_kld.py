@@ -7,7 +7,7 @@ import datetime as dt
 import logging
 import math
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,23 +16,33 @@ import numpy as np
 
 from flipscope._atomic import exclusive
 from flipscope._cache import cache_root, content_hash
+from flipscope._kld_passes import (
+    Plan,
+    PositionParts,
+    build_store,
+    corpus_backend,
+    make_plan,
+    plan_from_store,
+    score_candidate,
+)
 from flipscope.display import Display, NullDisplay
 from flipscope.errors import FlipscopeError
-from flipscope.metrics.corpus_stats import CorpusSummary, summarize_corpus
-from flipscope.models import LoadOptions, ModelSpec, fingerprint, load_backend, parse_models
+from flipscope.metrics.corpus_stats import CorpusSummary
+from flipscope.models import LoadOptions, ModelSpec, fingerprint, parse_models
 from flipscope.models._base import CorpusBackend
-from flipscope.store.baseline_rows import BaselineStore, StoreHeader, llama_cpp_bytes_per_position
+from flipscope.store.baseline_rows import BaselineStore, llama_cpp_bytes_per_position
 from flipscope.store.kld_run import (
-    POSITION_COLUMNS,
     Divergent,
     KLDRunFile,
     KLDSettings,
     WindowStats,
+    finite_positions,
     kl_kinds,
+    summarize_positions,
     write_kld_run,
 )
 from flipscope.store.run_dir import check_out, claim_run_dir
-from flipscope.tasks.corpus import Window, load_corpus, make_windows
+from flipscope.tasks.corpus import load_corpus
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +64,6 @@ class KLDResult:
     @property
     def summary(self) -> dict[str, CorpusSummary]:
         return self.run.summary
-
-
-@dataclass(frozen=True)
-class _Plan:
-    windows: list[Window]
-    ids: list[int]
-    tokenizer: str
-    vocab_size: int
 
 
 def kld(
@@ -114,14 +116,14 @@ def kld(
     base_backend: CorpusBackend | None = None
     try:
         if stored is None:
-            base_backend = _corpus_backend(base_spec, options)
-            plan = _plan(base_backend, text.text, ctx, scored_fraction, max_windows)
+            base_backend = corpus_backend(base_spec, options)
+            plan = make_plan(base_backend, text.text, ctx, scored_fraction, max_windows)
             if store != "live":
                 with exclusive(folder / key):  # one process builds it; another waits, then finds it
                     stored = BaselineStore.open(folder / key) if use_cache else None
                     if not use_cache:
                         shutil.rmtree(folder / key, ignore_errors=True)  # no resuming either
-                    stored = stored or _build_store(
+                    stored = stored or build_store(
                         base_backend,
                         plan,
                         folder / key,
@@ -139,12 +141,12 @@ def kld(
                 base_backend.close()
                 base_backend = None
         else:
-            plan = _plan_from_store(stored, ctx, scored_fraction)
+            plan = plan_from_store(stored, ctx, scored_fraction)
         positions: dict[str, dict[str, np.ndarray]] = {}
         divergent: dict[str, list[Divergent]] = {}
         entries = []
         for spec in cand_specs:
-            backend = _corpus_backend(spec, options)
+            backend = corpus_backend(spec, options)
             try:
                 if stored is not None:
                     stored.check_matches(tokenizer_fingerprint=backend.info.tokenizer_fingerprint,
@@ -156,9 +158,23 @@ def kld(
                         "compares distributions over the same vocabulary",
                         fix="compare models that share the baseline's tokenizer",
                     )
-                with shown.progress(f"kld {spec.label()}", len(plan.windows)) as advance:
-                    positions[spec.label()] = _score(backend, base_backend, stored, plan, batch, rows, advance)
-                divergent[spec.label()] = _divergent(positions[spec.label()], plan, backend.decode)
+                parts_folder = (
+                    folder
+                    / "candidates"
+                    / content_hash({"store": key, "candidate": fingerprint(spec), "batch": batch, "rows": rows})
+                )
+                with exclusive(parts_folder), shown.progress(f"kld {spec.label()}", len(plan.windows)) as advance:
+                    parts = PositionParts(parts_folder if use_cache else None)
+                    positions[spec.label()] = score_candidate(
+                        backend, base_backend, stored, plan, batch, rows, advance, parts
+                    )
+                if not finite_positions(positions[spec.label()])[0]["kl"].size:
+                    raise FlipscopeError(
+                        f"{spec.label()} gave NaN or infinite log-probabilities in every window: nothing to measure",
+                        fix="check its compression settings, or run in float32 (--dtype float32); the baseline "
+                        "and the candidates before it are kept in the cache",
+                    )
+                divergent[spec.label()] = _divergent(finite_positions(positions[spec.label()])[0], plan, backend.decode)
                 entries.append(
                     {"spec": spec.label(), "fingerprint": fingerprint(spec), "details": backend.info.details}
                 )
@@ -187,129 +203,6 @@ def kld(
     )
 
 
-def _corpus_backend(spec: ModelSpec, options: LoadOptions) -> CorpusBackend:
-    backend: Any = load_backend(spec, options)
-    rows = backend.info.capabilities.rows
-    if rows != "full" or not hasattr(backend, "corpus_logprobs"):
-        backend.close()
-        given = "only its top-k log-probabilities" if rows == "topk" else "no per-token log-probabilities"
-        raise FlipscopeError(
-            f"{spec.label()}: flipscope kld needs full-vocabulary log-probabilities on text; it gives {given}",
-            fix="run the model locally as an hf:, bundled: or gguf: spec (compare still measures top-k token KL)",
-        )
-    result: CorpusBackend = backend
-    return result
-
-
-def _plan(backend: CorpusBackend, text: str, ctx: int, fraction: float, max_windows: int | None) -> _Plan:
-    ids, bos = backend.encode_corpus(text)
-    windows = make_windows(ids, ctx, bos_id=bos, scored_fraction=fraction, max_windows=max_windows)
-    return _Plan(windows, ids, backend.info.tokenizer_fingerprint, backend.info.vocab_size)
-
-
-def _plan_from_store(stored: BaselineStore, ctx: int, fraction: float) -> _Plan:
-    data = np.load(stored.folder / "windows.npy")  # [W, ctx]
-    first = int(stored.header.settings["first"])
-    windows = [Window(i, tuple(int(t) for t in row), first) for i, row in enumerate(data)]
-    return _Plan(windows, [], stored.header.tokenizer_fingerprint, stored.header.vocab_size)
-
-
-def _batches(windows: list[Window], batch: int) -> Iterator[list[Window]]:
-    for start in range(0, len(windows), batch):
-        yield windows[start : start + batch]
-
-
-def _build_store(
-    backend: CorpusBackend,
-    plan: _Plan,
-    folder: Path,
-    kind: str,
-    corpus_sha: str,
-    settings: dict[str, Any],
-    shown: Display,
-    *,
-    topk: int,
-    tail_samples: int,
-    exact_code: str,
-    batch: int,
-    rows: int,
-    label: str,
-) -> BaselineStore:
-    import torch
-
-    from flipscope.metrics.kl import compress
-
-    header = StoreHeader(
-        kind=kind,
-        positions=sum(w.scored for w in plan.windows),
-        vocab_size=plan.vocab_size,
-        tokenizer_fingerprint=plan.tokenizer,
-        corpus_sha256=corpus_sha,
-        settings={**settings, "first": plan.windows[0].first, "baseline": label},
-        code=exact_code if kind == "exact" else "float16",
-        topk=min(topk, plan.vocab_size) if kind == "compact" else 0,
-        tail_samples=tail_samples if kind == "compact" and topk < plan.vocab_size else 0,
-    )
-    generator = torch.Generator().manual_seed(0)
-    store = BaselineStore.resume(folder, header)
-    if store is None:
-        store = BaselineStore.create(folder, header)
-        np.save(folder / "windows.npy", np.array([w.ids for w in plan.windows], dtype=np.int32))
-    state = store.rng_state()
-    if state is not None:
-        generator.set_state(torch.from_numpy(state))
-    done, at = store.header.done_windows, store.header.done_positions
-    with shown.progress(f"baseline {label} → {kind} store", len(plan.windows)) as advance:
-        advance(done)
-        for group in _batches(plan.windows[done:], batch):
-            for logprobs, targets in backend.corpus_logprobs(group, rows=rows):
-                logp = logprobs.gather(-1, targets[:, None])[:, 0]
-                compact = compress(logprobs, topk, tail_samples, generator=generator) if kind == "compact" else None
-                store.write(at, logprobs, logp, compact)
-                at += logprobs.shape[0]
-            done += len(group)
-            store.checkpoint(done, at, generator.get_state().numpy())  # a killed build resumes from here
-            advance(len(group))
-    store.finish()
-    return store
-
-
-def _score(
-    cand: CorpusBackend,
-    base: CorpusBackend | None,
-    stored: BaselineStore | None,
-    plan: _Plan,
-    batch: int,
-    rows: int,
-    advance: Any,
-) -> dict[str, np.ndarray]:
-    from flipscope.metrics.corpus_kl import position_stats
-
-    parts: dict[str, list[np.ndarray]] = {c: [] for c in (*POSITION_COLUMNS, "window", "position", "target")}
-    at = 0
-    for group in _batches(plan.windows, batch):
-        base_iter = base.corpus_logprobs(group, rows=rows) if base is not None else None
-        for logprobs, targets in cand.corpus_logprobs(group, rows=rows):
-            n = logprobs.shape[0]
-            if base_iter is not None:
-                base_rows, _ = next(base_iter)
-                stats = position_stats(base_rows, None, logprobs, targets, base_rows.gather(-1, targets[:, None])[:, 0])
-            else:
-                assert stored is not None
-                rows_b, topk_b, logp_b = stored.read(at, at + n)
-                stats = position_stats(rows_b, topk_b, logprobs, targets, logp_b)
-            for name in POSITION_COLUMNS:
-                parts[name].append(getattr(stats, name).numpy())
-            parts["target"].append(targets.numpy())
-            at += n
-        per = group[0].scored
-        for w in group:
-            parts["window"].append(np.full(per, w.index, np.int32))
-            parts["position"].append(np.arange(w.first, w.first + per, dtype=np.int32))
-        advance(len(group))
-    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
-
-
 def _window_stats(cols: dict[str, np.ndarray]) -> list[WindowStats]:
     out = []
     for w in np.unique(cols["window"]):
@@ -327,7 +220,7 @@ def _window_stats(cols: dict[str, np.ndarray]) -> list[WindowStats]:
     return out
 
 
-def _divergent(cols: dict[str, np.ndarray], plan: _Plan, decode: Any, count: int = 10) -> list[Divergent]:
+def _divergent(cols: dict[str, np.ndarray], plan: Plan, decode: Any, count: int = 10) -> list[Divergent]:
     order = np.argsort(-cols["kl"])[:count]
     out = []
     for i in order:
@@ -351,7 +244,7 @@ def _finish(
     entries: list[dict[str, Any]],
     positions: dict[str, dict[str, np.ndarray]],
     divergent: dict[str, list[Divergent]],
-    plan: _Plan,
+    plan: Plan,
     text: Any,
     stored: BaselineStore | None,
     store: str,
@@ -397,10 +290,8 @@ def _finish(
         baseline={"spec": base_spec.label(), "fingerprint": base_fp, "tokenizer": plan.tokenizer},
         candidates=entries,
         store=store_info,
-        summary={
-            label: summarize_corpus(**{c: cols[c] for c in POSITION_COLUMNS}) for label, cols in positions.items()
-        },
-        per_window={label: _window_stats(cols) for label, cols in positions.items()},
+        summary={label: summarize_positions(cols, label) for label, cols in positions.items()},
+        per_window={label: _window_stats(finite_positions(cols)[0]) for label, cols in positions.items()},
         most_divergent=divergent,
         versions=versions,
         notes=_store_notes(store, tail_samples),

@@ -37,7 +37,14 @@ def report_cmd(run_dir: str, as_json: bool) -> None:
         return
     run = load_run(run_dir)
     if as_json:
-        summary = {c: {t: s.model_dump() for t, s in tasks.items()} for c, tasks in run.summary.items()}
-        click.echo(json.dumps(summary, indent=2))
+        floor = run.noise_floor
+        document = {
+            "baseline": run.baseline.spec,
+            "candidates": {c: {t: s.model_dump() for t, s in tasks.items()} for c, tasks in run.summary.items()},
+            "noise_floor": None
+            if floor is None
+            else {"setup": floor.setup, "summary": {t: s.model_dump() for t, s in floor.summary.items()}},
+        }
+        click.echo(json.dumps(document, indent=2))
     else:
         print_run(run)

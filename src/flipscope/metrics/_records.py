@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -70,6 +71,15 @@ class ItemScore:
     @property
     def choice(self) -> int:
         return first_argmax(self.logprobs)
+
+    @property
+    def finite(self) -> bool:
+        """False where a log-probability of this item is NaN or infinite (a model's NaN logits, a server's bad
+        value): such an item is reported and left out of every metric, never averaged in."""
+        values = [*self.logprobs, self.token_kl]
+        if self.free is not None:
+            values.append(self.free.ref_logprob)
+        return all(v is None or math.isfinite(v) for v in values)
 
     @property
     def correct(self) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from pydantic import BaseModel
@@ -52,6 +53,19 @@ class CorpusSummary(BaseModel):
     same_top: ValueErr
     topk_agreement: dict[str, float]
     kl_by_confidence: list[Bucket]
+    #: windows left out because a model gave NaN or infinite log-probabilities somewhere in them
+    excluded_windows: list[int] = []
+
+
+def finite_windows(cols: dict[str, np.ndarray], names: Sequence[str]) -> tuple[dict[str, np.ndarray], list[int]]:
+    """``cols`` (column → [n] over positions, with ``window``) without the windows where any of ``names`` is NaN or
+    infinite, and those windows' indices: a window with a bad value anywhere is reported and left out whole."""
+    bad = np.zeros(cols["window"].shape, dtype=bool)  # [n]
+    for name in names:
+        bad |= ~np.isfinite(cols[name].astype(np.float64))
+    windows = np.unique(cols["window"][bad])
+    keep = ~np.isin(cols["window"], windows)
+    return {name: values[keep] for name, values in cols.items()}, [int(w) for w in windows]
 
 
 def _mean_err(x: np.ndarray) -> ValueErr:

@@ -64,6 +64,9 @@ class TaskSummary(BaseModel):
     top_choice_candidate: tuple[int, float] | None
     warnings: list[str]
     free: FreeSummary | None = None
+    #: "task/item" ids left out because that side gave a NaN or infinite log-probability there
+    nonfinite_baseline: list[str] = []
+    nonfinite_candidate: list[str] = []
 
 
 def _rate(k: int, n: int) -> float | None:
@@ -111,7 +114,36 @@ def free_summary(pairs: Sequence[Pair]) -> FreeSummary | None:
     )
 
 
+def _nonfinite(pairs: Sequence[Pair], role: str) -> list[str]:
+    return [f"{p.baseline.task}/{p.baseline.item_id}" for p in pairs if not getattr(p, role).finite]
+
+
+def _nonfinite_warnings(pairs: Sequence[Pair], bad: dict[str, list[str]]) -> list[str]:
+    out = []
+    for role, ids in bad.items():
+        if ids:
+            shown = ", ".join(ids[:5]) + (f" … ({len(ids) - 5} more, all in run.json)" if len(ids) > 5 else "")
+            out.append(
+                f"{len(ids)} of {len(pairs)} items left out of every number: the {role} gave NaN or infinite "
+                f"log-probabilities on them ({shown})"
+            )
+    return out
+
+
 def summarize(pairs: Sequence[Pair]) -> TaskSummary:
+    """The numbers of one candidate on one set of paired items. Items where either side has a NaN or infinite
+    log-probability are listed and left out (``n`` counts the rest)."""
+    bad = {role: _nonfinite(pairs, role) for role in ("baseline", "candidate")}
+    excluded = [*bad["baseline"], *bad["candidate"]]
+    if excluded:
+        summary = summarize([p for p in pairs if p.baseline.finite and p.candidate.finite])
+        return summary.model_copy(
+            update={
+                "nonfinite_baseline": bad["baseline"],
+                "nonfinite_candidate": bad["candidate"],
+                "warnings": [*_nonfinite_warnings(pairs, bad), *summary.warnings],
+            }
+        )
     n = len(pairs)
     choice_pairs = [p for p in pairs if p.baseline.free is None and p.baseline.logprobs]
     k_base = sum(p.baseline.correct for p in pairs)

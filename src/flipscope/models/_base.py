@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Literal, Protocol, Union
 
 from flipscope.errors import FlipscopeError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,6 +37,22 @@ def nonfinite_logits(label: str, where: str) -> FlipscopeError:
         f"model {label} produced NaN or infinite logits on {where}",
         fix="check its compression settings, or run in float32 (--dtype float32)",
     )
+
+
+def nonfinite_scores(scores: list[OptionScores], bad: set[int], label: str) -> list[OptionScores]:
+    """``scores`` with the requests in ``bad`` (NaN or infinite logits) set to NaN, logged: each such item is
+    reported and left out of every metric (``ItemScore.finite``), the rest of the pass stands."""
+    if not bad:
+        return scores
+    log.warning(
+        "model %s produced NaN or infinite logits on %d of %d requests: those items are left out of every metric "
+        "and listed in the summary (check its compression settings, or run in float32)",
+        label,
+        len(bad),
+        len(scores),
+    )
+    nan = float("nan")
+    return [OptionScores(tuple(nan for _ in s.logprobs), s.n_tokens) if i in bad else s for i, s in enumerate(scores)]
 
 
 @dataclass(frozen=True)

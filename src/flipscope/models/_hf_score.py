@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from flipscope.errors import FlipscopeError
-from flipscope.models._base import OptionScores, RowSink, nonfinite_logits
+from flipscope.models._base import OptionScores, RowSink, nonfinite_scores
 from flipscope.models.hf import bos_prefix
 from flipscope.tasks import ScoreRequest
 
@@ -94,6 +94,7 @@ class PrefixScorer:
         self.bos = bos_prefix(tokenizer)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.cache_kw = cache_argument(model)
+        self.nonfinite: set[int] = set()  # requests of the current ``score`` call with NaN or infinite logits
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
@@ -107,9 +108,10 @@ class PrefixScorer:
             return DynamicCache()
 
     def _check(self, lse: torch.Tensor, index: int) -> None:
-        """``lse``: the log-sum-exp of logits rows; NaN or +inf anywhere in a row shows up in it."""
+        """``lse``: the log-sum-exp of logits rows; NaN or +inf anywhere in a row shows up in it. Such a request
+        is scored NaN (reported per item and left out of every metric), not an error for the whole pass."""
         if not bool(torch.isfinite(lse).all()):
-            raise nonfinite_logits(self.label, f"request {index}")
+            self.nonfinite.add(index)
 
     def _groups(self, requests: Sequence[ScoreRequest]) -> Iterator[tuple[list[int], list[_Item]]]:
         """(shared prefix ids, items after it). Each context (prefix + prompt) is tokenised as one text, as a
@@ -317,6 +319,7 @@ class PrefixScorer:
         advance: Callable[[int], None] | None = None,
     ) -> list[OptionScores]:
         results: list[OptionScores | None] = [None] * len(requests)
+        self.nonfinite = set()
         for prefix_ids, items in self._groups(requests):
             prefix_cache = None
             if prefix_ids:
@@ -350,4 +353,4 @@ class PrefixScorer:
                     results[item.index] = OptionScores(scores, tuple(len(t) for t in item.options))
                     if advance is not None:
                         advance(1)
-        return [r for r in results if r is not None]
+        return nonfinite_scores([r for r in results if r is not None], self.nonfinite, self.label)

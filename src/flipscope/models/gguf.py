@@ -26,7 +26,7 @@ from flipscope.models._base import (
     OptionScores,
     RowSink,
     finish_reason,
-    nonfinite_logits,
+    nonfinite_scores,
     vocabulary_fingerprint,
 )
 from flipscope.models.gguf_file import ENGINE_SETTINGS, file_type, quantized, require_llama_cpp, resolve
@@ -117,7 +117,8 @@ class GGUFBackend:
         rows: RowSink | None = None,
         advance: Callable[[int], None] | None = None,
     ) -> list[OptionScores]:
-        out = []
+        out: list[OptionScores] = []
+        bad: set[int] = set()  # requests with NaN or infinite logits: scored NaN, reported per item
         for index, request in enumerate(requests):
             context = self.bos + self._tokens(request.prefix + request.prompt)  # one text, as servers see it
             options = [self._tokens(c) for c in request.continuations]
@@ -134,7 +135,7 @@ class GGUFBackend:
                 self.llm.eval(ids)
                 logits = np.array(self.llm.scores[len(context) - 1 : len(context) - 1 + len(ids)])  # [T, V]
                 if not np.isfinite(logits).all():
-                    raise nonfinite_logits(self.info.label, f"request {index}")
+                    bad.add(index)
                 logprobs = log_softmax(logits)
                 if rows is not None:
                     rows(index, option_index, logprobs)
@@ -143,7 +144,7 @@ class GGUFBackend:
             out.append(OptionScores(tuple(sums), tuple(counts)))
             if advance:
                 advance(1)
-        return out
+        return nonfinite_scores(out, bad, self.info.label)
 
     def corpus_logprobs(
         self, windows: Sequence[Window], *, rows: int = 256
@@ -161,9 +162,7 @@ class GGUFBackend:
             for logits in self._scored_logits(list(window.ids), window.first):  # [n, V], valid until the next one
                 for start in range(0, logits.shape[0], rows):
                     part = torch.from_numpy(logits[start : start + rows])  # a view of llama.cpp's buffer
-                    lse = torch.logsumexp(part, dim=-1, keepdim=True)  # [s, 1]
-                    if not bool(torch.isfinite(lse).all()):
-                        raise nonfinite_logits(self.info.label, f"window {window.index}")
+                    lse = torch.logsumexp(part, dim=-1, keepdim=True)  # [s, 1]; NaN rows: the window is left out
                     yield part - lse, targets[at : at + part.shape[0]]
                     at += part.shape[0]
 

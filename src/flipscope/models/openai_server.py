@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -114,6 +115,10 @@ def parse_server(location: str) -> tuple[str, str, HTTPSettings]:
     return url.rstrip("/"), model, settings
 
 
+#: How far above 0 a server's log-probability may be (rounding) before the reply counts as malformed.
+LOGPROB_SLACK = 1e-3
+
+
 def echo_logprobs(choice: dict[str, Any]) -> tuple[list[str], list[float | None], list[int]] | None:
     """(tokens, token_logprobs, text_offset) of a completions choice, or None where the server gave none."""
     lp = choice.get("logprobs")
@@ -124,7 +129,23 @@ def echo_logprobs(choice: dict[str, Any]) -> tuple[list[str], list[float | None]
         return None
     if not tokens or len(tokens) != len(values) or len(tokens) != len(offsets):
         return None
+    if not all(isinstance(t, str) for t in tokens) or not all(_is_int(o) for o in offsets):
+        return None
+    if not all(v is None or _is_logprob(v) for v in values):
+        return None
     return tokens, values, offsets
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_logprob(value: Any) -> bool:
+    """A log-probability as a server may write it: a number ≤ 0 (a little rounding above allowed), or NaN, which
+    is then reported per item and left out of every metric. Anything else makes the reply malformed."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    return math.isnan(value) or value <= LOGPROB_SLACK
 
 
 def continuation_logprob(choice: dict[str, Any], context_chars: int, total_chars: int) -> tuple[float, int] | None:
@@ -147,6 +168,8 @@ def continuation_topk(choice: dict[str, Any], context_chars: int, total_chars: i
         return None
     chosen = [t for t, o in zip(top, parsed[2], strict=True) if context_chars <= o < total_chars]
     if not chosen or not all(isinstance(t, dict) and t for t in chosen):
+        return None
+    if not all(v is None or _is_logprob(v) for t in chosen for v in t.values()):
         return None
     return TopKRows(tuple({str(k): float(v) for k, v in t.items() if v is not None} for t in chosen))
 
@@ -210,11 +233,20 @@ class OpenAIBackend:
                 )
         if continuation_logprob(choice, 1, len(PROBE_TEXT)) is None:
             return self._refused(f"server {self.base_url} {NO_PROMPT_LOGPROBS}")
-        top = (choice.get("logprobs") or {}).get("top_logprobs") or []
-        widths = [min(len(t), asked) for t in top if isinstance(t, dict)]
+        top = choice["logprobs"].get("top_logprobs")  # a dict: continuation_logprob found its log-probs
+        widths = [min(len(t), asked) for t in top if isinstance(t, dict)] if isinstance(top, list) else []
         generated = self._completion(PROBE_PREFIX, echo=False)
-        text = str(generated.get("text", ""))
-        values = (generated.get("logprobs") or {}).get("token_logprobs") or []
+        text = generated.get("text")
+        text = text if isinstance(text, str) else ""
+        lp = generated.get("logprobs")
+        values = lp.get("token_logprobs") if isinstance(lp, dict) else None
+        values = values if isinstance(values, list) else []
+        if values and values[0] is not None and not _is_logprob(values[0]):
+            raise FlipscopeError(
+                f"server {self.base_url} returned a malformed reply: token_logprobs[0] = {values[0]!r} is not a "
+                "log-probability",
+                fix="check the server and its logs",
+            )
         if text and values and values[0] is not None:
             echoed = continuation_logprob(
                 self._completion(PROBE_PREFIX + text), len(PROBE_PREFIX), len(PROBE_PREFIX + text)

@@ -7,9 +7,9 @@ from pathlib import Path
 from rich.console import Console, Group
 from rich.table import Table
 
-from flipscope.metrics.corpus_stats import CorpusSummary, summarize_corpus
+from flipscope.metrics.corpus_stats import CorpusSummary
 from flipscope.report._format import num
-from flipscope.store.kld_run import POSITION_COLUMNS, KLDRunFile, KLDSettings, read_kld_run
+from flipscope.store.kld_run import KLDRunFile, KLDSettings, read_kld_run, summarize_positions
 
 OVERVIEW = (
     "candidate",
@@ -30,7 +30,7 @@ def load_kld_run(folder: str | Path) -> KLDRunFile:
     run, frame = read_kld_run(Path(folder))
     summary = {}
     for label, part in frame.groupby("candidate", sort=False):
-        summary[str(label)] = summarize_corpus(**{c: part[c].to_numpy() for c in POSITION_COLUMNS})
+        summary[str(label)] = summarize_positions({c: part[c].to_numpy() for c in part.columns}, str(label))
     return run.model_copy(update={"summary": summary})
 
 
@@ -105,6 +105,12 @@ def render_kld_run(run: KLDRunFile) -> Group:
     parts: list[object] = [overview(run)]
     for label, x in run.summary.items():
         parts.append(details(label, x, run.settings))
+        if x.excluded_windows:
+            shown = ", ".join(map(str, x.excluded_windows[:8])) + (" …" if len(x.excluded_windows) > 8 else "")
+            parts.append(
+                f"[yellow]  ! {label}: {len(x.excluded_windows)} windows left out of every number, NaN or infinite "
+                f"log-probabilities in them (windows {shown}; all in run.json)[/yellow]"
+            )
         top = run.most_divergent.get(label, [])[:3]
         for d in top:
             parts.append(f"  KL {d.kl:.3f} at window {d.window} pos {d.position}: …{d.context!r} → {d.token!r}")

@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from flipscope.errors import FlipscopeError
-from flipscope.metrics.corpus_stats import CorpusSummary
+from flipscope.metrics.corpus_stats import CorpusSummary, finite_windows, summarize_corpus
 
 KLD_SCHEMA_VERSION = 1
 POSITION_COLUMNS = ("kl", "kl_reverse", "logp_base", "logp_cand", "top_logp_base", "agree")
@@ -74,6 +74,24 @@ class KLDRunFile(BaseModel):
     most_divergent: dict[str, list[Divergent]] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
+
+
+def finite_positions(cols: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[int]]:
+    """A candidate's position columns without the windows holding a NaN or infinite value, and those windows."""
+    return finite_windows(cols, POSITION_COLUMNS)
+
+
+def summarize_positions(cols: dict[str, np.ndarray], label: str) -> CorpusSummary:
+    """The corpus summary of one candidate's stored positions: windows with NaN or infinite log-probabilities are
+    left out and listed (``excluded_windows``); none left is an error naming the candidate."""
+    kept, bad = finite_positions(cols)
+    if kept["kl"].size == 0:
+        raise FlipscopeError(
+            f"{label} gave NaN or infinite log-probabilities in every window: there is nothing to measure",
+            fix="check its compression settings, or run in float32 (--dtype float32)",
+        )
+    summary = summarize_corpus(**{c: kept[c] for c in POSITION_COLUMNS})
+    return summary.model_copy(update={"excluded_windows": bad})
 
 
 def write_kld_run(out: Path, run: KLDRunFile, positions: dict[str, dict[str, np.ndarray]]) -> None:

@@ -1,0 +1,64 @@
+"""A `kld` candidate's per-position columns, kept as they are computed, so that a killed run resumes inside a
+candidate's pass and a finished candidate is not measured again.
+
+Layout: one folder per (baseline store, candidate, batch settings); in it one ``<first>-<end>.npz`` per stretch of
+windows [first, end), written under a temporary name and renamed (a rename is atomic: a stretch is whole or
+absent). Reading back takes the stretches in order from window 0 and stops at a gap or an unreadable file (the
+rest is computed again), so the columns read back equal an uninterrupted run's."""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from flipscope._atomic import temporary
+
+log = logging.getLogger(__name__)
+
+Columns = dict[str, np.ndarray]  # column → [positions]
+
+
+class PositionParts:
+    """The stretches of one candidate's columns; ``folder`` None keeps nothing (``--no-cache``)."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+
+    def resume(self) -> tuple[int, list[Columns]]:
+        """(windows done, their columns in stretches) — the contiguous run of stretches from window 0."""
+        if self.folder is None or not self.folder.is_dir():
+            return 0, []
+        spans = []
+        for path in self.folder.glob("*.npz"):
+            head, _, tail = path.stem.partition("-")
+            if head.isdigit() and tail.isdigit():
+                spans.append((int(head), int(tail), path))
+        done, parts = 0, []
+        for first, end, path in sorted(spans):
+            if first != done:
+                break
+            try:
+                with np.load(path) as data:
+                    parts.append({name: data[name] for name in data.files})
+            except (OSError, ValueError, zipfile.BadZipFile) as exc:
+                log.warning("kld: stored stretch %s is unreadable (%s); computing it again", path, exc)
+                break
+            done = end
+        return done, parts
+
+    def save(self, first: int, end: int, cols: Columns) -> None:
+        """Store the columns of windows [first, end)."""
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        target = self.folder / f"{first:08d}-{end:08d}.npz"
+        tmp = temporary(target)
+        with open(tmp, "wb") as handle:
+            np.savez(handle, allow_pickle=False, **cols)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
