@@ -174,3 +174,22 @@ def test_judge_free_distances_by_hand() -> None:
     assert (
         d2 is not None and d2.identical and d2.first_divergence is None and not d2.same_answer and d2.delta_nll is None
     )
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_spearman_matches_scipy_with_ties(seed: int) -> None:
+    from scipy import stats
+
+    from flipscope.metrics.paired import spearman
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(3, 12))
+    xs = list(rng.integers(0, 4, n).astype(float))  # ties on purpose
+    ys = list(rng.normal(size=n))
+    expected = stats.spearmanr(xs, ys).statistic
+    got = spearman(xs, ys)
+    if np.isnan(expected):
+        assert got is None
+    else:
+        assert got == pytest.approx(expected, abs=1e-12)
+    assert spearman([1.0], [2.0]) is None and spearman([1.0, 1.0], [1.0, 2.0]) is None

@@ -47,10 +47,25 @@ def file_sha256(path: Path) -> str:
     return value
 
 
+#: The longest file name and path the usual file systems take (bytes); longer ones make ``stat`` raise.
+NAME_MAX, PATH_MAX = 255, 4096
+
+
 def user_path(text: str) -> Path:
     """A path as a user typed it, ``~`` expanded where a home directory is known (``~name`` of an unknown user,
-    or no home at all, stays as typed rather than failing)."""
+    or no home at all, stays as typed rather than failing). A name no file system takes (a part over 255 bytes,
+    a NUL) is a clear error here, not an OSError from the first ``exists()``."""
     try:
-        return Path(text).expanduser()
+        path = Path(text).expanduser()
     except RuntimeError:
-        return Path(text)
+        path = Path(text)
+    raw = os.fsencode(path)
+    if b"\0" in raw or len(raw) > PATH_MAX or any(len(part) > NAME_MAX for part in raw.split(b"/")):
+        from flipscope.errors import FlipscopeError
+
+        shown = text if len(text) <= 60 else text[:57] + "…"
+        raise FlipscopeError(
+            f"{shown!r} cannot be a file name (a part longer than {NAME_MAX} bytes, or a NUL character)",
+            fix="check the path or spec you typed",
+        )
+    return path

@@ -22,7 +22,7 @@ from flipscope._generative import (
     teacher_key,
     teacher_requests,
 )
-from flipscope._noise import NoiseFloor, engines_note, role_of
+from flipscope._noise import NoiseFloor, engines_note, floor_label, role_of
 from flipscope.display import Display, NullDisplay
 from flipscope.errors import FlipscopeError
 from flipscope.metrics import ItemScore, TaskSummary, summarize_run
@@ -367,7 +367,7 @@ def compare(
         floor_runner = _Runner(floor_settings, shown, use_cache, runner.store.root)
         floor_entry, floor_results = floor_runner.run_model(base_spec, "noise floor", work, base_results, free)
         floor_scores = [s for r in floor_results.values() for s in r.scores]
-        scores[f"{base_spec.label()} [noise floor]"] = floor_scores
+        scores[floor_label(base_spec.label())] = floor_scores
         floor = NoiseFloorEntry(
             setup=noise_floor.setup(batch_size, dtype),
             batch_size=noise_floor.batch_size,

@@ -23,6 +23,7 @@ from flipscope.errors import FlipscopeError
 from flipscope.judge import summarize_grades, summarize_pairs
 from flipscope.metrics import ItemScore
 from flipscope.metrics._records import Pair
+from flipscope.metrics.paired import spearman
 from flipscope.metrics.summary import FreeSummary, free_summary
 from flipscope.models import ModelSpec, parse_models, parse_spec
 from flipscope.models._base import Generation, StopReason
@@ -160,15 +161,6 @@ def _stored_answers(answers: Any, model: store.MTBenchModel, questions: list[Any
     return ModelAnswers(model.spec, model.fingerprint, turns, parameters=model.parameters)
 
 
-def _spearman(xs: list[float], ys: list[float]) -> float | None:
-    import pandas as pd
-
-    if len(xs) < 2:
-        return None
-    rho = pd.Series(xs).corr(pd.Series(ys), method="spearman")
-    return None if rho != rho else float(rho)
-
-
 def distances(answers: Any, run: store.MTBenchRunFile) -> dict[str, dict[str, FreeSummary | None]]:
     """Per candidate, per category (and "all"): the judge-free distances on the baseline's answers."""
     base = store.scores_from(answers, run.baseline.spec)
@@ -200,9 +192,9 @@ def summarize_mtbench(run: store.MTBenchRunFile, answers: Any, judgements: Any) 
         drop = [c for c in measured if c in g and g[c].overall is not None]
         rho_grade = None
         if base_score is not None:
-            rho_grade = _spearman([base_score - (g[c].overall or 0.0) for c in drop], [kls[c] or 0.0 for c in drop])
+            rho_grade = spearman([base_score - (g[c].overall or 0.0) for c in drop], [kls[c] or 0.0 for c in drop])
         won = [c for c in measured if c in p and p[c].win_rate is not None]
-        rho_win = _spearman([p[c].win_rate or 0.0 for c in won], [kls[c] or 0.0 for c in won])
+        rho_win = spearman([p[c].win_rate or 0.0 for c in won], [kls[c] or 0.0 for c in won])
         out[label] = {
             "grades": [asdict(s) for s in g.values()],
             "pairs": [asdict(s) for s in p.values()],

@@ -46,9 +46,14 @@ def indistinguishable(candidate: TaskSummary, floor: TaskSummary) -> bool | None
     return candidate.flips <= floor.flips_ci[1]
 
 
+def floor_label(baseline: str) -> str:
+    """The records' model name of the noise floor's pass."""
+    return f"{baseline} [noise floor]"
+
+
 def role_of(label: str, baseline: str) -> str:
     """A records.parquet label's role: the baseline, the noise floor ("<baseline> [noise floor]") or a candidate."""
-    return "baseline" if label == baseline else "noise floor" if label.endswith("[noise floor]") else "candidate"
+    return "baseline" if label == baseline else "noise floor" if label == floor_label(baseline) else "candidate"
 
 
 def engines_note(base: ModelSpec, cand: ModelSpec, per_task: dict[str, TaskSummary]) -> str | None:

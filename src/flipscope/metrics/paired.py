@@ -136,3 +136,28 @@ def top_choice_share(choices: Sequence[int]) -> tuple[int, float] | None:
         counts[c] = counts.get(c, 0) + 1
     best = min(counts, key=lambda c: (-counts[c], c))
     return best, counts[best] / len(choices)
+
+
+def _ranks(values: Sequence[float]) -> np.ndarray:
+    """Ranks 1..n, ties given the mean of the ranks they span. [n] → [n]."""
+    x = np.asarray(values, dtype=np.float64)
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.arange(1, len(x) + 1)
+    for value in np.unique(x):
+        tied = x == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Spearman's rank correlation ρ (ties by mean rank); None with fewer than 2 pairs, a constant side, or a
+    non-finite value."""
+    if len(xs) != len(ys):
+        raise ValueError(f"spearman: {len(xs)} vs {len(ys)} values")
+    if len(xs) < 2 or not all(math.isfinite(v) for v in (*xs, *ys)):
+        return None
+    rx, ry = _ranks(xs), _ranks(ys)
+    if rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from flipscope._noise import floor_label
 from flipscope.errors import FlipscopeError
 from flipscope.metrics import ItemScore, summarize_run
 from flipscope.report.table import print_run, render_run
 from flipscope.store import RunFile, read_run, scores_from_frame
 
 
-def load_run(folder: str | Path) -> RunFile:
-    """Read a run directory and recompute every summary from its per-item records."""
+def load_run_scores(folder: str | Path) -> tuple[RunFile, dict[str, list[ItemScore]]]:
+    """A run directory's ``run.json`` with every summary recomputed from its per-item records, and those records
+    as scores per model (the noise floor under "<baseline> [noise floor]")."""
     run, records = read_run(Path(folder))
     by_model: dict[str, list[ItemScore]] = {}
     try:
@@ -28,9 +30,14 @@ def load_run(folder: str | Path) -> RunFile:
     summary = {c.spec: summarize_run(base, by_model.get(c.spec, []), tasks) for c in run.candidates}
     floor = run.noise_floor
     if floor is not None:
-        floor_scores = by_model.get(f"{run.baseline.spec} [noise floor]", [])
+        floor_scores = by_model.get(floor_label(run.baseline.spec), [])
         floor = floor.model_copy(update={"summary": summarize_run(base, floor_scores, tasks)})
-    return run.model_copy(update={"summary": summary, "noise_floor": floor})
+    return run.model_copy(update={"summary": summary, "noise_floor": floor}), by_model
 
 
-__all__ = ["load_run", "print_run", "render_run"]
+def load_run(folder: str | Path) -> RunFile:
+    """Read a run directory and recompute every summary from its per-item records."""
+    return load_run_scores(folder)[0]
+
+
+__all__ = ["floor_label", "load_run", "load_run_scores", "print_run", "render_run"]

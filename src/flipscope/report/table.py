@@ -53,22 +53,31 @@ def candidate_table(
 ) -> Table:
     """``token_kl``: how the token KL column was measured, where it is not exact (e.g. "top-k approximate");
     ``floor``: the noise floor per task, shown beside the candidate's flips (with its 95% interval)."""
-    from flipscope._noise import indistinguishable
-
     title = f"{candidate}  vs  {baseline}" + (f"  · token KL {token_kl}" if token_kl else "")
     table = Table(title=title, title_justify="left", header_style="bold")
-    columns = (*COLUMNS, "floor flips% [95% CI]", "vs floor") if floor else COLUMNS
+    columns = (*COLUMNS, *FLOOR_COLUMNS) if floor else COLUMNS
     for name in columns:
         table.add_column(name, justify="left" if name == "task" else "right")
     for task, s in per_task.items():
         row = summary_row(task, s)
-        f = (floor or {}).get(task)
         if floor is not None:
-            ci = f"[{pct(f.flips_ci[0])}, {pct(f.flips_ci[1])}]" if f is not None and f.flips_ci else ""
-            same = indistinguishable(s, f) if f is not None else None
-            row += [f"{pct(f.flips) if f else '–'} {ci}", "–" if same is None else "≈ floor" if same else "above"]
+            row += floor_cells(s, floor.get(task))
         table.add_row(*row, style="bold" if task == "all" else None)
     return table
+
+
+FLOOR_COLUMNS = ("floor flips% [95% CI]", "vs floor")
+
+
+def floor_cells(s: TaskSummary, floor: TaskSummary | None) -> list[str]:
+    """The noise floor's flips with its 95% interval, and whether the candidate is within it."""
+    from flipscope._noise import indistinguishable
+
+    if floor is None:
+        return ["–", "–"]
+    ci = f"[{pct(floor.flips_ci[0])}, {pct(floor.flips_ci[1])}]" if floor.flips_ci else ""
+    same = indistinguishable(s, floor)
+    return [f"{pct(floor.flips)} {ci}".strip(), "–" if same is None else "≈ floor" if same else "above"]
 
 
 def detail_line(s: TaskSummary) -> str:

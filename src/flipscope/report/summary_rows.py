@@ -1,0 +1,149 @@
+"""The report's tables as rows of cells (display text + sort key), shared by the HTML page and Markdown; the
+numbers are formatted as in the terminal tables (``report.table``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flipscope.metrics import TaskSummary
+from flipscope.report._format import num, pct, pvalue
+from flipscope.report.collect import KLDRun, MTBenchRun, ReportInput
+from flipscope.report.plots import short
+from flipscope.report.table import FLOOR_COLUMNS, floor_cells
+
+SUMMARY_COLUMNS = [
+    "candidate",
+    "task",
+    "n",
+    "acc B %",
+    "acc C %",
+    "Δacc %",
+    "flips % [95% CI]",
+    "C→I",
+    "I→C",
+    "all-flips %",
+    "McNemar p",
+    "choice KL",
+    "token KL",
+    *FLOOR_COLUMNS,
+]
+
+
+@dataclass(frozen=True)
+class Cell:
+    text: str
+    sort: float | str | None = None  # None: sorts last
+    css: str = ""
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    candidate: str
+    task: str
+    pooled: bool  # the "all" row of several tasks
+    cells: list[Cell]
+
+
+def _n(value: float | None, text: str) -> Cell:
+    return Cell(text, value if value is not None else "")
+
+
+def _interval(value: float | None, ci: tuple[float, float] | None) -> str:
+    return f"{pct(value)} [{pct(ci[0])}, {pct(ci[1])}]" if ci is not None else pct(value)
+
+
+def task_cells(candidate: str, task: str, s: TaskSummary, floor: TaskSummary | None, *, has_floor: bool) -> list[Cell]:
+    cells = [
+        Cell(candidate, candidate, "text"),
+        Cell(task, task, "text"),
+        Cell(str(s.n), s.n),
+        _n(s.acc_baseline, _interval(s.acc_baseline, s.acc_baseline_ci)),
+        _n(s.acc_candidate, _interval(s.acc_candidate, s.acc_candidate_ci)),
+        _n(s.delta_acc, pct(s.delta_acc, signed=True)),
+        _n(s.flips, _interval(s.flips, s.flips_ci)),
+        Cell(str(s.flips_c2i), s.flips_c2i),
+        Cell(str(s.flips_i2c), s.flips_i2c),
+        _n(s.all_flips, pct(s.all_flips)),
+        Cell(pvalue(s.mcnemar_p), s.mcnemar_p),
+        _n(s.choice_kl_mean, num(s.choice_kl_mean)),
+        _n(s.token_kl_mean, num(s.token_kl_mean)),
+    ]
+    if has_floor:
+        shown, verdict = floor_cells(s, floor)
+        cells += [Cell(shown, floor.flips if floor and floor.flips is not None else ""),
+                  Cell(verdict, verdict, "above" if verdict == "above" else "floor")]  # fmt: skip
+    else:
+        cells += [Cell("–", ""), Cell("–", "")]
+    return cells
+
+
+def summary_rows(data: ReportInput) -> tuple[list[str], list[SummaryRow]]:
+    """One row per (candidate, task) of every compare run, the pooled "all" row included."""
+    rows = []
+    for run in data.compares:
+        floor = run.run.noise_floor.summary if run.run.noise_floor is not None else None
+        for candidate, per_task in run.run.summary.items():
+            name = short(candidate, data.baseline)
+            for task, s in per_task.items():
+                cells = task_cells(name, task, s, (floor or {}).get(task), has_floor=floor is not None)
+                rows.append(SummaryRow(candidate, task, task == "all", cells))
+    return SUMMARY_COLUMNS, rows
+
+
+def summary_warnings(data: ReportInput) -> list[str]:
+    out = []
+    for run in data.compares:
+        for candidate, per_task in run.run.summary.items():
+            for task, s in per_task.items():
+                out += [f"{short(candidate, data.baseline)} · {task}: {w}" for w in s.warnings]
+        out += [f"note: {n}" for n in run.run.notes]
+    return out
+
+
+KLD_COLUMNS = ["candidate", "PPL(B)", "PPL(C)", "ln PPL ratio", "KL mean", "KL p99", "same top %", "windows left out"]
+
+
+def kld_rows(run: KLDRun) -> tuple[list[str], list[list[Cell]]]:
+    base = str(run.run.baseline["spec"])
+    rows = []
+    for label, x in run.run.summary.items():
+        rows.append(
+            [
+                Cell(short(label, base), label, "text"),
+                Cell(num(x.ppl_base.value, 3), x.ppl_base.value),
+                Cell(num(x.ppl_cand.value, 3), x.ppl_cand.value),
+                Cell(f"{num(x.ln_ppl_ratio.value)} ± {num(x.ln_ppl_ratio.err)}", x.ln_ppl_ratio.value),
+                Cell(f"{num(x.kl_mean.value)} ± {num(x.kl_mean.err)}", x.kl_mean.value),
+                Cell(num(x.kl_percentiles["99"]), x.kl_percentiles["99"]),
+                Cell(pct(x.same_top.value), x.same_top.value),
+                Cell(str(len(x.excluded_windows)), len(x.excluded_windows)),
+            ]
+        )
+    columns = [f"KL mean ({run.run.settings.kl_forward})" if c == "KL mean" else c for c in KLD_COLUMNS]
+    return columns, rows
+
+
+def mtbench_rows(run: MTBenchRun) -> tuple[list[str], list[list[Cell]]]:
+    """Per candidate: the judge-free distances over all questions, and each judge's overall grade and win rate."""
+    base = run.run.baseline.spec
+    judges = list(run.run.judges)
+    columns = ["candidate", "teacher KL", "ΔNLL/token", "identical %", "first div. (median)"]
+    for judge in judges:
+        columns += [f"grade · {judge}", f"win rate % · {judge}"]
+    rows = []
+    for cand, per in run.summary["distances"].items():
+        d = per.get("all") or {}
+        row = [
+            Cell(short(cand, base), cand, "text"),
+            _n(d.get("teacher_kl_mean"), num(d.get("teacher_kl_mean"))),
+            _n(d.get("delta_nll_mean"), num(d.get("delta_nll_mean"), 3)),
+            _n(d.get("identical"), pct(d.get("identical"))),
+            _n(d.get("first_divergence_median"), num(d.get("first_divergence_median"), 0)),
+        ]
+        for judge in judges:
+            j = run.summary.get(judge) or {}
+            grade = next((g.get("overall") for g in j.get("grades", []) if g.get("model") == cand), None)
+            wins = next((p.get("win_rate") for p in j.get("pairs", []) if p.get("candidate") == cand), None)
+            row += [_n(grade, num(grade, 2)), _n(wins, pct(wins))]
+        rows.append(row)
+    return columns, rows
