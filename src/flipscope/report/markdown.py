@@ -27,6 +27,8 @@ def table(columns: list[str], rows: list[list[Cell]]) -> list[str]:
 
 def render_markdown(data: ReportInput, figures: Path, *, relative_to: Path) -> str:
     """The Markdown text; the PNGs are written into ``figures`` and linked relative to ``relative_to``."""
+    for stale in figures.glob("*.png") if figures.is_dir() else []:
+        stale.unlink()  # this report's own folder: plots of an earlier report that this one may not have
     lines = [f"## flipscope: candidates against `{data.baseline}`", ""]
     columns, rows = summary_rows(data)
     if rows:

@@ -28,6 +28,7 @@ class Series:
     x: list[float | str]
     y: list[float | None]
     text: list[str] = field(default_factory=list)  # per point: a label (scatter) or hover text
+    colour: str | None = None  # one colour per model across the whole report (``all_plots``)
 
 
 @dataclass(frozen=True)
@@ -286,7 +287,41 @@ def mtbench_plots(run: MTBenchRun) -> list[Plot]:
                     ],
                 )
             )
+        out.append(_judge_vs_distance(run, judge))
     return out
+
+
+def _judge_vs_distance(run: MTBenchRun, judge: str) -> Plot:
+    """Per candidate: its teacher-forced KL against the judge's grade drop and its win rate, with Spearman's ρ."""
+    base = run.run.baseline.spec
+    j = run.summary.get(judge) or {}
+    kl = {c: (per.get("all") or {}).get("teacher_kl_mean") for c, per in run.summary["distances"].items()}
+    grades = {g["model"]: g.get("overall") for g in j.get("grades", [])}
+    wins = {p["candidate"]: p.get("win_rate") for p in j.get("pairs", [])}
+    series = []
+    for name, values in (("grade drop (baseline − candidate)", None), ("win rate against the baseline", wins)):
+        points = []
+        for cand, x in kl.items():
+            if values is None:
+                b, c = grades.get(base), grades.get(cand)
+                y = None if b is None or c is None else b - c
+            else:
+                y = values.get(cand)
+            if x is not None and y is not None and x > 0:
+                points.append((short(cand, base), x, y))
+        series.append(Series(name, [p[1] for p in points], [p[2] for p in points], [p[0] for p in points]))
+    return Plot(
+        key=f"mtbench_judge_vs_kl_{run.folder.name}_{run.run.judges.index(judge)}",
+        section="mtbench",
+        title=f"MT-Bench: judge ({judge}) against the judge-free distance",
+        caption=f"Spearman ρ: grade drop vs teacher KL {_rho(j.get('spearman_grade_drop_vs_teacher_kl'))}; "
+        f"win rate vs teacher KL {_rho(j.get('spearman_win_rate_vs_teacher_kl'))}.",
+        kind=PlotKind.SCATTER,
+        x_label="teacher-forced KL, mean (nats, log scale)",
+        y_label="grade drop (points) · win rate (0–1)",
+        series=series,
+        log_x=True,
+    )
 
 
 def _rho(value: float | None) -> str:
@@ -308,12 +343,37 @@ def all_plots(data: ReportInput) -> list[Plot]:
         plots += [kld_distribution(kld), kld_by_confidence(kld), kld_topk(kld)]
     for mt in data.mtbenches:
         plots += mtbench_plots(mt)
-    plots = [p for p in plots if has_data(p)]  # e.g. a judge that gave no usable verdict: no empty chart
+    colours = model_colours(data)
+    plots = [_coloured(p, colours) for p in plots if has_data(p)]  # (no empty chart for a mute judge)
     keys = [p.key for p in plots]
     for key, group in itertools.groupby(sorted(keys)):
         if len(list(group)) > 1:  # several compare runs: number their plots apart
             plots = [_renamed(p, i) if p.key == key else p for i, p in enumerate(plots)]
     return plots
+
+
+#: Tableau 10: each model keeps its colour in every plot of a report (the baseline first).
+PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f")
+
+
+def model_colours(data: ReportInput) -> dict[str, str]:
+    """Short model name → colour, in the order models first appear in the runs."""
+    names: list[str] = [short(data.baseline, data.baseline)]
+    for run in data.compares:
+        names += [short(c, data.baseline) for c in run.run.summary]
+    for kld in data.klds:
+        names += [short(c, data.baseline) for c in kld.run.summary]
+    for mt in data.mtbenches:
+        names += [short(c.spec, data.baseline) for c in mt.run.candidates]
+    unique = list(dict.fromkeys(names))
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(unique)}
+
+
+def _coloured(plot: Plot, colours: dict[str, str]) -> Plot:
+    """Series named after a model take that model's colour; others (tasks, metrics) keep the default cycle."""
+    from dataclasses import replace
+
+    return replace(plot, series=[replace(s, colour=colours.get(s.name)) for s in plot.series])
 
 
 def _renamed(plot: Plot, index: int) -> Plot:

@@ -17,13 +17,15 @@ def plotly_figure(plot: Plot) -> dict[str, Any]:
 
     fig = go.Figure()
     for s in plot.series:
+        colour = {"color": s.colour} if s.colour else {}
         if plot.kind is PlotKind.BAR:
-            fig.add_trace(go.Bar(name=s.name, x=s.x, y=s.y, hovertext=s.text or None))
+            fig.add_trace(go.Bar(name=s.name, x=s.x, y=s.y, hovertext=s.text or None, marker=colour))
         elif plot.kind is PlotKind.SCATTER:
             fig.add_trace(go.Scatter(name=s.name, x=s.x, y=s.y, text=s.text, mode="markers+text",
-                                     textposition="top center", marker={"size": 10}))  # fmt: skip
+                                     textposition="top center", marker={"size": 10, **colour}))  # fmt: skip
         else:
-            fig.add_trace(go.Scatter(name=s.name, x=s.x, y=s.y, hovertext=s.text or None, mode="lines+markers"))
+            fig.add_trace(go.Scatter(name=s.name, x=s.x, y=s.y, hovertext=s.text or None, mode="lines+markers",
+                                     marker=colour, line=colour))  # fmt: skip
     if plot.hline is not None:
         fig.add_hline(y=plot.hline[0], line_dash="dash", line_color="grey", annotation_text=plot.hline[1])
     fig.update_layout(
@@ -58,11 +60,11 @@ def png(plot: Plot, path: Path) -> Path:
                 xs = [float(v) for v in s.x]
                 ys = [float("nan") if v is None else v for v in s.y]
                 if plot.kind is PlotKind.SCATTER:
-                    ax.scatter(xs, ys, label=s.name, s=40)
+                    ax.scatter(xs, ys, label=s.name, s=40, color=s.colour)
                     for x, y, text in zip(xs, ys, s.text, strict=False):
                         ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
                 else:
-                    ax.plot(xs, ys, marker=".", label=s.name)
+                    ax.plot(xs, ys, marker=".", label=s.name, color=s.colour)
         if plot.hline is not None:
             ax.axhline(plot.hline[0], linestyle="--", color="grey", label=plot.hline[1])
         if plot.log_x:
@@ -88,6 +90,6 @@ def _bars(ax: Any, plot: Plot) -> None:
         values = dict(zip(s.x, s.y, strict=True))
         ys = [values.get(c) for c in categories]
         xs = [j + (i - (len(plot.series) - 1) / 2) * width for j in range(len(categories))]
-        ax.bar(xs, [float("nan") if v is None else v for v in ys], width=width, label=s.name)
+        ax.bar(xs, [float("nan") if v is None else v for v in ys], width=width, label=s.name, color=s.colour)
     ax.set_xticks(range(len(categories)))
     ax.set_xticklabels([str(c) for c in categories], rotation=20 if len(categories) > 4 else 0, ha="right")
