@@ -9,6 +9,7 @@ import click
 
 from flipscope.cli.compare import compare_cmd, noise_floor_cmd
 from flipscope.cli.compress import compress_cmd
+from flipscope.cli.imports import import_group
 from flipscope.cli.kld import kld_cmd
 from flipscope.cli.listing import methods_cmd, models_cmd, tasks_cmd
 from flipscope.cli.mtbench import judge_cmd, mtbench_cmd
@@ -30,7 +31,8 @@ def cli(verbose: int) -> None:
       flipscope compare bundled:smollm2-135m +rtn:w8 +rtn:w4g64 --tasks mmlu --limit 200
       flipscope kld bundled:smollm2-135m +rtn:w8 +rtn:w4g64 --chunks 40
       flipscope mtbench bundled:smollm2-135m +rtn:w8 --judge openai:<url>#<model>
-      flipscope report runs/<run>
+      flipscope report runs/<run> --html report.html
+      flipscope import lm-eval LM_EVAL_OUT_BASE LM_EVAL_OUT_CAND
     """
     from rich.logging import RichHandler
 
@@ -48,6 +50,7 @@ cli.add_command(compress_cmd)
 cli.add_command(kld_cmd)
 cli.add_command(mtbench_cmd)
 cli.add_command(judge_cmd)
+cli.add_command(import_group)
 cli.add_command(models_cmd)
 cli.add_command(methods_cmd)
 cli.add_command(tasks_cmd)

@@ -154,7 +154,9 @@ def summarize(pairs: Sequence[Pair]) -> TaskSummary:
     acc_b, acc_c = _rate(k_base, n), _rate(k_cand, n)
     warnings = collapse_warnings(choice_pairs)
     free = free_summary(pairs)
-    if free is not None and free.measured < n:
+    if free is not None and free.measured == 0 and n:
+        warnings.append("no judge-free distances: these records hold no teacher-forced scores (e.g. imported logs)")
+    elif free is not None and free.measured < n:
         warnings.append(
             f"judge-free distances measured on {free.measured} of {n} items: the others have an empty baseline "
             "answer, or the candidate tokenises it differently (they are left out, not counted as 0)"
@@ -162,7 +164,8 @@ def summarize(pairs: Sequence[Pair]) -> TaskSummary:
     if n and len(token_kls) < n and free is None:
         warnings.append(
             f"token KL missing on {n - len(token_kls)} of {n} items: the candidate's vocabulary or tokenization "
-            "differs from the baseline's, or a backend gave no full-vocabulary log-probabilities"
+            "differs from the baseline's, a backend gave no full-vocabulary log-probabilities, or the records were "
+            "imported from logs that hold none (lm-eval)"
         )
     return TaskSummary(
         n=n,

@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from flipscope._version import flipscope_version
 from flipscope.report.collect import ReportInput
 from flipscope.report.explorer import FlipRow, flipped_items
 from flipscope.report.plots import Plot, all_plots, short
@@ -85,15 +86,6 @@ def _runs(data: ReportInput) -> list[dict[str, str]]:
     return out
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("flipscope")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def render_html(data: ReportInput) -> str:
     from jinja2 import Environment, FunctionLoader, StrictUndefined, select_autoescape
 
@@ -107,7 +99,7 @@ def render_html(data: ReportInput) -> str:
     flips = [row for run in data.compares for row in flipped_items(run)]
     columns, rows = summary_rows(data)
     return env.get_template("report.html.j2").render(
-        version=_version(),
+        version=flipscope_version(),
         baseline=data.baseline,
         runs=_runs(data),
         written=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -1,0 +1,1 @@
+"""Readers of other tools' logs, turned into flipscope run directories."""

@@ -1,0 +1,226 @@
+"""`flipscope import lm-eval` on logs written by real lm-evaluation-harness 0.4.13 (`--model hf`, offline, local JSON
+tasks) for the tiny Llama and a quantized copy saved with `flipscope compress`: accuracy equals lm-eval's own
+results file, flips equal an independent count over the two sample files, a generative task imports as
+correct/incorrect, the same items scored natively in the matching prompt format give the same correctness, and
+mismatched runs are refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from flipscope.cli import cli
+from flipscope.errors import FlipscopeError
+
+lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is part of the dev extra")
+
+N_MC, N_GEN = 40, 12
+WORDS = ["apple", "river", "stone", "cloud", "bread", "green", "quiet", "storm", "light", "sugar", "honey", "metal"]
+
+
+def _mc_rows() -> list[dict[str, Any]]:
+    rows = []
+    for i in range(N_MC):
+        choices = [WORDS[(i + k) % 12] for k in range(4)]
+        question = f"Which word follows {WORDS[i % 12]} number {i}?"
+        rows.append(
+            {
+                "id": str(i),
+                "question": question,
+                "subject": "abstract_algebra",
+                "choices": choices,
+                "answer": (i * 7) % 4,
+            }
+        )
+    return rows
+
+
+def _write_tasks(folder: Path, gen_answers: list[str]) -> None:
+    """lm-eval's own MMLU template (its stock yaml, included) on a local file, and a small generative task."""
+    stock = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default" / "_default_template_yaml"
+    mc = folder / "mc.jsonl"
+    mc.write_text("".join(json.dumps(r) + "\n" for r in _mc_rows()))
+    (folder / "fs_mmlu_local.yaml").write_text(
+        f"include: {stock}\ntask: fs_mmlu_local\ndataset_path: json\ndataset_name: null\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {mc}\n    dev: {mc}\n"
+        'description: "The following are multiple choice questions (with answers) about abstract algebra.\\n\\n"\n'
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+        "  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+    gen = folder / "gen.jsonl"
+    gen.write_text("".join(json.dumps({"question": f"Say {WORDS[i]} {i}", "answer": a}) + "\n"
+                           for i, a in enumerate(gen_answers)))  # fmt: skip
+    (folder / "fs_gen_local.yaml").write_text(
+        f"task: fs_gen_local\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {gen}\n"
+        'test_split: test\noutput_type: generate_until\ndoc_to_text: "Question: {{question}}\\nAnswer:"\n'
+        'doc_to_target: "{{answer}}"\ngeneration_kwargs:\n  until: ["\\n"]\n  max_gen_toks: 4\n  do_sample: false\n'
+        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+
+
+def _run_lm_eval(model: Path, include: Path, out: Path, tasks: str) -> dict[str, Any]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HF_DATASETS_CACHE": str(out.parent / "datasets-cache")}  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={model},dtype=float32",
+         "--tasks", tasks, "--include_path", str(include), "--num_fewshot", "0", "--batch_size", "4",
+         "--device", "cpu", "--output_path", str(out), "--log_samples"],
+        check=True, env=env, capture_output=True, timeout=600,
+    )  # fmt: skip
+    (results,) = list(out.rglob("results_*.json"))
+    data: dict[str, Any] = json.loads(results.read_text())
+    return data
+
+
+def _samples(out: Path, task: str) -> dict[int, dict[str, Any]]:
+    (path,) = list(out.rglob(f"samples_{task}_*.jsonl"))
+    return {row["doc_id"]: row for row in map(json.loads, path.read_text().splitlines())}
+
+
+@pytest.fixture(scope="module")
+def lm_eval_runs(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Three lm-eval runs: a probe of the baseline's generations (whose texts become the generative task's answers
+    on even items, so that some are right), then baseline and candidate on both tasks."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("lm-eval")
+    baseline = root / "tiny"
+    shutil.copytree(tiny_llama, baseline)
+    tokenizer = AutoTokenizer.from_pretrained(baseline)
+    tokenizer.eos_token = "<s>"  # lm-eval's generation needs an end-of-text token
+    tokenizer.save_pretrained(baseline)
+    candidate = root / "w3"
+    assert CliRunner().invoke(cli, ["compress", f"hf:{baseline}+rtn:w2g16", "--out", str(candidate)]).exit_code == 0
+    (root / "probe-tasks").mkdir()
+    _write_tasks(root / "probe-tasks", ["?"] * N_GEN)
+    _run_lm_eval(baseline, root / "probe-tasks", root / "probe", "fs_gen_local")
+    said = _samples(root / "probe", "fs_gen_local")
+    answers = [said[i]["filtered_resps"][0] if i % 2 == 0 else "never said" for i in range(N_GEN)]
+    (root / "tasks").mkdir()
+    _write_tasks(root / "tasks", answers)
+    results = {name: _run_lm_eval(model, root / "tasks", root / name, "fs_mmlu_local,fs_gen_local")
+               for name, model in (("base", baseline), ("cand", candidate))}  # fmt: skip
+    return {"root": root, "results": results, "candidate": candidate, "tiny": baseline}
+
+
+def _independent_flips(root: Path, task: str, metric: str) -> tuple[int, int]:
+    base, cand = _samples(root / "base", task), _samples(root / "cand", task)
+    filt = {i: r for i, r in base.items()}
+    c2i = sum(1 for i in filt if base[i][metric] == 1 and cand[i][metric] == 0)
+    i2c = sum(1 for i in filt if base[i][metric] == 0 and cand[i][metric] == 1)
+    return c2i, i2c
+
+
+def test_import_matches_lm_eval_accuracy_and_an_independent_flip_count(lm_eval_runs: dict[str, Any]) -> None:
+    from flipscope._import import import_lm_eval
+    from flipscope.report import load_run
+
+    root = lm_eval_runs["root"]
+    run, folder = import_lm_eval(root / "base", [root / "cand"], out=root / "imported")
+    cand = run.candidates[0].spec
+    for task, metric in (("fs_mmlu_local", "acc"), ("fs_gen_local", "exact_match")):
+        s = run.summary[cand][task]
+        ours = lm_eval_runs["results"]
+        assert s.acc_baseline == pytest.approx(ours["base"]["results"][task][f"{metric},none"])
+        assert s.acc_candidate == pytest.approx(ours["cand"]["results"][task][f"{metric},none"])
+        assert (s.flips_c2i, s.flips_i2c) == _independent_flips(root, task, metric)
+    mc, gen = run.summary[cand]["fs_mmlu_local"], run.summary[cand]["fs_gen_local"]
+    assert mc.n == N_MC and mc.choice_kl_mean is not None and mc.choice_kl_mean > 0 and mc.flips_c2i + mc.flips_i2c > 0
+    assert mc.acc_norm_baseline == pytest.approx(lm_eval_runs["results"]["base"]["results"]["fs_mmlu_local"]
+                                                 ["acc_norm,none"])  # fmt: skip
+    assert gen.n == N_GEN and gen.choice_kl_mean is None and 0 < gen.acc_baseline < 1  # type: ignore[operator]
+    assert load_run(folder).summary == run.summary  # a normal run directory: report recomputes the same
+    shown = CliRunner().invoke(cli, ["report", str(folder), "--html", str(root / "imported.html")])
+    assert shown.exit_code == 0, shown.output
+
+
+def test_native_scoring_in_the_letter_format_matches_lm_eval_item_by_item(lm_eval_runs: dict[str, Any]) -> None:
+    """lm-eval's `mmlu` template is flipscope's `--format letter`: the same items, the same correctness."""
+    import flipscope
+    from flipscope._import import import_lm_eval
+
+    root = lm_eval_runs["root"]
+    native = flipscope.compare(f"hf:{lm_eval_runs['tiny']}", [f"hf:{lm_eval_runs['candidate']}"],
+                               tasks=[str(root / "tasks" / "mc.jsonl")], format="letter", device="cpu",
+                               out=root / "native", cache_dir=root / "cache")  # fmt: skip
+    run, _ = import_lm_eval(root / "base", [root / "cand"], tasks=["fs_mmlu_local"], out=root / "imported-mc")
+    ours = {(s.item_id, role): s.correct for role, label in (("b", f"hf:{lm_eval_runs['tiny']}"),
+                                                             ("c", f"hf:{lm_eval_runs['candidate']}"))
+            for s in native.scores[label]}  # fmt: skip
+    for role, folder in (("b", "base"), ("c", "cand")):
+        theirs = _samples(root / folder, "fs_mmlu_local")
+        for doc_id, row in theirs.items():
+            assert ours[(str(doc_id), role)] == bool(row["acc"]), (role, doc_id)
+    assert run.summary[run.candidates[0].spec]["fs_mmlu_local"].flips == pytest.approx(
+        native.summary[f"hf:{lm_eval_runs['candidate']}"]["mc"].flips
+    )
+
+
+def test_mismatched_runs_are_refused(lm_eval_runs: dict[str, Any], tmp_path: Path) -> None:
+    import shutil
+
+    from flipscope._import import import_lm_eval
+
+    root = lm_eval_runs["root"]
+    with pytest.raises(FlipscopeError, match="task fs_mmlu_local has no samples file"):
+        import_lm_eval(root / "base", [root / "probe"], out=tmp_path / "a")
+    edited = tmp_path / "cand-edited"
+    shutil.copytree(root / "cand", edited)
+    (path,) = list(edited.rglob("samples_fs_mmlu_local_*.jsonl"))
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[3]["prompt_hash"] = "0" * 64  # another prompt (few-shot setting, template)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(FlipscopeError, match=r"prompts differ .* doc_id 3"):
+        import_lm_eval(root / "base", [edited], tasks=["fs_mmlu_local"], out=tmp_path / "b")
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:-5]))  # fewer documents
+    with pytest.raises(FlipscopeError, match="different documents"):
+        import_lm_eval(root / "base", [edited], tasks=["fs_mmlu_local"], out=tmp_path / "c")
+    path.write_text("not json\n")
+    with pytest.raises(FlipscopeError, match="line 1: not an lm-eval sample"):
+        import_lm_eval(root / "base", [edited], tasks=["fs_mmlu_local"], out=tmp_path / "d")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FlipscopeError, match="no lm-eval sample logs"):
+        import_lm_eval(tmp_path / "empty", [root / "cand"], out=tmp_path / "e")
+    assert not any((tmp_path / x / "run.json").exists() for x in "abcde")
+
+
+def _gsm8k_line(doc_id: int, filt: str, answer: str, target: str, text: str) -> str:
+    row = {"doc_id": doc_id, "doc": {"question": f"q{doc_id}"}, "target": target,
+           "arguments": {"gen_args_0": {"arg_0": f"Q: q{doc_id}\nA:", "arg_1": {"until": ["Q:"]}}},
+           "resps": [[text]], "filtered_resps": [answer], "filter": filt, "metrics": ["exact_match"],
+           "doc_hash": f"d{doc_id}", "prompt_hash": f"p{doc_id}", "target_hash": "t",
+           "exact_match": float(answer == target)}  # fmt: skip
+    return json.dumps(row) + "\n"
+
+
+def test_gsm8k_style_logs_take_flexible_extract_as_correct_and_strict_match_as_strict(tmp_path: Path) -> None:
+    """lm-eval's gsm8k logs each document once per filter; flexible-extract is flipscope's `correct`, strict-match
+    its `correct_strict` (hand-written logs in lm-eval's layout)."""
+    from flipscope._import import import_lm_eval
+
+    # (flexible answer, strict answer) per doc; targets "1", "2", "3"
+    runs = {"base": [("1", "1"), ("2", "[invalid]"), ("9", "9")], "cand": [("7", "[invalid]"), ("2", "2"), ("3", "3")]}
+    for name, answers in runs.items():
+        folder = tmp_path / name / "model"
+        folder.mkdir(parents=True)
+        lines = []
+        for doc_id, (flexible, strict) in enumerate(answers):
+            target, text = str(doc_id + 1), f"Work. The answer is {flexible}."
+            lines.append(_gsm8k_line(doc_id, "strict-match", strict, target, text))
+            lines.append(_gsm8k_line(doc_id, "flexible-extract", flexible, target, text))
+        (folder / "samples_gsm8k_2026-11-29T00-00-00.000001.jsonl").write_text("".join(lines))
+    run, _ = import_lm_eval(tmp_path / "base", [tmp_path / "cand"], out=tmp_path / "run")
+    s = run.summary[run.candidates[0].spec]["gsm8k"]
+    assert s.n == 3 and s.acc_baseline == pytest.approx(2 / 3) and s.acc_candidate == pytest.approx(2 / 3)
+    assert (s.flips_c2i, s.flips_i2c) == (1, 1) and s.choice_kl_mean is None
+    assert s.free is not None and s.free.acc_strict_baseline == pytest.approx(1 / 3)
+    assert s.free.acc_strict_candidate == pytest.approx(2 / 3)
