@@ -16,6 +16,7 @@ from flipscope.compress.gptq import GPTQConfig, gptq_quantize
 from flipscope.compress.hqq import HQQConfig
 from flipscope.compress.kv import KVCacheConfig
 from flipscope.compress.noise import NoiseConfig
+from flipscope.compress.plan import PlanConfig
 from flipscope.compress.quanto import QuantoConfig
 from flipscope.compress.rtn import RTNConfig, quantize_dequantize
 from flipscope.compress.smoothquant import SmoothQuantConfig
@@ -37,6 +38,7 @@ __all__ = [
     "MagnitudeConfig",
     "NMConfig",
     "NoiseConfig",
+    "PlanConfig",
     "QuantoConfig",
     "RTNConfig",
     "SmoothQuantConfig",

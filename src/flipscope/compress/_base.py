@@ -117,9 +117,13 @@ def config_from_dict(data: dict[str, Any]) -> CompressionConfig:
             fix="recreate it with this flipscope version",
         )
     for key, value in values.items():
-        if isinstance(value, list):
-            values[key] = tuple(value)
+        values[key] = _tuples(value)
     return cls(**values)
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples a frozen config holds, at any depth."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 #: ``N:M`` (e.g. ``2:4``) is shorthand for the N:M structured-sparsity method.
@@ -131,6 +135,8 @@ def parse_method(text: str) -> CompressionConfig:
     if _NM_SHORTHAND.match(text.strip()):
         text = "nm:" + text.strip()
     name, _, args = text.partition(":")
+    if name.strip().lower() == "rtn" and args.strip().startswith("plan="):  # +rtn:plan=FILE, the plan method
+        name = "plan"
     cls = METHODS.get(name.strip().lower())
     if cls is None:
         known = ", ".join(sorted(METHODS)) or "none"

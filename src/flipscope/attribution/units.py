@@ -1,0 +1,53 @@
+"""Units of attribution: a model's Linear layers grouped by decoder block, by module kind (q/k/v/o/gate/up/down
+across blocks), or one by one."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from flipscope.errors import FlipscopeError
+
+_BLOCK = re.compile(r"(?:^|\.)(?:layers|h|blocks|block)\.(\d+)\.")
+
+
+class UnitKind(StrEnum):
+    BLOCK = "block"
+    MODULE = "module"
+    LINEAR = "linear"
+
+
+@dataclass(frozen=True)
+class Unit:
+    name: str  # "block 3", "v_proj", or the Linear's own name
+    linears: tuple[str, ...]
+    params: int  # weights in its Linear layers
+
+
+def block_of(linear: str) -> int | None:
+    match = _BLOCK.search(linear)
+    return int(match.group(1)) if match else None
+
+
+def kind_of(linear: str) -> str:
+    return linear.rsplit(".", 1)[-1]
+
+
+def make_units(linears: Iterable[tuple[str, int]], by: UnitKind | str) -> list[Unit]:
+    """``linears``: (name, number of weights) of every Linear layer a method compresses, in model order."""
+    by = UnitKind(by)
+    groups: dict[str, list[tuple[str, int]]] = {}
+    for name, size in linears:
+        if by is UnitKind.LINEAR:
+            key = name
+        elif by is UnitKind.MODULE:
+            key = kind_of(name)
+        else:
+            block = block_of(name)
+            key = f"block {block}" if block is not None else name
+        groups.setdefault(key, []).append((name, size))
+    if not groups:
+        raise FlipscopeError("the model has no Linear layers to attribute to")
+    return [Unit(key, tuple(n for n, _ in members), sum(s for _, s in members)) for key, members in groups.items()]
