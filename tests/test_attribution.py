@@ -104,3 +104,87 @@ def test_plan_files_round_trip_and_refuse_unknown_layers(tiny_llama: Path, tmp_p
     (tmp_path / "junk.json").write_text('{"format": "other"}')
     with pytest.raises(FlipscopeError, match="is not a flipscope plan"):
         parse_method(f"plan:{tmp_path / 'junk.json'}")
+
+
+def _corpus(tmp_path: Path) -> str:
+    path = tmp_path / "text.txt"
+    path.write_text("The planets circle the sun. Paris is the capital of France. Water boils at one hundred. " * 60)
+    return str(path)
+
+
+def test_ablation_bookkeeping_restores_the_baseline_and_rebuilds_the_candidate_exactly(tiny_llama: Path) -> None:
+    import torch
+
+    from flipscope.attribution.ablate import WeightBank, capture_compression
+    from flipscope.models import LoadOptions, load_backend, parse_spec
+
+    base = load_backend(parse_spec(f"hf:{tiny_llama}"), LoadOptions(device="cpu"))
+    cand = load_backend(parse_spec(f"hf:{tiny_llama}+rtn:w3g16"), LoadOptions(device="cpu"))
+    bank = WeightBank(base.model)  # type: ignore[attr-defined]
+    changed = capture_compression(bank, parse_spec(f"hf:{tiny_llama}+rtn:w3g16"), base)
+    ids = torch.tensor([[5, 17, 42, 9, 100, 3]])
+    with torch.no_grad():
+        reference = base.model(ids).logits  # type: ignore[attr-defined]
+        bank.use(dict.fromkeys(changed, "candidate"))  # compress every unit → the candidate, bit for bit
+        assert torch.equal(base.model(ids).logits, cand.model(ids).logits)  # type: ignore[attr-defined]
+        units = make_units([(n, 1) for n in changed], "block")
+        for unit in units:  # restore one unit at a time, then all: back to the baseline exactly
+            bank.use({n: "candidate" for n in changed if n not in unit.linears})
+        bank.use({})
+        assert torch.equal(base.model(ids).logits, reference)  # type: ignore[attr-defined]
+        for name, module in bank.modules.items():
+            assert torch.equal(module.weight, bank.baseline[name])
+
+
+def test_attribute_ranks_units_and_checks_additivity(tiny_llama: Path, mc_file: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from flipscope._attribute import AblationSettings, AttributeSettings, attribute
+    from flipscope.attribution.run import read_attribution
+    from flipscope.cli import cli
+
+    settings = AttributeSettings(by=UnitKind.BLOCK, tasks=(str(mc_file),), limit=None, top=2,
+                                 ablation=AblationSettings(corpus=_corpus(tmp_path), chunks=3, ctx=64, device="cpu",
+                                                           cache_dir=str(tmp_path / "kld")))  # fmt: skip
+    run, folder = attribute(f"hf:{tiny_llama}", f"hf:{tiny_llama}+rtn:w2g16", settings, out=tmp_path / "attr")
+    assert [u.unit for u in run.units] != [] and {u.unit for u in run.units} == {"block 0", "block 1"}
+    assert run.candidate_kl > 0 and all(u.kl_only >= 0 and u.kl_without >= 0 for u in run.units)
+    assert run.units[0].explained >= run.units[1].explained  # ranked
+    assert 0.2 < run.sum_single_kl / run.candidate_kl < 5  # additivity reported, roughly additive here
+    assert run.flips["planets"].n == 12 and all(u.flips_restored is not None for u in run.units)
+    # the candidate's KL equals kld's on the same windows against the same stored baseline
+    import flipscope
+
+    kld = flipscope.kld(f"hf:{tiny_llama}", ["+rtn:w2g16"], corpus=settings.ablation.corpus, ctx=64, max_windows=3,
+                        cache_dir=tmp_path / "kld", out=tmp_path / "kld-run", device="cpu")  # fmt: skip
+    assert run.candidate_kl == pytest.approx(kld.summary[f"hf:{tiny_llama}+rtn:w2g16"].kl_mean.value, rel=1e-6)
+    assert read_attribution(folder) == run
+    shown = CliRunner().invoke(cli, ["report", str(folder)], terminal_width=200)
+    assert shown.exit_code == 0 and "explained" in shown.output and "block 0" in shown.output
+
+
+def test_advise_meets_its_budget_and_its_plan_runs_as_a_spec(tiny_llama: Path, mc_file: Path, tmp_path: Path) -> None:
+    import flipscope
+    from flipscope._advise import AdviseSettings, advise, q4_k_m_style
+    from flipscope._attribute import AblationSettings
+    from flipscope.compress import RTNConfig
+
+    ablation = AblationSettings(corpus=_corpus(tmp_path), chunks=2, ctx=64, device="cpu", cache_dir=str(tmp_path))
+    settings = AdviseSettings(bits=(2, 4, 8), group_size=16, by=UnitKind.MODULE, target_bits=5.0, ablation=ablation)
+    a = advise(f"hf:{tiny_llama}", settings, out=tmp_path / "plan.json")
+    assert a.avg_bits <= 5.0 + 1e-9 and a.units == 7  # q k v o gate up down
+    assert a.measured_kl > 0 and a.predicted_kl > 0
+    w4_bits, _ = a.uniform[4]
+    assert w4_bits == pytest.approx(4 + 16 / 16)  # 4 bits + a float16 scale per 16 weights
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["avg_bits"] == pytest.approx(a.avg_bits) and plan["predicted_kl"] == pytest.approx(a.predicted_kl)
+    uniform_w4 = sum(row["w4"] for row in plan["sensitivity"].values())  # w4 everywhere fits the budget too
+    assert a.predicted_kl <= uniform_w4 + 1e-12
+    result = flipscope.compare(f"hf:{tiny_llama}", [f"+plan:{tmp_path / 'plan.json'}"], tasks=[str(mc_file)],
+                               out=tmp_path / "run", cache_dir=tmp_path / "cache", device="cpu")  # fmt: skip
+    assert result.summary[f"hf:{tiny_llama}+plan:plan.json"]["planets"].n == 12
+    names = [f"model.layers.{b}.{m}" for b in range(16) for m in ("self_attn.v_proj", "mlp.down_proj", "mlp.up_proj")]
+    widths = q4_k_m_style(names, base=RTNConfig(bits=4), more=RTNConfig(bits=6))
+    more = sorted({int(n.split(".")[2]) for n, w in widths.items() if w.bits == 6})
+    assert more == [0, 1, 4, 7, 10, 13, 14, 15]  # llama.cpp's use_more_bits for 16 blocks
+    assert all(widths[n].bits == 4 for n in names if "up_proj" in n)

@@ -104,44 +104,14 @@ def kld(
     text = load_corpus(corpus)  # a corpus error needs nothing fetched: before the models
     base_spec, cand_specs = parse_models(baseline, candidates)
     options = LoadOptions(device=device, dtype=dtype).resolved()
-    settings_key = {"ctx": ctx, "fraction": scored_fraction, "max_windows": max_windows, "dtype": dtype,
-                    "device": options.device}  # fmt: skip
+    setup = CorpusSetup(ctx, scored_fraction, max_windows, store, topk, tail_samples, exact_code, batch, rows)
     base_fp = fingerprint(base_spec)
-    store_kind = {"compact": ["compact", topk, tail_samples], "exact": ["exact", exact_code], "live": None}[store]
-    key = content_hash(
-        {"v": STORE_VERSION, "model": base_fp, "corpus": text.sha256, **settings_key, "store": store_kind}
-    )
     folder = Path(cache_dir) if cache_dir else cache_root() / "kld"
-    stored = BaselineStore.open(folder / key) if store != "live" and use_cache else None
     base_backend: CorpusBackend | None = None
     try:
-        if stored is None:
-            base_backend = corpus_backend(base_spec, options)
-            plan = make_plan(base_backend, text.text, ctx, scored_fraction, max_windows)
-            if store != "live":
-                with exclusive(folder / key):  # one process builds it; another waits, then finds it
-                    stored = BaselineStore.open(folder / key) if use_cache else None
-                    if not use_cache:
-                        shutil.rmtree(folder / key, ignore_errors=True)  # no resuming either
-                    stored = stored or build_store(
-                        base_backend,
-                        plan,
-                        folder / key,
-                        store,
-                        text.sha256,
-                        settings_key,
-                        shown,
-                        topk=topk,
-                        tail_samples=tail_samples,
-                        exact_code=exact_code,
-                        batch=batch,
-                        rows=rows,
-                        label=base_spec.label(),
-                    )
-                base_backend.close()
-                base_backend = None
-        else:
-            plan = plan_from_store(stored, ctx, scored_fraction)
+        stored, plan, key, base_backend = baseline_store(
+            base_spec, text, options, setup, folder=folder, use_cache=use_cache, shown=shown
+        )
         positions: dict[str, dict[str, np.ndarray]] = {}
         divergent: dict[str, list[Divergent]] = {}
         entries = []
@@ -201,6 +171,65 @@ def kld(
         tail_samples=tail_samples,
         exact_code=exact_code,
     )
+
+
+@dataclass(frozen=True)
+class CorpusSetup:
+    """What a baseline store is made with (and keyed by, with the model, corpus, device and dtype)."""
+
+    ctx: int = 512
+    scored_fraction: float = 0.5
+    max_windows: int | None = None
+    store: str = "compact"
+    topk: int = DEFAULT_KLD_TOPK
+    tail_samples: int = DEFAULT_KLD_TAIL_SAMPLES
+    exact_code: str = "int16"
+    batch: int = 1
+    rows: int = 256
+
+
+def baseline_store(
+    base_spec: ModelSpec,
+    text: Any,
+    options: LoadOptions,
+    setup: CorpusSetup,
+    *,
+    folder: Path,
+    use_cache: bool,
+    shown: Display,
+) -> tuple[BaselineStore | None, Plan, str, CorpusBackend | None]:
+    """The baseline's stored rows on ``text`` (built, resumed or found in the cache), its windows, the store's key,
+    and — for ``live``, where nothing is stored — the baseline's backend, left open for the caller to close."""
+    settings_key = {"ctx": setup.ctx, "fraction": setup.scored_fraction, "max_windows": setup.max_windows,
+                    "dtype": options.dtype, "device": options.device}  # fmt: skip
+    store_kind = {"compact": ["compact", setup.topk, setup.tail_samples], "exact": ["exact", setup.exact_code],
+                  "live": None}[setup.store]  # fmt: skip
+    key = content_hash(
+        {"v": STORE_VERSION, "model": fingerprint(base_spec), "corpus": text.sha256, **settings_key,
+         "store": store_kind}
+    )  # fmt: skip
+    stored = BaselineStore.open(folder / key) if setup.store != "live" and use_cache else None
+    if stored is not None:
+        return stored, plan_from_store(stored, setup.ctx, setup.scored_fraction), key, None
+    base_backend = corpus_backend(base_spec, options)
+    try:
+        plan = make_plan(base_backend, text.text, setup.ctx, setup.scored_fraction, setup.max_windows)
+        if setup.store == "live":
+            return None, plan, key, base_backend
+        with exclusive(folder / key):  # one process builds it; another waits, then finds it
+            stored = BaselineStore.open(folder / key) if use_cache else None
+            if not use_cache:
+                shutil.rmtree(folder / key, ignore_errors=True)  # no resuming either
+            stored = stored or build_store(
+                base_backend, plan, folder / key, setup.store, text.sha256, settings_key, shown,
+                topk=setup.topk, tail_samples=setup.tail_samples, exact_code=setup.exact_code, batch=setup.batch,
+                rows=setup.rows, label=base_spec.label(),
+            )  # fmt: skip
+    except BaseException:
+        base_backend.close()
+        raise
+    base_backend.close()
+    return stored, plan, key, None
 
 
 def _window_stats(cols: dict[str, np.ndarray]) -> list[WindowStats]:

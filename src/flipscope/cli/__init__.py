@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from flipscope.cli.attribute import advise_cmd, attribute_cmd
 from flipscope.cli.compare import compare_cmd, noise_floor_cmd
 from flipscope.cli.compress import compress_cmd
 from flipscope.cli.imports import import_group
@@ -51,6 +52,8 @@ cli.add_command(kld_cmd)
 cli.add_command(mtbench_cmd)
 cli.add_command(judge_cmd)
 cli.add_command(import_group)
+cli.add_command(attribute_cmd)
+cli.add_command(advise_cmd)
 cli.add_command(models_cmd)
 cli.add_command(methods_cmd)
 cli.add_command(tasks_cmd)

@@ -23,8 +23,9 @@ import click
 def report_cmd(run_dirs: tuple[str, ...], as_json: bool, html_path: str | None, md_path: str | None) -> None:
     """Re-render stored runs from their files, without loading any model.
 
-    RUN_DIRS: folders written by `flipscope compare`, `kld` or `mtbench`. Without --html/--md each is printed as
-    tables. With --html and/or --md, all of them go into one report; they must share one baseline.
+    RUN_DIRS: folders written by `flipscope compare`, `kld`, `mtbench`, `attribute` or `import`. Without
+    --html/--md each is printed as tables. With --html and/or --md, all of them go into one report; they must
+    share one baseline.
     """
     if html_path or md_path:
         from flipscope.report.collect import collect
@@ -50,6 +51,15 @@ def _print_one(run_dir: str, *, as_json: bool) -> None:
     from flipscope.report.collect import RunKind, run_kind
 
     kind = run_kind(Path(run_dir))
+    if kind is RunKind.ATTRIBUTE:
+        from flipscope.attribution.run import print_attribution, read_attribution
+
+        attribution = read_attribution(Path(run_dir))
+        if as_json:
+            click.echo(attribution.model_dump_json(indent=2))
+        else:
+            print_attribution(attribution)
+        return
     if kind is RunKind.KLD:
         from flipscope.report.kld_table import load_kld_run, print_kld_run
 

@@ -19,6 +19,7 @@ class RunKind(StrEnum):
     COMPARE = "compare"
     KLD = "kld"
     MTBENCH = "mtbench"
+    ATTRIBUTE = "attribute"
 
 
 @dataclass(frozen=True)
@@ -44,15 +45,25 @@ class MTBenchRun:
 
 
 @dataclass(frozen=True)
+class AttributionDir:
+    folder: Path
+    run: Any  # AttributionRun
+
+
+Run = CompareRun | KLDRun | MTBenchRun | AttributionDir
+
+
+@dataclass(frozen=True)
 class ReportInput:
     baseline: str
     compares: list[CompareRun] = field(default_factory=list)
     klds: list[KLDRun] = field(default_factory=list)
     mtbenches: list[MTBenchRun] = field(default_factory=list)
+    attributions: list[AttributionDir] = field(default_factory=list)
 
     @property
     def folders(self) -> list[Path]:
-        runs: list[CompareRun | KLDRun | MTBenchRun] = [*self.compares, *self.klds, *self.mtbenches]
+        runs: list[Run] = [*self.compares, *self.klds, *self.mtbenches, *self.attributions]
         return [r.folder for r in runs]
 
 
@@ -69,6 +80,8 @@ def run_kind(folder: Path) -> RunKind:
         kind = json.loads((folder / "run.json").read_text(encoding="utf-8")).get("kind")
     except (OSError, ValueError, AttributeError):
         kind = None  # read_run says what is wrong with it
+    if kind == "attribute":
+        return RunKind.ATTRIBUTE
     return RunKind.MTBENCH if kind == "mtbench" else RunKind.COMPARE
 
 
@@ -81,8 +94,12 @@ def _items(folder: Path) -> Any:
         return None  # the explorer then shows item ids without their text
 
 
-def _read(folder: Path) -> CompareRun | KLDRun | MTBenchRun:
+def _read(folder: Path) -> Run:
     kind = run_kind(folder)
+    if kind is RunKind.ATTRIBUTE:
+        from flipscope.attribution.run import read_attribution
+
+        return AttributionDir(folder, read_attribution(folder))
     if kind is RunKind.KLD:
         from flipscope.report.kld_table import load_kld_run
         from flipscope.store.kld_run import read_kld_run
@@ -99,9 +116,11 @@ def _read(folder: Path) -> CompareRun | KLDRun | MTBenchRun:
     return CompareRun(folder, run, scores, _items(folder))
 
 
-def _baseline(run: CompareRun | KLDRun | MTBenchRun) -> str:
+def _baseline(run: Run) -> str:
     if isinstance(run, KLDRun):
         return str(run.run.baseline["spec"])
+    if isinstance(run, AttributionDir):
+        return str(run.run.baseline)
     return str(run.run.baseline.spec)
 
 
@@ -122,4 +141,5 @@ def collect(folders: Sequence[str | Path]) -> ReportInput:
         compares=[r for r in runs if isinstance(r, CompareRun)],
         klds=[r for r in runs if isinstance(r, KLDRun)],
         mtbenches=[r for r in runs if isinstance(r, MTBenchRun)],
+        attributions=[r for r in runs if isinstance(r, AttributionDir)],
     )

@@ -14,7 +14,14 @@ from flipscope.report.collect import ReportInput
 from flipscope.report.explorer import FlipRow, flipped_items
 from flipscope.report.plots import Plot, all_plots, short
 from flipscope.report.render import plotly_figure
-from flipscope.report.summary_rows import Cell, kld_rows, mtbench_rows, summary_rows, summary_warnings
+from flipscope.report.summary_rows import (
+    Cell,
+    attribution_rows,
+    kld_rows,
+    mtbench_rows,
+    summary_rows,
+    summary_warnings,
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,12 @@ def _sections(data: ReportInput, plots: list[Plot]) -> list[Section]:
         tables = [_table(f"{m.folder}: {len(m.run.questions)} questions × 2 turns", *mtbench_rows(m))
                   for m in data.mtbenches]  # fmt: skip
         sections.append(Section("mtbench", "MT-Bench", [_plot_entry(p) for p in by_section.get("mtbench", [])], tables))
+    if data.attributions:
+        tables = [
+            _table(f"{a.folder}: {a.run.candidate}, by {a.run.by}", *attribution_rows(a)) for a in data.attributions
+        ]
+        sections.append(Section("attribute", "Attribution", [_plot_entry(p) for p in by_section.get("attribute", [])],
+                                tables))  # fmt: skip
     return sections
 
 
@@ -83,6 +96,7 @@ def _runs(data: ReportInput) -> list[dict[str, str]]:
            for r in data.compares]  # fmt: skip
     out += [{"folder": str(r.folder), "kind": "kld", "detail": str(r.run.settings.corpus)} for r in data.klds]
     out += [{"folder": str(r.folder), "kind": "mtbench", "detail": ""} for r in data.mtbenches]
+    out += [{"folder": str(r.folder), "kind": "attribute", "detail": r.run.candidate} for r in data.attributions]
     return out
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from flipscope.metrics import TaskSummary
 from flipscope.metrics.paired import spearman
-from flipscope.report.collect import CompareRun, KLDRun, MTBenchRun, ReportInput
+from flipscope.report.collect import AttributionDir, CompareRun, KLDRun, MTBenchRun, ReportInput
 
 
 class PlotKind(StrEnum):
@@ -324,6 +324,32 @@ def _judge_vs_distance(run: MTBenchRun, judge: str) -> Plot:
     )
 
 
+def attribution_plot(attr: AttributionDir) -> Plot:
+    """Per unit, in model order: the KL with only this unit compressed, and the KL that restoring it removes."""
+    run = attr.run
+    order = sorted(run.units, key=lambda u: _unit_order(u.unit))
+    x: list[float | str] = [u.unit for u in order]
+    return Plot(
+        key=f"attribution_{attr.folder.name}",
+        section="attribute",
+        title=f"Where {short(run.candidate, run.baseline)}'s corpus KL comes from (by {run.by})",
+        caption=f"Candidate KL {run.candidate_kl:.4g}; Σ single-unit KL {run.sum_single_kl:.4g} (additivity "
+        f"{run.sum_single_kl / run.candidate_kl if run.candidate_kl else float('nan'):.2f}).",
+        kind=PlotKind.BAR,
+        x_label=run.by,
+        y_label="corpus KL (nats)",
+        series=[
+            Series("only this unit compressed", x, [u.kl_only for u in order]),
+            Series("removed by restoring this unit", x, [u.explained for u in order]),
+        ],
+    )
+
+
+def _unit_order(name: str) -> tuple[int, str]:
+    digits = "".join(ch for ch in name if ch.isdigit())
+    return (int(digits) if name.startswith("block ") and digits else 10**6, name)
+
+
 def _rho(value: float | None) -> str:
     return "n/a (fewer than 2 candidates with numbers)" if value is None else f"{value:+.2f}"
 
@@ -343,6 +369,7 @@ def all_plots(data: ReportInput) -> list[Plot]:
         plots += [kld_distribution(kld), kld_by_confidence(kld), kld_topk(kld)]
     for mt in data.mtbenches:
         plots += mtbench_plots(mt)
+    plots += [attribution_plot(a) for a in data.attributions]
     colours = model_colours(data)
     plots = [_coloured(p, colours) for p in plots if has_data(p)]  # (no empty chart for a mute judge)
     keys = [p.key for p in plots]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from flipscope.metrics import TaskSummary
 from flipscope.report._format import num, pct, pvalue
-from flipscope.report.collect import KLDRun, MTBenchRun, ReportInput
+from flipscope.report.collect import AttributionDir, KLDRun, MTBenchRun, ReportInput
 from flipscope.report.plots import short
 from flipscope.report.table import FLOOR_COLUMNS, floor_cells
 
@@ -146,4 +146,18 @@ def mtbench_rows(run: MTBenchRun) -> tuple[list[str], list[list[Cell]]]:
             wins = next((p.get("win_rate") for p in j.get("pairs", []) if p.get("candidate") == cand), None)
             row += [_n(grade, num(grade, 2)), _n(wins, pct(wins))]
         rows.append(row)
+    return columns, rows
+
+
+def attribution_rows(attr: AttributionDir, top: int = 15) -> tuple[list[str], list[list[Cell]]]:
+    run = attr.run
+    columns = ["rank", "unit", "params", "KL only this", "KL all but this", "explained", "share", "flips restored"]
+    rows = []
+    for rank, u in enumerate(run.units[:top], start=1):
+        share = u.explained / run.candidate_kl if run.candidate_kl > 0 else None
+        rows.append([
+            Cell(str(rank), rank), Cell(u.unit, u.unit, "text"), Cell(f"{u.params:,}", u.params),
+            _n(u.kl_only, num(u.kl_only)), _n(u.kl_without, num(u.kl_without)), _n(u.explained, num(u.explained)),
+            _n(share, pct(share)), _n(u.flips_restored, "–" if u.flips_restored is None else str(u.flips_restored)),
+        ])  # fmt: skip
     return columns, rows

@@ -1,0 +1,106 @@
+"""Ablations in memory: a loaded model whose Linear layers each hold one of several weight versions (the baseline's,
+the candidate's, a bit width's), swapped by copying into the same parameter — no reload per unit — and measured
+against the cached baseline store (corpus KL) or the baseline's own scores on a task (flips)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from flipscope.compress import CompressionContext, apply_compression
+from flipscope.compress._layers import linear_layers
+from flipscope.errors import FlipscopeError
+from flipscope.models import ModelSpec
+
+
+class WeightBank:
+    """The model's Linear weights: the baseline's kept on the side, other versions made on demand; ``use`` sets
+    every named Linear to a version ("baseline" for any not named)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.modules = dict(linear_layers(model))
+        self.baseline = {n: m.weight.detach().clone() for n, m in self.modules.items()}
+        self.versions: dict[str, dict[str, Any]] = {}
+
+    def capture(self, name: str, apply: Callable[[], None]) -> list[str]:
+        """Run ``apply`` (which rewrites weights in place), keep the Linear weights it changed as version ``name``,
+        restore the baseline; returns the changed layers. Refuses methods that replace the Linear modules."""
+        apply()
+        import torch
+
+        after = dict(linear_layers(self.model))
+        if set(after) != set(self.modules) or any(after[n] is not self.modules[n] for n in after):
+            raise FlipscopeError(
+                "this compression replaces the model's Linear layers: attribution swaps weights inside them",
+                fix="attribute a method that rewrites Linear weights in place (rtn, hqq, gptq, awq, ggml, wanda, …)",
+            )
+        changed = [n for n, m in self.modules.items() if not torch.equal(m.weight, self.baseline[n])]
+        self.versions[name] = {n: self.modules[n].weight.detach().clone() for n in changed}
+        self.use({})
+        return changed
+
+    def use(self, assignment: Mapping[str, str]) -> None:
+        """Linear name → version name ("baseline" or one captured); every other Linear gets its baseline weights."""
+        import torch
+
+        with torch.no_grad():
+            for name, module in self.modules.items():
+                version = assignment.get(name, "baseline")
+                source = self.baseline[name] if version == "baseline" else self.versions[version].get(name)
+                module.weight.copy_(self.baseline[name] if source is None else source)
+
+
+def capture_compression(bank: WeightBank, spec: ModelSpec, backend: Any, name: str = "candidate") -> list[str]:
+    """Apply ``spec``'s compression to the loaded baseline, keep its weights as version ``name``."""
+    if not spec.compression:
+        raise FlipscopeError(f"{spec.label()} applies no compression to attribute", fix="e.g. BASELINE+rtn:w3g64")
+    if any(c.at_load for c in spec.compression):
+        raise FlipscopeError(f"{spec.label()}: a load-time method cannot be swapped layer by layer")
+
+    def apply() -> None:
+        for config in spec.compression:
+            apply_compression(config, backend.model, CompressionContext(backend.tokenizer, backend.device))
+
+    changed = bank.capture(name, apply)
+    if not changed:
+        raise FlipscopeError(f"{spec.label()} changes no Linear weight: nothing to attribute")
+    return changed
+
+
+@dataclass(frozen=True)
+class CorpusMeter:
+    """Mean per-position KL(baseline‖model) of the model as it is now, against the stored baseline."""
+
+    backend: Any
+    stored: Any
+    plan: Any
+    batch: int = 1
+    rows: int = 256
+
+    def __call__(self) -> float:
+        from flipscope._kld_passes import score_candidate
+        from flipscope.store.kld_parts import PositionParts
+        from flipscope.store.kld_run import finite_positions
+
+        cols = score_candidate(self.backend, None, self.stored, self.plan, self.batch, self.rows, lambda n: None,
+                               PositionParts(None))  # fmt: skip
+        kept, _ = finite_positions(cols)
+        if kept["kl"].size == 0:
+            raise FlipscopeError("this ablation gave NaN or infinite log-probabilities everywhere")
+        return float(np.mean(kept["kl"].astype(np.float64)))
+
+
+def correctness(backend: Any, requests: Iterable[Any], spans: list[tuple[int, int]], targets: list[int]) -> list[bool]:
+    """Per item: does the model as it is now pick the right option (summed log-likelihood, first of ties)?"""
+    from flipscope.metrics import first_argmax
+
+    scored = backend.score(list(requests))
+    out = []
+    for (start, end), target in zip(spans, targets, strict=True):
+        values = tuple(v for s in scored[start:end] for v in s.logprobs)
+        out.append(first_argmax(values) == target)
+    return out

@@ -1,0 +1,119 @@
+"""The run directory of `flipscope attribute`: ``run.json`` (typed) and ``units.parquet``; and its terminal table."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+from rich.console import Console, Group
+from rich.table import Table
+
+from flipscope.errors import FlipscopeError
+from flipscope.report._format import num
+
+ATTRIBUTE_SCHEMA = 1
+
+
+class UnitResult(BaseModel):
+    unit: str
+    linears: int
+    params: int
+    kl_only: float  # corpus KL with only this unit compressed
+    kl_without: float  # corpus KL with everything but this unit compressed
+    explained: float  # the candidate's KL minus kl_without: what restoring this unit removes
+    flips_without: int | None = None  # the candidate's flips (all tasks) with this unit restored
+    flips_restored: int | None = None  # the candidate's flips minus flips_without
+
+
+class TaskFlips(BaseModel):
+    n: int
+    c2i: int
+    i2c: int
+
+
+class AttributionRun(BaseModel):
+    kind: Literal["attribute"] = "attribute"
+    schema_version: int = ATTRIBUTE_SCHEMA
+    created: str
+    versions: dict[str, str]
+    baseline: str
+    candidate: str
+    by: str
+    settings: dict[str, Any]
+    candidate_kl: float
+    sum_single_kl: float  # Σ kl_only: equals candidate_kl where the units' effects add up
+    flips: dict[str, TaskFlips] = Field(default_factory=dict)
+    units: list[UnitResult]  # ranked: the most KL explained first
+    seconds: float
+    notes: list[str] = Field(default_factory=list)
+
+    def top_share(self, k: int) -> float:
+        """Share of the candidate's KL removed by restoring the top-k units one at a time (summed)."""
+        return sum(u.explained for u in self.units[:k]) / self.candidate_kl if self.candidate_kl > 0 else 0.0
+
+    def flips_share(self, k: int) -> float | None:
+        total = sum(f.c2i + f.i2c for f in self.flips.values())
+        restored = [u.flips_restored for u in self.units[:k] if u.flips_restored is not None]
+        return sum(restored) / total if total and restored else None
+
+
+def write_attribution(folder: Path, run: AttributionRun) -> None:
+    import pandas as pd
+
+    from flipscope._atomic import temporary
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = temporary(folder / "units.parquet")
+    pd.DataFrame([u.model_dump() for u in run.units]).to_parquet(tmp, index=False)
+    os.replace(tmp, folder / "units.parquet")
+    tmp = temporary(folder / "run.json")
+    tmp.write_text(run.model_dump_json(indent=2))
+    os.replace(tmp, folder / "run.json")  # last: a folder with run.json is complete
+
+
+def is_attribution(folder: Path) -> bool:
+    try:
+        return json.loads((folder / "run.json").read_text(encoding="utf-8")).get("kind") == "attribute"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def read_attribution(folder: Path) -> AttributionRun:
+    try:
+        return AttributionRun.model_validate_json((folder / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValidationError, ValueError) as exc:
+        raise FlipscopeError(
+            f"{folder / 'run.json'}: not a readable attribution run ({str(exc)[:160]})",
+            fix="give the folder `flipscope attribute` wrote",
+        ) from exc
+
+
+def render_attribution(run: AttributionRun, rows: int = 20) -> Group:
+    title = (f"{run.candidate} vs {run.baseline} · by {run.by} · candidate corpus KL {num(run.candidate_kl)} · "
+             f"Σ single-unit KL {num(run.sum_single_kl)} (additivity {run.sum_single_kl / run.candidate_kl:.2f})"
+             if run.candidate_kl > 0 else f"{run.candidate} vs {run.baseline}")  # fmt: skip
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for column in ("rank", "unit", "params", "KL only this", "KL all but this", "explained", "share", "flips restored"):
+        table.add_column(column, justify="left" if column == "unit" else "right")
+    for rank, u in enumerate(run.units[:rows], start=1):
+        share = u.explained / run.candidate_kl if run.candidate_kl > 0 else 0.0
+        table.add_row(str(rank), u.unit, f"{u.params:,}", num(u.kl_only), num(u.kl_without), num(u.explained),
+                      f"{share:.1%}", "–" if u.flips_restored is None else str(u.flips_restored))  # fmt: skip
+    lines: list[Any] = [table]
+    for k in (3, 5, 10):
+        if len(run.units) >= k:
+            flips = run.flips_share(k)
+            shown = "" if flips is None else f", {flips:.0%} of its flips"
+            lines.append(f"top {k} units: restoring each explains {run.top_share(k):.0%} of the candidate's KL{shown}")
+    for task, f in run.flips.items():
+        lines.append(f"{task}: candidate flips {f.c2i + f.i2c} of {f.n} (C→I {f.c2i}, I→C {f.i2c})")
+    lines += [f"note: {n}" for n in run.notes]
+    lines.append(f"{run.seconds:.0f} s")
+    return Group(*lines)
+
+
+def print_attribution(run: AttributionRun, console: Console | None = None) -> None:
+    (console or Console()).print(render_attribution(run))

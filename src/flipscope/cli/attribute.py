@@ -1,0 +1,108 @@
+"""``flipscope attribute`` and ``flipscope advise``."""
+
+from __future__ import annotations
+
+import click
+
+_CORPUS = [
+    click.option("--corpus", default=None, help="Text to measure KL on (default: the offline corpus; see kld)."),
+    click.option("--chunks", default=8, show_default=True, help="Windows of --ctx tokens in every KL pass."),
+    click.option("--ctx", default=512, show_default=True, help="Tokens per window."),
+    click.option("--device", default="auto", show_default=True),
+    click.option("--dtype", default="float32", show_default=True),
+]
+
+
+def _corpus_options(f):  # type: ignore[no-untyped-def]
+    for option in reversed(_CORPUS):
+        f = option(f)
+    return f
+
+
+def _ablation(corpus: str | None, chunks: int, ctx: int, device: str, dtype: str):  # type: ignore[no-untyped-def]
+    from flipscope._attribute import AblationSettings
+
+    if chunks < 1 or ctx < 8:
+        raise click.BadParameter("--chunks must be ≥ 1 and --ctx ≥ 8")
+    return AblationSettings(corpus=corpus, chunks=chunks, ctx=ctx, device=device, dtype=dtype)
+
+
+@click.command("attribute")
+@click.argument("baseline")
+@click.argument("candidate")
+@click.option(
+    "--by",
+    type=click.Choice(["block", "module", "linear"]),
+    default="block",
+    show_default=True,
+    help="Unit: a decoder block, a module kind across blocks (q/k/v/o/gate/up/down), or one Linear.",
+)
+@click.option("--tasks", default="", help="Also measure task flips for the top units (comma-separated task names).")
+@click.option("--limit", default=200, show_default=True, help="Items per task.")
+@click.option("--top", default=5, show_default=True, help="Units whose flips are measured.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/attribute-<time>).")
+@_corpus_options
+def attribute_cmd(baseline: str, candidate: str, by: str, tasks: str, limit: int, top: int, out: str | None,
+                  corpus: str | None, chunks: int, ctx: int, device: str, dtype: str) -> None:  # fmt: skip
+    """Which units of CANDIDATE's compression its KL and flips come from.
+
+    For each unit two ablations against the cached baseline store: only this unit compressed, and everything but
+    this unit compressed (weights swapped in memory, no reload). Cost: 1 + 2 × units corpus passes of --chunks
+    windows, then 2 + --top passes per task. Ranked by the KL that restoring the unit removes.
+
+    \b
+    Example: flipscope attribute bundled:smollm2-135m bundled:smollm2-135m+rtn:w3g64 --by block --tasks mmlu
+    """
+    from flipscope._attribute import AttributeSettings, attribute
+    from flipscope.attribution.run import print_attribution
+    from flipscope.attribution.units import UnitKind
+    from flipscope.display import RichDisplay
+
+    settings = AttributeSettings(by=UnitKind(by), tasks=tuple(t for t in tasks.split(",") if t), limit=limit, top=top,
+                                 ablation=_ablation(corpus, chunks, ctx, device, dtype))  # fmt: skip
+    run, folder = attribute(baseline, candidate, settings, out=out, display=RichDisplay())
+    print_attribution(run)
+    click.echo(f"run directory: {folder}")
+
+
+@click.command("advise")
+@click.argument("baseline")
+@click.option("--bits", default="2,3,4,8", show_default=True, help="Widths to choose from (RTN, symmetric).")
+@click.option("--group", default=64, show_default=True, help="Group size (0: one scale per output channel).")
+@click.option("--by", type=click.Choice(["block", "module", "linear"]), default="linear", show_default=True)
+@click.option("--target-bits", type=float, help="Average bits per weight, group scales included (e.g. 4.25).")
+@click.option("--budget-kl", type=float, help="Or: the fewest bits whose predicted corpus KL is within this.")
+@click.option("--recipe", type=click.Choice(["q4_k_m"]), help="Write a hand-made recipe as a plan instead.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Plan file to write (JSON).")
+@_corpus_options
+def advise_cmd(baseline: str, bits: str, group: int, by: str, target_bits: float | None, budget_kl: float | None,
+               recipe: str | None, out: str, corpus: str | None, chunks: int, ctx: int, device: str, dtype: str
+               ) -> None:  # fmt: skip
+    """A mixed-precision plan for BASELINE: each unit's width chosen to minimise predicted corpus KL under the
+    average-bits budget (or the fewest bits under a KL budget). Use it as a spec: BASELINE+plan:PLAN.json.
+
+    Cost: units × widths corpus passes. The plan's predicted KL (the units' KLs added) is reported beside its
+    measured KL, and the uniform widths' for reference.
+    """
+    if recipe:
+        from flipscope._advise import write_recipe
+
+        path, avg = write_recipe(baseline, recipe, out=out, group_size=group or None)
+        click.echo(f"wrote {path}: {recipe} style, {avg:.3f} bits per weight; use it as {baseline}+plan:{path}")
+        return
+    from flipscope._advise import AdviseSettings, advise
+    from flipscope.attribution.units import UnitKind
+    from flipscope.display import RichDisplay
+
+    try:
+        widths = tuple(int(b) for b in bits.split(","))
+    except ValueError as exc:
+        raise click.BadParameter(f"--bits {bits!r}: comma-separated integers") from exc
+    settings = AdviseSettings(bits=widths, group_size=group or None, by=UnitKind(by), target_bits=target_bits,
+                              budget_kl=budget_kl, ablation=_ablation(corpus, chunks, ctx, device, dtype))  # fmt: skip
+    a = advise(baseline, settings, out=out, display=RichDisplay())
+    click.echo(f"plan {a.plan}: {a.units} units, {a.avg_bits:.3f} bits per weight, corpus KL predicted "
+               f"{a.predicted_kl:.4f}, measured {a.measured_kl:.4f} ({a.seconds:.0f} s)")  # fmt: skip
+    for b, (avg, kl) in sorted(a.uniform.items()):
+        click.echo(f"  uniform w{b}: {avg:.3f} bits per weight, corpus KL {kl:.4f}")
+    click.echo(f"use it as: {baseline}+plan:{a.plan}")
