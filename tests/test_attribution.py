@@ -182,7 +182,7 @@ def test_advise_meets_its_budget_and_its_plan_runs_as_a_spec(tiny_llama: Path, m
     assert a.predicted_kl <= uniform_w4 + 1e-12
     result = flipscope.compare(f"hf:{tiny_llama}", [f"+plan:{tmp_path / 'plan.json'}"], tasks=[str(mc_file)],
                                out=tmp_path / "run", cache_dir=tmp_path / "cache", device="cpu")  # fmt: skip
-    assert result.summary[f"hf:{tiny_llama}+plan:plan.json"]["planets"].n == 12
+    assert result.summary[f"hf:{tiny_llama}+plan:{tmp_path / 'plan.json'}"]["planets"].n == 12
     names = [f"model.layers.{b}.{m}" for b in range(16) for m in ("self_attn.v_proj", "mlp.down_proj", "mlp.up_proj")]
     widths = q4_k_m_style(names, base=RTNConfig(bits=4), more=RTNConfig(bits=6))
     more = sorted({int(n.split(".")[2]) for n, w in widths.items() if w.bits == 6})

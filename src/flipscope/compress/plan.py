@@ -78,7 +78,7 @@ class PlanConfig(CompressionConfig):
 
     method: ClassVar[str] = "plan"
     syntax: ClassVar[str] = "plan:<plan.json> (from flipscope advise, or a recipe)"
-    path: str = ""
+    path: str = ""  # as the user typed it (the label); the layers below are its content (the cache key)
     default: tuple[int, int | None] = (4, 64)
     layers: tuple[tuple[str, int, int | None], ...] = ()
 
@@ -89,13 +89,12 @@ class PlanConfig(CompressionConfig):
         text = args.strip().removeprefix("plan=")
         if not text:
             raise FlipscopeError("plan: needs a file, e.g. +plan:advised.json", fix="flipscope advise … --out FILE")
-        path = user_path(text)
-        default, layers, _ = read_plan(path)
-        return cls(path=str(path), default=(default.bits, default.group_size),
+        default, layers, _ = read_plan(user_path(text))
+        return cls(path=text, default=(default.bits, default.group_size),
                    layers=tuple((name, w.bits, w.group_size) for name, w in sorted(layers.items())))  # fmt: skip
 
     def label(self) -> str:
-        return f"plan:{Path(self.path).name}"
+        return f"plan:{self.path}"  # as typed: two plans of one name in different folders stay apart
 
     def check_model(self, model_config: dict[str, Any]) -> None:
         pass  # groups are checked per layer against the layer's own width when applied
