@@ -21,7 +21,7 @@ from flipscope.models import parse_spec
 
 @dataclass(frozen=True)
 class AdviseSettings:
-    bits: tuple[int, ...] = (2, 3, 4, 8)
+    bits: tuple[int, ...] = (3, 4, 5, 6, 8)
     group_size: int | None = 64
     by: UnitKind = UnitKind.LINEAR
     target_bits: float | None = None  # average bits per weight, group scales included

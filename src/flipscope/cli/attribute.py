@@ -67,9 +67,15 @@ def attribute_cmd(baseline: str, candidate: str, by: str, tasks: str, limit: int
 
 @click.command("advise")
 @click.argument("baseline")
-@click.option("--bits", default="2,3,4,8", show_default=True, help="Widths to choose from (RTN, symmetric).")
+@click.option("--bits", default="3,4,5,6,8", show_default=True, help="Widths to choose from (RTN, symmetric).")
 @click.option("--group", default=64, show_default=True, help="Group size (0: one scale per output channel).")
-@click.option("--by", type=click.Choice(["block", "module", "linear"]), default="linear", show_default=True)
+@click.option(
+    "--by",
+    type=click.Choice(["block", "module", "linear"]),
+    default="linear",
+    show_default=True,
+    help="Unit that gets one width: a decoder block, a module kind across blocks, or one Linear.",
+)
 @click.option("--target-bits", type=float, help="Average bits per weight, group scales included (e.g. 4.25).")
 @click.option("--budget-kl", type=float, help="Or: the fewest bits whose predicted corpus KL is within this.")
 @click.option("--recipe", type=click.Choice(["q4_k_m"]), help="Write a hand-made recipe as a plan instead.")
