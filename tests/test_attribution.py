@@ -161,6 +161,10 @@ def test_attribute_ranks_units_and_checks_additivity(tiny_llama: Path, mc_file: 
     assert read_attribution(folder) == run
     shown = CliRunner().invoke(cli, ["report", str(folder)], terminal_width=200)
     assert shown.exit_code == 0 and "explained" in shown.output and "block 0" in shown.output
+    page = tmp_path / "attr.html"
+    assert CliRunner().invoke(cli, ["report", str(folder), "--html", str(page)]).exit_code == 0
+    html = page.read_text()
+    assert 'id="attribute"' in html and f'id="attribution_{folder.name}"' in html and "block 1" in html
 
 
 def test_advise_meets_its_budget_and_its_plan_runs_as_a_spec(tiny_llama: Path, mc_file: Path, tmp_path: Path) -> None:
