@@ -13,7 +13,7 @@ from flipscope._attribute import AblationSettings, Session, open_session
 from flipscope.attribution.knapsack import Option, least_cost, least_value
 from flipscope.attribution.units import UnitKind, block_of, kind_of, make_units
 from flipscope.compress import RTNConfig, apply_compression
-from flipscope.compress.plan import bits_per_weight, write_plan
+from flipscope.compress.plan import average_bits, write_plan
 from flipscope.display import Display, NullDisplay
 from flipscope.errors import FlipscopeError
 from flipscope.models import parse_spec
@@ -51,14 +51,6 @@ def _capture_widths(session: Session, bits: tuple[int, ...], group: int | None) 
         session.bank.capture(f"w{b}", apply)
 
 
-def _avg_bits(session: Session, widths: dict[str, RTNConfig]) -> float:
-    modules = session.bank.modules
-    total = sum(modules[n].weight.numel() for n in widths)
-    stored = sum(modules[n].weight.numel() * bits_per_weight(w.bits, w.group_size, modules[n].in_features)
-                 for n, w in widths.items())  # fmt: skip
-    return stored / total
-
-
 def advise(baseline: str, settings: AdviseSettings, *, out: str | Path, display: Display | None = None) -> Advice:
     """Measure every (unit, width), choose widths under the budget, write the plan, and measure it."""
     if (settings.target_bits is None) == (settings.budget_kl is None):
@@ -81,7 +73,7 @@ def advise(baseline: str, settings: AdviseSettings, *, out: str | Path, display:
                 for b in bits:
                     session.bank.use(dict.fromkeys(unit.linears, f"w{b}"))
                     widths = dict.fromkeys(unit.linears, RTNConfig(bits=b, group_size=settings.group_size))
-                    cost = _avg_bits(session, widths) * unit.params
+                    cost = average_bits(session.bank.modules, widths) * unit.params
                     row.append(Option(cost, session.meter()))
                     advance(1)
                 options.append(row)
@@ -106,9 +98,9 @@ def advise(baseline: str, settings: AdviseSettings, *, out: str | Path, display:
             for b in bits:
                 session.bank.use(dict.fromkeys(names, f"w{b}"))
                 flat = dict.fromkeys(names, RTNConfig(bits=b, group_size=settings.group_size))
-                uniform[b] = (_avg_bits(session, flat), session.meter())
+                uniform[b] = (average_bits(session.bank.modules, flat), session.meter())
                 advance(1)
-        avg = _avg_bits(session, widths)
+        avg = average_bits(session.bank.modules, widths)
         sensitivity = {u.name: {f"w{b}": o.value for b, o in zip(bits, row, strict=True)}
                        for u, row in zip(units, options, strict=True)}  # fmt: skip
         path = write_plan(
@@ -150,9 +142,7 @@ def write_recipe(baseline: str, recipe: str, *, out: str | Path, group_size: int
         backend.close()
     widths = q4_k_m_style(list(modules), base=RTNConfig(bits=4, group_size=group_size),
                           more=RTNConfig(bits=6, group_size=group_size))  # fmt: skip
-    total = sum(m.weight.numel() for m in modules.values())
-    avg = sum(m.weight.numel() * bits_per_weight(widths[n].bits, widths[n].group_size, m.in_features)
-              for n, m in modules.items()) / total  # fmt: skip
+    avg = average_bits(modules, widths)
     path = write_plan(Path(out), RTNConfig(bits=4, group_size=group_size), widths, made_by="flipscope recipe q4_k_m",
                       baseline=baseline, avg_bits=avg)  # fmt: skip
     return path, avg

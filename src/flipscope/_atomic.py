@@ -32,6 +32,19 @@ def temporary(target: Path) -> Path:
     return target.with_name(f"{target.name}.{os.getpid()}.part")
 
 
+def write_atomically(target: Path, write: Callable[[Path], object]) -> Path:
+    """``target`` written by ``write(tmp)`` under a temporary name of this process, then renamed into place: a
+    reader sees the old file or the whole new one, never part of it (no lock: one writer per target)."""
+    tmp = temporary(target)
+    try:
+        write(tmp)
+    except BaseException:
+        _remove(tmp)
+        raise
+    os.replace(tmp, target)
+    return target
+
+
 def write_once(target: Path, make: Callable[[Path], None], *, done: Callable[[Path], bool] | None = None) -> Path:
     """``target``, made by ``make(tmp)`` (a file or a folder at ``tmp``) unless it is there already (``done``,
     default: it exists) — checked again under the lock, so two processes never make it twice."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,15 +62,13 @@ class AttributionRun(BaseModel):
 def write_attribution(folder: Path, run: AttributionRun) -> None:
     import pandas as pd
 
-    from flipscope._atomic import temporary
+    from flipscope._atomic import write_atomically
 
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = temporary(folder / "units.parquet")
-    pd.DataFrame([u.model_dump() for u in run.units]).to_parquet(tmp, index=False)
-    os.replace(tmp, folder / "units.parquet")
-    tmp = temporary(folder / "run.json")
-    tmp.write_text(run.model_dump_json(indent=2))
-    os.replace(tmp, folder / "run.json")  # last: a folder with run.json is complete
+    units = pd.DataFrame([u.model_dump() for u in run.units])
+    write_atomically(folder / "units.parquet", lambda tmp: units.to_parquet(tmp, index=False))
+    # last: a folder with run.json is complete
+    write_atomically(folder / "run.json", lambda tmp: tmp.write_text(run.model_dump_json(indent=2)))
 
 
 def is_attribution(folder: Path) -> bool:

@@ -8,6 +8,7 @@ how it was made) are kept but not read. The config carries the file's content, s
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -30,6 +31,15 @@ _FIX = (
 def bits_per_weight(bits: int, group_size: int | None, in_features: int) -> float:
     """Storage per weight of symmetric RTN: the code plus one float16 scale per group (per row without groups)."""
     return bits + 16 / (group_size or in_features)
+
+
+def average_bits(modules: Mapping[str, Any], widths: Mapping[str, RTNConfig]) -> float:
+    """Bits per weight over the Linear layers ``widths`` names (``modules``: name → nn.Linear), each layer weighted
+    by its number of weights."""
+    total = sum(modules[n].weight.numel() for n in widths)
+    stored = sum(modules[n].weight.numel() * bits_per_weight(w.bits, w.group_size, modules[n].in_features)
+                 for n, w in widths.items())  # fmt: skip
+    return stored / total if total else 0.0
 
 
 def _width(value: Any, where: str) -> RTNConfig:
@@ -130,7 +140,7 @@ def _apply_plan(
     default, named = config.widths()
     modules = dict(linear_layers(model))
     check_layers(named, {n: int(m.in_features) for n, m in modules.items()}, f"plan {config.path}")
-    total, bits = 0, 0.0
+    used = {}
     with torch.no_grad():
         for name, module in modules.items():
             width = named.get(name, default)
@@ -141,6 +151,5 @@ def _apply_plan(
                     fix="name that layer with a group size that divides it",
                 )
             module.weight.copy_(quantize_dequantize(module.weight, width))
-            total += module.weight.numel()
-            bits += module.weight.numel() * bits_per_weight(width.bits, width.group_size, module.in_features)
-    return {"library": "flipscope", "layers": len(modules), "avg_bits_per_weight": bits / total if total else 0.0}
+            used[name] = width
+    return {"library": "flipscope", "layers": len(modules), "avg_bits_per_weight": average_bits(modules, used)}

@@ -61,11 +61,6 @@ class ReportInput:
     mtbenches: list[MTBenchRun] = field(default_factory=list)
     attributions: list[AttributionDir] = field(default_factory=list)
 
-    @property
-    def folders(self) -> list[Path]:
-        runs: list[Run] = [*self.compares, *self.klds, *self.mtbenches, *self.attributions]
-        return [r.folder for r in runs]
-
 
 def run_kind(folder: Path) -> RunKind:
     """Which command wrote ``folder``; a clear error where it is not a run directory."""

@@ -130,13 +130,9 @@ def render_html(data: ReportInput) -> str:
 
 def write_html(data: ReportInput, path: str | Path) -> Path:
     """Write the report to ``path`` (atomically: a temporary name, then a rename)."""
-    import os
-
-    from flipscope._atomic import temporary
+    from flipscope._atomic import write_atomically
 
     target = Path(path).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary(target)
-    tmp.write_text(render_html(data), encoding="utf-8")
-    os.replace(tmp, target)
-    return target
+    page = render_html(data)
+    return write_atomically(target, lambda tmp: tmp.write_text(page, encoding="utf-8"))

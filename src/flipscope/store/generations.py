@@ -7,15 +7,15 @@ Layout: ``<cache>/generations/<key>/chunk-00000.jsonl`` … and ``complete.json`
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from flipscope._atomic import exclusive, temporary
+from flipscope._atomic import exclusive, write_atomically
 from flipscope.errors import FlipscopeError
 from flipscope.models._base import Generation, StopReason
 
@@ -89,9 +89,8 @@ class GenerationStore:
             indices = todo[start : start + chunk]
             made = generate(indices)
             name = folder / f"chunk-{len(list(folder.glob('chunk-*.jsonl'))):05d}.jsonl"
-            part = temporary(name)
-            part.write_text("".join(json.dumps(_to_row(i, g)) + "\n" for i, g in zip(indices, made, strict=True)))
-            os.replace(part, name)
+            text = "".join(json.dumps(_to_row(i, g)) + "\n" for i, g in zip(indices, made, strict=True))
+            write_atomically(name, functools.partial(Path.write_text, data=text))
             done.update(zip(indices, made, strict=True))
         (folder / "complete.json").write_text(json.dumps({"n": n}))
         return [done[i] for i in range(n)], not todo

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flipscope._atomic import temporary
+from flipscope._atomic import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,11 @@ class PositionParts:
         if self.folder is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        target = self.folder / f"{first:08d}-{end:08d}.npz"
-        tmp = temporary(target)
-        with open(tmp, "wb") as handle:
-            np.savez(handle, allow_pickle=False, **cols)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, allow_pickle=False, **cols)
+                handle.flush()
+                os.fsync(handle.fileno())
+
+        write_atomically(self.folder / f"{first:08d}-{end:08d}.npz", write)

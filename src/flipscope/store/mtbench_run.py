@@ -6,13 +6,12 @@ recomputed from the two Parquet files (``summarize``), so a report or a new judg
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from flipscope._atomic import temporary
+from flipscope._atomic import write_atomically
 from flipscope.errors import FlipscopeError
 from flipscope.judge import Grade, PairJudgement, parse_pair, parse_rating
 from flipscope.metrics import FreeAnswer, ItemScore
@@ -184,14 +183,11 @@ def judgements_from(frame: Any, judge: str) -> tuple[list[Grade], list[PairJudge
 
 def write(folder: Path, run: MTBenchRunFile, answers: Any | None = None, judgements: Any | None = None) -> None:
     """Each file written to a temporary name and renamed into place; ``run.json`` last."""
-    for name, frame in ((ANSWERS_FILE, answers), (JUDGEMENTS_FILE, judgements)):
-        if frame is not None:
-            part = temporary(folder / name)
-            frame.to_parquet(part, index=False)
-            os.replace(part, folder / name)
-    part = temporary(folder / "run.json")
-    part.write_text(run.model_dump_json(indent=2), encoding="utf-8")
-    os.replace(part, folder / "run.json")
+    if answers is not None:
+        write_atomically(folder / ANSWERS_FILE, lambda tmp: answers.to_parquet(tmp, index=False))
+    if judgements is not None:
+        write_atomically(folder / JUDGEMENTS_FILE, lambda tmp: judgements.to_parquet(tmp, index=False))
+    write_atomically(folder / "run.json", lambda tmp: tmp.write_text(run.model_dump_json(indent=2), encoding="utf-8"))
 
 
 def is_mtbench(folder: Path) -> bool:

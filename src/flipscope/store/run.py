@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -122,16 +121,12 @@ def records_frame(scores: dict[str, tuple[str, list[ItemScore]]]) -> Any:
 def write_run(folder: Path, run: RunFile, records: Any, items: Any) -> None:
     """Each file written under a temporary name and renamed into place, ``run.json`` last: a run directory with a
     ``run.json`` is complete."""
-    from flipscope._atomic import temporary
+    from flipscope._atomic import write_atomically
 
     folder.mkdir(parents=True, exist_ok=True)
-    for name, frame in ((RECORDS_FILE, records), (ITEMS_FILE, items)):
-        tmp = temporary(folder / name)
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, folder / name)
-    tmp = temporary(folder / RUN_FILE)
-    tmp.write_text(run.model_dump_json(indent=2))
-    os.replace(tmp, folder / RUN_FILE)
+    write_atomically(folder / RECORDS_FILE, lambda tmp: records.to_parquet(tmp, index=False))
+    write_atomically(folder / ITEMS_FILE, lambda tmp: items.to_parquet(tmp, index=False))
+    write_atomically(folder / RUN_FILE, lambda tmp: tmp.write_text(run.model_dump_json(indent=2)))
 
 
 def read_run(folder: Path) -> tuple[RunFile, Any]:
