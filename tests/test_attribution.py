@@ -192,3 +192,45 @@ def test_advise_meets_its_budget_and_its_plan_runs_as_a_spec(tiny_llama: Path, m
     more = sorted({int(n.split(".")[2]) for n, w in widths.items() if w.bits == 6})
     assert more == [0, 1, 4, 7, 10, 13, 14, 15]  # llama.cpp's use_more_bits for 16 blocks
     assert all(widths[n].bits == 4 for n in names if "up_proj" in n)
+
+
+def test_advise_refines_in_context_and_writes_the_plan_it_measured(tiny_llama: Path, tmp_path: Path) -> None:
+    import flipscope
+    from flipscope._advise import AdviseSettings, advise
+    from flipscope._attribute import AblationSettings
+
+    ablation = AblationSettings(corpus=_corpus(tmp_path), chunks=2, ctx=64, device="cpu", cache_dir=str(tmp_path))
+    settings = AdviseSettings(bits=(2, 3, 4, 8), group_size=16, by=UnitKind.LINEAR, target_bits=4.5, refine=2,
+                              ablation=ablation)  # fmt: skip
+    a = advise(f"hf:{tiny_llama}", settings, out=tmp_path / "plan.json")
+    assert 1 <= len(a.rounds) <= 2 and all(r.avg_bits <= 4.5 + 1e-9 for r in a.rounds)
+    assert a.rounds[-1].kept is False or len(a.rounds) == 2  # stops at the first round that does not improve
+    kept = [r.measured_kl for r in a.rounds if r.kept]
+    assert a.measured_kl == pytest.approx(min([a.first_kl, *kept]))  # never worse than the plan it started from
+    assert a.avg_bits <= 4.5 + 1e-9
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert [r["measured_kl"] for r in plan["rounds"]] == [r.measured_kl for r in a.rounds]
+    # the plan written is the plan measured: kld of it as a spec, same windows, same stored baseline
+    spec = f"+plan:{tmp_path / 'plan.json'}"
+    kld = flipscope.kld(f"hf:{tiny_llama}", [spec], corpus=ablation.corpus, ctx=64, max_windows=2, cache_dir=tmp_path,
+                        out=tmp_path / "kld-run", device="cpu")  # fmt: skip
+    assert a.measured_kl == pytest.approx(kld.summary[f"hf:{tiny_llama}{spec}"].kl_mean.value, rel=1e-6)
+
+
+def test_advise_refines_a_given_plan_and_refuses_widths_it_cannot_choose(tiny_llama: Path, tmp_path: Path) -> None:
+    from flipscope._advise import AdviseSettings, advise
+    from flipscope._attribute import AblationSettings
+    from flipscope.compress import RTNConfig
+    from flipscope.compress.plan import write_plan
+
+    ablation = AblationSettings(corpus=_corpus(tmp_path), chunks=1, ctx=64, device="cpu", cache_dir=str(tmp_path))
+    start = write_plan(tmp_path / "start.json", RTNConfig(bits=4, group_size=16), {"model.layers.0.mlp.down_proj":
+                       RTNConfig(bits=8, group_size=16)})  # fmt: skip
+    settings = AdviseSettings(bits=(2, 4, 8), group_size=16, target_bits=5.0, refine=1, start=str(start),
+                              ablation=ablation)  # fmt: skip
+    a = advise(f"hf:{tiny_llama}", settings, out=tmp_path / "refined.json")
+    assert a.predicted_kl is None and len(a.rounds) == 1 and a.rounds[0].passes == 1 + 2 * 13 + 1  # 14 Linears
+    assert a.measured_kl <= a.first_kl and a.avg_bits <= 5.0 + 1e-9
+    with pytest.raises(FlipscopeError, match=r"q_proj is at 4 bits, group 16"):
+        advise(f"hf:{tiny_llama}", AdviseSettings(bits=(2, 8), group_size=16, target_bits=5.0, start=str(start),
+                                                  ablation=ablation), out=tmp_path / "x.json")  # fmt: skip

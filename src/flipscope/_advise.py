@@ -1,22 +1,27 @@
 """``flipscope advise``: a mixed-precision RTN plan under a budget, from measured per-unit sensitivities (corpus KL
-with only that unit at that width), chosen by an exact knapsack; and hand-made recipes (llama.cpp's Q4_K_M style)
-written as the same kind of plan."""
+with only that unit at that width), chosen by an exact knapsack, then refined in context (each unit re-measured one
+width up and down with the plan applied to every other unit, and the knapsack solved again over those marginal
+changes); and hand-made recipes (llama.cpp's Q4_K_M style) written as the same kind of plan."""
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from flipscope._attribute import AblationSettings, Session, open_session
-from flipscope.attribution.knapsack import Option, least_cost, least_value
-from flipscope.attribution.units import UnitKind, block_of, kind_of, make_units
+from flipscope.attribution.knapsack import Choice, Option, least_cost, least_value
+from flipscope.attribution.units import Unit, UnitKind, block_of, kind_of, make_units
 from flipscope.compress import RTNConfig, apply_compression
-from flipscope.compress.plan import average_bits, write_plan
+from flipscope.compress.plan import average_bits, read_plan, write_plan
 from flipscope.display import Display, NullDisplay
 from flipscope.errors import FlipscopeError
 from flipscope.models import parse_spec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,16 +31,31 @@ class AdviseSettings:
     by: UnitKind = UnitKind.LINEAR
     target_bits: float | None = None  # average bits per weight, group scales included
     budget_kl: float | None = None  # or: the fewest bits whose predicted KL stays within this
+    refine: int = 2  # rounds of in-context refinement (0: the single-unit knapsack's plan as it is)
+    start: str | None = None  # a plan file to refine instead of measuring single-unit sensitivities
     ablation: AblationSettings = field(default_factory=AblationSettings)
+
+
+@dataclass(frozen=True)
+class Round:
+    """One refinement round: the plan the knapsack chose over in-context changes, and whether it was kept."""
+
+    predicted_kl: float
+    measured_kl: float
+    avg_bits: float
+    passes: int
+    kept: bool
 
 
 @dataclass
 class Advice:
     plan: Path
     avg_bits: float
-    predicted_kl: float
-    measured_kl: float
+    predicted_kl: float | None  # the single-unit knapsack's prediction (Σ single-unit KLs); None refining a given plan
+    measured_kl: float  # of the plan written
     uniform: dict[int, tuple[float, float]] = field(default_factory=dict)  # bits → (avg bits, measured KL)
+    rounds: list[Round] = field(default_factory=list)
+    first_kl: float = float("nan")  # measured KL of the plan before refinement
     units: int = 0
     seconds: float = 0.0
 
@@ -51,68 +71,185 @@ def _capture_widths(session: Session, bits: tuple[int, ...], group: int | None) 
         session.bank.capture(f"w{b}", apply)
 
 
+@dataclass(frozen=True)
+class _Problem:
+    """What every step of ``advise`` shares: the session, the units, the widths and each (unit, width)'s bits."""
+
+    session: Session
+    units: list[Unit]
+    bits: tuple[int, ...]
+    group: int | None
+    costs: list[list[float]]  # [unit][width]: bits stored
+
+    @property
+    def total(self) -> int:
+        return sum(u.params for u in self.units)
+
+    def measure(self, picks: Sequence[int]) -> float:
+        """Corpus KL with each unit at its picked width."""
+        self.session.bank.use({n: f"w{self.bits[j]}" for u, j in zip(self.units, picks, strict=True)
+                               for n in u.linears})  # fmt: skip
+        return self.session.meter()
+
+    def avg_bits(self, picks: Sequence[int]) -> float:
+        return sum(self.costs[i][j] for i, j in enumerate(picks)) / self.total
+
+    def widths(self, picks: Sequence[int]) -> dict[str, RTNConfig]:
+        return {n: RTNConfig(bits=self.bits[j], group_size=self.group)
+                for u, j in zip(self.units, picks, strict=True) for n in u.linears}  # fmt: skip
+
+
+def _problem(session: Session, settings: AdviseSettings) -> _Problem:
+    bits = tuple(sorted(set(settings.bits)))
+    _capture_widths(session, bits, settings.group_size)
+    names = list(session.bank.versions[f"w{bits[-1]}"])
+    units = make_units([(n, session.bank.modules[n].weight.numel()) for n in names], settings.by)
+
+    def cost(unit: Unit, b: int) -> float:
+        width = RTNConfig(bits=b, group_size=settings.group_size)
+        return average_bits(session.bank.modules, dict.fromkeys(unit.linears, width)) * unit.params
+
+    costs = [[cost(u, b) for b in bits] for u in units]
+    return _Problem(session, units, bits, settings.group_size, costs)
+
+
+def _solve(options: list[list[Option]], settings: AdviseSettings, total: int, *, spent_kl: float = 0.0) -> Choice:
+    """The knapsack under the settings' budget; ``spent_kl``: KL already counted outside the options' values."""
+    resolution = total * 1e-4  # cost buckets of 1e-4 bit per weight
+    if settings.target_bits is not None:
+        choice = least_value(options, settings.target_bits * total, resolution=resolution)
+    else:
+        choice = least_cost(options, float(settings.budget_kl or 0.0) - spent_kl, resolution=resolution)
+    if choice is None:
+        cheapest = sum(min(o.cost for o in row) for row in options) / total
+        raise FlipscopeError(
+            f"no plan fits the budget (the fewest bits possible: {cheapest:.3f} per weight)",
+            fix="raise --target-bits / --budget-kl, or add lower --bits",
+        )
+    return choice
+
+
+def _single_unit(p: _Problem, settings: AdviseSettings, shown: Display) -> tuple[list[int], float, dict[str, Any]]:
+    """Every (unit, width) with only that unit at that width; the knapsack's picks, prediction and the table."""
+    options: list[list[Option]] = []
+    with shown.progress("sensitivities", len(p.units) * len(p.bits)) as advance:
+        for unit, costs in zip(p.units, p.costs, strict=True):
+            row = []
+            for b, cost in zip(p.bits, costs, strict=True):
+                p.session.bank.use(dict.fromkeys(unit.linears, f"w{b}"))
+                row.append(Option(cost, p.session.meter()))
+                advance(1)
+            options.append(row)
+    choice = _solve(options, settings, p.total)
+    table = {u.name: {f"w{b}": o.value for b, o in zip(p.bits, row, strict=True)}
+             for u, row in zip(p.units, options, strict=True)}  # fmt: skip
+    return list(choice.picks), choice.value, table
+
+
+def _start_picks(p: _Problem, path: str) -> list[int]:
+    """A given plan's width per unit, as indices into the widths."""
+    default, layers, _ = read_plan(Path(path))
+    picks = []
+    for unit in p.units:
+        found = {(w.bits, w.group_size) for w in (layers.get(n, default) for n in unit.linears)}
+        if len(found) != 1:
+            raise FlipscopeError(
+                f"{path}: the layers of {unit.name} have different widths", fix="refine it --by linear"
+            )
+        ((b, group),) = found
+        if b not in p.bits or group != p.group:
+            raise FlipscopeError(f"{path}: {unit.name} is at {b} bits, group {group}",
+                                 fix=f"give --bits including {b} and --group {group or 0}")  # fmt: skip
+        picks.append(p.bits.index(b))
+    return picks
+
+
+def _better(settings: AdviseSettings, new: tuple[float, float], old: tuple[float, float]) -> bool:
+    """(avg bits, KL) of two plans: is the new one better under the budget?"""
+    if settings.target_bits is not None:
+        return new[1] < old[1]
+    budget = float(settings.budget_kl or 0.0)
+    if old[1] > budget:
+        return new[1] < old[1]
+    return new[1] <= budget and new[0] < old[0]
+
+
+def _refine(p: _Problem, settings: AdviseSettings, picks: list[int], kl: float, rnd: int, shown: Display
+            ) -> tuple[list[int], float, Round]:  # fmt: skip
+    """One round: each unit one width down and up with ``picks`` applied to the rest, the knapsack solved over
+    those marginal changes (plus staying), the new plan measured and kept only if it is better."""
+    steps = [[k for k in (j - 1, j + 1) if 0 <= k < len(p.bits)] for j in picks]
+    passes = sum(len(s) for s in steps) + 1
+    options: list[list[Option]] = []
+    with shown.progress(f"refining, round {rnd}", passes) as advance:
+        for i, (j, moves) in enumerate(zip(picks, steps, strict=True)):
+            row = [Option(p.costs[i][j], 0.0)]
+            for k in moves:
+                row.append(Option(p.costs[i][k], p.measure([*picks[:i], k, *picks[i + 1 :]]) - kl))
+                advance(1)
+            options.append(row)
+        choice = _solve(options, settings, p.total, spent_kl=kl)
+        new = [j if c == 0 else steps[i][c - 1] for i, (j, c) in enumerate(zip(picks, choice.picks, strict=True))]
+        measured = p.measure(new)
+        advance(1)
+    kept = _better(settings, (p.avg_bits(new), measured), (p.avg_bits(picks), kl))
+    log.info("refinement round %d: predicted %.4f, measured %.4f (was %.4f): %s", rnd, kl + choice.value, measured,
+             kl, "kept" if kept else "discarded")  # fmt: skip
+    result = Round(kl + choice.value, measured, p.avg_bits(new), passes, kept)
+    return (new, measured, result) if kept else (picks, kl, result)
+
+
 def advise(baseline: str, settings: AdviseSettings, *, out: str | Path, display: Display | None = None) -> Advice:
-    """Measure every (unit, width), choose widths under the budget, write the plan, and measure it."""
+    """Measure every (unit, width), choose widths under the budget, refine in context, write the plan."""
     if (settings.target_bits is None) == (settings.budget_kl is None):
         raise FlipscopeError("give exactly one budget", fix="--target-bits B (e.g. 4.25) or --budget-kl K")
     if not settings.bits or any(not 2 <= b <= 8 for b in settings.bits):
         raise FlipscopeError(f"--bits must be 2–8, got {settings.bits}", fix="e.g. --bits 2,3,4,8")
+    if settings.refine < 0:
+        raise FlipscopeError(f"--refine must be 0 or more, got {settings.refine}")
     shown = display or NullDisplay()
     started = time.monotonic()
     spec = parse_spec(baseline)
     session = open_session(spec, settings.ablation, shown)
     try:
-        bits = tuple(sorted(set(settings.bits)))
-        _capture_widths(session, bits, settings.group_size)
-        names = list(session.bank.versions[f"w{bits[-1]}"])
-        units = make_units([(n, session.bank.modules[n].weight.numel()) for n in names], settings.by)
-        options: list[list[Option]] = []
-        with shown.progress("sensitivities", len(units) * len(bits) + len(bits) + 1) as advance:
-            for unit in units:
-                row = []
-                for b in bits:
-                    session.bank.use(dict.fromkeys(unit.linears, f"w{b}"))
-                    widths = dict.fromkeys(unit.linears, RTNConfig(bits=b, group_size=settings.group_size))
-                    cost = average_bits(session.bank.modules, widths) * unit.params
-                    row.append(Option(cost, session.meter()))
-                    advance(1)
-                options.append(row)
-            total = sum(u.params for u in units)
-            resolution = total * 1e-4  # cost buckets of 1e-4 bit per weight
-            if settings.target_bits is not None:
-                choice = least_value(options, settings.target_bits * total, resolution=resolution)
-            else:
-                choice = least_cost(options, float(settings.budget_kl or 0.0), resolution=resolution)
-            if choice is None:
-                cheapest = sum(min(o.cost for o in row) for row in options) / total
-                raise FlipscopeError(
-                    f"no plan fits the budget (the fewest bits possible: {cheapest:.3f} per weight)",
-                    fix="raise --target-bits / --budget-kl, or add lower --bits",
-                )
-            widths = {n: RTNConfig(bits=bits[j], group_size=settings.group_size)
-                      for unit, j in zip(units, choice.picks, strict=True) for n in unit.linears}  # fmt: skip
-            session.bank.use({n: f"w{w.bits}" for n, w in widths.items()})
-            measured = session.meter()
-            advance(1)
-            uniform = {}
-            for b in bits:
-                session.bank.use(dict.fromkeys(names, f"w{b}"))
-                flat = dict.fromkeys(names, RTNConfig(bits=b, group_size=settings.group_size))
-                uniform[b] = (average_bits(session.bank.modules, flat), session.meter())
-                advance(1)
-        avg = average_bits(session.bank.modules, widths)
-        sensitivity = {u.name: {f"w{b}": o.value for b, o in zip(bits, row, strict=True)}
-                       for u, row in zip(units, options, strict=True)}  # fmt: skip
+        p = _problem(session, settings)
+        predicted: float | None = None
+        table: dict[str, Any] = {}
+        if settings.start:
+            picks = _start_picks(p, settings.start)
+        else:
+            picks, predicted, table = _single_unit(p, settings, shown)
+        kl = first = p.measure(picks)
+        rounds: list[Round] = []
+        for rnd in range(1, settings.refine + 1):
+            picks, kl, result = _refine(p, settings, picks, kl, rnd, shown)
+            rounds.append(result)
+            if not result.kept:
+                break
+        uniform = _uniform(p, shown)
+        avg = p.avg_bits(picks)
         path = write_plan(
-            Path(out), RTNConfig(bits=bits[0], group_size=settings.group_size), widths,
+            Path(out), RTNConfig(bits=p.bits[0], group_size=p.group), p.widths(picks),
             made_by="flipscope advise", baseline=spec.label(), by=str(settings.by), avg_bits=avg,
-            target_bits=settings.target_bits, budget_kl=settings.budget_kl, predicted_kl=choice.value,
-            measured_kl=measured, corpus=settings.ablation.corpus or "default", chunks=settings.ablation.chunks,
-            sensitivity=sensitivity,
+            target_bits=settings.target_bits, budget_kl=settings.budget_kl, predicted_kl=predicted,
+            first_measured_kl=first, rounds=[asdict(r) for r in rounds], measured_kl=kl,
+            corpus=settings.ablation.corpus or "default", chunks=settings.ablation.chunks, started_from=settings.start,
+            sensitivity=table,
         )  # fmt: skip
     finally:
         session.close()
-    return Advice(path, avg, choice.value, measured, uniform, len(units), time.monotonic() - started)
+    return Advice(path, avg, predicted, kl, uniform, rounds, first, len(p.units), time.monotonic() - started)
+
+
+def _uniform(p: _Problem, shown: Display) -> dict[int, tuple[float, float]]:
+    """Each width everywhere: (average bits, measured KL), for reference."""
+    out = {}
+    with shown.progress("uniform widths", len(p.bits)) as advance:
+        for j, b in enumerate(p.bits):
+            picks = [j] * len(p.units)
+            out[b] = (p.avg_bits(picks), p.measure(picks))
+            advance(1)
+    return out
 
 
 def more_bits(block: int, blocks: int) -> bool:
