@@ -29,6 +29,7 @@ class AdviseSettings:
     bits: tuple[int, ...] = (3, 4, 5, 6, 8)
     group_size: int | None = 64
     by: UnitKind = UnitKind.LINEAR
+    span: int | None = None  # with by=module: consecutive blocks per unit (None: all blocks)
     target_bits: float | None = None  # average bits per weight, group scales included
     budget_kl: float | None = None  # or: the fewest bits whose predicted KL stays within this
     refine: int = 2  # rounds of in-context refinement (0: the single-unit knapsack's plan as it is)
@@ -103,7 +104,7 @@ def _problem(session: Session, settings: AdviseSettings) -> _Problem:
     bits = tuple(sorted(set(settings.bits)))
     _capture_widths(session, bits, settings.group_size)
     names = list(session.bank.versions[f"w{bits[-1]}"])
-    units = make_units([(n, session.bank.modules[n].weight.numel()) for n in names], settings.by)
+    units = make_units([(n, session.bank.modules[n].weight.numel()) for n in names], settings.by, span=settings.span)
 
     def cost(unit: Unit, b: int) -> float:
         width = RTNConfig(bits=b, group_size=settings.group_size)
@@ -230,7 +231,7 @@ def advise(baseline: str, settings: AdviseSettings, *, out: str | Path, display:
         avg = p.avg_bits(picks)
         path = write_plan(
             Path(out), RTNConfig(bits=p.bits[0], group_size=p.group), p.widths(picks),
-            made_by="flipscope advise", baseline=spec.label(), by=str(settings.by), avg_bits=avg,
+            made_by="flipscope advise", baseline=spec.label(), by=str(settings.by), span=settings.span, avg_bits=avg,
             target_bits=settings.target_bits, budget_kl=settings.budget_kl, predicted_kl=predicted,
             first_measured_kl=first, rounds=[asdict(r) for r in rounds], measured_kl=kl,
             corpus=settings.ablation.corpus or "default", chunks=settings.ablation.chunks, started_from=settings.start,

@@ -36,6 +36,7 @@ class AblationSettings:
 @dataclass(frozen=True)
 class AttributeSettings:
     by: UnitKind = UnitKind.BLOCK
+    span: int | None = None  # with by=module: consecutive blocks per unit (None: all blocks)
     tasks: tuple[str, ...] = ()
     limit: int | None = 200
     format: str = "cloze"
@@ -121,7 +122,9 @@ def attribute(
     session = open_session(base_spec.base(), settings.ablation, shown)
     try:
         changed = capture_compression(session.bank, cand_spec, session.backend)
-        units = make_units([(n, session.bank.modules[n].weight.numel()) for n in changed], settings.by)
+        units = make_units(
+            [(n, session.bank.modules[n].weight.numel()) for n in changed], settings.by, span=settings.span
+        )
         tasks = _task_items(settings.tasks, settings.limit, settings.format)
         passes = 1 + 2 * len(units)
         log.info(
@@ -168,6 +171,7 @@ def _settings_record(settings: AttributeSettings) -> dict[str, Any]:
         "limit": settings.limit,
         "format": settings.format,
         "top": settings.top,
+        "span": settings.span,
     }
 
 

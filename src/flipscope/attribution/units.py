@@ -1,5 +1,5 @@
 """Units of attribution: a model's Linear layers grouped by decoder block, by module kind (q/k/v/o/gate/up/down
-across blocks), or one by one."""
+across all blocks, or across spans of consecutive blocks), or one by one."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class UnitKind(StrEnum):
 
 @dataclass(frozen=True)
 class Unit:
-    name: str  # "block 3", "v_proj", or the Linear's own name
+    name: str  # "block 3", "v_proj", "v_proj blocks 0-4", or the Linear's own name
     linears: tuple[str, ...]
     params: int  # weights in its Linear layers
 
@@ -35,19 +35,30 @@ def kind_of(linear: str) -> str:
     return linear.rsplit(".", 1)[-1]
 
 
-def make_units(linears: Iterable[tuple[str, int]], by: UnitKind | str) -> list[Unit]:
-    """``linears``: (name, number of weights) of every Linear layer a method compresses, in model order."""
+def make_units(linears: Iterable[tuple[str, int]], by: UnitKind | str, *, span: int | None = None) -> list[Unit]:
+    """``linears``: (name, number of weights) of every Linear layer a method compresses, in model order; ``span``
+    (with ``by`` module): consecutive blocks per unit (None: all blocks)."""
     by = UnitKind(by)
+    if span is not None and (span < 1 or by is not UnitKind.MODULE):
+        raise FlipscopeError(f"a span of {span} blocks", fix="give --span 1 or more, with --by module")
     groups: dict[str, list[tuple[str, int]]] = {}
     for name, size in linears:
+        block = block_of(name)
         if by is UnitKind.LINEAR:
             key = name
         elif by is UnitKind.MODULE:
             key = kind_of(name)
+            if span is not None and block is not None:
+                key = f"{key} blocks {block - block % span}-"
         else:
-            block = block_of(name)
             key = f"block {block}" if block is not None else name
         groups.setdefault(key, []).append((name, size))
     if not groups:
         raise FlipscopeError("the model has no Linear layers to attribute to")
-    return [Unit(key, tuple(n for n, _ in members), sum(s for _, s in members)) for key, members in groups.items()]
+    return [Unit(_named(key, members), tuple(n for n, _ in members), sum(s for _, s in members))
+            for key, members in groups.items()]  # fmt: skip
+
+
+def _named(key: str, members: list[tuple[str, int]]) -> str:
+    """A span's name ends with the last block it holds ("v_proj blocks 25-29"; "…28-29" where the blocks run out)."""
+    return f"{key}{max(block_of(n) or 0 for n, _ in members)}" if key.endswith("-") else key

@@ -19,6 +19,21 @@ def _corpus_options(f):  # type: ignore[no-untyped-def]
     return f
 
 
+def _unit_options(default: str):  # type: ignore[no-untyped-def]
+    def wrap(f):  # type: ignore[no-untyped-def]
+        f = click.option("--span", type=click.IntRange(min=1), help="With --by module: consecutive blocks per unit "
+                         "(e.g. 5: v_proj of blocks 0-4, 5-9, …; default: all blocks).")(f)  # fmt: skip
+        return click.option(
+            "--by",
+            type=click.Choice(["block", "module", "linear"]),
+            default=default,
+            show_default=True,
+            help="Unit: a decoder block, a module kind (q/k/v/o/gate/up/down) across blocks, or one Linear.",
+        )(f)
+
+    return wrap
+
+
 def _ablation(corpus: str | None, chunks: int, ctx: int, device: str, dtype: str):  # type: ignore[no-untyped-def]
     from flipscope._attribute import AblationSettings
 
@@ -30,20 +45,27 @@ def _ablation(corpus: str | None, chunks: int, ctx: int, device: str, dtype: str
 @click.command("attribute")
 @click.argument("baseline")
 @click.argument("candidate")
-@click.option(
-    "--by",
-    type=click.Choice(["block", "module", "linear"]),
-    default="block",
-    show_default=True,
-    help="Unit: a decoder block, a module kind across blocks (q/k/v/o/gate/up/down), or one Linear.",
-)
+@_unit_options("block")
 @click.option("--tasks", default="", help="Also measure task flips for the top units (comma-separated task names).")
 @click.option("--limit", default=200, show_default=True, help="Items per task.")
 @click.option("--top", default=5, show_default=True, help="Units whose flips are measured.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/attribute-<time>).")
 @_corpus_options
-def attribute_cmd(baseline: str, candidate: str, by: str, tasks: str, limit: int, top: int, out: str | None,
-                  corpus: str | None, chunks: int, ctx: int, device: str, dtype: str) -> None:  # fmt: skip
+def attribute_cmd(
+    baseline: str,
+    candidate: str,
+    by: str,
+    span: int | None,
+    tasks: str,
+    limit: int,
+    top: int,
+    out: str | None,
+    corpus: str | None,
+    chunks: int,
+    ctx: int,
+    device: str,
+    dtype: str,
+) -> None:
     """Which units of CANDIDATE's compression its KL and flips come from.
 
     For each unit two ablations against the cached baseline store: only this unit compressed, and everything but
@@ -58,8 +80,14 @@ def attribute_cmd(baseline: str, candidate: str, by: str, tasks: str, limit: int
     from flipscope.attribution.units import UnitKind
     from flipscope.display import RichDisplay
 
-    settings = AttributeSettings(by=UnitKind(by), tasks=tuple(t for t in tasks.split(",") if t), limit=limit, top=top,
-                                 ablation=_ablation(corpus, chunks, ctx, device, dtype))  # fmt: skip
+    settings = AttributeSettings(
+        by=UnitKind(by),
+        span=span,
+        tasks=tuple(t for t in tasks.split(",") if t),
+        limit=limit,
+        top=top,
+        ablation=_ablation(corpus, chunks, ctx, device, dtype),
+    )
     run, folder = attribute(baseline, candidate, settings, out=out, display=RichDisplay())
     print_attribution(run)
     click.echo(f"run directory: {folder}")
@@ -69,13 +97,7 @@ def attribute_cmd(baseline: str, candidate: str, by: str, tasks: str, limit: int
 @click.argument("baseline")
 @click.option("--bits", default="3,4,5,6,8", show_default=True, help="Widths to choose from (RTN, symmetric).")
 @click.option("--group", default=64, show_default=True, help="Group size (0: one scale per output channel).")
-@click.option(
-    "--by",
-    type=click.Choice(["block", "module", "linear"]),
-    default="linear",
-    show_default=True,
-    help="Unit that gets one width: a decoder block, a module kind across blocks, or one Linear.",
-)
+@_unit_options("linear")
 @click.option("--target-bits", type=float, help="Average bits per weight, group scales included (e.g. 4.25).")
 @click.option("--budget-kl", type=float, help="Or: the fewest bits whose predicted corpus KL is within this.")
 @click.option(
@@ -88,10 +110,24 @@ def attribute_cmd(baseline: str, candidate: str, by: str, tasks: str, limit: int
 @click.option("--recipe", type=click.Choice(["q4_k_m"]), help="Write a hand-made recipe as a plan instead.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Plan file to write (JSON).")
 @_corpus_options
-def advise_cmd(baseline: str, bits: str, group: int, by: str, target_bits: float | None, budget_kl: float | None,
-               refine: int, start: str | None, recipe: str | None, out: str, corpus: str | None, chunks: int, ctx: int,
-               device: str, dtype: str
-               ) -> None:  # fmt: skip
+def advise_cmd(
+    baseline: str,
+    bits: str,
+    group: int,
+    by: str,
+    span: int | None,
+    target_bits: float | None,
+    budget_kl: float | None,
+    refine: int,
+    start: str | None,
+    recipe: str | None,
+    out: str,
+    corpus: str | None,
+    chunks: int,
+    ctx: int,
+    device: str,
+    dtype: str,
+) -> None:
     """A mixed-precision plan for BASELINE: each unit's width chosen to minimise predicted corpus KL under the
     average-bits budget (or the fewest bits under a KL budget). Use it as a spec: BASELINE+plan:PLAN.json.
 
@@ -117,8 +153,8 @@ def advise_cmd(baseline: str, bits: str, group: int, by: str, target_bits: float
         widths = tuple(int(b) for b in bits.split(","))
     except ValueError as exc:
         raise click.BadParameter(f"--bits {bits!r}: comma-separated integers") from exc
-    settings = AdviseSettings(bits=widths, group_size=group or None, by=UnitKind(by), target_bits=target_bits,
-                              budget_kl=budget_kl, refine=refine, start=start,
+    settings = AdviseSettings(bits=widths, group_size=group or None, by=UnitKind(by), span=span,
+                              target_bits=target_bits, budget_kl=budget_kl, refine=refine, start=start,
                               ablation=_ablation(corpus, chunks, ctx, device, dtype))  # fmt: skip
     a = advise(baseline, settings, out=out, display=RichDisplay())
     if a.predicted_kl is not None:
