@@ -70,6 +70,13 @@ def test_units_by_block_module_and_linear() -> None:
     kinds = make_units(names, "module")
     assert [u.name for u in kinds] == ["q_proj", "v_proj", "down_proj"] and kinds[0].params == 60
     assert len(make_units(names, "linear")) == 9 and math.isclose(sum(u.params for u in kinds), 180)
+    spans = make_units(names, "module", span=2)  # blocks 0-1 and 2 (the blocks run out)
+    assert [u.name for u in spans[:2]] == ["q_proj blocks 0-1", "v_proj blocks 0-1"] and len(spans) == 6
+    assert spans[2].linears == ("model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj")
+    assert spans[3].name == "q_proj block 2" and spans[3].params == 30
+    assert [u.linears for u in make_units(names, "module", span=1)] == [u.linears for u in make_units(names, "linear")]
+    with pytest.raises(FlipscopeError, match="span"):
+        make_units(names, "block", span=2)
 
 
 def test_plan_files_round_trip_and_refuse_unknown_layers(tiny_llama: Path, tmp_path: Path) -> None:

@@ -60,5 +60,9 @@ def make_units(linears: Iterable[tuple[str, int]], by: UnitKind | str, *, span: 
 
 
 def _named(key: str, members: list[tuple[str, int]]) -> str:
-    """A span's name ends with the last block it holds ("v_proj blocks 25-29"; "…28-29" where the blocks run out)."""
-    return f"{key}{max(block_of(n) or 0 for n, _ in members)}" if key.endswith("-") else key
+    """A span's name says the blocks it holds ("v_proj blocks 25-29"; "v_proj block 30" where the blocks run out)."""
+    if not key.endswith("-"):
+        return key
+    kind, first = key[:-1].rsplit(" blocks ", 1)
+    last = max(block_of(n) or 0 for n, _ in members)
+    return f"{kind} blocks {first}-{last}" if last > int(first) else f"{kind} block {first}"
