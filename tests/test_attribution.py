@@ -241,3 +241,20 @@ def test_advise_refines_a_given_plan_and_refuses_widths_it_cannot_choose(tiny_ll
     with pytest.raises(FlipscopeError, match=r"q_proj is at 4 bits, group 16"):
         advise(f"hf:{tiny_llama}", AdviseSettings(bits=(2, 8), group_size=16, target_bits=5.0, start=str(start),
                                                   ablation=ablation), out=tmp_path / "x.json")  # fmt: skip
+
+
+def test_advise_command_line_by_module_spans(tiny_llama: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from flipscope.cli import cli
+
+    args = ["advise", f"hf:{tiny_llama}", "--bits", "2,8", "--group", "16", "--by", "module", "--span", "1",
+            "--target-bits", "5", "--refine", "1", "--corpus", _corpus(tmp_path), "--chunks", "1", "--ctx", "64",
+            "--device", "cpu", "--out", str(tmp_path / "plan.json")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "refinement round 1 (" in result.output and "14 units" in result.output  # 2 blocks × 7 kinds
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["span"] == 1 and set(plan["sensitivity"]) >= {"q_proj block 0", "down_proj block 1"}
+    bad = CliRunner().invoke(cli, [*args[:6], "--by", "block", *args[8:]])  # --span with --by block
+    assert isinstance(bad.exception, FlipscopeError) and "--by block has no spans" in str(bad.exception)

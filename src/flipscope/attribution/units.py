@@ -39,8 +39,10 @@ def make_units(linears: Iterable[tuple[str, int]], by: UnitKind | str, *, span: 
     """``linears``: (name, number of weights) of every Linear layer a method compresses, in model order; ``span``
     (with ``by`` module): consecutive blocks per unit (None: all blocks)."""
     by = UnitKind(by)
-    if span is not None and (span < 1 or by is not UnitKind.MODULE):
-        raise FlipscopeError(f"a span of {span} blocks", fix="give --span 1 or more, with --by module")
+    if span is not None and by is not UnitKind.MODULE:
+        raise FlipscopeError(f"--span groups module kinds over blocks; --by {by} has no spans", fix="use --by module")
+    if span is not None and span < 1:
+        raise FlipscopeError(f"--span must be 1 or more, got {span}")
     groups: dict[str, list[tuple[str, int]]] = {}
     for name, size in linears:
         block = block_of(name)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import click
 
 _CORPUS = [
@@ -14,9 +17,15 @@ _CORPUS = [
 
 
 def _corpus_options(f):  # type: ignore[no-untyped-def]
+    """The corpus options, handed to the command as one ``ablation`` settings object."""
+
+    @functools.wraps(f)
+    def command(*args, corpus, chunks, ctx, device, dtype, **kwargs):  # type: ignore[no-untyped-def]
+        return f(*args, ablation=_ablation(corpus, chunks, ctx, device, dtype), **kwargs)
+
     for option in reversed(_CORPUS):
-        f = option(f)
-    return f
+        command = option(command)
+    return command
 
 
 def _unit_options(default: str):  # type: ignore[no-untyped-def]
@@ -60,11 +69,7 @@ def attribute_cmd(
     limit: int,
     top: int,
     out: str | None,
-    corpus: str | None,
-    chunks: int,
-    ctx: int,
-    device: str,
-    dtype: str,
+    ablation: Any,
 ) -> None:
     """Which units of CANDIDATE's compression its KL and flips come from.
 
@@ -86,7 +91,7 @@ def attribute_cmd(
         tasks=tuple(t for t in tasks.split(",") if t),
         limit=limit,
         top=top,
-        ablation=_ablation(corpus, chunks, ctx, device, dtype),
+        ablation=ablation,
     )
     run, folder = attribute(baseline, candidate, settings, out=out, display=RichDisplay())
     print_attribution(run)
@@ -122,11 +127,7 @@ def advise_cmd(
     start: str | None,
     recipe: str | None,
     out: str,
-    corpus: str | None,
-    chunks: int,
-    ctx: int,
-    device: str,
-    dtype: str,
+    ablation: Any,
 ) -> None:
     """A mixed-precision plan for BASELINE: each unit's width chosen to minimise predicted corpus KL under the
     average-bits budget (or the fewest bits under a KL budget). Use it as a spec: BASELINE+plan:PLAN.json.
@@ -155,7 +156,7 @@ def advise_cmd(
         raise click.BadParameter(f"--bits {bits!r}: comma-separated integers") from exc
     settings = AdviseSettings(bits=widths, group_size=group or None, by=UnitKind(by), span=span,
                               target_bits=target_bits, budget_kl=budget_kl, refine=refine, start=start,
-                              ablation=_ablation(corpus, chunks, ctx, device, dtype))  # fmt: skip
+                              ablation=ablation)  # fmt: skip
     a = advise(baseline, settings, out=out, display=RichDisplay())
     if a.predicted_kl is not None:
         click.echo(f"single-unit knapsack: corpus KL predicted {a.predicted_kl:.4f} (single-unit KLs added), "
