@@ -234,7 +234,8 @@ def advise(baseline: str, settings: AdviseSettings, *, out: str | Path, display:
             made_by="flipscope advise", baseline=spec.label(), by=str(settings.by), span=settings.span, avg_bits=avg,
             target_bits=settings.target_bits, budget_kl=settings.budget_kl, predicted_kl=predicted,
             first_measured_kl=first, rounds=[asdict(r) for r in rounds], measured_kl=kl,
-            corpus=settings.ablation.corpus or "default", chunks=settings.ablation.chunks, started_from=settings.start,
+            corpus=settings.ablation.corpus or "default", chunks=settings.ablation.chunks,
+            scored_fraction=settings.ablation.scored_fraction, started_from=settings.start,
             sensitivity=table,
         )  # fmt: skip
     finally:

@@ -27,6 +27,7 @@ class AblationSettings:
     corpus: str | None = None
     chunks: int = 8  # windows of ``ctx`` tokens
     ctx: int = 512
+    scored_fraction: float = 0.5  # share of each window scored, from its end (as kld)
     device: str = "auto"
     dtype: str = "float32"
     batch: int = 1
@@ -66,7 +67,9 @@ def open_session(spec: ModelSpec, settings: AblationSettings, shown: Display) ->
     text = load_corpus(settings.corpus)
     options = LoadOptions(device=settings.device, dtype=settings.dtype).resolved()
     folder = Path(settings.cache_dir) if settings.cache_dir else cache_root() / "kld"
-    setup = CorpusSetup(ctx=settings.ctx, max_windows=settings.chunks, batch=settings.batch)
+    setup = CorpusSetup(
+        ctx=settings.ctx, scored_fraction=settings.scored_fraction, max_windows=settings.chunks, batch=settings.batch
+    )
     stored, plan, _, _ = baseline_store(spec, text, options, setup, folder=folder, use_cache=True, shown=shown)
     backend = load_backend(spec, options)
     if not hasattr(backend, "model") or not hasattr(backend, "corpus_logprobs"):
@@ -166,6 +169,7 @@ def _settings_record(settings: AttributeSettings) -> dict[str, Any]:
         "corpus": a.corpus or "default",
         "chunks": a.chunks,
         "ctx": a.ctx,
+        "scored_fraction": a.scored_fraction,
         "dtype": a.dtype,
         "tasks": list(settings.tasks),
         "limit": settings.limit,

@@ -11,6 +11,12 @@ _CORPUS = [
     click.option("--corpus", default=None, help="Text to measure KL on (default: the offline corpus; see kld)."),
     click.option("--chunks", default=8, show_default=True, help="Windows of --ctx tokens in every KL pass."),
     click.option("--ctx", default=512, show_default=True, help="Tokens per window."),
+    click.option(
+        "--scored-fraction",
+        default=0.5,
+        show_default=True,
+        help="Share of each window scored, from its end (as kld; more positions per pass).",
+    ),
     click.option("--device", default="auto", show_default=True),
     click.option("--dtype", default="float32", show_default=True),
 ]
@@ -20,8 +26,8 @@ def _corpus_options(f):  # type: ignore[no-untyped-def]
     """The corpus options, handed to the command as one ``ablation`` settings object."""
 
     @functools.wraps(f)
-    def command(*args, corpus, chunks, ctx, device, dtype, **kwargs):  # type: ignore[no-untyped-def]
-        return f(*args, ablation=_ablation(corpus, chunks, ctx, device, dtype), **kwargs)
+    def command(*args, corpus, chunks, ctx, scored_fraction, device, dtype, **kwargs):  # type: ignore[no-untyped-def]
+        return f(*args, ablation=_ablation(corpus, chunks, ctx, scored_fraction, device, dtype), **kwargs)
 
     for option in reversed(_CORPUS):
         command = option(command)
@@ -43,12 +49,13 @@ def _unit_options(default: str):  # type: ignore[no-untyped-def]
     return wrap
 
 
-def _ablation(corpus: str | None, chunks: int, ctx: int, device: str, dtype: str):  # type: ignore[no-untyped-def]
+def _ablation(corpus: str | None, chunks: int, ctx: int, fraction: float, device: str, dtype: str) -> Any:
     from flipscope._attribute import AblationSettings
 
-    if chunks < 1 or ctx < 8:
-        raise click.BadParameter("--chunks must be ≥ 1 and --ctx ≥ 8")
-    return AblationSettings(corpus=corpus, chunks=chunks, ctx=ctx, device=device, dtype=dtype)
+    if chunks < 1 or ctx < 8 or not 0 < fraction <= 1:
+        raise click.BadParameter("--chunks must be ≥ 1, --ctx ≥ 8 and --scored-fraction in (0, 1]")
+    return AblationSettings(corpus=corpus, chunks=chunks, ctx=ctx, scored_fraction=fraction, device=device,
+                            dtype=dtype)  # fmt: skip
 
 
 @click.command("attribute")
