@@ -181,15 +181,19 @@ def test_advise_meets_its_budget_and_its_plan_runs_as_a_spec(tiny_llama: Path, m
     from flipscope.compress import RTNConfig
 
     ablation = AblationSettings(corpus=_corpus(tmp_path), chunks=2, ctx=64, device="cpu", cache_dir=str(tmp_path))
-    settings = AdviseSettings(bits=(2, 4, 8), group_size=16, by=UnitKind.MODULE, target_bits=5.0, ablation=ablation)
+    settings = AdviseSettings(bits=(2, 4, 8), group_sizes=(16, 32), by=UnitKind.MODULE, target_bits=5.0,
+                              ablation=ablation)  # fmt: skip
     a = advise(f"hf:{tiny_llama}", settings, out=tmp_path / "plan.json")
     assert a.avg_bits <= 5.0 + 1e-9 and a.units == 7  # q k v o gate up down
     assert a.measured_kl > 0 and a.predicted_kl > 0
-    w4_bits, _ = a.uniform[4]
+    w4_bits, _ = a.uniform["w4g16"]
     assert w4_bits == pytest.approx(4 + 16 / 16)  # 4 bits + a float16 scale per 16 weights
+    assert list(a.uniform) == ["w2g32", "w2g16", "w4g32", "w4g16", "w8g32", "w8g16"]  # by bits per weight
+    assert a.uniform["w4g32"][0] == pytest.approx(4.5) and a.uniform["w4g32"][1] > a.uniform["w4g16"][1] * 0.5
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert plan["avg_bits"] == pytest.approx(a.avg_bits) and plan["predicted_kl"] == pytest.approx(a.predicted_kl)
-    uniform_w4 = sum(row["w4"] for row in plan["sensitivity"].values())  # w4 everywhere fits the budget too
+    assert all(len(row) == 6 for row in plan["sensitivity"].values())
+    uniform_w4 = sum(row["w4g16"] for row in plan["sensitivity"].values())  # w4 everywhere fits the budget too
     assert a.predicted_kl <= uniform_w4 + 1e-12
     result = flipscope.compare(f"hf:{tiny_llama}", [f"+plan:{tmp_path / 'plan.json'}"], tasks=[str(mc_file)],
                                out=tmp_path / "run", cache_dir=tmp_path / "cache", device="cpu")  # fmt: skip
@@ -207,7 +211,7 @@ def test_advise_refines_in_context_and_writes_the_plan_it_measured(tiny_llama: P
     from flipscope._attribute import AblationSettings
 
     ablation = AblationSettings(corpus=_corpus(tmp_path), chunks=2, ctx=64, device="cpu", cache_dir=str(tmp_path))
-    settings = AdviseSettings(bits=(2, 3, 4, 8), group_size=16, by=UnitKind.LINEAR, target_bits=4.5, refine=2,
+    settings = AdviseSettings(bits=(2, 3, 4, 8), group_sizes=(16,), by=UnitKind.LINEAR, target_bits=4.5, refine=2,
                               ablation=ablation)  # fmt: skip
     a = advise(f"hf:{tiny_llama}", settings, out=tmp_path / "plan.json")
     assert 1 <= len(a.rounds) <= 2 and all(r.avg_bits <= 4.5 + 1e-9 for r in a.rounds)
@@ -233,13 +237,16 @@ def test_advise_refines_a_given_plan_and_refuses_widths_it_cannot_choose(tiny_ll
     ablation = AblationSettings(corpus=_corpus(tmp_path), chunks=1, ctx=64, device="cpu", cache_dir=str(tmp_path))
     start = write_plan(tmp_path / "start.json", RTNConfig(bits=4, group_size=16), {"model.layers.0.mlp.down_proj":
                        RTNConfig(bits=8, group_size=16)})  # fmt: skip
-    settings = AdviseSettings(bits=(2, 4, 8), group_size=16, target_bits=5.0, refine=1, start=str(start),
+    settings = AdviseSettings(bits=(2, 4, 8), group_sizes=(16,), target_bits=5.0, refine=1, start=str(start),
                               ablation=ablation)  # fmt: skip
     a = advise(f"hf:{tiny_llama}", settings, out=tmp_path / "refined.json")
     assert a.predicted_kl is None and len(a.rounds) == 1 and a.rounds[0].passes == 1 + 2 * 13 + 1  # 14 Linears
     assert a.measured_kl <= a.first_kl and a.avg_bits <= 5.0 + 1e-9
+    with pytest.raises(FlipscopeError, match="group size 48 does not divide"):
+        advise(f"hf:{tiny_llama}", AdviseSettings(bits=(4,), group_sizes=(48,), target_bits=5.0, ablation=ablation),
+               out=tmp_path / "x.json")  # fmt: skip
     with pytest.raises(FlipscopeError, match=r"q_proj is at 4 bits, group 16"):
-        advise(f"hf:{tiny_llama}", AdviseSettings(bits=(2, 8), group_size=16, target_bits=5.0, start=str(start),
+        advise(f"hf:{tiny_llama}", AdviseSettings(bits=(2, 8), group_sizes=(16,), target_bits=5.0, start=str(start),
                                                   ablation=ablation), out=tmp_path / "x.json")  # fmt: skip
 
 

@@ -27,12 +27,12 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class AdviseSettings:
     bits: tuple[int, ...] = (3, 4, 5, 6, 8)
-    group_size: int | None = 64
+    group_sizes: tuple[int | None, ...] = (64,)  # every bit width at each (None: one scale per output channel)
     by: UnitKind = UnitKind.LINEAR
     span: int | None = None  # with by=module: consecutive blocks per unit (None: all blocks)
     target_bits: float | None = None  # average bits per weight, group scales included
     budget_kl: float | None = None  # or: the fewest bits whose predicted KL stays within this
-    refine: int = 2  # rounds of in-context refinement (0: the single-unit knapsack's plan as it is)
+    refine: int = 0  # rounds of in-context refinement (0: the single-unit knapsack's plan as it is)
     start: str | None = None  # a plan file to refine instead of measuring single-unit sensitivities
     ablation: AblationSettings = field(default_factory=AblationSettings)
 
@@ -54,22 +54,26 @@ class Advice:
     avg_bits: float
     predicted_kl: float | None  # the single-unit knapsack's prediction (Σ single-unit KLs); None refining a given plan
     measured_kl: float  # of the plan written
-    uniform: dict[int, tuple[float, float]] = field(default_factory=dict)  # bits → (avg bits, measured KL)
+    uniform: dict[str, tuple[float, float]] = field(default_factory=dict)  # "w4g64" → (avg bits, measured KL)
     rounds: list[Round] = field(default_factory=list)
     first_kl: float = float("nan")  # measured KL of the plan before refinement
     units: int = 0
     seconds: float = 0.0
 
 
-def _capture_widths(session: Session, bits: tuple[int, ...], group: int | None) -> None:
-    """Every Linear at each width, kept in the weight bank as version "w<bits>"."""
-    for b in bits:
-        config = RTNConfig(bits=b, group_size=group)
+def _name(width: RTNConfig) -> str:
+    """A width's name in the weight bank and the sensitivity table: "w4g64", "w8" (one scale per channel)."""
+    return f"w{width.bits}" + (f"g{width.group_size}" if width.group_size else "")
 
-        def apply(config: RTNConfig = config) -> None:
+
+def _capture_widths(session: Session, widths: tuple[RTNConfig, ...]) -> None:
+    """Every Linear at each width, kept in the weight bank as version ``_name(width)``."""
+    for width in widths:
+
+        def apply(config: RTNConfig = width) -> None:
             apply_compression(config, session.backend.model)
 
-        session.bank.capture(f"w{b}", apply)
+        session.bank.capture(_name(width), apply)
 
 
 @dataclass(frozen=True)
@@ -78,8 +82,7 @@ class _Problem:
 
     session: Session
     units: list[Unit]
-    bits: tuple[int, ...]
-    group: int | None
+    widths: tuple[RTNConfig, ...]  # in order of bits per weight
     costs: list[list[float]]  # [unit][width]: bits stored
 
     @property
@@ -88,30 +91,37 @@ class _Problem:
 
     def measure(self, picks: Sequence[int]) -> float:
         """Corpus KL with each unit at its picked width."""
-        self.session.bank.use({n: f"w{self.bits[j]}" for u, j in zip(self.units, picks, strict=True)
+        self.session.bank.use({n: _name(self.widths[j]) for u, j in zip(self.units, picks, strict=True)
                                for n in u.linears})  # fmt: skip
         return self.session.meter()
 
     def avg_bits(self, picks: Sequence[int]) -> float:
         return sum(self.costs[i][j] for i, j in enumerate(picks)) / self.total
 
-    def widths(self, picks: Sequence[int]) -> dict[str, RTNConfig]:
-        return {n: RTNConfig(bits=self.bits[j], group_size=self.group)
-                for u, j in zip(self.units, picks, strict=True) for n in u.linears}  # fmt: skip
+    def plan(self, picks: Sequence[int]) -> dict[str, RTNConfig]:
+        return {n: self.widths[j] for u, j in zip(self.units, picks, strict=True) for n in u.linears}  # fmt: skip
 
 
 def _problem(session: Session, settings: AdviseSettings) -> _Problem:
-    bits = tuple(sorted(set(settings.bits)))
-    _capture_widths(session, bits, settings.group_size)
-    names = list(session.bank.versions[f"w{bits[-1]}"])
-    units = make_units([(n, session.bank.modules[n].weight.numel()) for n in names], settings.by, span=settings.span)
+    modules = session.bank.modules
+    for group in settings.group_sizes:
+        bad = sorted({m.weight.shape[1] for m in modules.values() if group and m.weight.shape[1] % group})
+        if bad:
+            raise FlipscopeError(
+                f"group size {group} does not divide the Linear input width {bad[0]} of this model",
+                fix="give --group sizes that divide every layer's input width (e.g. 32, 64)",
+            )
+    every = {RTNConfig(bits=b, group_size=g) for b in settings.bits for g in settings.group_sizes}
 
-    def cost(unit: Unit, b: int) -> float:
-        width = RTNConfig(bits=b, group_size=settings.group_size)
-        return average_bits(session.bank.modules, dict.fromkeys(unit.linears, width)) * unit.params
+    def everywhere(width: RTNConfig) -> tuple[float, int]:
+        return average_bits(modules, dict.fromkeys(modules, width)), width.bits
 
-    costs = [[cost(u, b) for b in bits] for u in units]
-    return _Problem(session, units, bits, settings.group_size, costs)
+    widths = tuple(sorted(every, key=everywhere))
+    _capture_widths(session, widths)
+    names = list(session.bank.versions[_name(widths[-1])])
+    units = make_units([(n, modules[n].weight.numel()) for n in names], settings.by, span=settings.span)
+    costs = [[average_bits(modules, dict.fromkeys(u.linears, w)) * u.params for w in widths] for u in units]
+    return _Problem(session, units, widths, costs)
 
 
 def _solve(options: list[list[Option]], settings: AdviseSettings, total: int, *, spent_kl: float = 0.0) -> Choice:
@@ -133,16 +143,16 @@ def _solve(options: list[list[Option]], settings: AdviseSettings, total: int, *,
 def _single_unit(p: _Problem, settings: AdviseSettings, shown: Display) -> tuple[list[int], float, dict[str, Any]]:
     """Every (unit, width) with only that unit at that width; the knapsack's picks, prediction and the table."""
     options: list[list[Option]] = []
-    with shown.progress("sensitivities", len(p.units) * len(p.bits)) as advance:
+    with shown.progress("sensitivities", len(p.units) * len(p.widths)) as advance:
         for unit, costs in zip(p.units, p.costs, strict=True):
             row = []
-            for b, cost in zip(p.bits, costs, strict=True):
-                p.session.bank.use(dict.fromkeys(unit.linears, f"w{b}"))
+            for width, cost in zip(p.widths, costs, strict=True):
+                p.session.bank.use(dict.fromkeys(unit.linears, _name(width)))
                 row.append(Option(cost, p.session.meter()))
                 advance(1)
             options.append(row)
     choice = _solve(options, settings, p.total)
-    table = {u.name: {f"w{b}": o.value for b, o in zip(p.bits, row, strict=True)}
+    table = {u.name: {_name(w): o.value for w, o in zip(p.widths, row, strict=True)}
              for u, row in zip(p.units, options, strict=True)}  # fmt: skip
     return list(choice.picks), choice.value, table
 
@@ -158,10 +168,11 @@ def _start_picks(p: _Problem, path: str) -> list[int]:
                 f"{path}: the layers of {unit.name} have different widths", fix="refine it --by linear"
             )
         ((b, group),) = found
-        if b not in p.bits or group != p.group:
+        width = RTNConfig(bits=b, group_size=group)
+        if width not in p.widths:
             raise FlipscopeError(f"{path}: {unit.name} is at {b} bits, group {group}",
-                                 fix=f"give --bits including {b} and --group {group or 0}")  # fmt: skip
-        picks.append(p.bits.index(b))
+                                 fix=f"give --bits including {b} and --group including {group or 0}")  # fmt: skip
+        picks.append(p.widths.index(width))
     return picks
 
 
@@ -179,7 +190,7 @@ def _refine(p: _Problem, settings: AdviseSettings, picks: list[int], kl: float, 
             ) -> tuple[list[int], float, Round]:  # fmt: skip
     """One round: each unit one width down and up with ``picks`` applied to the rest, the knapsack solved over
     those marginal changes (plus staying), the new plan measured and kept only if it is better."""
-    steps = [[k for k in (j - 1, j + 1) if 0 <= k < len(p.bits)] for j in picks]
+    steps = [[k for k in (j - 1, j + 1) if 0 <= k < len(p.widths)] for j in picks]
     passes = sum(len(s) for s in steps) + 1
     options: list[list[Option]] = []
     with shown.progress(f"refining, round {rnd}", passes) as advance:
@@ -230,7 +241,7 @@ def advise(baseline: str, settings: AdviseSettings, *, out: str | Path, display:
         uniform = _uniform(p, shown)
         avg = p.avg_bits(picks)
         path = write_plan(
-            Path(out), RTNConfig(bits=p.bits[0], group_size=p.group), p.widths(picks),
+            Path(out), p.widths[0], p.plan(picks),
             made_by="flipscope advise", baseline=spec.label(), by=str(settings.by), span=settings.span, avg_bits=avg,
             target_bits=settings.target_bits, budget_kl=settings.budget_kl, predicted_kl=predicted,
             first_measured_kl=first, rounds=[asdict(r) for r in rounds], measured_kl=kl,
@@ -243,13 +254,13 @@ def advise(baseline: str, settings: AdviseSettings, *, out: str | Path, display:
     return Advice(path, avg, predicted, kl, uniform, rounds, first, len(p.units), time.monotonic() - started)
 
 
-def _uniform(p: _Problem, shown: Display) -> dict[int, tuple[float, float]]:
+def _uniform(p: _Problem, shown: Display) -> dict[str, tuple[float, float]]:
     """Each width everywhere: (average bits, measured KL), for reference."""
     out = {}
-    with shown.progress("uniform widths", len(p.bits)) as advance:
-        for j, b in enumerate(p.bits):
+    with shown.progress("uniform widths", len(p.widths)) as advance:
+        for j, width in enumerate(p.widths):
             picks = [j] * len(p.units)
-            out[b] = (p.avg_bits(picks), p.measure(picks))
+            out[_name(width)] = (p.avg_bits(picks), p.measure(picks))
             advance(1)
     return out
 

@@ -49,6 +49,13 @@ def _unit_options(default: str):  # type: ignore[no-untyped-def]
     return wrap
 
 
+def _integers(option: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError as exc:
+        raise click.BadParameter(f"{option} {text!r}: comma-separated integers") from exc
+
+
 def _ablation(corpus: str | None, chunks: int, ctx: int, fraction: float, device: str, dtype: str) -> Any:
     from flipscope._attribute import AblationSettings
 
@@ -108,13 +115,18 @@ def attribute_cmd(
 @click.command("advise")
 @click.argument("baseline")
 @click.option("--bits", default="3,4,5,6,8", show_default=True, help="Widths to choose from (RTN, symmetric).")
-@click.option("--group", default=64, show_default=True, help="Group size (0: one scale per output channel).")
+@click.option(
+    "--group",
+    default="64",
+    show_default=True,
+    help="Group size, or several (64,192: every bit width at each); 0: one scale per output channel.",
+)
 @_unit_options("linear")
 @click.option("--target-bits", type=float, help="Average bits per weight, group scales included (e.g. 4.25).")
 @click.option("--budget-kl", type=float, help="Or: the fewest bits whose predicted corpus KL is within this.")
 @click.option(
     "--refine",
-    default=2,
+    default=0,
     show_default=True,
     help="Rounds re-measuring each unit one width up and down with the plan applied to the rest (0: none).",
 )
@@ -125,7 +137,7 @@ def attribute_cmd(
 def advise_cmd(
     baseline: str,
     bits: str,
-    group: int,
+    group: str,
     by: str,
     span: int | None,
     target_bits: float | None,
@@ -147,21 +159,21 @@ def advise_cmd(
     Cost: units × widths corpus passes, then about 2 × units per refinement round. The plan's predicted KL is
     reported beside its measured KL, and the uniform widths' for reference.
     """
+    groups = _integers("--group", group)
     if recipe:
         from flipscope._advise import write_recipe
 
-        path, avg = write_recipe(baseline, recipe, out=out, group_size=group or None)
+        if len(groups) != 1:
+            raise click.BadParameter("--recipe takes one --group size")
+        path, avg = write_recipe(baseline, recipe, out=out, group_size=groups[0] or None)
         click.echo(f"wrote {path}: {recipe} style, {avg:.3f} bits per weight; use it as {baseline}+plan:{path}")
         return
     from flipscope._advise import AdviseSettings, advise
     from flipscope.attribution.units import UnitKind
     from flipscope.display import RichDisplay
 
-    try:
-        widths = tuple(int(b) for b in bits.split(","))
-    except ValueError as exc:
-        raise click.BadParameter(f"--bits {bits!r}: comma-separated integers") from exc
-    settings = AdviseSettings(bits=widths, group_size=group or None, by=UnitKind(by), span=span,
+    settings = AdviseSettings(bits=_integers("--bits", bits), group_sizes=tuple(g or None for g in groups),
+                              by=UnitKind(by), span=span,
                               target_bits=target_bits, budget_kl=budget_kl, refine=refine, start=start,
                               ablation=ablation)  # fmt: skip
     a = advise(baseline, settings, out=out, display=RichDisplay())
@@ -174,6 +186,6 @@ def advise_cmd(
                    f"predicted {r.predicted_kl:.4f}, measured {r.measured_kl:.4f}: {verdict}")  # fmt: skip
     click.echo(f"plan {a.plan}: {a.units} units, {a.avg_bits:.3f} bits per weight, corpus KL {a.measured_kl:.4f} "
                f"({a.seconds:.0f} s)")  # fmt: skip
-    for b, (avg, kl) in sorted(a.uniform.items()):
-        click.echo(f"  uniform w{b}: {avg:.3f} bits per weight, corpus KL {kl:.4f}")
+    for name, (avg, kl) in a.uniform.items():
+        click.echo(f"  uniform {name}: {avg:.3f} bits per weight, corpus KL {kl:.4f}")
     click.echo(f"use it as: {baseline}+plan:{a.plan}")
