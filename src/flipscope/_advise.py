@@ -1,7 +1,8 @@
 """``flipscope advise``: a mixed-precision RTN plan under a budget, from measured per-unit sensitivities (corpus KL
 with only that unit at that width; a width is a bit count at a group size), chosen by an exact knapsack, optionally
 refined in context (each unit re-measured one width up and down with the plan applied to every other unit, and the
-knapsack solved again over those marginal changes); and hand-made recipes (llama.cpp's Q4_K_M style) written as the same kind of plan."""
+knapsack solved again over those marginal changes); and hand-made recipes (llama.cpp's Q4_K_M style) written as
+the same kind of plan."""
 
 from __future__ import annotations
 
