@@ -229,6 +229,8 @@ def test_advise_refines_in_context_and_writes_the_plan_it_measured(tiny_llama: P
 
 
 def test_advise_refines_a_given_plan_and_refuses_widths_it_cannot_choose(tiny_llama: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
     from flipscope._advise import AdviseSettings, advise
     from flipscope._attribute import AblationSettings
     from flipscope.compress import RTNConfig
@@ -242,6 +244,13 @@ def test_advise_refines_a_given_plan_and_refuses_widths_it_cannot_choose(tiny_ll
     a = advise(f"hf:{tiny_llama}", settings, out=tmp_path / "refined.json")
     assert a.predicted_kl is None and len(a.rounds) == 1 and a.rounds[0].passes == 1 + 2 * 13 + 1  # 14 Linears
     assert a.measured_kl <= a.first_kl and a.avg_bits <= 5.0 + 1e-9
+    # a plan over the budget: refused as it is, brought under it by a refinement round (one width down everywhere)
+    wide = write_plan(tmp_path / "wide.json", RTNConfig(bits=8, group_size=16), {})
+    over = AdviseSettings(bits=(2, 4, 8), group_sizes=(16,), target_bits=5.0, start=str(wide), ablation=ablation)
+    with pytest.raises(FlipscopeError, match=r"9.000 bits per weight after 0 refinement rounds, above --target-bits"):
+        advise(f"hf:{tiny_llama}", over, out=tmp_path / "x.json")
+    fitted = advise(f"hf:{tiny_llama}", replace(over, refine=1), out=tmp_path / "fitted.json")
+    assert fitted.rounds[0].kept and fitted.avg_bits <= 5.0 + 1e-9 and fitted.measured_kl > fitted.first_kl
     with pytest.raises(FlipscopeError, match="group size 48 does not divide"):
         advise(f"hf:{tiny_llama}", AdviseSettings(bits=(4,), group_sizes=(48,), target_bits=5.0, ablation=ablation),
                out=tmp_path / "x.json")  # fmt: skip

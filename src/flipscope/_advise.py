@@ -125,20 +125,13 @@ def _problem(session: Session, settings: AdviseSettings) -> _Problem:
     return _Problem(session, units, widths, costs)
 
 
-def _solve(options: list[list[Option]], settings: AdviseSettings, total: int, *, spent_kl: float = 0.0) -> Choice:
-    """The knapsack under the settings' budget; ``spent_kl``: KL already counted outside the options' values."""
+def _solve(options: list[list[Option]], settings: AdviseSettings, total: int, *, spent_kl: float = 0.0
+           ) -> Choice | None:  # fmt: skip
+    """The knapsack under the settings' budget (None: nothing fits); ``spent_kl``: KL counted outside the options."""
     resolution = total * 1e-4  # cost buckets of 1e-4 bit per weight
     if settings.target_bits is not None:
-        choice = least_value(options, settings.target_bits * total, resolution=resolution)
-    else:
-        choice = least_cost(options, float(settings.budget_kl or 0.0) - spent_kl, resolution=resolution)
-    if choice is None:
-        cheapest = sum(min(o.cost for o in row) for row in options) / total
-        raise FlipscopeError(
-            f"no plan fits the budget (the fewest bits possible: {cheapest:.3f} per weight)",
-            fix="raise --target-bits / --budget-kl, or add lower --bits",
-        )
-    return choice
+        return least_value(options, settings.target_bits * total, resolution=resolution)
+    return least_cost(options, float(settings.budget_kl or 0.0) - spent_kl, resolution=resolution)
 
 
 def _single_unit(p: _Problem, settings: AdviseSettings, shown: Display) -> tuple[list[int], float, dict[str, Any]]:
@@ -153,6 +146,12 @@ def _single_unit(p: _Problem, settings: AdviseSettings, shown: Display) -> tuple
                 advance(1)
             options.append(row)
     choice = _solve(options, settings, p.total)
+    if choice is None:
+        cheapest = sum(min(o.cost for o in row) for row in options) / p.total
+        raise FlipscopeError(
+            f"no plan fits the budget (the fewest bits possible: {cheapest:.3f} per weight)",
+            fix="raise --target-bits / --budget-kl, or add lower --bits",
+        )
     table = {u.name: {_name(w): o.value for w, o in zip(p.widths, row, strict=True)}
              for u, row in zip(p.units, options, strict=True)}  # fmt: skip
     return list(choice.picks), choice.value, table
@@ -180,7 +179,7 @@ def _start_picks(p: _Problem, path: str) -> list[int]:
 def _better(settings: AdviseSettings, new: tuple[float, float], old: tuple[float, float]) -> bool:
     """(avg bits, KL) of two plans: is the new one better under the budget?"""
     if settings.target_bits is not None:
-        return new[1] < old[1]
+        return new[1] < old[1] or old[0] > settings.target_bits + 1e-9  # a given plan over the budget: any that fits
     budget = float(settings.budget_kl or 0.0)
     if old[1] > budget:
         return new[1] < old[1]
@@ -188,9 +187,10 @@ def _better(settings: AdviseSettings, new: tuple[float, float], old: tuple[float
 
 
 def _refine(p: _Problem, settings: AdviseSettings, picks: list[int], kl: float, rnd: int, shown: Display
-            ) -> tuple[list[int], float, Round]:  # fmt: skip
+            ) -> tuple[list[int], float, Round | None]:  # fmt: skip
     """One round: each unit one width down and up with ``picks`` applied to the rest, the knapsack solved over
-    those marginal changes (plus staying), the new plan measured and kept only if it is better."""
+    those marginal changes (plus staying), the new plan measured and kept only if it is better; no round (None)
+    where no change fits the budget."""
     steps = [[k for k in (j - 1, j + 1) if 0 <= k < len(p.widths)] for j in picks]
     passes = sum(len(s) for s in steps) + 1
     options: list[list[Option]] = []
@@ -202,6 +202,8 @@ def _refine(p: _Problem, settings: AdviseSettings, picks: list[int], kl: float, 
                 advance(1)
             options.append(row)
         choice = _solve(options, settings, p.total, spent_kl=kl)
+        if choice is None:
+            return picks, kl, None
         new = [j if c == 0 else steps[i][c - 1] for i, (j, c) in enumerate(zip(picks, choice.picks, strict=True))]
         measured = p.measure(new)
         advance(1)
@@ -236,9 +238,17 @@ def advise(baseline: str, settings: AdviseSettings, *, out: str | Path, display:
         rounds: list[Round] = []
         for rnd in range(1, settings.refine + 1):
             picks, kl, result = _refine(p, settings, picks, kl, rnd, shown)
+            if result is None:
+                break
             rounds.append(result)
             if not result.kept:
                 break
+        if settings.target_bits is not None and p.avg_bits(picks) > settings.target_bits + 1e-9:
+            raise FlipscopeError(
+                f"{settings.start}: {p.avg_bits(picks):.3f} bits per weight after {len(rounds)} refinement rounds, "
+                f"above --target-bits {settings.target_bits}",
+                fix="give more --refine rounds (each moves a layer one width), or a plan nearer the budget",
+            )
         uniform = _uniform(p, shown)
         avg = p.avg_bits(picks)
         path = write_plan(
