@@ -17,7 +17,7 @@ from flipscope._attribute import AblationSettings, Session, open_session
 from flipscope.attribution.knapsack import Choice, Option, least_cost, least_value
 from flipscope.attribution.units import Unit, UnitKind, block_of, kind_of, make_units
 from flipscope.compress import RTNConfig, apply_compression
-from flipscope.compress.plan import average_bits, read_plan, write_plan
+from flipscope.compress.plan import average_bits, check_layers, read_plan, write_plan
 from flipscope.display import Display, NullDisplay
 from flipscope.errors import FlipscopeError
 from flipscope.models import parse_spec
@@ -105,14 +105,9 @@ class _Problem:
 
 def _problem(session: Session, settings: AdviseSettings) -> _Problem:
     modules = session.bank.modules
-    for group in settings.group_sizes:
-        bad = sorted({m.weight.shape[1] for m in modules.values() if group and m.weight.shape[1] % group})
-        if bad:
-            raise FlipscopeError(
-                f"group size {group} does not divide the Linear input width {bad[0]} of this model",
-                fix="give --group sizes that divide every layer's input width (e.g. 32, 64)",
-            )
     every = {RTNConfig(bits=b, group_size=g) for b in settings.bits for g in settings.group_sizes}
+    for width in every:  # the plan's own rule: each group must divide the layer's input width
+        check_layers(dict.fromkeys(modules, width), _input_widths(session), f"--group {width.group_size or 0}")
 
     def everywhere(width: RTNConfig) -> tuple[float, int]:
         return average_bits(modules, dict.fromkeys(modules, width)), width.bits
@@ -157,21 +152,25 @@ def _single_unit(p: _Problem, settings: AdviseSettings, shown: Display) -> tuple
     return list(choice.picks), choice.value, table
 
 
+def _input_widths(session: Session) -> dict[str, int]:
+    return {n: int(m.in_features) for n, m in session.bank.modules.items()}
+
+
 def _start_picks(p: _Problem, path: str) -> list[int]:
     """A given plan's width per unit, as indices into the widths."""
     default, layers, _ = read_plan(Path(path))
     picks = []
     for unit in p.units:
-        found = {(w.bits, w.group_size) for w in (layers.get(n, default) for n in unit.linears)}
+        found = {layers.get(n, default) for n in unit.linears}
         if len(found) != 1:
             raise FlipscopeError(
                 f"{path}: the layers of {unit.name} have different widths", fix="refine it --by linear"
             )
-        ((b, group),) = found
-        width = RTNConfig(bits=b, group_size=group)
+        (width,) = found
         if width not in p.widths:
-            raise FlipscopeError(f"{path}: {unit.name} is at {b} bits, group {group}",
-                                 fix=f"give --bits including {b} and --group including {group or 0}")  # fmt: skip
+            raise FlipscopeError(f"{path}: {unit.name} is at {width.bits} bits, group {width.group_size}",
+                                 fix=f"give --bits including {width.bits} and --group including "
+                                     f"{width.group_size or 0}")  # fmt: skip
         picks.append(p.widths.index(width))
     return picks
 

@@ -44,6 +44,7 @@ def make_units(linears: Iterable[tuple[str, int]], by: UnitKind | str, *, span: 
     if span is not None and span < 1:
         raise FlipscopeError(f"--span must be 1 or more, got {span}")
     groups: dict[str, list[tuple[str, int]]] = {}
+    spans: dict[str, list[int]] = {}  # a span's key → the blocks it holds
     for name, size in linears:
         block = block_of(name)
         if by is UnitKind.LINEAR:
@@ -51,20 +52,18 @@ def make_units(linears: Iterable[tuple[str, int]], by: UnitKind | str, *, span: 
         elif by is UnitKind.MODULE:
             key = kind_of(name)
             if span is not None and block is not None:
-                key = f"{key} blocks {block - block % span}-"
+                key = f"{key} from block {block - block % span}"
+                spans.setdefault(key, []).append(block)
         else:
             key = f"block {block}" if block is not None else name
         groups.setdefault(key, []).append((name, size))
     if not groups:
         raise FlipscopeError("the model has no Linear layers to attribute to")
-    return [Unit(_named(key, members), tuple(n for n, _ in members), sum(s for _, s in members))
-            for key, members in groups.items()]  # fmt: skip
+    return [Unit(_span_name(members[0][0], spans[key]) if key in spans else key, tuple(n for n, _ in members),
+                 sum(s for _, s in members)) for key, members in groups.items()]  # fmt: skip
 
 
-def _named(key: str, members: list[tuple[str, int]]) -> str:
+def _span_name(linear: str, blocks: list[int]) -> str:
     """A span's name says the blocks it holds ("v_proj blocks 25-29"; "v_proj block 30" where the blocks run out)."""
-    if not key.endswith("-"):
-        return key
-    kind, first = key[:-1].rsplit(" blocks ", 1)
-    last = max(block_of(n) or 0 for n, _ in members)
-    return f"{kind} blocks {first}-{last}" if last > int(first) else f"{kind} block {first}"
+    first, last = min(blocks), max(blocks)
+    return f"{kind_of(linear)} blocks {first}-{last}" if last > first else f"{kind_of(linear)} block {first}"
