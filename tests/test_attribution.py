@@ -251,6 +251,10 @@ def test_advise_refines_a_given_plan_and_refuses_widths_it_cannot_choose(tiny_ll
         advise(f"hf:{tiny_llama}", over, out=tmp_path / "x.json")
     fitted = advise(f"hf:{tiny_llama}", replace(over, refine=1), out=tmp_path / "fitted.json")
     assert fitted.rounds[0].kept and fitted.avg_bits <= 5.0 + 1e-9 and fitted.measured_kl > fitted.first_kl
+    stray = write_plan(tmp_path / "stray.json", RTNConfig(bits=4, group_size=16), {"model.layers.9.mlp.down_proj":
+                       RTNConfig(bits=8, group_size=16)})  # fmt: skip
+    with pytest.raises(FlipscopeError, match=r"names 1 layer.* this model does not have"):
+        advise(f"hf:{tiny_llama}", replace(over, start=str(stray)), out=tmp_path / "x.json")
     with pytest.raises(FlipscopeError, match="group size 48 does not divide"):
         advise(f"hf:{tiny_llama}", AdviseSettings(bits=(4,), group_sizes=(48,), target_bits=5.0, ablation=ablation),
                out=tmp_path / "x.json")  # fmt: skip

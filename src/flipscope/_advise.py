@@ -159,6 +159,7 @@ def _input_widths(session: Session) -> dict[str, int]:
 def _start_picks(p: _Problem, path: str) -> list[int]:
     """A given plan's width per unit, as indices into the widths."""
     default, layers, _ = read_plan(Path(path))
+    check_layers(layers, _input_widths(p.session), f"plan {path}")  # as +plan: does
     picks = []
     for unit in p.units:
         found = {layers.get(n, default) for n in unit.linears}
