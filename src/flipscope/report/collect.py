@@ -119,18 +119,58 @@ def _baseline(run: Run) -> str:
     return str(run.run.baseline.spec)
 
 
+#: Values that say a run did not record a setting (an imported lm-eval log's dtype, an unresolved device).
+_UNKNOWN = ("", "unknown", "auto", "-1", "None")
+
+
+def baseline_identity(run: Run) -> dict[str, str | None]:
+    """What makes a run's baseline numbers what they are: its spec, weights fingerprint, dtype, device, prompt format
+    and few-shot count; None where this kind of run does not record one (then it is not compared)."""
+    fields: dict[str, object] = {"spec": _baseline(run)}
+    if isinstance(run, CompareRun):
+        s = run.run.settings
+        fields |= {"weights fingerprint": run.run.baseline.fingerprint, "dtype": s.dtype, "device": s.device,
+                   "format": s.format, "few-shot": s.fewshot}  # fmt: skip
+        for task in run.run.tasks:  # a free-form task's own count (gsm8k: 8 unless --fewshot said otherwise)
+            if "fewshot" in task.meta:
+                fields[f"{task.name} few-shot"] = task.meta["fewshot"]
+    elif isinstance(run, KLDRun):
+        s = run.run.settings
+        fields |= {"weights fingerprint": run.run.baseline.get("fingerprint"), "dtype": s.dtype, "device": s.device}
+    elif isinstance(run, MTBenchRun):
+        s = run.run.settings
+        fields |= {"weights fingerprint": run.run.baseline.fingerprint, "dtype": s.get("dtype"),
+                   "device": s.get("device")}  # fmt: skip
+    else:
+        s = run.run.settings.get("ablation", run.run.settings)
+        fields |= {"dtype": s.get("dtype"), "device": s.get("device")}
+    return {k: None if v is None or str(v) in _UNKNOWN else str(v) for k, v in fields.items()}
+
+
+def check_one_baseline(runs: Sequence[Run]) -> None:
+    """One report compares candidates against one baseline: every run's baseline must be the same model run the
+    same way (every field both runs record agrees), else a one-line error naming the two runs, the field and the
+    two values."""
+    seen: dict[str, tuple[str, Path]] = {}  # field → the first value recorded, and the run that recorded it
+    for run in runs:
+        for name, value in baseline_identity(run).items():
+            if value is None:
+                continue
+            first, where = seen.setdefault(name, (value, run.folder))
+            if value != first:
+                raise FlipscopeError(
+                    f"runs {where} and {run.folder} have different baselines: {name} {first} ({where.name}) vs "
+                    f"{value} ({run.folder.name}); one report compares candidates against one baseline",
+                    fix="report them separately, or rerun one with the other's baseline and settings",
+                )
+
+
 def collect(folders: Sequence[str | Path]) -> ReportInput:
     """Read every run directory; they must share one baseline (a report compares candidates against it)."""
     if not folders:
         raise FlipscopeError("no run directory given", fix="flipscope report RUN_DIR [RUN_DIR...]")
     runs = [_read(Path(f)) for f in folders]
-    baselines = {_baseline(r): r.folder for r in runs}
-    if len(baselines) > 1:
-        listed = "; ".join(f"{folder}: {spec}" for spec, folder in baselines.items())
-        raise FlipscopeError(
-            f"these runs have different baselines ({listed}); one report compares candidates against one baseline",
-            fix="report them separately, or rerun with the same baseline spec",
-        )
+    check_one_baseline(runs)
     return ReportInput(
         baseline=_baseline(runs[0]),
         compares=[r for r in runs if isinstance(r, CompareRun)],
