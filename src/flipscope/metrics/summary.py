@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from pydantic import BaseModel
@@ -22,21 +23,23 @@ class Bucket(BaseModel):
 
 
 class FreeSummary(BaseModel):
-    """Free-form tasks: the judge-free distances (means over the items where they were measured) and how the
-    answers ended."""
+    """Free-form tasks: the judge-free distances, all over one item set — the ``measured`` of ``n`` items on which
+    every teacher-forced quantity reported is finite (an empty baseline answer, or a candidate that cannot score it
+    token by token, leaves an item out of all of them) — and how the answers ended (over all ``n`` items)."""
 
     teacher_kl_mean: float | None
     delta_nll_mean: float | None
-    identical: float | None  # share of items whose two answers are the same tokens
+    identical: float | None  # share of the measured items whose two answers are the same tokens
     same_answer: float | None  # share with the same extracted final answer
-    first_divergence_median: float | None  # among answers that differ
-    measured: int  # items with teacher-forced numbers
+    first_divergence_median: float | None  # among measured answers that differ
+    measured: int  # items every distance above is over
     acc_strict_baseline: float | None  # lm-eval's strict-match filter ("The answer is N.")
     acc_strict_candidate: float | None
     invalid_baseline: int  # no final answer found in the text
     invalid_candidate: int
     truncated_baseline: int  # stopped at max_new_tokens
     truncated_candidate: int
+    n: int | None = None  # items in the summary (None: a run.json written before it was recorded)
 
 
 class TaskSummary(BaseModel):
@@ -87,30 +90,38 @@ def collapse_warnings(pairs: Sequence[Pair]) -> list[str]:
     return out
 
 
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
 def free_summary(pairs: Sequence[Pair]) -> FreeSummary | None:
-    """The judge-free columns of free-form items (None where the task is multiple choice)."""
+    """The judge-free columns of free-form items (None where the task is multiple choice). A teacher-forced quantity
+    measured on some item is required on every item of the set; one measured on no item (logs imported without
+    log-probabilities; teacher KL of a candidate with another tokenizer) is not reported and not required."""
     from flipscope.metrics._records import NO_ANSWER, answer_distance
 
     both = [(p.baseline.free, p.candidate.free, answer_distance(p)) for p in pairs]
     rows = [(b, c, d) for b, c, d in both if b is not None and c is not None and d is not None]
     if not rows:
         return None
-    teacher = [d.teacher_kl for _, _, d in rows if d.teacher_kl is not None]
-    nll = [d.delta_nll for _, _, d in rows if d.delta_nll is not None]
-    divergence = [float(d.first_divergence) for _, _, d in rows if d.first_divergence is not None]
+    need_kl = any(d.teacher_kl is not None for _, _, d in rows)
+    need_nll = any(d.delta_nll is not None for _, _, d in rows)
+    kept = [d for _, _, d in rows if (_finite(d.teacher_kl) or not need_kl) and (_finite(d.delta_nll) or not need_nll)]
+    divergence = [float(d.first_divergence) for d in kept if d.first_divergence is not None]
     return FreeSummary(
-        teacher_kl_mean=paired.mean(teacher),
-        delta_nll_mean=paired.mean(nll),
-        identical=_rate(sum(d.identical for _, _, d in rows), len(rows)),
-        same_answer=_rate(sum(d.same_answer for _, _, d in rows), len(rows)),
+        teacher_kl_mean=paired.mean([d.teacher_kl for d in kept if d.teacher_kl is not None]),
+        delta_nll_mean=paired.mean([d.delta_nll for d in kept if d.delta_nll is not None]),
+        identical=_rate(sum(d.identical for d in kept), len(kept)),
+        same_answer=_rate(sum(d.same_answer for d in kept), len(kept)),
         first_divergence_median=paired.quantile(divergence, 0.5),
-        measured=len(teacher),
+        measured=len(kept),
         acc_strict_baseline=_rate(sum(b.correct_strict for b, _, _ in rows), len(rows)),
         acc_strict_candidate=_rate(sum(c.correct_strict for _, c, _ in rows), len(rows)),
         invalid_baseline=sum(b.answer == NO_ANSWER for b, _, _ in rows),
         invalid_candidate=sum(c.answer == NO_ANSWER for _, c, _ in rows),
         truncated_baseline=sum(b.stop_reason == "length" for b, _, _ in rows),
         truncated_candidate=sum(c.stop_reason == "length" for _, c, _ in rows),
+        n=len(rows),
     )
 
 
@@ -154,12 +165,23 @@ def summarize(pairs: Sequence[Pair]) -> TaskSummary:
     acc_b, acc_c = _rate(k_base, n), _rate(k_cand, n)
     warnings = collapse_warnings(choice_pairs)
     free = free_summary(pairs)
-    if free is not None and free.measured == 0 and n:
+    token_kl_mean = paired.mean(token_kls) if len(token_kls) == n else None
+    token_kl_items = len(token_kls)
+    if free is not None and free.n == n:  # free-form only: token KL is the teacher-forced KL, over its item set
+        token_kl_mean = free.teacher_kl_mean
+        token_kl_items = free.measured if free.teacher_kl_mean is not None else 0
+    if free is not None and free.teacher_kl_mean is None and free.delta_nll_mean is None and n:
         warnings.append("no judge-free distances: these records hold no teacher-forced scores (e.g. imported logs)")
-    elif free is not None and free.measured < n:
+    elif free is not None and free.measured < (free.n or 0):
         warnings.append(
-            f"judge-free distances measured on {free.measured} of {n} items: the others have an empty baseline "
-            "answer, or the candidate tokenises it differently (they are left out, not counted as 0)"
+            f"judge-free distances measured on {free.measured} of {free.n} items: the others have an empty baseline "
+            "answer, or a teacher-forced number the candidate could not give (they are left out of every distance, "
+            "not counted as 0)"
+        )
+    if free is not None and free.teacher_kl_mean is None and free.delta_nll_mean is not None:
+        warnings.append(
+            "teacher-forced KL measured on no item: the candidate's vocabulary or tokenization differs from the "
+            "baseline's, or its backend gives no full-vocabulary log-probabilities (ΔNLL is reported without it)"
         )
     if n and len(token_kls) < n and free is None:
         warnings.append(
@@ -185,8 +207,8 @@ def summarize(pairs: Sequence[Pair]) -> TaskSummary:
         choice_kl_mean=paired.mean(choice_kls),
         choice_kl_median=paired.quantile(choice_kls, 0.5),
         choice_kl_p95=paired.quantile(choice_kls, 0.95),
-        token_kl_mean=paired.mean(token_kls) if len(token_kls) == n else None,
-        token_kl_items=len(token_kls),
+        token_kl_mean=token_kl_mean,
+        token_kl_items=token_kl_items,
         flips_by_margin=[
             Bucket(lo=b.lo, hi=b.hi, n=b.n, flips=b.flips, flip_rate=b.rate)
             for b in paired.flips_by_margin(choice_pairs)

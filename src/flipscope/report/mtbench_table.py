@@ -48,7 +48,7 @@ def render_mtbench(run: Any, summary: dict[str, Any]) -> Group:
                 num(s["delta_nll_mean"], 3),
                 pct(s["identical"]),
                 num(s["first_divergence_median"], 0),
-                str(s["measured"]),
+                f"{s['measured']} of {s['n']}" if s.get("n") else str(s["measured"]),
                 end_section=category == categories[-1] if categories else True,
             )
     parts.append(table)

@@ -86,9 +86,9 @@ def detail_line(s: TaskSummary) -> str:
     if s.free is not None:
         f = s.free
         return (
-            f"judge-free: teacher-forced KL {num(f.teacher_kl_mean)} · ΔNLL/token {num(f.delta_nll_mean)} · "
-            f"identical {pct(f.identical)}% · same answer {pct(f.same_answer)}% · first divergence (median token) "
-            f"{num(f.first_divergence_median, 0)} · measured {f.measured}/{s.n} · strict acc "
+            f"judge-free, measured {f.measured} of {f.n or s.n}: teacher-forced KL {num(f.teacher_kl_mean)} · "
+            f"ΔNLL/token {num(f.delta_nll_mean)} · identical {pct(f.identical)}% · same answer {pct(f.same_answer)}% · "
+            f"first divergence (median token) {num(f.first_divergence_median, 0)} · all {f.n or s.n}: strict acc "
             f"B {pct(f.acc_strict_baseline)}% C {pct(f.acc_strict_candidate)}% · no answer "
             f"B {f.invalid_baseline} C {f.invalid_candidate} · "
             f"hit max tokens B {f.truncated_baseline} C {f.truncated_candidate}"
