@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from flipscope._kld import KLDResult, kld
     from flipscope._mtbench import MTBenchSettings
     from flipscope._mtbench_api import MTBenchResult, judge_run, mtbench
+    from flipscope._prompt import prompt_tokens
     from flipscope._save import save_compressed
     from flipscope.report import load_run
 
@@ -28,6 +29,7 @@ __all__ = [
     "kld",
     "load_run",
     "mtbench",
+    "prompt_tokens",
     "save_compressed",
 ]
 
@@ -49,6 +51,10 @@ def __getattr__(name: str) -> Any:
         from flipscope._mtbench import MTBenchSettings
 
         return MTBenchSettings
+    if name == "prompt_tokens":
+        from flipscope._prompt import prompt_tokens
+
+        return prompt_tokens
     if name == "save_compressed":
         from flipscope._save import save_compressed
 

@@ -30,8 +30,9 @@ from flipscope.tasks.mtbench import MAX_NEW_TOKENS, TEMPERATURE, MTBench, Questi
 
 log = logging.getLogger(__name__)
 
-#: Bumped whenever answering or judging changes what a stored generation would hold.
-MTBENCH_VERSION = 1
+#: Bumped whenever answering or judging changes what a stored generation would hold (2: chat prompts are the chat
+#: template's own ids — one BOS where the template writes it, none added where it does not).
+MTBENCH_VERSION = 2
 #: FastChat's judge max_tokens.
 JUDGE_MAX_TOKENS = 2048
 #: Judges this small grade at chance (warned about).

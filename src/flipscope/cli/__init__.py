@@ -14,6 +14,7 @@ from flipscope.cli.imports import import_group
 from flipscope.cli.kld import kld_cmd
 from flipscope.cli.listing import methods_cmd, models_cmd, tasks_cmd
 from flipscope.cli.mtbench import judge_cmd, mtbench_cmd
+from flipscope.cli.prompt import prompt_cmd
 from flipscope.cli.report import report_cmd
 from flipscope.errors import FlipscopeError
 
@@ -57,6 +58,7 @@ cli.add_command(advise_cmd)
 cli.add_command(models_cmd)
 cli.add_command(methods_cmd)
 cli.add_command(tasks_cmd)
+cli.add_command(prompt_cmd)
 
 
 def main() -> None:

@@ -162,6 +162,18 @@ class Generation:
     token_ids: tuple[int, ...] | None = None
 
 
+@dataclass(frozen=True)
+class PromptTokens:
+    """What a model is given for one request (``flipscope prompt``): the ``text`` its tokenizer reads (the chat
+    template rendered, where one applies), the token ``ids`` fed to the model, and each id's text alone
+    (``pieces``, special tokens shown). ``chat``: whether a chat template was applied."""
+
+    text: str
+    ids: tuple[int, ...]
+    pieces: tuple[str, ...]
+    chat: bool
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """``text`` up to the earliest of the ``stop`` strings, and whether one was found."""
     cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]

@@ -22,6 +22,18 @@ def prompt_text(tokenizer: Any, request: GenRequest, chat: bool) -> str:
     return request.plain()
 
 
+def prompt_ids(tokenizer: Any, request: GenRequest, *, chat: bool, bos: list[int]) -> list[int]:
+    """The token ids a model is given for ``request`` — the one rule of every transformers path (generation, local
+    judges, teacher-forced scoring through ``chat_prompt``, ``flipscope prompt``). A chat request, where the model
+    has a template: exactly what the tokenizer's own ``apply_chat_template(..., tokenize=True)`` gives, so BOS is
+    there once where the template writes it and nowhere where it does not. Anything else: ``bos`` (``bos_prefix``)
+    and the text's tokens."""
+    if request.chat and chat:
+        out = tokenizer.apply_chat_template(request.messages(), tokenize=True, add_generation_prompt=True)
+        return [int(i) for i in (out["input_ids"] if hasattr(out, "keys") else out)]  # transformers 5.x: a dict
+    return bos + list(tokenizer.encode(request.plain(), add_special_tokens=False))
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -38,13 +50,11 @@ def generate(
 ) -> list[Generation]:
     import torch
 
-    encoded = [
-        bos + list(tokenizer.encode(prompt_text(tokenizer, r, chat), add_special_tokens=False)) for r in requests
-    ]
-    for index, prompt_ids in enumerate(encoded):
-        if max_context is not None and len(prompt_ids) + decoding.max_new_tokens > max_context:
+    encoded = [prompt_ids(tokenizer, r, chat=chat, bos=bos) for r in requests]
+    for index, prompt in enumerate(encoded):
+        if max_context is not None and len(prompt) + decoding.max_new_tokens > max_context:
             raise FlipscopeError(
-                f"{label}: prompt {index} is {len(prompt_ids)} tokens; with {decoding.max_new_tokens} new tokens it "
+                f"{label}: prompt {index} is {len(prompt)} tokens; with {decoding.max_new_tokens} new tokens it "
                 f"passes the model's {max_context}-token context",
                 fix="lower --max-new-tokens or use fewer few-shot examples",
             )

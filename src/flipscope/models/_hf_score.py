@@ -24,7 +24,7 @@ import torch
 
 from flipscope.errors import FlipscopeError
 from flipscope.models._base import OptionScores, RowSink, nonfinite_scores
-from flipscope.models.hf import bos_prefix
+from flipscope.models.hf import bos_prefix, context_ids
 from flipscope.tasks import ScoreRequest
 
 
@@ -122,7 +122,7 @@ class PrefixScorer:
         pooled: list[_Item] = []
         for prefix, members in groupby(order, key=lambda i: requests[i].prefix):
             indices = list(members)
-            contexts = [self.bos + self.encode(prefix + requests[i].prompt) for i in indices]
+            contexts = [context_ids(self.tokenizer, prefix + requests[i].prompt, self.bos) for i in indices]
             shared = 0
             if len(indices) > 1 and prefix:
                 shared = min(_common_length(contexts), min(len(c) for c in contexts) - 1)  # keep ≥ 1 prompt id

@@ -69,13 +69,29 @@ def lookup(name: str) -> BundledModel:
     return model
 
 
+def _folder(model: BundledModel) -> Path:
+    return cache_root() / "models" / f"{model.name}-{model.version}"
+
+
 def ensure_local(name: str) -> Path:
     """A transformers folder (safetensors, float32) for the bundled model, converted from its GGUF once."""
     model = lookup(name)
-    folder = cache_root() / "models" / f"{model.name}-{model.version}"
+    folder = _folder(model)
     if converted(folder):
         return folder
     return write_once(folder, lambda tmp: _convert(model, folder, tmp), done=converted)
+
+
+def load_tokenizer(name: str) -> Any:
+    """The bundled model's tokenizer alone: from its converted folder, or, before the weights are converted, from
+    the shipped GGUF (where the conversion takes it from): no weights are loaded."""
+    from flipscope.models.hf import load_tokenizer as load
+
+    model = lookup(name)
+    if converted(_folder(model)):
+        return load(str(_folder(model)), f"bundled:{name}")
+    gguf_path = model.shipped()
+    return load(str(gguf_path.parent), f"bundled:{name}", gguf_file=gguf_path.name)
 
 
 def converted(folder: Path) -> bool:

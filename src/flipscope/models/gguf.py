@@ -24,6 +24,7 @@ from flipscope.models._base import (
     GenRequest,
     ModelInfo,
     OptionScores,
+    PromptTokens,
     RowSink,
     finish_reason,
     nonfinite_scores,
@@ -238,6 +239,66 @@ class GGUFBackend:
         if self.llm is not None:
             self.llm.close()
         self.llm = None
+
+
+def prompt_tokens(location: str, request: GenRequest) -> PromptTokens:
+    """What ``GGUFBackend.generate`` gives llama.cpp for ``request``, read from the file's vocabulary alone (no
+    weights): for a chat request, the ids llama-cpp-python's chat handler for the file's template generates from
+    (``create_chat_completion``'s own handler, stopped before it generates); for plain text, what
+    ``create_completion`` feeds (BOS where the vocabulary adds it, then the text's tokens, special tokens parsed)."""
+    llama_cpp = require_llama_cpp()
+    llm = llama_cpp.Llama(model_path=str(resolve(location)), vocab_only=True, verbose=False)
+    try:
+        chat = request.chat and bool(llm.metadata.get("tokenizer.chat_template"))
+        if chat:
+            probe = _Probe(llm)
+            with contextlib.suppress(_Prompted):
+                _chat_handler(llm)(llama=probe, messages=request.messages())
+            text, ids = probe.text, probe.ids
+        else:
+            text = request.plain()
+            bos = [int(llm.token_bos())] if llm._model.add_bos_token() else []
+            ids = bos + (list(llm.tokenize(text.encode(), add_bos=False, special=True)) if text else [])
+        pieces = [bytes(llm.detokenize([i], special=True)).decode("utf-8", errors="replace") for i in ids]
+        return PromptTokens(text, tuple(ids), tuple(pieces), chat=chat)
+    finally:
+        llm.close()
+
+
+def _chat_handler(llm: Any) -> Any:
+    """The chat handler ``Llama.create_chat_completion`` uses (its own lookup)."""
+    from llama_cpp import llama_chat_format
+
+    return (
+        llm.chat_handler
+        or llm._chat_handlers.get(llm.chat_format)
+        or llama_chat_format.get_chat_completion_handler(llm.chat_format)
+    )
+
+
+class _Prompted(Exception):
+    """Raised by ``_Probe`` where a chat handler starts generating: its prompt is known by then."""
+
+
+class _Probe:
+    """Stands in for the ``Llama`` a chat handler is given: the model's vocabulary as usual, recording the text it
+    tokenises and the ids it would generate from, and stopping there."""
+
+    def __init__(self, llm: Any) -> None:
+        self.llm = llm
+        self.text = ""
+        self.ids: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.llm, name)
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        self.text = text.decode("utf-8")
+        return list(self.llm.tokenize(text, add_bos, special))
+
+    def create_completion(self, prompt: list[int], **kwargs: Any) -> Any:
+        self.ids = [int(i) for i in prompt]
+        raise _Prompted
 
 
 def _extra_buffers_safe() -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flipscope.errors import FlipscopeError
@@ -14,6 +14,7 @@ from flipscope.models._base import (
     GenRequest,
     ModelInfo,
     OptionScores,
+    PromptTokens,
     RowSink,
     vocabulary_fingerprint,
 )
@@ -33,11 +34,46 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return vocabulary_fingerprint(tokenizer.get_vocab().items())
 
 
+def token_texts(tokenizer: Any, ids: Iterable[int]) -> list[str]:
+    """The text of each token id alone (special tokens shown)."""
+    return [str(t) for t in tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)]
+
+
 def tokenizer_pieces(tokenizer: Any, size: int) -> list[str]:
     """The text of each token id alone, for ids 0 … size-1 (ids past the tokenizer's end get "")."""
     known = min(size, len(tokenizer))
-    texts = tokenizer.batch_decode([[i] for i in range(known)], clean_up_tokenization_spaces=False)
-    return [str(t) for t in texts] + [""] * (size - known)
+    return token_texts(tokenizer, range(known)) + [""] * (size - known)
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return tokenizer.chat_template is not None
+
+
+def load_tokenizer(location: str, label: str, *, gguf_file: str | None = None) -> Any:
+    """The tokenizer alone of a model folder or hub id (``gguf_file``: of a GGUF file in that folder): no
+    weights are loaded."""
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    try:
+        return AutoTokenizer.from_pretrained(location, **({"gguf_file": gguf_file} if gguf_file else {}))
+    except (OSError, ValueError, ImportError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FlipscopeError(
+            f"cannot load the tokenizer of {label!r}: {first}",
+            fix="give a folder with the tokenizer's files, or a hub id when the hub is reachable",
+        ) from exc
+
+
+def tokenizer_prompt(tokenizer: Any, request: GenRequest) -> PromptTokens:
+    """What the transformers backend gives a model with this tokenizer for ``request`` (``prompt_ids``, the rule
+    ``generate`` follows), with the text it was made from and each id's text."""
+    from flipscope.models._hf_generate import prompt_ids, prompt_text
+
+    chat = has_chat_template(tokenizer)
+    ids = prompt_ids(tokenizer, request, chat=chat, bos=bos_prefix(tokenizer))
+    text = prompt_text(tokenizer, request, chat)
+    return PromptTokens(text, tuple(ids), tuple(token_texts(tokenizer, ids)), chat=request.chat and chat)
 
 
 def bos_prefix(tokenizer: Any) -> list[int]:
@@ -57,6 +93,13 @@ def bos_prefix(tokenizer: Any) -> list[int]:
     except TypeError:  # a tokenizer without special tokens at all
         return []
     return [int(bos)] if with_special[:1] == [bos] and without[:1] != [bos] else []
+
+
+def context_ids(tokenizer: Any, text: str, bos: list[int]) -> list[int]:
+    """A scored context's ids: ``bos`` (``bos_prefix``) and the text's tokens — BOS once: a text that begins with
+    it already (a chat template that writes ``{{ bos_token }}``, rendered by ``chat_prompt``) gets no second."""
+    ids = list(tokenizer.encode(text, add_special_tokens=False)) if text else []
+    return ids if bos and ids[: len(bos)] == bos else bos + ids
 
 
 def release_freed_memory() -> None:
@@ -186,7 +229,7 @@ class HFBackend:
                 "parameters": int(model.num_parameters()),  # counts packed 4-bit weights as the weights they hold
             },
             capabilities=Capabilities(
-                rows="full", chat=tokenizer.chat_template is not None, max_context=max_context(model.config)
+                rows="full", chat=has_chat_template(tokenizer), max_context=max_context(model.config)
             ),
         )
         return cls(model, tokenizer, info, device, options.batch_size)
@@ -223,10 +266,19 @@ class HFBackend:
 
     def chat_prompt(self, request: GenRequest) -> str:
         """The text ``generate`` continues for ``request`` (its chat template applied): what teacher-forced scoring
-        puts before an answer."""
-        from flipscope.models._hf_generate import prompt_text
+        puts before an answer. Scored, it gives the model exactly the ids ``generate`` gives it (``prompt_ids``);
+        a template where it would not (the tokenizer puts BOS first, the template writes none) is refused."""
+        from flipscope.models._hf_generate import prompt_ids, prompt_text
 
-        return prompt_text(self.tokenizer, request, self.info.capabilities.chat)
+        chat, bos = self.info.capabilities.chat, bos_prefix(self.tokenizer)
+        text = prompt_text(self.tokenizer, request, chat)
+        if context_ids(self.tokenizer, text, bos) != prompt_ids(self.tokenizer, request, chat=chat, bos=bos):
+            raise FlipscopeError(
+                f"{self.info.label}: its chat template's ids cannot be scored teacher-forced as generation gives "
+                "them (the tokenizer puts BOS first, the template writes none)",
+                fix="start the chat template with {{ bos_token }}, or use a tokenizer that adds no BOS",
+            )
+        return text
 
     def score(
         self,

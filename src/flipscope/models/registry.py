@@ -11,7 +11,7 @@ from typing import Any
 
 from flipscope._cache import content_hash, file_sha256, user_path
 from flipscope.errors import FlipscopeError
-from flipscope.models._base import Backend
+from flipscope.models._base import Backend, GenRequest, PromptTokens
 from flipscope.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,9 @@ class Source:
     load: Callable[[ModelSpec, LoadOptions], Backend]
     #: The model's config.json as a dict, read without loading weights; None where it cannot be read cheaply.
     config: Callable[[str], dict[str, Any] | None] | None = None
+    #: What the model is given for a request (``flipscope prompt``), from its tokenizer alone where the engine
+    #: allows; None where the engine's tokenisation cannot be asked (a server).
+    prompt: Callable[[str, GenRequest], PromptTokens] | None = None
 
 
 SOURCES: dict[str, Source] = {}
@@ -170,6 +173,20 @@ def _hf_load(spec: ModelSpec, options: LoadOptions) -> Backend:
     return HFBackend.load(spec, spec.location, options)
 
 
+def _hf_prompt(location: str, request: GenRequest) -> PromptTokens:
+    from flipscope.models.hf import load_tokenizer, tokenizer_prompt
+
+    _hf_folder(location)  # a missing local folder is an error, not a hub id
+    return tokenizer_prompt(load_tokenizer(location, f"hf:{location}"), request)
+
+
+def _bundled_prompt(location: str, request: GenRequest) -> PromptTokens:
+    from flipscope.models.bundled import load_tokenizer
+    from flipscope.models.hf import tokenizer_prompt
+
+    return tokenizer_prompt(load_tokenizer(location), request)
+
+
 def _bundled_fingerprint(location: str) -> dict[str, Any]:
     from flipscope.models.bundled import lookup
 
@@ -196,6 +213,12 @@ def _gguf_load(spec: ModelSpec, options: LoadOptions) -> Backend:
     from flipscope.models.gguf import GGUFBackend
 
     return GGUFBackend.load(spec, options)
+
+
+def _gguf_prompt(location: str, request: GenRequest) -> PromptTokens:
+    from flipscope.models.gguf import prompt_tokens
+
+    return prompt_tokens(location, request)
 
 
 def _vllm_fingerprint(location: str) -> dict[str, Any]:
@@ -231,6 +254,7 @@ register_source(
         "bundled model as float32 GGUF; @original for the shipped Q4_1 file); +ggml:<type> quantizes with llama.cpp",
         _gguf_fingerprint,
         _gguf_load,
+        prompt=_gguf_prompt,
     )
 )
 register_source(
@@ -251,7 +275,14 @@ register_source(
     )
 )
 register_source(
-    Source("hf", "transformers causal LM: hf:<local folder> or hf:<hub id>", _hf_fingerprint, _hf_load, read_config)
+    Source(
+        "hf",
+        "transformers causal LM: hf:<local folder> or hf:<hub id>",
+        _hf_fingerprint,
+        _hf_load,
+        read_config,
+        _hf_prompt,
+    )
 )
 register_source(
     Source(
@@ -260,5 +291,6 @@ register_source(
         _bundled_fingerprint,
         _bundled_load,
         _bundled_config,
+        _bundled_prompt,
     )
 )
