@@ -107,3 +107,62 @@ def test_a_killed_generation_run_resumes_from_stored_chunks(scripts: dict[str, S
     result = flipscope.compare("mock:b", ["mock:c"], out=tmp_path / "two", **kwargs)
     assert scripts["b"].generated == [8]  # only the 8 answers not stored before the kill
     assert result.summary["mock:c"]["gsm8k"].n == 40
+
+
+def test_teacher_forced_requests_share_the_few_shot_context_as_their_prefix(
+    scripts: dict[str, Script], tmp_path: Path
+) -> None:
+    """The 8 exemplars are the same for every item: they go in ScoreRequest.prefix (computed once by the backends
+    that cache a shared prefix), the item's own question in the prompt."""
+    _wheel()
+    seen: list[flipscope.tasks.ScoreRequest] = []
+
+    def logprobs(i: int, request: flipscope.tasks.ScoreRequest) -> tuple[float, ...]:
+        seen.append(request)
+        return (-1.0,)
+
+    scripts["b"] = Script(logprobs, answer=lambda p: " The answer is 1.")
+    scripts["c"] = Script(lambda i, r: (-1.5,), answer=lambda p: " The answer is 2.")
+    flipscope.compare("mock:b", ["mock:c"], tasks=["gsm8k"], limit=6, out=tmp_path / "run",
+                      cache_dir=tmp_path / "cache")  # fmt: skip
+    shots = "".join("Q: Two plus two?\nA: 2 + 2 = 4. The answer is 4.\n\n" for _ in range(8))
+    assert len(seen) == 6 and {r.prefix for r in seen} == {shots}
+    prompts = pd.read_parquet(tmp_path / "run" / "items.parquet")["prompt"]
+    assert sorted(r.prefix + r.prompt for r in seen) == sorted(prompts)  # the same text the model generated after
+    assert all(re.fullmatch(r"Q: Problem \d+: how many\?\nA:", r.prompt) for r in seen)
+
+
+def test_fewshot_with_gsm8k_takes_its_first_k_exemplars(scripts: dict[str, Script], tmp_path: Path) -> None:
+    """lm-eval's gsm8k_cot is 8-shot; --fewshot K (K ≤ 8) takes the first K, as lm-eval's --num_fewshot does; more
+    than 8 is refused; the table's header says what each task was given."""
+    from click.testing import CliRunner
+    from rich.console import Console
+
+    from flipscope.cli import cli
+    from flipscope.errors import FlipscopeError
+    from flipscope.report.table import print_run
+
+    _wheel()
+    asked: list[str] = []
+    scripts["b"] = Script(lambda i, r: (-1.0,), answer=lambda p: asked.append(p) or " The answer is 1.")
+    scripts["c"] = Script(lambda i, r: (-1.5,), answer=lambda p: " The answer is 2.")
+    kwargs = {"tasks": ["gsm8k"], "limit": 3, "cache_dir": tmp_path / "cache"}
+    two = flipscope.compare("mock:b", ["mock:c"], fewshot=2, out=tmp_path / "two", **kwargs)
+    assert len(asked) == 3 and all(p.count("Q: ") == 3 for p in asked)  # 2 exemplars + the question
+    assert two.run.settings.fewshot == 2 and two.run.tasks[0].meta["fewshot"] == 2
+    asked.clear()
+    default = flipscope.compare("mock:b", ["mock:c"], out=tmp_path / "default", **kwargs)
+    assert len(asked) == 3 and all(p.count("Q: ") == 9 for p in asked)
+    assert default.run.tasks[0].meta["fewshot"] == 8
+    for run, shots in ((two.run, 2), (default.run, 8)):
+        console = Console(record=True, width=200)
+        print_run(run, console)
+        header = console.export_text().splitlines()[0]
+        assert f"gsm8k {shots}-shot" in header
+    args = ["compare", "mock:b", "mock:c", "-t", "gsm8k", "-n", "3", "--fewshot", "0", "--out", str(tmp_path / "zero")]
+    zero = CliRunner().invoke(cli, [*args, "--cache-dir", str(tmp_path / "cache")], terminal_width=200)
+    assert zero.exit_code == 0, zero.output
+    assert asked[-1].count("Q: ") == 1 and "gsm8k 0-shot" in zero.output
+    with pytest.raises(FlipscopeError, match="gsm8k has 8 exemplars"):
+        flipscope.compare("mock:b", ["mock:c"], fewshot=9, out=tmp_path / "nine", **kwargs)
+    assert not (tmp_path / "nine").exists()

@@ -43,6 +43,7 @@ from flipscope.store import (
 from flipscope.store.generations import GenerationStore
 from flipscope.store.run_dir import check_out, claim_run_dir
 from flipscope.tasks import GENERATIVE, ItemRequests, PromptFormat, TaskData, check_task, item_requests, load_task
+from flipscope.tasks.gsm8k import check_fewshot
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +278,7 @@ def compare(
     *,
     tasks: Sequence[str] = ("mmlu",),
     limit: int | None = None,
-    fewshot: int = 0,
+    fewshot: int | None = None,
     format: str | PromptFormat = PromptFormat.CLOZE,
     seed: int = 0,
     topk: int = DEFAULT_TOPK,
@@ -298,6 +299,7 @@ def compare(
     hash of (weights, compression, task items, prompts, settings): the baseline runs once for any number of
     candidates and runs, and an interrupted run resumes from its finished passes. With ``noise_floor``, the
     baseline also runs under those settings and is paired with itself (no candidate is needed then).
+    ``fewshot``: solved examples before each question; None: each task's standard count (0; gsm8k: its 8).
     """
     shown: Display = display or NullDisplay()
     try:
@@ -310,15 +312,18 @@ def compare(
         raise FlipscopeError(f"--topk must be ≥ 1 and --tail-samples ≥ 0, got {topk} and {tail_samples}")
     if not tasks:
         raise FlipscopeError("no task given", fix="use --tasks mmlu or a file")
+    shots = 0 if fewshot is None else fewshot  # multiple choice; free-form tasks take ``fewshot`` as it is
     for name in tasks:  # task errors first: they need nothing fetched
-        check_task(name, fewshot=fewshot, limit=limit)
+        check_task(name, fewshot=shots, limit=limit)
+        if name in GENERATIVE:
+            check_fewshot(fewshot)
     if noise_floor is not None:
         noise_floor.check(batch_size, dtype)
     check_out(out)
     base_spec, cand_specs = parse_models(baseline, candidates, allow_none=noise_floor is not None)
     settings = Settings(
         format=fmt.value,
-        fewshot=fewshot,
+        fewshot=shots,
         limit=limit,
         seed=seed,
         topk=topk,
@@ -327,16 +332,16 @@ def compare(
         dtype=dtype,
         batch_size=batch_size,
     )
-    loaded = [load_task(name, fewshot=fewshot, limit=limit, seed=seed) for name in tasks if name not in GENERATIVE]
+    loaded = [load_task(name, fewshot=shots, limit=limit, seed=seed) for name in tasks if name not in GENERATIVE]
     free = [
-        load_free_task(name, limit=limit, seed=seed, max_new_tokens=max_new_tokens)
+        load_free_task(name, limit=limit, seed=seed, max_new_tokens=max_new_tokens, fewshot=fewshot)
         for name in tasks
         if name in GENERATIVE
     ]
     names = [t.name if t is not None else name for name, t in _in_order(tasks, loaded)]
     if len(set(names)) != len(names):
         raise FlipscopeError("a task is named twice", fix="give each task once")
-    work = [_TaskWork.build(t, fmt, fewshot) for t in loaded]
+    work = [_TaskWork.build(t, fmt, shots) for t in loaded]
     runner = _Runner(settings, shown, use_cache, Path(cache_dir) if cache_dir else cache_root() / "passes")
     base_entry, base_results = runner.run_model(base_spec, "baseline", work, None, free)
     base_scores = [s for r in base_results.values() for s in r.scores]

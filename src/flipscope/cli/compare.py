@@ -32,10 +32,10 @@ from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
     "--fewshot",
     "-k",
     type=int,
-    default=0,
-    show_default=True,
-    help="Solved examples before each question (MMLU: its dev split; ARC: its validation split; "
-    "the others: their first K items, held out).",
+    default=None,
+    help="Solved examples before each question (MMLU: its dev split; ARC: its validation split; gsm8k: the first K "
+    "of its 8 chain-of-thought exemplars, as lm-eval's --num_fewshot; the others: their first K items, held out). "
+    "Default: each task's standard count, 0 (gsm8k: 8).",
 )
 @click.option(
     "--format",
@@ -107,7 +107,7 @@ def compare_cmd(
     candidates: tuple[str, ...],
     tasks: str,
     limit: int | None,
-    fewshot: int,
+    fewshot: int | None,
     fmt: str,
     out: str | None,
     seed: int,

@@ -101,8 +101,11 @@ def detail_line(s: TaskSummary) -> str:
 def render_run(run: RunFile) -> Group:
     parts: list[Table | Text] = []
     settings = run.settings
+    own = {t.name: t.meta["fewshot"] for t in run.tasks if "fewshot" in t.meta}  # free-form tasks' own counts
+    shots = [f"{settings.fewshot}-shot"] if len(own) < len(run.tasks) else []
+    shots += [f"{name} {k}-shot" for name, k in own.items()]
     header = (
-        f"baseline {run.baseline.spec} · format {settings.format} · {settings.fewshot}-shot · "
+        f"baseline {run.baseline.spec} · format {settings.format} · {' · '.join(shots)} · "
         f"limit {settings.limit if settings.limit else 'all'} · seed {settings.seed}"
     )
     parts.append(Text(header, style="dim"))

