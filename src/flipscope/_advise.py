@@ -123,10 +123,9 @@ def _problem(session: Session, settings: AdviseSettings) -> _Problem:
 def _solve(options: list[list[Option]], settings: AdviseSettings, total: int, *, spent_kl: float = 0.0
            ) -> Choice | None:  # fmt: skip
     """The knapsack under the settings' budget (None: nothing fits); ``spent_kl``: KL counted outside the options."""
-    resolution = total * 1e-4  # cost buckets of 1e-4 bit per weight
     if settings.target_bits is not None:
-        return least_value(options, settings.target_bits * total, resolution=resolution)
-    return least_cost(options, float(settings.budget_kl or 0.0) - spent_kl, resolution=resolution)
+        return least_value(options, settings.target_bits * total)
+    return least_cost(options, float(settings.budget_kl or 0.0) - spent_kl)
 
 
 def _single_unit(p: _Problem, settings: AdviseSettings, shown: Display) -> tuple[list[int], float, dict[str, Any]]:

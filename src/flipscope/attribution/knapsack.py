@@ -1,6 +1,11 @@
 """Choose one option (a bit width) per unit: the least predicted KL within an average-bits budget, or the fewest
-bits within a KL budget — a multiple-choice knapsack solved over its Pareto frontier (exact with ``resolution``
-0; with a resolution, choices whose costs fall within it of each other are merged, keeping the lower value)."""
+bits within a KL budget — a multiple-choice knapsack solved exactly over its Pareto frontier of (cost, value) sums:
+an entry is dropped only when a cheaper one has a value at least as low, or when it cannot meet the budget even if
+every remaining unit takes its cheapest (least-KL) option. No cost is rounded or bucketed.
+
+Time, measured on 210 units with SmolLM2-135M's layer sizes and random sensitivities (one shared CPU core): 6 widths
+(`--bits 4,5,6 --group 64,192`) 0.5 s at 4.25 bits per weight (a frontier of ~1,000 entries), 2.7 s at 5; 10 widths
+6–12 s. It grows with the frontier's size, not with the number of possible plans."""
 
 from __future__ import annotations
 
@@ -23,19 +28,26 @@ class Choice:
     value: float
 
 
-def frontier(units: Sequence[Sequence[Option]], *, max_cost: float | None = None, resolution: float = 0.0
+def frontier(units: Sequence[Sequence[Option]], *, max_cost: float | None = None, max_value: float | None = None
              ) -> list[Choice]:  # fmt: skip
-    """Every choice not beaten on both cost and value, sorted by cost."""
+    """Every choice not beaten on both cost and value, sorted by cost; with ``max_cost`` (``max_value``) only
+    those within it."""
+    need_cost = _still_needed([min(o.cost for o in options) for options in units])  # [U + 1]
+    need_value = _still_needed([min(o.value for o in options) for options in units])
     cost, value = np.zeros(1), np.zeros(1)  # [F]: the frontier so far
     steps: list[tuple[np.ndarray, np.ndarray]] = []  # per unit: (parent index, option index) of each entry
-    for options in units:
+    for u, options in enumerate(units):
         oc = np.array([o.cost for o in options])  # [K]
         ov = np.array([o.value for o in options])
         c = (cost[:, None] + oc[None, :]).ravel()  # [F·K]
         v = (value[:, None] + ov[None, :]).ravel()
         parent = np.repeat(np.arange(cost.size), oc.size)
         option = np.tile(np.arange(oc.size), cost.size)
-        keep = np.ones(c.size, bool) if max_cost is None else c <= max_cost + 1e-9
+        keep = np.ones(c.size, bool)
+        if max_cost is not None:  # the remaining units add at least their cheapest options
+            keep &= c + need_cost[u + 1] <= max_cost + 1e-9
+        if max_value is not None:
+            keep &= v + need_value[u + 1] <= max_value + 1e-15
         c, v, parent, option = c[keep], v[keep], parent[keep], option[keep]
         if c.size == 0:
             return []
@@ -43,8 +55,6 @@ def frontier(units: Sequence[Sequence[Option]], *, max_cost: float | None = None
         c, v, parent, option = c[order], v[order], parent[order], option[order]
         best_before = np.minimum.accumulate(np.concatenate([[np.inf], v[:-1]]))
         kept = v < best_before - 1e-15  # strictly better than every cheaper choice
-        if resolution > 0:
-            kept &= _thin(c, v, kept, resolution)
         cost, value = c[kept], v[kept]
         steps.append((parent[kept], option[kept]))
     out = []
@@ -57,26 +67,18 @@ def frontier(units: Sequence[Sequence[Option]], *, max_cost: float | None = None
     return out
 
 
-def _thin(cost: np.ndarray, value: np.ndarray, kept: np.ndarray, resolution: float) -> np.ndarray:
-    """Within each cost bucket of width ``resolution``, only the Pareto entry of least value survives."""
-    out = np.zeros(cost.size, bool)
-    bucket = np.floor(cost / resolution).astype(np.int64)
-    best: dict[int, int] = {}
-    for i in np.flatnonzero(kept):
-        b = int(bucket[i])
-        if b not in best or value[i] < value[best[b]]:
-            best[b] = int(i)
-    out[list(best.values())] = True
-    return out
+def _still_needed(least: list[float]) -> np.ndarray:
+    """[U + 1]: entry u = the least the units from u on can add (Σ of their smallest costs or values)."""
+    return np.concatenate([np.cumsum(least[::-1])[::-1], [0.0]])
 
 
-def least_value(units: Sequence[Sequence[Option]], budget: float, *, resolution: float = 0.0) -> Choice | None:
+def least_value(units: Sequence[Sequence[Option]], budget: float) -> Choice | None:
     """The choice with the least total value whose cost is within ``budget`` (None if nothing fits)."""
-    best = frontier(units, max_cost=budget, resolution=resolution)
+    best = frontier(units, max_cost=budget)
     return min(best, key=lambda c: c.value) if best else None
 
 
-def least_cost(units: Sequence[Sequence[Option]], value_budget: float, *, resolution: float = 0.0) -> Choice | None:
+def least_cost(units: Sequence[Sequence[Option]], value_budget: float) -> Choice | None:
     """The cheapest choice whose total value is within ``value_budget``."""
-    fits = [c for c in frontier(units, resolution=resolution) if c.value <= value_budget + 1e-15]
+    fits = [c for c in frontier(units, max_value=value_budget) if c.value <= value_budget + 1e-15]
     return min(fits, key=lambda c: c.cost) if fits else None
