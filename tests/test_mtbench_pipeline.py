@@ -20,8 +20,8 @@ from click.testing import CliRunner
 
 import flipscope
 from flipscope.cli import cli
-from mtbench_data import write_mtbench
-from tests.conftest import Script
+from mtbench_data import PROMPTS, write_mtbench
+from tests.conftest import SCRIPTS, Script
 
 
 def _row(shift: float) -> np.ndarray:
@@ -57,6 +57,8 @@ def _scripts(scripts: dict[str, Script]) -> None:
 
 def test_mtbench_answers_distances_and_judgements(scripts: dict[str, Script], tmp_path: Path) -> None:
     _scripts(scripts)
+    seen: list[str] = []
+    scripts["j"] = Script(lambda i, r: (0.0,), answer=lambda prompt: seen.append(prompt) or fair_judge(prompt))
     data = write_mtbench(tmp_path / "data")
     settings = flipscope.MTBenchSettings(judge="mock:j", data=str(data), cache_dir=str(tmp_path / "cache"))
     result = flipscope.mtbench("mock:b", ["mock:c"], settings, out=tmp_path / "run")
@@ -64,9 +66,24 @@ def test_mtbench_answers_distances_and_judgements(scripts: dict[str, Script], tm
     assert len(answers) == 2 * 16 * 2 and set(answers["turn"]) == {1, 2}
     first = answers[(answers.model == "mock:b") & (answers.turn == 1)].iloc[0]
     assert first.text == f"base answer to <{first.category} question 0 {{braces}}>"
+    # turn 2 is graded with the multi-turn prompt holding the model's own turn-1 answer, then the turn-2 question,
+    # then its turn-2 answer (math: with both reference answers) — filled here from the data files, not by flipscope
     judged = pd.read_parquet(tmp_path / "run" / "judgements.parquet")
-    turn2 = judged[(judged["mode"] == "single") & (judged.turn == 2) & (judged.model == "mock:c")].iloc[0]
-    assert "A1=cand answer to <" in turn2.raw or turn2.prompt.endswith("multi-turn")
+    questions = {q["question_id"]: q for q in map(json.loads, (data / "mt_bench" / "question.jsonl").open())}
+    text = {(r.model, r.question_id, r.turn): r.text for r in answers.itertuples()}
+    for category, name in (("writing", "single-v1-multi-turn"), ("math", "single-math-v1-multi-turn")):
+        row = judged[(judged["mode"] == "single") & (judged.turn == 2) & (judged.model == "mock:c")
+                     & (judged.category == category)].iloc[0]  # fmt: skip
+        qid = int(row.question_id)
+        a1, a2 = text[("mock:c", qid, 1)], text[("mock:c", qid, 2)]
+        q1, q2 = questions[qid]["turns"]
+        assert a1 == f"cand answer to <{q1}>" and a2 == f"cand answer to <{q2}>"  # turn 2 asked as its own prompt
+        expected = PROMPTS[name][1].format(question_1=q1, question_2=q2, answer_1=a1, answer_2=a2,
+                                           ref_answer_1=f"ref{qid}a", ref_answer_2=f"ref{qid}b")  # fmt: skip
+        (got,) = [p for p in seen if f"A2={a2}" in p]  # the one single grade of this turn-2 answer
+        assert got == expected and row.prompt == name and row.raw == fair_judge(got)
+        if category == "writing":
+            assert got.index(f"A1={a1}\n") < got.index(f"Q2={q2}\n") < got.index(f"A2={a2}")
 
     summary = result.run.summary
     dist = summary["distances"]["mock:c"]["all"]
@@ -131,6 +148,39 @@ def test_mtbench_judgeless_run_and_cli_errors(scripts: dict[str, Script], tmp_pa
     assert "single grades (1–10) by mock:j" in judged.output
     bad = runner.invoke(cli, ["judge", str(tmp_path), "--judge", "mock:j"])
     assert bad.exit_code != 0 and "run.json" in str(bad.exception or bad.output)
+
+
+LOADS: list[str] = []
+
+
+def _counted(spec, options):  # type: ignore[no-untyped-def]
+    """The mock backend, counting loads, with a parameter count as a local model reports one."""
+    from tests.conftest import MockBackend
+
+    LOADS.append(spec.location)
+    backend = MockBackend(spec, SCRIPTS[spec.location])
+    backend.info.details["parameters"] = 1000 + len(spec.location)
+    return backend
+
+
+def test_a_second_run_with_everything_stored_loads_no_model(scripts: dict[str, Script], tmp_path: Path) -> None:
+    from flipscope.models import Source, register_source
+
+    register_source(Source("counted", "mock, counting loads", lambda loc: {"counted": loc}, _counted))
+    _scripts(scripts)
+    data = write_mtbench(tmp_path / "data", per_category=1)
+    settings = flipscope.MTBenchSettings(judge="counted:j", data=str(data), cache_dir=str(tmp_path / "cache"))
+    LOADS.clear()
+    first = flipscope.mtbench("counted:b", ["counted:c"], settings, out=tmp_path / "one")
+    assert sorted(LOADS) == ["b", "c", "j"]  # each model once
+    LOADS.clear()
+    second = flipscope.mtbench("counted:b", ["counted:c"], settings, out=tmp_path / "two")
+    assert LOADS == []  # answers, teacher-forced passes and judgements all stored: nothing loaded
+    assert second.run.summary == first.run.summary
+    assert (second.run.baseline.parameters, second.run.candidates[0].parameters) == (1001, 1001)
+    assert second.run.notes == first.run.notes
+    answers = [pd.read_parquet(tmp_path / name / "answers.parquet") for name in ("one", "two")]
+    assert answers[0].equals(answers[1])
 
 
 DRIVER = """

@@ -8,12 +8,14 @@ stopped and judges nothing twice; ``judge`` re-judges a stored run with another 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from flipscope._atomic import write_atomically
 from flipscope._cache import cache_root, content_hash
 from flipscope._generative import free_answer
 from flipscope.display import Display, NullDisplay
@@ -89,6 +91,39 @@ def temperature(settings: MTBenchSettings, question: Question) -> float:
     return 0.0 if settings.greedy else TEMPERATURE.get(question.category, 0.7)
 
 
+class LazyBackend:
+    """A model loaded on its first call (``loaded``: None until then), so that nothing loads when every pass it
+    serves is stored. Its parameter count is kept beside the stored passes (``facts``, by weights fingerprint):
+    a later run that loads nothing still knows it (run.json, the weak-judge check)."""
+
+    def __init__(self, spec: ModelSpec, options: LoadOptions, facts: Path) -> None:
+        self.spec = spec
+        self.options = options
+        self.facts = facts
+        self.loaded: Backend | None = None
+
+    def __call__(self) -> Backend:
+        if self.loaded is None:
+            self.loaded = load_backend(self.spec, self.options)
+            count = self.parameters
+            if count is not None:
+                self.facts.parent.mkdir(parents=True, exist_ok=True)
+                write_atomically(self.facts, lambda tmp: tmp.write_text(json.dumps({"parameters": count})))
+        return self.loaded
+
+    @property
+    def parameters(self) -> int | None:
+        """From the loaded model, else as an earlier run that loaded it recorded (None where never known)."""
+        if self.loaded is not None:
+            count = self.loaded.info.details.get("parameters")
+        else:
+            try:
+                count = json.loads(self.facts.read_text(encoding="utf-8")).get("parameters")
+            except (OSError, ValueError, AttributeError):
+                count = None
+        return count if isinstance(count, int) else None
+
+
 class Session:
     """The stores and settings one ``mtbench`` or ``judge`` run uses."""
 
@@ -148,20 +183,14 @@ class Session:
         return [g for g in out if g is not None]
 
     @contextlib.contextmanager
-    def loader(self, spec: ModelSpec) -> Iterator[Callable[[], Backend]]:
+    def loader(self, spec: ModelSpec) -> Iterator[LazyBackend]:
         """The model, loaded on first need (nothing loads when every pass is stored) and closed at the end."""
-        loaded: list[Backend] = []
-
-        def backend() -> Backend:
-            if not loaded:
-                loaded.append(load_backend(spec, self.options))
-            return loaded[0]
-
+        backend = LazyBackend(spec, self.options, self.root / "models" / f"{fingerprint(spec)}.json")
         try:
             yield backend
         finally:
-            for b in loaded:
-                b.close()
+            if backend.loaded is not None:
+                backend.loaded.close()
 
     def answer(
         self, spec: ModelSpec, role: str, questions: list[Question], backend: Callable[[], Backend]
@@ -196,25 +225,17 @@ class Session:
         loader: Callable[[], Backend],
     ) -> PassResult | None:
         """This model scoring the baseline's answers (both turns) in the baseline's conversations, teacher-forced;
-        None where the backend cannot render its chat template for scoring."""
+        None where the backend cannot render its chat template for scoring. Keyed by the conversations (not their
+        rendering), so a stored pass is found without loading the model."""
         from flipscope._compare import _Runner
 
-        backend = loader()
-        render = getattr(backend, "chat_prompt", None)
-        if render is None or backend.info.capabilities.rows is None:
-            self.note(
-                f"{spec.label()}: its backend cannot score text after its chat template, so the "
-                "judge-free distances are not measured for it"
-            )
-            return None
-        items, requests = [], []
+        items, asked = [], []
         for q, (a1, a2) in zip(questions, base.turns, strict=True):
             for turn, answer, history in ((1, a1, ()), (2, a2, ((q.turns[0], a1.text),))):
                 if not answer.text.strip():
                     continue
-                context = render(GenRequest(q.turns[turn - 1], chat=True, history=history))
                 items.append(MCItem(f"{q.question_id}-{turn}", "", (answer.text,), 0, q.category))
-                requests.append(ItemRequests((ScoreRequest("", context, (answer.text,)),), ()))
+                asked.append(GenRequest(q.turns[turn - 1], chat=True, history=history))
         settings = Settings(
             format="chat",
             fewshot=0,
@@ -231,11 +252,23 @@ class Session:
             {
                 "v": MTBENCH_VERSION,
                 "kind": "mtbench-teacher",
-                **runner._key(
-                    fingerprint(spec), [r.requests[0].prompt for r in requests] + [i.choices[0] for i in items], ref
-                ),
+                **runner._key(fingerprint(spec), [asdict(r) for r in asked] + [i.choices[0] for i in items], ref),
             }
         )
+        stored = runner.store.load(key) if self.settings.use_cache else None
+        if stored is not None:
+            return stored
+        backend = loader()
+        render = getattr(backend, "chat_prompt", None)
+        if render is None or backend.info.capabilities.rows is None:
+            self.note(
+                f"{spec.label()}: its backend cannot score text after its chat template, so the "
+                "judge-free distances are not measured for it"
+            )
+            return None
+        requests = [
+            ItemRequests((ScoreRequest("", render(r), (i.choices[0],)),), ()) for r, i in zip(asked, items, strict=True)
+        ]
         data = TaskData("mtbench:teacher", items, {}, {})
         result, _ = runner._scoring(
             data, requests, key, spec, loader, ref, f"{role} {spec.label()} · scoring B's answers"
@@ -254,12 +287,10 @@ class Session:
         pairs: list[PairJudgement] = []
         slots = [(i, q, turn) for i, q in enumerate(questions) for turn in (1, 2)]
         with self.loader(spec) as load:
-            warned: list[bool] = []
 
             def backend() -> Backend:
-                if not warned:
-                    warned.append(True)
-                    self.warn_weak(judge, load(), models)
+                if load.loaded is None:  # warned as it loads, before it judges anything
+                    self.warn_weak(judge, load().info.details.get("parameters"), models)
                 return load()
 
             def ask(title: str, asked: list[tuple[Any, GenRequest]]) -> list[str]:
@@ -304,14 +335,15 @@ class Session:
                                 parse_pair(two),
                             )
                         )
+            if load.loaded is None:  # every judgement was stored: its size as the run that loaded it recorded
+                self.warn_weak(judge, load.parameters, models)
         return grades, pairs
 
-    def warn_weak(self, judge: str, backend: Backend, models: list[ModelAnswers]) -> None:
-        """Warn where the judge is smaller than 1B parameters or than a model it judges, or (size unknown, as
-        behind a server) is named like a bundled model."""
+    def warn_weak(self, judge: str, params: object, models: list[ModelAnswers]) -> None:
+        """Warn where the judge (of ``params`` parameters) is smaller than 1B parameters or than a model it judges,
+        or (size unknown, as behind a server) is named like a bundled model."""
         from flipscope.models.bundled import BUNDLED
 
-        params = backend.info.details.get("parameters")
         judged = [m.parameters for m in models if m.parameters]
         if isinstance(params, int):
             small = params < WEAK_JUDGE_PARAMETERS or any(params < p for p in judged)

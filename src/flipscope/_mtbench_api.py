@@ -46,7 +46,9 @@ def mtbench(
     display: Display | None = None,
 ) -> MTBenchResult:
     """Every model answers MT-Bench's two turns; candidates are measured on the baseline's answers without a judge;
-    with ``settings.judge``, the judge grades every answer and compares each candidate with the baseline."""
+    with ``settings.judge``, the judge grades every answer and compares each candidate with the baseline. A model
+    is loaded only where something it does is not stored: a rerun with every answer, teacher-forced pass and
+    judgement stored loads none."""
     from flipscope._compare import library_versions
 
     settings = settings or MTBenchSettings()
@@ -70,8 +72,7 @@ def mtbench(
                 teacher = ref
             else:
                 teacher = session.teacher(spec, role, questions, models[0], ref, backend) if ref else None
-            params = backend().info.details.get("parameters")
-            answers.parameters = params if isinstance(params, int) else None
+            answers.parameters = backend.parameters  # known without loading it where an earlier run did
         models.append(answers)
         scores[answers.spec] = teacher_scores(questions, answers, teacher)
     folder = claim_run_dir(out, prefix="mtbench-")
@@ -84,7 +85,8 @@ def mtbench(
     run = store.MTBenchRunFile(
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         versions=library_versions(),
-        settings={k: v for k, v in asdict(settings).items() if k not in ("use_cache", "cache_dir")},
+        settings={k: v for k, v in asdict(settings).items() if k not in ("use_cache", "cache_dir")}
+        | {"device": session.engine()["device"]},  # the device used (``report`` compares it across runs)
         data_source=bench.source,
         questions=[q.question_id for q in questions],
         baseline=entries[0],

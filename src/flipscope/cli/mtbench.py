@@ -123,7 +123,8 @@ def mtbench_cmd(
     """MT-Bench: BASELINE and each CANDIDATE answer both turns of the 80 questions (with their chat templates);
     candidates are measured on the baseline's answers without a judge (teacher-forced KL, ΔNLL, first divergence,
     identical share); with --judge, every answer is graded 1–10 and each candidate is compared with the baseline
-    in both orders. Answers and verdicts are stored as they come: a killed run continues where it stopped.
+    in both orders. Answers and verdicts are stored as they come: a killed run continues where it stopped, and a
+    model whose answers, teacher-forced scores and verdicts are all stored is not loaded.
 
     \b
     Example:
