@@ -22,8 +22,8 @@ from flipscope.display import Display, NullDisplay
 from flipscope.errors import FlipscopeError
 from flipscope.judge import Grade, PairJudgement, parse_pair, parse_rating, prompts
 from flipscope.metrics import ItemScore
-from flipscope.metrics._records import NO_ANSWER, Pair, answer_distance
-from flipscope.models import Backend, LoadOptions, ModelSpec, fingerprint, load_backend, parse_models, parse_spec
+from flipscope.metrics._records import NO_ANSWER
+from flipscope.models import Backend, LoadOptions, ModelSpec, fingerprint, load_backend, parse_spec
 from flipscope.models._base import Decoding, Generation, GenRequest
 from flipscope.store import PassResult, Settings
 from flipscope.store.generations import GenerationStore
@@ -377,10 +377,6 @@ def teacher_scores(questions: list[Question], answers: ModelAnswers, teacher: Pa
     return out
 
 
-def distances(base: list[ItemScore], cand: list[ItemScore]) -> list[Any]:
-    return [answer_distance(Pair(b, c)) for b, c in zip(base, cand, strict=True)]
-
-
 def load_bench(settings: MTBenchSettings) -> MTBench:
     return load_mtbench(Path(settings.data) if settings.data else None)
 
@@ -395,7 +391,3 @@ def check_settings(settings: MTBenchSettings) -> None:
         raise FlipscopeError("--max-new-tokens, --judge-max-tokens and --batch-size must be at least 1")
     if settings.limit is not None and settings.limit < 1:
         raise FlipscopeError(f"--limit must be at least 1, got {settings.limit}")
-
-
-def models_of(baseline: str, candidates: Sequence[str]) -> tuple[ModelSpec, list[ModelSpec]]:
-    return parse_models(baseline, candidates)
