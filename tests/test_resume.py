@@ -1,6 +1,7 @@
 """A scoring pass stored chunk by chunk: the merged pass equals one scored in one go (baseline rows, tail draws,
 candidate token KL — full rows and a server's top-k), and a comparison killed with SIGKILL at random points
-resumes from its stored chunks and gives records equal to an uninterrupted run's."""
+resumes from its stored chunks and gives records equal to an uninterrupted run's. The mock vocabularies are larger
+than the stored top-k, so tail tokens are drawn (checked non-empty) and the draws of every chunk are compared."""
 
 from __future__ import annotations
 
@@ -28,6 +29,28 @@ def _run(out: Path, cache: Path, spec_base: str, spec_cand: str, task: Path, **k
     return pd.read_parquet(out / "records.parquet")
 
 
+def baseline_rows(cache: Path) -> dict[str, np.ndarray]:
+    """The stored baseline pass's compact rows (top-k, rest, tail draws) in ``cache``: exactly one pass has them."""
+    found = list(cache.rglob("rows.npz"))
+    assert len(found) == 1, found
+    with np.load(found[0]) as data:
+        return {name: data[name] for name in data.files}
+
+
+def assert_same_tail_draws(a: dict[str, np.ndarray], b: dict[str, np.ndarray], samples: int) -> None:
+    """The two stored baselines hold the same rows, with ``samples`` tail tokens drawn at every position."""
+    assert a["sample_ids"].shape == (len(a["rest"]), samples) and samples > 0
+    assert (a["sample_ids"] >= 0).all() and np.isfinite(a["sample_logprobs"]).all()
+    assert not (a["sample_ids"][:, :, None] == a["ids"][:, None, :]).any()  # drawn outside each row's top-k
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+#: The mocks' vocabulary, and the baseline's stored top-k and tail draws per answer token: a tail of 16 tokens.
+VOCAB, TOPK, SAMPLES = 24, 8, 5
+
+
 def _script(seed: int, values: tuple[float, ...], topk: int) -> Script:
     """A mock whose rows depend on the question's text (as a real model's do), not on its place in a call."""
     seen: list[str] = []
@@ -38,10 +61,10 @@ def _script(seed: int, values: tuple[float, ...], topk: int) -> Script:
 
     def rows(i: int, o: int) -> np.ndarray:
         rng = np.random.default_rng([seed, zlib.crc32(seen[-1].encode()), o])
-        logits = rng.normal(size=(3, 24))
+        logits = rng.normal(size=(3, VOCAB))
         return (logits - np.log(np.exp(logits).sum(-1, keepdims=True))).astype(np.float32)  # [T, V]
 
-    return Script(logprobs, rows=rows, vocab=24, topk=topk)
+    return Script(logprobs, rows=rows, vocab=VOCAB, topk=topk)
 
 
 @pytest.mark.parametrize("topk", [0, 6], ids=["full rows", "server top-k"])
@@ -50,12 +73,15 @@ def test_chunked_pass_equals_one_pass(
 ) -> None:
     scripts["b"] = _script(1, (-1.0, -2.0, -3.0, -4.0), topk)
     scripts["c"] = _script(2, (-2.0, -1.0, -3.0, -4.0), topk)
-    whole = _run(tmp_path / "a", tmp_path / "ca", "mock:b", "mock:c", mc_file)
+    kw = {"topk": TOPK, "tail_samples": SAMPLES}
+    whole = _run(tmp_path / "a", tmp_path / "ca", "mock:b", "mock:c", mc_file, **kw)
     monkeypatch.setattr(_stored_pass, "CHUNK_ITEMS", 5)  # 12 items: chunks of 5, 5, 2
-    chunked = _run(tmp_path / "b", tmp_path / "cb", "mock:b", "mock:c", mc_file)
+    chunked = _run(tmp_path / "b", tmp_path / "cb", "mock:b", "mock:c", mc_file, **kw)
     pd.testing.assert_frame_equal(whole, chunked)
     assert chunked["token_kl"].notna().sum() == 12
-    assert not list((tmp_path / "cb").glob("*.part0*"))  # the chunks are merged and deleted
+    assert not list((tmp_path / "cb").rglob("*.part0*"))  # the chunks are merged and deleted
+    if not topk:  # full rows: the tail draws of chunks 2 and 3 are those of the pass scored in one go
+        assert_same_tail_draws(baseline_rows(tmp_path / "cb"), baseline_rows(tmp_path / "ca"), SAMPLES)
 
 
 DRIVER = """
@@ -66,7 +92,7 @@ import numpy as np
 import flipscope
 from flipscope import _stored_pass
 
-_stored_pass.CHUNK_ITEMS = 8
+_stored_pass.CHUNK_ITEMS = {chunk}
 
 import zlib
 
@@ -78,14 +104,15 @@ def script(seed, values):
         return values
     def rows(i, o):
         rng = np.random.default_rng([seed, zlib.crc32(seen[-1].encode()), o])
-        logits = rng.normal(size=(2, 16))
+        logits = rng.normal(size=(2, 24))
         return (logits - np.log(np.exp(logits).sum(-1, keepdims=True))).astype(np.float32)
-    return Script(logprobs, rows=rows)
+    return Script(logprobs, rows=rows, vocab=24)
 
 SCRIPTS["b"] = script(1, (-1.0, -2.0, -3.0, -4.0))
 SCRIPTS["c"] = script(2, (-2.0, -1.0, -3.0, -4.0))
 SCRIPTS["d"] = script(3, (-1.0, -3.0, -2.0, -4.0))
-flipscope.compare("mock:b", ["mock:c", "mock:d"], tasks=[{task!r}], out={out!r}, cache_dir={cache!r})
+flipscope.compare("mock:b", ["mock:c", "mock:d"], tasks=[{task!r}], out={out!r}, cache_dir={cache!r},
+                  topk=8, tail_samples=5)  # 24 tokens: 16 in the tail, 5 drawn per answer token
 """
 
 
@@ -102,13 +129,16 @@ def test_compare_killed_at_random_points_resumes_to_the_same_records(tmp_path: P
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent)}
     tests = str(Path(__file__).resolve().parent.parent)
 
-    def driver(name: str, cache: Path) -> Path:
+    def driver(name: str, cache: Path, chunk: int) -> Path:
         path = tmp_path / f"{name}.py"
-        path.write_text(DRIVER.format(tests=tests, task=str(task), out=str(tmp_path / name), cache=str(cache)))
+        text = DRIVER.format(tests=tests, task=str(task), out=str(tmp_path / name), cache=str(cache), chunk=chunk)
+        path.write_text(text)
         return path
 
-    subprocess.run([sys.executable, str(driver("whole", tmp_path / "cache-whole"))], check=True, env=env, timeout=300)
-    script = driver("killed", tmp_path / "cache")
+    # the reference run scores each pass in one chunk; the killed one in chunks of 8 items
+    subprocess.run([sys.executable, str(driver("whole", tmp_path / "cache-whole", 1000))], check=True, env=env,
+                   timeout=300)  # fmt: skip
+    script = driver("killed", tmp_path / "cache", 8)
     rng = random.Random(7)
     kills = 0
     while True:
@@ -126,6 +156,9 @@ def test_compare_killed_at_random_points_resumes_to_the_same_records(tmp_path: P
     b = pd.read_parquet(tmp_path / "whole" / "records.parquet")
     assert len(a) == 3 * 120 and not a.duplicated(["model", "item_id"]).any()
     pd.testing.assert_frame_equal(a, b)
+    assert a["token_kl"].notna().sum() == 2 * 120
+    # the baseline's 15 chunks of 8 items, some scored before a kill and some after: the draws of one whole pass
+    assert_same_tail_draws(baseline_rows(tmp_path / "cache"), baseline_rows(tmp_path / "cache-whole"), 5)
 
 
 def test_the_same_inputs_give_identical_records(tiny_llama: Path, mc_file: Path, tmp_path: Path) -> None:
