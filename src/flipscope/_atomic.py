@@ -1,30 +1,120 @@
-"""Files in the cache and run directories are made once, by one process: ``write_once`` holds an advisory lock
-(``fcntl.flock`` on ``<target>.lock``) while it checks for the target, builds it under a temporary name of its own
-(``<target>.<pid>.part``) and renames it into place (a rename is atomic). A second process asking for the same
-target waits for the first and then finds it made; a killed process leaves only its own ``.part``, never a
-half-written target, and its lock is released by the kernel."""
+"""Files and locks.
+
+Every file flipscope writes appears whole, by a rename: ``write_atomically`` builds it (a file, or a folder of
+files) under a temporary name of this process (``<target>.<pid>.part``), flushes it to disk (``fsync`` of every file
+and folder in it), renames it into place (a rename is atomic) and flushes the folder that now names it. A reader
+sees the old file or the whole new one; a killed process, or a machine that loses power, leaves at most its own
+``.part``, never part of a file under the final name.
+
+Locks are advisory (``fcntl.flock``) on a lock file that holds its holder's pid: the kernel releases the lock of a
+killed process. ``exclusive(target)`` holds ``<target>.lock``; a process that waits for one longer than
+``WAIT_WARNING_S`` logs a warning saying what it waits for and which pid holds it. ``write_once`` makes a cache
+entry once, by one process: under the lock it checks for the entry and writes it; a second process asking for the
+same entry waits for the first and then finds it made."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 
-@contextlib.contextmanager
-def exclusive(target: Path) -> Iterator[None]:
-    """Hold the lock of ``target`` (blocking while another process holds it)."""
+#: A process waiting this long for a lock says so (what it waits for, which pid holds it).
+WAIT_WARNING_S = 3.0
+_POLL_S = 0.05
+
+
+class LockHeld(Exception):
+    """The lock is held by another process (``holder``: its pid as the lock file names it, or "unknown")."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        self.path, self.holder = path, holder
+        super().__init__(f"{path} is held by pid {holder}")
+
+
+class FileLock:
+    """An advisory lock on the file ``path`` (created where missing); its holder writes its pid into it.
+    ``what`` names what the lock guards, for the message of a process that waits."""
+
+    def __init__(self, path: Path, *, what: str) -> None:
+        self.path, self.what = path, what
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, *, wait: bool = True) -> None:
+        """Take the lock; while another process holds it, wait (after ``WAIT_WARNING_S``, saying so), or with
+        ``wait=False`` raise :class:`LockHeld` at once."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + WAIT_WARNING_S
+            while not _try_lock(fd):
+                if not wait:
+                    raise LockHeld(self.path, _holder(fd))
+                if time.monotonic() >= deadline:
+                    log.warning(
+                        "waiting for %s: another process (pid %s) holds its lock %s; this one goes on when it is done",
+                        self.what, _holder(fd), self.path,
+                    )  # fmt: skip
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    break
+                time.sleep(_POLL_S)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def release(self, *, remove: bool = False) -> None:
+        """Let the lock go (``remove``: and delete its file first, for a lock no one needs after this)."""
+        import fcntl
+
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            if remove:
+                self.path.unlink(missing_ok=True)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def _try_lock(fd: int) -> bool:
     import fcntl
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.with_name(target.name + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _holder(fd: int) -> str:
+    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return text if text.isdigit() else "unknown"
+
+
+@contextlib.contextmanager
+def exclusive(target: Path, *, what: str | None = None) -> Iterator[None]:
+    """Hold the lock of ``target`` (``<target>.lock``), waiting while another process holds it."""
+    lock = FileLock(target.with_name(target.name + ".lock"), what=what or str(target))
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def temporary(target: Path) -> Path:
@@ -32,16 +122,22 @@ def temporary(target: Path) -> Path:
     return target.with_name(f"{target.name}.{os.getpid()}.part")
 
 
-def write_atomically(target: Path, write: Callable[[Path], object]) -> Path:
-    """``target`` written by ``write(tmp)`` under a temporary name of this process, then renamed into place: a
-    reader sees the old file or the whole new one, never part of it (no lock: one writer per target)."""
+def write_atomically(target: Path, write: Callable[[Path], object], *, replace_folder: bool = False) -> Path:
+    """``target`` (a file or a folder) written by ``write(tmp)`` under a temporary name of this process, flushed to
+    disk, then renamed into place: a reader sees the old one or the whole new one, never part of it (no lock: one
+    writer per target). A folder takes the place of an empty one, or with ``replace_folder`` of any."""
     tmp = temporary(target)
+    _remove(tmp)
     try:
         write(tmp)
+        _sync(tmp)
+        if replace_folder and target.is_dir() and tmp.is_dir():
+            _remove(target)  # a rename replaces only an empty folder
+        os.replace(tmp, target)
     except BaseException:
         _remove(tmp)
         raise
-    os.replace(tmp, target)
+    _fsync(target.parent, os.O_RDONLY | os.O_DIRECTORY)  # the folder that now names it
     return target
 
 
@@ -49,19 +145,32 @@ def write_once(target: Path, make: Callable[[Path], None], *, done: Callable[[Pa
     """``target``, made by ``make(tmp)`` (a file or a folder at ``tmp``) unless it is there already (``done``,
     default: it exists) — checked again under the lock, so two processes never make it twice."""
     with exclusive(target):
-        if (done or Path.exists)(target):
-            return target
-        tmp = temporary(target)
-        _remove(tmp)
-        try:
-            make(tmp)
-        except BaseException:
-            _remove(tmp)
-            raise
-        if target.is_dir() and tmp.is_dir():
-            _remove(target)
-        os.replace(tmp, target)
+        if not (done or Path.exists)(target):
+            write_atomically(target, make, replace_folder=True)
     return target
+
+
+def _sync(path: Path) -> None:
+    """Flush ``path`` to disk: a file's bytes, or a folder's files and sub-folders and then its own entries."""
+    if path.is_symlink():
+        return
+    if path.is_dir():
+        for child in path.iterdir():
+            _sync(child)
+        _fsync(path, os.O_RDONLY | os.O_DIRECTORY)
+    elif path.is_file():
+        _fsync(path, os.O_RDONLY)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not flags & os.O_DIRECTORY:
+            raise  # some file systems cannot flush a folder; every one flushes a file
+    finally:
+        os.close(fd)
 
 
 def _remove(path: Path) -> None:

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from flipscope._atomic import write_atomically
+
 
 def cache_root() -> Path:
     """``$FLIPSCOPE_CACHE``, else ``$XDG_CACHE_HOME/flipscope``, else ``~/.cache/flipscope``."""
@@ -43,7 +45,8 @@ def file_sha256(path: Path) -> str:
             digest.update(block)
     value = digest.hexdigest()
     memo.parent.mkdir(parents=True, exist_ok=True)
-    memo.write_text(json.dumps({"key": key, "sha256": value}))
+    text = json.dumps({"key": key, "sha256": value})
+    write_atomically(memo, lambda tmp: tmp.write_text(text))
     return value
 
 

@@ -10,11 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from flipscope._atomic import write_atomically
 from flipscope.display import Display
 from flipscope.errors import FlipscopeError
 from flipscope.models import LoadOptions, ModelSpec, load_backend
 from flipscope.models._base import CorpusBackend, nonfinite_logits
-from flipscope.store.baseline_rows import BaselineStore, StoreHeader
+from flipscope.store.baseline_rows import BaselineStore, StoreHeader, save_npy
 from flipscope.store.kld_parts import PositionParts
 from flipscope.store.kld_run import POSITION_COLUMNS
 from flipscope.tasks.corpus import Window, make_windows
@@ -95,7 +96,8 @@ def build_store(
     store = BaselineStore.resume(folder, header)
     if store is None:
         store = BaselineStore.create(folder, header)
-        np.save(folder / "windows.npy", np.array([w.ids for w in plan.windows], dtype=np.int32))
+        ids = np.array([w.ids for w in plan.windows], dtype=np.int32)
+        write_atomically(folder / "windows.npy", lambda tmp: save_npy(tmp, ids))
     state = store.rng_state()
     if state is not None:
         generator.set_state(torch.from_numpy(state))

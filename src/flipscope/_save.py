@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from flipscope._atomic import write_atomically
 from flipscope.errors import FlipscopeError
 from flipscope.models import LoadOptions, ModelSpec, check_compression, load_backend, parse_spec
 
@@ -40,16 +41,21 @@ def save_compressed(spec: str | ModelSpec, out: str | Path, *, device: str = "cp
         embed = net.get_input_embeddings()
         if head is not None and embed is not None and head.weight.data_ptr() != embed.weight.data_ptr():
             net.config.tie_word_embeddings = False  # a compressed head must not be re-tied to the embeddings on load
-        folder.mkdir(parents=True, exist_ok=True)
-        net.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
         record = {
             "spec": parsed.label(),
             "compression": [c.to_dict() for c in parsed.compression],
             "details": backend.info.details,
             "versions": library_versions(),
         }
-        (folder / META_FILE).write_text(json.dumps(record, indent=2, default=str))
+
+        def write(tmp: Path) -> None:  # the folder appears whole: a killed save leaves no half-written model
+            tmp.mkdir(parents=True)
+            net.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / META_FILE).write_text(json.dumps(record, indent=2, default=str))
+
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(folder, write)
     finally:
         backend.close()
     log.info("saved %s to %s", parsed.label(), folder)

@@ -36,7 +36,7 @@ def run_stored_pass(
     progress: Callable[[int], None] | None,
     use_cache: bool = True,
 ) -> PassResult:
-    bounds = [*range(0, len(task.items), CHUNK_ITEMS), len(task.items)]
+    bounds = [*range(0, max(len(task.items), 1), CHUNK_ITEMS), len(task.items)]  # no items: one empty chunk
     parts: list[PassResult] = []
     requests_before = options_before = 0
     for c, (lo, hi) in enumerate(itertools.pairwise(bounds)):
@@ -58,14 +58,13 @@ def run_stored_pass(
                 progress=progress,
                 first_request=requests_before,
             )
-            store.save(part)
+            part = store.save(part, replace=not use_cache)
         elif progress:
             progress(n_requests)
         parts.append(part)
         requests_before += n_requests
         options_before += n_options
-    result = merge_parts(key, parts)
-    store.save(result)
+    result = store.save(merge_parts(key, parts), replace=not use_cache)
     for c in range(len(parts)):
         store.delete(f"{key}.part{c:05d}")
     return result

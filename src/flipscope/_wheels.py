@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -10,7 +11,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from flipscope._atomic import exclusive, write_once
+from flipscope._atomic import exclusive, write_atomically, write_once
 from flipscope._cache import cache_root
 from flipscope.errors import FlipscopeError
 
@@ -40,7 +41,7 @@ def fetch_wheel(package: str, version: str) -> Path:
         proc = subprocess.run([*cmd, f"{package}=={version}", "-d", str(private)], capture_output=True, text=True)
         got = [p for p in private.glob("*.whl") if p.name.lower().startswith(stem)] if private.exists() else []
         for wheel in got:
-            os.replace(wheel, folder / wheel.name)
+            write_atomically(folder / wheel.name, functools.partial(shutil.move, wheel))
         shutil.rmtree(private, ignore_errors=True)
         if proc.returncode != 0 or not got:
             detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no wheel"]

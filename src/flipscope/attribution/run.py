@@ -63,12 +63,12 @@ def write_attribution(folder: Path, run: AttributionRun) -> None:
     import pandas as pd
 
     from flipscope._atomic import write_atomically
+    from flipscope.store.run_dir import finish
 
     folder.mkdir(parents=True, exist_ok=True)
     units = pd.DataFrame([u.model_dump() for u in run.units])
     write_atomically(folder / "units.parquet", lambda tmp: units.to_parquet(tmp, index=False))
-    # last: a folder with run.json is complete
-    write_atomically(folder / "run.json", lambda tmp: tmp.write_text(run.model_dump_json(indent=2)))
+    finish(folder, run.model_dump_json(indent=2))  # last: a folder with run.json is complete
 
 
 def is_attribution(folder: Path) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from flipscope._atomic import write_atomically
 from flipscope.compress._base import CompressionConfig, CompressionContext, apply_compression, register
 from flipscope.compress._layers import linear_layers
 from flipscope.compress.rtn import RTNConfig, quantize_dequantize
@@ -77,8 +78,7 @@ def write_plan(path: Path, default: RTNConfig, layers: dict[str, RTNConfig], **e
            "layers": {k: {"bits": v.bits, "group_size": v.group_size} for k, v in sorted(layers.items())},
            **extra}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    return path
+    return write_atomically(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8"))
 
 
 @register

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from flipscope._atomic import write_atomically
 from flipscope.report.collect import ReportInput
 from flipscope.report.explorer import flipped_items
 from flipscope.report.plots import all_plots
@@ -55,5 +56,4 @@ def write_markdown(data: ReportInput, path: str | Path) -> Path:
     target = Path(path).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
     text = render_markdown(data, target.parent / f"{target.stem}_files", relative_to=target.parent)
-    target.write_text(text, encoding="utf-8")
-    return target
+    return write_atomically(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from flipscope._atomic import write_atomically
 from flipscope.report.plots import Plot, PlotKind
 
 
@@ -77,7 +78,7 @@ def png(plot: Plot, path: Path) -> Path:
             ax.legend(fontsize=8)
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
+        write_atomically(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"))
     finally:
         plt.close(fig)
     return path

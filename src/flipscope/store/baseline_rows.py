@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from flipscope._atomic import write_atomically
 from flipscope.errors import FlipscopeError
 
 if TYPE_CHECKING:
@@ -140,9 +141,7 @@ class BaselineStore:
         for array in self.arrays.values():
             if isinstance(array, np.memmap):
                 array.flush()
-        tmp = self.folder / f"rng-{windows}.tmp.npy"
-        np.save(tmp, rng_state)
-        tmp.replace(self.folder / f"rng-{windows}.npy")
+        write_atomically(self.folder / f"rng-{windows}.npy", lambda tmp: save_npy(tmp, rng_state))
         previous = self.header.done_windows
         self.header = StoreHeader(**{**asdict(self.header), "done_windows": windows, "done_positions": positions})
         _write_header(self.folder, self.header)
@@ -235,6 +234,11 @@ def decode_int16(codes: np.ndarray, lo: np.ndarray, step: np.ndarray) -> torch.T
 
 
 def _write_header(folder: Path, header: StoreHeader) -> None:
-    tmp = folder / "header.json.tmp"
-    tmp.write_text(json.dumps(asdict(header), indent=2))
-    tmp.replace(folder / "header.json")
+    text = json.dumps(asdict(header), indent=2)
+    write_atomically(folder / "header.json", lambda tmp: tmp.write_text(text))
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """``np.save`` to exactly ``path`` (given a name, np.save adds ".npy" to one without it, as temporary names are)."""
+    with open(path, "wb") as handle:
+        np.save(handle, array)

@@ -1,6 +1,7 @@
 """Stored generations, resumable inside a pass: a generation pass writes its outputs in chunks, each chunk a JSON
-Lines file written to a ``.part`` name and renamed when complete (a rename is atomic), so a killed run leaves
-only whole chunks; a restarted run reads them, generates the rest, and writes ``complete.json`` at the end. A
+Lines file written to a ``.part`` name and renamed when complete (``write_atomically``), so a killed run leaves
+only whole chunks; a restarted run reads them, generates the rest, and writes ``complete.json`` (the same way) at the
+end. A
 chunk that cannot be read (truncated, edited) is an error naming the file, never silently regenerated or skipped.
 
 Layout: ``<cache>/generations/<key>/chunk-00000.jsonl`` … and ``complete.json`` (how many answers)."""
@@ -68,7 +69,7 @@ class GenerationStore:
         """All ``n`` generations of pass ``key`` (and whether all came from the store): the stored ones, then
         ``generate(indices)`` for the rest, ``chunk`` at a time, each chunk stored before the next starts."""
         folder = self.folder(key)
-        with exclusive(folder):  # a second process on the same pass waits, then reads what this one stored
+        with exclusive(folder, what=f"the generations of pass {key}"):  # a second process waits, then reads them
             return self._run(folder, n, generate, chunk=chunk, use_cache=use_cache)
 
     def _run(
@@ -92,5 +93,5 @@ class GenerationStore:
             text = "".join(json.dumps(_to_row(i, g)) + "\n" for i, g in zip(indices, made, strict=True))
             write_atomically(name, functools.partial(Path.write_text, data=text))
             done.update(zip(indices, made, strict=True))
-        (folder / "complete.json").write_text(json.dumps({"n": n}))
+        write_atomically(folder / "complete.json", functools.partial(Path.write_text, data=json.dumps({"n": n})))
         return [done[i] for i in range(n)], not todo

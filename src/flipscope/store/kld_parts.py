@@ -2,14 +2,13 @@
 candidate's pass and a finished candidate is not measured again.
 
 Layout: one folder per (baseline store, candidate, batch settings); in it one ``<first>-<end>.npz`` per stretch of
-windows [first, end), written under a temporary name and renamed (a rename is atomic: a stretch is whole or
+windows [first, end), written by ``write_atomically`` (flushed to disk, then renamed: a stretch is whole or
 absent). Reading back takes the stretches in order from window 0 and stops at a gap or an unreadable file (the
 rest is computed again), so the columns read back equal an uninterrupted run's."""
 
 from __future__ import annotations
 
 import logging
-import os
 import zipfile
 from pathlib import Path
 
@@ -57,9 +56,7 @@ class PositionParts:
         self.folder.mkdir(parents=True, exist_ok=True)
 
         def write(tmp: Path) -> None:
-            with open(tmp, "wb") as handle:
+            with open(tmp, "wb") as handle:  # a handle: savez would add ".npz" to the temporary name
                 np.savez(handle, allow_pickle=False, **cols)
-                handle.flush()
-                os.fsync(handle.fileno())
 
         write_atomically(self.folder / f"{first:08d}-{end:08d}.npz", write)

@@ -95,13 +95,19 @@ def summarize_positions(cols: dict[str, np.ndarray], label: str) -> CorpusSummar
 
 
 def write_kld_run(out: Path, run: KLDRunFile, positions: dict[str, dict[str, np.ndarray]]) -> None:
-    """positions: candidate → column → [n] array (plus ``window`` and ``position``)."""
+    """positions: candidate → column → [n] array (plus ``window`` and ``position``). Each file written under a
+    temporary name and renamed into place, ``run.json`` last: a run directory with a ``run.json`` is complete."""
     import pandas as pd
 
+    from flipscope._atomic import write_atomically
+    from flipscope.store.run_dir import finish
+
     out.mkdir(parents=True, exist_ok=True)
-    frames = [pd.DataFrame({"candidate": label, **cols}) for label, cols in positions.items()]
-    pd.concat(frames, ignore_index=True).to_parquet(out / "positions.parquet", index=False)
-    (out / "run.json").write_text(run.model_dump_json(indent=2))
+    frame = pd.concat(
+        [pd.DataFrame({"candidate": label, **cols}) for label, cols in positions.items()], ignore_index=True
+    )
+    write_atomically(out / "positions.parquet", lambda tmp: frame.to_parquet(tmp, index=False))
+    finish(out, run.model_dump_json(indent=2))
 
 
 def read_kld_run(folder: Path) -> tuple[KLDRunFile, Any]:

@@ -4,7 +4,8 @@ A pass directory holds ``scores.parquet`` (one row per item), ``pass.json`` (the
 baseline, its answer-token distributions in compact form (``rows.npz``: top-k ids and log-probs, tail log-mass,
 and per (item, option) the span of rows) and ``pieces.json`` (each id's token text, for top-k KL against servers;
 for a server baseline, the ids index the texts it named). Writing goes to a temporary folder renamed at the end, so an
-interrupted run never leaves a half-written pass behind, and every finished pass survives for the next run.
+interrupted run never leaves a half-written pass behind, and every finished pass survives for the next run; a
+complete pass is never replaced by one another process finishes later (the first stays, and both runs read it).
 """
 
 from __future__ import annotations
@@ -121,6 +122,10 @@ def scores_from_frame(frame: Any) -> list[ItemScore]:
     return out
 
 
+def _complete(folder: Path) -> bool:
+    return (folder / "pass.json").is_file()
+
+
 class PassStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -150,8 +155,19 @@ class PassStore:
         shutil.rmtree(path, ignore_errors=True)
         path.with_name(path.name + ".lock").unlink(missing_ok=True)
 
-    def save(self, result: PassResult) -> None:
-        write_once(self.path(result.key), lambda tmp: self._write(tmp, result), done=lambda _: False)
+    def save(self, result: PassResult, *, replace: bool = False) -> PassResult:
+        """Store ``result`` and return the pass stored under its key: a complete pass already there (another process
+        finished it first) is kept and returned, so every run reads the same one; ``replace`` (a pass run again on
+        purpose, ``--no-cache``) writes over it."""
+        written: list[bool] = []
+
+        def make(tmp: Path) -> None:
+            self._write(tmp, result)
+            written.append(True)
+
+        write_once(self.path(result.key), make, done=lambda folder: not replace and _complete(folder))
+        stored = None if written else self.load(result.key)
+        return stored if stored is not None else result
 
     @staticmethod
     def _write(tmp: Path, result: PassResult) -> None:

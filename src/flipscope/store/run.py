@@ -122,11 +122,12 @@ def write_run(folder: Path, run: RunFile, records: Any, items: Any) -> None:
     """Each file written under a temporary name and renamed into place, ``run.json`` last: a run directory with a
     ``run.json`` is complete."""
     from flipscope._atomic import write_atomically
+    from flipscope.store.run_dir import finish
 
     folder.mkdir(parents=True, exist_ok=True)
     write_atomically(folder / RECORDS_FILE, lambda tmp: records.to_parquet(tmp, index=False))
     write_atomically(folder / ITEMS_FILE, lambda tmp: items.to_parquet(tmp, index=False))
-    write_atomically(folder / RUN_FILE, lambda tmp: tmp.write_text(run.model_dump_json(indent=2)))
+    finish(folder, run.model_dump_json(indent=2))
 
 
 def read_run(folder: Path) -> tuple[RunFile, Any]:

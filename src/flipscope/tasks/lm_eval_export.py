@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from flipscope._atomic import write_atomically
 from flipscope.errors import FlipscopeError
 from flipscope.tasks._items import LETTERS
 from flipscope.tasks.olmo import arrow_rows
@@ -66,11 +67,13 @@ def export_task(name: str, item_ids: list[str], folder: Path) -> str:
         raise FlipscopeError(f"{name}: item ids {missing[:3]} are not in the offline copy", fix="pass the task's ids")
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / f"fs_{name}.jsonl"
-    data.write_text("".join(json.dumps(rows[i]) + "\n" for i in item_ids))
+    lines = "".join(json.dumps(rows[i]) + "\n" for i in item_ids)
+    write_atomically(data, lambda tmp: tmp.write_text(lines))
     other = "validation" if split == "test" else "test"
-    (folder / f"fs_{name}.yaml").write_text(
+    config = (
         f"include: {Path(lm_eval.__file__).parent / 'tasks' / stock}\ntask: fs_{name}\n"
         f"dataset_path: json\ndataset_name: null\ndataset_kwargs:\n  data_files:\n    {split}: {data}\n"
         f"training_split: null\n{split}_split: {split}\n{other}_split: null\n"
     )
+    write_atomically(folder / f"fs_{name}.yaml", lambda tmp: tmp.write_text(config))
     return f"fs_{name}"
