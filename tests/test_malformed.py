@@ -225,3 +225,102 @@ def test_a_server_misbehaving_mid_run(fake_server: Any, at: int, fault: str) -> 
             for s in tasks.values():
                 for value in (s.acc_baseline, s.acc_candidate, s.flips, s.choice_kl_mean, s.token_kl_mean):
                     assert value is None or math.isfinite(value)
+
+
+class _BrokenImport:
+    """A meta-path finder whose ``llama_cpp`` raises ``exc`` while it loads, as an installed llama-cpp-python whose
+    shared library is missing or fails to load does."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        import importlib.util
+
+        return importlib.util.spec_from_loader(name, self) if name == "llama_cpp" else None  # type: ignore[arg-type]
+
+    def create_module(self, spec: Any) -> None:
+        return None
+
+    def exec_module(self, module: Any) -> None:
+        raise self.exc
+
+
+def broken_llama_cpp(m: pytest.MonkeyPatch, exc: BaseException) -> None:
+    import sys
+
+    m.delitem(sys.modules, "llama_cpp", raising=False)
+    m.setattr(sys, "meta_path", [_BrokenImport(exc), *sys.meta_path])
+
+
+LOAD_FAILURES = st.builds(
+    lambda kind, text: kind(text),
+    st.sampled_from([FileNotFoundError, OSError, RuntimeError, ImportError]),
+    st.sampled_from(["Shared library with base name 'llama' not found", "libllama.so: cannot open shared object file",
+                     "undefined symbol: llama_backend_init"]) | st.text(max_size=60),
+)  # fmt: skip
+
+
+@FAST
+@given(exc=LOAD_FAILURES)
+def test_an_installed_but_unloadable_llama_cpp(exc: BaseException) -> None:
+    """llama-cpp-python that imports with an error: one line naming the package, what failed and how to rebuild it."""
+    from flipscope.models.gguf_file import require_llama_cpp
+
+    with pytest.MonkeyPatch.context() as m:
+        broken_llama_cpp(m, exc)
+        with pytest.raises(FlipscopeError) as raised:
+            require_llama_cpp()
+    line = raised.value.one_line()
+    assert "\n" not in line and "llama-cpp-python" in line and "cannot be loaded" in line
+    assert type(exc).__name__ in line and raised.value.fix and "pip install --force-reinstall" in raised.value.fix
+
+
+def test_a_gguf_spec_with_an_unloadable_llama_cpp_is_one_line(tmp_path: Path, mc_file: Path) -> None:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF" + bytes(60))
+    with pytest.MonkeyPatch.context() as m:
+        broken_llama_cpp(m, FileNotFoundError("Shared library with base name 'llama' not found"))
+        result = CliRunner().invoke(cli, ["compare", f"gguf:{model}", "+ggml:Q8_0", "--tasks", str(mc_file),
+                                          "--out", str(tmp_path / "run")])  # fmt: skip
+    # a FlipscopeError, which `flipscope` prints as one "error: … — fix" line (tests/test_cli.py)
+    assert isinstance(result.exception, FlipscopeError), result.exception
+    line = result.exception.one_line()
+    assert "\n" not in line and "llama-cpp-python" in line and "Shared library" in line
+
+
+mtbench_like = st.fixed_dictionaries(
+    {"kind": st.sampled_from(["mtbench", "compare", "kld", "attribute", "MTBench"]) | json_values},
+    optional={
+        f: json_values
+        for f in ("created", "questions", "baseline", "candidates", "settings", "schema_version", "summary")
+    },
+)
+
+
+@FAST
+@given(
+    run_json=st.none()
+    | st.binary(max_size=40)
+    | json_values.map(lambda v: json.dumps(v).encode())
+    | mtbench_like.map(lambda v: json.dumps(v).encode())
+)
+def test_judge_on_a_folder_that_is_not_an_mtbench_run(run_json: bytes | None) -> None:
+    """`flipscope judge` on any folder but an MT-Bench run's: one line naming the folder and what it expected."""
+    with tempfile.TemporaryDirectory() as parent:
+        folder = Path(parent) / "some run"
+        folder.mkdir()
+        if run_json is not None:
+            (folder / "run.json").write_bytes(run_json)
+        result = CliRunner().invoke(cli, ["judge", str(folder), "--judge", "mock:judge"])
+    assert isinstance(result.exception, FlipscopeError), result.exception
+    line = result.exception.one_line()
+    assert "\n" not in line and str(folder) in line and "pydantic" not in line
+    assert "MT-Bench run" in line
+
+
+def test_judge_on_a_compare_run_says_what_it_is(stored_run: Path) -> None:
+    result = CliRunner().invoke(cli, ["judge", str(stored_run), "--judge", "mock:judge"])
+    assert isinstance(result.exception, FlipscopeError)
+    line = result.exception.one_line()
+    assert line.startswith(f"{stored_run} is not an MT-Bench run") and 'no "kind"' in line and '"mtbench"' in line

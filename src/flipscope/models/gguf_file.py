@@ -17,6 +17,10 @@ from flipscope.errors import FlipscopeError
 log = logging.getLogger(__name__)
 
 LLAMA_CPP_PIP = "pip install 'llama-cpp-python==0.3.36'"
+#: Rebuilds llama-cpp-python's shared library from source (for an installed one that fails to load).
+LLAMA_CPP_REBUILD = (
+    "pip install --force-reinstall --no-cache-dir --no-binary llama-cpp-python 'llama-cpp-python==0.3.36'"
+)
 #: general.file_type values of unquantized files (llama_ftype ALL_F32, MOSTLY_F16, MOSTLY_BF16).
 UNQUANTIZED = {0: "F32", 1: "F16", 32: "BF16"}
 #: llama.cpp context settings that change the numbers: part of every gguf: model's cache key. Flash attention as
@@ -27,11 +31,23 @@ ENGINE_SETTINGS: dict[str, Any] = {"flash_attn": True, "n_batch": 512}
 def require_llama_cpp() -> Any:
     try:
         import llama_cpp
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        if exc.name != "llama_cpp":
+            raise _unloadable(exc) from exc  # installed, but something it imports is missing
         raise FlipscopeError(
             "gguf: models run through llama-cpp-python, which is not installed", fix=LLAMA_CPP_PIP
         ) from exc
+    except (ImportError, OSError, RuntimeError) as exc:  # its shared library missing, or failing to load
+        raise _unloadable(exc) from exc
     return llama_cpp
+
+
+def _unloadable(exc: BaseException) -> FlipscopeError:
+    detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return FlipscopeError(
+        f"gguf: models run through llama-cpp-python, which is installed but cannot be loaded ({detail[:200]})",
+        fix=f"reinstall it so that its shared library is built for this machine: {LLAMA_CPP_REBUILD}",
+    )
 
 
 def resolve(location: str) -> Path:

@@ -15,6 +15,7 @@ from flipscope._atomic import write_atomically
 from flipscope.errors import FlipscopeError
 from flipscope.judge import Grade, PairJudgement, parse_pair, parse_rating
 from flipscope.metrics import FreeAnswer, ItemScore
+from flipscope.store.run_dir import finish
 
 SCHEMA_VERSION = 1
 ANSWERS_FILE, JUDGEMENTS_FILE = "answers.parquet", "judgements.parquet"
@@ -187,7 +188,7 @@ def write(folder: Path, run: MTBenchRunFile, answers: Any | None = None, judgeme
         write_atomically(folder / ANSWERS_FILE, lambda tmp: answers.to_parquet(tmp, index=False))
     if judgements is not None:
         write_atomically(folder / JUDGEMENTS_FILE, lambda tmp: judgements.to_parquet(tmp, index=False))
-    write_atomically(folder / "run.json", lambda tmp: tmp.write_text(run.model_dump_json(indent=2), encoding="utf-8"))
+    finish(folder, run.model_dump_json(indent=2))
 
 
 def is_mtbench(folder: Path) -> bool:
@@ -201,19 +202,54 @@ def read(folder: Path) -> tuple[MTBenchRunFile, Any, Any]:
     """run.json, answers and judgements of an MT-Bench run directory; a clear error where one is missing or bad."""
     import pandas as pd
 
-    try:
-        run = MTBenchRunFile.model_validate_json((folder / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValidationError, ValueError) as exc:
-        raise FlipscopeError(
-            f"{folder / 'run.json'}: not a readable MT-Bench run file ({str(exc)[:200]})",
-            fix="give the folder `flipscope mtbench` wrote",
-        ) from exc
+    run = _read_run_file(folder)
     frames = []
     for name in (ANSWERS_FILE, JUDGEMENTS_FILE):
         try:
             frames.append(pd.read_parquet(folder / name))
         except (OSError, ValueError) as exc:
             raise FlipscopeError(
-                f"{folder / name}: unreadable ({str(exc)[:200]})", fix="run `flipscope mtbench` again into a new folder"
+                f"{folder / name}: unreadable ({_one_line(exc)})", fix="run `flipscope mtbench` again into a new folder"
             ) from exc
     return run, frames[0], frames[1]
+
+
+def _read_run_file(folder: Path) -> MTBenchRunFile:
+    """The run file of an MT-Bench run directory; for any other folder one line saying what it holds instead."""
+    fix = "give the folder `flipscope mtbench` wrote"
+    expected = 'a run.json with "kind": "mtbench"'
+    path = folder / "run.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise FlipscopeError(
+            f"{folder} is not an MT-Bench run: it has no run.json (expected {expected})", fix=fix
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise FlipscopeError(
+            f"{folder} is not an MT-Bench run: its run.json is not readable JSON ({_one_line(exc)})", fix=fix
+        ) from exc
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind != "mtbench":
+        if not isinstance(data, dict):
+            found = "no JSON object"
+        else:
+            found = f'"kind": {json.dumps(kind)[:40]}' if "kind" in data else 'no "kind"'
+        raise FlipscopeError(
+            f"{folder} is not an MT-Bench run: its run.json has {found} (expected {expected})", fix=fix
+        )
+    try:
+        return MTBenchRunFile.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "its top level"
+        raise FlipscopeError(
+            f"{path}: an MT-Bench run file with {exc.error_count()} bad field(s), the first {where!r}: "
+            f"{_one_line(first['msg'])}",
+            fix="run `flipscope mtbench` again into a new folder",
+        ) from exc
+
+
+def _one_line(message: object, limit: int = 160) -> str:
+    text = " ".join(str(message).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
