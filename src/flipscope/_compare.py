@@ -223,16 +223,18 @@ class _Runner:
 
     def _record(self, entry: ModelEntry, spec: ModelSpec, task: str, result: PassResult) -> None:
         """The model entry's passes, tokenizer and details, and the notes a pass's token KL calls for."""
-        from flipscope._passes import TOPK_APPROXIMATE, TOPK_BOUND
+        from flipscope._passes import TokenKL
 
         entry.passes[task] = result.key
         entry.tokenizer_fingerprint = result.tokenizer
         entry.details = dict(result.model.get("details", {}))
         measured = result.model
-        if measured.get("token_kl") == TOPK_APPROXIMATE:
-            entry.details["token_kl"] = TOPK_APPROXIMATE
+        kind = TokenKL.read(measured.get("token_kl"), tail_samples=self.settings.tail_samples)
+        if kind is not None:
+            entry.details["token_kl"] = kind.value
+        if kind is TokenKL.TOPK_APPROXIMATE:
             self._note(
-                f"{spec.label()}: token KL is {TOPK_APPROXIMATE} — over the tokens that both the baseline's "
+                f"{spec.label()}: token KL is {kind.value} — over the tokens that both the baseline's "
                 "and the candidate's top-k name (matched by text) plus one rest bucket; a lower bound of the "
                 "full-vocabulary KL"
             )
@@ -242,8 +244,6 @@ class _Runner:
                     f"{spec.label()} on {task}: at {unshared} of {positions} answer-token positions the "
                     "two top-k lists share no token; those positions are left out of token KL (not scored 0)"
                 )
-        elif measured.get("token_kl") == "exact" and self.settings.tail_samples == 0:
-            entry.details["token_kl"] = TOPK_BOUND
 
     def _reference(
         self, backend: Backend, ref: PassResult | None, spec: ModelSpec
@@ -349,11 +349,13 @@ def compare(
     notes = [f"{t.name}: {t.meta['note']}" for t in loaded if "note" in t.meta]
     for r in base_results.values():
         if r.reference is not None:
-            how = f"+ {tail_samples} sampled tail tokens (unbiased mean)" if tail_samples else "(a lower bound)"
-            notes.append(
-                f"token KL: the baseline is stored as top-{topk} log-probs + tail mass {how} per answer token; "
-                f"mean tail mass {r.reference.mean_tail_mass:.3f}"
+            how = (
+                f"an unbiased estimate: the baseline is stored as top-{topk} log-probs + tail mass (exact terms) + "
+                f"{tail_samples} sampled tail tokens (the within-tail term)"
+                if tail_samples
+                else f"a lower bound: the baseline is stored as top-{topk} log-probs + tail mass, no tail samples"
             )
+            notes.append(f"token KL is {how} per answer token; mean tail mass {r.reference.mean_tail_mass:.3f}")
             break
     for spec in cand_specs:
         entry, results = runner.run_model(spec, "candidate", work, base_results, free)

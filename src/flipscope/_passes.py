@@ -1,14 +1,18 @@
 """One model over one task: score every item, and either record the baseline's answer-token distributions
 (compact top-k form) or measure a candidate's answer-token KL against them as the rows stream by.
 
-Token KL is exact (up to the stored baseline's documented error) where both sides give full-vocabulary rows over
-the same vocabulary, and *top-k approximate* (``metrics.topk_kl``) where a side gives only a server's top-k."""
+Where both sides give full-vocabulary rows over the same vocabulary, token KL is an *unbiased estimate*: the
+baseline is stored as its top-k, the mass of the rest and tokens sampled from the rest, so the top-k and rest terms
+are exact and the within-tail term comes from the samples (``metrics.kl``); a *lower bound* without tail samples;
+exact only where the stored top-k holds the whole vocabulary. Where a side gives only a server's top-k it is *top-k
+approximate* (``metrics.topk_kl``). ``TokenKL`` names which, in each pass and in run.json."""
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any, Literal
 
 import numpy as np
@@ -24,10 +28,33 @@ from flipscope.tasks import ItemRequests, ScoreRequest, TaskData
 
 log = logging.getLogger(__name__)
 
-#: How a pass's token KL is labelled when a side gave only top-k rows.
-TOPK_APPROXIMATE = "top-k approximate (lower bound)"
-#: How it is labelled where the baseline was stored without tail samples (``--tail-samples 0``).
-TOPK_BOUND = "lower bound (top-k + rest, no tail samples)"
+
+class TokenKL(StrEnum):
+    """How a pass's answer-token KL was obtained: the ``token_kl`` of its pass.json and of run.json's details."""
+
+    #: full rows both sides; the baseline stored as top-k + rest mass + sampled tail tokens
+    ESTIMATE = "unbiased estimate (sampled tail)"
+    #: the same without tail samples (``--tail-samples 0``): KL over top-k ∪ {rest}
+    LOWER_BOUND = "lower bound (top-k + rest, no tail samples)"
+    #: a side gave only a server's top-k, matched by token text
+    TOPK_APPROXIMATE = "top-k approximate (lower bound)"
+    #: the stored top-k holds the whole vocabulary (no tail)
+    EXACT = "exact (the stored top-k is the whole vocabulary)"
+
+    @classmethod
+    def read(cls, value: str | None, *, tail_samples: int) -> TokenKL | None:
+        """A stored label; "exact", which versions before this one wrote for the sampled estimate, is read as
+        what it was: the estimate, or the lower bound where the run stored no tail samples."""
+        if value is None:
+            return None
+        if value == "exact":
+            return cls.ESTIMATE if tail_samples else cls.LOWER_BOUND
+        return cls(value)
+
+
+#: The labels under their former names.
+TOPK_APPROXIMATE = TokenKL.TOPK_APPROXIMATE.value
+TOPK_BOUND = TokenKL.LOWER_BOUND.value
 
 
 class TopKRecorder:
@@ -85,8 +112,9 @@ class KLMeter:
     def __init__(
         self, reference: ReferenceRows, offsets: list[int], *, exact: bool, pieces: list[str] | None = None
     ) -> None:
-        """``exact``: full rows over the baseline's own vocabulary (kl_compact); otherwise top-k approximate,
-        matching tokens by text (``pieces``: the candidate's token texts by id, for its full rows)."""
+        """``exact``: full rows over the baseline's own vocabulary, measured with ``kl_compact`` (an unbiased
+        estimate, see ``TokenKL``); otherwise top-k approximate, matching tokens by text (``pieces``: the
+        candidate's token texts by id, for its full rows)."""
         self.reference = reference
         self.offsets = offsets  # offsets[i] = index of request i's first (item, option) in the reference
         self.exact = exact
@@ -128,6 +156,17 @@ class KLMeter:
         if request in self.mismatched or len(values) != n_options:
             return None
         return float(np.mean(values))
+
+
+def token_kl_kind(reference: ReferenceRows, *, exact: bool) -> TokenKL:
+    """How token KL against ``reference`` is obtained (``exact`` as in ``KLMeter``: full rows, one vocabulary)."""
+    if not exact:
+        return TokenKL.TOPK_APPROXIMATE
+    if reference.rows.samples:
+        return TokenKL.ESTIMATE
+    if np.isneginf(reference.rows.rest).all():  # nothing outside the stored top-k
+        return TokenKL.EXACT
+    return TokenKL.LOWER_BOUND
 
 
 def check_backend(backend: Backend, requests: list[ScoreRequest]) -> None:
@@ -202,7 +241,7 @@ def run_pass(
         "tokenizer_fingerprint": backend.info.tokenizer_fingerprint,
         "vocab_size": backend.info.vocab_size,
         "details": backend.info.details,
-        "token_kl": None if meter is None else "exact" if exact else TOPK_APPROXIMATE,
+        "token_kl": None if meter is None or reference is None else token_kl_kind(reference, exact=exact).value,
     }
     if meter is not None and not exact:
         model["token_kl_unshared"] = [meter.unshared, meter.positions]

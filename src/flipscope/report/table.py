@@ -51,8 +51,9 @@ def candidate_table(
     token_kl: str = "",
     floor: dict[str, TaskSummary] | None = None,
 ) -> Table:
-    """``token_kl``: how the token KL column was measured, where it is not exact (e.g. "top-k approximate");
-    ``floor``: the noise floor per task, shown beside the candidate's flips (with its 95% interval)."""
+    """``token_kl``: how the token KL column was measured (the pass's ``TokenKL`` label: an estimate, a lower
+    bound, top-k approximate); ``floor``: the noise floor per task, shown beside the candidate's flips (with its 95%
+    interval)."""
     title = f"{candidate}  vs  {baseline}" + (f"  · token KL {token_kl}" if token_kl else "")
     table = Table(title=title, title_justify="left", header_style="bold")
     columns = (*COLUMNS, *FLOOR_COLUMNS) if floor else COLUMNS
@@ -117,11 +118,7 @@ def render_run(run: RunFile) -> Group:
         )
     for candidate, per_task in run.summary.items():
         kind = kinds.get(candidate, "")
-        parts.append(
-            candidate_table(
-                candidate, per_task, run.baseline.spec, token_kl="" if kind == "exact" else kind, floor=floor
-            )
-        )
+        parts.append(candidate_table(candidate, per_task, run.baseline.spec, token_kl=kind, floor=floor))
         for task, s in per_task.items():
             parts.append(Text(f"  {task}: {detail_line(s)}", style="dim"))
             parts.extend(Text(f"  ! {task}: {w}", style="yellow") for w in s.warnings)

@@ -1,0 +1,82 @@
+"""Numbers say what they are: `compare`'s token KL from a stored baseline is labelled an estimate (or a bound, or
+exact where the stored top-k holds the whole vocabulary) in run.json, the pass, the tables and the notes; old
+passes that said "exact" still load, as what they were."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from flipscope import compare, load_run
+from flipscope._passes import TokenKL
+from flipscope.report.table import print_run
+from tests.conftest import Script
+
+V = 24  # the mocks' vocabulary: larger than the stored top-k below, so the baseline has a tail
+
+
+def _rows(seed: int, shift: float = 0.0):  # type: ignore[no-untyped-def]
+    def rows(i: int, o: int) -> np.ndarray:
+        logits = np.random.default_rng([i, o]).normal(size=(2, V)) * 2  # [T=2, V]
+        logits += shift * np.random.default_rng([seed, i, o]).normal(size=(2, V))
+        return (logits - np.log(np.exp(logits).sum(-1, keepdims=True))).astype(np.float32)
+
+    return rows
+
+
+def _scripts(scripts: dict[str, Script]) -> None:
+    def pick(i: int, request: object) -> tuple[float, ...]:
+        return tuple(-1.0 if o == 0 else -3.0 for o in range(len(request.continuations)))  # type: ignore[attr-defined]
+
+    scripts["base"] = Script(pick, rows=_rows(0), vocab=V)
+    scripts["cand"] = Script(pick, rows=_rows(1, shift=0.5), vocab=V)
+
+
+def _shown(folder: Path) -> str:
+    console = Console(record=True, width=250)
+    print_run(load_run(folder), console)
+    return console.export_text()
+
+
+@pytest.mark.parametrize(
+    ("topk", "samples", "kind"),
+    [(4, 8, TokenKL.ESTIMATE), (4, 0, TokenKL.LOWER_BOUND), (V, 8, TokenKL.EXACT)],
+    ids=["tail samples", "no tail samples", "top-k = vocabulary"],
+)
+def test_token_kl_is_labelled_by_how_the_baseline_was_stored(
+    scripts: dict[str, Script], mc_file: Path, tmp_path: Path, topk: int, samples: int, kind: TokenKL
+) -> None:
+    _scripts(scripts)
+    result = compare("mock:base", ["mock:cand"], tasks=[str(mc_file)], topk=topk, tail_samples=samples,
+                     out=tmp_path / "r", cache_dir=tmp_path / "c")  # fmt: skip
+    assert result.summary["mock:cand"]["planets"].token_kl_mean is not None
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["candidates"][0]["details"]["token_kl"] == kind.value != "exact"
+    passes = [json.loads(p.read_text()) for p in (tmp_path / "c").rglob("pass.json")]
+    assert {p["token_kl"] for p in passes if p.get("token_kl")} == {kind.value}  # the candidate's pass
+    assert f"· token KL {kind.value}" in _shown(tmp_path / "r")
+    said = {TokenKL.ESTIMATE: "token KL is an unbiased estimate", TokenKL.LOWER_BOUND: "token KL is a lower bound"}
+    if kind in said:  # the note under the table says it too
+        assert any(n.startswith(said[kind]) for n in result.run.notes), result.run.notes
+
+
+@pytest.mark.parametrize(("samples", "kind"), [(8, TokenKL.ESTIMATE), (0, TokenKL.LOWER_BOUND)])
+def test_a_pass_stored_as_exact_by_an_older_version_loads_as_what_it_was(
+    scripts: dict[str, Script], mc_file: Path, tmp_path: Path, samples: int, kind: TokenKL
+) -> None:
+    _scripts(scripts)
+    common = {"tasks": [str(mc_file)], "topk": 4, "tail_samples": samples, "cache_dir": tmp_path / "c"}
+    compare("mock:base", ["mock:cand"], out=tmp_path / "r1", **common)  # type: ignore[arg-type]
+    stored = [p for p in (tmp_path / "c").rglob("pass.json") if json.loads(p.read_text()).get("token_kl")]
+    assert len(stored) == 1
+    old = json.loads(stored[0].read_text())
+    stored[0].write_text(json.dumps({**old, "token_kl": "exact"}))  # what versions before this one wrote
+    again = compare("mock:base", ["mock:cand"], out=tmp_path / "r2", **common)  # type: ignore[arg-type]
+    assert again.run.candidates[0].reused == {"planets": True}
+    assert again.run.candidates[0].details["token_kl"] == kind.value
+    assert TokenKL.read("exact", tail_samples=samples) is kind
+    assert TokenKL.read(kind.value, tail_samples=samples) is kind and TokenKL.read(None, tail_samples=1) is None
