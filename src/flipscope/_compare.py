@@ -308,6 +308,9 @@ def compare(
         raise FlipscopeError(f"unknown prompt format {format!r}", fix="use cloze or letter") from None
     if batch_size < 1:
         raise FlipscopeError(f"--batch-size must be at least 1, got {batch_size}")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise FlipscopeError(f"--max-new-tokens must be at least 1, got {max_new_tokens}",
+                             fix="give the most tokens an answer may have, e.g. 256 (gsm8k's default)")  # fmt: skip
     if topk < 1 or tail_samples < 0:
         raise FlipscopeError(f"--topk must be ≥ 1 and --tail-samples ≥ 0, got {topk} and {tail_samples}")
     if not tasks:

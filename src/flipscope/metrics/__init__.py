@@ -8,6 +8,7 @@ from flipscope.metrics._records import (
     answer_distance,
     first_argmax,
     pair_up,
+    same_answer,
 )
 from flipscope.metrics.paired import (
     FlipCounts,
@@ -35,6 +36,7 @@ __all__ = [
     "flips_by_margin",
     "mcnemar_exact",
     "pair_up",
+    "same_answer",
     "summarize",
     "summarize_run",
     "top_choice_share",

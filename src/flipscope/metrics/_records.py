@@ -87,7 +87,8 @@ class ItemScore:
 
     @property
     def answer_key(self) -> int | str:
-        """What all-flips compares: the chosen option, or the extracted free-form answer."""
+        """What all-flips and same-answer compare (``same_answer``): the chosen option, or the extracted and
+        normalised free-form answer ("[invalid]" where the text holds none)."""
         return self.free.answer if self.free is not None else self.choice
 
     @property
@@ -105,6 +106,16 @@ class ItemScore:
 class Pair:
     baseline: ItemScore
     candidate: ItemScore
+
+
+def same_answer(pair: Pair) -> bool:
+    """Whether the two models gave the same answer: the same option, or the same normalised final answer. The one
+    rule that all-flips (``paired.flip_counts``) and same-answer (``answer_distance``) read.
+
+    Two "[invalid]" (neither text holds a final answer) are the same answer: the candidate did what the baseline
+    did, and as neither is graded correct it is no flip either — so it is no all-flip, and it counts towards
+    same-answer. The summary's invalid counts say how many such non-answers each side gave."""
+    return pair.baseline.answer_key == pair.candidate.answer_key
 
 
 def pair_up(baseline: list[ItemScore], candidate: list[ItemScore]) -> list[Pair]:
@@ -132,7 +143,8 @@ def answer_distance(pair: Pair) -> AnswerDistance | None:
     """Judge-free distances of a free-form pair: ``teacher_kl`` = the candidate's mean per-token KL(B‖C) over
     the baseline's answer with both models fed its tokens; ``delta_nll`` = (NLL_C − NLL_B) of that answer per
     token; ``first_divergence`` (None: the same tokens; also None where either side's tokens are unknown, then
-    ``identical`` compares text); ``same_answer``: the same extracted final answer. None for multiple choice."""
+    ``identical`` compares text); ``same_answer``: the same final answer (``same_answer``: two "[invalid]" are
+    one). None for multiple choice."""
     b, c = pair.baseline.free, pair.candidate.free
     if b is None or c is None:
         return None
@@ -144,5 +156,4 @@ def answer_distance(pair: Pair) -> AnswerDistance | None:
     if b.token_ids is not None and c.token_ids is not None:
         divergence = first_divergence(b.token_ids, c.token_ids)
         identical = divergence is None
-    same = b.answer == c.answer and b.answer != NO_ANSWER
-    return AnswerDistance(pair.candidate.token_kl, nll, divergence, identical, same)
+    return AnswerDistance(pair.candidate.token_kl, nll, divergence, identical, same_answer(pair))

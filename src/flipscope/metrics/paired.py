@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flipscope.metrics._records import Pair
+from flipscope.metrics._records import Pair, same_answer
 from flipscope.metrics.kl import kl_exact
 
 Z95 = 1.959963984540054
@@ -42,7 +42,7 @@ class FlipCounts:
     n: int
     c2i: int  # correct → incorrect
     i2c: int  # incorrect → correct
-    changed: int  # any change of the chosen answer
+    changed: int  # any change of the chosen answer (``same_answer``: two "[invalid]" are no change)
 
     @property
     def flips(self) -> float | None:
@@ -56,7 +56,7 @@ class FlipCounts:
 def flip_counts(pairs: Sequence[Pair]) -> FlipCounts:
     c2i = sum(1 for p in pairs if p.baseline.correct and not p.candidate.correct)
     i2c = sum(1 for p in pairs if not p.baseline.correct and p.candidate.correct)
-    changed = sum(1 for p in pairs if p.baseline.answer_key != p.candidate.answer_key)
+    changed = sum(1 for p in pairs if not same_answer(p))
     return FlipCounts(len(pairs), c2i, i2c, changed)
 
 
