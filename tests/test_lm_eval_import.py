@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -42,9 +43,33 @@ def _mc_rows() -> list[dict[str, Any]]:
     return rows
 
 
+#: ARC-style options of very different lengths (1 to 17 characters): lm-eval's acc_norm divides by len(choice), so
+#: counting the target delimiter (" " + choice) changes the winner where the per-character scores are close.
+PHRASES = ["a", "ox", "sun", "tree", "apple", "a cloud", "river", "quiet storm", "bread", "green stone river", "it",
+           "honey and sugar"]  # fmt: skip
+
+
+def _arc_rows() -> list[dict[str, Any]]:
+    rows = []
+    for i in range(N_MC):
+        texts = [PHRASES[(i * 5 + k * 7) % len(PHRASES)] for k in range(4)]
+        choices = {"text": texts, "label": ["A", "B", "C", "D"]}
+        question = f"What goes with {WORDS[i % 12]} number {i}?"
+        rows.append({"id": str(i), "question": question, "choices": choices, "answerKey": "ABCD"[(i * 3) % 4]})
+    return rows
+
+
 def _write_tasks(folder: Path, gen_answers: list[str]) -> None:
-    """lm-eval's own MMLU template (its stock yaml, included) on a local file, and a small generative task."""
+    """lm-eval's own MMLU and ARC-Easy templates (its stock yamls, included) on local files, and a small generative
+    task."""
     stock = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default" / "_default_template_yaml"
+    arc = folder / "arc.jsonl"
+    arc.write_text("".join(json.dumps(r) + "\n" for r in _arc_rows()))
+    (folder / "fs_arc_local.yaml").write_text(
+        f"include: {Path(lm_eval.__file__).parent / 'tasks' / 'arc' / 'arc_easy.yaml'}\ntask: fs_arc_local\n"
+        f"tag: []\ndataset_path: json\ndataset_name: null\ndataset_kwargs:\n  data_files:\n    train: {arc}\n"
+        f"    validation: {arc}\n    test: {arc}\n"
+    )
     mc = folder / "mc.jsonl"
     mc.write_text("".join(json.dumps(r) + "\n" for r in _mc_rows()))
     (folder / "fs_mmlu_local.yaml").write_text(
@@ -107,7 +132,8 @@ def lm_eval_runs(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     answers = [said[i]["filtered_resps"][0] if i % 2 == 0 else "never said" for i in range(N_GEN)]
     (root / "tasks").mkdir()
     _write_tasks(root / "tasks", answers)
-    results = {name: _run_lm_eval(model, root / "tasks", root / name, "fs_mmlu_local,fs_gen_local")
+    results = {name: _run_lm_eval(model, root / "tasks", root / name,
+                                      "fs_mmlu_local,fs_arc_local,fs_gen_local")
                for name, model in (("base", baseline), ("cand", candidate))}  # fmt: skip
     return {"root": root, "results": results, "candidate": candidate, "tiny": baseline}
 
@@ -165,13 +191,48 @@ def test_native_scoring_in_the_letter_format_matches_lm_eval_item_by_item(lm_eva
     )
 
 
+def _norm_pick(row: dict[str, Any], lengths: list[int]) -> int:
+    """The option lm-eval's acc_norm rule picks from a logged row, dividing by ``lengths``."""
+    logliks = np.array([float(pair[0]) for pair in row["filtered_resps"]])
+    return int(np.argmax(logliks / np.array(lengths, dtype=np.float64)))
+
+
+def test_imported_acc_norm_is_lm_evals_item_by_item_on_options_of_different_lengths(
+    lm_eval_runs: dict[str, Any],
+) -> None:
+    """ARC-Easy's template on options of 1 to 17 characters through real lm-eval: the import stores lm-eval's
+    option lengths (``len(choice)``, not the logged continuation ``" " + choice``) and every item's acc_norm is the
+    one lm-eval logged; the data is one where counting the delimiter picks another option on some items."""
+    from flipscope._import import import_lm_eval
+    from flipscope.report import load_run_scores
+
+    root = lm_eval_runs["root"]
+    run, folder = import_lm_eval(root / "base", [root / "cand"], tasks=["fs_arc_local"], out=root / "imported-arc")
+    _, scores = load_run_scores(folder)
+    summary = run.summary[run.candidates[0].spec]["fs_arc_local"]
+    other_pick = 0
+    for spec, name, ours_acc_norm in ((run.baseline.spec, "base", summary.acc_norm_baseline),
+                                      (run.candidates[0].spec, "cand", summary.acc_norm_candidate)):  # fmt: skip
+        ours = {s.item_id: s for s in scores[spec]}
+        for doc_id, row in _samples(root / name, "fs_arc_local").items():
+            texts = row["doc"]["choices"]["text"]
+            logged = [row["arguments"][f"gen_args_{i}"]["arg_1"] for i in range(len(texts))]
+            assert logged == [" " + t for t in texts]  # what lm-eval logs: the delimiter, then the choice
+            score = ours[str(doc_id)]
+            assert score.option_chars == tuple(len(t) for t in texts), (name, doc_id)
+            assert score.correct_norm == bool(row["acc_norm"]), (name, doc_id)
+            other_pick += _norm_pick(row, [len(c) for c in logged]) != _norm_pick(row, [len(t) for t in texts])
+        assert ours_acc_norm == pytest.approx(lm_eval_runs["results"][name]["results"]["fs_arc_local"]["acc_norm,none"])
+    assert other_pick > 0
+
+
 def test_mismatched_runs_are_refused(lm_eval_runs: dict[str, Any], tmp_path: Path) -> None:
     import shutil
 
     from flipscope._import import import_lm_eval
 
     root = lm_eval_runs["root"]
-    with pytest.raises(FlipscopeError, match="task fs_mmlu_local has no samples file"):
+    with pytest.raises(FlipscopeError, match="task fs_arc_local has no samples file"):
         import_lm_eval(root / "base", [root / "probe"], out=tmp_path / "a")
     edited = tmp_path / "cand-edited"
     shutil.copytree(root / "cand", edited)
@@ -193,12 +254,12 @@ def test_mismatched_runs_are_refused(lm_eval_runs: dict[str, Any], tmp_path: Pat
     assert not any((tmp_path / x / "run.json").exists() for x in "abcde")
 
 
-def _gsm8k_line(doc_id: int, filt: str, answer: str, target: str, text: str) -> str:
+def _gsm8k_line(doc_id: int, filt: str, answer: str, target: str, text: str, *, correct: bool | None = None) -> str:
     row = {"doc_id": doc_id, "doc": {"question": f"q{doc_id}"}, "target": target,
            "arguments": {"gen_args_0": {"arg_0": f"Q: q{doc_id}\nA:", "arg_1": {"until": ["Q:"]}}},
            "resps": [[text]], "filtered_resps": [answer], "filter": filt, "metrics": ["exact_match"],
            "doc_hash": f"d{doc_id}", "prompt_hash": f"p{doc_id}", "target_hash": "t",
-           "exact_match": float(answer == target)}  # fmt: skip
+           "exact_match": float(answer == target if correct is None else correct)}  # fmt: skip
     return json.dumps(row) + "\n"
 
 
@@ -224,3 +285,78 @@ def test_gsm8k_style_logs_take_flexible_extract_as_correct_and_strict_match_as_s
     assert (s.flips_c2i, s.flips_i2c) == (1, 1) and s.choice_kl_mean is None
     assert s.free is not None and s.free.acc_strict_baseline == pytest.approx(1 / 3)
     assert s.free.acc_strict_candidate == pytest.approx(2 / 3)
+
+
+def test_free_form_imports_store_the_final_answer_normalised_as_native_runs_do(tmp_path: Path) -> None:
+    """lm-eval logs the filtered answer raw ("$18.", "1,000"); flipscope's own gsm8k runs store it normalised
+    (tasks.gsm8k.normalise), so an import does too and all-flips compares like with like: "$18." and "18" are one
+    answer, and two "[invalid]" (no final answer) are the same non-answer, as everywhere (metrics.same_answer)."""
+    from flipscope._import import import_lm_eval
+    from flipscope.report import load_run_scores
+
+    targets = ["18", "7", "1000"]
+    answers = {"base": ["$18.", "[invalid]", "1,000"], "cand": ["18", "[invalid]", "1000"]}
+    for name, found in answers.items():
+        folder = tmp_path / name / "model"
+        folder.mkdir(parents=True)
+        lines = []
+        for doc_id, (answer, target) in enumerate(zip(found, targets, strict=True)):
+            right = answer != "[invalid]"  # what lm-eval's exact_match gives after its regexes_to_ignore
+            lines.append(_gsm8k_line(doc_id, "flexible-extract", answer, target, f"So {answer}", correct=right))
+        (folder / "samples_gsm8k_2026-11-29T00-00-00.000001.jsonl").write_text("".join(lines))
+    run, folder = import_lm_eval(tmp_path / "base", [tmp_path / "cand"], out=tmp_path / "run")
+    s = run.summary[run.candidates[0].spec]["gsm8k"]
+    _, scores = load_run_scores(folder)
+    for spec in (run.baseline.spec, run.candidates[0].spec):
+        assert [x.free.answer for x in scores[spec] if x.free is not None] == ["18", "[invalid]", "1000"]
+    assert s.all_flips == 0.0 and s.flips == 0.0
+    assert s.free is not None and s.free.same_answer == 1.0 and s.free.invalid_baseline == 1
+
+
+def _choice_line(
+    doc_id: int, choices: list[str], logliks: list[float], gold: int, acc_norm: float, delimiter: str
+) -> str:
+    """One multiple-choice document in lm-eval 0.4's --log_samples layout."""
+    args = {f"gen_args_{i}": {"arg_0": f"Question: q{doc_id}\nAnswer:", "arg_1": delimiter + c}
+            for i, c in enumerate(choices)}  # fmt: skip
+    acc = float(int(np.argmax(logliks)) == gold)
+    row = {"doc_id": doc_id, "doc": {"choices": choices}, "target": gold, "arguments": args,
+           "resps": [[[str(lp), "False"]] for lp in logliks], "filtered_resps": [[str(lp), "False"] for lp in logliks],
+           "filter": "none", "metrics": ["acc", "acc_norm"], "doc_hash": f"d{doc_id}", "prompt_hash": f"p{doc_id}",
+           "target_hash": "t", "acc": acc, "acc_norm": acc_norm}  # fmt: skip
+    return json.dumps(row) + "\n"
+
+
+@pytest.mark.parametrize("delimiter", [" ", "\n"])
+def test_acc_norm_divides_by_the_choice_not_the_logged_continuation(tmp_path: Path, delimiter: str) -> None:
+    """Hand-made logs where the two rules disagree: options "ab" and "abcd" with log-likelihoods −2.0 and −3.6 give
+    −1.0 vs −0.9 per character of the choice (lm-eval: option 1 wins) but −0.667 vs −0.72 per character of
+    delimiter + choice (option 0 wins). The target delimiter comes from lm-eval's results file (default " "). A
+    logged acc_norm that the log-likelihoods do not give is refused, naming the file and doc_id."""
+    from flipscope._import import import_lm_eval
+    from flipscope.report import load_run_scores
+
+    stamp = "2026-11-29T00-00-00.000001"
+    # per run: doc 0 (lengths 2 and 4; gold 1), doc 1 (equal lengths; gold 0)
+    logs = {"base": ([-2.0, -3.6], 1.0), "cand": ([-2.0, -4.4], 0.0)}  # lm-eval's acc_norm on doc 0
+    for name, (logliks, acc_norm) in logs.items():
+        folder = tmp_path / name / "model"
+        folder.mkdir(parents=True)
+        lines = [_choice_line(0, ["ab", "abcd"], logliks, 1, acc_norm, delimiter),
+                 _choice_line(1, ["x", "y"], [-1.0, -2.0], 0, 1.0, delimiter)]  # fmt: skip
+        (folder / f"samples_arcish_{stamp}.jsonl").write_text("".join(lines))
+        if delimiter != " ":
+            config = {"configs": {"arcish": {"target_delimiter": delimiter}}, "results": {}}
+            (folder / f"results_{stamp}.json").write_text(json.dumps(config))
+    run, folder = import_lm_eval(tmp_path / "base", [tmp_path / "cand"], out=tmp_path / "run")
+    s = run.summary[run.candidates[0].spec]["arcish"]
+    assert (s.acc_norm_baseline, s.acc_norm_candidate) == (1.0, 0.5)  # dividing by 3 and 5 gives (0.5, 0.5)
+    assert (s.acc_baseline, s.acc_candidate) == (0.5, 0.5)
+    _, scores = load_run_scores(folder)
+    assert [x.option_chars for x in scores[run.baseline.spec]] == [(2, 4), (1, 1)]
+    (path,) = (tmp_path / "base").rglob("samples_*.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0]["acc_norm"] = 0.0  # what dividing by the continuation would have logged
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(FlipscopeError, match=rf"samples_arcish_{stamp}\.jsonl, doc_id 0: lm-eval logged acc_norm=0"):
+        import_lm_eval(tmp_path / "base", [tmp_path / "cand"], out=tmp_path / "run2")

@@ -5,7 +5,13 @@ beside ``results_<timestamp>.json`` — directly, or in a subfolder named after 
 reads ``doc_id``, ``doc_hash`` / ``prompt_hash`` (so that runs of different prompts or few-shot settings are not
 paired), ``arguments`` (the context and each option), ``filtered_resps`` (multiple choice: one stringified
 ``[loglik, is_greedy]`` per option; free-form: the filtered answer), ``resps`` (the raw generation) and the
-per-item metrics (``acc``, ``acc_norm``, ``exact_match``)."""
+per-item metrics (``acc``, ``acc_norm``, ``exact_match``); from the results file, each task's ``target_delimiter``
+and ``exact_match`` settings.
+
+A logged option is ``target_delimiter + choice`` (``" " + choice`` by default); lm-eval's ``acc_norm`` divides each
+option's log-likelihood by ``len(choice)``, so that is the length stored, and the per-item ``acc`` and ``acc_norm``
+recomputed from the log-likelihoods must equal the logged ones. A free-form answer is stored normalised as
+``exact_match`` compares it (``tasks.gsm8k.answer_of``, the rule native gsm8k runs use), "[invalid]" where none."""
 
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from typing import Any
 
 from flipscope.errors import FlipscopeError
 from flipscope.metrics import FreeAnswer, ItemScore
+from flipscope.tasks.gsm8k import GSM8K_RULES, MatchRules, answer_of
 
 SAMPLES = re.compile(r"^samples_(?P<task>.+)_(?P<stamp>\d{4}-\d{2}-\d{2}T[\d\-.:]+)\.jsonl$")
 #: lm-eval's GSM8K filters and which of flipscope's two correctness flags each gives.
@@ -35,14 +42,44 @@ class Sample:
     doc_hash: str
     prompt_hash: str
     prompt: str
-    options: list[str]  # multiple choice: each option's continuation text; free-form: empty
+    options: list[str]  # multiple choice: each option (lm-eval's choice: the continuation less the delimiter)
     logliks: list[float]  # multiple choice: per option; free-form: empty
     target: int | str  # the right option's index, or the reference answer
     correct: bool  # acc, or exact_match under the flexible (or only) filter
     correct_norm: bool | None  # acc_norm where logged
     text: str = ""  # free-form: the generation
-    answer: str = ""  # free-form: the filtered answer
+    answer: str = ""  # free-form: the filtered answer, normalised ("[invalid]" where none)
     correct_strict: bool | None = None  # free-form: exact_match under "strict-match"
+    #: multiple choice: what lm-eval's acc_norm divides by, len(choice); empty where the choices sit in the
+    #: contexts (a multiple-input task such as Winogrande: one continuation, not logged apart)
+    option_chars: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """What reading one task's samples takes from lm-eval's results file."""
+
+    delimiter: str = " "  # the target delimiter between context and choice ("" under a chat template)
+    rules: MatchRules | None = None  # exact_match's normalisation; None: not logged
+
+
+def task_config(results: dict[str, Any] | None, task: str) -> TaskConfig:
+    """A task's ``target_delimiter`` and ``exact_match`` settings from its results file (lm-eval's defaults where
+    the file is missing: " ", and gsm8k's own settings for a gsm8k task)."""
+    config = ((results or {}).get("configs") or {}).get(task)
+    if not isinstance(config, dict):
+        return TaskConfig(rules=GSM8K_RULES if task.startswith("gsm8k") else None)
+    delimiter = str(config.get("target_delimiter", " "))
+    prefix = config.get("gen_prefix")
+    if (results or {}).get("chat_template") and not (isinstance(prefix, str) and prefix and not prefix[-1].isspace()):
+        delimiter = ""  # lm-eval's construct_requests under apply_chat_template
+    rules = None
+    for metric in config.get("metric_list") or []:
+        if isinstance(metric, dict) and metric.get("metric") == "exact_match":
+            rules = MatchRules(tuple(str(r) for r in metric.get("regexes_to_ignore") or ()),
+                               bool(metric.get("ignore_case")), bool(metric.get("ignore_punctuation")),
+                               bool(metric.get("ignore_numbers")))  # fmt: skip
+    return TaskConfig(delimiter, rules)
 
 
 def task_files(folder: Path) -> dict[str, Path]:
@@ -91,8 +128,8 @@ def _loglik(value: Any, where: str) -> float:
     return number  # NaN kept: the item is reported and left out (ItemScore.finite)
 
 
-def _options(sample: dict[str, Any], where: str) -> tuple[str, list[str]]:
-    """(context, continuations) from ``arguments`` (``{"gen_args_i": {"arg_0": context, "arg_1": option}}``)."""
+def _options(sample: dict[str, Any], where: str) -> tuple[list[str], list[str]]:
+    """(contexts, continuations) from ``arguments`` (``{"gen_args_i": {"arg_0": context, "arg_1": option}}``)."""
     args = sample.get("arguments")
     if isinstance(args, dict):
         rows = [args[k] for k in sorted(args, key=lambda k: int(k.rsplit("_", 1)[-1]))]
@@ -103,7 +140,16 @@ def _options(sample: dict[str, Any], where: str) -> tuple[str, list[str]]:
         raise ValueError(f"{where}: no arguments")
     if not pairs or not isinstance(pairs[0][0], str):
         raise ValueError(f"{where}: arguments hold no prompt")
-    return pairs[0][0], [p[1] if isinstance(p[1], str) else "" for p in pairs]
+    return [str(p[0]) for p in pairs], [p[1] if isinstance(p[1], str) else "" for p in pairs]
+
+
+def _choices(continuations: list[str], delimiter: str, where: str) -> list[str]:
+    """lm-eval's choices: each logged continuation less the target delimiter it was built with."""
+    for continuation in continuations:
+        if not continuation.startswith(delimiter):
+            raise ValueError(f"{where}: option {continuation[:40]!r} does not start with the task's target "
+                             f"delimiter {delimiter!r}")  # fmt: skip
+    return [c[len(delimiter) :] for c in continuations]
 
 
 def _metric(sample: dict[str, Any], name: str) -> bool | None:
@@ -133,7 +179,9 @@ def _generative(sample: dict[str, Any]) -> bool:
 
 
 def read_samples(path: Path, task: str) -> list[Sample]:
-    """Every document of one samples file; filters of one document folded into one ``Sample``."""
+    """Every document of one samples file; filters of one document folded into one ``Sample``; the task's
+    settings from the results file beside it."""
+    config = task_config(results_file(path), task)
     by_doc: dict[int, list[dict[str, Any]]] = {}
     with path.open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):
@@ -151,7 +199,7 @@ def read_samples(path: Path, task: str) -> list[Sample]:
     out = []
     for doc_id, rows in sorted(by_doc.items()):
         try:
-            out.append(_sample(task, doc_id, rows))
+            out.append(_sample(task, doc_id, rows, config))
         except (ValueError, KeyError, TypeError) as exc:
             raise FlipscopeError(
                 f"{path}, doc_id {doc_id}: {str(exc)[:160]}",
@@ -160,10 +208,11 @@ def read_samples(path: Path, task: str) -> list[Sample]:
     return out
 
 
-def _sample(task: str, doc_id: int, rows: list[dict[str, Any]]) -> Sample:
+def _sample(task: str, doc_id: int, rows: list[dict[str, Any]], config: TaskConfig) -> Sample:
     first = rows[0]
     where = f"doc_id {doc_id}"
-    prompt, options = _options(first, where)
+    contexts, continuations = _options(first, where)
+    prompt = contexts[0]
     doc_hash, prompt_hash = str(first.get("doc_hash", "")), str(first.get("prompt_hash", ""))
     if _generative(first):
         filters = {str(r.get("filter", "none")): r for r in rows}
@@ -175,10 +224,12 @@ def _sample(task: str, doc_id: int, rows: list[dict[str, Any]]) -> Sample:
         return Sample(task, doc_id, doc_hash, prompt_hash, prompt, options=[], logliks=[],
                       target=str(main.get("target", "")),
                       correct=bool(_metric(main, metric)), correct_norm=None, text=text,
-                      answer=_first_text(filtered),
+                      answer=answer_of(_first_text(filtered), config.rules or MatchRules()),
                       correct_strict=_metric(strict, metric) if strict is not None else None)  # fmt: skip
     if "acc" not in first:
         raise ValueError(f"{where}: neither acc nor exact_match logged (metrics: {first.get('metrics')})")
+    options = _choices(continuations, config.delimiter, where)
+    multiple_input = len(set(contexts)) > 1
     filtered = first.get("filtered_resps")
     if not isinstance(filtered, list) or len(filtered) != len(options):
         raise ValueError(f"{where}: {len(options)} options but filtered_resps is {str(filtered)[:60]}")
@@ -186,7 +237,8 @@ def _sample(task: str, doc_id: int, rows: list[dict[str, Any]]) -> Sample:
     correct = bool(_metric(first, "acc"))
     return Sample(task, doc_id, doc_hash, prompt_hash, prompt, options=options, logliks=logliks,
                   target=_target(first.get("target"), options, correct, logliks, where), correct=correct,
-                  correct_norm=_metric(first, "acc_norm"))  # fmt: skip
+                  correct_norm=_metric(first, "acc_norm"),
+                  option_chars=() if multiple_input else tuple(len(o) for o in options))  # fmt: skip
 
 
 def _first_text(value: Any) -> str:
@@ -197,8 +249,8 @@ def _first_text(value: Any) -> str:
 
 
 def item_score(sample: Sample) -> ItemScore:
-    """The sample as flipscope's per-item record: log-likelihoods and option lengths (lm-eval's acc_norm divides
-    by the continuation's characters, as flipscope's ``choice_norm`` does), or the free-form answer."""
+    """The sample as flipscope's per-item record: log-likelihoods and lm-eval's option lengths (its acc_norm
+    divides by ``len(choice)``, as flipscope's ``choice_norm`` does), or the free-form answer."""
     if not sample.options:
         free = FreeAnswer(text=sample.text, answer=sample.answer, correct=sample.correct,
                           correct_strict=sample.correct if sample.correct_strict is None else sample.correct_strict,
@@ -206,16 +258,26 @@ def item_score(sample: Sample) -> ItemScore:
         return ItemScore(sample.task, str(sample.doc_id), sample.task, 0, (), free=free)
     assert isinstance(sample.target, int)
     return ItemScore(task=sample.task, item_id=str(sample.doc_id), subject=sample.task, target=sample.target,
-                     logprobs=tuple(sample.logliks), option_chars=tuple(len(o) for o in sample.options))  # fmt: skip
+                     logprobs=tuple(sample.logliks), option_chars=sample.option_chars)  # fmt: skip
 
 
 def check_agreement(samples: Iterable[Sample], scores: Iterable[ItemScore], path: Path) -> None:
-    """flipscope's correctness recomputed from the log-likelihoods must equal lm-eval's logged acc (it does unless
-    the file was edited, or the layout is one flipscope misreads)."""
+    """flipscope's acc and acc_norm recomputed from the log-likelihoods must equal lm-eval's logged ones (they do
+    unless the file was edited, or the layout is one flipscope misreads)."""
+    fix = "an unknown lm-eval sample layout: flipscope reads lm-eval 0.4.x logs"
     for sample, score in zip(samples, scores, strict=True):
-        if sample.options and score.finite and score.correct != sample.correct:
+        if not sample.options or not score.finite:
+            continue
+        if score.correct != sample.correct:
             raise FlipscopeError(
                 f"{path}, doc_id {sample.doc_id}: lm-eval logged acc={int(sample.correct)} but its log-likelihoods "
                 f"pick option {score.choice} with target {score.target}",
-                fix="an unknown lm-eval sample layout: flipscope reads lm-eval 0.4.x logs",
+                fix=fix,
+            )
+        if sample.correct_norm is not None and score.correct_norm != sample.correct_norm:
+            raise FlipscopeError(
+                f"{path}, doc_id {sample.doc_id}: lm-eval logged acc_norm={int(sample.correct_norm)} but its "
+                f"log-likelihoods over the options' lengths {list(score.option_chars)} pick option "
+                f"{score.choice_norm} with target {score.target}",
+                fix=fix,
             )

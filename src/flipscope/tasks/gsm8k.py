@@ -12,6 +12,7 @@ lm-eval's own config in tests/test_gsm8k.py)."""
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -57,18 +58,42 @@ def extract(text: str, how: Filter) -> str:
     return groups[0].strip() if groups else INVALID
 
 
-def normalise(answer: str) -> str:
-    """What exact match compares: commas, "$", anything up to "#### ", and one trailing full stop removed;
-    lower case (lm-eval's regexes_to_ignore and ignore_case)."""
-    for pattern in _IGNORE:
-        answer = pattern.sub("", answer)
-    return answer.lower()
+@dataclass(frozen=True)
+class MatchRules:
+    """What lm-eval's ``exact_match`` drops before comparing (its keyword arguments in a task's metric_list)."""
+
+    regexes_to_ignore: tuple[str, ...] = ()
+    ignore_case: bool = False
+    ignore_punctuation: bool = False
+    ignore_numbers: bool = False
+
+
+#: gsm8k_cot's: commas, "$", anything up to "#### ", and one trailing full stop removed; lower case.
+GSM8K_RULES = MatchRules(tuple(p.pattern for p in _IGNORE), ignore_case=True)
+
+
+def normalise(answer: str, rules: MatchRules = GSM8K_RULES) -> str:
+    """What exact match compares, as lm-eval's ``exact_match`` makes it under ``rules`` (default: gsm8k_cot's)."""
+    for pattern in rules.regexes_to_ignore:
+        answer = re.sub(pattern, "", answer)
+    if rules.ignore_case:
+        answer = answer.lower()
+    if rules.ignore_punctuation:
+        answer = answer.translate(str.maketrans("", "", string.punctuation))
+    if rules.ignore_numbers:
+        answer = answer.translate(str.maketrans("", "", string.digits))
+    return answer
+
+
+def answer_of(found: str, rules: MatchRules = GSM8K_RULES) -> str:
+    """A filter's answer as records store it (native runs and imported logs alike): normalised; ``[invalid]``
+    (no final answer) where the filter found none or the text is empty."""
+    return INVALID if found == INVALID or not found.strip() else normalise(found, rules)
 
 
 def final_answer(text: str, how: Filter = Filter.FLEXIBLE) -> str:
     """The final answer a filter finds, normalised as exact match compares it (``[invalid]`` where none)."""
-    found = extract(text, how)
-    return found if found == INVALID else normalise(found)
+    return answer_of(extract(text, how))
 
 
 def is_correct(text: str, target: str, how: Filter) -> bool:
