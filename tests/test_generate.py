@@ -101,3 +101,132 @@ def test_a_prompt_longer_than_the_context_is_refused(tiny_llama: Path) -> None:
 def test_cut_at_stop_takes_the_earliest_stop() -> None:
     assert cut_at_stop("a Q: b\n\nc", ("\n\n", "Q:")) == ("a ", True)
     assert cut_at_stop("abc", ("x", "")) == ("abc", False)
+
+
+def greedy_ids(model, ids: list[int], steps: int) -> list[int]:  # type: ignore[no-untyped-def]
+    """Brute force: ``steps`` greedy tokens, one full forward pass per step, no cache, no stopping."""
+    new: list[int] = []
+    with torch.no_grad():
+        for _ in range(steps):
+            new.append(int(torch.argmax(model(input_ids=torch.tensor([ids + new])).logits[0, -1])))
+    return new
+
+
+def static_path(monkeypatch: pytest.MonkeyPatch, continuous: bool) -> None:
+    """Send generation through transformers' ``generate`` (the path of models with sliding-window caches)."""
+    from flipscope.models import _hf_decode
+
+    if not continuous:
+        monkeypatch.setattr(_hf_decode, "supported", lambda model: False)
+
+
+def stop_inside(texts: list[list[str]], rows: list[int]) -> tuple[int, str]:
+    """(row, stop string): two letters or digits that one of ``rows`` completes before its last step and another
+    never writes. ``texts[r][k]``: row r's first k greedy tokens decoded."""
+    for r in rows:
+        for k in range(1, len(texts[r]) - 2):
+            for j in range(len(texts[r][k]) - 1):
+                stop = texts[r][k][j : j + 2]
+                new = stop.isascii() and stop.isalnum() and stop not in texts[r][k - 1]
+                if new and any(stop not in texts[o][-1] for o in rows if o != r):
+                    return r, stop
+    raise AssertionError("no stop string fits these answers")
+
+
+@pytest.mark.parametrize(
+    ("continuous", "batch_size"),
+    [(True, 5), (True, 3), (False, 5)],
+    ids=["continuous", "continuous-refill", "static"],  # refill: 3 slots, rows leave and waiting prompts join
+)
+def test_rows_that_stop_at_different_steps_match_each_row_alone(
+    tiny_llama: Path, continuous: bool, batch_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One batch where rows stop on EOS at different steps, on a stop string, and at the length limit: each row's
+    text, reason and token counts equal generating that row alone, and the brute-force loop's."""
+    static_path(monkeypatch, continuous)
+    steps = 12
+    backend = load_backend(parse_spec(f"hf:{tiny_llama}"), LoadOptions(device="cpu", batch_size=batch_size))
+    model, tok = backend.model, backend.tokenizer  # type: ignore[attr-defined]
+    free = [greedy_ids(model, tok.encode(p, add_special_tokens=False), steps) for p in PROMPTS]
+    # EOS: a token that two rows reach first at different steps (≥ 1) and some row never reaches
+    firsts = {t: [row.index(t) if t in row else None for row in free] for row in free for t in row}
+    eos = next(t for t, at in firsts.items()
+               if len({s for s in at if s is not None and s >= 1}) >= 2 and at.count(None) >= 2)  # fmt: skip
+    tok.eos_token_id = eos
+    without = [i for i, at in enumerate(firsts[eos]) if at is None]
+    row_stop, stop = stop_inside([[tok.decode(row[:k], skip_special_tokens=True) for k in range(steps + 1)]
+                                  for row in free], without)  # fmt: skip
+    decoding = Decoding(max_new_tokens=steps, stop=(stop,))
+    together = backend.generate([GenRequest(p) for p in PROMPTS], decoding)
+    alone = [backend.generate([GenRequest(p)], decoding)[0] for p in PROMPTS]
+    assert together == alone  # text, stop reason, prompt and new token counts, token ids
+    for g, row in zip(together, free, strict=True):  # and each is what the brute-force loop gives
+        end = row.index(eos) if eos in row else steps
+        expected, hit = cut_at_stop(tok.decode(row[:end], skip_special_tokens=True), (stop,))
+        assert g.text == expected
+        if hit:
+            assert g.stop_reason is StopReason.STOP
+        elif eos in row:
+            assert g.stop_reason is StopReason.EOS and g.new_tokens == end + 1
+        else:
+            assert g.stop_reason is StopReason.LENGTH and g.new_tokens == steps
+    reasons = [g.stop_reason for g in together]
+    assert reasons[row_stop] is StopReason.STOP and together[row_stop].new_tokens < steps
+    assert StopReason.LENGTH in reasons
+    assert len({g.new_tokens for g in together if g.stop_reason is StopReason.EOS}) >= 2  # EOS at different steps
+    backend.close()
+
+
+@pytest.mark.parametrize("continuous", [True, False], ids=["continuous", "static"])
+def test_sampled_first_tokens_follow_the_softmax_at_the_temperature(
+    tiny_llama: Path, continuous: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """4,000 rows of one prompt, one sampled token each: the answers' frequencies fit softmax(logits / T) (chi-square
+    over the answers expected ≥ 5 times, the rest pooled; tokens with the same text — special tokens, byte
+    fragments — pooled as the answer text does) and reject the softmax at another temperature."""
+    from collections import Counter
+
+    from scipy.stats import chisquare
+
+    static_path(monkeypatch, continuous)
+    draws, temperature = 4000, 0.5
+    backend = load_backend(parse_spec(f"hf:{tiny_llama}"), LoadOptions(device="cpu", batch_size=1000))
+    model, tok = backend.model, backend.tokenizer  # type: ignore[attr-defined]
+    prompt = "The capital of France is"
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([tok.encode(prompt, add_special_tokens=False)])).logits[0, -1].double()
+    made = backend.generate([GenRequest(prompt)] * draws, Decoding(max_new_tokens=1, temperature=temperature, seed=5))
+    assert all(g.new_tokens == 1 and g.stop_reason is StopReason.LENGTH for g in made)
+    counts = Counter(g.text for g in made)
+    texts = [tok.decode([i], skip_special_tokens=True) for i in range(logits.shape[0])]
+
+    def p_value(t: float) -> float:
+        expected: Counter[str] = Counter()
+        for text, p in zip(texts, torch.softmax(logits / t, dim=-1).tolist(), strict=True):
+            expected[text] += p * draws
+        kept = [text for text, e in expected.items() if e >= 5]
+        assert len(kept) >= 5  # enough distinct outcomes for the test to mean something
+        rest = [text for text in expected if text not in kept]
+        observed = [counts[text] for text in kept] + ([sum(counts[text] for text in rest)] if rest else [])
+        assert sum(observed) == draws  # every answer is one of the vocabulary's texts
+        pooled = [expected[text] for text in kept] + ([sum(expected[text] for text in rest)] if rest else [])
+        return float(chisquare(observed, pooled).pvalue)
+
+    assert p_value(temperature) > 1e-3
+    assert p_value(temperature * 1.25) < 1e-6 and p_value(temperature / 1.25) < 1e-6  # the check has power
+    backend.close()
+
+
+@pytest.mark.parametrize("continuous", [True, False], ids=["continuous", "static"])
+def test_sampling_near_zero_temperature_is_greedy(
+    tiny_llama: Path, continuous: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    static_path(monkeypatch, continuous)
+    backend = load_backend(parse_spec(f"hf:{tiny_llama}"), LoadOptions(device="cpu", batch_size=3))
+    requests = [GenRequest(p) for p in PROMPTS]
+    greedy = backend.generate(requests, Decoding(max_new_tokens=8))
+    cold = backend.generate(requests, Decoding(max_new_tokens=8, temperature=1e-3, seed=7))
+    hot = backend.generate(requests, Decoding(max_new_tokens=8, temperature=1.0, seed=7))
+    assert [g.text for g in cold] == [g.text for g in greedy]
+    assert [g.text for g in hot] != [g.text for g in greedy]  # sampling did happen at T = 1
+    backend.close()

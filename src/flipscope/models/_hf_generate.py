@@ -74,6 +74,8 @@ def generate(
         )
     out: list[Generation | None] = [None] * len(requests)
     order = sorted(range(len(requests)), key=lambda i: len(encoded[i]))
+    if decoding.temperature > 0:
+        torch.manual_seed(decoding.seed)  # once: each batch draws on from where the last one stopped
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         width = max(len(encoded[i]) for i in chunk)
@@ -84,7 +86,6 @@ def generate(
             mask[row, width - len(encoded[i]) :] = 1
         sampling: dict[str, Any] = {"do_sample": False}
         if decoding.temperature > 0:
-            torch.manual_seed(decoding.seed)
             sampling = {"do_sample": True, "temperature": decoding.temperature, "top_k": 0, "top_p": 1.0}
         stops = {"stop_strings": list(decoding.stop), "tokenizer": tokenizer} if decoding.stop else {}
         with torch.no_grad():
@@ -92,14 +93,16 @@ def generate(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
                 max_new_tokens=decoding.max_new_tokens,
-                pad_token_id=pad,
+                pad_token_id=pad if eos is None else eos,  # a finished row goes on with EOS: it ends at its first
                 eos_token_id=eos,
                 **sampling,
                 **stops,
             )  # [B, L + new]
+        # rows end at their first EOS (padding is EOS); only without one is padding told apart by the pad token
+        padded = eos is None and pad is not None and bool(decoding.stop)
         for row, i in enumerate(chunk):
             new = made[row, width:].tolist()
-            while new and pad is not None and pad != eos and new[-1] == pad:  # a finished row's padding
+            while padded and new and new[-1] == pad:  # a row stopped by a stop string, padded to the batch's end
                 new.pop()
             out[i] = _finish(new, tokenizer, decoding, eos, len(encoded[i]))
             if advance:
