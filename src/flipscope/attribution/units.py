@@ -35,14 +35,20 @@ def kind_of(linear: str) -> str:
     return linear.rsplit(".", 1)[-1]
 
 
-def make_units(linears: Iterable[tuple[str, int]], by: UnitKind | str, *, span: int | None = None) -> list[Unit]:
-    """``linears``: (name, number of weights) of every Linear layer a method compresses, in model order; ``span``
-    (with ``by`` module): consecutive blocks per unit (None: all blocks)."""
+def check_span(by: UnitKind | str, span: int | None) -> UnitKind:
+    """``by`` as a UnitKind; a ``span`` it cannot have refused (before anything is measured)."""
     by = UnitKind(by)
     if span is not None and by is not UnitKind.MODULE:
         raise FlipscopeError(f"--span groups module kinds over blocks; --by {by} has no spans", fix="use --by module")
     if span is not None and span < 1:
         raise FlipscopeError(f"--span must be 1 or more, got {span}")
+    return by
+
+
+def make_units(linears: Iterable[tuple[str, int]], by: UnitKind | str, *, span: int | None = None) -> list[Unit]:
+    """``linears``: (name, number of weights) of every Linear layer a method compresses, in model order; ``span``
+    (with ``by`` module): consecutive blocks per unit (None: all blocks)."""
+    by = check_span(by, span)
     groups: dict[str, list[tuple[str, int]]] = {}
     spans: dict[str, list[int]] = {}  # a span's key → the blocks it holds
     for name, size in linears:

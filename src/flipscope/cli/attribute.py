@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from typing import Any
 
 import click
 
 _CORPUS = [
-    click.option("--corpus", default=None, help="Text to measure KL on (default: the offline corpus; see kld)."),
-    click.option("--chunks", default=8, show_default=True, help="Windows of --ctx tokens in every KL pass."),
+    click.option(
+        "--corpus",
+        default=None,
+        help="Text to measure KL on (default: attribute: kld's offline corpus; "
+        "advise: its calibration corpus, mixed:pydoc+stdlib+mmlu).",
+    ),
+    click.option(
+        "--chunks",
+        default=8,
+        show_default=True,
+        help="Windows of --ctx tokens in every KL pass (the first N of --corpus).",
+    ),
     click.option("--ctx", default=512, show_default=True, help="Tokens per window."),
     click.option(
         "--scored-fraction",
@@ -54,6 +65,20 @@ def _integers(option: str, text: str) -> tuple[int, ...]:
         return tuple(int(v) for v in text.split(","))
     except ValueError as exc:
         raise click.BadParameter(f"{option} {text!r}: comma-separated integers") from exc
+
+
+def _window_range(option: str, text: str | None) -> tuple[int, int] | None:
+    """``A:B``: windows A … B−1."""
+    if text is None:
+        return None
+    first, _, end = text.partition(":")
+    try:
+        a, b = int(first), int(end)
+    except ValueError:
+        a, b = -1, -1
+    if not 0 <= a < b:
+        raise click.BadParameter(f"{option} {text!r}: windows A:B (A … B−1), 0 ≤ A < B, e.g. 0:8")
+    return a, b
 
 
 def _ablation(corpus: str | None, chunks: int, ctx: int, fraction: float, device: str, dtype: str) -> Any:
@@ -132,6 +157,12 @@ def attribute_cmd(
 )
 @click.option("--start", type=click.Path(exists=True, dir_okay=False), help="Refine this plan (e.g. a recipe's).")
 @click.option("--recipe", type=click.Choice(["q4_k_m"]), help="Write a hand-made recipe as a plan instead.")
+@click.option("--calibration-windows", help="Windows A:B of --corpus that sensitivities are measured on (instead of "
+              "--chunks N, which is 0:N).")  # fmt: skip
+@click.option("--eval-corpus", default="olmo:coqa+drop", show_default=True, help="Text the plan, each refinement "
+              "round and the uniform widths are judged on (prose the calibration corpus does not hold).")  # fmt: skip
+@click.option("--eval-windows", default="0:8", show_default=True, help="Windows A:B of --eval-corpus; on the "
+              "calibration corpus they must not overlap the calibration windows.")  # fmt: skip
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Plan file to write (JSON).")
 @_corpus_options
 def advise_cmd(
@@ -145,6 +176,9 @@ def advise_cmd(
     refine: int,
     start: str | None,
     recipe: str | None,
+    calibration_windows: str | None,
+    eval_corpus: str,
+    eval_windows: str,
     out: str,
     ablation: Any,
 ) -> None:
@@ -154,13 +188,21 @@ def advise_cmd(
     A width is a bit count at a group size: --bits 4,5,6 --group 64,192 offers six, so coarser groups can pay for
     wider layers (the group float16 scales are counted in the bits).
 
-    --refine N then re-measures each unit one width down and up with the plan applied to every other unit, solves
-    the knapsack again over those in-context changes, and keeps the new plan only if its measured KL is lower.
-    --start PLAN skips the single-unit pass and refines PLAN (e.g. a --recipe plan) under the budget.
+    Fitted on one text, judged on another: sensitivities are measured on the calibration windows (--corpus, default
+    a mix of CPython's documentation, standard-library source and MMLU validation questions; --chunks N or
+    --calibration-windows A:B), the plan and the uniform widths on the evaluation windows (--eval-corpus, default
+    CoQA stories and DROP passages; --eval-windows), with the plan minus each uniform width paired by window (its
+    error bar counts windows). Windows of one corpus that overlap are refused. A width whose KL is NaN or infinite on
+    any calibration window is refused for that unit (logged, and listed in the plan file under "refused").
 
-    Cost: units × widths corpus passes of --chunks windows (bundled model, 210 Linears × 6 widths, 1 window: about
-    19 minutes on 2 CPU cores), then about 2 × units per refinement round. The plan's predicted KL is reported
-    beside its measured KL, and the uniform widths' for reference.
+    --refine N then re-measures each unit one width down and up with the plan applied to every other unit, solves
+    the knapsack again over those in-context changes, and keeps the new plan only if its KL on the evaluation
+    windows is lower (those windows then helped choose the plan: judge it on others). --start PLAN skips the
+    single-unit pass and refines PLAN (e.g. a --recipe plan) under the budget.
+
+    Cost: units × widths corpus passes of the calibration windows (bundled model, 210 Linears × 6 widths, 1 window:
+    about 19 minutes on 2 CPU cores), 1 + widths passes of the evaluation windows, then about 2 × units per
+    refinement round.
 
     \b
     Example: flipscope advise bundled:smollm2-135m --bits 4,5,6 --group 64,192 --target-bits 4.25 --chunks 1
@@ -168,7 +210,7 @@ def advise_cmd(
     """
     groups = _integers("--group", group)
     if recipe:
-        from flipscope._advise import write_recipe
+        from flipscope.attribution.recipes import write_recipe
 
         if len(groups) != 1:
             raise click.BadParameter("--recipe takes one --group size")
@@ -179,20 +221,41 @@ def advise_cmd(
     from flipscope.attribution.units import UnitKind
     from flipscope.display import RichDisplay
 
+    calibration = _window_range("--calibration-windows", calibration_windows)
+    if calibration is not None:
+        source = click.get_current_context().get_parameter_source("chunks")
+        if source is not click.core.ParameterSource.DEFAULT:
+            raise click.BadParameter("give --chunks N or --calibration-windows A:B, not both")
+        ablation = replace(ablation, first=calibration[0], chunks=calibration[1] - calibration[0])
     settings = AdviseSettings(bits=_integers("--bits", bits), group_sizes=tuple(g or None for g in groups),
                               by=UnitKind(by), span=span,
                               target_bits=target_bits, budget_kl=budget_kl, refine=refine, start=start,
-                              ablation=ablation)  # fmt: skip
+                              ablation=ablation, eval_corpus=eval_corpus,
+                              eval_windows=_window_range("--eval-windows", eval_windows) or (0, 8))  # fmt: skip
     a = advise(baseline, settings, out=out, display=RichDisplay())
+    _print_advice(a, baseline)
+
+
+def _print_advice(a: Any, baseline: str) -> None:
+    def where(w: dict[str, Any]) -> str:
+        indices = w["windows"]
+        return f"{w['corpus']} (sha256 {w['sha256'][:12]}…) windows {indices[0]}–{indices[-1]}"
+
+    click.echo(f"calibration: {where(a.calibration)}; evaluation: {where(a.evaluation)}")
+    for unit, widths in a.refused.items():
+        for width, windows in widths.items():
+            click.echo(f"refused: {unit} at {width} (NaN or infinite KL in calibration windows {windows})")
     if a.predicted_kl is not None:
-        click.echo(f"single-unit knapsack: corpus KL predicted {a.predicted_kl:.4f} (single-unit KLs added), "
-                   f"measured {a.first_kl:.4f}")  # fmt: skip
+        click.echo(f"single-unit knapsack: calibration KL predicted {a.predicted_kl:.4f} (single-unit KLs added), "
+                   f"measured {a.first_calibration_kl:.4f}; evaluation KL {a.first_eval_kl:.4f}")  # fmt: skip
     for i, r in enumerate(a.rounds, 1):
         verdict = "kept" if r.kept else "discarded"
-        click.echo(f"refinement round {i} ({r.passes} passes): {r.avg_bits:.3f} bits per weight, corpus KL "
-                   f"predicted {r.predicted_kl:.4f}, measured {r.measured_kl:.4f}: {verdict}")  # fmt: skip
-    click.echo(f"plan {a.plan}: {a.units} units, {a.avg_bits:.3f} bits per weight, corpus KL {a.measured_kl:.4f} "
-               f"({a.seconds:.0f} s)")  # fmt: skip
-    for name, (avg, kl) in a.uniform.items():
-        click.echo(f"  uniform {name}: {avg:.3f} bits per weight, corpus KL {kl:.4f}")
+        click.echo(f"refinement round {i} ({r.passes} passes): {r.avg_bits:.3f} bits per weight, calibration KL "
+                   f"predicted {r.predicted_kl:.4f}, measured {r.calibration_kl:.4f}; evaluation KL "
+                   f"{r.eval_kl:.4f}: {verdict}")  # fmt: skip
+    click.echo(f"plan {a.plan}: {a.units} units, {a.avg_bits:.3f} bits per weight, evaluation KL {a.eval_kl:.4f} "
+               f"(calibration {a.calibration_kl:.4f}; {a.seconds:.0f} s)")  # fmt: skip
+    for name, r in a.uniform.items():
+        versus = "" if r.difference is None else f"; plan − it {r.difference.describe()}"
+        click.echo(f"  uniform {name}: {r.avg_bits:.3f} bits per weight, evaluation KL {r.eval_kl:.4f}{versus}")
     click.echo(f"use it as: {baseline}+plan:{a.plan}")
