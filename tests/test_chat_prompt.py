@@ -234,6 +234,8 @@ def test_gemma3_tokenizer_with_its_instruct_template_gives_one_bos(tmp_path: Pat
     request = GenRequest("Hello", chat=True)
     expected = template_ids(tok, request)
     assert expected[:4] == [2, 105, 2364, 107] and expected.count(2) == 1
+    rendered = tok.apply_chat_template(request.messages(), tokenize=False, add_generation_prompt=True)
+    assert (bos_prefix(tok) + tok.encode(rendered, add_special_tokens=False))[:5] == [2, 2, 105, 2364, 107]  # old rule
     assert prompt_ids(tok, request, chat=True, bos=bos_prefix(tok)) == expected
     shown = flipscope.prompt_tokens(f"hf:{folder}", "Hello", chat=True)
     assert list(shown.ids) == expected and shown.text.startswith("<bos><start_of_turn>user\nHello")
@@ -257,3 +259,32 @@ def test_bundled_and_gguf_give_the_same_chat_ids() -> None:
     plain_hf = flipscope.prompt_tokens("bundled:smollm2-135m", "The capital of France is")
     plain_gg = flipscope.prompt_tokens("gguf:smollm2-135m", "The capital of France is")
     assert list(plain_gg.ids) == list(plain_hf.ids)
+    backend = load_backend(parse_spec("gguf:smollm2-135m"))  # what generation feeds: as many prompt tokens
+    made = backend.generate([GenRequest("Hello", chat=True, system="Be brief."), GenRequest(plain_gg.text)],
+                            Decoding(max_new_tokens=1))  # fmt: skip
+    backend.close()
+    assert [g.prompt_tokens for g in made] == [len(gg.ids), len(plain_gg.ids)]
+
+
+@pytest.mark.e2e
+def test_llama_cpp_feeds_gemma3_instruct_the_same_ids_as_transformers() -> None:
+    """llama.cpp's chat handler for Gemma 3 instruct's template (rendered text tokenised with special tokens and no
+    added BOS) gives the ids transformers' own ``apply_chat_template`` gives: one BOS."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (CI installs it: see .ci/run)")
+    import llama_cpp
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from flipscope.models.bundled import load_tokenizer
+    from flipscope.models.gguf import llm_prompt
+    from flipscope.models.gguf_file import resolve
+
+    tok = load_tokenizer("gemma3-270m")
+    tok.chat_template = GEMMA3_IT_TEMPLATE
+    llm = llama_cpp.Llama(model_path=str(resolve("gemma3-270m")), vocab_only=True, verbose=False)
+    llm.chat_handler = Jinja2ChatFormatter(GEMMA3_IT_TEMPLATE, eos_token="<eos>", bos_token="<bos>").to_chat_handler()
+    try:
+        for request in (GenRequest("Hello", chat=True), *REQUESTS):
+            got = llm_prompt(llm, request)
+            assert list(got.ids) == template_ids(tok, request) and got.ids[:2] == (2, 105)
+    finally:
+        llm.close()

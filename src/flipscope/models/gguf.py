@@ -247,22 +247,41 @@ def prompt_tokens(location: str, request: GenRequest) -> PromptTokens:
     (``create_chat_completion``'s own handler, stopped before it generates); for plain text, what
     ``create_completion`` feeds (BOS where the vocabulary adds it, then the text's tokens, special tokens parsed)."""
     llama_cpp = require_llama_cpp()
-    llm = llama_cpp.Llama(model_path=str(resolve(location)), vocab_only=True, verbose=False)
+    with _quiet_stderr():  # a vocabulary-only context warns that it exceeds the (absent) training context
+        llm = llama_cpp.Llama(model_path=str(resolve(location)), vocab_only=True, verbose=False)
     try:
-        chat = request.chat and bool(llm.metadata.get("tokenizer.chat_template"))
-        if chat:
-            probe = _Probe(llm)
-            with contextlib.suppress(_Prompted):
-                _chat_handler(llm)(llama=probe, messages=request.messages())
-            text, ids = probe.text, probe.ids
-        else:
-            text = request.plain()
-            bos = [int(llm.token_bos())] if llm._model.add_bos_token() else []
-            ids = bos + (list(llm.tokenize(text.encode(), add_bos=False, special=True)) if text else [])
-        pieces = [bytes(llm.detokenize([i], special=True)).decode("utf-8", errors="replace") for i in ids]
-        return PromptTokens(text, tuple(ids), tuple(pieces), chat=chat)
+        return llm_prompt(llm, request)
     finally:
         llm.close()
+
+
+def llm_prompt(llm: Any, request: GenRequest) -> PromptTokens:
+    """``prompt_tokens`` for a ``llama_cpp.Llama`` already created (its chat handler as it is set)."""
+    chat = request.chat and (llm.chat_handler is not None or bool(llm.metadata.get("tokenizer.chat_template")))
+    if chat:
+        probe = _Probe(llm)
+        with contextlib.suppress(_Prompted):
+            _chat_handler(llm)(llama=probe, messages=request.messages())
+        text, ids = probe.text, probe.ids
+    else:
+        text = request.plain()
+        bos = [int(llm.token_bos())] if llm._model.add_bos_token() else []
+        ids = bos + (list(llm.tokenize(text.encode(), add_bos=False, special=True)) if text else [])
+    pieces = [bytes(llm.detokenize([i], special=True)).decode("utf-8", errors="replace") for i in ids]
+    return PromptTokens(text, tuple(ids), tuple(pieces), chat=chat)
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for a while: llama.cpp writes some notices there whatever ``verbose`` says."""
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 def _chat_handler(llm: Any) -> Any:
