@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +27,22 @@ from flipscope.tasks import ScoreRequest
 # --- hermetic caches -------------------------------------------------------------------------------------------
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The session's e2e cache, set before any fixture runs: module-scoped fixtures (a llama.cpp server started
+    once per module) run before the per-test environment below, and without this they fell back to the user's
+    cache. $FLIPSCOPE_TEST_CACHE where set (CI keeps one between runs), else a temporary folder."""
+    _SESSION_CACHE.append(os.environ.get("FLIPSCOPE_TEST_CACHE") or tempfile.mkdtemp(prefix="flipscope-e2e-cache-"))
+    os.environ["FLIPSCOPE_CACHE"] = _SESSION_CACHE[0]
+
+
 @pytest.fixture(scope="session")
-def e2e_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def e2e_cache() -> Path:
     """One cache for the session's end-to-end tests (the bundled model is fetched and converted once per session):
-    $FLIPSCOPE_TEST_CACHE where set (CI keeps one between runs), else a temporary folder — never the user's."""
-    folder = os.environ.get("FLIPSCOPE_TEST_CACHE")
-    return Path(folder) if folder else tmp_path_factory.mktemp("e2e-cache")
+    the folder pytest_configure chose — never the user's."""
+    return Path(_SESSION_CACHE[0])
+
+
+_SESSION_CACHE: list[str] = []
 
 
 @pytest.fixture(autouse=True)
