@@ -1,9 +1,11 @@
 """How closely each way of holding the baseline reproduces the live (exact) token KL, and what it costs on disk.
 
 For the bundled model and several candidates, every scored position of the corpus is computed once per model; from
-the same baseline rows the script derives each store (exact int16 / float16, compact top-k with and without tail
-samples) through flipscope's own store code, and prints mean KL, relative error vs live, bytes per position next to
-llama.cpp's format, and whether the candidates rank the same. Run:
+the same baseline rows the script derives each store (full rows on an int16 grid / in float16, compact top-k with
+and without tail samples) through flipscope's own store code, and prints mean KL, relative error vs live, bytes per
+position next to llama.cpp's format, and whether the candidates rank the same. A second table measures what `kld`
+takes over positions rather than their mean — the KL percentiles, the maximum and the most divergent positions —
+from each store's per-position values against the live ones. Run:
 
     python benchmarks/kld_stores.py --chunks 16
     python benchmarks/kld_stores.py --candidates +rtn:w8,gguf:smollm2-135m   # an 8-bit candidate, the noise floor
@@ -34,13 +36,16 @@ from flipscope.tasks.corpus import load_corpus, make_windows
 
 CANDIDATES = ["+rtn:w8", "+rtn:w4g64", "+rtn:w3g64", "+rtn:w2g64", "+hqq:w4g64", "+noise:0.02"]
 KS = (16, 64, 256)
+#: Per-position statistics compared with live: kld's percentiles and maximum, and its 10 most divergent positions.
+POSITION_STATS = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9, "max": 100.0}
+DIVERGENT = 10
 
 
 def hold(name: str, rows: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor | CompactRows:
     """The baseline slice as the named store gives it back: decoded full rows, or the compact top-k form."""
-    if name == "exact int16":
+    if name == "full int16":
         return torch.log_softmax(decode_int16(*encode_int16(rows)), -1)
-    if name == "exact float16":
+    if name == "full float16":
         return torch.log_softmax(rows.half().float(), -1)
     k = int(name.split("k=")[1].split()[0])
     return compress(rows, k, samples if "samples" in name else 0, generator=generator)
@@ -68,8 +73,9 @@ def main() -> None:
     vocab = base_rows[0].shape[-1]
     base.close()
     variants: dict[str, list[float]] = {}
+    per_position: dict[str, list[dict[str, float]]] = {}  # store → per candidate: statistic → relative error
     generator = torch.Generator().manual_seed(0)
-    names = ["exact int16", "exact float16"]
+    names = ["full int16", "full float16"]
     for k in KS:
         names += [f"compact k={k}", f"compact k={k} +{args.tail_samples} samples"]
     held = {name: [hold(name, b, args.tail_samples, generator) for b in base_rows] for name in names}
@@ -84,6 +90,7 @@ def main() -> None:
         for name in names:
             values = torch.cat([kl_from(h, c) for h, c in zip(held[name], rows, strict=True)])
             variants.setdefault(name, []).append(float(values.mean()))
+            per_position.setdefault(name, []).append(position_errors(values.numpy(), live.numpy()))
         held64 = held[f"compact k=64 +{args.tail_samples} samples"]
         clamped = [before(h.numpy(), c.numpy(), clamp_total=True) for h, c in zip(held64, rows, strict=True)]
         variants.setdefault(old, []).append(float(np.concatenate(clamped).mean()))
@@ -92,8 +99,8 @@ def main() -> None:
     llama = llama_cpp_bytes_per_position(vocab)
     sizes = {
         "live": 0.0,
-        "exact int16": StoreHeader("exact", n, vocab, "", "", {}, code="int16").bytes_per_position(),
-        "exact float16": StoreHeader("exact", n, vocab, "", "", {}, code="float16").bytes_per_position(),
+        "full int16": StoreHeader("exact", n, vocab, "", "", {}, code="int16").bytes_per_position(),
+        "full float16": StoreHeader("exact", n, vocab, "", "", {}, code="float16").bytes_per_position(),
     }
     for k in KS:
         sizes[f"compact k={k}"] = StoreHeader("compact", n, vocab, "", "", {}, topk=k).bytes_per_position()
@@ -117,6 +124,27 @@ def main() -> None:
         cells = "".join(f"{x:>{width}.4e}" for x in v)
         print(f"{name:<44}{cells}  {rel:>12.2%}  {sizes[name]:>9.0f}  {sizes[name] / llama:>10.2%}  {same}")
     print(f"llama.cpp --kl-divergence-base: {llama} bytes/position (2·⌈V/2⌉+4 uint16)")
+    print(
+        f"\nper-position statistics against live, worst over the candidates: |relative error| of each percentile and "
+        f"of the maximum, and the fewest of live's {DIVERGENT} most divergent positions in the store's {DIVERGENT}"
+    )
+    print(f"{'store':<44}" + "".join(f"{s:>9}" for s in POSITION_STATS) + f"{'top-' + str(DIVERGENT):>9}")
+    for name, errors in per_position.items():
+        worst = [max(e[s] for e in errors) for s in POSITION_STATS]
+        overlap = min(int(e["overlap"]) for e in errors)
+        print(f"{name:<44}" + "".join(f"{w:>9.2%}" for w in worst) + f"{overlap:>9d}")
+
+
+def position_errors(values: np.ndarray, live: np.ndarray) -> dict[str, float]:
+    """|relative error| of each statistic of ``values`` against the same statistic of ``live`` ([n] per-position
+    KLs), and how many of live's most divergent positions are among those of ``values``."""
+    out = {}
+    for stat, q in POSITION_STATS.items():
+        want, got = np.percentile(live, q), np.percentile(values, q)
+        out[stat] = abs(got / want - 1) if want > 0 else float("nan")
+    top = set(np.argsort(-live)[:DIVERGENT].tolist()) & set(np.argsort(-values)[:DIVERGENT].tolist())
+    out["overlap"] = float(len(top))
+    return out
 
 
 if __name__ == "__main__":

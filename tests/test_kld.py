@@ -58,7 +58,7 @@ def test_corpus_summary_matches_hand_computation() -> None:
     assert s.ln_ppl_correlation == pytest.approx(np.corrcoef(logp_b, logp_c)[0, 1])
 
 
-def test_exact_store_round_trip_within_documented_precision(tmp_path: Path) -> None:
+def test_full_store_round_trip_within_documented_precision(tmp_path: Path) -> None:
     import torch
 
     from flipscope.store.baseline_rows import INT16_RANGE, BaselineStore, StoreHeader
@@ -107,7 +107,7 @@ def test_tiny_llama_stores_agree_with_live(tiny_llama: Path, tmp_path: Path) -> 
     common = {"corpus": str(corpus), "ctx": 64, "max_windows": 4, "cache_dir": tmp_path / "cache", "device": "cpu"}
     base, cands = f"hf:{tiny_llama}", ["+rtn:w4g16", "+noise:0.05"]
     live = flipscope.kld(base, cands, store="live", out=tmp_path / "live", **common)
-    exact = flipscope.kld(base, cands, store="exact", exact_code="int16", out=tmp_path / "exact", **common)
+    exact = flipscope.kld(base, cands, store="full", full_code="int16", out=tmp_path / "exact", **common)
     assert exact.run.baseline["tokenizer"] == live.run.baseline["tokenizer"] != ""  # the same vocabulary, recorded
     full = flipscope.kld(base, cands, store="compact", topk=10_000, out=tmp_path / "full", **common)
     small = flipscope.kld(base, cands, store="compact", topk=4, tail_samples=0, out=tmp_path / "small", **common)
@@ -123,7 +123,7 @@ def test_tiny_llama_stores_agree_with_live(tiny_llama: Path, tmp_path: Path) -> 
         assert np.array_equal(full.positions[label]["agree"], live.positions[label]["agree"])
         assert live.summary[label].ppl_base.value == pytest.approx(exact.summary[label].ppl_base.value, rel=1e-5)
     stores = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # (beside them: their lock files)
-    assert len(stores) == 5  # exact, compact k=10000, k=4, k=4 with samples (live stores none); candidates
+    assert len(stores) == 5  # full, compact k=10000, k=4, k=4 with samples (live stores none); candidates
     again = flipscope.kld(base, cands[:1], store="compact", topk=4, tail_samples=0, out=tmp_path / "again", **common)
     assert np.array_equal(again.positions[f"{base}+rtn:w4g16"]["kl"], small.positions[f"{base}+rtn:w4g16"]["kl"])
     run = json.loads((tmp_path / "small" / "run.json").read_text())

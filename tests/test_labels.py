@@ -80,3 +80,61 @@ def test_a_pass_stored_as_exact_by_an_older_version_loads_as_what_it_was(
     assert again.run.candidates[0].details["token_kl"] == kind.value
     assert TokenKL.read("exact", tail_samples=samples) is kind
     assert TokenKL.read(kind.value, tail_samples=samples) is kind and TokenKL.read(None, tail_samples=1) is None
+
+
+def test_kld_says_what_its_per_position_statistics_are(tiny_llama: Path, tmp_path: Path) -> None:
+    """kld's percentiles, maximum, σ and most divergent positions are exact only live; from the full store they
+    carry its grid's loss, from the compact store they are per-position estimates (or bounds): every table, note
+    and run.json says which, and the full store is not called exact."""
+    import flipscope
+    from flipscope.report.kld_table import load_kld_run, print_kld_run
+
+    corpus = tmp_path / "text.txt"
+    corpus.write_text("The planets circle the sun. Paris is the capital of France. " * 30)
+    common = {"corpus": str(corpus), "ctx": 32, "max_windows": 3, "cache_dir": tmp_path / "cache", "device": "cpu"}
+    runs = {
+        "live": {"store": "live"},
+        "full": {"store": "full", "full_code": "int16"},
+        "float16": {"store": "full", "full_code": "float16"},
+        "sampled": {"store": "compact", "topk": 8, "tail_samples": 4},
+        "bound": {"store": "compact", "topk": 8, "tail_samples": 0},
+    }
+    want = {
+        "live": ("exact", "exact"),
+        "full": ("int16-grid baseline", "int16-grid baseline"),
+        "float16": ("float16 baseline", "float16 baseline"),
+        "sampled": ("unbiased estimate", "estimate"),
+        "bound": ("lower bound", "lower bound"),
+    }
+    for name, kw in runs.items():
+        result = flipscope.kld(f"hf:{tiny_llama}", ["+rtn:w4g16"], out=tmp_path / name, **common, **kw)
+        s = result.run.settings
+        assert (s.kl_forward, s.kl_positions) == want[name], name
+        assert s.store == kw["store"] and ("exact" not in (s.store, s.kl_forward) or name == "live")
+        console = Console(record=True, width=250)
+        print_kld_run(load_kld_run(tmp_path / name), console)
+        shown = console.export_text()
+        if name == "live":
+            assert "KL percentiles  " in shown and "most divergent positions:" in shown
+            continue
+        label = want[name][1]
+        for row in ("KL p99", "KL max", "KL σ / max / min", "KL percentiles", "most divergent positions"):
+            assert f"{row} ({label})" in shown, (name, row)
+        said = {"full": "int16 grid", "float16": "float16", "sampled": "estimates", "bound": "lower bounds"}[name]
+        assert any("percentiles" in n and said in n for n in result.run.notes), result.run.notes
+    assert s.full_code is None
+    assert flipscope.kld(f"hf:{tiny_llama}", ["+rtn:w4g16"], store="exact", out=tmp_path / "alias",
+                         **common).run.settings.store == "full"  # fmt: skip
+    # a run.json written before the full store had its name: store "exact", its mean KL called exact
+    old = json.loads((tmp_path / "full" / "run.json").read_text())
+    settings = {k: v for k, v in old["settings"].items() if k not in ("full_code", "kl_positions")}
+    old["settings"] = {**settings, "store": "exact", "exact_code": "int16", "kl_forward": "exact",
+                       "kl_reverse": "exact"}  # fmt: skip
+    (tmp_path / "full" / "run.json").write_text(json.dumps(old))
+    back = load_kld_run(tmp_path / "full").settings
+    assert (back.store, back.full_code, back.kl_forward, back.kl_positions) == (
+        "full",
+        "int16",
+        "int16-grid baseline",
+        "int16-grid baseline",
+    )

@@ -72,7 +72,7 @@ def build_store(
     *,
     topk: int,
     tail_samples: int,
-    exact_code: str,
+    full_code: str,
     batch: int,
     rows: int,
     label: str,
@@ -88,7 +88,7 @@ def build_store(
         tokenizer_fingerprint=plan.tokenizer,
         corpus_sha256=corpus_sha,
         settings={**settings, "first": plan.windows[0].first, "baseline": label},
-        code=exact_code if kind == "exact" else "float16",
+        code=full_code if kind == "exact" else "float16",  # "exact": the full store's kind on disk
         topk=min(topk, plan.vocab_size) if kind == "compact" else 0,
         tail_samples=tail_samples if kind == "compact" and topk < plan.vocab_size else 0,
     )
@@ -102,7 +102,8 @@ def build_store(
     if state is not None:
         generator.set_state(torch.from_numpy(state))
     done, at = store.header.done_windows, store.header.done_positions
-    with shown.progress(f"baseline {label} → {kind} store", len(plan.windows)) as advance:
+    shown_kind = "full" if kind == "exact" else kind
+    with shown.progress(f"baseline {label} → {shown_kind} store", len(plan.windows)) as advance:
         advance(done)
         for group in _batches(plan.windows[done:], batch):
             for logprobs, targets in backend.corpus_logprobs(group, rows=rows):

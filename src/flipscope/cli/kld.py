@@ -31,10 +31,11 @@ from flipscope.tasks.corpus import DEFAULT_CORPUS
 @click.option("--chunks", "max_windows", type=int, default=None, help="Use only the first N windows.")
 @click.option(
     "--store",
-    type=click.Choice(["compact", "exact", "live"]),
+    type=click.Choice(["compact", "full", "live", "exact"]),
     default="compact",
     show_default=True,
-    help="How the baseline is held: compact (top-k, rest mass, tail samples), exact rows on disk, or live.",
+    help="How the baseline is held: compact (top-k, rest mass, tail samples: KL estimated), full rows on disk "
+    "(quantised, see --full-code; 'exact' is its former name), or live (exact, nothing stored).",
 )
 @click.option("--topk", default=64, show_default=True, help="Compact store: baseline log-probs kept per position.")
 @click.option(
@@ -44,11 +45,13 @@ from flipscope.tasks.corpus import DEFAULT_CORPUS
     help="Compact store: tail tokens sampled per position for an unbiased tail term (0: the pure lower bound).",
 )
 @click.option(
+    "--full-code",
     "--exact-code",
+    "full_code",
     type=click.Choice(["int16", "float16"]),
     default="int16",
     show_default=True,
-    help="Exact store: uint16 grid over 40 nats (6e-4 step) or float16 log-probs.",
+    help="Full store: log-probs on a uint16 grid over 40 nats (6.1e-4 steps) or as float16 — both lossy.",
 )
 @click.option("--batch", default=1, show_default=True, help="Windows per forward pass.")
 @click.option(
@@ -58,7 +61,7 @@ from flipscope.tasks.corpus import DEFAULT_CORPUS
 @click.option("--dtype", default="float32", show_default=True, help="Weights dtype.")
 @click.option("--no-cache", is_flag=True, help="Recompute the baseline store even if a cached one exists.")
 def kld_cmd(baseline: str, candidates: tuple[str, ...], corpus: str, ctx: int, scored_fraction: float,
-            max_windows: int | None, store: str, topk: int, tail_samples: int, exact_code: str, batch: int,
+            max_windows: int | None, store: str, topk: int, tail_samples: int, full_code: str, batch: int,
             out: str | None, device: str, dtype: str, no_cache: bool) -> None:  # fmt: skip
     """Token-level KL and perplexity statistics of CANDIDATES against BASELINE on a text corpus.
 
@@ -76,7 +79,7 @@ def kld_cmd(baseline: str, candidates: tuple[str, ...], corpus: str, ctx: int, s
 
     display = RichDisplay()
     result = kld(baseline, list(candidates), corpus=corpus, ctx=ctx, scored_fraction=scored_fraction,
-                 max_windows=max_windows, store=store, topk=topk, tail_samples=tail_samples, exact_code=exact_code,
+                 max_windows=max_windows, store=store, topk=topk, tail_samples=tail_samples, full_code=full_code,
                  batch=batch, out=out, device=device, dtype=dtype, use_cache=not no_cache, display=display)  # fmt: skip
     print_kld_run(result.run, display.console)
     click.echo(f"run directory: {result.out}")

@@ -1,8 +1,9 @@
 """Per-position distances between a baseline and a candidate on text, from log-probability rows.
 
 All functions take a slice of positions at a time (at most a few hundred rows of the vocabulary), so memory stays
-bounded whatever the context length. The baseline comes either as full rows (live or the exact store) or in the
-compact form (the compact store); KL both ways comes from ``metrics/kl.py``, the estimator answer tokens use too.
+bounded whatever the context length. The baseline comes either as full rows (live: exact; or the full store's
+quantised rows) or in the compact form (the compact store: each position's KL(B‖C) an unbiased estimate or a lower
+bound, KL(C‖B) a lower bound); KL both ways comes from ``metrics/kl.py``, the estimator answer tokens use too.
 """
 
 from __future__ import annotations

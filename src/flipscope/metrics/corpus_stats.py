@@ -1,6 +1,8 @@
 """Corpus statistics from per-position arrays, as llama.cpp's ``llama-perplexity --kl-divergence`` prints them and
-beyond: perplexities with propagated uncertainty, KL percentiles both ways, Δp, same-top rate, top-k agreement,
-KL by the baseline's confidence. Pure NumPy over stored arrays, so a run can be re-summarised without a model.
+beyond: perplexities with propagated uncertainty, KL(B‖C)'s mean, σ, extremes and percentiles, KL(C‖B)'s mean, Δp,
+same-top rate, top-k agreement, KL by the baseline's confidence. Pure NumPy over stored arrays, so a run can be
+re-summarised without a model. The statistics over positions (σ, extremes, percentiles) are only as exact as the
+per-position KLs given: from a compact store those are estimates or bounds (``KLDSettings.kl_positions``).
 """
 
 from __future__ import annotations

@@ -45,7 +45,8 @@ def overview(run: KLDRunFile) -> Table:
         f"{s.positions} positions · store {s.store}"
     )
     table = Table(title=title, title_justify="left", header_style="bold")
-    marked = {"KL mean": _bound("KL mean", s.kl_forward), "rev KL": _bound("rev KL", s.kl_reverse)}
+    marked = {"KL mean": _label("KL mean", s.kl_forward), "rev KL": _label("rev KL", s.kl_reverse),
+              "KL p99": _label("KL p99", s.kl_positions), "KL max": _label("KL max", s.kl_positions)}  # fmt: skip
     for name in OVERVIEW:
         table.add_column(marked.get(name, name), justify="left" if name == "candidate" else "right")
     for label, x in run.summary.items():
@@ -64,8 +65,9 @@ def overview(run: KLDRunFile) -> Table:
     return table
 
 
-def _bound(name: str, kind: str) -> str:
-    return f"{name} (lower bound)" if kind == "lower bound" else name
+def _label(name: str, kind: str) -> str:
+    """``name`` with what its numbers are (``KLDSettings.kl_forward`` …), unless they are exact."""
+    return name if kind == "exact" else f"{name} ({kind})"
 
 
 def details(label: str, x: CorpusSummary, settings: KLDSettings) -> Table:
@@ -77,13 +79,16 @@ def details(label: str, x: CorpusSummary, settings: KLDSettings) -> Table:
         ("PPL(C) / PPL(B)", _pm(x.ppl_ratio.value, x.ppl_ratio.err)),
         ("PPL(C) − PPL(B)", _pm(x.ppl_diff.value, x.ppl_diff.err)),
         ("Cor(ln PPL(B), ln PPL(C))", num(x.ln_ppl_correlation)),
+        (_label("KL(B‖C) mean ± err", settings.kl_forward), _pm(x.kl_mean.value, x.kl_mean.err, 6)),
         (
-            _bound("KL(B‖C) mean ± err, σ", settings.kl_forward),
-            f"{_pm(x.kl_mean.value, x.kl_mean.err, 6)}, σ {num(x.kl_std, 6)}",
+            _label("KL σ / max / min", settings.kl_positions),
+            f"{num(x.kl_std, 6)} / {num(x.kl_max, 6)} / {num(x.kl_min, 6)}",
         ),
-        ("KL max / min", f"{num(x.kl_max, 6)} / {num(x.kl_min, 6)}"),
-        ("KL percentiles", "  ".join(f"{p}%: {num(v, 5)}" for p, v in x.kl_percentiles.items())),
-        (_bound("KL(C‖B) mean", settings.kl_reverse), _pm(x.kl_reverse_mean.value, x.kl_reverse_mean.err, 6)),
+        (
+            _label("KL percentiles", settings.kl_positions),
+            "  ".join(f"{p}%: {num(v, 5)}" for p, v in x.kl_percentiles.items()),
+        ),
+        (_label("KL(C‖B) mean", settings.kl_reverse), _pm(x.kl_reverse_mean.value, x.kl_reverse_mean.err, 6)),
         (
             "Δp mean, RMS",
             f"{x.dp_mean.value * 100:+.3f}% ± {x.dp_mean.err * 100:.3f}%, RMS {x.dp_rms.value * 100:.3f}%",
@@ -112,6 +117,8 @@ def render_kld_run(run: KLDRunFile) -> Group:
                 f"log-probabilities in them (windows {shown}; all in run.json)[/yellow]"
             )
         top = run.most_divergent.get(label, [])[:3]
+        if top:
+            parts.append(f"  {_label('most divergent positions', run.settings.kl_positions)}:")
         for d in top:
             parts.append(f"  KL {d.kl:.3f} at window {d.window} pos {d.position}: …{d.context!r} → {d.token!r}")
     parts.extend(f"note: {n}" for n in run.notes)

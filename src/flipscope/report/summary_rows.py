@@ -119,7 +119,8 @@ def kld_rows(run: KLDRun) -> tuple[list[str], list[list[Cell]]]:
                 Cell(str(len(x.excluded_windows)), len(x.excluded_windows)),
             ]
         )
-    columns = [f"KL mean ({run.run.settings.kl_forward})" if c == "KL mean" else c for c in KLD_COLUMNS]
+    kinds = {"KL mean": run.run.settings.kl_forward, "KL p99": run.run.settings.kl_positions}
+    columns = [f"{c} ({kinds[c]})" if c in kinds and kinds[c] != "exact" else c for c in KLD_COLUMNS]
     return columns, rows
 
 

@@ -1,8 +1,10 @@
-"""Stored baseline log-probabilities for `flipscope kld`: exact rows or a compact top-k form, behind one reader.
+"""Stored baseline log-probabilities for `flipscope kld`: full rows (quantised) or a compact top-k form, behind one
+reader.
 
 A store is a folder: ``header.json`` (kind, tokenizer fingerprint, vocabulary size, corpus hash, settings, whether
 it is complete), ``logp.npy`` (the baseline's log-prob of each true next token, float32, exact in every kind) and
-the kind's arrays, all written slice by slice into memory-mapped ``.npy`` files:
+the kind's arrays, all written slice by slice into memory-mapped ``.npy`` files. Kind "exact" is the full store
+(`--store full`; "exact" is its former name, kept on disk so stores already built are found) — its rows are lossy:
 
 - exact, ``float16``: ``rows.npy`` [N, V] float16 log-probs.
 - exact, ``int16``: ``rows.npy`` [N, V] uint16 codes of log p on a uniform grid from the row's max down to

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field, model_validator
 
 from flipscope.errors import FlipscopeError
 from flipscope.metrics.corpus_stats import CorpusSummary, finite_windows, summarize_corpus
@@ -24,23 +24,45 @@ class KLDSettings(BaseModel):
     scored_fraction: float
     windows: int
     positions: int
-    store: str
-    exact_code: str | None = None
+    store: str  # live | full | compact ("exact" in runs written before the full store had its name)
+    full_code: str | None = Field(default=None, validation_alias=AliasChoices("full_code", "exact_code"))
     topk: int | None = None
     tail_samples: int | None = None
     device: str
     dtype: str
-    #: How the numbers were obtained: KL(B‖C) "exact" | "unbiased estimate" | "lower bound"; KL(C‖B) "exact" |
-    #: "lower bound" (a compact store holds no sample of the candidate's tail).
+    #: How the numbers were obtained: KL(B‖C) "exact" (live) | "int16-grid baseline" | "float16 baseline" (the full
+    #: store's quantised rows) | "unbiased estimate" | "lower bound"; KL(C‖B) the same, but "lower bound" from a
+    #: compact store (it holds no sample of the candidate's tail).
     kl_forward: str = "exact"
     kl_reverse: str = "exact"
+    #: What the per-position KLs are — the percentiles, maximum, σ and most divergent positions are taken over
+    #: them: "exact" | the full store's kind | "estimate" (compact: each position's tail term from its samples; the
+    #: mean of estimates is unbiased, their spread and extremes are not) | "lower bound".
+    kl_positions: str = "exact"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older(cls, data: Any) -> Any:
+        """Runs written before the full store had its name said store "exact" and called its KL exact."""
+        if isinstance(data, dict) and "kl_positions" not in data:
+            data = dict(data)
+            if data.get("store") == "exact":
+                data["store"] = "full"
+            code = data.get("full_code") or data.get("exact_code") or "int16"
+            data |= kl_kinds(str(data.get("store")), int(data.get("tail_samples") or 0), code)
+        return data
 
 
-def kl_kinds(store: str, tail_samples: int) -> tuple[str, str]:
-    """(forward, reverse) kinds of KL that a baseline store gives."""
-    if store != "compact":
-        return "exact", "exact"
-    return ("unbiased estimate" if tail_samples else "lower bound"), "lower bound"
+def kl_kinds(store: str, tail_samples: int, full_code: str = "int16") -> dict[str, str]:
+    """What the KLs from a baseline store are: ``kl_forward``, ``kl_reverse`` and ``kl_positions`` of the settings."""
+    if store == "live":
+        return {"kl_forward": "exact", "kl_reverse": "exact", "kl_positions": "exact"}
+    if store == "full":
+        grid = "int16-grid baseline" if full_code == "int16" else f"{full_code} baseline"
+        return {"kl_forward": grid, "kl_reverse": grid, "kl_positions": grid}
+    forward = "unbiased estimate" if tail_samples else "lower bound"
+    positions = "estimate" if tail_samples else "lower bound"
+    return {"kl_forward": forward, "kl_reverse": "lower bound", "kl_positions": positions}
 
 
 class WindowStats(BaseModel):
