@@ -45,10 +45,6 @@ class FileLock:
         self.path, self.what = path, what
         self._fd: int | None = None
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def acquire(self, *, wait: bool = True) -> None:
         """Take the lock; while another process holds it, wait (after ``WAIT_WARNING_S``, saying so), or with
         ``wait=False`` raise :class:`LockHeld` at once."""

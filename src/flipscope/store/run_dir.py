@@ -1,7 +1,7 @@
 """Where a run is written: a folder of its own, never shared with another run and never overwritten silently.
 
 A user's ``--out`` is claimed when the run starts (``check_out``): a lock on ``<out>/.flipscope-run.lock``, held until
-the run has written its ``run.json`` (``release``), so a second run naming the same folder meanwhile is refused at
+the run has written its ``run.json`` (``finish``), so a second run naming the same folder meanwhile is refused at
 once; the kernel releases the claim of a killed run, whose folder the next run may then use."""
 
 from __future__ import annotations
