@@ -51,8 +51,7 @@ def test_kl_and_delta_nll_are_averaged_over_the_same_items() -> None:
     assert f.measured == len(both) == 3 and f.n == len(ITEMS)
     assert f.teacher_kl_mean == pytest.approx(mean(kl for *_, kl in both))
     assert f.delta_nll_mean == pytest.approx(mean((blp - clp) / len(bt) for bt, _, blp, clp, _ in both))
-    assert f.identical == pytest.approx(mean(bt == ct for bt, ct, *_ in both))
-    assert f.same_answer == pytest.approx(mean(bt.split()[-1] == ct.split()[-1] for bt, ct, *_ in both))
+    assert f.identical == pytest.approx(mean(bt == ct for bt, ct, *_ in ITEMS))  # answer comparisons: all n
     pairs = [(bt, ct) for bt, ct, *_ in both if bt != ct]
     differ = [next(k for k, (x, y) in enumerate(zip(bt, ct, strict=False)) if x != y) for bt, ct in pairs]
     assert f.first_divergence_median == pytest.approx(median(differ))
@@ -83,7 +82,7 @@ def test_the_token_kl_column_of_a_free_form_task_survives_an_empty_baseline_answ
 
     row = next(line for line in text.splitlines() if "gsm8k" in line)
     assert row.rstrip(" │").endswith(num(s.token_kl_mean))  # the token KL column, not blank
-    assert "measured 3 of 6" in text
+    assert "teacher-forced, measured 3 of 6" in text and "answers, all 6: identical" in text
 
 
 def test_a_quantity_measured_on_no_item_does_not_empty_the_others() -> None:
@@ -102,3 +101,17 @@ def test_a_quantity_measured_on_no_item_does_not_empty_the_others() -> None:
     nan = [Pair(b, ItemScore(c.task, c.item_id, "", 0, (), token_kl=math.nan, free=c.free)) for b, c in
            zip(base, cand, strict=True)]  # fmt: skip
     assert free_summary(nan).measured == 0  # type: ignore[union-attr]
+
+
+def test_same_answer_and_all_flips_count_the_same_items_when_some_are_unmeasured() -> None:
+    """Answer comparisons need no teacher-forced score: identical and same answer are over all n items, as all-flips
+    is (one rule, ``metrics.same_answer``), while KL, ΔNLL and first divergence stay over the measured m."""
+    base, cand = records()
+    s = summarize_run(base, cand, ["gsm8k"])["gsm8k"]
+    f = s.free
+    assert f is not None and f.measured < f.n == s.n == len(ITEMS)  # items 1-3 are unmeasured
+    assert s.all_flips is not None and f.same_answer is not None
+    assert 1 - f.same_answer == pytest.approx(s.all_flips)
+    answers = [((bt.split() or ["[invalid]"])[-1], ct.split()[-1]) for bt, ct, *_ in ITEMS]
+    assert f.same_answer == pytest.approx(mean(b == c for b, c in answers))
+    assert f.identical == pytest.approx(mean(bt == ct for bt, ct, *_ in ITEMS))

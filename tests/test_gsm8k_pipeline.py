@@ -70,10 +70,10 @@ def test_gsm8k_grades_flips_and_judge_free_distances(scripts: dict[str, Script],
     f = s.free
     assert f is not None and f.measured == 40 - len(empty) and f.delta_nll_mean == pytest.approx(0.5)
     assert f.teacher_kl_mean is not None and f.teacher_kl_mean > 0 and f.identical == 0.0
-    # every distance is over the measured items (the baseline answered): the same final answer where the
-    # candidate's is not off by one
+    # the answer comparisons are over all 40, as all-flips is: the same final answer where the baseline answered
+    # and the candidate's is not off by one
     assert f.n == 40 and f.same_answer == pytest.approx(len([n for n in ids if n not in empty and n not in wrong])
-                                                        / f.measured)  # fmt: skip
+                                                        / 40) == 1 - s.all_flips  # fmt: skip
     assert s.token_kl_mean == f.teacher_kl_mean and s.token_kl_items == f.measured  # not blank for the empty ones
     assert any("measured on" in w for w in s.warnings)
     records = pd.read_parquet(tmp_path / "run" / "records.parquet")

@@ -23,16 +23,17 @@ class Bucket(BaseModel):
 
 
 class FreeSummary(BaseModel):
-    """Free-form tasks: the judge-free distances, all over one item set — the ``measured`` of ``n`` items on which
-    every teacher-forced quantity reported is finite (an empty baseline answer, or a candidate that cannot score it
-    token by token, leaves an item out of all of them) — and how the answers ended (over all ``n`` items)."""
+    """Free-form tasks: the teacher-forced distances (KL, ΔNLL) and first divergence, all over one item set — the
+    ``measured`` of ``n`` items on which every teacher-forced quantity reported is finite (an empty baseline answer,
+    or a candidate that cannot score it token by token, leaves an item out of all of them); the answer comparisons
+    (identical, same answer: no teacher forcing needed, as for all-flips) and how the answers ended, over all ``n``."""
 
     teacher_kl_mean: float | None
     delta_nll_mean: float | None
-    identical: float | None  # share of the measured items whose two answers are the same tokens
-    same_answer: float | None  # share with the same extracted final answer
+    identical: float | None  # share of all n items whose two answers are the same tokens
+    same_answer: float | None  # share of all n with the same extracted final answer (1 − all-flips)
     first_divergence_median: float | None  # among measured answers that differ
-    measured: int  # items every distance above is over
+    measured: int  # items the teacher-forced KL, ΔNLL and first divergence are over
     acc_strict_baseline: float | None  # lm-eval's strict-match filter ("The answer is N.")
     acc_strict_candidate: float | None
     invalid_baseline: int  # no final answer found in the text
@@ -111,8 +112,8 @@ def free_summary(pairs: Sequence[Pair]) -> FreeSummary | None:
     return FreeSummary(
         teacher_kl_mean=paired.mean([d.teacher_kl for d in kept if d.teacher_kl is not None]),
         delta_nll_mean=paired.mean([d.delta_nll for d in kept if d.delta_nll is not None]),
-        identical=_rate(sum(d.identical for d in kept), len(kept)),
-        same_answer=_rate(sum(d.same_answer for d in kept), len(kept)),
+        identical=_rate(sum(d.identical for _, _, d in rows), len(rows)),
+        same_answer=_rate(sum(d.same_answer for _, _, d in rows), len(rows)),
         first_divergence_median=paired.quantile(divergence, 0.5),
         measured=len(kept),
         acc_strict_baseline=_rate(sum(b.correct_strict for b, _, _ in rows), len(rows)),
@@ -174,9 +175,9 @@ def summarize(pairs: Sequence[Pair]) -> TaskSummary:
         warnings.append("no judge-free distances: these records hold no teacher-forced scores (e.g. imported logs)")
     elif free is not None and free.measured < (free.n or 0):
         warnings.append(
-            f"judge-free distances measured on {free.measured} of {free.n} items: the others have an empty baseline "
-            "answer, or a teacher-forced number the candidate could not give (they are left out of every distance, "
-            "not counted as 0)"
+            f"teacher-forced distances (KL, ΔNLL, first divergence) measured on {free.measured} of {free.n} items: "
+            "the others have an empty baseline answer, or a teacher-forced number the candidate could not give (left "
+            "out of those, not counted as 0; identical and same answer are over all items)"
         )
     if free is not None and free.teacher_kl_mean is None and free.delta_nll_mean is not None:
         warnings.append(

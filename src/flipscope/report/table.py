@@ -87,11 +87,11 @@ def detail_line(s: TaskSummary) -> str:
     if s.free is not None:
         f = s.free
         return (
-            f"judge-free, measured {f.measured} of {f.n or s.n}: teacher-forced KL {num(f.teacher_kl_mean)} · "
-            f"ΔNLL/token {num(f.delta_nll_mean)} · identical {pct(f.identical)}% · same answer {pct(f.same_answer)}% · "
-            f"first divergence (median token) {num(f.first_divergence_median, 0)} · all {f.n or s.n}: strict acc "
-            f"B {pct(f.acc_strict_baseline)}% C {pct(f.acc_strict_candidate)}% · no answer "
-            f"B {f.invalid_baseline} C {f.invalid_candidate} · "
+            f"judge-free, teacher-forced, measured {f.measured} of {f.n or s.n}: KL {num(f.teacher_kl_mean)} · "
+            f"ΔNLL/token {num(f.delta_nll_mean)} · first divergence (median token) "
+            f"{num(f.first_divergence_median, 0)} · answers, all {f.n or s.n}: identical {pct(f.identical)}% · same "
+            f"answer {pct(f.same_answer)}% · strict acc B {pct(f.acc_strict_baseline)}% "
+            f"C {pct(f.acc_strict_candidate)}% · no answer B {f.invalid_baseline} C {f.invalid_candidate} · "
             f"hit max tokens B {f.truncated_baseline} C {f.truncated_candidate}"
         )
     parts = [f"[{b.lo:g},{b.hi:g}{']' if b.hi == 1 else ')'} {b.flips}/{b.n}" for b in s.flips_by_margin]
