@@ -52,7 +52,8 @@ def test_corpus_summary_matches_hand_computation() -> None:
     dp = np.exp(logp_c) - np.exp(logp_b)
     assert s.dp_mean.value == pytest.approx(dp.mean()) and s.dp_rms.value == pytest.approx(np.sqrt((dp**2).mean()))
     same = (agree >= 1).mean()
-    assert s.same_top.value == pytest.approx(same) and s.same_top.err == pytest.approx(math.sqrt(same * (1 - same) / n))
+    assert s.same_top.value == pytest.approx(same)
+    assert s.same_top.err == pytest.approx(np.std(agree >= 1, ddof=1) / math.sqrt(n))
     assert s.topk_agreement["10"] == pytest.approx((agree >= 10).mean())
     assert sum(b.n for b in s.kl_by_confidence) == n
     assert s.ln_ppl_correlation == pytest.approx(np.corrcoef(logp_b, logp_c)[0, 1])
@@ -192,3 +193,35 @@ def test_long_context_with_a_large_vocabulary_runs_in_bounded_memory() -> None:
     positions, grown_mb = (int(x) for x in proc.stdout.split())
     assert positions == 4095
     assert grown_mb < 800, f"peak RSS grew by {grown_mb} MB"
+
+
+def test_corpus_error_bars_count_windows_not_positions() -> None:
+    """Positions of one window share a shift (as a shared context makes them): the standard error of every mean is
+    the spread of the window means over √G, several times the per-position s/√n that treats them as independent."""
+    rng = np.random.default_rng(1)
+    g, per = 24, 255
+    window = np.repeat(np.arange(g), per)
+    shift = np.repeat(rng.normal(0, 0.05, g), per)  # [n] one shared offset per window
+    kl = rng.exponential(0.1, g * per) + np.abs(shift)
+    logp_b = np.log(rng.uniform(0.05, 1, g * per))
+    logp_c = logp_b - np.abs(shift) - rng.exponential(0.02, g * per)
+    agree = (rng.uniform(size=g * per) < 0.8 - np.abs(shift)).astype(int) * 10
+    top = np.log(rng.uniform(0.05, 1, g * per))
+    cols = dict(kl=kl, kl_reverse=kl * 1.1, logp_base=logp_b, logp_cand=logp_c, top_logp_base=top, agree=agree)
+    s = summarize_corpus(**cols, window=window)
+    flat = summarize_corpus(**cols)
+
+    def by_window(x: np.ndarray) -> float:  # independent reference: the window means' standard error
+        means = x.reshape(g, per).mean(axis=1)
+        return float(means.std(ddof=1) / math.sqrt(g))
+
+    assert s.kl_mean.value == pytest.approx(kl.mean())
+    assert s.kl_mean.err == pytest.approx(by_window(kl))
+    assert s.kl_reverse_mean.err == pytest.approx(by_window(kl * 1.1))
+    assert s.ln_ppl_ratio.err == pytest.approx(by_window(logp_b - logp_c))
+    assert s.same_top.err == pytest.approx(by_window((agree >= 1).astype(float)))
+    dp = np.exp(logp_c) - np.exp(logp_b)
+    assert s.dp_mean.err == pytest.approx(by_window(dp))
+    assert s.ppl_base.err == pytest.approx(s.ppl_base.value * by_window(-logp_b))
+    assert s.kl_mean.err > 2 * flat.kl_mean.err  # the per-position figure was too small
+    assert s.ln_ppl_ratio.err > 2 * flat.ln_ppl_ratio.err

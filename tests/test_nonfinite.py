@@ -106,7 +106,7 @@ def test_corpus_windows_with_nan_are_left_out_whole_and_listed() -> None:
     cols["kl"][30] = np.inf  # window 4
     s = summarize_positions(cols, "cand")
     keep = ~np.isin(cols["window"], [1, 4])
-    clean = summarize_corpus(**{c: cols[c][keep] for c in POSITION_COLUMNS})
+    clean = summarize_corpus(**{c: cols[c][keep] for c in POSITION_COLUMNS}, window=cols["window"][keep])
     assert s.excluded_windows == [1, 4] and s.n == 21
     assert s.kl_mean == clean.kl_mean and s.ppl_cand == clean.ppl_cand and math.isfinite(s.kl_mean.value)
     for c in POSITION_COLUMNS:

@@ -112,7 +112,7 @@ def summarize_positions(cols: dict[str, np.ndarray], label: str) -> CorpusSummar
             f"{label} gave NaN or infinite log-probabilities in every window: there is nothing to measure",
             fix="check its compression settings, or run in float32 (--dtype float32)",
         )
-    summary = summarize_corpus(**{c: kept[c] for c in POSITION_COLUMNS})
+    summary = summarize_corpus(**{c: kept[c] for c in POSITION_COLUMNS}, window=kept["window"])
     return summary.model_copy(update={"excluded_windows": bad})
 
 
