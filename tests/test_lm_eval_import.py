@@ -360,3 +360,40 @@ def test_acc_norm_divides_by_the_choice_not_the_logged_continuation(tmp_path: Pa
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(FlipscopeError, match=rf"samples_arcish_{stamp}\.jsonl, doc_id 0: lm-eval logged acc_norm=0"):
         import_lm_eval(tmp_path / "base", [tmp_path / "cand"], out=tmp_path / "run2")
+
+
+def _multiple_input_line(doc_id: int, logliks: list[float], gold: int, acc_norm: float) -> str:
+    """A Winogrande-style document: the options sit in the contexts, all sharing one continuation."""
+    args = {f"gen_args_{i}": {"arg_0": f"Sentence {doc_id} with option {i}", "arg_1": " ends here."}
+            for i in range(len(logliks))}  # fmt: skip
+    acc = float(int(np.argmax(logliks)) == gold)
+    row = {"doc_id": doc_id, "doc": {}, "target": gold, "arguments": args,
+           "resps": [[[str(lp), "False"]] for lp in logliks], "filtered_resps": [[str(lp), "False"] for lp in logliks],
+           "filter": "none", "metrics": ["acc", "acc_norm"], "doc_hash": f"d{doc_id}", "prompt_hash": f"p{doc_id}",
+           "target_hash": "t", "acc": acc, "acc_norm": acc_norm}  # fmt: skip
+    return json.dumps(row) + "\n"
+
+
+def test_multiple_input_tasks_report_no_acc_norm_instead_of_acc_under_its_name(tmp_path: Path) -> None:
+    """Winogrande-style logs have no per-option length to divide by: the logged acc_norm (here 0 where acc is 1) is
+    not checked against acc, and acc_norm is reported as not available (None in run.json, n/a in the table), never
+    as acc under another name."""
+    from rich.console import Console
+
+    from flipscope._import import import_lm_eval
+    from flipscope.report.table import print_run
+
+    stamp = "2026-11-29T00-00-00.000001"
+    logs = {"base": [[-1.0, -2.0], [-3.0, -1.0]], "cand": [[-1.0, -2.0], [-1.0, -3.0]]}  # gold 0 on both docs
+    for name, docs in logs.items():
+        folder = tmp_path / name / "model"
+        folder.mkdir(parents=True)
+        lines = [_multiple_input_line(i, logliks, 0, 0.0) for i, logliks in enumerate(docs)]
+        (folder / f"samples_winoish_{stamp}.jsonl").write_text("".join(lines))
+    run, _ = import_lm_eval(tmp_path / "base", [tmp_path / "cand"], out=tmp_path / "run")
+    s = run.summary[run.candidates[0].spec]["winoish"]
+    assert (s.acc_baseline, s.acc_candidate) == (0.5, 1.0)
+    assert (s.acc_norm_baseline, s.acc_norm_candidate) == (None, None)
+    console = Console(record=True, width=250)
+    print_run(run, console)
+    assert "acc_norm n/a" in console.export_text()

@@ -237,7 +237,7 @@ def _sample(task: str, doc_id: int, rows: list[dict[str, Any]], config: TaskConf
     correct = bool(_metric(first, "acc"))
     return Sample(task, doc_id, doc_hash, prompt_hash, prompt, options=options, logliks=logliks,
                   target=_target(first.get("target"), options, correct, logliks, where), correct=correct,
-                  correct_norm=_metric(first, "acc_norm"),
+                  correct_norm=None if multiple_input else _metric(first, "acc_norm"),  # no length to divide by
                   option_chars=() if multiple_input else tuple(len(o) for o in options))  # fmt: skip
 
 
@@ -263,7 +263,8 @@ def item_score(sample: Sample) -> ItemScore:
 
 def check_agreement(samples: Iterable[Sample], scores: Iterable[ItemScore], path: Path) -> None:
     """flipscope's acc and acc_norm recomputed from the log-likelihoods must equal lm-eval's logged ones (they do
-    unless the file was edited, or the layout is one flipscope misreads)."""
+    unless the file was edited, or the layout is one flipscope misreads). acc_norm is not checked, nor reported,
+    where the options have no lengths (a multiple-input task: the choices sit in the contexts)."""
     fix = "an unknown lm-eval sample layout: flipscope reads lm-eval 0.4.x logs"
     for sample, score in zip(samples, scores, strict=True):
         if not sample.options or not score.finite:
@@ -274,7 +275,7 @@ def check_agreement(samples: Iterable[Sample], scores: Iterable[ItemScore], path
                 f"pick option {score.choice} with target {score.target}",
                 fix=fix,
             )
-        if sample.correct_norm is not None and score.correct_norm != sample.correct_norm:
+        if sample.correct_norm is not None and score.option_chars and score.correct_norm != sample.correct_norm:
             raise FlipscopeError(
                 f"{path}, doc_id {sample.doc_id}: lm-eval logged acc_norm={int(sample.correct_norm)} but its "
                 f"log-likelihoods over the options' lengths {list(score.option_chars)} pick option "

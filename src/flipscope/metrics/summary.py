@@ -126,6 +126,16 @@ def free_summary(pairs: Sequence[Pair]) -> FreeSummary | None:
     )
 
 
+def _acc_norm(pairs: Sequence[Pair], role: str) -> float | None:
+    """lm-eval's acc_norm (the choice's log-likelihood per character), or None where some item has no option
+    lengths to divide by (free-form; a task lm-eval reports acc only for; a multiple-input import): never acc under
+    acc_norm's name."""
+    scores = [getattr(p, role) for p in pairs]
+    if not all(s.option_chars and s.free is None for s in scores):
+        return None
+    return _rate(sum(s.correct_norm for s in scores), len(scores))
+
+
 def _nonfinite(pairs: Sequence[Pair], role: str) -> list[str]:
     return [f"{p.baseline.task}/{p.baseline.item_id}" for p in pairs if not getattr(p, role).finite]
 
@@ -197,8 +207,8 @@ def summarize(pairs: Sequence[Pair]) -> TaskSummary:
         acc_candidate=acc_c,
         acc_candidate_ci=paired.wilson_interval(k_cand, n),
         delta_acc=None if acc_b is None or acc_c is None else acc_c - acc_b,
-        acc_norm_baseline=_rate(sum(p.baseline.correct_norm for p in pairs), n),
-        acc_norm_candidate=_rate(sum(p.candidate.correct_norm for p in pairs), n),
+        acc_norm_baseline=_acc_norm(pairs, "baseline"),
+        acc_norm_candidate=_acc_norm(pairs, "candidate"),
         flips=counts.flips,
         flips_ci=paired.wilson_interval(counts.c2i + counts.i2c, n),
         flips_c2i=counts.c2i,

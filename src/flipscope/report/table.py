@@ -95,7 +95,11 @@ def detail_line(s: TaskSummary) -> str:
             f"hit max tokens B {f.truncated_baseline} C {f.truncated_candidate}"
         )
     parts = [f"[{b.lo:g},{b.hi:g}{']' if b.hi == 1 else ')'} {b.flips}/{b.n}" for b in s.flips_by_margin]
-    norm = f"acc_norm B {pct(s.acc_norm_baseline)}% C {pct(s.acc_norm_candidate)}%"
+    norm = (
+        "acc_norm n/a"  # no option lengths (lm-eval reports acc only, or a multiple-input task)
+        if s.acc_norm_baseline is None and s.acc_norm_candidate is None
+        else f"acc_norm B {pct(s.acc_norm_baseline)}% C {pct(s.acc_norm_candidate)}%"
+    )
     return f"{norm} · flips by baseline top-margin: " + "  ".join(parts)
 
 
