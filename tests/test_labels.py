@@ -138,3 +138,19 @@ def test_kld_says_what_its_per_position_statistics_are(tiny_llama: Path, tmp_pat
         "int16-grid baseline",
         "int16-grid baseline",
     )
+
+
+@pytest.mark.parametrize(("samples", "kind"), [(64, TokenKL.ESTIMATE), (0, TokenKL.LOWER_BOUND)])
+def test_an_old_run_json_that_says_exact_is_titled_what_its_token_kl_was(
+    tmp_path: Path, samples: int, kind: TokenKL
+) -> None:
+    """A run.json written before the labels: its candidate's details say token_kl "exact" for the sampled estimate
+    (or the bound, at --tail-samples 0); the table's title reads it as what it was, as an old pass is read."""
+    from tests.test_report_merge import write_compare
+
+    folder = write_compare(tmp_path / "old", tail_samples=samples)
+    raw = json.loads((folder / "run.json").read_text())
+    raw["candidates"][0]["details"]["token_kl"] = "exact"  # what versions before the labels wrote
+    (folder / "run.json").write_text(json.dumps(raw))
+    shown = " ".join(_shown(folder).split())  # the title wraps to the table's width
+    assert f"· token KL {kind.value}" in shown and "token KL exact" not in shown

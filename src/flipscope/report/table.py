@@ -103,6 +103,20 @@ def detail_line(s: TaskSummary) -> str:
     return f"{norm} · flips by baseline top-margin: " + "  ".join(parts)
 
 
+def token_kl_label(stored: object, *, tail_samples: int) -> str:
+    """run.json's token-KL label read as the pass's is (``TokenKL.read``): "exact", which versions before the labels
+    wrote for the sampled estimate, is the estimate, or the bound where the run stored no tail samples."""
+    from flipscope._passes import TokenKL
+
+    if not stored:
+        return ""
+    try:
+        kind = TokenKL.read(str(stored), tail_samples=tail_samples)
+    except ValueError:  # a label this version does not know: shown as written
+        return str(stored)
+    return "" if kind is None else kind.value
+
+
 def render_run(run: RunFile) -> Group:
     parts: list[Table | Text] = []
     settings = run.settings
@@ -114,7 +128,8 @@ def render_run(run: RunFile) -> Group:
         f"limit {settings.limit if settings.limit else 'all'} · seed {settings.seed}"
     )
     parts.append(Text(header, style="dim"))
-    kinds = {c.spec: str(c.details.get("token_kl", "")) for c in run.candidates}
+    kinds = {c.spec: token_kl_label(c.details.get("token_kl"), tail_samples=settings.tail_samples)
+             for c in run.candidates}  # fmt: skip
     floor = run.noise_floor.summary if run.noise_floor else None
     if run.noise_floor is not None:
         parts.append(
