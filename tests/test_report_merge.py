@@ -24,8 +24,11 @@ def _scores(shift: int) -> list[ItemScore]:
             for i in range(8)]  # fmt: skip
 
 
-def write_compare(folder: Path, *, fingerprint: str = "fp-smollm2", **settings: object) -> Path:
-    """A compare run directory: BASE against one candidate on 8 hand-made items, with these baseline settings."""
+def write_compare(
+    folder: Path, *, fingerprint: str = "fp-smollm2", meta: dict[str, object] | None = None, **settings: object
+) -> Path:
+    """A compare run directory: BASE against one candidate on 8 hand-made items, with these baseline settings
+    (``meta``: what the task records of itself, e.g. a free-form task's own few-shot count)."""
     import pandas as pd
 
     base, cand = _scores(0), _scores(1)
@@ -38,7 +41,7 @@ def write_compare(folder: Path, *, fingerprint: str = "fp-smollm2", **settings: 
         settings=Settings.model_validate(fields),
         baseline=ModelEntry(spec=BASE, role="baseline", fingerprint=fingerprint),
         candidates=[ModelEntry(spec=CAND, role="candidate", fingerprint="fp-w4")],
-        tasks=[TaskEntry(name="planets")],
+        tasks=[TaskEntry(name="planets", meta=meta or {})],
         summary={CAND: summarize_run(base, cand, ["planets"])},
     )
     items = pd.DataFrame([{"task": "planets", "item_id": s.item_id} for s in base])
@@ -84,3 +87,14 @@ def test_settings_a_run_did_not_record_are_not_compared(tmp_path: Path) -> None:
     a = write_compare(tmp_path / "a")
     b = write_compare(tmp_path / "b", dtype="unknown", device="unknown", fewshot=-1)
     assert len(collect([a, b]).compares) == 2
+
+
+def test_runs_whose_tasks_record_their_own_few_shot_compare_those_not_the_global_field(tmp_path: Path) -> None:
+    """gsm8k at its default records settings.fewshot 0 and its own 8; with --fewshot 8 it records 8 and 8: the same
+    prompts, so the two merge. Each task's own count is what is compared: 8 against 5 is refused."""
+    a = write_compare(tmp_path / "a", fewshot=0, meta={"fewshot": 8})
+    b = write_compare(tmp_path / "b", fewshot=8, meta={"fewshot": 8})
+    assert len(collect([a, b]).compares) == 2
+    c = write_compare(tmp_path / "c", fewshot=5, meta={"fewshot": 5})
+    with pytest.raises(FlipscopeError, match=r"planets few-shot 8 \(a\) vs 5 \(c\)"):
+        collect([a, c])

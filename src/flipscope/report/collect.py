@@ -130,10 +130,12 @@ def baseline_identity(run: Run) -> dict[str, str | None]:
     if isinstance(run, CompareRun):
         s = run.run.settings
         fields |= {"weights fingerprint": run.run.baseline.fingerprint, "dtype": s.dtype, "device": s.device,
-                   "format": s.format, "few-shot": s.fewshot}  # fmt: skip
-        for task in run.run.tasks:  # a free-form task's own count (gsm8k: 8 unless --fewshot said otherwise)
-            if "fewshot" in task.meta:
-                fields[f"{task.name} few-shot"] = task.meta["fewshot"]
+                   "format": s.format}  # fmt: skip
+        own = {t.name: t.meta["fewshot"] for t in run.run.tasks if "fewshot" in t.meta}
+        if len(own) < len(run.run.tasks):  # the global count is the multiple-choice tasks' own
+            fields["few-shot"] = s.fewshot
+        for name, shots in own.items():  # a free-form task's own count (gsm8k: 8 unless --fewshot said otherwise)
+            fields[f"{name} few-shot"] = shots
     elif isinstance(run, KLDRun):
         s = run.run.settings
         fields |= {"weights fingerprint": run.run.baseline.get("fingerprint"), "dtype": s.dtype, "device": s.device}
