@@ -346,3 +346,169 @@ def test_a_run_killed_while_writing_is_written_again(
     result = compare("mock:b", ["mock:c"], **kwargs)  # the interrupted directory is written again
     assert (tmp_path / "run" / "run.json").exists() and result.out == tmp_path / "run"
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["items.parquet", "records.parquet", "run.json"]
+
+
+# --- a folder replaced, a lock file deleted, a failed run's --out --------------------------------------------------
+
+
+def _new_folder(tmp: Path) -> None:
+    tmp.mkdir()
+    (tmp / "data").write_text("new")
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchanged", "renamed-aside"])
+def test_a_replaced_folder_is_never_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool) -> None:
+    target = tmp_path / "entry"
+    target.mkdir()
+    (target / "data").write_text("old")
+    if not exchange:  # a file system without an atomic exchange: the old folder is renamed aside, then deleted
+        monkeypatch.setattr(_atomic, "_exchange", lambda a, b: False, raising=False)
+    seen: list[str] = []  # what a reader finds under the target after each step that renames or deletes
+    real_remove, real_replace = _atomic._remove, os.replace
+
+    def look() -> None:
+        seen.append((target / "data").read_text() if target.is_dir() else "missing")
+
+    def remove(path: Path) -> None:
+        real_remove(path)
+        look()
+
+    def replace(src: Any, dst: Any) -> None:
+        real_replace(src, dst)
+        look()
+
+    monkeypatch.setattr(_atomic, "_remove", remove)
+    monkeypatch.setattr(os, "replace", replace)
+    _atomic.write_atomically(target, _new_folder, replace_folder=True)
+    assert (target / "data").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["entry"]
+    if exchange:
+        assert "missing" not in seen and seen[-1] == "new"
+    else:  # missing only between the two renames, never while the old folder is being deleted
+        assert seen[-2:] == ["new", "new"] and seen.count("missing") <= 1
+
+
+def test_a_waiter_on_a_deleted_lock_file_takes_the_new_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    path = tmp_path / "entry.lock"
+    holder = _atomic.FileLock(path, what="entry")
+    holder.acquire()
+    waiting = threading.Event()
+    real_try = _atomic._try_lock
+
+    def try_lock(fd: int) -> bool:
+        got = real_try(fd)
+        if not got:
+            waiting.set()  # the waiter has opened the lock file the holder is about to delete
+        return got
+
+    monkeypatch.setattr(_atomic, "_try_lock", try_lock)
+    waiter = _atomic.FileLock(path, what="entry")
+    thread = threading.Thread(target=waiter.acquire)
+    thread.start()
+    assert waiting.wait(10)
+    holder.release(remove=True)  # deletes the file, then unlocks it: the waiter gets a lock on a deleted file
+    thread.join(10)
+    assert not thread.is_alive()
+    third = _atomic.FileLock(path, what="entry")
+    with pytest.raises(_atomic.LockHeld):  # the waiter holds the lock every other process sees
+        third.acquire(wait=False)
+    waiter.release(remove=True)
+    third.acquire(wait=False)
+    third.release(remove=True)
+
+
+def test_deleting_a_pass_waits_for_the_process_writing_it(tmp_path: Path) -> None:
+    import threading
+
+    from flipscope.store import PassStore
+
+    store = PassStore(tmp_path / "passes")
+    store.save(_pass("k", -1.0))
+    holder = _atomic.FileLock(store.path("k").with_name("k.lock"), what="pass k")
+    holder.acquire()  # another process is writing pass k
+    thread = threading.Thread(target=store.delete, args=("k",))
+    thread.start()
+    thread.join(0.5)
+    assert thread.is_alive() and store.path("k").is_dir()  # it waits: the entry and its lock stay while held
+    holder.release()
+    thread.join(10)
+    assert not thread.is_alive() and not store.path("k").exists() and not store.path("k").with_name("k.lock").exists()
+
+
+def _claim(out: str, ready: str) -> None:
+    from flipscope.store.run_dir import check_out
+
+    check_out(out)  # raises (and the process ends) where another run holds it
+    Path(ready).write_text(str(os.getpid()))
+    time.sleep(120)
+
+
+def test_a_failed_api_run_lets_its_out_go(scripts: Any, mc_file: Path, tmp_path: Path, other_process: Any) -> None:
+    from flipscope import compare
+    from tests.conftest import Script
+    from tests.test_pipeline import answers
+
+    def broken(i: int, request: Any) -> tuple[float, ...]:
+        raise RuntimeError("the candidate's server went away")
+
+    scripts["b"] = Script(answers({}))
+    scripts["c"] = Script(broken)
+    out = tmp_path / "run"
+    kwargs: dict[str, Any] = {"tasks": [str(mc_file)], "out": out, "cache_dir": tmp_path / "cache"}
+    with pytest.raises(RuntimeError, match="went away"):
+        compare("mock:b", ["mock:c"], **kwargs)
+    other = other_process(_claim, str(out), ready=tmp_path / "ready")  # another process may take it now
+    other.kill()
+    other.join()
+    scripts["c"] = Script(answers({1: 2}))
+    result = compare("mock:b", ["mock:c"], **kwargs)  # and so may this one
+    assert result.out == out and (out / "run.json").is_file()
+
+
+def _failing_runs(tmp_path: Path) -> dict[str, Callable[[Path], object]]:
+    """Each API that claims an ``--out``, given input it refuses after claiming it."""
+    from flipscope import compare, kld, mtbench
+    from flipscope._attribute import attribute
+    from flipscope._import import import_lm_eval
+
+    return {
+        "compare": lambda out: compare("mock:nosuch", ["mock:c"], tasks=["mmlu"], out=out),
+        "kld": lambda out: kld("mock:b", ["mock:c"], corpus=str(tmp_path / "no-corpus.txt"), out=out),
+        "mtbench": lambda out: mtbench("nosuch:b", ["nosuch:c"], out=out),
+        "import": lambda out: import_lm_eval(tmp_path / "no-base", [tmp_path / "no-cand"], out=out),
+        "attribute": lambda out: attribute("mock:b", "mock:c", out=out),
+    }
+
+
+@pytest.mark.parametrize("api", ["compare", "kld", "mtbench", "import", "attribute"])
+def test_every_api_lets_its_out_go_when_it_fails(tmp_path: Path, api: str) -> None:
+    from flipscope.store.run_dir import CLAIM_FILE
+
+    out = tmp_path / "run"
+    with pytest.raises(Exception) as failed:
+        _failing_runs(tmp_path)[api](out)
+    assert str(out) not in str(failed.value)  # it failed on its input, after claiming the folder
+    other = _atomic.FileLock(out / CLAIM_FILE, what="run")  # a lock of its own, as another process takes it
+    other.acquire(wait=False)
+    other.release(remove=True)
+
+
+def test_a_folder_renamed_aside_goes_back_when_the_new_one_cannot_go_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "entry"
+    target.mkdir()
+    (target / "data").write_text("old")
+    monkeypatch.setattr(_atomic, "_exchange", lambda a, b: False)
+    real_replace = os.replace
+
+    def replace(src: Any, dst: Any) -> None:
+        if Path(src) == _atomic.temporary(target):
+            raise OSError("disk gone")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="disk gone"):
+        _atomic.write_atomically(target, _new_folder, replace_folder=True)
+    assert (target / "data").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["entry"]

@@ -15,12 +15,14 @@ same entry waits for the first and then finds it made."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -47,33 +49,43 @@ class FileLock:
 
     def acquire(self, *, wait: bool = True) -> None:
         """Take the lock; while another process holds it, wait (after ``WAIT_WARNING_S``, saying so), or with
-        ``wait=False`` raise :class:`LockHeld` at once."""
-        import fcntl
-
+        ``wait=False`` raise :class:`LockHeld` at once. A lock file its holder deleted while this one waited
+        (``release(remove=True)``) guards nothing any more: the lock is taken again on the file now at ``path``."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            deadline = time.monotonic() + WAIT_WARNING_S
-            while not _try_lock(fd):
-                if not wait:
-                    raise LockHeld(self.path, _holder(fd))
-                if time.monotonic() >= deadline:
-                    log.warning(
-                        "waiting for %s: another process (pid %s) holds its lock %s; this one goes on when it is done",
-                        self.what, _holder(fd), self.path,
-                    )  # fmt: skip
-                    fcntl.flock(fd, fcntl.LOCK_EX)
+        deadline = [time.monotonic() + WAIT_WARNING_S]  # one warning, however often the file is opened again
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                self._wait(fd, wait=wait, deadline=deadline)
+                if _names(fd, self.path):
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
                     break
-                time.sleep(_POLL_S)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        except BaseException:
+            except BaseException:
+                os.close(fd)
+                raise
             os.close(fd)
-            raise
         self._fd = fd
 
+    def _wait(self, fd: int, *, wait: bool, deadline: list[float]) -> None:
+        import fcntl
+
+        while not _try_lock(fd):
+            if not wait:
+                raise LockHeld(self.path, _holder(fd))
+            if time.monotonic() >= deadline[0]:
+                log.warning(
+                    "waiting for %s: another process (pid %s) holds its lock %s; this one goes on when it is done",
+                    self.what, _holder(fd), self.path,
+                )  # fmt: skip
+                deadline[0] = float("inf")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                return
+            time.sleep(_POLL_S)
+
     def release(self, *, remove: bool = False) -> None:
-        """Let the lock go (``remove``: and delete its file first, for a lock no one needs after this)."""
+        """Let the lock go (``remove``: and delete its file first, while still held, for a lock no one needs after
+        this; a process waiting on the deleted file then takes the lock on a new one)."""
         import fcntl
 
         if self._fd is None:
@@ -97,20 +109,31 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
+def _names(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (not deleted or replaced since it was opened)."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
 def _holder(fd: int) -> str:
     text = os.pread(fd, 32, 0).decode(errors="replace").strip()
     return text if text.isdigit() else "unknown"
 
 
 @contextlib.contextmanager
-def exclusive(target: Path, *, what: str | None = None) -> Iterator[None]:
-    """Hold the lock of ``target`` (``<target>.lock``), waiting while another process holds it."""
+def exclusive(target: Path, *, what: str | None = None, remove: bool = False) -> Iterator[None]:
+    """Hold the lock of ``target`` (``<target>.lock``), waiting while another process holds it; ``remove``: delete
+    the lock file when done (``target`` was deleted under it)."""
     lock = FileLock(target.with_name(target.name + ".lock"), what=what or str(target))
     lock.acquire()
     try:
         yield
     finally:
-        lock.release()
+        lock.release(remove=remove)
 
 
 def temporary(target: Path) -> Path:
@@ -121,20 +144,58 @@ def temporary(target: Path) -> Path:
 def write_atomically(target: Path, write: Callable[[Path], object], *, replace_folder: bool = False) -> Path:
     """``target`` (a file or a folder) written by ``write(tmp)`` under a temporary name of this process, flushed to
     disk, then renamed into place: a reader sees the old one or the whole new one, never part of it (no lock: one
-    writer per target). A folder takes the place of an empty one, or with ``replace_folder`` of any."""
+    writer per target). A folder takes the place of an empty one, or with ``replace_folder`` of any: the two are
+    exchanged in one step (Linux ``renameat2``), else the old one is renamed aside and the new one renamed in (the
+    name is missing between the two renames, never while the old folder is deleted), and the old one deleted last."""
     tmp = temporary(target)
     _remove(tmp)
+    old: Path | None = None  # the replaced folder, under the name it has until it is deleted
     try:
         write(tmp)
         _sync(tmp)
-        if replace_folder and target.is_dir() and tmp.is_dir():
-            _remove(target)  # a rename replaces only an empty folder
-        os.replace(tmp, target)
+        if replace_folder and target.is_dir() and tmp.is_dir():  # a rename replaces only an empty folder
+            if _exchange(tmp, target):
+                old = tmp
+            else:
+                old = target.with_name(f"{target.name}.{os.getpid()}.old")
+                _remove(old)
+                os.replace(target, old)
+        if old is not tmp:
+            os.replace(tmp, target)
     except BaseException:
+        if old is not None and old is not tmp and not target.exists():
+            os.replace(old, target)  # renamed aside, the new one not in: the old one goes back
         _remove(tmp)
         raise
     _fsync(target.parent, os.O_RDONLY | os.O_DIRECTORY)  # the folder that now names it
+    if old is not None:
+        _remove(old)
     return target
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the names ``a`` and ``b`` in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or file system cannot."""
+    import ctypes
+    import errno
+
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+@functools.cache
+def _renameat2() -> Any:
+    import ctypes
+
+    return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
 
 
 def write_once(target: Path, make: Callable[[Path], None], *, done: Callable[[Path], bool] | None = None) -> Path:

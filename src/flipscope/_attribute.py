@@ -17,6 +17,7 @@ from flipscope.attribution.units import Unit, UnitKind, check_span, make_units
 from flipscope.display import Display, NullDisplay
 from flipscope.errors import FlipscopeError
 from flipscope.models import LoadOptions, ModelSpec, load_backend, parse_models
+from flipscope.store.run_dir import check_out, claim_run_dir, releases_out
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,7 @@ def _task_items(names: tuple[str, ...], limit: int | None, fmt: str) -> list[Tas
     return out
 
 
+@releases_out
 def attribute(
     baseline: str,
     candidate: str,
@@ -196,7 +198,6 @@ def attribute(
 ) -> tuple[AttributionRun, Path]:
     """Rank the units of ``candidate``'s compression by how much of its corpus KL (and flips) each explains."""
     from flipscope._compare import library_versions
-    from flipscope.store.run_dir import check_out, claim_run_dir
 
     shown = display or NullDisplay()
     check_out(out)

@@ -41,7 +41,7 @@ from flipscope.store import (
     write_run,
 )
 from flipscope.store.generations import GenerationStore
-from flipscope.store.run_dir import check_out, claim_run_dir
+from flipscope.store.run_dir import check_out, claim_run_dir, releases_out
 from flipscope.tasks import GENERATIVE, ItemRequests, PromptFormat, TaskData, check_task, item_requests, load_task
 from flipscope.tasks.gsm8k import check_fewshot
 
@@ -272,6 +272,7 @@ class _Runner:
             self.notes.append(message)
 
 
+@releases_out
 def compare(
     baseline: str | ModelSpec,
     candidates: Sequence[str | ModelSpec],

@@ -15,7 +15,7 @@ from flipscope.errors import FlipscopeError
 from flipscope.importers.lm_eval import Sample, check_agreement, item_score, read_samples, results_file, task_files
 from flipscope.metrics import ItemScore, summarize_run
 from flipscope.store import ModelEntry, RunFile, Settings, TaskEntry, records_frame, write_run
-from flipscope.store.run_dir import check_out, claim_run_dir
+from flipscope.store.run_dir import check_out, claim_run_dir, releases_out
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,7 @@ def _items_frame(samples: dict[str, list[Sample]]) -> Any:
     return pd.DataFrame(rows)
 
 
+@releases_out
 def import_lm_eval(
     baseline: str | Path,
     candidates: Sequence[str | Path],

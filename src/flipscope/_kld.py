@@ -41,7 +41,7 @@ from flipscope.store.kld_run import (
     summarize_positions,
     write_kld_run,
 )
-from flipscope.store.run_dir import check_out, claim_run_dir
+from flipscope.store.run_dir import check_out, claim_run_dir, releases_out
 from flipscope.tasks.corpus import load_corpus
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ class KLDResult:
         return self.run.summary
 
 
+@releases_out
 def kld(
     baseline: str | ModelSpec,
     candidates: Sequence[str | ModelSpec],

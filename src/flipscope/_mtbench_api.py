@@ -28,7 +28,7 @@ from flipscope.metrics.summary import FreeSummary, free_summary
 from flipscope.models import ModelSpec, parse_models, parse_spec
 from flipscope.models._base import Generation, StopReason
 from flipscope.store import mtbench_run as store
-from flipscope.store.run_dir import check_out, claim_run_dir
+from flipscope.store.run_dir import check_out, claim_run_dir, releases_out
 
 
 @dataclass
@@ -37,6 +37,7 @@ class MTBenchResult:
     out: Path
 
 
+@releases_out
 def mtbench(
     baseline: str | ModelSpec,
     candidates: Sequence[str | ModelSpec],

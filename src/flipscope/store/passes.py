@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from flipscope._atomic import write_once
+from flipscope._atomic import exclusive, write_once
 from flipscope.metrics import FreeAnswer, ItemScore
 from flipscope.metrics.kl import CompactRows
 
@@ -151,9 +151,11 @@ class PassStore:
         return PassResult(key, model, scores, reference)
 
     def delete(self, key: str) -> None:
+        """Delete a pass and its lock file, under its lock: a process writing it finishes first, and one waiting for
+        it then takes a new lock file."""
         path = self.path(key)
-        shutil.rmtree(path, ignore_errors=True)
-        path.with_name(path.name + ".lock").unlink(missing_ok=True)
+        with exclusive(path, remove=True):
+            shutil.rmtree(path, ignore_errors=True)
 
     def save(self, result: PassResult, *, replace: bool = False) -> PassResult:
         """Store ``result`` and return the pass stored under its key: a complete pass already there (another process

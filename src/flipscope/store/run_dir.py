@@ -2,12 +2,16 @@
 
 A user's ``--out`` is claimed when the run starts (``check_out``): a lock on ``<out>/.flipscope-run.lock``, held until
 the run has written its ``run.json`` (``finish``), so a second run naming the same folder meanwhile is refused at
-once; the kernel releases the claim of a killed run, whose folder the next run may then use."""
+once; the kernel releases the claim of a killed run, whose folder the next run may then use, and a run that raises
+(``releases_out``) lets it go at once, so a failed run in a notebook leaves its folder to the next."""
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from flipscope._atomic import FileLock, LockHeld, write_atomically
 from flipscope.errors import FlipscopeError
@@ -15,6 +19,26 @@ from flipscope.errors import FlipscopeError
 #: The lock file a run holds in its ``--out`` folder while it runs.
 CLAIM_FILE = ".flipscope-run.lock"
 _claims: dict[Path, FileLock] = {}  # folders this process has claimed, by resolved path
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def releases_out(run: Callable[_P, _R]) -> Callable[_P, _R]:
+    """``run`` (a function with a keyword-only ``out`` that it claims with ``check_out``) lets that claim go when it
+    raises — unless the folder was claimed before it started (by a run around it)."""
+
+    @functools.wraps(run)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        out = kwargs.get("out")
+        held_before = out is not None and Path(str(out)).resolve() in _claims
+        try:
+            return run(*args, **kwargs)
+        except BaseException:
+            if out is not None and not held_before:
+                release(Path(str(out)))
+            raise
+
+    return wrapper
 
 
 def check_out(out: str | Path | None) -> Path | None:
@@ -64,8 +88,8 @@ def finish(folder: Path, run_json: str) -> None:
 
 
 def release(folder: Path) -> None:
-    """Let another run see ``folder`` (called once its ``run.json`` is written; it then refuses them as a complete
-    run). Nothing where this process holds no claim on it."""
+    """Let another run see ``folder`` (called once its ``run.json`` is written, it then refuses them as a complete
+    run; or when the run failed). Nothing where this process holds no claim on it."""
     lock = _claims.pop(folder.resolve(), None)
     if lock is not None:
         lock.release(remove=True)
