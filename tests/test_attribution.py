@@ -265,6 +265,8 @@ def test_advise_refines_a_given_plan_and_refuses_widths_it_cannot_choose(tiny_ll
     # the start plan spends 5.0 bits per weight plus its 8-bit layer's 4 extra: over the budget, so the round that
     # fits is kept whatever its KL; the plan written is that round's
     assert a.rounds[0].kept and a.avg_bits <= 5.0 + 1e-9 and a.eval_kl == a.rounds[0].eval_kl
+    # a round kept on the evaluation windows leaves them no longer held out, and the plan file says so
+    assert json.loads((tmp_path / "refined.json").read_text())["chosen_on_evaluation"] is True
     # a plan over the budget: refused as it is, brought under it by a refinement round (one width down everywhere)
     wide = write_plan(tmp_path / "wide.json", RTNConfig(bits=8, group_size=16), {})
     over = replace(settings, refine=0, start=str(wide))
@@ -396,6 +398,7 @@ def test_advise_calibrates_and_evaluates_on_disjoint_windows(tiny_llama: Path, t
     (r,) = refined.rounds
     assert r.calibration_kl < refined.first_calibration_kl  # on the calibration window the round looked better
     assert not r.kept and refined.eval_kl == 0.5 and refined.calibration_kl == refined.first_calibration_kl
+    assert json.loads((tmp_path / "refined.json").read_text())["chosen_on_evaluation"] is False
 
 
 def test_advise_refuses_a_width_that_is_not_finite_on_a_window(tiny_llama: Path, tmp_path: Path,

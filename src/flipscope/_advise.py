@@ -343,6 +343,13 @@ def advise(baseline: str, settings: AdviseSettings, *, out: str | Path, display:
             )
         uniform = _uniform(p, now.evaluation, shown)
         avg = p.avg_bits(now.picks)
+        # a kept round was chosen on the evaluation windows: their KL is then no longer held out
+        chosen_on_evaluation = any(r.kept for r in rounds)
+        if chosen_on_evaluation:
+            log.warning(
+                "a refinement round was kept because the evaluation windows' KL fell: those windows helped "
+                "choose the plan, so its evaluation KL is optimistic; judge it with kld on other windows"
+            )
         calibration, held_out = session.windows.record(), _record(session)
         path = write_plan(
             Path(out), p.widths[0], p.plan(now.picks),
@@ -353,7 +360,7 @@ def advise(baseline: str, settings: AdviseSettings, *, out: str | Path, display:
             eval_per_window=list(now.evaluation.kl), first_calibration_kl=start.calibration.mean,
             first_eval_kl=start.evaluation.mean, rounds=[asdict(r) for r in rounds],
             uniform={name: _finite(asdict(r)) for name, r in uniform.items()}, refused=refused,
-            started_from=settings.start, sensitivity=table,
+            started_from=settings.start, sensitivity=table, chosen_on_evaluation=chosen_on_evaluation,
         )  # fmt: skip
     finally:
         session.close()
