@@ -30,7 +30,7 @@ def main() -> int:
     from conftest import make_tiny_llama
     from flipscope.models import LoadOptions, load_backend, parse_spec
     from flipscope.tasks import load_task
-    from flipscope.tasks._items import PromptFormat, build_requests
+    from flipscope.tasks.items import PromptFormat, build_requests
 
     gpu = os.environ.get("FLIPSCOPE_CHECK_DEVICE", "cuda")  # "cpu" for a dry run of this script
     assert gpu == "cpu" or torch.cuda.is_available(), "no CUDA device"

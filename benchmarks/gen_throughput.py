@@ -23,7 +23,7 @@ import time
 
 
 def prompts(n: int, seed: int) -> list[str]:
-    from flipscope._generative import load_free_task
+    from flipscope.passes.generation import load_free_task
 
     return load_free_task("gsm8k", limit=n, seed=seed).prompts
 
@@ -34,7 +34,7 @@ def count(tokenizer, texts: list[str]) -> int:  # type: ignore[no-untyped-def]
 
 def fs(args: argparse.Namespace) -> dict:
     from flipscope.models import LoadOptions, load_backend, parse_spec
-    from flipscope.models._base import Decoding, GenRequest
+    from flipscope.models.base import Decoding, GenRequest
     from flipscope.tasks.gsm8k import STOP
 
     texts = prompts(args.prompts, args.seed)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from flipscope.models import ModelInfo, ModelSpec, OptionScores, RowSink, Source, register_source
-from flipscope.models._base import (
+from flipscope.models.base import (
     Capabilities,
     Decoding,
     Generation,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flipscope._atomic import write_once
+from flipscope.plumbing.atomic import write_once
 
 
 def _make(target: str, log: str) -> str:

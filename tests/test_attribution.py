@@ -139,9 +139,9 @@ def test_ablation_bookkeeping_restores_the_baseline_and_rebuilds_the_candidate_e
 def test_attribute_ranks_units_and_checks_additivity(tiny_llama: Path, mc_file: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from flipscope._attribute import AblationSettings, AttributeSettings, attribute
     from flipscope.attribution.run import read_attribution
     from flipscope.cli import cli
+    from flipscope.runs.attribute import AblationSettings, AttributeSettings, attribute
 
     settings = AttributeSettings(by=UnitKind.BLOCK, tasks=(str(mc_file),), limit=None, top=2,
                                  ablation=AblationSettings(corpus=_corpus(tmp_path), chunks=3, ctx=64, device="cpu",
@@ -182,10 +182,10 @@ def test_attribute_ranks_units_and_checks_additivity(tiny_llama: Path, mc_file: 
 
 def test_advise_meets_its_budget_and_its_plan_runs_as_a_spec(tiny_llama: Path, mc_file: Path, tmp_path: Path) -> None:
     import flipscope
-    from flipscope._advise import AdviseSettings, advise
-    from flipscope._attribute import AblationSettings
     from flipscope.attribution.recipes import q4_k_m_style
     from flipscope.compress import RTNConfig
+    from flipscope.runs.advise import AdviseSettings, advise
+    from flipscope.runs.attribute import AblationSettings
 
     ablation = AblationSettings(corpus=_corpus(tmp_path), chunks=2, ctx=64, device="cpu", cache_dir=str(tmp_path))
     settings = AdviseSettings(bits=(2, 4, 8), group_sizes=(16, 32), by=UnitKind.MODULE, target_bits=5.0,
@@ -225,8 +225,8 @@ def test_advise_meets_its_budget_and_its_plan_runs_as_a_spec(tiny_llama: Path, m
 
 def test_advise_refines_in_context_and_writes_the_plan_it_measured(tiny_llama: Path, tmp_path: Path) -> None:
     import flipscope
-    from flipscope._advise import AdviseSettings, advise
-    from flipscope._attribute import AblationSettings
+    from flipscope.runs.advise import AdviseSettings, advise
+    from flipscope.runs.attribute import AblationSettings
 
     ablation = AblationSettings(corpus=_corpus(tmp_path), chunks=2, ctx=64, device="cpu", cache_dir=str(tmp_path))
     settings = AdviseSettings(bits=(2, 3, 4, 8), group_sizes=(16,), by=UnitKind.LINEAR, target_bits=4.5, refine=2,
@@ -249,10 +249,10 @@ def test_advise_refines_in_context_and_writes_the_plan_it_measured(tiny_llama: P
 def test_advise_refines_a_given_plan_and_refuses_widths_it_cannot_choose(tiny_llama: Path, tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from flipscope._advise import AdviseSettings, advise
-    from flipscope._attribute import AblationSettings
     from flipscope.compress import RTNConfig
     from flipscope.compress.plan import write_plan
+    from flipscope.runs.advise import AdviseSettings, advise
+    from flipscope.runs.attribute import AblationSettings
 
     ablation = AblationSettings(corpus=_corpus(tmp_path), chunks=1, ctx=64, device="cpu", cache_dir=str(tmp_path))
     start = write_plan(tmp_path / "start.json", RTNConfig(bits=4, group_size=16), {"model.layers.0.mlp.down_proj":
@@ -332,7 +332,7 @@ def test_paired_difference_has_a_standard_error_by_window_not_by_position() -> N
 
 def _scripted_eval(monkeypatch: pytest.MonkeyPatch, values: list[float]) -> None:
     """advise's evaluation meter replaced: its k-th measurement gives values[k] (the last repeated) in every window."""
-    import flipscope._advise as advise_module
+    import flipscope.runs.advise as advise_module
     from flipscope.attribution.ablate import WindowKL
 
     opened = advise_module.open_session
@@ -359,8 +359,8 @@ def test_advise_calibrates_and_evaluates_on_disjoint_windows(tiny_llama: Path, t
     from dataclasses import replace
 
     import flipscope
-    from flipscope._advise import AdviseSettings, advise
-    from flipscope._attribute import AblationSettings
+    from flipscope.runs.advise import AdviseSettings, advise
+    from flipscope.runs.attribute import AblationSettings
     from flipscope.tasks.corpus import load_corpus
 
     corpus = _corpus(tmp_path)
@@ -404,10 +404,10 @@ def test_advise_calibrates_and_evaluates_on_disjoint_windows(tiny_llama: Path, t
 def test_advise_refuses_a_width_that_is_not_finite_on_a_window(tiny_llama: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch,
                                                                caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
-    import flipscope._kld_passes as passes
-    from flipscope._advise import AdviseSettings, advise
-    from flipscope._attribute import AblationSettings
+    import flipscope.passes.kld as passes
     from flipscope.attribution.ablate import WeightBank
+    from flipscope.runs.advise import AdviseSettings, advise
+    from flipscope.runs.attribute import AblationSettings
 
     down = "model.layers.0.mlp.down_proj"
     now: dict[str, str] = {}

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from flipscope.errors import FlipscopeError
 from flipscope.models import LoadOptions, load_backend, parse_spec
-from flipscope.models._base import Decoding, GenRequest
+from flipscope.models.base import Decoding, GenRequest
 from flipscope.models.hf import bos_prefix
 from flipscope.tasks import ScoreRequest
 from tests.conftest import make_tiny_llama

@@ -58,7 +58,7 @@ def test_malformed_row_names_line(monkeypatch, capsys, tmp_path: Path, tiny_llam
 
 def test_report_of_stored_run(monkeypatch, capsys, scripts, mc_file: Path, tmp_path: Path) -> None:
     from flipscope import compare
-    from flipscope._noise import NoiseFloor
+    from flipscope.runs.noise import NoiseFloor
     from tests.conftest import Script
 
     scripts["b"] = Script(lambda i, r: (-1.0, -2.0, -3.0, -4.0))

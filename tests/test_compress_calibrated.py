@@ -18,7 +18,7 @@ from flipscope.compress import (
     parse_method,
     quantize_dequantize,
 )
-from flipscope.compress._base import CompressionContext
+from flipscope.compress.base import CompressionContext
 from flipscope.errors import FlipscopeError
 
 

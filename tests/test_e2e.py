@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from flipscope import compare
-from flipscope._passes import _seed
 from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK, compress, kl_compact, kl_exact
 from flipscope.models import load_backend, parse_spec
+from flipscope.passes.scoring import _seed
 from flipscope.tasks import PromptFormat, ScoreRequest, TaskData, build_requests, load_task
 
 pytestmark = pytest.mark.e2e

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from flipscope import _atomic
 from flipscope.errors import FlipscopeError
+from flipscope.plumbing import atomic as _atomic
 
 # --- a write that dies midway -----------------------------------------------------------------------------------
 
@@ -157,8 +157,8 @@ def test_plans_reports_and_figures_are_whole_or_absent(
 def test_generations_complete_and_hash_memos_are_whole_or_absent(
     tmp_path: Path, tear: Callable[[Callable[[Path], bool]], None]
 ) -> None:
-    from flipscope._cache import cache_root, file_sha256
-    from flipscope.models._base import Generation, StopReason
+    from flipscope.models.base import Generation, StopReason
+    from flipscope.plumbing.cache import cache_root, file_sha256
     from flipscope.store.generations import GenerationStore
 
     store = GenerationStore(tmp_path / "generations")
@@ -469,8 +469,8 @@ def test_a_failed_api_run_lets_its_out_go(scripts: Any, mc_file: Path, tmp_path:
 def _failing_runs(tmp_path: Path) -> dict[str, Callable[[Path], object]]:
     """Each API that claims an ``--out``, given input it refuses after claiming it."""
     from flipscope import compare, kld, mtbench
-    from flipscope._attribute import attribute
-    from flipscope._import import import_lm_eval
+    from flipscope.runs.attribute import attribute
+    from flipscope.runs.lm_eval_import import import_lm_eval
 
     return {
         "compare": lambda out: compare("mock:nosuch", ["mock:c"], tasks=["mmlu"], out=out),

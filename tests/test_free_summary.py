@@ -78,7 +78,7 @@ def test_the_token_kl_column_of_a_free_form_task_survives_an_empty_baseline_answ
     console = Console(record=True, width=300)
     print_run(run, console)
     text = console.export_text()
-    from flipscope.report._format import num
+    from flipscope.report.formatting import num
 
     row = next(line for line in text.splitlines() if "gsm8k" in line)
     assert row.rstrip(" │").endswith(num(s.token_kl_mean))  # the token KL column, not blank

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from flipscope.models import LoadOptions, load_backend, parse_spec
-from flipscope.models._base import Decoding, GenRequest, StopReason, cut_at_stop
+from flipscope.models.base import Decoding, GenRequest, StopReason, cut_at_stop
 
 PROMPTS = [
     "The capital of France is",

@@ -168,7 +168,7 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
 _MEMORY_PROBE = """
 import resource, sys, torch
 from transformers import LlamaConfig, LlamaForCausalLM
-from flipscope.models._base import ModelInfo
+from flipscope.models.base import ModelInfo
 from flipscope.models.hf import HFBackend
 from flipscope.tasks.corpus import make_windows
 torch.manual_seed(0)

@@ -8,8 +8,8 @@ import itertools
 import numpy as np
 import pytest
 
-from flipscope._advise import AdviseSettings, _solve
 from flipscope.attribution.knapsack import Option, least_cost, least_value
+from flipscope.runs.advise import AdviseSettings, _solve
 
 #: Weights in the instances below: advise's old bucket of 1e-4 bit per weight is then 1 bit of cost.
 TOTAL = 10_000

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from flipscope.errors import FlipscopeError
-from flipscope.models._base import Decoding, GenRequest
+from flipscope.models.base import Decoding, GenRequest
 from llama_server import serve_gguf
 
 pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed (CI installs it)")

@@ -147,8 +147,8 @@ def _independent_flips(root: Path, task: str, metric: str) -> tuple[int, int]:
 
 
 def test_import_matches_lm_eval_accuracy_and_an_independent_flip_count(lm_eval_runs: dict[str, Any]) -> None:
-    from flipscope._import import import_lm_eval
     from flipscope.report import load_run
+    from flipscope.runs.lm_eval_import import import_lm_eval
 
     root = lm_eval_runs["root"]
     run, folder = import_lm_eval(root / "base", [root / "cand"], out=root / "imported")
@@ -172,7 +172,7 @@ def test_import_matches_lm_eval_accuracy_and_an_independent_flip_count(lm_eval_r
 def test_native_scoring_in_the_letter_format_matches_lm_eval_item_by_item(lm_eval_runs: dict[str, Any]) -> None:
     """lm-eval's `mmlu` template is flipscope's `--format letter`: the same items, the same correctness."""
     import flipscope
-    from flipscope._import import import_lm_eval
+    from flipscope.runs.lm_eval_import import import_lm_eval
 
     root = lm_eval_runs["root"]
     native = flipscope.compare(f"hf:{lm_eval_runs['tiny']}", [f"hf:{lm_eval_runs['candidate']}"],
@@ -203,8 +203,8 @@ def test_imported_acc_norm_is_lm_evals_item_by_item_on_options_of_different_leng
     """ARC-Easy's template on options of 1 to 17 characters through real lm-eval: the import stores lm-eval's
     option lengths (``len(choice)``, not the logged continuation ``" " + choice``) and every item's acc_norm is the
     one lm-eval logged; the data is one where counting the delimiter picks another option on some items."""
-    from flipscope._import import import_lm_eval
     from flipscope.report import load_run_scores
+    from flipscope.runs.lm_eval_import import import_lm_eval
 
     root = lm_eval_runs["root"]
     run, folder = import_lm_eval(root / "base", [root / "cand"], tasks=["fs_arc_local"], out=root / "imported-arc")
@@ -229,7 +229,7 @@ def test_imported_acc_norm_is_lm_evals_item_by_item_on_options_of_different_leng
 def test_mismatched_runs_are_refused(lm_eval_runs: dict[str, Any], tmp_path: Path) -> None:
     import shutil
 
-    from flipscope._import import import_lm_eval
+    from flipscope.runs.lm_eval_import import import_lm_eval
 
     root = lm_eval_runs["root"]
     with pytest.raises(FlipscopeError, match="task fs_arc_local has no samples file"):
@@ -266,7 +266,7 @@ def _gsm8k_line(doc_id: int, filt: str, answer: str, target: str, text: str, *, 
 def test_gsm8k_style_logs_take_flexible_extract_as_correct_and_strict_match_as_strict(tmp_path: Path) -> None:
     """lm-eval's gsm8k logs each document once per filter; flexible-extract is flipscope's `correct`, strict-match
     its `correct_strict` (hand-written logs in lm-eval's layout)."""
-    from flipscope._import import import_lm_eval
+    from flipscope.runs.lm_eval_import import import_lm_eval
 
     # (flexible answer, strict answer) per doc; targets "1", "2", "3"
     runs = {"base": [("1", "1"), ("2", "[invalid]"), ("9", "9")], "cand": [("7", "[invalid]"), ("2", "2"), ("3", "3")]}
@@ -291,8 +291,8 @@ def test_free_form_imports_store_the_final_answer_normalised_as_native_runs_do(t
     """lm-eval logs the filtered answer raw ("$18.", "1,000"); flipscope's own gsm8k runs store it normalised
     (tasks.gsm8k.normalise), so an import does too and all-flips compares like with like: "$18." and "18" are one
     answer, and two "[invalid]" (no final answer) are the same non-answer, as everywhere (metrics.same_answer)."""
-    from flipscope._import import import_lm_eval
     from flipscope.report import load_run_scores
+    from flipscope.runs.lm_eval_import import import_lm_eval
 
     targets = ["18", "7", "1000"]
     answers = {"base": ["$18.", "[invalid]", "1,000"], "cand": ["18", "[invalid]", "1000"]}
@@ -333,8 +333,8 @@ def test_acc_norm_divides_by_the_choice_not_the_logged_continuation(tmp_path: Pa
     −1.0 vs −0.9 per character of the choice (lm-eval: option 1 wins) but −0.667 vs −0.72 per character of
     delimiter + choice (option 0 wins). The target delimiter comes from lm-eval's results file (default " "). A
     logged acc_norm that the log-likelihoods do not give is refused, naming the file and doc_id."""
-    from flipscope._import import import_lm_eval
     from flipscope.report import load_run_scores
+    from flipscope.runs.lm_eval_import import import_lm_eval
 
     stamp = "2026-11-29T00-00-00.000001"
     # per run: doc 0 (lengths 2 and 4; gold 1), doc 1 (equal lengths; gold 0)
@@ -380,8 +380,8 @@ def test_multiple_input_tasks_report_no_acc_norm_instead_of_acc_under_its_name(t
     as acc under another name."""
     from rich.console import Console
 
-    from flipscope._import import import_lm_eval
     from flipscope.report.table import print_run
+    from flipscope.runs.lm_eval_import import import_lm_eval
 
     stamp = "2026-11-29T00-00-00.000001"
     logs = {"base": [[-1.0, -2.0], [-3.0, -1.0]], "cand": [[-1.0, -2.0], [-1.0, -3.0]]}  # gold 0 on both docs

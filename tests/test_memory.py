@@ -8,7 +8,7 @@ import sys
 _OPTIONS_PROBE = """
 import resource, torch
 from transformers import LlamaConfig, LlamaForCausalLM
-from flipscope._passes import TopKRecorder
+from flipscope.passes.scoring import TopKRecorder
 from flipscope.models._hf_score import PrefixScorer
 from flipscope.tasks import ScoreRequest
 

@@ -153,7 +153,7 @@ def test_pair_up_rejects_unmatched_items() -> None:
 
 def test_judge_free_distances_by_hand() -> None:
     from flipscope.metrics import FreeAnswer, ItemScore, Pair, answer_distance
-    from flipscope.metrics._records import first_divergence
+    from flipscope.metrics.records import first_divergence
 
     assert first_divergence((1, 2, 3), (1, 2, 4)) == 2
     assert first_divergence((1, 2), (1, 2, 3)) == 2 and first_divergence((5,), (5,)) is None

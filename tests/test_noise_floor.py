@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from flipscope import compare
-from flipscope._noise import NoiseFloor, indistinguishable
 from flipscope.cli import cli
 from flipscope.errors import FlipscopeError
 from flipscope.metrics import summarize
-from flipscope.metrics._records import ItemScore, Pair
+from flipscope.metrics.records import ItemScore, Pair
 from flipscope.report import load_run
+from flipscope.runs.noise import NoiseFloor, indistinguishable
 
 
 def _summary(flipped: int, n: int = 100):  # type: ignore[no-untyped-def]

@@ -12,8 +12,8 @@ from rich.console import Console
 from flipscope import compare, load_run
 from flipscope.errors import FlipscopeError
 from flipscope.metrics import ItemScore
-from flipscope.metrics._records import Pair
 from flipscope.metrics.corpus_stats import summarize_corpus
+from flipscope.metrics.records import Pair
 from flipscope.metrics.summary import summarize
 from flipscope.report.table import render_run
 from flipscope.store.kld_run import POSITION_COLUMNS, summarize_positions

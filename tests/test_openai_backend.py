@@ -8,7 +8,7 @@ import pytest
 
 from fake_server import FakeServer, serve
 from flipscope.errors import FlipscopeError
-from flipscope.models._base import Decoding, GenRequest
+from flipscope.models.base import Decoding, GenRequest
 from flipscope.models.openai_http import HTTPSettings
 from flipscope.models.openai_server import OpenAIBackend
 from flipscope.tasks import ScoreRequest
@@ -154,7 +154,7 @@ def test_kld_refuses_a_server_and_says_why(tmp_path: Path) -> None:
 
 
 def test_generation_through_completions_and_chat_and_a_server_that_cannot() -> None:
-    from flipscope.models._base import StopReason
+    from flipscope.models.base import StopReason
 
     fake = FakeServer()
     with serve(fake) as url:

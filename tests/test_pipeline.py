@@ -12,7 +12,7 @@ from scipy import special
 from flipscope import compare, load_run
 from flipscope.metrics.kl import kl_exact
 from flipscope.models import parse_spec
-from flipscope.models._base import Decoding, GenRequest
+from flipscope.models.base import Decoding, GenRequest
 from flipscope.store import read_run
 from flipscope.tasks import ScoreRequest
 from tests.conftest import Script
@@ -276,9 +276,9 @@ def test_capabilities_are_checked_before_anything_runs(scripts, mc_file: Path, t
 
 
 def test_tiny_llama_capabilities_generation_and_context_check(tiny_llama: Path, tmp_path: Path) -> None:
-    from flipscope._passes import check_backend
     from flipscope.errors import FlipscopeError
     from flipscope.models import load_backend
+    from flipscope.passes.scoring import check_backend
 
     backend = load_backend(parse_spec(f"hf:{tiny_llama}"))
     caps = backend.info.capabilities

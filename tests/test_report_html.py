@@ -66,7 +66,7 @@ def make_runs(scripts: dict[str, Script], root: Path) -> dict[str, Path]:
     planets.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Which planet is number {i % 4 + 1}?",
                                            "choices": ["Mercury", "Venus", "Earth", "Mars"], "answer": i % 4}) + "\n"
                                for i in range(20)))  # fmt: skip
-    from flipscope._noise import NoiseFloor
+    from flipscope.runs.noise import NoiseFloor
 
     flipscope.compare("mock:b", ["mock:c1", "mock:c2"], tasks=[str(planets), str(colours), "gsm8k"], limit=12,
                       out=root / "compare", cache_dir=root / "cache", noise_floor=NoiseFloor(1))  # fmt: skip

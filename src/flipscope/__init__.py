@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 from flipscope.errors import FlipscopeError
 
 if TYPE_CHECKING:
-    from flipscope._compare import Comparison, compare
-    from flipscope._kld import KLDResult, kld
-    from flipscope._mtbench import MTBenchSettings
-    from flipscope._mtbench_api import MTBenchResult, judge_run, mtbench
-    from flipscope._prompt import prompt_tokens
-    from flipscope._save import save_compressed
     from flipscope.report import load_run
+    from flipscope.runs.compare import Comparison, compare
+    from flipscope.runs.kld import KLDResult, kld
+    from flipscope.runs.mtbench import MTBenchResult, judge_run, mtbench
+    from flipscope.runs.mtbench_session import MTBenchSettings
+    from flipscope.runs.prompt import prompt_tokens
+    from flipscope.runs.save import save_compressed
 
 __all__ = [
     "Comparison",
@@ -36,27 +36,27 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in ("compare", "Comparison"):
-        from flipscope import _compare
+        from flipscope.runs import compare as compare_run
 
-        return getattr(_compare, name)
+        return getattr(compare_run, name)
     if name in ("kld", "KLDResult"):
-        from flipscope import _kld
+        from flipscope.runs import kld as kld_run
 
-        return getattr(_kld, name)
+        return getattr(kld_run, name)
     if name in ("mtbench", "judge_run", "MTBenchResult"):
-        from flipscope import _mtbench_api
+        from flipscope.runs import mtbench as mtbench_run
 
-        return getattr(_mtbench_api, name)
+        return getattr(mtbench_run, name)
     if name == "MTBenchSettings":
-        from flipscope._mtbench import MTBenchSettings
+        from flipscope.runs.mtbench_session import MTBenchSettings
 
         return MTBenchSettings
     if name == "prompt_tokens":
-        from flipscope._prompt import prompt_tokens
+        from flipscope.runs.prompt import prompt_tokens
 
         return prompt_tokens
     if name == "save_compressed":
-        from flipscope._save import save_compressed
+        from flipscope.runs.save import save_compressed
 
         return save_compressed
     if name == "load_run":

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from flipscope.compress import CompressionContext, apply_compression
-from flipscope.compress._layers import linear_layers
+from flipscope.compress.layers import linear_layers
 from flipscope.errors import FlipscopeError
 from flipscope.models import ModelSpec
 
@@ -113,9 +113,9 @@ class CorpusMeter:
     offset: int = 0
 
     def __call__(self) -> WindowKL:
-        from flipscope._kld_passes import score_candidate
         from flipscope.metrics.corpus_stats import finite_windows
         from flipscope.metrics.windows import window_means
+        from flipscope.passes.kld import score_candidate
         from flipscope.store.kld_parts import PositionParts
         from flipscope.store.kld_run import POSITION_COLUMNS
 

@@ -30,7 +30,7 @@ def write_recipe(baseline: str, recipe: str, *, out: str | Path, group_size: int
     """A recipe as a plan file for ``baseline``'s layers; returns the file and its average bits per weight."""
     if recipe.lower() != "q4_k_m":
         raise FlipscopeError(f"unknown recipe {recipe!r}", fix="use q4_k_m")
-    from flipscope.compress._layers import linear_layers
+    from flipscope.compress.layers import linear_layers
     from flipscope.models import LoadOptions, load_backend
 
     backend: Any = load_backend(parse_spec(baseline), LoadOptions(device="cpu"))

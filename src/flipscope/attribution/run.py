@@ -11,7 +11,7 @@ from rich.console import Console, Group
 from rich.table import Table
 
 from flipscope.errors import FlipscopeError
-from flipscope.report._format import num
+from flipscope.report.formatting import num
 
 ATTRIBUTE_SCHEMA = 1
 
@@ -62,7 +62,7 @@ class AttributionRun(BaseModel):
 def write_attribution(folder: Path, run: AttributionRun) -> None:
     import pandas as pd
 
-    from flipscope._atomic import write_atomically
+    from flipscope.plumbing.atomic import write_atomically
     from flipscope.store.run_dir import finish
 
     folder.mkdir(parents=True, exist_ok=True)

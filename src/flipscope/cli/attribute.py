@@ -82,7 +82,7 @@ def _window_range(option: str, text: str | None) -> tuple[int, int] | None:
 
 
 def _ablation(corpus: str | None, chunks: int, ctx: int, fraction: float, device: str, dtype: str) -> Any:
-    from flipscope._attribute import AblationSettings
+    from flipscope.runs.attribute import AblationSettings
 
     if chunks < 1 or ctx < 8 or not 0 < fraction <= 1:
         raise click.BadParameter("--chunks must be ≥ 1, --ctx ≥ 8 and --scored-fraction in (0, 1]")
@@ -119,10 +119,10 @@ def attribute_cmd(
     \b
     Example: flipscope attribute bundled:smollm2-135m bundled:smollm2-135m+rtn:w3g64 --by block --tasks mmlu
     """
-    from flipscope._attribute import AttributeSettings, attribute
     from flipscope.attribution.run import print_attribution
     from flipscope.attribution.units import UnitKind
     from flipscope.display import RichDisplay
+    from flipscope.runs.attribute import AttributeSettings, attribute
 
     settings = AttributeSettings(
         by=UnitKind(by),
@@ -217,9 +217,9 @@ def advise_cmd(
         path, avg = write_recipe(baseline, recipe, out=out, group_size=groups[0] or None)
         click.echo(f"wrote {path}: {recipe} style, {avg:.3f} bits per weight; use it as {baseline}+plan:{path}")
         return
-    from flipscope._advise import AdviseSettings, advise
     from flipscope.attribution.units import UnitKind
     from flipscope.display import RichDisplay
+    from flipscope.runs.advise import AdviseSettings, advise
 
     calibration = _window_range("--calibration-windows", calibration_windows)
     if calibration is not None:

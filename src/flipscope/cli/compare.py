@@ -134,9 +134,9 @@ def compare_cmd(
     The baseline is run once and cached; each candidate costs one model pass.
     """
     from flipscope import compare
-    from flipscope._noise import NoiseFloor
     from flipscope.display import RichDisplay
     from flipscope.report import print_run
+    from flipscope.runs.noise import NoiseFloor
     from flipscope.tasks import split_tasks
 
     floor = None

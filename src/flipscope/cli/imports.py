@@ -25,8 +25,8 @@ def lm_eval_cmd(baseline_dir: str, candidate_dirs: tuple[str, ...], tasks: tuple
     (exact_match, e.g. gsm8k) give correct/incorrect per item, flips and McNemar. The result is a normal run
     directory: `flipscope report` and the Python API read it.
     """
-    from flipscope._import import import_lm_eval
     from flipscope.report import load_run, print_run
+    from flipscope.runs.lm_eval_import import import_lm_eval
 
     _, folder = import_lm_eval(baseline_dir, list(candidate_dirs), tasks=list(tasks) or None, out=out)
     print_run(load_run(folder))

@@ -73,9 +73,9 @@ def kld_cmd(baseline: str, candidates: tuple[str, ...], corpus: str, ctx: int, s
     Example:
       flipscope kld bundled:smollm2-135m +rtn:w8 +rtn:w4g64 --chunks 40
     """
-    from flipscope._kld import kld
     from flipscope.display import RichDisplay
     from flipscope.report.kld_table import print_kld_run
+    from flipscope.runs.kld import kld
 
     display = RichDisplay()
     result = kld(baseline, list(candidates), corpus=corpus, ctx=ctx, scored_fraction=scored_fraction,

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from flipscope._mtbench import JUDGE_MAX_TOKENS, MTBenchSettings
+from flipscope.runs.mtbench_session import JUDGE_MAX_TOKENS, MTBenchSettings
 from flipscope.tasks.mtbench import MAX_NEW_TOKENS
 
 _JUDGE_HELP = (

@@ -22,7 +22,7 @@ def prompt_cmd(model: str, text: str, chat: bool, system: str | None, as_json: b
     \b
       flipscope prompt hf:DIR "Hello" --chat --json
     """
-    from flipscope._prompt import prompt_tokens
+    from flipscope.runs.prompt import prompt_tokens
 
     shown = prompt_tokens(model, text, chat=chat, system=system)
     if as_json:

@@ -1,6 +1,7 @@
 """Compression applied on the fly to a copy of the baseline's weights: one typed config per method."""
 
-from flipscope.compress._base import (
+from flipscope.compress.awq import AWQConfig
+from flipscope.compress.base import (
     METHODS,
     CompressionConfig,
     CompressionContext,
@@ -8,7 +9,6 @@ from flipscope.compress._base import (
     config_from_dict,
     parse_method,
 )
-from flipscope.compress.awq import AWQConfig
 from flipscope.compress.bnb import BnBConfig
 from flipscope.compress.drop import DropLayersConfig
 from flipscope.compress.ggml import GGMLConfig

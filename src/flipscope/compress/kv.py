@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from flipscope.compress._base import CompressionConfig, CompressionContext, apply_compression, register
+from flipscope.compress.base import CompressionConfig, CompressionContext, apply_compression, register
 from flipscope.errors import FlipscopeError
 
 if TYPE_CHECKING:

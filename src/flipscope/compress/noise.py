@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from flipscope.compress._base import CompressionConfig, CompressionContext, apply_compression, register
-from flipscope.compress._layers import linear_layers
+from flipscope.compress.base import CompressionConfig, CompressionContext, apply_compression, register
+from flipscope.compress.layers import linear_layers
 from flipscope.errors import FlipscopeError
 
 if TYPE_CHECKING:

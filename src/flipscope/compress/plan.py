@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from flipscope._atomic import write_atomically
-from flipscope.compress._base import CompressionConfig, CompressionContext, apply_compression, register
-from flipscope.compress._layers import linear_layers
+from flipscope.compress.base import CompressionConfig, CompressionContext, apply_compression, register
+from flipscope.compress.layers import linear_layers
 from flipscope.compress.rtn import RTNConfig, quantize_dequantize
 from flipscope.errors import FlipscopeError
+from flipscope.plumbing.atomic import write_atomically
 
 if TYPE_CHECKING:
     import torch
@@ -94,7 +94,7 @@ class PlanConfig(CompressionConfig):
 
     @classmethod
     def parse(cls, args: str) -> PlanConfig:
-        from flipscope._cache import user_path
+        from flipscope.plumbing.cache import user_path
 
         text = args.strip().removeprefix("plan=")
         if not text:

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from flipscope.compress._base import CompressionConfig, CompressionContext, apply_compression, register
-from flipscope.compress._calibration import CALIBRATION_SOURCE, calibration_batch, check_calibration
-from flipscope.compress._capture import block_linears, feed_inputs
-from flipscope.compress._layers import decoder_layers
+from flipscope.compress.base import CompressionConfig, CompressionContext, apply_compression, register
+from flipscope.compress.calibration import CALIBRATION_SOURCE, calibration_batch, check_calibration
+from flipscope.compress.capture import block_linears, feed_inputs
+from flipscope.compress.layers import decoder_layers
 from flipscope.compress.rtn import RTNConfig, quantize_dequantize
 from flipscope.errors import FlipscopeError
 

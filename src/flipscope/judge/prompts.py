@@ -4,7 +4,7 @@ coding, the reference answer; turn 2 uses the ``-multi-turn`` prompts, which sho
 
 from __future__ import annotations
 
-from flipscope.models._base import GenRequest
+from flipscope.models.base import GenRequest
 from flipscope.tasks.mtbench import NEED_REF, JudgePrompt, MTBench, Question
 
 

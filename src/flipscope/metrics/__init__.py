@@ -1,15 +1,5 @@
 """Metrics: pure functions over paired per-item records; no model is needed to compute them."""
 
-from flipscope.metrics._records import (
-    AnswerDistance,
-    FreeAnswer,
-    ItemScore,
-    Pair,
-    answer_distance,
-    first_argmax,
-    pair_up,
-    same_answer,
-)
 from flipscope.metrics.paired import (
     FlipCounts,
     choice_kl,
@@ -19,6 +9,16 @@ from flipscope.metrics.paired import (
     top_choice_share,
     top_margin,
     wilson_interval,
+)
+from flipscope.metrics.records import (
+    AnswerDistance,
+    FreeAnswer,
+    ItemScore,
+    Pair,
+    answer_distance,
+    first_argmax,
+    pair_up,
+    same_answer,
 )
 from flipscope.metrics.summary import TaskSummary, summarize, summarize_run
 

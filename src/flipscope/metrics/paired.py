@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flipscope.metrics._records import Pair, same_answer
 from flipscope.metrics.kl import kl_exact
+from flipscope.metrics.records import Pair, same_answer
 
 Z95 = 1.959963984540054
 #: Edges of the baseline top-margin buckets: [0, .1), [.1, .25), [.25, .5), [.5, 1].

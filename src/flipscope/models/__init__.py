@@ -1,6 +1,6 @@
 """Models: one backend per module behind the small ``Backend`` protocol; specs name them."""
 
-from flipscope.models._base import Backend, ModelInfo, OptionScores, RowSink
+from flipscope.models.base import Backend, ModelInfo, OptionScores, RowSink
 from flipscope.models.registry import (
     SOURCES,
     LoadOptions,

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flipscope.models._base import Decoding, cut_at_stop
+from flipscope.models.base import Decoding, cut_at_stop
 
 
 def supported(model: Any) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 
 from flipscope.errors import FlipscopeError
 from flipscope.models import _hf_decode
-from flipscope.models._base import Decoding, Generation, GenRequest, StopReason, cut_at_stop
+from flipscope.models.base import Decoding, Generation, GenRequest, StopReason, cut_at_stop
 
 
 def prompt_text(tokenizer: Any, request: GenRequest, chat: bool) -> str:

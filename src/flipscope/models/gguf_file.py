@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flipscope._atomic import write_once
-from flipscope._cache import cache_root, file_sha256, user_path
 from flipscope.errors import FlipscopeError
+from flipscope.plumbing.atomic import write_once
+from flipscope.plumbing.cache import cache_root, file_sha256, user_path
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flipscope._cache import content_hash, file_sha256, user_path
 from flipscope.errors import FlipscopeError
-from flipscope.models._base import Backend, GenRequest, PromptTokens
+from flipscope.models.base import Backend, GenRequest, PromptTokens
 from flipscope.models.spec import ModelSpec
+from flipscope.plumbing.cache import content_hash, file_sha256, user_path
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from flipscope._cache import user_path
 from flipscope.compress import CompressionConfig, parse_method
 from flipscope.errors import FlipscopeError
+from flipscope.plumbing.cache import user_path
 
 SPEC_HELP = "write hf:<folder or hub id>, bundled:<name> (see `flipscope models`), optionally +<method>:<args>"
 

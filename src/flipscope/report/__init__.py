@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flipscope._noise import floor_label
 from flipscope.errors import FlipscopeError
 from flipscope.metrics import ItemScore, summarize_run
 from flipscope.report.table import print_run, render_run
+from flipscope.runs.noise import floor_label
 from flipscope.store import RunFile, read_run, scores_from_frame
 
 

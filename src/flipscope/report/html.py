@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from flipscope._version import flipscope_version
+from flipscope.plumbing.version import flipscope_version
 from flipscope.report.collect import ReportInput
 from flipscope.report.explorer import FlipRow, flipped_items
 from flipscope.report.plots import Plot, all_plots, short
@@ -130,7 +130,7 @@ def render_html(data: ReportInput) -> str:
 
 def write_html(data: ReportInput, path: str | Path) -> Path:
     """Write the report to ``path`` (atomically: a temporary name, then a rename)."""
-    from flipscope._atomic import write_atomically
+    from flipscope.plumbing.atomic import write_atomically
 
     target = Path(path).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from rich.console import Console, Group
 from rich.table import Table
 
 from flipscope.metrics.corpus_stats import CorpusSummary
-from flipscope.report._format import num
+from flipscope.report.formatting import num
 from flipscope.store.kld_run import KLDRunFile, KLDSettings, read_kld_run, summarize_positions
 
 OVERVIEW = (

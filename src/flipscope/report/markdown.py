@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from flipscope._atomic import write_atomically
+from flipscope.plumbing.atomic import write_atomically
 from flipscope.report.collect import ReportInput
 from flipscope.report.explorer import flipped_items
 from flipscope.report.plots import all_plots

@@ -10,11 +10,11 @@ from typing import Any
 from rich.console import Console, Group
 from rich.table import Table
 
-from flipscope.report._format import num, pct
+from flipscope.report.formatting import num, pct
 
 
 def load_mtbench_run(folder: str | Path) -> tuple[Any, dict[str, Any]]:
-    from flipscope._mtbench_api import summarize_mtbench
+    from flipscope.runs.mtbench import summarize_mtbench
     from flipscope.store import mtbench_run as store
 
     run, answers, judgements = store.read(Path(folder))

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flipscope._atomic import write_atomically
+from flipscope.plumbing.atomic import write_atomically
 from flipscope.report.plots import Plot, PlotKind
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flipscope.metrics import TaskSummary
-from flipscope.report._format import num, pct, pvalue
 from flipscope.report.collect import AttributionDir, KLDRun, MTBenchRun, ReportInput
+from flipscope.report.formatting import num, pct, pvalue
 from flipscope.report.plots import short
 from flipscope.report.table import FLOOR_COLUMNS, floor_cells
 

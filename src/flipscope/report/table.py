@@ -7,7 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from flipscope.metrics import TaskSummary
-from flipscope.report._format import num, pct, pvalue
+from flipscope.report.formatting import num, pct, pvalue
 from flipscope.store import RunFile
 
 COLUMNS = (
@@ -72,7 +72,7 @@ FLOOR_COLUMNS = ("floor flips% [95% CI]", "vs floor")
 
 def floor_cells(s: TaskSummary, floor: TaskSummary | None) -> list[str]:
     """The noise floor's flips with its 95% interval, and whether the candidate is within it."""
-    from flipscope._noise import indistinguishable
+    from flipscope.runs.noise import indistinguishable
 
     if floor is None:
         return ["–", "–"]
@@ -106,7 +106,7 @@ def detail_line(s: TaskSummary) -> str:
 def token_kl_label(stored: object, *, tail_samples: int) -> str:
     """run.json's token-KL label read as the pass's is (``TokenKL.read``): "exact", which versions before the labels
     wrote for the sampled estimate, is the estimate, or the bound where the run stored no tail samples."""
-    from flipscope._passes import TokenKL
+    from flipscope.passes.scoring import TokenKL
 
     if not stored:
         return ""

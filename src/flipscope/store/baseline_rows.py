@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from flipscope._atomic import write_atomically
 from flipscope.errors import FlipscopeError
+from flipscope.plumbing.atomic import write_atomically
 
 if TYPE_CHECKING:
     import torch

@@ -16,9 +16,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from flipscope._atomic import exclusive, write_atomically
 from flipscope.errors import FlipscopeError
-from flipscope.models._base import Generation, StopReason
+from flipscope.models.base import Generation, StopReason
+from flipscope.plumbing.atomic import exclusive, write_atomically
 
 
 def _to_row(index: int, g: Generation) -> dict[str, Any]:

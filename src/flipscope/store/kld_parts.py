@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flipscope._atomic import write_atomically
+from flipscope.plumbing.atomic import write_atomically
 
 log = logging.getLogger(__name__)
 

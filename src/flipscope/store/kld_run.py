@@ -121,7 +121,7 @@ def write_kld_run(out: Path, run: KLDRunFile, positions: dict[str, dict[str, np.
     temporary name and renamed into place, ``run.json`` last: a run directory with a ``run.json`` is complete."""
     import pandas as pd
 
-    from flipscope._atomic import write_atomically
+    from flipscope.plumbing.atomic import write_atomically
     from flipscope.store.run_dir import finish
 
     out.mkdir(parents=True, exist_ok=True)

@@ -11,10 +11,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from flipscope._atomic import write_atomically
 from flipscope.errors import FlipscopeError
 from flipscope.judge import Grade, PairJudgement, parse_pair, parse_rating
 from flipscope.metrics import FreeAnswer, ItemScore
+from flipscope.plumbing.atomic import write_atomically
 from flipscope.store.run_dir import finish
 
 SCHEMA_VERSION = 1

@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from flipscope._atomic import exclusive, write_once
 from flipscope.metrics import FreeAnswer, ItemScore
 from flipscope.metrics.kl import CompactRows
+from flipscope.plumbing.atomic import exclusive, write_once
 
 ROW_FIELDS = ("ids", "logprobs", "rest", "sample_ids", "sample_logprobs")
 

@@ -121,7 +121,7 @@ def records_frame(scores: dict[str, tuple[str, list[ItemScore]]]) -> Any:
 def write_run(folder: Path, run: RunFile, records: Any, items: Any) -> None:
     """Each file written under a temporary name and renamed into place, ``run.json`` last: a run directory with a
     ``run.json`` is complete."""
-    from flipscope._atomic import write_atomically
+    from flipscope.plumbing.atomic import write_atomically
     from flipscope.store.run_dir import finish
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from flipscope._atomic import FileLock, LockHeld, write_atomically
 from flipscope.errors import FlipscopeError
+from flipscope.plumbing.atomic import FileLock, LockHeld, write_atomically
 
 #: The lock file a run holds in its ``--out`` folder while it runs.
 CLAIM_FILE = ".flipscope-run.lock"

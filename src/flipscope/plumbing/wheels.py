@@ -11,9 +11,9 @@ import sys
 import zipfile
 from pathlib import Path
 
-from flipscope._atomic import exclusive, write_atomically, write_once
-from flipscope._cache import cache_root
 from flipscope.errors import FlipscopeError
+from flipscope.plumbing.atomic import exclusive, write_atomically, write_once
+from flipscope.plumbing.cache import cache_root
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flipscope._atomic import write_atomically
+from flipscope.plumbing.atomic import write_atomically
 
 
 def cache_root() -> Path:

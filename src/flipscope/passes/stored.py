@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from flipscope._passes import _widen, run_pass
 from flipscope.metrics.kl import concat_rows
 from flipscope.models import Backend
+from flipscope.passes.scoring import _widen, run_pass
 from flipscope.store import PassResult, PassStore, ReferenceRows
 from flipscope.tasks import ItemRequests, TaskData
 

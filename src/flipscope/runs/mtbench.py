@@ -9,7 +9,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from flipscope._mtbench import (
+from flipscope.display import Display
+from flipscope.errors import FlipscopeError
+from flipscope.judge import summarize_grades, summarize_pairs
+from flipscope.metrics import ItemScore
+from flipscope.metrics.paired import spearman
+from flipscope.metrics.records import Pair
+from flipscope.metrics.summary import FreeSummary, free_summary
+from flipscope.models import ModelSpec, parse_models, parse_spec
+from flipscope.models.base import Generation, StopReason
+from flipscope.runs.mtbench_session import (
     ModelAnswers,
     MTBenchSettings,
     Session,
@@ -18,15 +27,6 @@ from flipscope._mtbench import (
     questions_of,
     teacher_scores,
 )
-from flipscope.display import Display
-from flipscope.errors import FlipscopeError
-from flipscope.judge import summarize_grades, summarize_pairs
-from flipscope.metrics import ItemScore
-from flipscope.metrics._records import Pair
-from flipscope.metrics.paired import spearman
-from flipscope.metrics.summary import FreeSummary, free_summary
-from flipscope.models import ModelSpec, parse_models, parse_spec
-from flipscope.models._base import Generation, StopReason
 from flipscope.store import mtbench_run as store
 from flipscope.store.run_dir import check_out, claim_run_dir, releases_out
 
@@ -50,7 +50,7 @@ def mtbench(
     with ``settings.judge``, the judge grades every answer and compares each candidate with the baseline. A model
     is loaded only where something it does is not stored: a rerun with every answer, teacher-forced pass and
     judgement stored loads none."""
-    from flipscope._compare import library_versions
+    from flipscope.runs.compare import library_versions
 
     settings = settings or MTBenchSettings()
     check_settings(settings)

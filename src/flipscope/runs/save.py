@@ -7,9 +7,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from flipscope._atomic import write_atomically
 from flipscope.errors import FlipscopeError
 from flipscope.models import LoadOptions, ModelSpec, check_compression, load_backend, parse_spec
+from flipscope.plumbing.atomic import write_atomically
 
 log = logging.getLogger(__name__)
 META_FILE = "flipscope.json"
@@ -17,7 +17,7 @@ META_FILE = "flipscope.json"
 
 def save_compressed(spec: str | ModelSpec, out: str | Path, *, device: str = "cpu", dtype: str = "float32") -> Path:
     """Load ``spec`` (compressing it on the way), save weights, tokenizer and a ``flipscope.json`` record."""
-    from flipscope._compare import library_versions
+    from flipscope.runs.compare import library_versions
 
     parsed = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
     folder = Path(out)

@@ -12,8 +12,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from flipscope._cache import cache_root, content_hash
-from flipscope._generative import (
+from flipscope.display import Display, NullDisplay
+from flipscope.errors import FlipscopeError
+from flipscope.metrics import ItemScore, TaskSummary, summarize_run
+from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
+from flipscope.models import Backend, LoadOptions, ModelSpec, fingerprint, load_backend, parse_models
+from flipscope.passes.generation import (
     FreeTask,
     free_scores,
     generate_pass,
@@ -22,12 +26,8 @@ from flipscope._generative import (
     teacher_key,
     teacher_requests,
 )
-from flipscope._noise import NoiseFloor, engines_note, floor_label, role_of
-from flipscope.display import Display, NullDisplay
-from flipscope.errors import FlipscopeError
-from flipscope.metrics import ItemScore, TaskSummary, summarize_run
-from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
-from flipscope.models import Backend, LoadOptions, ModelSpec, fingerprint, load_backend, parse_models
+from flipscope.plumbing.cache import cache_root, content_hash
+from flipscope.runs.noise import NoiseFloor, engines_note, floor_label, role_of
 from flipscope.store import (
     ModelEntry,
     NoiseFloorEntry,
@@ -162,7 +162,7 @@ class _Runner:
         title: str,
     ) -> tuple[PassResult, bool]:
         """A scoring pass (cached): the baseline records its rows compactly, a candidate is measured against them."""
-        from flipscope._stored_pass import run_stored_pass
+        from flipscope.passes.stored import run_stored_pass
 
         cached = self.store.load(key) if self.use_cache else None
         if cached is not None:
@@ -223,7 +223,7 @@ class _Runner:
 
     def _record(self, entry: ModelEntry, spec: ModelSpec, task: str, result: PassResult) -> None:
         """The model entry's passes, tokenizer and details, and the notes a pass's token KL calls for."""
-        from flipscope._passes import TokenKL
+        from flipscope.passes.scoring import TokenKL
 
         entry.passes[task] = result.key
         entry.tokenizer_fingerprint = result.tokenizer

@@ -22,7 +22,7 @@ from flipscope.metrics import ItemScore
 from flipscope.metrics.kl import CompactRows, compress, concat_rows, kl_compact
 from flipscope.metrics.topk_kl import compact_pieces, full_pieces, kl_shared, topk_compact, unique_pieces
 from flipscope.models import Backend
-from flipscope.models._base import TopKRows
+from flipscope.models.base import TopKRows
 from flipscope.store import PassResult, ReferenceRows
 from flipscope.tasks import ItemRequests, ScoreRequest, TaskData
 

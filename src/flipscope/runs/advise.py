@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from flipscope._attribute import AblationSettings, Session, open_session
 from flipscope.attribution.ablate import WindowKL
 from flipscope.attribution.knapsack import Choice, Option, least_cost, least_value
 from flipscope.attribution.units import Unit, UnitKind, check_span, make_units
@@ -31,6 +30,7 @@ from flipscope.display import Display, NullDisplay
 from flipscope.errors import FlipscopeError
 from flipscope.metrics.windows import WindowDifference, paired_by_window
 from flipscope.models import parse_spec
+from flipscope.runs.attribute import AblationSettings, Session, open_session
 from flipscope.tasks.corpus import CALIBRATION_CORPUS, HELD_OUT_CORPUS
 
 log = logging.getLogger(__name__)

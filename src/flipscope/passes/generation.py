@@ -11,14 +11,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flipscope._cache import content_hash
 from flipscope.metrics import FreeAnswer, ItemScore
 from flipscope.models import Backend
-from flipscope.models._base import Decoding, Generation, GenRequest
+from flipscope.models.base import Decoding, Generation, GenRequest
+from flipscope.plumbing.cache import content_hash
 from flipscope.store import PassResult
 from flipscope.store.generations import GenerationStore
 from flipscope.tasks import ItemRequests, MCItem, ScoreRequest, TaskData
-from flipscope.tasks._sampling import stratified_sample
 from flipscope.tasks.gsm8k import (
     MAX_NEW_TOKENS,
     STOP,
@@ -31,6 +30,7 @@ from flipscope.tasks.gsm8k import (
     question_prompt,
     shots,
 )
+from flipscope.tasks.sampling import stratified_sample
 
 log = logging.getLogger(__name__)
 

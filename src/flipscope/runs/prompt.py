@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from flipscope.errors import FlipscopeError
-from flipscope.models._base import GenRequest, PromptTokens
+from flipscope.models.base import GenRequest, PromptTokens
 from flipscope.models.registry import SOURCES
 from flipscope.models.spec import ModelSpec, parse_spec
 

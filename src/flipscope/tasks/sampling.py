@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from flipscope.tasks._items import MCItem
+from flipscope.tasks.items import MCItem
 
 
 def allocate(sizes: dict[str, int], n: int) -> dict[str, int]:

@@ -14,9 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from flipscope._atomic import exclusive
-from flipscope._cache import cache_root, content_hash
-from flipscope._kld_passes import (
+from flipscope.display import Display, NullDisplay
+from flipscope.errors import FlipscopeError
+from flipscope.metrics.corpus_stats import CorpusSummary
+from flipscope.models import LoadOptions, ModelSpec, fingerprint, parse_models
+from flipscope.models.base import CorpusBackend
+from flipscope.passes.kld import (
     Plan,
     PositionParts,
     build_store,
@@ -25,11 +28,8 @@ from flipscope._kld_passes import (
     plan_from_store,
     score_candidate,
 )
-from flipscope.display import Display, NullDisplay
-from flipscope.errors import FlipscopeError
-from flipscope.metrics.corpus_stats import CorpusSummary
-from flipscope.models import LoadOptions, ModelSpec, fingerprint, parse_models
-from flipscope.models._base import CorpusBackend
+from flipscope.plumbing.atomic import exclusive
+from flipscope.plumbing.cache import cache_root, content_hash
 from flipscope.store.baseline_rows import BaselineStore, llama_cpp_bytes_per_position
 from flipscope.store.kld_run import (
     Divergent,
@@ -298,7 +298,7 @@ def _finish(
     tail_samples: int,
     full_code: str,
 ) -> KLDResult:
-    from flipscope._compare import library_versions
+    from flipscope.runs.compare import library_versions
 
     versions = library_versions()
     n_positions = sum(w.scored for w in plan.windows)

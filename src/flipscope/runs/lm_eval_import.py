@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flipscope._version import flipscope_version
 from flipscope.errors import FlipscopeError
 from flipscope.importers.lm_eval import Sample, check_agreement, item_score, read_samples, results_file, task_files
 from flipscope.metrics import ItemScore, summarize_run
+from flipscope.plumbing.version import flipscope_version
 from flipscope.store import ModelEntry, RunFile, Settings, TaskEntry, records_frame, write_run
 from flipscope.store.run_dir import check_out, claim_run_dir, releases_out
 

@@ -15,16 +15,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from flipscope._atomic import write_atomically
-from flipscope._cache import cache_root, content_hash
-from flipscope._generative import free_answer
 from flipscope.display import Display, NullDisplay
 from flipscope.errors import FlipscopeError
 from flipscope.judge import Grade, PairJudgement, parse_pair, parse_rating, prompts
 from flipscope.metrics import ItemScore
-from flipscope.metrics._records import NO_ANSWER
+from flipscope.metrics.records import NO_ANSWER
 from flipscope.models import Backend, LoadOptions, ModelSpec, fingerprint, load_backend, parse_spec
-from flipscope.models._base import Decoding, Generation, GenRequest
+from flipscope.models.base import Decoding, Generation, GenRequest
+from flipscope.passes.generation import free_answer
+from flipscope.plumbing.atomic import write_atomically
+from flipscope.plumbing.cache import cache_root, content_hash
 from flipscope.store import PassResult, Settings
 from flipscope.store.generations import GenerationStore
 from flipscope.tasks import ItemRequests, MCItem, ScoreRequest, TaskData
@@ -227,7 +227,7 @@ class Session:
         """This model scoring the baseline's answers (both turns) in the baseline's conversations, teacher-forced;
         None where the backend cannot render its chat template for scoring. Keyed by the conversations (not their
         rendering), so a stored pass is found without loading the model."""
-        from flipscope._compare import _Runner
+        from flipscope.runs.compare import _Runner
 
         items, asked = [], []
         for q, (a1, a2) in zip(questions, base.turns, strict=True):
