@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from flipscope.models import load_backend, parse_spec
-from flipscope.models.hf import bos_prefix
+from flipscope.models.hf_common import bos_prefix
 from flipscope.tasks import ScoreRequest
 from tests.conftest import make_tiny_llama
 

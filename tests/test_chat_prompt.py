@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from flipscope.errors import FlipscopeError
 from flipscope.models import LoadOptions, load_backend, parse_spec
 from flipscope.models.base import Decoding, GenRequest
-from flipscope.models.hf import bos_prefix
+from flipscope.models.hf_common import bos_prefix
 from flipscope.tasks import ScoreRequest
 from tests.conftest import make_tiny_llama
 from tests.test_bos import manual_loglik, with_post_processor_bos
@@ -130,7 +130,7 @@ def test_chat_ids_are_the_templates_own_and_plain_prompts_keep_the_bos_rule(
 ) -> None:
     from transformers import AutoTokenizer
 
-    from flipscope.models._hf_generate import prompt_ids
+    from flipscope.models.hf_common import prompt_ids
 
     tok = AutoTokenizer.from_pretrained(folders[kind])
     bos = bos_prefix(tok)
@@ -223,8 +223,8 @@ def test_gemma3_tokenizer_with_its_instruct_template_gives_one_bos(tmp_path: Pat
     from transformers import AutoTokenizer
 
     import flipscope
-    from flipscope.models._hf_generate import prompt_ids
     from flipscope.models.bundled import ensure_local
+    from flipscope.models.hf_common import prompt_ids
 
     folder = tmp_path / "gemma3-it"
     tok = AutoTokenizer.from_pretrained(ensure_local("gemma3-270m"))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flipscope.models.base import Decoding, cut_at_stop
+from flipscope.models.hf_common import cache_argument
 
 
 def supported(model: Any) -> bool:
@@ -171,8 +172,6 @@ def decode(
     """Generate for every encoded prompt; ``finish(new_tokens, request_index)`` turns a stopped row into its result."""
     import torch
     from transformers import DynamicCache
-
-    from flipscope.models._hf_score import cache_argument
 
     eos = tokenizer.eos_token_id
     kw = cache_argument(model)

@@ -9,29 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import flipscope.models._hf_decode as _hf_decode
 from flipscope.errors import FlipscopeError
-from flipscope.models import _hf_decode
-from flipscope.models.base import Decoding, Generation, GenRequest, StopReason, cut_at_stop
-
-
-def prompt_text(tokenizer: Any, request: GenRequest, chat: bool) -> str:
-    """The text a model continues: the chat template around the conversation where asked (a plain transcript where
-    the model has no template)."""
-    if request.chat and chat:
-        return str(tokenizer.apply_chat_template(request.messages(), tokenize=False, add_generation_prompt=True))
-    return request.plain()
-
-
-def prompt_ids(tokenizer: Any, request: GenRequest, *, chat: bool, bos: list[int]) -> list[int]:
-    """The token ids a model is given for ``request`` — the one rule of every transformers path (generation, local
-    judges, teacher-forced scoring through ``chat_prompt``, ``flipscope prompt``). A chat request, where the model
-    has a template: exactly what the tokenizer's own ``apply_chat_template(..., tokenize=True)`` gives, so BOS is
-    there once where the template writes it and nowhere where it does not. Anything else: ``bos`` (``bos_prefix``)
-    and the text's tokens."""
-    if request.chat and chat:
-        out = tokenizer.apply_chat_template(request.messages(), tokenize=True, add_generation_prompt=True)
-        return [int(i) for i in (out["input_ids"] if hasattr(out, "keys") else out)]  # transformers 5.x: a dict
-    return bos + list(tokenizer.encode(request.plain(), add_special_tokens=False))
+from flipscope.models.base import Decoding, Generation, GenRequest, ModelInfo, StopReason, cut_at_stop
+from flipscope.models.hf_common import prompt_ids
 
 
 def generate(
@@ -42,13 +23,15 @@ def generate(
     decoding: Decoding,
     *,
     bos: list[int],
-    chat: bool,
+    info: ModelInfo,
     batch_size: int,
-    max_context: int | None,
-    label: str,
     advance: Callable[[int], None] | None = None,
 ) -> list[Generation]:
+    """One generation per request, in order; ``info``: the model's label, whether it has a chat template and its
+    context length (``capabilities.chat``, ``capabilities.max_context``)."""
     import torch
+
+    chat, max_context, label = info.capabilities.chat, info.capabilities.max_context, info.label
 
     encoded = [prompt_ids(tokenizer, r, chat=chat, bos=bos) for r in requests]
     for index, prompt in enumerate(encoded):

@@ -14,7 +14,6 @@ option as one left-padded row instead: one pass, no cache copy.
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
@@ -24,14 +23,8 @@ import torch
 
 from flipscope.errors import FlipscopeError
 from flipscope.models.base import OptionScores, RowSink, nonfinite_scores
-from flipscope.models.hf import bos_prefix, context_ids
+from flipscope.models.hf_common import bos_prefix, cache_argument, context_ids
 from flipscope.tasks import ScoreRequest
-
-
-def cache_argument(model: Any) -> str:
-    """The name of the forward pass's key/value cache argument: ``cache`` in transformers ≥ 5.x (which warns on the
-    old name), ``past_key_values`` before."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _select_rows(cache: Any, indices: torch.Tensor) -> Any:

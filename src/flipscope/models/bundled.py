@@ -85,7 +85,7 @@ def ensure_local(name: str) -> Path:
 def load_tokenizer(name: str) -> Any:
     """The bundled model's tokenizer alone: from its converted folder, or, before the weights are converted, from
     the shipped GGUF (where the conversion takes it from): no weights are loaded."""
-    from flipscope.models.hf import load_tokenizer as load
+    from flipscope.models.hf_common import load_tokenizer as load
 
     model = lookup(name)
     if converted(_folder(model)):
@@ -105,7 +105,7 @@ def _convert(model: BundledModel, folder: Path, tmp: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from flipscope.models.hf import quiet_transformers
+    from flipscope.models.hf_common import quiet_transformers
 
     quiet_transformers()
 

@@ -35,7 +35,7 @@ from flipscope.models.gguf_file import ENGINE_SETTINGS, file_type, quantized, re
 if TYPE_CHECKING:
     import torch
 
-    from flipscope.models.registry import LoadOptions
+    from flipscope.models.options import LoadOptions
     from flipscope.models.spec import ModelSpec
     from flipscope.tasks import ScoreRequest
     from flipscope.tasks.corpus import Window

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flipscope.errors import FlipscopeError
@@ -14,92 +14,29 @@ from flipscope.models.base import (
     GenRequest,
     ModelInfo,
     OptionScores,
-    PromptTokens,
     RowSink,
-    vocabulary_fingerprint,
 )
+from flipscope.models.hf_common import (
+    bos_prefix,
+    context_ids,
+    has_chat_template,
+    prompt_ids,
+    prompt_text,
+    quiet_transformers,
+    tokenizer_fingerprint,
+    tokenizer_pieces,
+)
+from flipscope.models.hf_files import read_config
 
 if TYPE_CHECKING:
     import torch
 
-    from flipscope.models.registry import LoadOptions
+    from flipscope.models.options import LoadOptions
     from flipscope.models.spec import ModelSpec
     from flipscope.tasks import ScoreRequest
     from flipscope.tasks.corpus import Window
 
 log = logging.getLogger(__name__)
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    return vocabulary_fingerprint(tokenizer.get_vocab().items())
-
-
-def token_texts(tokenizer: Any, ids: Iterable[int]) -> list[str]:
-    """The text of each token id alone (special tokens shown)."""
-    return [str(t) for t in tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)]
-
-
-def tokenizer_pieces(tokenizer: Any, size: int) -> list[str]:
-    """The text of each token id alone, for ids 0 … size-1 (ids past the tokenizer's end get "")."""
-    known = min(size, len(tokenizer))
-    return token_texts(tokenizer, range(known)) + [""] * (size - known)
-
-
-def has_chat_template(tokenizer: Any) -> bool:
-    return tokenizer.chat_template is not None
-
-
-def load_tokenizer(location: str, label: str, *, gguf_file: str | None = None) -> Any:
-    """The tokenizer alone of a model folder or hub id (``gguf_file``: of a GGUF file in that folder): no
-    weights are loaded."""
-    from transformers import AutoTokenizer
-
-    quiet_transformers()
-    try:
-        return AutoTokenizer.from_pretrained(location, **({"gguf_file": gguf_file} if gguf_file else {}))
-    except (OSError, ValueError, ImportError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FlipscopeError(
-            f"cannot load the tokenizer of {label!r}: {first}",
-            fix="give a folder with the tokenizer's files, or a hub id when the hub is reachable",
-        ) from exc
-
-
-def tokenizer_prompt(tokenizer: Any, request: GenRequest) -> PromptTokens:
-    """What the transformers backend gives a model with this tokenizer for ``request`` (``prompt_ids``, the rule
-    ``generate`` follows), with the text it was made from and each id's text."""
-    from flipscope.models._hf_generate import prompt_ids, prompt_text
-
-    chat = has_chat_template(tokenizer)
-    ids = prompt_ids(tokenizer, request, chat=chat, bos=bos_prefix(tokenizer))
-    text = prompt_text(tokenizer, request, chat)
-    return PromptTokens(text, tuple(ids), tuple(token_texts(tokenizer, ids)), chat=request.chat and chat)
-
-
-def bos_prefix(tokenizer: Any) -> list[int]:
-    """[BOS id] where the tokenizer starts every input with it, else [] — the one BOS rule of every backend that
-    tokenises with transformers (the scorer, ``kld``'s corpus windows, vLLM, token counts).
-
-    Asked of the tokenizer itself, by encoding a probe text with and without special tokens: a tokenizer adds BOS
-    through ``add_bos_token`` or through its post-processor alone (the Llama-3 family), and only the encoding shows
-    both. Contexts and continuations are then encoded without special tokens, the BOS id placed once at the start
-    of each context (what the model saw in training and what lm-eval and servers give it)."""
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is None:
-        return []
-    try:
-        with_special = list(tokenizer.encode("x", add_special_tokens=True))
-        without = list(tokenizer.encode("x", add_special_tokens=False))
-    except TypeError:  # a tokenizer without special tokens at all
-        return []
-    return [int(bos)] if with_special[:1] == [bos] and without[:1] != [bos] else []
-
-
-def context_ids(tokenizer: Any, text: str, bos: list[int]) -> list[int]:
-    """A scored context's ids: ``bos`` (``bos_prefix``) and the text's tokens — BOS once: a text that begins with
-    it already (a chat template that writes ``{{ bos_token }}``, rendered by ``chat_prompt``) gets no second."""
-    ids = list(tokenizer.encode(text, add_special_tokens=False)) if text else []
-    return ids if bos and ids[: len(bos)] == bos else bos + ids
 
 
 def release_freed_memory() -> None:
@@ -122,14 +59,6 @@ def max_context(config: Any) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-def quiet_transformers() -> None:
-    """Progress goes through flipscope's display; transformers' own bars and notices stay off."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-
 #: quant_method in a checkpoint's config.json → (modules transformers needs to load it, the pip line).
 CHECKPOINT_LIBRARIES: dict[str, tuple[tuple[str, ...], str]] = {
     "gptq": (("optimum", "gptqmodel"), "optimum gptqmodel"),
@@ -146,8 +75,6 @@ def checkpoint_quantization(location: str) -> str | None:
     """The quant_method of an already quantized checkpoint folder (None for plain weights); refuses, with the pip
     line, one whose library is missing."""
     import importlib.util
-
-    from flipscope.models.registry import read_config
 
     quant = (read_config(location) or {}).get("quantization_config") or {}
     method = str(quant.get("quant_method", "")) or None
@@ -257,10 +184,8 @@ class HFBackend:
             requests,
             decoding,
             bos=bos_prefix(self.tokenizer),
-            chat=self.info.capabilities.chat,
+            info=self.info,
             batch_size=self.batch_size,
-            max_context=self.info.capabilities.max_context,
-            label=self.info.label,
             advance=advance,
         )
 
@@ -268,8 +193,6 @@ class HFBackend:
         """The text ``generate`` continues for ``request`` (its chat template applied): what teacher-forced scoring
         puts before an answer. Scored, it gives the model exactly the ids ``generate`` gives it (``prompt_ids``);
         a template where it would not (the tokenizer puts BOS first, the template writes none) is refused."""
-        from flipscope.models._hf_generate import prompt_ids, prompt_text
-
         chat, bos = self.info.capabilities.chat, bos_prefix(self.tokenizer)
         text = prompt_text(self.tokenizer, request, chat)
         if context_ids(self.tokenizer, text, bos) != prompt_ids(self.tokenizer, request, chat=chat, bos=bos):

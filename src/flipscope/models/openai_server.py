@@ -33,7 +33,7 @@ from flipscope.models.base import (
 from flipscope.models.openai_http import ClientError, HTTPSettings, post_json
 
 if TYPE_CHECKING:
-    from flipscope.models.registry import LoadOptions
+    from flipscope.models.options import LoadOptions
     from flipscope.models.spec import ModelSpec
     from flipscope.tasks import ScoreRequest
 

@@ -1,58 +1,23 @@
-"""Model sources by name, in one place: how to fingerprint a model's weights and how to load it."""
+"""Model sources by name, in one place: how to fingerprint a model's weights and how to load it; specs are
+parsed here, against the registered sources (``SPEC_HELP`` shows their form)."""
 
 from __future__ import annotations
 
-import json
-import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
+from flipscope.compress import parse_method
 from flipscope.errors import FlipscopeError
 from flipscope.models.base import Backend, GenRequest, PromptTokens
+from flipscope.models.hf_common import load_tokenizer, tokenizer_prompt
+from flipscope.models.hf_files import hf_folder, hub_revision, read_config
+from flipscope.models.options import LoadOptions
+from flipscope.models.sources import SOURCES, Source, register_source
 from flipscope.models.spec import ModelSpec
 from flipscope.plumbing.cache import content_hash, file_sha256, user_path
 
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    device: str = "auto"
-    dtype: str = "float32"
-    #: Questions per forward pass where a backend batches them (the transformers scorer).
-    batch_size: int = 16
-
-    def resolved(self) -> LoadOptions:
-        """The device actually used: ``auto`` → cuda where torch sees a GPU, else cpu. Cache keys hold this, so
-        results computed on one device are never reused for a run on another."""
-        if self.device != "auto":
-            return self
-        import torch
-
-        return LoadOptions("cuda" if torch.cuda.is_available() else "cpu", self.dtype, self.batch_size)
-
-
-@dataclass(frozen=True)
-class Source:
-    name: str
-    help: str
-    #: Identity of the uncompressed weights, computed without loading the model.
-    fingerprint: Callable[[str], dict[str, Any]]
-    load: Callable[[ModelSpec, LoadOptions], Backend]
-    #: The model's config.json as a dict, read without loading weights; None where it cannot be read cheaply.
-    config: Callable[[str], dict[str, Any] | None] | None = None
-    #: What the model is given for a request (``flipscope prompt``), from its tokenizer alone where the engine
-    #: allows; None where the engine's tokenisation cannot be asked (a server).
-    prompt: Callable[[str, GenRequest], PromptTokens] | None = None
-
-
-SOURCES: dict[str, Source] = {}
-
-
-def register_source(source: Source) -> None:
-    SOURCES[source.name] = source
+SPEC_HELP = "write hf:<folder or hub id>, bundled:<name> (see `flipscope models`), optionally +<method>:<args>"
 
 
 def fingerprint(spec: ModelSpec) -> str:
@@ -83,13 +48,46 @@ def check_compression(spec: ModelSpec) -> None:
         config.check_model(model_config)
 
 
+def parse_spec(text: str, *, baseline: ModelSpec | None = None) -> ModelSpec:
+    """``SOURCE:LOCATION[+METHOD:ARGS]...`` (a bare folder: ``hf:``) → a spec; ``+METHOD…`` alone applies to
+    ``baseline``."""
+    text = text.strip()
+    if not text:
+        raise FlipscopeError("empty model spec", fix=SPEC_HELP)
+    head, *methods = text.split("+")
+    if not head:
+        if baseline is None:
+            raise FlipscopeError(
+                f"spec {text!r} starts with '+' but there is no baseline to apply it to", fix=SPEC_HELP
+            )
+        spec = baseline
+    else:
+        source, sep, location = head.partition(":")
+        if sep and source.lower() in SOURCES:
+            spec = ModelSpec(source.lower(), location.strip())
+        elif user_path(head).is_dir():
+            spec = ModelSpec("hf", head)
+        else:
+            known = ", ".join(sorted(SOURCES))
+            raise FlipscopeError(f"unknown model spec {text!r} (sources: {known})", fix=SPEC_HELP)
+        if not spec.location:
+            raise FlipscopeError(f"model spec {text!r} names no model after '{source}:'", fix=SPEC_HELP)
+    extra = tuple(parse_method(m) for m in methods)
+    chain = spec.compression + extra
+    late = [c.label() for c in chain[1:] if c.at_load]
+    if late:
+        raise FlipscopeError(
+            f"{late[0]} in {text!r} quantizes while the weights load, so it must come first",
+            fix="write it right after the model, e.g. hf:DIR+bnb:nf4+drop:last1",
+        )
+    return replace(spec, compression=chain)
+
+
 def parse_models(
     baseline: str | ModelSpec, candidates: Sequence[str | ModelSpec], *, allow_none: bool = False
 ) -> tuple[ModelSpec, list[ModelSpec]]:
     """Parse and check a baseline and its candidates (``+method`` candidates apply to the baseline) before any
     weights are loaded; ``allow_none``: no candidate is fine (a noise-floor run)."""
-    from flipscope.models.spec import parse_spec
-
     base = baseline if isinstance(baseline, ModelSpec) else parse_spec(baseline)
     cands = [c if isinstance(c, ModelSpec) else parse_spec(c, baseline=base) for c in candidates]
     if not cands and not allow_none:
@@ -106,59 +104,12 @@ def load_backend(spec: ModelSpec, options: LoadOptions | None = None) -> Backend
     return SOURCES[spec.source].load(spec, options or LoadOptions())
 
 
-def _hf_folder(location: str) -> Path | None:
-    """The local folder an ``hf:`` location names, or None for a hub id; an error for a missing local path."""
-    path = user_path(location)
-    if path.is_dir():
-        return path
-    if location.startswith((".", "/", "~")) or location.count("/") > 1 or path.exists():
-        raise FlipscopeError(
-            f"model folder {location} does not exist or is not a folder",
-            fix="give a folder with config.json and weights, or a hub id like org/name",
-        )
-    return None
-
-
-def hub_revision(repo: str) -> str:
-    """The commit a hub id resolves to now (asked of the hub, else the local hub cache's snapshot): cached results
-    are keyed by it, so a model updated on the hub is never matched with results of its earlier weights."""
-    import huggingface_hub
-
-    try:
-        sha = huggingface_hub.model_info(repo).sha
-        if sha:
-            return str(sha)
-    except Exception as exc:  # offline, private, or unknown: fall back to what the local hub cache holds
-        log.info("hub revision of %s not resolved online (%s); trying the local hub cache", repo, exc)
-    try:
-        return Path(huggingface_hub.snapshot_download(repo, local_files_only=True)).name
-    except Exception as exc:
-        raise FlipscopeError(
-            f"hf:{repo}: cannot resolve which revision of this hub model to use ({exc})",
-            fix="check the network / HF_ENDPOINT / HF_TOKEN, or give a local folder as hf:/path/to/model",
-        ) from exc
-
-
 def _hf_fingerprint(location: str) -> dict[str, Any]:
-    path = _hf_folder(location)
+    path = hf_folder(location)
     if path is None:
         return {"hub": location, "revision": hub_revision(location)}
     files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json", ".gguf"))
     return {"files": {p.name: file_sha256(p) for p in files}}
-
-
-def read_config(location: str) -> dict[str, Any] | None:
-    folder = _hf_folder(location)
-    if folder is None:
-        return None  # a hub id: its config is not read without loading
-    path = folder / "config.json"
-    if path.is_file():
-        try:
-            loaded = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise FlipscopeError(f"cannot read {path}: {exc}", fix="repair or replace config.json") from exc
-        return loaded if isinstance(loaded, dict) else None
-    return None
 
 
 def _bundled_config(location: str) -> dict[str, Any] | None:
@@ -174,15 +125,12 @@ def _hf_load(spec: ModelSpec, options: LoadOptions) -> Backend:
 
 
 def _hf_prompt(location: str, request: GenRequest) -> PromptTokens:
-    from flipscope.models.hf import load_tokenizer, tokenizer_prompt
-
-    _hf_folder(location)  # a missing local folder is an error, not a hub id
+    hf_folder(location)  # a missing local folder is an error, not a hub id
     return tokenizer_prompt(load_tokenizer(location, f"hf:{location}"), request)
 
 
 def _bundled_prompt(location: str, request: GenRequest) -> PromptTokens:
     from flipscope.models.bundled import load_tokenizer
-    from flipscope.models.hf import tokenizer_prompt
 
     return tokenizer_prompt(load_tokenizer(location), request)
 

@@ -24,10 +24,10 @@ from flipscope.models.base import (
     TopKRows,
     finish_reason,
 )
-from flipscope.models.hf import bos_prefix
+from flipscope.models.hf_common import bos_prefix, tokenizer_fingerprint, tokenizer_pieces
 
 if TYPE_CHECKING:
-    from flipscope.models.registry import LoadOptions
+    from flipscope.models.options import LoadOptions
     from flipscope.models.spec import ModelSpec
     from flipscope.tasks import ScoreRequest
 
@@ -86,8 +86,6 @@ class VLLMBackend:
 
     @classmethod
     def load(cls, spec: ModelSpec, options: LoadOptions) -> VLLMBackend:
-        from flipscope.models.hf import tokenizer_fingerprint
-
         if spec.compression:
             raise FlipscopeError(
                 f"{spec.label()}: vLLM serves checkpoints as they are",
@@ -117,8 +115,6 @@ class VLLMBackend:
         return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
 
     def vocabulary_pieces(self) -> list[str]:
-        from flipscope.models.hf import tokenizer_pieces
-
         if self.pieces is None:
             self.pieces = tokenizer_pieces(self.tokenizer, self.info.vocab_size)
         return self.pieces

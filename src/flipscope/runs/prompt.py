@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from flipscope.errors import FlipscopeError
 from flipscope.models.base import GenRequest, PromptTokens
-from flipscope.models.registry import SOURCES
-from flipscope.models.spec import ModelSpec, parse_spec
+from flipscope.models.registry import parse_spec
+from flipscope.models.sources import SOURCES
+from flipscope.models.spec import ModelSpec
 
 
 def prompt_tokens(model: str | ModelSpec, text: str, *, chat: bool = False, system: str | None = None) -> PromptTokens:
