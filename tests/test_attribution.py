@@ -139,9 +139,9 @@ def test_ablation_bookkeeping_restores_the_baseline_and_rebuilds_the_candidate_e
 def test_attribute_ranks_units_and_checks_additivity(tiny_llama: Path, mc_file: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from flipscope.attribution.run import read_attribution
     from flipscope.cli import cli
     from flipscope.runs.attribute import AblationSettings, AttributeSettings, attribute
+    from flipscope.store.attribute_run import read_attribution
 
     settings = AttributeSettings(by=UnitKind.BLOCK, tasks=(str(mc_file),), limit=None, top=2,
                                  ablation=AblationSettings(corpus=_corpus(tmp_path), chunks=3, ctx=64, device="cpu",

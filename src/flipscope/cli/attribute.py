@@ -119,9 +119,9 @@ def attribute_cmd(
     \b
     Example: flipscope attribute bundled:smollm2-135m bundled:smollm2-135m+rtn:w3g64 --by block --tasks mmlu
     """
-    from flipscope.attribution.run import print_attribution
     from flipscope.attribution.units import UnitKind
     from flipscope.display import RichDisplay
+    from flipscope.report.attribute_table import print_attribution
     from flipscope.runs.attribute import AttributeSettings, attribute
 
     settings = AttributeSettings(

@@ -52,7 +52,8 @@ def _print_one(run_dir: str, *, as_json: bool) -> None:
 
     kind = run_kind(Path(run_dir))
     if kind is RunKind.ATTRIBUTE:
-        from flipscope.attribution.run import print_attribution, read_attribution
+        from flipscope.report.attribute_table import print_attribution
+        from flipscope.store.attribute_run import read_attribution
 
         attribution = read_attribution(Path(run_dir))
         if as_json:

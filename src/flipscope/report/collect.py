@@ -92,7 +92,7 @@ def _items(folder: Path) -> Any:
 def _read(folder: Path) -> Run:
     kind = run_kind(folder)
     if kind is RunKind.ATTRIBUTE:
-        from flipscope.attribution.run import read_attribution
+        from flipscope.store.attribute_run import read_attribution
 
         return AttributionDir(folder, read_attribution(folder))
     if kind is RunKind.KLD:

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from flipscope.attribution.ablate import CorpusMeter, WeightBank, WindowKL, capture_compression, correctness
-from flipscope.attribution.run import AttributionRun, TaskFlips, UnitResult, write_attribution
 from flipscope.attribution.units import Unit, UnitKind, check_span, make_units
 from flipscope.display import Display, NullDisplay
 from flipscope.errors import FlipscopeError
 from flipscope.models import LoadOptions, ModelSpec, load_backend, parse_models
+from flipscope.store.attribute_run import AttributionRun, TaskFlips, UnitResult, write_attribution
 from flipscope.store.run_dir import check_out, claim_run_dir, releases_out
 
 log = logging.getLogger(__name__)
