@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from flipscope import compare, load_run
-from flipscope.passes.scoring import TokenKL
+from flipscope.metrics.token_kl import TokenKL
 from flipscope.report.table import print_run
 from tests.conftest import Script
 

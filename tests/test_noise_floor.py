@@ -13,9 +13,10 @@ from flipscope import compare
 from flipscope.cli import cli
 from flipscope.errors import FlipscopeError
 from flipscope.metrics import summarize
+from flipscope.metrics.noise_floor import indistinguishable
 from flipscope.metrics.records import ItemScore, Pair
 from flipscope.report import load_run
-from flipscope.runs.noise import NoiseFloor, indistinguishable
+from flipscope.runs.noise import NoiseFloor
 
 
 def _summary(flipped: int, n: int = 100):  # type: ignore[no-untyped-def]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from enum import StrEnum
 from typing import Any, Literal
 
 import numpy as np
@@ -20,6 +19,7 @@ import numpy as np
 from flipscope.errors import FlipscopeError
 from flipscope.metrics import ItemScore
 from flipscope.metrics.kl import CompactRows, compress, concat_rows, kl_compact
+from flipscope.metrics.token_kl import TokenKL
 from flipscope.metrics.topk_kl import compact_pieces, full_pieces, kl_shared, topk_compact, unique_pieces
 from flipscope.models import Backend
 from flipscope.models.base import TopKRows
@@ -27,29 +27,6 @@ from flipscope.store import PassResult, ReferenceRows
 from flipscope.tasks import ItemRequests, ScoreRequest, TaskData
 
 log = logging.getLogger(__name__)
-
-
-class TokenKL(StrEnum):
-    """How a pass's answer-token KL was obtained: the ``token_kl`` of its pass.json and of run.json's details."""
-
-    #: full rows both sides; the baseline stored as top-k + rest mass + sampled tail tokens
-    ESTIMATE = "unbiased estimate (sampled tail)"
-    #: the same without tail samples (``--tail-samples 0``): KL over top-k ∪ {rest}
-    LOWER_BOUND = "lower bound (top-k + rest, no tail samples)"
-    #: a side gave only a server's top-k, matched by token text
-    TOPK_APPROXIMATE = "top-k approximate (lower bound)"
-    #: the stored top-k holds the whole vocabulary (no tail)
-    EXACT = "exact (the stored top-k is the whole vocabulary)"
-
-    @classmethod
-    def read(cls, value: str | None, *, tail_samples: int) -> TokenKL | None:
-        """A stored label; "exact", which versions before this one wrote for the sampled estimate, is read as
-        what it was: the estimate, or the lower bound where the run stored no tail samples."""
-        if value is None:
-            return None
-        if value == "exact":
-            return cls.ESTIMATE if tail_samples else cls.LOWER_BOUND
-        return cls(value)
 
 
 #: The labels under their former names.

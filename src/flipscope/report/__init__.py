@@ -6,8 +6,8 @@ from pathlib import Path
 
 from flipscope.errors import FlipscopeError
 from flipscope.metrics import ItemScore, summarize_run
+from flipscope.metrics.noise_floor import floor_label
 from flipscope.report.table import print_run, render_run
-from flipscope.runs.noise import floor_label
 from flipscope.store import RunFile, read_run, scores_from_frame
 
 

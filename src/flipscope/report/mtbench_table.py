@@ -14,8 +14,8 @@ from flipscope.report.formatting import num, pct
 
 
 def load_mtbench_run(folder: str | Path) -> tuple[Any, dict[str, Any]]:
-    from flipscope.runs.mtbench import summarize_mtbench
     from flipscope.store import mtbench_run as store
+    from flipscope.store.mtbench_summary import summarize_mtbench
 
     run, answers, judgements = store.read(Path(folder))
     return run, summarize_mtbench(run, answers, judgements)

@@ -7,6 +7,8 @@ from rich.table import Table
 from rich.text import Text
 
 from flipscope.metrics import TaskSummary
+from flipscope.metrics.noise_floor import indistinguishable
+from flipscope.metrics.token_kl import TokenKL
 from flipscope.report.formatting import num, pct, pvalue
 from flipscope.store import RunFile
 
@@ -72,8 +74,6 @@ FLOOR_COLUMNS = ("floor flips% [95% CI]", "vs floor")
 
 def floor_cells(s: TaskSummary, floor: TaskSummary | None) -> list[str]:
     """The noise floor's flips with its 95% interval, and whether the candidate is within it."""
-    from flipscope.runs.noise import indistinguishable
-
     if floor is None:
         return ["–", "–"]
     ci = f"[{pct(floor.flips_ci[0])}, {pct(floor.flips_ci[1])}]" if floor.flips_ci else ""
@@ -106,8 +106,6 @@ def detail_line(s: TaskSummary) -> str:
 def token_kl_label(stored: object, *, tail_samples: int) -> str:
     """run.json's token-KL label read as the pass's is (``TokenKL.read``): "exact", which versions before the labels
     wrote for the sampled estimate, is the estimate, or the bound where the run stored no tail samples."""
-    from flipscope.passes.scoring import TokenKL
-
     if not stored:
         return ""
     try:

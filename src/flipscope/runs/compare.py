@@ -16,6 +16,7 @@ from flipscope.display import Display, NullDisplay
 from flipscope.errors import FlipscopeError
 from flipscope.metrics import ItemScore, TaskSummary, summarize_run
 from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
+from flipscope.metrics.noise_floor import floor_label
 from flipscope.models import Backend, LoadOptions, ModelSpec, fingerprint, load_backend, parse_models
 from flipscope.passes.generation import (
     FreeTask,
@@ -27,7 +28,7 @@ from flipscope.passes.generation import (
     teacher_requests,
 )
 from flipscope.plumbing.cache import cache_root, content_hash
-from flipscope.runs.noise import NoiseFloor, engines_note, floor_label, role_of
+from flipscope.runs.noise import NoiseFloor, engines_note, role_of
 from flipscope.store import (
     ModelEntry,
     NoiseFloorEntry,
@@ -223,7 +224,7 @@ class _Runner:
 
     def _record(self, entry: ModelEntry, spec: ModelSpec, task: str, result: PassResult) -> None:
         """The model entry's passes, tokenizer and details, and the notes a pass's token KL calls for."""
-        from flipscope.passes.scoring import TokenKL
+        from flipscope.metrics.token_kl import TokenKL
 
         entry.passes[task] = result.key
         entry.tokenizer_fingerprint = result.tokenizer

@@ -1,5 +1,5 @@
-"""The public MT-Bench API: ``mtbench`` (answer, measure judge-free, judge) and ``judge`` (re-judge a stored run),
-and ``summarize_mtbench``, which recomputes every summary from a run directory's files."""
+"""The public MT-Bench API: ``mtbench`` (answer, measure judge-free, judge) and ``judge`` (re-judge a stored run);
+every summary is recomputed from the run directory's files (``store.mtbench_summary``)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,7 @@ from typing import Any
 
 from flipscope.display import Display
 from flipscope.errors import FlipscopeError
-from flipscope.judge import summarize_grades, summarize_pairs
 from flipscope.metrics import ItemScore
-from flipscope.metrics.paired import spearman
-from flipscope.metrics.records import Pair
-from flipscope.metrics.summary import FreeSummary, free_summary
 from flipscope.models import ModelSpec, parse_models, parse_spec
 from flipscope.models.base import Generation, StopReason
 from flipscope.runs.mtbench_session import (
@@ -28,6 +24,7 @@ from flipscope.runs.mtbench_session import (
     teacher_scores,
 )
 from flipscope.store import mtbench_run as store
+from flipscope.store.mtbench_summary import summarize_mtbench
 from flipscope.store.run_dir import check_out, claim_run_dir, releases_out
 
 
@@ -162,47 +159,3 @@ def _stored_answers(answers: Any, model: store.MTBenchModel, questions: list[Any
             pair.append(Generation(str(r.text), StopReason(r.stop_reason), None, None))
         turns.append((pair[0], pair[1]))
     return ModelAnswers(model.spec, model.fingerprint, turns, parameters=model.parameters)
-
-
-def distances(answers: Any, run: store.MTBenchRunFile) -> dict[str, dict[str, FreeSummary | None]]:
-    """Per candidate, per category (and "all"): the judge-free distances on the baseline's answers."""
-    base = store.scores_from(answers, run.baseline.spec)
-    out: dict[str, dict[str, FreeSummary | None]] = {}
-    for cand in run.candidates:
-        pairs = [Pair(b, c) for b, c in zip(base, store.scores_from(answers, cand.spec), strict=True)]
-        categories = list(dict.fromkeys(p.baseline.subject for p in pairs))
-        out[cand.spec] = {"all": free_summary(pairs)} | {
-            c: free_summary([p for p in pairs if p.baseline.subject == c]) for c in categories
-        }
-    return out
-
-
-def summarize_mtbench(run: store.MTBenchRunFile, answers: Any, judgements: Any) -> dict[str, Any]:
-    """Everything ``report`` shows, from the stored files alone: distances, and per judge its grades, pairwise
-    outcomes and the rank correlation across candidates of its scores with the judge-free distances."""
-    dist = distances(answers, run)
-    out: dict[str, Any] = {
-        "distances": {c: {k: v.model_dump() if v else None for k, v in d.items()} for c, d in dist.items()}
-    }
-    for label in run.judges:
-        grades, pairs = store.judgements_from(judgements, label)
-        g = {s.model: s for s in summarize_grades(grades)}
-        p = {s.candidate: s for s in summarize_pairs(pairs)}
-        kls = {c: d["all"].teacher_kl_mean for c, d in dist.items() if d["all"] is not None}
-        measured = [c for c, v in kls.items() if v is not None]
-        base = g.get(run.baseline.spec)
-        base_score = base.overall if base is not None else None
-        drop = [c for c in measured if c in g and g[c].overall is not None]
-        rho_grade = None
-        if base_score is not None:
-            rho_grade = spearman([base_score - (g[c].overall or 0.0) for c in drop], [kls[c] or 0.0 for c in drop])
-        won = [c for c in measured if c in p and p[c].win_rate is not None]
-        rho_win = spearman([p[c].win_rate or 0.0 for c in won], [kls[c] or 0.0 for c in won])
-        out[label] = {
-            "grades": [asdict(s) for s in g.values()],
-            "pairs": [asdict(s) for s in p.values()],
-            "spearman_grade_drop_vs_teacher_kl": rho_grade,
-            "spearman_win_rate_vs_teacher_kl": rho_win,
-            "candidates_correlated": max(len(drop), len(won)),
-        }
-    return out

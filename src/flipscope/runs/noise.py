@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from flipscope.errors import FlipscopeError
 from flipscope.metrics import TaskSummary
+from flipscope.metrics.noise_floor import floor_label
 from flipscope.models import ModelSpec
 from flipscope.models.registry import same_weights
 
@@ -37,18 +38,6 @@ class NoiseFloor:
                 f"the noise floor would run exactly as the baseline (batch {batch_size}, {dtype})",
                 fix="give it another --noise-floor-batch or --noise-floor-dtype",
             )
-
-
-def indistinguishable(candidate: TaskSummary, floor: TaskSummary) -> bool | None:
-    """Whether the candidate's flips are within the floor's 95% interval (None where either is unknown)."""
-    if candidate.flips is None or floor.flips_ci is None:
-        return None
-    return candidate.flips <= floor.flips_ci[1]
-
-
-def floor_label(baseline: str) -> str:
-    """The records' model name of the noise floor's pass."""
-    return f"{baseline} [noise floor]"
 
 
 def role_of(label: str, baseline: str) -> str:
