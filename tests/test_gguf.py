@@ -55,7 +55,7 @@ def test_gguf_quant_types_mc_kld_and_generation(tmp_path: Path) -> None:
     from flipscope.models import load_backend, parse_spec
 
     corpus = tmp_path / "text.txt"
-    from flipscope.compress.calibration import calibration_text
+    from flipscope.tasks.corpus import calibration_text
 
     corpus.write_text(calibration_text()[:20_000])
     result = flipscope.kld("gguf:smollm2-135m", ["+ggml:Q8_0", "+ggml:Q2_K"], corpus=str(corpus), ctx=128,

@@ -1,7 +1,8 @@
-"""Calibration text for methods that look at activations: offline, from CPython's own documentation.
+"""Calibration batches for methods that look at activations: offline, from CPython's own documentation.
 
-``pydoc_data.topics`` (~465k characters of English prose) ships with every Python, so calibration never needs
-a download. The default set: the first ``samples`` × ``length`` tokens, cut into ``samples`` rows.
+``pydoc_data.topics`` (~465k characters of English prose, the default corpus: ``tasks.corpus.calibration_text``)
+ships with every Python, so calibration never needs a download. The default set: the first ``samples`` × ``length``
+tokens, cut into ``samples`` rows.
 """
 
 from __future__ import annotations
@@ -16,12 +17,6 @@ if TYPE_CHECKING:
 CALIBRATION_SOURCE = "python:pydoc_data.topics"
 
 
-def calibration_text() -> str:
-    from pydoc_data.topics import topics
-
-    return "\n\n".join(topics[key] for key in sorted(topics))
-
-
 def check_calibration(samples: int, length: int, method: str) -> None:
     """Refuse a calibration set too small to run: at least one sample of two tokens."""
     if samples < 1 or length < 2:
@@ -31,6 +26,8 @@ def check_calibration(samples: int, length: int, method: str) -> None:
 def calibration_batch(tokenizer: Any, samples: int, length: int) -> torch.Tensor:
     """Token ids [samples, length] from the calibration text."""
     import torch
+
+    from flipscope.tasks.corpus import calibration_text
 
     if tokenizer is None:
         raise FlipscopeError("this method needs the model's tokenizer for calibration text")

@@ -72,8 +72,6 @@ def load_corpus(source: str | None = None) -> Corpus:
     """A corpus by name: a path, ``hf:<dataset>[:<config>[:<split>]]``, or ``python:pydoc_data.topics``."""
     name = source or DEFAULT_CORPUS
     if name == DEFAULT_CORPUS:
-        from flipscope.compress.calibration import calibration_text
-
         return Corpus(calibration_text(), name)
     if name.startswith("hf:"):
         return _hub_corpus(name)
@@ -134,9 +132,15 @@ def interleave(sources: list[list[str]]) -> list[str]:
     return [item for row in zip(*sources, strict=False) for item in row]
 
 
-def _pydoc_text() -> list[str]:
-    from flipscope.compress.calibration import calibration_text
+def calibration_text() -> str:
+    """CPython's documentation (``pydoc_data.topics``, the default corpus): ~465k characters of English prose that
+    ship with every Python, so calibrating a compression method never needs a download."""
+    from pydoc_data.topics import topics
 
+    return "\n\n".join(topics[key] for key in sorted(topics))
+
+
+def _pydoc_text() -> list[str]:
     return [calibration_text()]
 
 
