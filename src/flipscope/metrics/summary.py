@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel
 
-from flipscope.metrics import paired
-from flipscope.metrics.records import ItemScore, Pair, pair_up
+import flipscope.metrics.paired as paired
+from flipscope.metrics.records import NO_ANSWER, ItemScore, Pair, answer_distance, pair_up
 
 #: A model whose most frequent answer position covers this share of items (with ≥ 20 items) has collapsed.
 COLLAPSE_SHARE = 0.6
@@ -99,8 +99,6 @@ def free_summary(pairs: Sequence[Pair]) -> FreeSummary | None:
     """The judge-free columns of free-form items (None where the task is multiple choice). A teacher-forced quantity
     measured on some item is required on every item of the set; one measured on no item (logs imported without
     log-probabilities; teacher KL of a candidate with another tokenizer) is not reported and not required."""
-    from flipscope.metrics.records import NO_ANSWER, answer_distance
-
     both = [(p.baseline.free, p.candidate.free, answer_distance(p)) for p in pairs]
     rows = [(b, c, d) for b, c, d in both if b is not None and c is not None and d is not None]
     if not rows:

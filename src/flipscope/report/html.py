@@ -12,7 +12,8 @@ from typing import Any
 from flipscope.plumbing.version import flipscope_version
 from flipscope.report.collect import ReportInput
 from flipscope.report.explorer import FlipRow, flipped_items
-from flipscope.report.plots import Plot, all_plots, short
+from flipscope.report.figure import Plot, short
+from flipscope.report.plots import all_plots
 from flipscope.report.render import plotly_figure
 from flipscope.report.summary_rows import (
     Cell,

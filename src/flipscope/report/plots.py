@@ -1,63 +1,22 @@
-"""What each plot of a report shows, as data: one ``Plot`` per figure, rendered by ``render`` both as an
-interactive Plotly figure (HTML) and as a PNG (Markdown), so the two never disagree."""
+"""What each plot of a report shows, as data: one ``Plot`` (``figure``) per figure, rendered by ``render`` both as
+an interactive Plotly figure (HTML) and as a PNG (Markdown), so the two never disagree. The compare runs' plots are
+here, the other runs' in ``run_plots``; ``all_plots`` gathers a report's."""
 
 from __future__ import annotations
 
 import itertools
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from enum import StrEnum
 
 from flipscope.metrics import TaskSummary
 from flipscope.metrics.paired import spearman
 from flipscope.report.collect import CompareRun, ReportInput
-
-
-class PlotKind(StrEnum):
-    BAR = "bar"  # grouped bars: series share the x categories
-    SCATTER = "scatter"  # labelled points
-    LINE = "line"
-
-
-@dataclass(frozen=True)
-class Series:
-    name: str
-    x: list[float | str]
-    y: list[float | None]
-    text: list[str] = field(default_factory=list)  # per point: a label (scatter) or hover text
-    colour: str | None = None  # one colour per model across the whole report (``all_plots``)
-
-
-@dataclass(frozen=True)
-class Plot:
-    key: str  # file name stem of its PNG, element id in the HTML
-    title: str
-    caption: str
-    kind: PlotKind
-    x_label: str
-    y_label: str
-    series: list[Series]
-    log_x: bool = False
-    hline: tuple[float, str] | None = None  # a reference level and its label (the noise floor)
-    section: str = "compare"  # the report section it belongs to: compare, kld, mtbench
-
-
-def short(spec: str, baseline: str) -> str:
-    """A candidate's name without the baseline's spec it extends ("+rtn:w8")."""
-    return spec[len(baseline) :] if spec.startswith(baseline + "+") else spec
-
-
-def percent(value: float | None) -> float | None:
-    return None if value is None else 100 * value
+from flipscope.report.figure import Plot, PlotKind, Series, percent, short
+from flipscope.report.run_plots import attribution_plot, kld_by_confidence, kld_distribution, kld_topk, mtbench_plots
 
 
 def _rho_text(rho: float | None, n: int, what: str) -> str:
     return f"Spearman ρ({what}) = {rho:+.2f} over {n} candidates" if rho is not None else f"ρ({what}): n/a (n={n})"
-
-
-def rho_label(value: float | None) -> str:
-    return "n/a (fewer than 2 candidates with numbers)" if value is None else f"{value:+.2f}"
 
 
 def _tasks(run: CompareRun) -> list[str]:
@@ -171,14 +130,6 @@ def all_plots(data: ReportInput) -> list[Plot]:
         plots += [p for p in (kl_vs_flips(run, which="choice"), kl_vs_flips(run, which="token")) if p is not None]
         if any(s.flips_by_margin for _, _, s in _cells(run)):
             plots.append(flips_by_margin(run))
-    from flipscope.report.run_plots import (
-        attribution_plot,
-        kld_by_confidence,
-        kld_distribution,
-        kld_topk,
-        mtbench_plots,
-    )
-
     for kld in data.klds:
         plots += [kld_distribution(kld), kld_by_confidence(kld), kld_topk(kld)]
     for mt in data.mtbenches:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from flipscope.plumbing.atomic import write_atomically
-from flipscope.report.plots import Plot, PlotKind
+from flipscope.report.figure import Plot, PlotKind
 
 
 def plotly_figure(plot: Plot) -> dict[str, Any]:

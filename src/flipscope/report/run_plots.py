@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from flipscope.report.collect import AttributionDir, KLDRun, MTBenchRun
-from flipscope.report.plots import Plot, PlotKind, Series, percent, rho_label, short
+from flipscope.report.figure import Plot, PlotKind, Series, percent, rho_label, short
 
 
 def kld_distribution(run: KLDRun, points: int = 200) -> Plot:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from flipscope.metrics import TaskSummary
 from flipscope.report.collect import AttributionDir, KLDRun, MTBenchRun, ReportInput
+from flipscope.report.figure import short
 from flipscope.report.formatting import num, pct, pvalue
-from flipscope.report.plots import short
 from flipscope.report.table import FLOOR_COLUMNS, floor_cells
 
 SUMMARY_COLUMNS = [
