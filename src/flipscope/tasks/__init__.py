@@ -8,6 +8,8 @@ from pathlib import Path
 from flipscope.errors import FlipscopeError
 from flipscope.plumbing.cache import user_path
 from flipscope.tasks.files import SUFFIXES, load_file
+from flipscope.tasks.free import FreeFormTask
+from flipscope.tasks.gsm8k import GSM8K
 from flipscope.tasks.items import (
     ItemRequests,
     MCItem,
@@ -25,11 +27,12 @@ from flipscope.tasks.olmo import WHEEL
 from flipscope.tasks.sampling import stratified_sample
 from flipscope.tasks.suite import PAPER, SUITE, load_suite_task
 
-#: Free-form tasks (generated, then graded): run by ``compare``, not loaded as multiple choice.
-GENERATIVE = {
-    "gsm8k": "GSM8K test, 1,319 maths problems: lm-eval's 8-shot chain of thought, generated greedily, the final "
-    "number graded (flips, all-flips, judge-free distances)"
-}
+#: Free-form tasks (generated, then graded) by name: run by ``compare``, not loaded as multiple choice. Adding one
+#: is one entry here.
+FREE_FORM: dict[str, FreeFormTask] = {"gsm8k": GSM8K}
+
+#: The free-form tasks' names and what they are.
+GENERATIVE = {name: task.description for name, task in FREE_FORM.items()}
 
 #: Built-in task names and what they are.
 TASKS = {
@@ -99,14 +102,29 @@ def check_task(name: str, *, fewshot: int = 0, limit: int | None = None) -> Task
                 fix="use --fewshot 0 with your own files",
             )
         return TaskRef(key, path=path)
-    import difflib
-
-    close = difflib.get_close_matches(key.lower(), [*SUITE, *GENERATIVE, "mmlu", "paper"], n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}? " if close else ""
     raise FlipscopeError(
         f"unknown task {name!r}",
-        fix=f"{hint}run `flipscope tasks` for the list, or give a .jsonl/.csv/.parquet file",
+        fix=f"{_did_you_mean(key, [*SUITE, *GENERATIVE, 'mmlu', 'paper'])}run `flipscope tasks` for the list, or "
+        "give a .jsonl/.csv/.parquet file",
     )
+
+
+def free_form_task(name: str) -> FreeFormTask:
+    """The free-form task called ``name`` (``FREE_FORM``), or a one-line error naming the ones there are."""
+    key = name.strip()
+    if key in FREE_FORM:
+        return FREE_FORM[key]
+    raise FlipscopeError(
+        f"unknown free-form task {name!r}",
+        fix=f"{_did_you_mean(key, list(FREE_FORM))}free-form tasks: {', '.join(FREE_FORM)}",
+    )
+
+
+def _did_you_mean(key: str, names: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key.lower(), names, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
 
 
 def load_task(name: str, *, fewshot: int = 0, limit: int | None = None, seed: int = 0) -> TaskData:
@@ -133,6 +151,7 @@ def load_task(name: str, *, fewshot: int = 0, limit: int | None = None, seed: in
 
 
 __all__ = [
+    "FREE_FORM",
     "GENERATIVE",
     "TASKS",
     "ItemRequests",
@@ -144,6 +163,7 @@ __all__ = [
     "build_request",
     "build_requests",
     "check_task",
+    "free_form_task",
     "item_requests",
     "load_task",
     "split_tasks",

