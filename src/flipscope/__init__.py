@@ -11,7 +11,7 @@ from flipscope.errors import FlipscopeError
 
 if TYPE_CHECKING:
     from flipscope.report import load_run
-    from flipscope.runs.compare import Comparison, compare
+    from flipscope.runs.compare import CompareSettings, Comparison, compare
     from flipscope.runs.kld import KLDResult, kld
     from flipscope.runs.mtbench import MTBenchResult, judge_run, mtbench
     from flipscope.runs.mtbench_session import MTBenchSettings
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from flipscope.runs.save import save_compressed
 
 __all__ = [
+    "CompareSettings",
     "Comparison",
     "FlipscopeError",
     "KLDResult",
@@ -35,7 +36,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("compare", "Comparison"):
+    if name in ("compare", "Comparison", "CompareSettings"):
         from flipscope.runs import compare as compare_run
 
         return getattr(compare_run, name)

@@ -133,7 +133,7 @@ def compare_cmd(
       +rtn:w8                          (candidates) the baseline, compressed
     The baseline is run once and cached; each candidate costs one model pass.
     """
-    from flipscope import compare
+    from flipscope import CompareSettings, compare
     from flipscope.display import RichDisplay
     from flipscope.report import print_run
     from flipscope.runs.noise import NoiseFloor
@@ -144,10 +144,7 @@ def compare_cmd(
         floor = NoiseFloor(noise_floor_batch or NoiseFloor.default(batch_size).batch_size, noise_floor_dtype)
     if not candidates and floor is None:
         raise click.UsageError("name at least one CANDIDATE (e.g. +rtn:w4g64), or ask for --noise-floor")
-    display = RichDisplay()
-    result = compare(
-        baseline,
-        list(candidates),
+    settings = CompareSettings(
         tasks=split_tasks(tasks),
         limit=limit,
         fewshot=fewshot,
@@ -163,8 +160,9 @@ def compare_cmd(
         noise_floor=floor,
         use_cache=not no_cache,
         cache_dir=cache_dir,
-        display=display,
     )
+    display = RichDisplay()
+    result = compare(baseline, list(candidates), settings=settings, display=display)
     print_run(result.run)
     click.echo(f"run written to {result.out}  (records.parquet, run.json; `flipscope report {result.out}`)")
 

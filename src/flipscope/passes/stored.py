@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,6 +23,18 @@ from flipscope.tasks import ItemRequests, TaskData
 CHUNK_ITEMS = 128
 
 
+@dataclass(frozen=True)
+class PassRows:
+    """The token rows a scoring pass keeps or measures against, as ``run_pass`` takes them: ``topk`` set, the
+    baseline's compact rows (with ``tail_samples``); ``reference`` set, a candidate's answer-token KL against the
+    baseline's rows (``exact`` as in ``KLMeter``)."""
+
+    topk: int | None
+    tail_samples: int
+    reference: ReferenceRows | None
+    exact: bool
+
+
 def run_stored_pass(
     store: PassStore,
     backend: Callable[[], Backend],
@@ -29,10 +42,7 @@ def run_stored_pass(
     prompts: list[ItemRequests],
     *,
     key: str,
-    topk: int | None,
-    tail_samples: int,
-    reference: ReferenceRows | None,
-    exact: bool,
+    rows: PassRows,
     progress: Callable[[int], None] | None,
     use_cache: bool = True,
 ) -> PassResult:
@@ -51,10 +61,10 @@ def run_stored_pass(
                 dataclasses.replace(task, items=task.items[lo:hi]),
                 chunk,
                 key=part_key,
-                topk=topk,
-                tail_samples=tail_samples,
-                reference=slice_reference(reference, options_before, options_before + n_options),
-                exact=exact,
+                topk=rows.topk,
+                tail_samples=rows.tail_samples,
+                reference=slice_reference(rows.reference, options_before, options_before + n_options),
+                exact=rows.exact,
                 progress=progress,
                 first_request=requests_before,
             )

@@ -29,6 +29,7 @@ from flipscope.passes.generation import (
 )
 from flipscope.plumbing.cache import cache_root, content_hash
 from flipscope.runs.noise import NoiseFloor, engines_note, role_of
+from flipscope.runs.overrides import with_overrides
 from flipscope.store import (
     ModelEntry,
     NoiseFloorEntry,
@@ -63,6 +64,27 @@ class Comparison:
     @property
     def summary(self) -> dict[str, dict[str, TaskSummary]]:
         return self.run.summary
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareSettings:
+    """Everything a ``compare`` run is made with, the models and the display aside; shared by the CLI and the API."""
+
+    tasks: Sequence[str] = ("mmlu",)  # task names (lm-eval's) or files: .jsonl/.csv/.parquet
+    limit: int | None = None  # items per task, sampled stratified by subject with ``seed`` (None: all)
+    fewshot: int | None = None  # solved examples before each question; None: each task's standard count (0; gsm8k: 8)
+    format: str | PromptFormat = PromptFormat.CLOZE  # cloze or letter (MMLU and files; the others: lm-eval's own)
+    seed: int = 0  # seed of the ``limit`` sample
+    topk: int = DEFAULT_TOPK  # baseline log-probs kept per answer token for token KL (plus the tail's mass)
+    tail_samples: int = DEFAULT_TAIL_SAMPLES  # tail tokens sampled per answer token (0: token KL a lower bound)
+    out: str | Path | None = None  # the run directory to write (None: runs/<timestamp>)
+    device: str = "auto"  # cpu, cuda, cuda:1 … (auto: cuda if present)
+    dtype: str = "float32"
+    batch_size: int = 16  # questions per forward pass; part of the cache key
+    max_new_tokens: int | None = None  # free-form tasks (gsm8k): tokens generated at most per answer (None: 256)
+    noise_floor: NoiseFloor | None = None  # also run the baseline under these settings, paired with itself
+    use_cache: bool = True  # False: run every model again instead of reusing cached passes
+    cache_dir: str | Path | None = None  # where passes are cached (None: the flipscope cache's passes/)
 
 
 def library_versions() -> dict[str, str]:
@@ -163,7 +185,7 @@ class _Runner:
         title: str,
     ) -> tuple[PassResult, bool]:
         """A scoring pass (cached): the baseline records its rows compactly, a candidate is measured against them."""
-        from flipscope.passes.stored import run_stored_pass
+        from flipscope.passes.stored import PassRows, run_stored_pass
 
         cached = self.store.load(key) if self.use_cache else None
         if cached is not None:
@@ -177,11 +199,13 @@ class _Runner:
                 data,
                 prompts,
                 key=key,
-                reference=reference,
-                exact=exact,
+                rows=PassRows(
+                    topk=self.settings.topk if ref is None else None,
+                    tail_samples=self.settings.tail_samples,
+                    reference=reference,
+                    exact=exact,
+                ),
                 progress=advance,
-                topk=self.settings.topk if ref is None else None,
-                tail_samples=self.settings.tail_samples,
                 use_cache=self.use_cache,
             )
         return result, False
@@ -273,36 +297,39 @@ class _Runner:
             self.notes.append(message)
 
 
-@releases_out
 def compare(
     baseline: str | ModelSpec,
     candidates: Sequence[str | ModelSpec],
+    settings: CompareSettings | None = None,
     *,
-    tasks: Sequence[str] = ("mmlu",),
-    limit: int | None = None,
-    fewshot: int | None = None,
-    format: str | PromptFormat = PromptFormat.CLOZE,
-    seed: int = 0,
-    topk: int = DEFAULT_TOPK,
-    tail_samples: int = DEFAULT_TAIL_SAMPLES,
-    out: str | Path | None = None,
-    device: str = "auto",
-    dtype: str = "float32",
-    batch_size: int = 16,
-    max_new_tokens: int | None = None,
-    noise_floor: NoiseFloor | None = None,
-    use_cache: bool = True,
-    cache_dir: str | Path | None = None,
     display: Display | None = None,
+    **fields: Any,
 ) -> Comparison:
-    """Run the baseline once and each candidate on ``tasks``; return and write the paired comparison.
+    """Run the baseline once and each candidate on ``settings.tasks``; return and write the paired comparison.
 
     Every model pass is cached under ``cache_dir`` (default: the flipscope cache's ``passes/``) by a content
     hash of (weights, compression, task items, prompts, settings): the baseline runs once for any number of
     candidates and runs, and an interrupted run resumes from its finished passes. With ``noise_floor``, the
     baseline also runs under those settings and is paired with itself (no candidate is needed then).
-    ``fewshot``: solved examples before each question; None: each task's standard count (0; gsm8k: its 8).
+    ``fields``: settings by name (``limit=50``), put in ``settings`` (default: ``CompareSettings()``).
     """
+    chosen = with_overrides(settings or CompareSettings(), fields, command="compare")
+    return _compare(baseline, candidates, chosen, display=display, out=chosen.out)
+
+
+@releases_out
+def _compare(
+    baseline: str | ModelSpec,
+    candidates: Sequence[str | ModelSpec],
+    chosen: CompareSettings,
+    *,
+    display: Display | None,
+    out: str | Path | None,
+) -> Comparison:
+    tasks, limit, fewshot, format, seed = chosen.tasks, chosen.limit, chosen.fewshot, chosen.format, chosen.seed
+    topk, tail_samples, device, dtype = chosen.topk, chosen.tail_samples, chosen.device, chosen.dtype
+    batch_size, max_new_tokens, noise_floor = chosen.batch_size, chosen.max_new_tokens, chosen.noise_floor
+    use_cache, cache_dir = chosen.use_cache, chosen.cache_dir
     shown: Display = display or NullDisplay()
     try:
         fmt = PromptFormat(format)
