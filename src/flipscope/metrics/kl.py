@@ -185,6 +185,17 @@ def concat_rows(rows: list[CompactRows]) -> CompactRows:
     return CompactRows(*(_cat([getattr(r, f) for r in rows], rows[0].rest) for f in _FIELDS))
 
 
+def pad_topk(rows: CompactRows, width: int) -> CompactRows:
+    """``rows`` (numpy) with their top-k columns padded to ``width`` by empty entries (id -1, log-prob −inf), so
+    that rows stored with different k (a server's top-k lists) can be concatenated."""
+    pad = width - rows.ids.shape[1]
+    if pad == 0:
+        return rows
+    ids = np.pad(rows.ids, ((0, 0), (0, pad)), constant_values=-1)
+    values = np.pad(rows.logprobs, ((0, 0), (0, pad)), constant_values=-np.inf)
+    return CompactRows(ids, values, rows.rest, rows.sample_ids, rows.sample_logprobs)
+
+
 def compress(logprobs: Array, k: int, samples: int = 0, *, seed: int = 0, generator: Any = None) -> CompactRows:
     """Compact form of baseline rows. logprobs: [n, V] (head and rest renormalised here in float64) →
     CompactRows with the top ``k`` and ``samples`` stratified tail draws per row, as the input's array kind (ids

@@ -18,7 +18,7 @@ import numpy as np
 
 from flipscope.errors import FlipscopeError
 from flipscope.metrics import ItemScore
-from flipscope.metrics.kl import CompactRows, compress, concat_rows, kl_compact
+from flipscope.metrics.kl import CompactRows, compress, concat_rows, kl_compact, pad_topk
 from flipscope.metrics.token_kl import TokenKL
 from flipscope.metrics.topk_kl import compact_pieces, full_pieces, kl_shared, topk_compact, unique_pieces
 from flipscope.models import Backend
@@ -62,7 +62,7 @@ class TopKRecorder:
         ordered = [self.parts[key] for key in sorted(self.parts)]
         if self.kind == "topk":  # pad every part to the widest k
             width = max(part.ids.shape[1] for part in ordered)
-            ordered = [_widen(part, width) for part in ordered]
+            ordered = [pad_topk(part, width) for part in ordered]
         lengths = np.array([len(part) for part in ordered], dtype=np.int64)
         ends = np.cumsum(lengths)
         pieces = list(self.named) if self.kind == "topk" else self.pieces
@@ -72,15 +72,6 @@ class TopKRecorder:
 def _seed(request: int, option: int) -> int:
     """The tail draws' seed of one (request, option): the same whatever order the backend scores them in."""
     return request * 1024 + option
-
-
-def _widen(part: CompactRows, width: int) -> CompactRows:
-    pad = width - part.ids.shape[1]
-    if pad == 0:
-        return part
-    ids = np.pad(part.ids, ((0, 0), (0, pad)), constant_values=-1)
-    values = np.pad(part.logprobs, ((0, 0), (0, pad)), constant_values=-np.inf)
-    return CompactRows(ids, values, part.rest, part.sample_ids, part.sample_logprobs)
 
 
 class KLMeter:

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flipscope.metrics.kl import concat_rows
+from flipscope.metrics.kl import concat_rows, pad_topk
 from flipscope.models import Backend
-from flipscope.passes.scoring import _widen, run_pass
+from flipscope.passes.scoring import run_pass
 from flipscope.store import PassResult, PassStore, ReferenceRows
 from flipscope.tasks import ItemRequests, TaskData
 
@@ -117,7 +117,7 @@ def merge_references(parts: list[ReferenceRows]) -> ReferenceRows:
                 )
             )
         width = max(r.ids.shape[1] for r in rows)
-        rows = [_widen(r, width) for r in rows]
+        rows = [pad_topk(r, width) for r in rows]
         pieces = list(names)
     offsets = np.cumsum([0] + [len(p.rows) for p in parts[:-1]])
     spans = np.concatenate([p.spans + off for p, off in zip(parts, offsets, strict=True)])
