@@ -27,6 +27,7 @@ from flipscope.passes.generation import (
     teacher_key,
     teacher_requests,
 )
+from flipscope.passes.teacher import TeacherScorer
 from flipscope.plumbing.cache import cache_root, content_hash
 from flipscope.runs.noise import NoiseFloor, engines_note, role_of
 from flipscope.runs.overrides import with_overrides
@@ -34,8 +35,6 @@ from flipscope.store import (
     ModelEntry,
     NoiseFloorEntry,
     PassResult,
-    PassStore,
-    ReferenceRows,
     RunFile,
     Settings,
     TaskEntry,
@@ -48,9 +47,6 @@ from flipscope.tasks import GENERATIVE, ItemRequests, PromptFormat, TaskData, ch
 from flipscope.tasks.gsm8k import check_fewshot
 
 log = logging.getLogger(__name__)
-
-#: Bumped whenever scoring changes what a cached pass would contain.
-SCORING_VERSION = 6
 
 
 @dataclass
@@ -119,10 +115,11 @@ class _Runner:
         self.settings = settings
         self.display = display
         self.use_cache = use_cache
-        self.store = PassStore(cache_dir)
+        self.scorer = TeacherScorer(settings, display, cache_dir, use_cache=use_cache)
+        self.store = self.scorer.store
         self.generations = GenerationStore(cache_dir / "generations")
         self.options = LoadOptions(device=settings.device, dtype=settings.dtype, batch_size=settings.batch_size)
-        self.notes: list[str] = []
+        self.notes = self.scorer.notes  # the scorer's, and those _record adds
 
     def run_model(
         self,
@@ -158,58 +155,6 @@ class _Runner:
                 b.close()
         return entry, results
 
-    def _engine(self) -> dict[str, Any]:
-        """The settings that change any pass's numbers: device and dtype actually used, batch size."""
-        return {"dtype": self.settings.dtype, "device": self.settings.device, "batch": self.settings.batch_size}
-
-    def _key(self, weights: str, content: object, ref: PassResult | None) -> dict[str, Any]:
-        """A scoring pass's key: also the stored top-k and tail samples (baseline), or the baseline it is measured
-        against (candidate)."""
-        return {
-            "v": SCORING_VERSION,
-            "model": weights,
-            "content": content,
-            **self._engine(),
-            "store": [self.settings.topk, self.settings.tail_samples] if ref is None else None,
-            "reference": ref.key if ref else None,
-        }
-
-    def _scoring(
-        self,
-        data: TaskData,
-        prompts: list[ItemRequests],
-        key: str,
-        spec: ModelSpec,
-        backend: Callable[[], Backend],
-        ref: PassResult | None,
-        title: str,
-    ) -> tuple[PassResult, bool]:
-        """A scoring pass (cached): the baseline records its rows compactly, a candidate is measured against them."""
-        from flipscope.passes.stored import PassRows, run_stored_pass
-
-        cached = self.store.load(key) if self.use_cache else None
-        if cached is not None:
-            log.info("%s on %s: reusing cached results %s", spec.label(), data.name, key)
-            return cached, True
-        reference, exact = self._reference(backend(), ref, spec)
-        with self.display.progress(title, sum(len(p.requests) for p in prompts)) as advance:
-            result = run_stored_pass(
-                self.store,
-                backend,
-                data,
-                prompts,
-                key=key,
-                rows=PassRows(
-                    topk=self.settings.topk if ref is None else None,
-                    tail_samples=self.settings.tail_samples,
-                    reference=reference,
-                    exact=exact,
-                ),
-                progress=advance,
-                use_cache=self.use_cache,
-            )
-        return result, False
-
     def _mc_pass(
         self,
         work: _TaskWork,
@@ -219,8 +164,8 @@ class _Runner:
         backend: Callable[[], Backend],
         ref: PassResult | None,
     ) -> tuple[PassResult, bool]:
-        key = content_hash(self._key(weights, work.digest, ref))
-        return self._scoring(
+        key = content_hash(self.scorer.key(weights, work.digest, ref))
+        return self.scorer.score(
             work.task, work.prompts, key, spec, backend, ref, f"{role} {spec.label()} · {work.task.name}"
         )
 
@@ -234,7 +179,7 @@ class _Runner:
         ref: PassResult | None,
     ) -> tuple[PassResult, bool]:
         """Generate (stored, resumable), then score the baseline's answers teacher-forced."""
-        key = generation_key(task, weights, self._engine())  # not --topk/--tail-samples: they change no answer
+        key = generation_key(task, weights, self.scorer.engine())  # not --topk/--tail-samples: they change no answer
         title = f"{role} {spec.label()} · {task.name}"
         with self.display.progress(f"{title} (generating)", len(task.prompts)) as advance:
             made, reused = generate_pass(
@@ -242,8 +187,8 @@ class _Runner:
             )
         answers = [s.free.text if s.free else "" for s in ref.scores] if ref else [g.text for g in made]
         data, prompts = teacher_requests(task, answers)
-        tkey = teacher_key(weights, answers, self._key(weights, task.digest, ref))
-        teacher, cached = self._scoring(data, prompts, tkey, spec, backend, ref, f"{title} (scoring B's answers)")
+        tkey = teacher_key(weights, answers, self.scorer.key(weights, task.digest, ref))
+        teacher, cached = self.scorer.score(data, prompts, tkey, spec, backend, ref, f"{title} (scoring B's answers)")
         return PassResult(tkey, teacher.model, free_scores(task, made, teacher), teacher.reference), reused and cached
 
     def _record(self, entry: ModelEntry, spec: ModelSpec, task: str, result: PassResult) -> None:
@@ -258,43 +203,17 @@ class _Runner:
         if kind is not None:
             entry.details["token_kl"] = kind.value
         if kind is TokenKL.TOPK_APPROXIMATE:
-            self._note(
+            self.scorer.note(
                 f"{spec.label()}: token KL is {kind.value} — over the tokens that both the baseline's "
                 "and the candidate's top-k name (matched by text) plus one rest bucket; a lower bound of the "
                 "full-vocabulary KL"
             )
             unshared, positions = measured.get("token_kl_unshared", (0, 0))
             if unshared:
-                self._note(
+                self.scorer.note(
                     f"{spec.label()} on {task}: at {unshared} of {positions} answer-token positions the "
                     "two top-k lists share no token; those positions are left out of token KL (not scored 0)"
                 )
-
-    def _reference(
-        self, backend: Backend, ref: PassResult | None, spec: ModelSpec
-    ) -> tuple[ReferenceRows | None, bool]:
-        """The baseline rows to measure this candidate's token KL against, and whether it is exact (full rows over
-        one vocabulary) or top-k approximate (a side gives only a server's top-k, matched by token text)."""
-        if ref is None or ref.reference is None:
-            return None, True
-        rows, kind = backend.info.capabilities.rows, ref.reference.kind
-        if rows is None:
-            self._note(f"{spec.label()} gives no per-token log-probabilities, so token KL is not reported for it")
-            return None, True
-        if rows == "full" and kind == "full" and backend.info.tokenizer_fingerprint == ref.tokenizer:
-            return ref.reference, True
-        if "topk" in (rows, kind) and ref.reference.pieces is not None:
-            return ref.reference, False
-        self._note(
-            f"{spec.label()} has a different tokenizer from the baseline's: token KL needs the same vocabulary, "
-            "so it is not reported; choice-level metrics (accuracy, flips, choice KL) still are"
-        )
-        return None, True
-
-    def _note(self, message: str) -> None:
-        log.warning(message)
-        if message not in self.notes:
-            self.notes.append(message)
 
 
 def compare(

@@ -23,6 +23,7 @@ from flipscope.metrics.records import NO_ANSWER
 from flipscope.models import Backend, LoadOptions, ModelSpec, fingerprint, load_backend, parse_spec
 from flipscope.models.base import Decoding, Generation, GenRequest
 from flipscope.passes.generation import free_answer
+from flipscope.passes.teacher import TeacherScorer
 from flipscope.plumbing.atomic import write_atomically
 from flipscope.plumbing.cache import cache_root, content_hash
 from flipscope.store import PassResult, Settings
@@ -227,8 +228,6 @@ class Session:
         """This model scoring the baseline's answers (both turns) in the baseline's conversations, teacher-forced;
         None where the backend cannot render its chat template for scoring. Keyed by the conversations (not their
         rendering), so a stored pass is found without loading the model."""
-        from flipscope.runs.compare import _Runner
-
         items, asked = [], []
         for q, (a1, a2) in zip(questions, base.turns, strict=True):
             for turn, answer, history in ((1, a1, ()), (2, a2, ((q.turns[0], a1.text),))):
@@ -247,15 +246,15 @@ class Session:
             dtype=self.settings.dtype,
             batch_size=self.settings.batch_size,
         )
-        runner = _Runner(settings, self.display, self.settings.use_cache, self.root)
+        scorer = TeacherScorer(settings, self.display, self.root, use_cache=self.settings.use_cache)
         key = content_hash(
             {
                 "v": MTBENCH_VERSION,
                 "kind": "mtbench-teacher",
-                **runner._key(fingerprint(spec), [asdict(r) for r in asked] + [i.choices[0] for i in items], ref),
+                **scorer.key(fingerprint(spec), [asdict(r) for r in asked] + [i.choices[0] for i in items], ref),
             }
         )
-        stored = runner.store.load(key) if self.settings.use_cache else None
+        stored = scorer.stored(key)
         if stored is not None:
             return stored
         backend = loader()
@@ -270,10 +269,8 @@ class Session:
             ItemRequests((ScoreRequest("", render(r), (i.choices[0],)),), ()) for r, i in zip(asked, items, strict=True)
         ]
         data = TaskData("mtbench:teacher", items, {}, {})
-        result, _ = runner._scoring(
-            data, requests, key, spec, loader, ref, f"{role} {spec.label()} · scoring B's answers"
-        )
-        self.notes += [n for n in runner.notes if n not in self.notes]
+        result, _ = scorer.score(data, requests, key, spec, loader, ref, f"{role} {spec.label()} · scoring B's answers")
+        self.notes += [n for n in scorer.notes if n not in self.notes]
         return result
 
     def judge(
