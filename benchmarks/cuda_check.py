@@ -69,9 +69,9 @@ def main() -> int:
     corpus.write_text(" ".join(rows_text for rows_text in [r["question"] for r in rows]) * 20)
     kl = {}
     for device in ("cpu", gpu):
-        result = flipscope.kld(f"hf:{model_dir}", ["+rtn:w4g16", "+kv:int4"], corpus=str(corpus), ctx=64,
-                               max_windows=4, store="live", device=device, out=work / f"kld-{device}",
-                               cache_dir=work / "cache")  # fmt: skip
+        settings = flipscope.KldSettings(corpus=str(corpus), ctx=64, max_windows=4, store="live", device=device,
+                                         out=work / f"kld-{device}", cache_dir=work / "cache")  # fmt: skip
+        result = flipscope.kld(f"hf:{model_dir}", ["+rtn:w4g16", "+kv:int4"], settings)
         kl[device] = {k: v.kl_mean.value for k, v in result.summary.items()}
     report["kld_live_mean_kl"] = kl
     for label, value in kl["cpu"].items():

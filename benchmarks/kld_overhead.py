@@ -57,7 +57,8 @@ def full(baseline: str, candidate: str, chunks: int, ctx: int, cache: str, out: 
     import flipscope
 
     start = time.perf_counter()
-    result = flipscope.kld(baseline, [candidate], ctx=ctx, max_windows=chunks, cache_dir=cache, out=out, device="cpu")
+    settings = flipscope.KldSettings(ctx=ctx, max_windows=chunks, cache_dir=cache, out=out, device="cpu")
+    result = flipscope.kld(baseline, [candidate], settings)
     report(
         time.perf_counter() - start,
         {"store": result.run.store, "kl": result.summary[baseline + candidate].kl_mean.value},

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import flipscope
-from flipscope import CompareSettings, FlipscopeError
+from flipscope import CompareSettings, FlipscopeError, KldSettings
 from flipscope.cli import main
 from flipscope.runs.noise import NoiseFloor
 from flipscope.runs.overrides import with_overrides
@@ -31,6 +31,8 @@ def test_keywords_are_put_in_the_settings() -> None:
     base = CompareSettings(limit=5, seed=3)
     assert with_overrides(base, {"seed": 4}, command="compare") == CompareSettings(limit=5, seed=4)
     assert with_overrides(base, {}, command="compare") is base
+    keywords = {"corpus": "text.txt", "ctx": 64, "max_windows": 3, "store": "live", "cache_dir": Path("c")}
+    assert with_overrides(KldSettings(), keywords, command="kld") == KldSettings(**keywords)
 
 
 def test_settings_form_and_keyword_form_are_one_run(scripts: Any, mc_file: Path, tmp_path: Path) -> None:
@@ -54,6 +56,8 @@ def test_unknown_keyword_is_one_line(tmp_path: Path) -> None:
     assert "compare has no setting 'batch'" in message and "batch_size" in message and "tasks" in message
     assert len(message.splitlines()) == 1
     assert not (tmp_path / "run").exists()
+    with pytest.raises(FlipscopeError, match=r"^kld has no setting 'chunks', 'limit' — use one of corpus, ctx, "):
+        flipscope.kld("mock:b", ["mock:c"], KldSettings(ctx=64), chunks=3, limit=2)
 
 
 def test_cli_passes_a_settings_object(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -73,3 +77,20 @@ def test_cli_passes_a_settings_object(monkeypatch: pytest.MonkeyPatch, capsys: p
     assert list(given["keywords"]) == ["display"]
     assert given["settings"] == CompareSettings(tasks=["arc_easy", "mmlu"], limit=7, batch_size=2, out="somewhere",
                                                 noise_floor=NoiseFloor(1), use_cache=False, format="cloze")  # fmt: skip
+
+
+def test_kld_cli_passes_a_settings_object(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import flipscope.runs.kld
+
+    given: dict[str, Any] = {}
+
+    def fake(baseline: str, candidates: list[str], settings: Any = None, **keywords: Any) -> Any:
+        given.update(settings=settings, keywords=keywords)
+        raise FlipscopeError("stopped here")
+
+    monkeypatch.setattr(flipscope.runs.kld, "kld", fake)
+    code, err = run_cli(monkeypatch, capsys, "kld", "mock:b", "mock:c", "--corpus", "text.txt", "--chunks", "3",
+                        "--store", "full", "--full-code", "float16", "--no-cache")  # fmt: skip
+    assert code == 2 and "stopped here" in err and list(given["keywords"]) == ["display"]
+    assert given["settings"] == KldSettings(corpus="text.txt", max_windows=3, store="full", full_code="float16",
+                                            use_cache=False)  # fmt: skip

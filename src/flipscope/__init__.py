@@ -12,7 +12,7 @@ from flipscope.errors import FlipscopeError
 if TYPE_CHECKING:
     from flipscope.report import load_run
     from flipscope.runs.compare import CompareSettings, Comparison, compare
-    from flipscope.runs.kld import KLDResult, kld
+    from flipscope.runs.kld import KLDResult, KldSettings, kld
     from flipscope.runs.mtbench import MTBenchResult, judge_run, mtbench
     from flipscope.runs.mtbench_session import MTBenchSettings
     from flipscope.runs.prompt import prompt_tokens
@@ -23,6 +23,7 @@ __all__ = [
     "Comparison",
     "FlipscopeError",
     "KLDResult",
+    "KldSettings",
     "MTBenchResult",
     "MTBenchSettings",
     "compare",
@@ -40,7 +41,7 @@ def __getattr__(name: str) -> Any:
         from flipscope.runs import compare as compare_run
 
         return getattr(compare_run, name)
-    if name in ("kld", "KLDResult"):
+    if name in ("kld", "KLDResult", "KldSettings"):
         from flipscope.runs import kld as kld_run
 
         return getattr(kld_run, name)

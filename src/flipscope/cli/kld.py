@@ -75,11 +75,12 @@ def kld_cmd(baseline: str, candidates: tuple[str, ...], corpus: str, ctx: int, s
     """
     from flipscope.display import RichDisplay
     from flipscope.report.kld_table import print_kld_run
-    from flipscope.runs.kld import kld
+    from flipscope.runs.kld import KldSettings, kld
 
+    settings = KldSettings(corpus=corpus, ctx=ctx, scored_fraction=scored_fraction, max_windows=max_windows,
+                           store=store, topk=topk, tail_samples=tail_samples, full_code=full_code, batch=batch,
+                           out=out, device=device, dtype=dtype, use_cache=not no_cache)  # fmt: skip
     display = RichDisplay()
-    result = kld(baseline, list(candidates), corpus=corpus, ctx=ctx, scored_fraction=scored_fraction,
-                 max_windows=max_windows, store=store, topk=topk, tail_samples=tail_samples, full_code=full_code,
-                 batch=batch, out=out, device=device, dtype=dtype, use_cache=not no_cache, display=display)  # fmt: skip
+    result = kld(baseline, list(candidates), settings=settings, display=display)
     print_kld_run(result.run, display.console)
     click.echo(f"run directory: {result.out}")

@@ -20,6 +20,28 @@ from flipscope.store.kld_parts import PositionParts
 from flipscope.store.kld_run import POSITION_COLUMNS
 from flipscope.tasks.corpus import Window, make_windows
 
+#: Default compact store, chosen from benchmarks/kld_stores.py (README, kld section: 16 windows of 512 of the default
+#: corpus, candidates +rtn:w8, the gguf: noise floor and +rtn:w4g64): top-64 + 64 tail samples is 1.05% of
+#: llama.cpp's bytes per position with mean KL within 0.11% of live (the largest of the three errors); top-64
+#: alone falls 16% short.
+DEFAULT_KLD_TOPK = 64
+DEFAULT_KLD_TAIL_SAMPLES = 64
+
+
+@dataclass(frozen=True)
+class CorpusSetup:
+    """What a baseline store is made with (and keyed by, with the model, corpus, device and dtype)."""
+
+    ctx: int = 512
+    scored_fraction: float = 0.5
+    max_windows: int | None = None
+    store: str = "compact"
+    topk: int = DEFAULT_KLD_TOPK
+    tail_samples: int = DEFAULT_KLD_TAIL_SAMPLES
+    full_code: str = "int16"
+    batch: int = 1
+    rows: int = 256
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -69,14 +91,12 @@ def build_store(
     corpus_sha: str,
     settings: dict[str, Any],
     shown: Display,
+    setup: CorpusSetup,
     *,
-    topk: int,
-    tail_samples: int,
-    full_code: str,
-    batch: int,
-    rows: int,
     label: str,
 ) -> BaselineStore:
+    """The baseline's store of ``kind`` (``setup.store`` as on disk), built from ``setup``'s top-k, tail samples,
+    full-store code, batch and rows."""
     import torch
 
     from flipscope.metrics.kl import compress
@@ -88,9 +108,9 @@ def build_store(
         tokenizer_fingerprint=plan.tokenizer,
         corpus_sha256=corpus_sha,
         settings={**settings, "first": plan.windows[0].first, "baseline": label},
-        code=full_code if kind == "exact" else "float16",  # "exact": the full store's kind on disk
-        topk=min(topk, plan.vocab_size) if kind == "compact" else 0,
-        tail_samples=tail_samples if kind == "compact" and topk < plan.vocab_size else 0,
+        code=setup.full_code if kind == "exact" else "float16",  # "exact": the full store's kind on disk
+        topk=min(setup.topk, plan.vocab_size) if kind == "compact" else 0,
+        tail_samples=setup.tail_samples if kind == "compact" and setup.topk < plan.vocab_size else 0,
     )
     generator = torch.Generator().manual_seed(0)
     store = BaselineStore.resume(folder, header)
@@ -105,12 +125,16 @@ def build_store(
     shown_kind = "full" if kind == "exact" else kind
     with shown.progress(f"baseline {label} → {shown_kind} store", len(plan.windows)) as advance:
         advance(done)
-        for group in _batches(plan.windows[done:], batch):
-            for logprobs, targets in backend.corpus_logprobs(group, rows=rows):
+        for group in _batches(plan.windows[done:], setup.batch):
+            for logprobs, targets in backend.corpus_logprobs(group, rows=setup.rows):
                 if not bool(torch.isfinite(logprobs.logsumexp(-1)).all()):
                     raise nonfinite_logits(f"{label} (the baseline)", f"window {group[0].index}+")
                 logp = logprobs.gather(-1, targets[:, None])[:, 0]
-                compact = compress(logprobs, topk, tail_samples, generator=generator) if kind == "compact" else None
+                compact = (
+                    compress(logprobs, setup.topk, setup.tail_samples, generator=generator)
+                    if kind == "compact"
+                    else None
+                )
                 store.write(at, logprobs, logp, compact)
                 at += logprobs.shape[0]
             done += len(group)

@@ -111,9 +111,9 @@ def _stored_windows(spec: ModelSpec, text: Any, windows: Windows, settings: Abla
                     shown: Display) -> _Measured:  # fmt: skip
     """The baseline's store on ``text`` (built or found in kld's cache) covering ``windows``, those windows' plan,
     and the position their rows start at."""
-    from flipscope.passes.kld import Plan
+    from flipscope.passes.kld import CorpusSetup, Plan
     from flipscope.plumbing.cache import cache_root
-    from flipscope.runs.kld import CorpusSetup, baseline_store
+    from flipscope.runs.kld import baseline_store
 
     first, count = windows.first, windows.count
     folder = Path(settings.cache_dir) if settings.cache_dir else cache_root() / "kld"

@@ -20,6 +20,9 @@ from flipscope.metrics.corpus_stats import CorpusSummary
 from flipscope.models import LoadOptions, ModelSpec, fingerprint, parse_models
 from flipscope.models.base import CorpusBackend
 from flipscope.passes.kld import (
+    DEFAULT_KLD_TAIL_SAMPLES,
+    DEFAULT_KLD_TOPK,
+    CorpusSetup,
     Plan,
     PositionParts,
     build_store,
@@ -30,6 +33,7 @@ from flipscope.passes.kld import (
 )
 from flipscope.plumbing.atomic import exclusive
 from flipscope.plumbing.cache import cache_root, content_hash
+from flipscope.runs.overrides import with_overrides
 from flipscope.store.baseline_rows import BaselineStore, llama_cpp_bytes_per_position
 from flipscope.store.kld_run import (
     Divergent,
@@ -51,12 +55,6 @@ STORES = ("compact", "full", "live")
 STORE_ALIASES = {"exact": "full"}
 #: The full store's kind in its header and cache key: its former name, so stores already built are found.
 FULL_ON_DISK = "exact"
-#: Default compact store, chosen from benchmarks/kld_stores.py (README, kld section: 16 windows of 512 of the default
-#: corpus, candidates +rtn:w8, the gguf: noise floor and +rtn:w4g64): top-64 + 64 tail samples is 1.05% of
-#: llama.cpp's bytes per position with mean KL within 0.11% of live (the largest of the three errors); top-64
-#: alone falls 16% short.
-DEFAULT_KLD_TOPK = 64
-DEFAULT_KLD_TAIL_SAMPLES = 64
 #: Bumped whenever what a stored baseline holds changes.
 STORE_VERSION = 2
 
@@ -72,27 +70,35 @@ class KLDResult:
         return self.run.summary
 
 
-@releases_out
+@dataclass(frozen=True, kw_only=True)
+class KldSettings:
+    """Everything a ``kld`` run is made with, the models and the display aside; shared by the CLI and the API. (What
+    its run.json records of them is ``store.kld_run.KLDSettings``.)"""
+
+    corpus: str | None = None  # a text file or folder of .txt files, hf:<dataset>[:<config>[:<split>]] (None: default)
+    ctx: int = 512  # tokens per window (the first becomes BOS where the tokenizer adds one)
+    scored_fraction: float = 0.5  # share of each window scored, from its end (llama.cpp: 0.5)
+    max_windows: int | None = None  # use only the first N windows (None: all)
+    store: str = "compact"  # how the baseline is held: compact, full (former name: exact) or live
+    topk: int = DEFAULT_KLD_TOPK  # compact store: baseline log-probs kept per position
+    tail_samples: int = DEFAULT_KLD_TAIL_SAMPLES  # compact store: tail tokens sampled per position (0: a lower bound)
+    full_code: str = "int16"  # full store: int16 (a grid of 6.1e-4-nat steps 40 nats deep) or float16
+    batch: int = 1  # windows per forward pass
+    rows: int = 256  # scored positions per slice of log-probabilities (at most rows × vocabulary held at once)
+    out: str | Path | None = None  # the run directory to write (None: runs/kld-<timestamp>)
+    device: str = "auto"  # cpu, cuda, … (auto: cuda if present)
+    dtype: str = "float32"
+    use_cache: bool = True  # False: build the baseline store again even if a cached one exists
+    cache_dir: str | Path | None = None  # where stores are cached (None: the flipscope cache's kld/)
+
+
 def kld(
     baseline: str | ModelSpec,
     candidates: Sequence[str | ModelSpec],
+    settings: KldSettings | None = None,
     *,
-    corpus: str | None = None,
-    ctx: int = 512,
-    scored_fraction: float = 0.5,
-    max_windows: int | None = None,
-    store: str = "compact",
-    topk: int = DEFAULT_KLD_TOPK,
-    tail_samples: int = DEFAULT_KLD_TAIL_SAMPLES,
-    full_code: str = "int16",
-    batch: int = 1,
-    rows: int = 256,
-    out: str | Path | None = None,
-    device: str = "auto",
-    dtype: str = "float32",
-    use_cache: bool = True,
-    cache_dir: str | Path | None = None,
     display: Display | None = None,
+    **fields: Any,
 ) -> KLDResult:
     """KL(B‖C), KL(C‖B), perplexities, Δp, top-token agreement of each candidate against the baseline on text.
 
@@ -101,8 +107,25 @@ def kld(
     its former name); ``compact`` keeps its top-``topk`` plus the remaining mass (a lower bound of KL;
     ``tail_samples`` > 0 adds an unbiased within-tail estimate). Stores are cached and reused. ``settings``
     of the run say what each number is (``kl_kinds``): the percentiles, maximum and most divergent positions are
-    exact only live.
+    exact only live. ``fields``: settings by name (``ctx=256``), put in ``settings`` (default: ``KldSettings()``).
     """
+    chosen = with_overrides(settings or KldSettings(), fields, command="kld")
+    return _kld(baseline, candidates, chosen, display=display, out=chosen.out)
+
+
+@releases_out
+def _kld(
+    baseline: str | ModelSpec,
+    candidates: Sequence[str | ModelSpec],
+    chosen: KldSettings,
+    *,
+    display: Display | None,
+    out: str | Path | None,
+) -> KLDResult:
+    corpus, ctx, scored_fraction, max_windows = chosen.corpus, chosen.ctx, chosen.scored_fraction, chosen.max_windows
+    store, topk, tail_samples, full_code = chosen.store, chosen.topk, chosen.tail_samples, chosen.full_code
+    batch, rows, device, dtype = chosen.batch, chosen.rows, chosen.device, chosen.dtype
+    use_cache, cache_dir = chosen.use_cache, chosen.cache_dir
     shown: Display = display or NullDisplay()
     store = STORE_ALIASES.get(store, store)
     if store not in STORES:
@@ -184,21 +207,6 @@ def kld(
     )
 
 
-@dataclass(frozen=True)
-class CorpusSetup:
-    """What a baseline store is made with (and keyed by, with the model, corpus, device and dtype)."""
-
-    ctx: int = 512
-    scored_fraction: float = 0.5
-    max_windows: int | None = None
-    store: str = "compact"
-    topk: int = DEFAULT_KLD_TOPK
-    tail_samples: int = DEFAULT_KLD_TAIL_SAMPLES
-    full_code: str = "int16"
-    batch: int = 1
-    rows: int = 256
-
-
 def baseline_store(
     base_spec: ModelSpec,
     text: Any,
@@ -233,9 +241,7 @@ def baseline_store(
                 shutil.rmtree(folder / key, ignore_errors=True)  # no resuming either
             stored = stored or build_store(
                 base_backend, plan, folder / key, FULL_ON_DISK if setup.store == "full" else setup.store,
-                text.sha256, settings_key, shown,
-                topk=setup.topk, tail_samples=setup.tail_samples, full_code=setup.full_code, batch=setup.batch,
-                rows=setup.rows, label=base_spec.label(),
+                text.sha256, settings_key, shown, setup, label=base_spec.label(),
             )  # fmt: skip
     except BaseException:
         base_backend.close()
