@@ -10,11 +10,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from flipscope.errors import FlipscopeError
+from flipscope.tasks.corpus import DEFAULT_CORPUS
 
 if TYPE_CHECKING:
     import torch
 
-CALIBRATION_SOURCE = "python:pydoc_data.topics"
+#: The text the calibrated methods (GPTQ, AWQ, SmoothQuant, Wanda, quanto) see: the default corpus.
+CALIBRATION_SOURCE = DEFAULT_CORPUS
 
 
 def check_calibration(samples: int, length: int, method: str) -> None:

@@ -3,7 +3,7 @@ beyond: perplexities with propagated uncertainty, KL(B‖C)'s mean, σ, extremes
 same-top rate, top-k agreement, KL by the baseline's confidence; every ± a standard error over windows, not
 positions. Pure NumPy over stored arrays, so a run can be re-summarised without a model. The statistics over
 positions (σ, extremes, percentiles) are only as exact as the per-position KLs given: from a compact store those
-are estimates or bounds (``KLDSettings.kl_positions``).
+are estimates or bounds (``KLDRunSettings.kl_positions``).
 """
 
 from __future__ import annotations

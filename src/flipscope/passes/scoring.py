@@ -29,11 +29,6 @@ from flipscope.tasks import ItemRequests, ScoreRequest, TaskData
 log = logging.getLogger(__name__)
 
 
-#: The labels under their former names.
-TOPK_APPROXIMATE = TokenKL.TOPK_APPROXIMATE.value
-TOPK_BOUND = TokenKL.LOWER_BOUND.value
-
-
 class TopKRecorder:
     """Row sink of a baseline pass: keeps each answer token's top-k log-probs and tail mass."""
 

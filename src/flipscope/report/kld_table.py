@@ -9,7 +9,7 @@ from rich.table import Table
 
 from flipscope.metrics.corpus_stats import CorpusSummary
 from flipscope.report.formatting import num
-from flipscope.store.kld_run import KLDRunFile, KLDSettings, read_kld_run, summarize_positions
+from flipscope.store.kld_run import KLDRunFile, KLDRunSettings, read_kld_run, summarize_positions
 
 OVERVIEW = (
     "candidate",
@@ -66,11 +66,11 @@ def overview(run: KLDRunFile) -> Table:
 
 
 def _label(name: str, kind: str) -> str:
-    """``name`` with what its numbers are (``KLDSettings.kl_forward`` …), unless they are exact."""
+    """``name`` with what its numbers are (``KLDRunSettings.kl_forward`` …), unless they are exact."""
     return name if kind == "exact" else f"{name} ({kind})"
 
 
-def details(label: str, x: CorpusSummary, settings: KLDSettings) -> Table:
+def details(label: str, x: CorpusSummary, settings: KLDRunSettings) -> Table:
     """llama.cpp's statistics block for one candidate, and what goes beyond it."""
     table = Table(title=label, title_justify="left", show_header=False, box=None, padding=(0, 2))
     table.add_column(justify="left")

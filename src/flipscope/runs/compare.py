@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import logging
 import platform
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,10 +42,16 @@ from flipscope.store import (
 )
 from flipscope.store.generations import GenerationStore
 from flipscope.store.run_dir import check_out, claim_run_dir, releases_out
-from flipscope.tasks import GENERATIVE, ItemRequests, PromptFormat, TaskData, check_task, item_requests, load_task
-from flipscope.tasks.gsm8k import check_fewshot
-
-log = logging.getLogger(__name__)
+from flipscope.tasks import (
+    GENERATIVE,
+    ItemRequests,
+    PromptFormat,
+    TaskData,
+    check_task,
+    free_form_task,
+    item_requests,
+    load_task,
+)
 
 
 @dataclass
@@ -267,7 +272,7 @@ def _compare(
     for name in tasks:  # task errors first: they need nothing fetched
         check_task(name, fewshot=shots, limit=limit)
         if name in GENERATIVE:
-            check_fewshot(fewshot)
+            free_form_task(name).check_fewshot(fewshot)
     if noise_floor is not None:
         noise_floor.check(batch_size, dtype)
     check_out(out)

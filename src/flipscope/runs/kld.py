@@ -38,7 +38,7 @@ from flipscope.store.baseline_rows import BaselineStore, llama_cpp_bytes_per_pos
 from flipscope.store.kld_run import (
     Divergent,
     KLDRunFile,
-    KLDSettings,
+    KLDRunSettings,
     WindowStats,
     finite_positions,
     kl_kinds,
@@ -73,7 +73,7 @@ class KLDResult:
 @dataclass(frozen=True, kw_only=True)
 class KldSettings:
     """Everything a ``kld`` run is made with, the models and the display aside; shared by the CLI and the API. (What
-    its run.json records of them is ``store.kld_run.KLDSettings``.)"""
+    its run.json records of them is ``store.kld_run.KLDRunSettings``.)"""
 
     corpus: str | None = None  # a text file or folder of .txt files, hf:<dataset>[:<config>[:<split>]] (None: default)
     ctx: int = 512  # tokens per window (the first becomes BOS where the tokenizer adds one)
@@ -308,7 +308,7 @@ def _finish(
 
     versions = library_versions()
     n_positions = sum(w.scored for w in plan.windows)
-    settings = KLDSettings(
+    settings = KLDRunSettings(
         corpus=text.source,
         corpus_sha256=text.sha256,
         corpus_tokens=len(plan.ids) if plan.ids else len(plan.windows) * ctx,

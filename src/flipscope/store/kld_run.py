@@ -16,7 +16,7 @@ KLD_SCHEMA_VERSION = 1
 POSITION_COLUMNS = ("kl", "kl_reverse", "logp_base", "logp_cand", "top_logp_base", "agree")
 
 
-class KLDSettings(BaseModel):
+class KLDRunSettings(BaseModel):
     corpus: str
     corpus_sha256: str
     corpus_tokens: int
@@ -87,7 +87,7 @@ class KLDRunFile(BaseModel):
     kind: str = "kld"
     created: str
     flipscope_version: str
-    settings: KLDSettings
+    settings: KLDRunSettings
     baseline: dict[str, Any]
     candidates: list[dict[str, Any]]
     store: dict[str, Any]
