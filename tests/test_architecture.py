@@ -212,3 +212,18 @@ def test_packages_import_only_lower_layers() -> None:
             if line[theirs] >= line[mine] or theirs in NOT_EVEN_BELOW.get(mine, set()):
                 upward.append(f"{importer} ({mine}) imports {target} ({theirs})")
     assert upward == []
+
+
+def test_import_flipscope_tasks_loads_neither_numpy_nor_pydantic() -> None:
+    """tasks/gsm8k.py writes out ``metrics.records.NO_ANSWER`` rather than import it: the metrics load numpy and
+    pydantic."""
+    import subprocess
+    import sys
+
+    from flipscope.metrics.records import NO_ANSWER
+    from flipscope.tasks.gsm8k import INVALID
+
+    assert INVALID == NO_ANSWER
+    loaded = "import sys, flipscope.tasks; print(sorted({'numpy', 'pydantic', 'flipscope.metrics'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", loaded], capture_output=True, text=True, check=True)
+    assert result.stdout == "[]\n"

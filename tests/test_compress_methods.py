@@ -358,3 +358,16 @@ def test_quanto_weights_error_falls_as_bits_rise_and_w8a8_is_calibrated(tiny_lla
     assert "pydoc_data" in backend.info.details["compression"]["quanto:w8a8"]["calibration"]
     w8a8 = float((logits(backend.model, ids) - ref).abs().mean())  # type: ignore[attr-defined]
     assert 0 < w8a8 < moved["int2"]
+
+
+def test_calibration_source_is_the_default_corpus_without_loading_tasks() -> None:
+    import subprocess
+    import sys
+
+    from flipscope.compress.calibration import CALIBRATION_SOURCE
+    from flipscope.tasks.corpus import DEFAULT_CORPUS
+
+    assert CALIBRATION_SOURCE == DEFAULT_CORPUS  # written out in compress/calibration.py, not imported
+    loaded = "import sys, flipscope.compress; print('flipscope.tasks' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", loaded], capture_output=True, text=True, check=True)
+    assert result.stdout == "False\n"  # import flipscope.compress does not load the tasks (nor numpy through them)

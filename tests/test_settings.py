@@ -94,3 +94,13 @@ def test_kld_cli_passes_a_settings_object(monkeypatch: pytest.MonkeyPatch, capsy
     assert code == 2 and "stopped here" in err and list(given["keywords"]) == ["display"]
     assert given["settings"] == KldSettings(corpus="text.txt", max_windows=3, store="full", full_code="float16",
                                             use_cache=False)  # fmt: skip
+
+
+def test_another_runs_settings_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(
+        FlipscopeError, match=r"^compare takes a CompareSettings as its settings, not a KldSettings — "
+    ) as caught:
+        flipscope.compare("mock:b", ["mock:c"], KldSettings(), out=tmp_path / "run")  # type: ignore[arg-type]
+    assert len(str(caught.value).splitlines()) == 1 and not (tmp_path / "run").exists()
+    with pytest.raises(FlipscopeError, match=r"^kld takes a KldSettings as its settings, not a CompareSettings — "):
+        flipscope.kld("mock:b", ["mock:c"], CompareSettings(), ctx=64)  # type: ignore[arg-type]

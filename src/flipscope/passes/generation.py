@@ -6,7 +6,6 @@ are separate passes with their own cache keys: re-grading stored answers needs n
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +18,6 @@ from flipscope.store import PassResult
 from flipscope.store.generations import GenerationStore
 from flipscope.tasks import ItemRequests, MCItem, ScoreRequest, TaskData, free_form_task
 from flipscope.tasks.free import Graded, Problem
-
-log = logging.getLogger(__name__)
 
 #: Bumped whenever generation or teacher-forced scoring changes what a stored pass would hold.
 GEN_VERSION = 1

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +13,10 @@ import numpy as np
 
 from flipscope.display import Display
 from flipscope.errors import FlipscopeError
-from flipscope.models import LoadOptions, ModelSpec, load_backend
+from flipscope.models import LoadOptions, ModelSpec, fingerprint, load_backend
 from flipscope.models.base import CorpusBackend, nonfinite_logits
-from flipscope.plumbing.atomic import write_atomically
+from flipscope.plumbing.atomic import exclusive, write_atomically
+from flipscope.plumbing.cache import content_hash
 from flipscope.store.baseline_rows import BaselineStore, StoreHeader, save_npy
 from flipscope.store.kld_parts import PositionParts
 from flipscope.store.kld_run import POSITION_COLUMNS
@@ -27,10 +29,19 @@ from flipscope.tasks.corpus import Window, make_windows
 DEFAULT_KLD_TOPK = 64
 DEFAULT_KLD_TAIL_SAMPLES = 64
 
+STORES = ("compact", "full", "live")
+#: Former names of stores: the full store was called "exact", though its rows are quantised.
+STORE_ALIASES = {"exact": "full"}
+#: The full store's kind in its header and cache key: its former name, so stores already built are found.
+FULL_ON_DISK = "exact"
+#: Bumped whenever what a stored baseline holds changes.
+STORE_VERSION = 2
+
 
 @dataclass(frozen=True)
 class CorpusSetup:
-    """What a baseline store is made with (and keyed by, with the model, corpus, device and dtype)."""
+    """What a baseline store is made with; ``baseline_store`` builds the store's cache key from it (with the model,
+    corpus, device and dtype; ``batch`` and ``rows`` aside)."""
 
     ctx: int = 512
     scored_fraction: float = 0.5
@@ -142,6 +153,49 @@ def build_store(
             advance(len(group))
     store.finish()
     return store
+
+
+def baseline_store(
+    base_spec: ModelSpec,
+    text: Any,
+    options: LoadOptions,
+    setup: CorpusSetup,
+    *,
+    folder: Path,
+    use_cache: bool,
+    shown: Display,
+) -> tuple[BaselineStore | None, Plan, str, CorpusBackend | None]:
+    """The baseline's stored rows on ``text`` (built, resumed or found in the cache), its windows, the store's key,
+    and — for ``live``, where nothing is stored — the baseline's backend, left open for the caller to close."""
+    settings_key = {"ctx": setup.ctx, "fraction": setup.scored_fraction, "max_windows": setup.max_windows,
+                    "dtype": options.dtype, "device": options.device}  # fmt: skip
+    store_kind = {"compact": ["compact", setup.topk, setup.tail_samples], "full": [FULL_ON_DISK, setup.full_code],
+                  "live": None}[setup.store]  # fmt: skip
+    key = content_hash(
+        {"v": STORE_VERSION, "model": fingerprint(base_spec), "corpus": text.sha256, **settings_key,
+         "store": store_kind}
+    )  # fmt: skip
+    stored = BaselineStore.open(folder / key) if setup.store != "live" and use_cache else None
+    if stored is not None:
+        return stored, plan_from_store(stored, setup.ctx, setup.scored_fraction), key, None
+    base_backend = corpus_backend(base_spec, options)
+    try:
+        plan = make_plan(base_backend, text.text, setup.ctx, setup.scored_fraction, setup.max_windows)
+        if setup.store == "live":
+            return None, plan, key, base_backend
+        with exclusive(folder / key):  # one process builds it; another waits, then finds it
+            stored = BaselineStore.open(folder / key) if use_cache else None
+            if not use_cache:
+                shutil.rmtree(folder / key, ignore_errors=True)  # no resuming either
+            stored = stored or build_store(
+                base_backend, plan, folder / key, FULL_ON_DISK if setup.store == "full" else setup.store,
+                text.sha256, settings_key, shown, setup, label=base_spec.label(),
+            )  # fmt: skip
+    except BaseException:
+        base_backend.close()
+        raise
+    base_backend.close()
+    return stored, plan, key, None
 
 
 #: Windows per stored stretch of a candidate's columns (a killed run recomputes at most this many).

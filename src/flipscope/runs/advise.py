@@ -36,7 +36,7 @@ from flipscope.tasks.corpus import CALIBRATION_CORPUS, HELD_OUT_CORPUS
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AdviseSettings:
     bits: tuple[int, ...] = (3, 4, 5, 6, 8)
     group_sizes: tuple[int | None, ...] = (64,)  # every bit width at each (None: one scale per output channel)

@@ -22,7 +22,7 @@ from flipscope.store.run_dir import check_out, claim_run_dir, releases_out
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AblationSettings:
     """Shared by `attribute` and `advise` (CLI and API): the corpus KL's windows and the model's placement."""
 
@@ -37,7 +37,7 @@ class AblationSettings:
     cache_dir: str | None = None  # where kld's baseline stores live (default: the flipscope cache)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AttributeSettings:
     by: UnitKind = UnitKind.BLOCK
     span: int | None = None  # with by=module: consecutive blocks per unit (None: all blocks)
@@ -111,9 +111,8 @@ def _stored_windows(spec: ModelSpec, text: Any, windows: Windows, settings: Abla
                     shown: Display) -> _Measured:  # fmt: skip
     """The baseline's store on ``text`` (built or found in kld's cache) covering ``windows``, those windows' plan,
     and the position their rows start at."""
-    from flipscope.passes.kld import CorpusSetup, Plan
+    from flipscope.passes.kld import CorpusSetup, Plan, baseline_store
     from flipscope.plumbing.cache import cache_root
-    from flipscope.runs.kld import baseline_store
 
     first, count = windows.first, windows.count
     folder = Path(settings.cache_dir) if settings.cache_dir else cache_root() / "kld"
@@ -197,7 +196,7 @@ def attribute(
     display: Display | None = None,
 ) -> tuple[AttributionRun, Path]:
     """Rank the units of ``candidate``'s compression by how much of its corpus KL (and flips) each explains."""
-    from flipscope.runs.compare import library_versions
+    from flipscope.plumbing.version import library_versions
 
     shown = display or NullDisplay()
     check_out(out)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import platform
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,7 @@ from flipscope.passes.generation import (
 )
 from flipscope.passes.teacher import TeacherScorer
 from flipscope.plumbing.cache import cache_root, content_hash
+from flipscope.plumbing.version import library_versions
 from flipscope.runs.noise import NoiseFloor, engines_note, role_of
 from flipscope.runs.overrides import with_overrides
 from flipscope.store import (
@@ -88,14 +86,6 @@ class CompareSettings:
     cache_dir: str | Path | None = None  # where passes are cached (None: the flipscope cache's passes/)
 
 
-def library_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("flipscope", "torch", "transformers", "numpy", "pandas", "pyarrow", "gguf"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[name] = metadata.version(name)
-    return out
-
-
 @dataclass(frozen=True)
 class _TaskWork:
     """A task's items, the prompts built from them, and their content hash (computed once, used by every model)."""
@@ -109,10 +99,6 @@ class _TaskWork:
         prompts = item_requests(task, fmt, fewshot)
         text = [[[r.prefix, r.prompt, list(r.continuations)] for r in p.requests] + [p.option_chars] for p in prompts]
         return cls(task, prompts, content_hash(text))
-
-    @property
-    def n_requests(self) -> int:
-        return sum(len(p.requests) for p in self.prompts)
 
 
 class _Runner:
@@ -237,7 +223,7 @@ def compare(
     baseline also runs under those settings and is paired with itself (no candidate is needed then).
     ``fields``: settings by name (``limit=50``), put in ``settings`` (default: ``CompareSettings()``).
     """
-    chosen = with_overrides(settings or CompareSettings(), fields, command="compare")
+    chosen = with_overrides(settings or CompareSettings(), fields, command="compare", expected=CompareSettings)
     return _compare(baseline, candidates, chosen, display=display, out=chosen.out)
 
 

@@ -4,9 +4,7 @@ as full rows (quantised: an int16 grid or float16), or stored compactly."""
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import math
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,17 +20,18 @@ from flipscope.models.base import CorpusBackend
 from flipscope.passes.kld import (
     DEFAULT_KLD_TAIL_SAMPLES,
     DEFAULT_KLD_TOPK,
+    STORE_ALIASES,
+    STORES,
     CorpusSetup,
     Plan,
     PositionParts,
-    build_store,
+    baseline_store,
     corpus_backend,
-    make_plan,
-    plan_from_store,
     score_candidate,
 )
 from flipscope.plumbing.atomic import exclusive
 from flipscope.plumbing.cache import cache_root, content_hash
+from flipscope.plumbing.version import library_versions
 from flipscope.runs.overrides import with_overrides
 from flipscope.store.baseline_rows import BaselineStore, llama_cpp_bytes_per_position
 from flipscope.store.kld_run import (
@@ -47,16 +46,6 @@ from flipscope.store.kld_run import (
 )
 from flipscope.store.run_dir import check_out, claim_run_dir, releases_out
 from flipscope.tasks.corpus import load_corpus
-
-log = logging.getLogger(__name__)
-
-STORES = ("compact", "full", "live")
-#: Former names of stores: the full store was called "exact", though its rows are quantised.
-STORE_ALIASES = {"exact": "full"}
-#: The full store's kind in its header and cache key: its former name, so stores already built are found.
-FULL_ON_DISK = "exact"
-#: Bumped whenever what a stored baseline holds changes.
-STORE_VERSION = 2
 
 
 @dataclass
@@ -109,7 +98,7 @@ def kld(
     of the run say what each number is (``kl_kinds``): the percentiles, maximum and most divergent positions are
     exact only live. ``fields``: settings by name (``ctx=256``), put in ``settings`` (default: ``KldSettings()``).
     """
-    chosen = with_overrides(settings or KldSettings(), fields, command="kld")
+    chosen = with_overrides(settings or KldSettings(), fields, command="kld", expected=KldSettings)
     return _kld(baseline, candidates, chosen, display=display, out=chosen.out)
 
 
@@ -207,49 +196,6 @@ def _kld(
     )
 
 
-def baseline_store(
-    base_spec: ModelSpec,
-    text: Any,
-    options: LoadOptions,
-    setup: CorpusSetup,
-    *,
-    folder: Path,
-    use_cache: bool,
-    shown: Display,
-) -> tuple[BaselineStore | None, Plan, str, CorpusBackend | None]:
-    """The baseline's stored rows on ``text`` (built, resumed or found in the cache), its windows, the store's key,
-    and — for ``live``, where nothing is stored — the baseline's backend, left open for the caller to close."""
-    settings_key = {"ctx": setup.ctx, "fraction": setup.scored_fraction, "max_windows": setup.max_windows,
-                    "dtype": options.dtype, "device": options.device}  # fmt: skip
-    store_kind = {"compact": ["compact", setup.topk, setup.tail_samples], "full": [FULL_ON_DISK, setup.full_code],
-                  "live": None}[setup.store]  # fmt: skip
-    key = content_hash(
-        {"v": STORE_VERSION, "model": fingerprint(base_spec), "corpus": text.sha256, **settings_key,
-         "store": store_kind}
-    )  # fmt: skip
-    stored = BaselineStore.open(folder / key) if setup.store != "live" and use_cache else None
-    if stored is not None:
-        return stored, plan_from_store(stored, setup.ctx, setup.scored_fraction), key, None
-    base_backend = corpus_backend(base_spec, options)
-    try:
-        plan = make_plan(base_backend, text.text, setup.ctx, setup.scored_fraction, setup.max_windows)
-        if setup.store == "live":
-            return None, plan, key, base_backend
-        with exclusive(folder / key):  # one process builds it; another waits, then finds it
-            stored = BaselineStore.open(folder / key) if use_cache else None
-            if not use_cache:
-                shutil.rmtree(folder / key, ignore_errors=True)  # no resuming either
-            stored = stored or build_store(
-                base_backend, plan, folder / key, FULL_ON_DISK if setup.store == "full" else setup.store,
-                text.sha256, settings_key, shown, setup, label=base_spec.label(),
-            )  # fmt: skip
-    except BaseException:
-        base_backend.close()
-        raise
-    base_backend.close()
-    return stored, plan, key, None
-
-
 def _window_stats(cols: dict[str, np.ndarray]) -> list[WindowStats]:
     out = []
     for w in np.unique(cols["window"]):
@@ -304,8 +250,6 @@ def _finish(
     tail_samples: int,
     full_code: str,
 ) -> KLDResult:
-    from flipscope.runs.compare import library_versions
-
     versions = library_versions()
     n_positions = sum(w.scored for w in plan.windows)
     settings = KLDRunSettings(

@@ -47,7 +47,7 @@ def mtbench(
     with ``settings.judge``, the judge grades every answer and compares each candidate with the baseline. A model
     is loaded only where something it does is not stored: a rerun with every answer, teacher-forced pass and
     judgement stored loads none."""
-    from flipscope.runs.compare import library_versions
+    from flipscope.plumbing.version import library_versions
 
     settings = settings or MTBenchSettings()
     check_settings(settings)

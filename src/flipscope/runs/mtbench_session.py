@@ -42,7 +42,7 @@ JUDGE_MAX_TOKENS = 2048
 WEAK_JUDGE_PARAMETERS = 1_000_000_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MTBenchSettings:
     """Everything that changes an MT-Bench run's numbers; shared by the CLI and the API."""
 

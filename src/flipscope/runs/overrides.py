@@ -13,8 +13,14 @@ if TYPE_CHECKING:
 T = TypeVar("T", bound="DataclassInstance")
 
 
-def with_overrides(settings: T, fields: dict[str, Any], *, command: str) -> T:
-    """``settings`` with ``fields`` (names of its fields) replaced; a name that is no field is a one-line error."""
+def with_overrides(settings: T, fields: dict[str, Any], *, command: str, expected: type[T] | None = None) -> T:
+    """``settings`` with ``fields`` (names of its fields) replaced; a name that is no field is a one-line error, and so
+    are settings that are no ``expected`` (another run's)."""
+    if expected is not None and not isinstance(settings, expected):
+        raise FlipscopeError(
+            f"{command} takes a {expected.__name__} as its settings, not a {type(settings).__name__}",
+            fix=f"pass a {expected.__name__}, or its fields as keywords",
+        )
     valid = [f.name for f in dataclasses.fields(settings)]
     unknown = [name for name in fields if name not in valid]
     if unknown:

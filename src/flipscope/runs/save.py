@@ -17,7 +17,7 @@ META_FILE = "flipscope.json"
 
 def save_compressed(spec: str | ModelSpec, out: str | Path, *, device: str = "cpu", dtype: str = "float32") -> Path:
     """Load ``spec`` (compressing it on the way), save weights, tokenizer and a ``flipscope.json`` record."""
-    from flipscope.runs.compare import library_versions
+    from flipscope.plumbing.version import library_versions
 
     parsed = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
     folder = Path(out)
