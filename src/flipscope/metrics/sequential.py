@@ -1,0 +1,113 @@
+"""Anytime-valid confidence sequences for a proportion (a flip rate), for decisions taken while items arrive.
+
+A fixed-n interval (Wilson) covers the true rate with probability 1 − α only at an n chosen before the data. A
+run that looks after every chunk and stops once the interval clears a budget is *optional stopping*: re-checked at
+each look, the Wilson interval's error rate grows with the number of looks (``tests/test_sequential.py`` shows it).
+
+A confidence sequence is a family of intervals, one per n, valid simultaneously:
+P(∃ n ≥ 1: p ∉ CS_n) ≤ α, so a run may look as often as it likes and stop on any rule, and the interval it stops
+on still covers at 1 − α. The one here is Robbins' beta-binomial mixture (Robbins 1970; Howard, Ramdas, McAuliffe
+& Sekhon 2021, "Time-uniform, nonparametric, nonasymptotic confidence sequences", Ann. Statist. 49(2)): against a
+candidate rate p, with s successes in n Bernoulli(p) trials, the likelihood ratio mixed over a Beta(a, b) prior,
+
+    M_n(p) = B(a + s, b + n − s) / B(a, b) / (p^s (1 − p)^(n − s)),
+
+is a nonnegative martingale with M_0 = 1 when the true rate is p, so by Ville's inequality
+P(∃ n: M_n(p) ≥ 1/α) ≤ α, and CS_n = {p : M_n(p) < 1/α} is an interval around s/n (log M_n is convex in p and
+below 0 at s/n). The guarantee holds for independent trials with one rate — items drawn at random from a task's
+distribution of items; for the items of one finite task taken in a seeded random order it is conservative
+(sampling without replacement only concentrates faster). The price is width: at every n the interval is wider
+than Wilson's on the same counts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+#: Beta(a, b) prior of the mixture: Jeffreys' (1/2, 1/2) puts weight near 0 and 1, where flip rates of good
+#: candidates sit; any fixed prior gives a valid sequence, the prior only moves where it is tightest.
+PRIOR = (0.5, 0.5)
+
+
+def log_mixture(p: float, successes: Any, n: Any, prior: tuple[float, float] = PRIOR) -> Any:
+    """log M_n(p): the log of the beta-binomial mixture martingale against rate ``p`` (0 < p < 1).
+    ``successes``, ``n``: ints or arrays of one shape (one value per stream)."""
+    a, b = prior
+    s, t = np.asarray(successes, dtype=float), np.asarray(n, dtype=float)
+    loglik = s * math.log(p) + (t - s) * math.log1p(-p)  # 0 < p < 1: no 0·log 0
+    return _betaln(a + s, b + t - s) - _betaln(np.asarray(a), np.asarray(b)) - loglik
+
+
+_lgamma = np.vectorize(math.lgamma, otypes=[float])
+
+
+def _betaln(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """log B(x, y), elementwise."""
+    return _lgamma(x) + _lgamma(y) - _lgamma(x + y)
+
+
+def _root(f: Any, lo: float, hi: float) -> float:
+    """The root of ``f`` in [lo, hi] (signs differ at the ends), by bisection to 1e-12."""
+    f_lo = f(lo)
+    while hi - lo > 1e-12:
+        mid = (lo + hi) / 2
+        if (f(mid) < 0) == (f_lo < 0):
+            lo, f_lo = mid, f(mid)
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def excludes(p: float, successes: Any, n: Any, alpha: float) -> Any:
+    """Whether the confidence sequence after ``successes`` of ``n`` excludes rate ``p`` (M_n(p) ≥ 1/α); arrays in,
+    booleans out — the test a sequential decision makes at each look."""
+    return log_mixture(p, successes, n) >= math.log(1 / alpha)
+
+
+def confidence_sequence(
+    successes: int, n: int, alpha: float, prior: tuple[float, float] = PRIOR
+) -> tuple[float, float]:
+    """The interval {p : M_n(p) < 1/α} after ``successes`` of ``n`` trials: valid at every n simultaneously."""
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in 0..n, got {successes} of {n}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if n == 0:
+        return 0.0, 1.0
+    level = math.log(1 / alpha)
+
+    def excess(p: float) -> float:
+        return float(log_mixture(p, successes, n, prior)) - level
+
+    centre = min(max(successes / n, 1e-12), 1 - 1e-12)  # excess < 0 here: the mixture never beats the MLE
+    low = 0.0 if successes == 0 or excess(1e-15) < 0 else _root(excess, 1e-15, centre)
+    high = 1.0 if successes == n or excess(1 - 1e-15) < 0 else _root(excess, centre, 1 - 1e-15)
+    return low, high
+
+
+class Decision(StrEnum):
+    BELOW = "below"
+    ABOVE = "above"
+    UNDECIDED = "undecided"
+
+
+@dataclass(frozen=True)
+class SequentialState:
+    """Where one candidate's question stands after ``n`` items: its interval and what it decides."""
+
+    successes: int
+    n: int
+    interval: tuple[float, float]
+    decision: Decision
+
+
+def decide(successes: int, n: int, *, budget: float, alpha: float) -> SequentialState:
+    """Is the rate below or above ``budget`` (a proportion)? Decided once the confidence sequence excludes it."""
+    low, high = confidence_sequence(successes, n, alpha)
+    decision = Decision.BELOW if high < budget else Decision.ABOVE if low > budget else Decision.UNDECIDED
+    return SequentialState(successes, n, (low, high), decision)
