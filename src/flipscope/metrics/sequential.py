@@ -53,11 +53,11 @@ def _betaln(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def _root(f: Any, lo: float, hi: float) -> float:
     """The root of ``f`` in [lo, hi] (signs differ at the ends), by bisection to 1e-12."""
-    f_lo = f(lo)
+    low_negative = f(lo) < 0
     while hi - lo > 1e-12:
         mid = (lo + hi) / 2
-        if (f(mid) < 0) == (f_lo < 0):
-            lo, f_lo = mid, f(mid)
+        if (f(mid) < 0) == low_negative:  # the sign at lo never changes: only which end moves
+            lo = mid
         else:
             hi = mid
     return (lo + hi) / 2
