@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from flipscope.metrics.sequential import PRIOR, Decision, confidence_sequence, decide, excludes, log_mixture
+from flipscope.metrics.sequential import PRIOR, Decision, Question, confidence_sequence, decide, excludes, log_mixture
 
 
 @pytest.mark.parametrize(
@@ -74,7 +74,26 @@ def test_deciding_after_every_chunk_errs_at_most_alpha_where_rechecked_wilson_do
 
 
 def test_decide_reads_the_interval() -> None:
-    assert decide(2, 400, budget=0.05, alpha=0.05).decision is Decision.BELOW
-    assert decide(60, 400, budget=0.05, alpha=0.05).decision is Decision.ABOVE
-    state = decide(20, 400, budget=0.05, alpha=0.05)
+    budget = Question(alpha=0.05, budget=0.05)
+    assert decide(2, 400, budget).decision is Decision.BELOW
+    assert decide(60, 400, budget).decision is Decision.ABOVE
+    state = decide(20, 400, budget)
     assert state.decision is Decision.UNDECIDED and state.interval[0] < 0.05 < state.interval[1]
+
+
+def test_decide_against_a_floor_and_a_precision() -> None:
+    floor = Question(alpha=0.025, floor_high=0.04)
+    assert decide(40, 400, floor).decision is Decision.ABOVE  # lower bound ≈ 6% > 4%
+    assert decide(1, 400, floor).decision is Decision.WITHIN_FLOOR  # upper bound ≈ 2% ≤ 4%
+    assert decide(12, 400, floor).decision is Decision.UNDECIDED  # 3%: the interval straddles 4%
+    wide = decide(10, 100, Question(alpha=0.05, precision=0.02))
+    assert wide.decision is Decision.UNDECIDED and (wide.interval[1] - wide.interval[0]) / 2 > 0.02
+    narrow = decide(50, 5000, Question(alpha=0.05, precision=0.02))
+    assert narrow.decision is Decision.PRECISE and (narrow.interval[1] - narrow.interval[0]) / 2 <= 0.02
+
+
+def test_a_question_asks_one_thing() -> None:
+    with pytest.raises(ValueError, match="one question"):
+        Question(alpha=0.05, budget=0.05, precision=0.01)
+    with pytest.raises(ValueError, match="alpha"):
+        Question(alpha=1.5, budget=0.05)

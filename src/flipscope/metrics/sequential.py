@@ -91,9 +91,36 @@ def confidence_sequence(
 
 
 class Decision(StrEnum):
-    BELOW = "below"
-    ABOVE = "above"
-    UNDECIDED = "undecided"
+    BELOW = "below"  # the rate is below the budget
+    ABOVE = "above"  # above the budget, or above the noise floor
+    WITHIN_FLOOR = "within floor"  # no higher than the highest noise-floor rate still plausible
+    PRECISE = "precise"  # no budget asked: the interval is as narrow as asked
+    UNDECIDED = "undecided"  # the items ran out first
+
+
+@dataclass(frozen=True, kw_only=True)
+class Question:
+    """What a sequential run asks of each rate, at level ``alpha``: below or above ``budget``; above the noise
+    floor, given the floor's own upper bound ``floor_high`` (from its confidence sequence); or, with neither, an
+    interval of half-width at most ``precision``. All are proportions."""
+
+    alpha: float
+    budget: float | None = None
+    floor_high: float | None = None
+    precision: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if (self.budget is None) + (self.floor_high is None) + (self.precision is None) != 2:
+            raise ValueError("ask one question: a budget, a noise floor or a precision")
+
+    def describe(self) -> str:
+        if self.budget is not None:
+            return f"flip rate below {self.budget:.2%}?"
+        if self.floor_high is not None:
+            return f"flip rate above the noise floor (its upper bound {self.floor_high:.2%})?"
+        return f"flip rate to ± {self.precision:.2%}"
 
 
 @dataclass(frozen=True)
@@ -106,8 +133,18 @@ class SequentialState:
     decision: Decision
 
 
-def decide(successes: int, n: int, *, budget: float, alpha: float) -> SequentialState:
-    """Is the rate below or above ``budget`` (a proportion)? Decided once the confidence sequence excludes it."""
-    low, high = confidence_sequence(successes, n, alpha)
-    decision = Decision.BELOW if high < budget else Decision.ABOVE if low > budget else Decision.UNDECIDED
+def decide(successes: int, n: int, question: Question) -> SequentialState:
+    """What the confidence sequence after ``successes`` of ``n`` says to ``question``: a budget is decided once the
+    sequence excludes it; the floor, once the sequence lies above the floor's upper bound ("above"), or no higher
+    than it ("within floor": the rate is at most the highest floor rate the floor's own sequence allows); a
+    precision, once the half-width is at most it. Valid at whatever look a run stops (Ville's inequality)."""
+    low, high = confidence_sequence(successes, n, question.alpha)
+    decision = Decision.UNDECIDED
+    if question.budget is not None:
+        decision = Decision.BELOW if high < question.budget else Decision.ABOVE if low > question.budget else decision
+    elif question.floor_high is not None:
+        floor = question.floor_high
+        decision = Decision.ABOVE if low > floor else Decision.WITHIN_FLOOR if high <= floor else decision
+    elif question.precision is not None and (high - low) / 2 <= question.precision:
+        decision = Decision.PRECISE
     return SequentialState(successes, n, (low, high), decision)

@@ -43,6 +43,20 @@ class FreeSummary(BaseModel):
     n: int | None = None  # items in the summary (None: a run.json written before it was recorded)
 
 
+class SequentialSummary(BaseModel):
+    """``compare --sequential``: where the candidate's question stood when it stopped — after ``n`` of the
+    ``available`` items (taken in a seeded random order), its flip rate's anytime-valid ``interval`` at level ``alpha``
+    (``metrics.sequential``) and the ``decision`` it gave ("below" | "above" | "within floor" | "precise" |
+    "undecided"), for ``question``."""
+
+    decision: str
+    n: int
+    interval: tuple[float, float]
+    alpha: float
+    question: str
+    available: int
+
+
 class TaskSummary(BaseModel):
     n: int
     acc_baseline: float | None
@@ -71,6 +85,7 @@ class TaskSummary(BaseModel):
     #: "task/item" ids left out because that side gave a NaN or infinite log-probability there
     nonfinite_baseline: list[str] = []
     nonfinite_candidate: list[str] = []
+    sequential: SequentialSummary | None = None  # compare --sequential only
 
 
 def _rate(k: int, n: int) -> float | None:
