@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from flipscope.runs.mtbench_session import MTBenchSettings
     from flipscope.runs.prompt import prompt_tokens
     from flipscope.runs.save import save_compressed
+    from flipscope.runs.screen import ScreenResult, ScreenSettings, screen
 
 __all__ = [
     "CompareSettings",
@@ -26,6 +27,8 @@ __all__ = [
     "KldSettings",
     "MTBenchResult",
     "MTBenchSettings",
+    "ScreenResult",
+    "ScreenSettings",
     "compare",
     "judge_run",
     "kld",
@@ -33,6 +36,7 @@ __all__ = [
     "mtbench",
     "prompt_tokens",
     "save_compressed",
+    "screen",
 ]
 
 
@@ -61,6 +65,10 @@ def __getattr__(name: str) -> Any:
         from flipscope.runs.save import save_compressed
 
         return save_compressed
+    if name in ("screen", "ScreenSettings", "ScreenResult"):
+        from flipscope.runs import screen as screen_run
+
+        return getattr(screen_run, name)
     if name == "load_run":
         from flipscope.report import load_run
 

@@ -16,6 +16,7 @@ from flipscope.cli.listing import methods_cmd, models_cmd, tasks_cmd
 from flipscope.cli.mtbench import judge_cmd, mtbench_cmd
 from flipscope.cli.prompt import prompt_cmd
 from flipscope.cli.report import report_cmd
+from flipscope.cli.screen import screen_cmd
 from flipscope.errors import FlipscopeError
 
 
@@ -59,6 +60,7 @@ cli.add_command(models_cmd)
 cli.add_command(methods_cmd)
 cli.add_command(tasks_cmd)
 cli.add_command(prompt_cmd)
+cli.add_command(screen_cmd)
 
 
 def main() -> None:
