@@ -95,6 +95,35 @@ from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
 @click.option(
     "--noise-floor-dtype", default=None, help="The noise floor's dtype, e.g. bfloat16 (implies --noise-floor)."
 )
+@click.option(
+    "--sequential",
+    is_flag=True,
+    help="Score each task's items in a seeded random order, --chunk at a time, and stop each candidate on a task "
+    "as soon as its question is decided: below or above --flip-budget; above the noise floor or within it "
+    "(with --noise-floor); else its flip rate known to ± --precision points. Decisions use an anytime-valid "
+    "confidence sequence, so looking after every chunk keeps the error rate at --alpha. --limit caps the items.",
+)
+@click.option(
+    "--flip-budget",
+    type=float,
+    default=None,
+    help="(--sequential, implied) Decide whether each candidate's flip rate is below or above P percent.",
+)
+@click.option(
+    "--precision",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="(--sequential) Stop once the flip rate's interval is ± this many points (the noise floor's own stop).",
+)
+@click.option(
+    "--alpha",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="(--sequential) Chance that a (candidate, task) decision is wrong, however often the run looks.",
+)
+@click.option("--chunk", type=int, default=50, show_default=True, help="(--sequential) Items scored between looks.")
 @click.option("--no-cache", is_flag=True, help="Run every model again instead of reusing cached passes.")
 @click.option(
     "--cache-dir",
@@ -120,6 +149,11 @@ def compare_cmd(
     noise_floor: bool,
     noise_floor_batch: int | None,
     noise_floor_dtype: str | None,
+    sequential: bool,
+    flip_budget: float | None,
+    precision: float,
+    alpha: float,
+    chunk: int,
     no_cache: bool,
     cache_dir: str | None,
 ) -> None:
@@ -135,6 +169,7 @@ def compare_cmd(
     """
     from flipscope import CompareSettings, compare
     from flipscope.display import RichDisplay
+    from flipscope.metrics.sequential import SequentialPlan
     from flipscope.report import print_run
     from flipscope.runs.noise import NoiseFloor
     from flipscope.tasks import split_tasks
@@ -144,6 +179,9 @@ def compare_cmd(
         floor = NoiseFloor(noise_floor_batch or NoiseFloor.default(batch_size).batch_size, noise_floor_dtype)
     if not candidates and floor is None:
         raise click.UsageError("name at least one CANDIDATE (e.g. +rtn:w4g64), or ask for --noise-floor")
+    plan = None
+    if sequential or flip_budget is not None:
+        plan = SequentialPlan(flip_budget=flip_budget, precision=precision, alpha=alpha, chunk=chunk)
     settings = CompareSettings(
         tasks=split_tasks(tasks),
         limit=limit,
@@ -160,6 +198,7 @@ def compare_cmd(
         noise_floor=floor,
         use_cache=not no_cache,
         cache_dir=cache_dir,
+        sequential=plan,
     )
     display = RichDisplay()
     result = compare(baseline, list(candidates), settings=settings, display=display)

@@ -123,6 +123,42 @@ class Question:
         return f"flip rate to ± {self.precision:.2%}"
 
 
+@dataclass(frozen=True, kw_only=True)
+class SequentialPlan:
+    """``compare --sequential``: items of each task in a seeded random order, ``chunk`` at a time, each candidate
+    stopping on a task once its question is decided: its flip rate below or above ``flip_budget`` %; with a noise
+    floor, above the floor or within it; else known to ± ``precision`` points (also the noise floor's own stop).
+    ``alpha``: the chance that one (candidate, task) decision is wrong, over all its looks; with a noise floor it is
+    split in two, α/2 for the floor's interval and α/2 for the candidate's."""
+
+    flip_budget: float | None = None  # percent
+    precision: float = 2.0  # points of half-width
+    alpha: float = 0.05
+    chunk: int = 50  # items between looks
+
+    def check(self) -> None:
+        """Raise ValueError naming the bad setting."""
+        if self.flip_budget is not None and not 0 < self.flip_budget < 100:
+            raise ValueError(f"the flip budget is a percentage in (0, 100), got {self.flip_budget}")
+        if not 0 < self.precision < 50:
+            raise ValueError(f"the precision is a half-width in points, in (0, 50), got {self.precision}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.chunk < 1:
+            raise ValueError(f"a chunk holds at least 1 item, got {self.chunk}")
+
+    def question(self, *, floor_high: float | None = None, floor_run: bool = False) -> Question:
+        """The question a candidate is asked (``floor_high``: the noise floor's upper bound on this task, in a run
+        with a floor), or the floor itself (``floor_run``)."""
+        if floor_run:
+            return Question(alpha=self.alpha / 2, precision=self.precision / 100)
+        if floor_high is not None:
+            return Question(alpha=self.alpha / 2, floor_high=floor_high)
+        if self.flip_budget is not None:
+            return Question(alpha=self.alpha, budget=self.flip_budget / 100)
+        return Question(alpha=self.alpha, precision=self.precision / 100)
+
+
 @dataclass(frozen=True)
 class SequentialState:
     """Where one candidate's question stands after ``n`` items: its interval and what it decides."""

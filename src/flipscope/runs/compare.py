@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,21 +13,23 @@ from flipscope.errors import FlipscopeError
 from flipscope.metrics import ItemScore, TaskSummary, summarize_run
 from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
 from flipscope.metrics.noise_floor import floor_label
-from flipscope.models import Backend, LoadOptions, ModelSpec, fingerprint, load_backend, parse_models
-from flipscope.passes.generation import (
-    FreeTask,
-    free_scores,
-    generate_pass,
-    generation_key,
-    load_free_task,
-    teacher_key,
-    teacher_requests,
-)
-from flipscope.passes.teacher import TeacherScorer
-from flipscope.plumbing.cache import cache_root, content_hash
+from flipscope.metrics.sequential import SequentialPlan
+from flipscope.metrics.sequential_summary import with_sequential
+from flipscope.models import LoadOptions, ModelSpec, parse_models
+from flipscope.passes.generation import FreeTask, load_free_task
+from flipscope.passes.runner import ModelRunner, TaskWork
+from flipscope.plumbing.cache import cache_root
 from flipscope.plumbing.version import library_versions
 from flipscope.runs.noise import NoiseFloor, engines_note, role_of
 from flipscope.runs.overrides import with_overrides
+from flipscope.runs.sequential import (
+    TaskChunks,
+    check_plan,
+    free_chunks,
+    mc_chunks,
+    run_sequential,
+    sequential_note,
+)
 from flipscope.store import (
     ModelEntry,
     NoiseFloorEntry,
@@ -38,16 +40,13 @@ from flipscope.store import (
     records_frame,
     write_run,
 )
-from flipscope.store.generations import GenerationStore
 from flipscope.store.run_dir import check_out, claim_run_dir, releases_out
 from flipscope.tasks import (
     GENERATIVE,
-    ItemRequests,
     PromptFormat,
     TaskData,
     check_task,
     free_form_task,
-    item_requests,
     load_task,
 )
 
@@ -84,127 +83,9 @@ class CompareSettings:
     noise_floor: NoiseFloor | None = None  # also run the baseline under these settings, paired with itself
     use_cache: bool = True  # False: run every model again instead of reusing cached passes
     cache_dir: str | Path | None = None  # where passes are cached (None: the flipscope cache's passes/)
-
-
-@dataclass(frozen=True)
-class _TaskWork:
-    """A task's items, the prompts built from them, and their content hash (computed once, used by every model)."""
-
-    task: TaskData
-    prompts: list[ItemRequests]
-    digest: str
-
-    @classmethod
-    def build(cls, task: TaskData, fmt: PromptFormat, fewshot: int) -> _TaskWork:
-        prompts = item_requests(task, fmt, fewshot)
-        text = [[[r.prefix, r.prompt, list(r.continuations)] for r in p.requests] + [p.option_chars] for p in prompts]
-        return cls(task, prompts, content_hash(text))
-
-
-class _Runner:
-    def __init__(self, settings: Settings, display: Display, use_cache: bool, cache_dir: Path) -> None:
-        self.settings = settings
-        self.display = display
-        self.use_cache = use_cache
-        self.scorer = TeacherScorer(settings, display, cache_dir, use_cache=use_cache)
-        self.store = self.scorer.store
-        self.generations = GenerationStore(cache_dir / "generations")
-        self.options = LoadOptions(device=settings.device, dtype=settings.dtype, batch_size=settings.batch_size)
-        self.notes = self.scorer.notes  # the scorer's, and those _record adds
-
-    def run_model(
-        self,
-        spec: ModelSpec,
-        role: str,
-        tasks: list[_TaskWork],
-        baseline: dict[str, PassResult] | None,
-        free: Sequence[FreeTask] = (),
-    ) -> tuple[ModelEntry, dict[str, PassResult]]:
-        weights = fingerprint(spec)
-        entry = ModelEntry(spec=spec.label(), role=role, fingerprint=weights)
-        loaded: list[Backend] = []
-
-        def backend() -> Backend:  # loaded on first need: nothing loads when every pass is cached
-            if not loaded:
-                loaded.append(load_backend(spec, self.options))
-            return loaded[0]
-
-        results: dict[str, PassResult] = {}
-        try:
-            for work in tasks:
-                ref = baseline[work.task.name] if baseline else None
-                results[work.task.name], entry.reused[work.task.name] = self._mc_pass(
-                    work, spec, role, weights, backend, ref
-                )
-            for task in free:
-                ref = baseline[task.name] if baseline else None
-                results[task.name], entry.reused[task.name] = self._free_pass(task, spec, role, weights, backend, ref)
-            for name, result in results.items():
-                self._record(entry, spec, name, result)
-        finally:
-            for b in loaded:
-                b.close()
-        return entry, results
-
-    def _mc_pass(
-        self,
-        work: _TaskWork,
-        spec: ModelSpec,
-        role: str,
-        weights: str,
-        backend: Callable[[], Backend],
-        ref: PassResult | None,
-    ) -> tuple[PassResult, bool]:
-        key = content_hash(self.scorer.key(weights, work.digest, ref))
-        return self.scorer.score(
-            work.task, work.prompts, key, spec, backend, ref, f"{role} {spec.label()} · {work.task.name}"
-        )
-
-    def _free_pass(
-        self,
-        task: FreeTask,
-        spec: ModelSpec,
-        role: str,
-        weights: str,
-        backend: Callable[[], Backend],
-        ref: PassResult | None,
-    ) -> tuple[PassResult, bool]:
-        """Generate (stored, resumable), then score the baseline's answers teacher-forced."""
-        key = generation_key(task, weights, self.scorer.engine())  # not --topk/--tail-samples: they change no answer
-        title = f"{role} {spec.label()} · {task.name}"
-        with self.display.progress(f"{title} (generating)", len(task.prompts)) as advance:
-            made, reused = generate_pass(
-                task, key, backend, self.generations, use_cache=self.use_cache, advance=advance
-            )
-        answers = [s.free.text if s.free else "" for s in ref.scores] if ref else [g.text for g in made]
-        data, prompts = teacher_requests(task, answers)
-        tkey = teacher_key(weights, answers, self.scorer.key(weights, task.digest, ref))
-        teacher, cached = self.scorer.score(data, prompts, tkey, spec, backend, ref, f"{title} (scoring B's answers)")
-        return PassResult(tkey, teacher.model, free_scores(task, made, teacher), teacher.reference), reused and cached
-
-    def _record(self, entry: ModelEntry, spec: ModelSpec, task: str, result: PassResult) -> None:
-        """The model entry's passes, tokenizer and details, and the notes a pass's token KL calls for."""
-        from flipscope.metrics.token_kl import TokenKL
-
-        entry.passes[task] = result.key
-        entry.tokenizer_fingerprint = result.tokenizer
-        entry.details = dict(result.model.get("details", {}))
-        measured = result.model
-        kind = TokenKL.read(measured.get("token_kl"), tail_samples=self.settings.tail_samples)
-        if kind is not None:
-            entry.details["token_kl"] = kind.value
-        if kind is TokenKL.TOPK_APPROXIMATE:
-            self.scorer.note(
-                f"{spec.label()}: token KL is {kind.value} — over the tokens that both the baseline's "
-                "and the candidate's top-k name (matched by text) plus one rest bucket; a lower bound of the "
-                "full-vocabulary KL"
-            )
-            unshared, positions = measured.get("token_kl_unshared", (0, 0))
-            if unshared:
-                self.scorer.note(
-                    f"{spec.label()} on {task}: at {unshared} of {positions} answer-token positions the "
-                    "two top-k lists share no token; those positions are left out of token KL (not scored 0)"
-                )
+    sequential: SequentialPlan | None = (
+        None  # stop each candidate on each task once decided (``limit``: the most items)
+    )
 
 
 def compare(
@@ -274,22 +155,37 @@ def _compare(
         dtype=dtype,
         batch_size=batch_size,
     )
-    loaded = [load_task(name, fewshot=shots, limit=limit, seed=seed) for name in tasks if name not in GENERATIVE]
+    plan = chosen.sequential
+    if plan is not None:
+        check_plan(plan, noise_floor is not None)
+        settings = settings.model_copy(update={"sequential": asdict(plan)})
+    upto = None if plan else limit  # a sequential run takes the task's items in its own order, the first `limit`
+    loaded = [load_task(name, fewshot=shots, limit=upto, seed=seed) for name in tasks if name not in GENERATIVE]
     free = [
-        load_free_task(name, limit=limit, seed=seed, max_new_tokens=max_new_tokens, fewshot=fewshot)
+        load_free_task(name, limit=upto, seed=seed, max_new_tokens=max_new_tokens, fewshot=fewshot)
         for name in tasks
         if name in GENERATIVE
     ]
     names = [t.name if t is not None else name for name, t in _in_order(tasks, loaded)]
     if len(set(names)) != len(names):
         raise FlipscopeError("a task is named twice", fix="give each task once")
-    work = [_TaskWork.build(t, fmt, shots) for t in loaded]
-    runner = _Runner(settings, shown, use_cache, Path(cache_dir) if cache_dir else cache_root() / "passes")
-    base_entry, base_results = runner.run_model(base_spec, "baseline", work, None, free)
-    base_scores = [s for r in base_results.values() for s in r.scores]
-    entries, summary, scores = [], {}, {base_spec.label(): base_scores}
+    runner = ModelRunner(settings, shown, use_cache, Path(cache_dir) if cache_dir else cache_root() / "passes")
+    floor_runner = None
+    if noise_floor is not None:
+        floor_settings = settings.model_copy(
+            update={"batch_size": noise_floor.batch_size, "dtype": noise_floor.dtype or dtype}
+        )
+        floor_runner = ModelRunner(floor_settings, shown, use_cache, runner.store.root)
+    if plan is None:
+        ran = _run_all(
+            runner, floor_runner, base_spec, cand_specs, [TaskWork.build(t, fmt, shots) for t in loaded], free, names
+        )
+    else:
+        chunks = [mc_chunks(t, fmt, shots, plan, limit=limit, seed=seed) for t in loaded]
+        chunks += [free_chunks(t, plan, limit=limit, seed=seed) for t in free]
+        ran = _run_sequential(runner, floor_runner, base_spec, cand_specs, chunks, plan, names)
     notes = [f"{t.name}: {t.meta['note']}" for t in loaded if "note" in t.meta]
-    for r in base_results.values():
+    for r in ran.base_results:
         if r.reference is not None:
             how = (
                 f"an unbiased estimate: the baseline is stored as top-{topk} log-probs + tail mass (exact terms) + "
@@ -299,65 +195,140 @@ def _compare(
             )
             notes.append(f"token KL is {how} per answer token; mean tail mass {r.reference.mean_tail_mass:.3f}")
             break
+    if plan is not None:
+        notes.append(sequential_note(plan, noise_floor is not None))
     for spec in cand_specs:
-        entry, results = runner.run_model(spec, "candidate", work, base_results, free)
-        entries.append(entry)
-        cand_scores = [s for r in results.values() for s in r.scores]
-        scores[spec.label()] = cand_scores
-        summary[spec.label()] = summarize_run(base_scores, cand_scores, names)
-        engines = engines_note(base_spec, spec, summary[spec.label()])
+        engines = engines_note(base_spec, spec, ran.summary[spec.label()])
         if engines:
             notes.append(engines)
     floor: NoiseFloorEntry | None = None
-    if noise_floor is not None:
-        floor_settings = settings.model_copy(
-            update={"batch_size": noise_floor.batch_size, "dtype": noise_floor.dtype or dtype}
-        )
-        floor_runner = _Runner(floor_settings, shown, use_cache, runner.store.root)
-        floor_entry, floor_results = floor_runner.run_model(base_spec, "noise floor", work, base_results, free)
-        floor_scores = [s for r in floor_results.values() for s in r.scores]
-        scores[floor_label(base_spec.label())] = floor_scores
+    if noise_floor is not None and floor_runner is not None and ran.floor is not None:
         floor = NoiseFloorEntry(
             setup=noise_floor.setup(batch_size, dtype),
             batch_size=noise_floor.batch_size,
             dtype=noise_floor.dtype or dtype,
-            model=floor_entry,
-            summary=summarize_run(base_scores, floor_scores, names),
+            model=ran.floor,
+            summary=ran.floor_summary,
         )
         notes += [n for n in floor_runner.notes if n not in runner.notes]
     notes += runner.notes
+    scores = ran.scores
     run = RunFile(
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         flipscope_version=library_versions().get("flipscope", "unknown"),
         versions=library_versions(),
         settings=settings,
-        baseline=base_entry,
-        candidates=entries,
-        tasks=[TaskEntry(name=t.name, meta=t.meta) for t in loaded]
-        + [TaskEntry(name=t.name, meta=t.meta) for t in free],
-        summary=summary,
+        baseline=ran.baseline,
+        candidates=ran.candidates,
+        tasks=[TaskEntry(name=name, meta=ran.meta.get(name, meta)) for name, meta in _metas(loaded, free)],
+        summary=ran.summary,
         noise_floor=floor,
         notes=notes,
     )
     folder = claim_run_dir(out)
     roles = {label: (role_of(label, base_spec.label()), s) for label, s in scores.items()}
-    write_run(folder, run, records_frame(roles), _items_frame(loaded, free))
+    scored = {(s.task, s.item_id) for s in scores[base_spec.label()]}
+    write_run(folder, run, records_frame(roles), _items_frame(loaded, free, scored))
     return Comparison(run, folder, scores)
 
 
-def _items_frame(tasks: list[TaskData], free: Sequence[FreeTask] = ()) -> Any:
+def _items_frame(tasks: list[TaskData], free: Sequence[FreeTask], scored: set[tuple[str, str]]) -> Any:
+    """The items some model scored (a sequential run scores a prefix of each task's sequence)."""
     import pandas as pd
 
-    rows = [{**asdict(item), "task": t.name, "choices": list(item.choices)} for t in tasks for item in t.items]
+    rows = [
+        {**asdict(item), "task": t.name, "choices": list(item.choices)}
+        for t in tasks
+        for item in t.items
+        if (t.name, item.item_id) in scored
+    ]
     rows += [
         {"item_id": p.item_id, "question": p.question, "target": p.target, "task": t.name, "prompt": text}
         for t in free
         for p, text in zip(t.problems, t.prompts, strict=True)
+        if (t.name, p.item_id) in scored
     ]
     return pd.DataFrame(rows)
+
+
+def _metas(loaded: list[TaskData], free: Sequence[FreeTask]) -> list[tuple[str, dict[str, Any]]]:
+    return [(t.name, t.meta) for t in loaded] + [(t.name, t.meta) for t in free]
 
 
 def _in_order(names: Sequence[str], loaded: list[TaskData]) -> list[tuple[str, TaskData | None]]:
     """Each asked-for task with its loaded multiple-choice data (None for free-form ones), in the order asked."""
     mc = iter(loaded)
     return [(name, None if name in GENERATIVE else next(mc)) for name in names]
+
+
+@dataclass
+class _Ran:
+    """What running the models gave: entries, per-item scores by model label (the noise floor's under its label),
+    summaries, and each task's meta where the run changed it."""
+
+    baseline: ModelEntry
+    base_results: list[PassResult]
+    candidates: list[ModelEntry]
+    scores: dict[str, list[ItemScore]]
+    summary: dict[str, dict[str, TaskSummary]]
+    floor: ModelEntry | None = None
+    floor_summary: dict[str, TaskSummary] = field(default_factory=dict)
+    meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _run_all(
+    runner: ModelRunner,
+    floor_runner: ModelRunner | None,
+    base_spec: ModelSpec,
+    cand_specs: Sequence[ModelSpec],
+    work: list[TaskWork],
+    free: Sequence[FreeTask],
+    names: list[str],
+) -> _Ran:
+    """Every item of every task: the baseline, each candidate, then the noise floor."""
+    base_entry, base_results = runner.run_model(base_spec, "baseline", work, None, free)
+    base_scores = [s for r in base_results.values() for s in r.scores]
+    ran = _Ran(base_entry, list(base_results.values()), [], {base_spec.label(): base_scores}, {})
+    for spec in cand_specs:
+        entry, results = runner.run_model(spec, "candidate", work, base_results, free)
+        ran.candidates.append(entry)
+        ran.scores[spec.label()] = [s for r in results.values() for s in r.scores]
+        ran.summary[spec.label()] = summarize_run(base_scores, ran.scores[spec.label()], names)
+    if floor_runner is not None:
+        ran.floor, floor_results = floor_runner.run_model(base_spec, "noise floor", work, base_results, free)
+        floor_scores = [s for r in floor_results.values() for s in r.scores]
+        ran.scores[floor_label(base_spec.label())] = floor_scores
+        ran.floor_summary = summarize_run(base_scores, floor_scores, names)
+    return ran
+
+
+def _run_sequential(
+    runner: ModelRunner,
+    floor_runner: ModelRunner | None,
+    base_spec: ModelSpec,
+    cand_specs: Sequence[ModelSpec],
+    chunks: list[TaskChunks],
+    plan: SequentialPlan,
+    names: list[str],
+) -> _Ran:
+    """Each task's sequence chunk by chunk, each model stopping once decided (``runs.sequential``)."""
+    models = run_sequential(runner, base_spec, cand_specs, chunks, plan, floor_runner=floor_runner)
+    base_scores = models.baseline.scores()
+    available = {t.name: t.available for t in chunks}
+    ran = _Ran(models.baseline.entry, models.baseline_results, [], {base_spec.label(): base_scores}, {})
+    ran.meta = {t.name: t.meta for t in chunks}
+    floor: dict[str, TaskSummary] | None = None
+    if models.floor is not None:
+        ran.floor = models.floor.entry
+        floor_scores = models.floor.scores()
+        ran.scores[floor_label(base_spec.label())] = floor_scores
+        floor = with_sequential(summarize_run(base_scores, floor_scores, names), plan, available, floor_run=True)
+        ran.floor_summary = floor
+    for model in models.candidates:
+        label = model.spec.label()
+        ran.candidates.append(model.entry)
+        ran.scores[label] = model.scores()
+        ran.summary[label] = with_sequential(
+            summarize_run(base_scores, ran.scores[label], names), plan, available, floor=floor
+        )
+    return ran

@@ -25,6 +25,7 @@ class ModelEntry(BaseModel):
     details: dict[str, Any] = Field(default_factory=dict)
     passes: dict[str, str] = Field(default_factory=dict)  # task → pass cache key
     reused: dict[str, bool] = Field(default_factory=dict)  # task → loaded from cache instead of run
+    chunk_passes: dict[str, list[str]] = Field(default_factory=dict)  # compare --sequential: task → its chunks' keys
 
 
 class TaskEntry(BaseModel):
@@ -42,6 +43,7 @@ class Settings(BaseModel):
     device: str
     dtype: str
     batch_size: int = 16
+    sequential: dict[str, Any] | None = None  # compare --sequential: the SequentialPlan's fields
 
 
 class NoiseFloorEntry(BaseModel):

@@ -35,3 +35,11 @@ def stratified_sample(items: list[MCItem], n: int | None, *, seed: int) -> list[
         rng = random.Random(f"{seed}:{name}")
         chosen += rng.sample(groups[name], counts[name])
     return [items[i] for i in sorted(chosen)]
+
+
+def seeded_order(n: int, *, seed: int, salt: str) -> list[int]:
+    """A random order of ``range(n)`` fixed by ``seed`` and ``salt`` (a task's name): ``compare --sequential`` takes a
+    task's items in this order, so a later run with a larger ``--limit`` continues the same sequence."""
+    order = list(range(n))
+    random.Random(f"{seed}:order:{salt}").shuffle(order)
+    return order
