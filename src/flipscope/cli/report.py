@@ -51,6 +51,13 @@ def _print_one(run_dir: str, *, as_json: bool) -> None:
     from flipscope.report.collect import RunKind, run_kind
 
     kind = run_kind(Path(run_dir))
+    if kind is RunKind.SCREEN:
+        from flipscope.report.screen_load import load_screen_run
+        from flipscope.report.screen_table import print_screen_run, screen_json
+
+        screened = load_screen_run(run_dir)
+        click.echo(json.dumps(screen_json(screened), indent=2)) if as_json else print_screen_run(screened)
+        return
     if kind is RunKind.ATTRIBUTE:
         from flipscope.report.attribute_table import print_attribution
         from flipscope.store.attribute_run import read_attribution

@@ -92,9 +92,9 @@ def screen_cmd(baseline: str, candidates: tuple[str, ...], tasks: str, sample: i
     runs (every item), else of this sample, each candidate predicted from the other candidates' pairs only.
     Fewer than 3 pairs: no prediction, the sample's flips are shown instead.
     \b
-    Ranked by corpus KL (lowest first; by flips with --windows 0). Pareto set: nominal bits per weight against
-    predicted flips (unknown size counts as no smaller). "run fully?": yes = on the Pareto set; maybe = off it,
-    but no candidate at most as large has its whole interval below this one's; no = one does.
+    Ranked by corpus KL (lowest first; with --windows 0 by the sample's choice KL). Pareto set: nominal bits per
+    weight against predicted flips (unknown size counts as no smaller). "run fully?": yes = on the Pareto set;
+    maybe = off it, but no candidate at most as large has its whole interval below this one's; no = one does.
     \b
     Example:
       flipscope screen bundled:smollm2-135m +rtn:w8 +rtn:w4g64 +rtn:w3g64 +rtn:w2g64 --tasks paper --then-compare 2

@@ -20,6 +20,7 @@ class RunKind(StrEnum):
     KLD = "kld"
     MTBENCH = "mtbench"
     ATTRIBUTE = "attribute"
+    SCREEN = "screen"
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,13 @@ class AttributionDir:
     run: Any  # AttributionRun
 
 
-Run = CompareRun | KLDRun | MTBenchRun | AttributionDir
+@dataclass(frozen=True)
+class ScreenDir:
+    folder: Path
+    run: Any  # ScreenRunFile, numbers recomputed from the runs beside it (report.screen_table.load_screen_run)
+
+
+Run = CompareRun | KLDRun | MTBenchRun | AttributionDir | ScreenDir
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,7 @@ class ReportInput:
     klds: list[KLDRun] = field(default_factory=list)
     mtbenches: list[MTBenchRun] = field(default_factory=list)
     attributions: list[AttributionDir] = field(default_factory=list)
+    screens: list[ScreenDir] = field(default_factory=list)
 
 
 def run_kind(folder: Path) -> RunKind:
@@ -77,6 +85,8 @@ def run_kind(folder: Path) -> RunKind:
         kind = None  # read_run says what is wrong with it
     if kind == "attribute":
         return RunKind.ATTRIBUTE
+    if kind == "screen":
+        return RunKind.SCREEN
     return RunKind.MTBENCH if kind == "mtbench" else RunKind.COMPARE
 
 
@@ -95,6 +105,10 @@ def _read(folder: Path) -> Run:
         from flipscope.store.attribute_run import read_attribution
 
         return AttributionDir(folder, read_attribution(folder))
+    if kind is RunKind.SCREEN:
+        from flipscope.report.screen_load import load_screen_run
+
+        return ScreenDir(folder, load_screen_run(folder))
     if kind is RunKind.KLD:
         from flipscope.report.kld_table import load_kld_run
         from flipscope.store.kld_run import read_kld_run
@@ -114,7 +128,7 @@ def _read(folder: Path) -> Run:
 def _baseline(run: Run) -> str:
     if isinstance(run, KLDRun):
         return str(run.run.baseline["spec"])
-    if isinstance(run, AttributionDir):
+    if isinstance(run, AttributionDir | ScreenDir):
         return str(run.run.baseline)
     return str(run.run.baseline.spec)
 
@@ -143,6 +157,8 @@ def baseline_identity(run: Run) -> dict[str, str | None]:
         s = run.run.settings
         fields |= {"weights fingerprint": run.run.baseline.fingerprint, "dtype": s.get("dtype"),
                    "device": s.get("device")}  # fmt: skip
+    elif isinstance(run, ScreenDir):
+        fields |= {"dtype": run.run.settings.get("dtype")}
     else:
         s = run.run.settings.get("ablation", run.run.settings)
         fields |= {"dtype": s.get("dtype"), "device": s.get("device")}
@@ -179,4 +195,5 @@ def collect(folders: Sequence[str | Path]) -> ReportInput:
         klds=[r for r in runs if isinstance(r, KLDRun)],
         mtbenches=[r for r in runs if isinstance(r, MTBenchRun)],
         attributions=[r for r in runs if isinstance(r, AttributionDir)],
+        screens=[r for r in runs if isinstance(r, ScreenDir)],
     )

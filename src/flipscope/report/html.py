@@ -15,6 +15,8 @@ from flipscope.report.explorer import FlipRow, flipped_items
 from flipscope.report.figure import Plot, short
 from flipscope.report.plots import all_plots
 from flipscope.report.render import plotly_figure
+from flipscope.report.screen_table import screen_cells
+from flipscope.report.screen_table import title as screen_title
 from flipscope.report.summary_rows import (
     Cell,
     attribution_rows,
@@ -89,6 +91,9 @@ def _sections(data: ReportInput, plots: list[Plot]) -> list[Section]:
         ]
         sections.append(Section("attribute", "Attribution", [_plot_entry(p) for p in by_section.get("attribute", [])],
                                 tables))  # fmt: skip
+    if data.screens:
+        tables = [_table(f"{s.folder}: {screen_title(s.run)}", *screen_cells(s.run)) for s in data.screens]
+        sections.append(Section("screen", "Screen", [_plot_entry(p) for p in by_section.get("screen", [])], tables))
     return sections
 
 
@@ -98,6 +103,7 @@ def _runs(data: ReportInput) -> list[dict[str, str]]:
     out += [{"folder": str(r.folder), "kind": "kld", "detail": str(r.run.settings.corpus)} for r in data.klds]
     out += [{"folder": str(r.folder), "kind": "mtbench", "detail": ""} for r in data.mtbenches]
     out += [{"folder": str(r.folder), "kind": "attribute", "detail": r.run.candidate} for r in data.attributions]
+    out += [{"folder": str(r.folder), "kind": "screen", "detail": ", ".join(r.run.tasks)} for r in data.screens]
     return out
 
 

@@ -11,6 +11,8 @@ from flipscope.report.collect import ReportInput
 from flipscope.report.explorer import flipped_items
 from flipscope.report.plots import all_plots
 from flipscope.report.render import png
+from flipscope.report.screen_table import screen_cells
+from flipscope.report.screen_table import title as screen_title
 from flipscope.report.summary_rows import Cell, kld_rows, mtbench_rows, summary_rows, summary_warnings
 
 
@@ -43,6 +45,8 @@ def render_markdown(data: ReportInput, figures: Path, *, relative_to: Path) -> s
     for mt in data.mtbenches:
         lines += [f"### MT-Bench ({len(mt.run.questions)} questions × 2 turns)", ""]
         lines += [*table(*mtbench_rows(mt)), ""]
+    for screened in data.screens:
+        lines += [f"### {_escape(screen_title(screened.run))}", "", *table(*screen_cells(screened.run)), ""]
     for plot in all_plots(data):
         path = png(plot, figures / f"{plot.key}.png")
         lines += [f"![{_escape(plot.title)}]({Path(os.path.relpath(path, relative_to)).as_posix()})", ""]

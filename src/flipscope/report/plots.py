@@ -13,6 +13,7 @@ from flipscope.metrics.paired import spearman
 from flipscope.report.collect import CompareRun, ReportInput
 from flipscope.report.figure import Plot, PlotKind, Series, percent, short
 from flipscope.report.run_plots import attribution_plot, kld_by_confidence, kld_distribution, kld_topk, mtbench_plots
+from flipscope.report.screen_table import predicted_vs_measured
 
 
 def _rho_text(rho: float | None, n: int, what: str) -> str:
@@ -135,6 +136,7 @@ def all_plots(data: ReportInput) -> list[Plot]:
     for mt in data.mtbenches:
         plots += mtbench_plots(mt)
     plots += [attribution_plot(a) for a in data.attributions]
+    plots += [p for s in data.screens if (p := predicted_vs_measured(s.run, f"screen_{s.folder.name}")) is not None]
     colours = model_colours(data)
     plots = [_coloured(p, colours) for p in plots if has_data(p)]  # (no empty chart for a mute judge)
     keys = [p.key for p in plots]

@@ -144,8 +144,6 @@ def _screen(
     display: Display | None,
     out: str | Path | None,
 ) -> ScreenResult:
-    from flipscope.compress.size import nominal_bits
-
     shown: Display = display or NullDisplay()
     _check(chosen, len(candidates))
     pairs, calibration_runs = read_calibration(chosen.calibrate)  # input errors before any model runs
@@ -174,7 +172,7 @@ def _screen(
         summary=sample.run.summary,
         scores=sample.scores,
         corpus={c: (s.kl_mean.value, s.kl_mean.err) for c, s in corpus.summary.items()} if corpus else {},
-        bits={s.label(): nominal_bits(s.compression, chosen.dtype) for s in cand_specs},
+        bits={s.label(): _bits(s, base_spec, chosen.dtype) for s in cand_specs},
         pairs=pairs,
         measured=measured_flips(calibration_runs, labels),
         level=chosen.level,
@@ -191,6 +189,16 @@ def _screen(
     run = _run_file(chosen, inputs, result, corpus, picked, notes + result.notes)
     write_screen_run(folder, run)
     return ScreenResult(run, folder, sample, corpus, full)
+
+
+def _bits(spec: ModelSpec, base: ModelSpec, dtype: str) -> float | None:
+    """Nominal bits per Linear weight of a candidate that is the baseline's weights compressed (as loaded: ``dtype``
+    on hf/bundled sources); None for another model, or an uncompressed file of unknown packing."""
+    from flipscope.compress.size import nominal_bits
+
+    if spec.base() != base.base():
+        return None
+    return nominal_bits(spec.compression, dtype if spec.source in ("hf", "bundled") else "unknown")
 
 
 def _pick(result: Assessment, then: int | str) -> list[str]:

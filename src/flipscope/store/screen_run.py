@@ -77,7 +77,7 @@ class ScreenRunFile(BaseModel):
     calibration: CalibrationInfo
     calibration_pairs: list[StoredPair] = Field(default_factory=list)  # --calibrate only
     candidates: list[ScreenCandidate]
-    ranked_by: str  # "corpus KL" | "predicted flips" | "sample flips"
+    ranked_by: str  # "corpus KL" | "sample choice KL" | "predicted flips" | "sample flips"
     pareto_basis: str  # "predicted flips" | "sample flips": the flips the Pareto set and "run fully?" use
     pooled: str  # the task key every candidate is ranked on: "all" (several tasks) or the one task
     corpus_kl_kind: str | None = None  # kld's kl_forward: "unbiased estimate", "exact", …; None: no windows

@@ -135,8 +135,12 @@ def assess(inputs: ScreenInputs) -> Assessment:
     flips = [(r.predicted_flips if predicted else r.sample_flips).get(pooled) for r in rows]
     screened = [Screened(*(f or (1.0, 1.0, 1.0)), size=r.bits) for r, f in zip(rows, flips, strict=True)]
     front, verdict = pareto(screened), verdicts(screened)
-    ranked_by = "corpus KL" if rows and all(r.corpus_kl is not None for r in rows) else basis
-    order = sorted(range(len(rows)), key=lambda i: (_key(rows[i], ranked_by, flips[i]), rows[i].spec))
+    ranked_by = basis
+    if rows and all(r.corpus_kl is not None for r in rows):
+        ranked_by = "corpus KL"
+    elif rows and all(r.choice_kl.get(pooled) is not None for r in rows):
+        ranked_by = "sample choice KL"  # the measure itself: each prediction's own fit would bend the order
+    order = sorted(range(len(rows)), key=lambda i: (_key(rows[i], ranked_by, pooled, flips[i]), rows[i].spec))
     out = []
     for rank, i in enumerate(order, start=1):
         out.append(rows[i].model_copy(update={"rank": rank, "pareto": front[i], "run_fully": verdict[i].value}))
@@ -144,9 +148,11 @@ def assess(inputs: ScreenInputs) -> Assessment:
     return Assessment(out, info, ranked_by, basis, pooled, notes)
 
 
-def _key(row: ScreenCandidate, ranked_by: str, flips: Estimate | None) -> float:
+def _key(row: ScreenCandidate, ranked_by: str, pooled: str, flips: Estimate | None) -> float:
     if ranked_by == "corpus KL" and row.corpus_kl is not None:
         return row.corpus_kl
+    if ranked_by == "sample choice KL":
+        return row.choice_kl.get(pooled) or 0.0
     return flips[0] if flips is not None else float("inf")
 
 
