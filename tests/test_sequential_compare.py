@@ -137,3 +137,26 @@ def test_one_question_and_good_settings(scripts, long_file, tmp_path) -> None:
     with pytest.raises(FlipscopeError, match="chunk"):
         run(long_file, tmp_path, "z", SequentialPlan(chunk=0), "mock:cand")
     assert scripts["base"].calls == []  # refused before anything ran
+
+
+def test_a_free_form_task_runs_sequentially(scripts, tmp_path) -> None:
+    from tests.test_gsm8k_pipeline import _question, _row, _wheel
+
+    targets = _wheel()
+
+    def answer(wrong_every: int) -> object:
+        def text(prompt: str) -> str:
+            q = _question(prompt)
+            n = int(q.split()[1].rstrip(":"))
+            return f" The answer is {int(targets[q]) + (n % wrong_every == 0)}."
+
+        return text
+
+    scripts["b"] = Script(lambda i, r: (-1.0,), rows=lambda i, o: _row(0.0), answer=answer(10**9))
+    scripts["c"] = Script(lambda i, r: (-1.5,), rows=lambda i, o: _row(0.2), answer=answer(2))  # half flip
+    result = compare("mock:b", ["mock:c"], tasks=["gsm8k"], out=tmp_path / "g", cache_dir=tmp_path / "cache",
+                     sequential=SequentialPlan(flip_budget=20, chunk=16))  # fmt: skip
+    s = result.summary["mock:c"]["gsm8k"]
+    assert s.sequential is not None and s.sequential.decision == "above" and s.sequential.n == s.n < 1319
+    assert s.n % 16 == 0 and s.free is not None and s.free.n == s.n
+    assert sum(scripts["b"].generated) == s.n  # the baseline generated only what the candidate needed
