@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from pydantic import BaseModel
 
 import flipscope.metrics.paired as paired
 from flipscope.metrics.records import NO_ANSWER, ItemScore, Pair, answer_distance, pair_up
 
-#: A model whose most frequent answer position covers this share of items (with ≥ 20 items) has collapsed.
-COLLAPSE_SHARE = 0.6
+#: Fewer items than this never count as a collapse (too few to tell a bias from chance).
+COLLAPSE_MIN_ITEMS = 20
 
 
 class Bucket(BaseModel):
@@ -92,16 +92,42 @@ def _rate(k: int, n: int) -> float | None:
     return k / n if n else None
 
 
-def collapse_warnings(pairs: Sequence[Pair]) -> list[str]:
+def expected_share(pairs: Sequence[Pair], option: int) -> float:
+    """The share of items on which answering ``option`` needs no bias: the larger of its share among the targets
+    (a model that is always right picks it that often) and its chance share (the mean over items of 1/n_options
+    where the item has that option)."""
+    if not pairs:
+        return 0.0
+    targets = sum(p.baseline.target == option for p in pairs) / len(pairs)
+    chance = sum(1 / len(p.baseline.logprobs) for p in pairs if option < len(p.baseline.logprobs)) / len(pairs)
+    return max(targets, chance)
+
+
+def collapse_warnings(pairs: Sequence[Pair], *, cloze_hint: bool = False) -> list[str]:
+    """A model's answers have collapsed onto one option when, over at least ``COLLAPSE_MIN_ITEMS`` multiple-choice
+    items of two options or more, the option it picks most often takes a share ``s`` of its answers that is at least
+    halfway from that option's ``expected_share`` ``e`` to all items: ``s ≥ (1 + e) / 2``. So the bar is 75% on
+    balanced two-option tasks (PIQA answered "A" on 60% of items is not a collapse), 62.5% on balanced four-option
+    ones, and it rises with the targets' own skew (BoolQ answered "no" on 95% of items whose answer is "yes" on 62%,
+    "no" on 38%: e = 50%, bar 75%, a collapse). ``cloze_hint``: the task is scored in letter format and takes
+    ``--format`` (MMLU, user files), so the warning suggests ``--format cloze``; elsewhere it suggests nothing."""
+    n_options = max((len(p.baseline.logprobs) for p in pairs), default=0)
+    if len(pairs) < COLLAPSE_MIN_ITEMS or n_options < 2:
+        return []
     out = []
     for role in ("baseline", "candidate"):
         share = paired.top_choice_share([getattr(p, role).choice for p in pairs])
-        n_options = max((len(getattr(p, role).logprobs) for p in pairs), default=0)
-        if share and len(pairs) >= 20 and n_options > 1 and share[1] >= COLLAPSE_SHARE:
-            letter = "ABCDEFGHIJ"[share[0]] if share[0] < 10 else str(share[0])
+        if share is None:
+            continue
+        option, s = share
+        e = expected_share(pairs, option)
+        targets = sum(p.baseline.target == option for p in pairs) / len(pairs)
+        if s >= (1 + e) / 2:
+            letter = "ABCDEFGHIJ"[option] if option < 10 else str(option)
+            hint = " (a letter-format task: try --format cloze)" if cloze_hint else ""
             out.append(
-                f"{role} picked option {letter} on {share[1]:.0%} of items: its answers collapse onto one choice, "
-                "so flips there mean little (MMLU and your files in --format letter: try --format cloze)"
+                f"{role} picked option {letter} on {s:.0%} of items where {targets:.0%} of targets are {letter} "
+                f"({n_options} options): its answers collapse onto one choice, so flips there mean little{hint}"
             )
     return out
 
@@ -165,13 +191,14 @@ def _nonfinite_warnings(pairs: Sequence[Pair], bad: dict[str, list[str]]) -> lis
     return out
 
 
-def summarize(pairs: Sequence[Pair]) -> TaskSummary:
+def summarize(pairs: Sequence[Pair], *, cloze_hint: bool = False) -> TaskSummary:
     """The numbers of one candidate on one set of paired items. Items where either side has a NaN or infinite
-    log-probability are listed and left out (``n`` counts the rest)."""
+    log-probability are listed and left out (``n`` counts the rest). ``cloze_hint``: the items are scored in letter
+    format and their task takes ``--format`` (``collapse_warnings``)."""
     bad = {role: _nonfinite(pairs, role) for role in ("baseline", "candidate")}
     excluded = [*bad["baseline"], *bad["candidate"]]
     if excluded:
-        summary = summarize([p for p in pairs if p.baseline.finite and p.candidate.finite])
+        summary = summarize([p for p in pairs if p.baseline.finite and p.candidate.finite], cloze_hint=cloze_hint)
         return summary.model_copy(
             update={
                 "nonfinite_baseline": bad["baseline"],
@@ -187,7 +214,7 @@ def summarize(pairs: Sequence[Pair]) -> TaskSummary:
     choice_kls = [paired.choice_kl(p.baseline.logprobs, p.candidate.logprobs) for p in choice_pairs]
     token_kls = [p.candidate.token_kl for p in pairs if p.candidate.token_kl is not None]
     acc_b, acc_c = _rate(k_base, n), _rate(k_cand, n)
-    warnings = collapse_warnings(choice_pairs)
+    warnings = collapse_warnings(choice_pairs, cloze_hint=cloze_hint)
     free = free_summary(pairs)
     token_kl_mean = paired.mean(token_kls) if len(token_kls) == n else None
     token_kl_items = len(token_kls)
@@ -245,11 +272,18 @@ def summarize(pairs: Sequence[Pair]) -> TaskSummary:
 
 
 def summarize_run(
-    baseline: list[ItemScore], candidate: list[ItemScore], tasks: Sequence[str]
+    baseline: list[ItemScore],
+    candidate: list[ItemScore],
+    tasks: Sequence[str],
+    *,
+    cloze_hint: Collection[str] = (),
 ) -> dict[str, TaskSummary]:
-    """Per task, plus "all" pooling every item when there are several tasks."""
+    """Per task, plus "all" pooling every item when there are several tasks. ``cloze_hint``: the tasks scored in
+    letter format that take ``--format`` (MMLU, user files), whose collapse warnings suggest ``--format cloze``."""
     pairs = pair_up(baseline, candidate)
-    out = {name: summarize([p for p in pairs if p.baseline.task == name]) for name in tasks}
+    out = {
+        name: summarize([p for p in pairs if p.baseline.task == name], cloze_hint=name in cloze_hint) for name in tasks
+    }
     if len(tasks) > 1:
         out["all"] = summarize(pairs)
     return out

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from flipscope.errors import FlipscopeError
-from flipscope.metrics import ItemScore, summarize_run
+from flipscope.metrics import ItemScore, TaskSummary, summarize_run
 from flipscope.metrics.noise_floor import floor_label
+from flipscope.metrics.sequential import SequentialPlan
+from flipscope.metrics.sequential_summary import with_sequential
 from flipscope.report.table import print_run, render_run
 from flipscope.store import RunFile, read_run, scores_from_frame
 
@@ -27,12 +29,45 @@ def load_run_scores(folder: str | Path) -> tuple[RunFile, dict[str, list[ItemSco
         ) from exc
     base = by_model.get(run.baseline.spec, [])
     tasks = [t.name for t in run.tasks]
-    summary = {c.spec: summarize_run(base, by_model.get(c.spec, []), tasks) for c in run.candidates}
+    hint = cloze_hint_tasks(run)
     floor = run.noise_floor
+    floor_summary = None
     if floor is not None:
         floor_scores = by_model.get(floor_label(run.baseline.spec), [])
-        floor = floor.model_copy(update={"summary": summarize_run(base, floor_scores, tasks)})
+        floor_summary = _sequential(run, summarize_run(base, floor_scores, tasks, cloze_hint=hint), floor.summary,
+                                    floor_run=True)  # fmt: skip
+        floor = floor.model_copy(update={"summary": floor_summary})
+    summary = {
+        c.spec: _sequential(run, summarize_run(base, by_model.get(c.spec, []), tasks, cloze_hint=hint),
+                            run.summary.get(c.spec, {}), floor=floor_summary)
+        for c in run.candidates
+    }  # fmt: skip
     return run.model_copy(update={"summary": summary, "noise_floor": floor}), by_model
+
+
+def cloze_hint_tasks(run: RunFile) -> list[str]:
+    """The run's tasks for which "try --format cloze" applies: scored in letter format, in the run's --format
+    (MMLU and user files; the suite's tasks record their own fixed template in their meta)."""
+    if run.settings.format != "letter":
+        return []
+    return [t.name for t in run.tasks if "template" not in t.meta and "fewshot" not in t.meta]
+
+
+def _sequential(
+    run: RunFile,
+    summary: dict[str, TaskSummary],
+    stored: dict[str, TaskSummary],
+    *,
+    floor: dict[str, TaskSummary] | None = None,
+    floor_run: bool = False,
+) -> dict[str, TaskSummary]:
+    """A ``compare --sequential`` run's decisions, recomputed from the counts in the records by the run's own plan
+    (``settings.sequential``) for the tasks whose run.json block says how many items were available."""
+    if not run.settings.sequential:
+        return summary
+    plan = SequentialPlan(**run.settings.sequential)
+    available = {task: s.sequential.available for task, s in stored.items() if s.sequential is not None}
+    return with_sequential(summary, plan, available, floor=floor, floor_run=floor_run)
 
 
 def load_run(folder: str | Path) -> RunFile:
@@ -40,4 +75,4 @@ def load_run(folder: str | Path) -> RunFile:
     return load_run_scores(folder)[0]
 
 
-__all__ = ["floor_label", "load_run", "load_run_scores", "print_run", "render_run"]
+__all__ = ["cloze_hint_tasks", "floor_label", "load_run", "load_run_scores", "print_run", "render_run"]

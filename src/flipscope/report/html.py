@@ -13,7 +13,8 @@ from flipscope.plumbing.version import flipscope_version
 from flipscope.report.collect import ReportInput
 from flipscope.report.explorer import FlipRow, flipped_items
 from flipscope.report.figure import Plot, short
-from flipscope.report.plots import all_plots
+from flipscope.report.overview import overviews
+from flipscope.report.plots import all_plots, model_colours
 from flipscope.report.render import plotly_figure
 from flipscope.report.screen_table import screen_cells
 from flipscope.report.screen_table import title as screen_title
@@ -23,8 +24,8 @@ from flipscope.report.summary_rows import (
     kld_rows,
     mtbench_rows,
     summary_rows,
-    summary_warnings,
 )
+from flipscope.report.warning_groups import grouped_warnings
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,9 @@ def render_html(data: ReportInput) -> str:
         written=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         summary_columns=columns,
         summary_rows=rows,
-        warnings=summary_warnings(data),
+        overviews=overviews(data),
+        colours=model_colours(data),
+        warnings=grouped_warnings(data),
         sections=_sections(data, all_plots(data)),
         explorer=_explorer(flips, data.baseline) if data.compares else None,
         css=_inline(_asset("report.css")),

@@ -9,11 +9,13 @@ from pathlib import Path
 from flipscope.plumbing.atomic import write_atomically
 from flipscope.report.collect import ReportInput
 from flipscope.report.explorer import flipped_items
+from flipscope.report.overview import markdown_overview, overviews
 from flipscope.report.plots import all_plots
 from flipscope.report.render import png
 from flipscope.report.screen_table import screen_cells
 from flipscope.report.screen_table import title as screen_title
-from flipscope.report.summary_rows import Cell, kld_rows, mtbench_rows, summary_rows, summary_warnings
+from flipscope.report.summary_rows import Cell, kld_rows, mtbench_rows, summary_rows
+from flipscope.report.warning_groups import grouped_warnings
 
 
 def _escape(text: str) -> str:
@@ -34,11 +36,19 @@ def render_markdown(data: ReportInput, figures: Path, *, relative_to: Path) -> s
         stale.unlink()  # this report's own folder: plots of an earlier report that this one may not have
     lines = [f"## flipscope: candidates against `{data.baseline}`", ""]
     columns, rows = summary_rows(data)
+    views = overviews(data)
+    for view in views:
+        lines += ["Flips % of items (Δacc pp) per candidate and task; ≈: within the noise floor's 95% interval.", ""]
+        lines += [*markdown_overview(view), ""]
     if rows:
+        if views:  # folded on GitHub: the overview comes first
+            lines += ["<details><summary>Per-task detail</summary>", ""]
         lines += [*table(columns, [r.cells for r in rows]), ""]
+        if views:
+            lines += ["</details>", ""]
         flips = sum(len(flipped_items(run)) for run in data.compares)
         lines += [f"{flips} flipped (candidate, item) pairs in all; the HTML report lists them.", ""]
-        lines += [f"- {w}" for w in summary_warnings(data)] + [""]
+        lines += [f"- {g.line()}" for g in grouped_warnings(data)] + [""]
     for kld in data.klds:
         lines += [f"### Token-level KL on {kld.run.settings.corpus} (ctx {kld.run.settings.ctx})", ""]
         lines += [*table(*kld_rows(kld)), ""]

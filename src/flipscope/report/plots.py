@@ -33,11 +33,19 @@ def _cells(run: CompareRun) -> Iterator[tuple[str, str, TaskSummary]]:
                 yield cand, task, per_task[task]
 
 
+#: Above this many (candidate, task) groups the accuracy chart pools the tasks (the overview has them one by one).
+MAX_GROUPS = 12
+
+
 def accuracy_and_flips(run: CompareRun) -> Plot:
     base = run.run.baseline.spec
     many = len(run.run.tasks) > 1
     cells = list(_cells(run))
-    x: list[float | str] = [short(c, base) + (f" · {t}" if many else "") for c, t, _ in cells]
+    pooled = many and len(cells) > MAX_GROUPS
+    if pooled:
+        cells = [(c, "all", per["all"]) for c, per in run.run.summary.items() if "all" in per]
+    x: list[float | str] = [short(c, base) + (f" · {t}" if many and not pooled else "") for c, t, _ in cells]
+    hover = [f"{short(c, base)} · {t}: n = {s.n}" for c, t, s in cells]
     floor = run.run.noise_floor
     floor_summary = None if floor is None else floor.summary.get("all") or next(iter(floor.summary.values()), None)
     hline = None
@@ -45,29 +53,30 @@ def accuracy_and_flips(run: CompareRun) -> Plot:
         hline = (100 * floor_summary.flips, f"noise floor flips {100 * floor_summary.flips:.1f}%")
     return Plot(
         key="accuracy_vs_flips",
-        title="Accuracy change and flips per candidate",
+        title="Accuracy change and flips per candidate" + (", all tasks pooled" if pooled else ""),
         caption="Δ accuracy (percentage points) beside the flips split by direction (% of items): a small accuracy "
-        "change can hide many flips in both directions.",
+        "change can hide many flips in both directions."
+        + (" Every task's items pooled; the overview shows each task." if pooled else ""),
         kind=PlotKind.BAR,
         x_label="candidate",
         y_label="% of items",
         series=[
-            Series("Δ accuracy (pp)", x, [percent(s.delta_acc) for _, _, s in cells]),
-            Series("flips C→I", x, [percent(s.flips_c2i / s.n) if s.n else None for _, _, s in cells]),
-            Series("flips I→C", x, [percent(s.flips_i2c / s.n) if s.n else None for _, _, s in cells]),
+            Series("Δ accuracy (pp)", x, [percent(s.delta_acc) for _, _, s in cells], hover),
+            Series("flips C→I", x, [percent(s.flips_c2i / s.n) if s.n else None for _, _, s in cells], hover),
+            Series("flips I→C", x, [percent(s.flips_i2c / s.n) if s.n else None for _, _, s in cells], hover),
         ],
         hline=hline,
     )
 
 
 def kl_vs_flips(run: CompareRun, *, which: str) -> Plot | None:
-    """Flips against a KL (``which``: "choice" or "token"), one point per candidate and task, with Spearman's ρ
-    across candidates per task — the paper's correlation."""
+    """Flips against a KL (``which``: "choice" or "token"), one point per candidate and task — one colour per
+    candidate, its name and the task on hover (no text labels to pile up) — with Spearman's ρ across candidates per
+    task: the paper's correlation."""
     base = run.run.baseline.spec
     field_name = {"choice": "choice_kl_mean", "token": "token_kl_mean"}[which]
-    series, notes = [], []
+    by_task: dict[str, list[tuple[str, float, float]]] = {}
     for task in (t.name for t in run.run.tasks):
-        points = []
         for cand, per_task in run.run.summary.items():
             s = per_task.get(task)
             if s is None:
@@ -76,19 +85,25 @@ def kl_vs_flips(run: CompareRun, *, which: str) -> Plot | None:
             if which == "choice" and s.free is not None:
                 kl = s.free.teacher_kl_mean  # free-form: the teacher-forced KL is its distance
             if kl is not None and s.flips is not None and kl > 0:
-                points.append((short(cand, base), kl, 100 * s.flips))
-        if not points:
-            continue
+                by_task.setdefault(task, []).append((cand, kl, 100 * s.flips))
+    if not by_task:
+        return None
+    notes = []
+    for task, points in by_task.items():
         rho = spearman([p[1] for p in points], [p[2] for p in points])
         notes.append(f"{task}: {_rho_text(rho, len(points), 'KL, flips')}")
-        series.append(Series(task, [p[1] for p in points], [p[2] for p in points], [p[0] for p in points]))
-    if not series:
-        return None
+    series = []
+    for cand in run.run.summary:
+        points = [(task, kl, flips) for task, pts in by_task.items() for c, kl, flips in pts if c == cand]
+        if points:
+            name = short(cand, base)
+            series.append(Series(name, [p[1] for p in points], [p[2] for p in points],
+                                 [f"{name} · {p[0]}" for p in points]))  # fmt: skip
     label = "answer-token KL" if which == "token" else "choice KL (teacher-forced KL for free-form tasks)"
     return Plot(
         key=f"{which}_kl_vs_flips",
         title=f"Flips against {label}",
-        caption="; ".join(notes),
+        caption="One point per candidate and task (hover for its name). " + "; ".join(notes),
         kind=PlotKind.SCATTER,
         x_label=f"{label}, mean (nats, log scale)",
         y_label="flips (% of items)",
@@ -113,11 +128,15 @@ def flips_by_margin(run: CompareRun) -> Plot:
         title=f"Flip rate by the baseline's top-choice margin ({task})",
         caption="Margin = p(top choice) − p(second choice) under the baseline; flips concentrate where the baseline "
         "was unsure.",
-        kind=PlotKind.BAR,
+        kind=PlotKind.BAR if len(series) <= MAX_BAR_SERIES else PlotKind.LINE,
         x_label="baseline top-choice margin",
         y_label="flip rate (%)",
         series=series,
     )
+
+
+#: More candidates than this are drawn as lines over the margin buckets, not as grouped bars.
+MAX_BAR_SERIES = 6
 
 
 def has_data(plot: Plot) -> bool:
@@ -146,8 +165,20 @@ def all_plots(data: ReportInput) -> list[Plot]:
     return plots
 
 
-#: Tableau 10: each model keeps its colour in every plot of a report (the baseline first).
+#: Tableau 10: each model keeps its colour in every plot and table of a report (the baseline first); past these,
+#: hues around the circle by the golden angle, so 10–100 candidates still get one colour each.
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f")
+
+
+def colour(index: int) -> str:
+    if index < len(PALETTE):
+        return PALETTE[index]
+    import colorsys
+
+    hue = (index * 0.618033988749895) % 1.0
+    light = (0.42, 0.55, 0.32)[index % 3]
+    r, g, b = colorsys.hls_to_rgb(hue, light, 0.65)
+    return f"#{round(255 * r):02x}{round(255 * g):02x}{round(255 * b):02x}"
 
 
 def model_colours(data: ReportInput) -> dict[str, str]:
@@ -161,7 +192,7 @@ def model_colours(data: ReportInput) -> dict[str, str]:
     for mt in data.mtbenches:
         names += [short(c.spec, data.baseline) for c in mt.run.candidates]
     unique = list(dict.fromkeys(names))
-    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(unique)}
+    return {name: colour(i) for i, name in enumerate(unique)}
 
 
 def _coloured(plot: Plot, colours: dict[str, str]) -> Plot:

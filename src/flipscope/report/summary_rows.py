@@ -9,7 +9,7 @@ from flipscope.metrics import TaskSummary
 from flipscope.report.collect import AttributionDir, KLDRun, MTBenchRun, ReportInput
 from flipscope.report.figure import short
 from flipscope.report.formatting import num, pct, pvalue
-from flipscope.report.table import FLOOR_COLUMNS, floor_cells
+from flipscope.report.table import FLOOR_COLUMNS, SEQUENTIAL_COLUMN, floor_cells, sequential_text
 
 SUMMARY_COLUMNS = [
     "candidate",
@@ -77,27 +77,31 @@ def task_cells(candidate: str, task: str, s: TaskSummary, floor: TaskSummary | N
     return cells
 
 
+def sequential_cell(s: TaskSummary) -> Cell:
+    """``compare --sequential``'s decision and n ("below · n=120/300"), sorted by n."""
+    q = s.sequential
+    return Cell(sequential_text(s), "" if q is None else q.n, f"seq-{q.decision.replace(' ', '-')}" if q else "")
+
+
+def has_sequential(data: ReportInput) -> bool:
+    return any(s.sequential is not None for run in data.compares for per in run.run.summary.values()
+               for s in per.values())  # fmt: skip
+
+
 def summary_rows(data: ReportInput) -> tuple[list[str], list[SummaryRow]]:
-    """One row per (candidate, task) of every compare run, the pooled "all" row included."""
+    """One row per (candidate, task) of every compare run, the pooled "all" row included; a "sequential" column
+    (decision · n) where some run is a ``compare --sequential`` one."""
     rows = []
+    sequential = has_sequential(data)
     for run in data.compares:
         floor = run.run.noise_floor.summary if run.run.noise_floor is not None else None
         for candidate, per_task in run.run.summary.items():
             name = short(candidate, data.baseline)
             for task, s in per_task.items():
                 cells = task_cells(name, task, s, (floor or {}).get(task), has_floor=floor is not None)
+                cells += [sequential_cell(s)] if sequential else []
                 rows.append(SummaryRow(candidate, task, task == "all", cells))
-    return SUMMARY_COLUMNS, rows
-
-
-def summary_warnings(data: ReportInput) -> list[str]:
-    out = []
-    for run in data.compares:
-        for candidate, per_task in run.run.summary.items():
-            for task, s in per_task.items():
-                out += [f"{short(candidate, data.baseline)} · {task}: {w}" for w in s.warnings]
-        out += [f"note: {n}" for n in run.run.notes]
-    return out
+    return [*SUMMARY_COLUMNS, *([SEQUENTIAL_COLUMN] if sequential else [])], rows
 
 
 KLD_COLUMNS = ["candidate", "PPL(B)", "PPL(C)", "ln PPL ratio", "KL mean", "KL p99", "same top %", "windows left out"]

@@ -58,15 +58,27 @@ def candidate_table(
     interval)."""
     title = f"{candidate}  vs  {baseline}" + (f"  · token KL {token_kl}" if token_kl else "")
     table = Table(title=title, title_justify="left", header_style="bold")
-    columns = (*COLUMNS, *FLOOR_COLUMNS) if floor else COLUMNS
+    sequential = any(s.sequential is not None for s in per_task.values())
+    columns = (*COLUMNS, *(FLOOR_COLUMNS if floor else ()), *((SEQUENTIAL_COLUMN,) if sequential else ()))
     for name in columns:
         table.add_column(name, justify="left" if name == "task" else "right")
     for task, s in per_task.items():
         row = summary_row(task, s)
         if floor is not None:
             row += floor_cells(s, floor.get(task))
+        if sequential:
+            row.append(sequential_text(s))
         table.add_row(*row, style="bold" if task == "all" else None)
     return table
+
+
+SEQUENTIAL_COLUMN = "sequential"
+
+
+def sequential_text(s: TaskSummary) -> str:
+    """``compare --sequential``'s decision and the items it took: "below · n=120/300" ("–" where not run so)."""
+    q = s.sequential
+    return "–" if q is None else f"{q.decision} · n={q.n}/{q.available}"
 
 
 FLOOR_COLUMNS = ("floor flips% [95% CI]", "vs floor")

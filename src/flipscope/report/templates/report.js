@@ -101,20 +101,29 @@
       return document.getElementById("filter-" + name);
     });
     const search = document.getElementById("filter-text");
+    const more = document.getElementById("explorer-more");
+    const PAGE = 50;  // rows shown at first (and added per click): a sweep flips thousands of items
+    let limit = PAGE;
     function apply() {
-      let shown = 0;
+      let matched = 0;
       const needle = search.value.trim().toLowerCase();
       Array.from(body.rows).forEach(function (row) {
         const keep = filters.every(function (select) {
           return select.value === "" || row.dataset[select.dataset.field] === select.value;
         }) && (needle === "" || row.textContent.toLowerCase().indexOf(needle) >= 0);
-        row.hidden = !keep;
-        if (keep) shown += 1;
+        row.hidden = !keep || matched >= limit;
+        if (keep) matched += 1;
       });
-      document.getElementById("explorer-count").textContent = shown + " of " + items.length + " flipped items shown";
+      const shown = Math.min(matched, limit);
+      document.getElementById("explorer-count").textContent = shown + " of " + items.length + " flipped items shown" +
+        (matched > shown ? " (" + matched + " match the filters)" : "");
+      more.hidden = matched <= shown;
+      more.textContent = "show " + Math.min(PAGE, matched - shown) + " more";
     }
-    filters.forEach(function (select) { select.addEventListener("change", apply); });
-    search.addEventListener("input", apply);
+    function reset() { limit = PAGE; apply(); }
+    filters.forEach(function (select) { select.addEventListener("change", reset); });
+    search.addEventListener("input", reset);
+    more.addEventListener("click", function () { limit += PAGE; apply(); });
     apply();
   }
 
