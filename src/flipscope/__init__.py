@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from flipscope.errors import FlipscopeError
 
 if TYPE_CHECKING:
+    from flipscope.metrics.sequential import SequentialPlan
     from flipscope.report import load_run
     from flipscope.runs.compare import CompareSettings, Comparison, compare
     from flipscope.runs.kld import KLDResult, KldSettings, kld
@@ -29,6 +30,7 @@ __all__ = [
     "MTBenchSettings",
     "ScreenResult",
     "ScreenSettings",
+    "SequentialPlan",
     "compare",
     "judge_run",
     "kld",
@@ -69,6 +71,10 @@ def __getattr__(name: str) -> Any:
         from flipscope.runs import screen as screen_run
 
         return getattr(screen_run, name)
+    if name == "SequentialPlan":
+        from flipscope.metrics.sequential import SequentialPlan
+
+        return SequentialPlan
     if name == "load_run":
         from flipscope.report import load_run
 
