@@ -47,15 +47,18 @@ def _scores(rate: float, seed: int, items: int, *, collapse: str = "") -> list[I
     return out
 
 
-def write_sweep(folder: Path, *, items: int = 60, sequential: bool = False) -> Path:
+def write_sweep(folder: Path, *, items: int = 60, sequential: bool = False, candidates: int = 6) -> Path:
     """A compare run directory of 6 candidates × 8 tasks with a noise floor; candidates flip more as they have fewer
-    bits; the 3-bit one collapses on boolq. ``sequential``: summaries carry a ``compare --sequential`` decision."""
+    bits; the 3-bit one collapses on boolq. ``sequential``: summaries carry a ``compare --sequential`` decision.
+    ``candidates`` past 6: more plain ones (rtn at other group sizes), flipping like the 8-bit one."""
     import pandas as pd
+
+    specs = CANDIDATES + [f"{BASE}+rtn:w8g{16 * (j + 1)},asym" for j in range(candidates - len(CANDIDATES))]
 
     base = _scores(0.0, 0, items)
     floor = _scores(0.01, 99, items)
-    cands = {c: _scores(0.03 * (j + 1), j + 1, items, collapse="boolq" if j == 4 else "") for j, c in
-             enumerate(CANDIDATES)}  # fmt: skip
+    cands = {c: _scores(0.03 * (min(j, 5) + 1), j + 1, items, collapse="boolq" if j == 4 else "") for j, c in
+             enumerate(specs)}  # fmt: skip
     names = list(TASKS)
     summary = {c: summarize_run(base, s, names) for c, s in cands.items()}
     floor_summary = summarize_run(base, floor, names)
@@ -64,7 +67,7 @@ def write_sweep(folder: Path, *, items: int = 60, sequential: bool = False) -> P
         available = dict.fromkeys(names, 300)
         floor_summary = with_sequential(floor_summary, plan, available, floor_run=True)
         summary = {c: with_sequential(per, plan, available, floor=floor_summary) for c, per in summary.items()}
-    details = [{"compression": {"rtn": {"avg_bits_per_weight": 4.3}}} if "plan" in c else {} for c in CANDIDATES]
+    details = [{"compression": {"rtn": {"avg_bits_per_weight": 4.3}}} if "plan" in c else {} for c in specs]
     run = RunFile(
         created="2025-01-01T00:00:00+00:00",
         flipscope_version="test",
@@ -82,8 +85,7 @@ def write_sweep(folder: Path, *, items: int = 60, sequential: bool = False) -> P
         ),
         baseline=ModelEntry(spec=BASE, role="baseline", fingerprint="fp"),
         candidates=[
-            ModelEntry(spec=c, role="candidate", fingerprint=f"fp{j}", details=details[j])
-            for j, c in enumerate(CANDIDATES)
+            ModelEntry(spec=c, role="candidate", fingerprint=f"fp{j}", details=details[j]) for j, c in enumerate(specs)
         ],
         tasks=[TaskEntry(name=t, meta={} if t == "mmlu" else {"template": t}) for t in names],
         summary=summary,
@@ -260,3 +262,18 @@ def test_the_cloze_hint_follows_the_run_format(tmp_path: Path) -> None:
     assert cloze_hint_tasks(run) == ["mmlu"]  # the suite's tasks record their template; mmlu takes --format
     cloze = run.model_copy(update={"settings": run.settings.model_copy(update={"format": "cloze"})})
     assert cloze_hint_tasks(cloze) == []
+
+
+def test_forty_candidates_stay_one_row_each(tmp_path: Path) -> None:
+    from flipscope.report.collect import collect
+    from flipscope.report.html import write_html
+    from flipscope.report.plots import all_plots
+
+    data = collect([write_sweep(tmp_path / "sweep", candidates=40)])
+    page = write_html(data, tmp_path / "r.html").read_text()
+    assert len(_overview_rows(page)) == 40
+    plots = {p.key: p for p in all_plots(data)}
+    assert {len(s.x) for s in plots["accuracy_vs_flips"].series} == {40}  # pooled: 40 groups, not 320
+    assert plots["flips_by_margin"].kind == "line"  # 40 bars per bucket would be unreadable
+    colours = [s.colour for s in plots["choice_kl_vs_flips"].series]
+    assert len(colours) == len(set(colours)) == len(plots["choice_kl_vs_flips"].series)
