@@ -11,6 +11,7 @@ from flipscope.metrics.sequential import SequentialPlan
 from flipscope.metrics.sequential_summary import with_sequential
 from flipscope.report.table import print_run, render_run
 from flipscope.store import RunFile, read_run, scores_from_frame
+from flipscope.tasks import GENERATIVE
 
 
 def load_run_scores(folder: str | Path) -> tuple[RunFile, dict[str, list[ItemScore]]]:
@@ -46,11 +47,12 @@ def load_run_scores(folder: str | Path) -> tuple[RunFile, dict[str, list[ItemSco
 
 
 def cloze_hint_tasks(run: RunFile) -> list[str]:
-    """The run's tasks for which "try --format cloze" applies: scored in letter format, in the run's --format
-    (MMLU and user files; the suite's tasks record their own fixed template in their meta)."""
+    """The run's tasks for which "try --format cloze" applies: multiple-choice tasks scored in the run's --format
+    when it is letter (MMLU and user files; the suite's tasks record their own fixed template in their meta) — what
+    ``compare`` passes as ``summarize_run``'s ``cloze_hint``."""
     if run.settings.format != "letter":
         return []
-    return [t.name for t in run.tasks if "template" not in t.meta and "fewshot" not in t.meta]
+    return [t.name for t in run.tasks if "template" not in t.meta and t.name not in GENERATIVE]
 
 
 def _sequential(
