@@ -97,3 +97,21 @@ def test_a_question_asks_one_thing() -> None:
         Question(alpha=0.05, budget=0.05, precision=0.01)
     with pytest.raises(ValueError, match="alpha"):
         Question(alpha=1.5, budget=0.05)
+
+
+def test_the_mixture_equals_howard_and_ramdas_confseq() -> None:
+    """confseq (Howard & Ramdas' own package, built in CI from its sdist) computes the two-sided beta-binomial
+    mixture with g = p, h = 1 − p: that is ``log_mixture`` with the Beta(r/(1−p), r/p) prior its ``v_opt`` and
+    ``alpha_opt`` choose (r from its normal-mixture rule). Equal from rare flips (p = 0.001) to even ones, n = 1 to
+    10,000, no flip to all flips."""
+    boundaries = pytest.importorskip("confseq.boundaries", reason="confseq is built and installed by .ci/run")
+    level = math.log(1 / 0.05)
+    for p in (0.001, 0.01, 0.05, 0.2, 0.5, 0.9):
+        v_opt = p * (1 - p) * 100
+        rho = v_opt / (2 * level + math.log(1 + 2 * level))  # confseq's TwoSidedNormalMixture::best_rho
+        r = max(rho - p * (1 - p), 1e-3 * p * (1 - p))
+        for n in (1, 10, 100, 1000, 10_000):
+            for k in sorted({0, 1, n // 20, n // 2, n}):
+                ours = float(log_mixture(p, k, n, prior=(r / (1 - p), r / p)))
+                theirs = boundaries.beta_binomial_log_mixture(k - p * n, p * (1 - p) * n, v_opt, p, 1 - p, 0.05, False)
+                assert ours == pytest.approx(theirs, rel=1e-9, abs=1e-9), (p, n, k)

@@ -176,14 +176,23 @@ def _compare(
             update={"batch_size": noise_floor.batch_size, "dtype": noise_floor.dtype or dtype}
         )
         floor_runner = ModelRunner(floor_settings, shown, use_cache, runner.store.root)
+    # the collapse warning's "try --format cloze" applies to the tasks scored in the run's letter format
+    hint = [t.name for t in loaded if t.template is None] if fmt is PromptFormat.LETTER else []
     if plan is None:
         ran = _run_all(
-            runner, floor_runner, base_spec, cand_specs, [TaskWork.build(t, fmt, shots) for t in loaded], free, names
+            runner,
+            floor_runner,
+            base_spec,
+            cand_specs,
+            [TaskWork.build(t, fmt, shots) for t in loaded],
+            free,
+            names,
+            hint,
         )
     else:
         chunks = [mc_chunks(t, fmt, shots, plan, limit=limit, seed=seed) for t in loaded]
         chunks += [free_chunks(t, plan, limit=limit, seed=seed) for t in free]
-        ran = _run_sequential(runner, floor_runner, base_spec, cand_specs, chunks, plan, names)
+        ran = _run_sequential(runner, floor_runner, base_spec, cand_specs, chunks, plan, names, hint)
     notes = [f"{t.name}: {t.meta['note']}" for t in loaded if "note" in t.meta]
     for r in ran.base_results:
         if r.reference is not None:
@@ -284,6 +293,7 @@ def _run_all(
     work: list[TaskWork],
     free: Sequence[FreeTask],
     names: list[str],
+    hint: list[str],
 ) -> _Ran:
     """Every item of every task: the baseline, each candidate, then the noise floor."""
     base_entry, base_results = runner.run_model(base_spec, "baseline", work, None, free)
@@ -293,12 +303,12 @@ def _run_all(
         entry, results = runner.run_model(spec, "candidate", work, base_results, free)
         ran.candidates.append(entry)
         ran.scores[spec.label()] = [s for r in results.values() for s in r.scores]
-        ran.summary[spec.label()] = summarize_run(base_scores, ran.scores[spec.label()], names)
+        ran.summary[spec.label()] = summarize_run(base_scores, ran.scores[spec.label()], names, cloze_hint=hint)
     if floor_runner is not None:
         ran.floor, floor_results = floor_runner.run_model(base_spec, "noise floor", work, base_results, free)
         floor_scores = [s for r in floor_results.values() for s in r.scores]
         ran.scores[floor_label(base_spec.label())] = floor_scores
-        ran.floor_summary = summarize_run(base_scores, floor_scores, names)
+        ran.floor_summary = summarize_run(base_scores, floor_scores, names, cloze_hint=hint)
     return ran
 
 
@@ -310,6 +320,7 @@ def _run_sequential(
     chunks: list[TaskChunks],
     plan: SequentialPlan,
     names: list[str],
+    hint: list[str],
 ) -> _Ran:
     """Each task's sequence chunk by chunk, each model stopping once decided (``runs.sequential``)."""
     models = run_sequential(runner, base_spec, cand_specs, chunks, plan, floor_runner=floor_runner)
@@ -322,13 +333,15 @@ def _run_sequential(
         ran.floor = models.floor.entry
         floor_scores = models.floor.scores()
         ran.scores[floor_label(base_spec.label())] = floor_scores
-        floor = with_sequential(summarize_run(base_scores, floor_scores, names), plan, available, floor_run=True)
+        floor = with_sequential(
+            summarize_run(base_scores, floor_scores, names, cloze_hint=hint), plan, available, floor_run=True
+        )
         ran.floor_summary = floor
     for model in models.candidates:
         label = model.spec.label()
         ran.candidates.append(model.entry)
         ran.scores[label] = model.scores()
         ran.summary[label] = with_sequential(
-            summarize_run(base_scores, ran.scores[label], names), plan, available, floor=floor
+            summarize_run(base_scores, ran.scores[label], names, cloze_hint=hint), plan, available, floor=floor
         )
     return ran
