@@ -69,3 +69,30 @@ def test_cloze_hint_only_for_the_tasks_named() -> None:
     assert any("collapse" in w for w in out["arc_easy"].warnings)
     assert not any("cloze" in w for w in out["arc_easy"].warnings + out["all"].warnings)
     assert not any("cloze" in w for w in summarize_run(base, cand, ["mmlu"])["mmlu"].warnings)  # default: none
+
+
+def test_compare_suggests_cloze_only_for_a_task_run_in_letter_format(scripts, tmp_path) -> None:
+    """Through ``compare``: a user file scored in --format letter whose candidate answers "A" everywhere gets the
+    hint; the same file in cloze format gets the collapse warning without it."""
+    import json
+
+    from flipscope import compare
+    from tests.conftest import Script
+
+    rows = [{"id": f"q{i}", "question": f"Q{i}?", "choices": ["w", "x", "y", "z"], "answer": i % 4} for i in range(40)]
+    path = tmp_path / "quiz.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+    def right(i: int, request) -> tuple[float, ...]:  # type: ignore[no-untyped-def]
+        n = len(request.continuations)
+        pick = int(request.prompt.split("Q")[-1].split("?")[0]) % 4 if n == 4 else 0
+        return tuple(-1.0 if o == pick else -3.0 for o in range(n))
+
+    scripts["base"] = Script(right)
+    scripts["cand"] = Script(lambda i, request: (-1.0,) + (-3.0,) * (len(request.continuations) - 1))
+    for fmt, hinted in (("letter", True), ("cloze", False)):
+        result = compare("mock:base", ["mock:cand"], tasks=[str(path)], format=fmt, out=tmp_path / fmt,
+                         cache_dir=tmp_path / "cache")  # fmt: skip
+        warnings = [w for w in result.summary["mock:cand"]["quiz"].warnings if "collapse" in w]
+        assert warnings, fmt
+        assert any("--format cloze" in w for w in warnings) is hinted, (fmt, warnings)
