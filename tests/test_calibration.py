@@ -142,6 +142,9 @@ def test_nominal_bits_from_compression_configs() -> None:
     from flipscope.compress.size import nominal_bits
 
     assert nominal_bits((parse_method("rtn:w4g64"),)) == pytest.approx(4.25)
+    assert nominal_bits((parse_method("rtn:w4g64,asym"),)) == pytest.approx(4 + 20 / 64)  # + a 4-bit zero per group
+    assert nominal_bits((parse_method("awq:w4g128"),)) == pytest.approx(4 + 20 / 128)
+    assert nominal_bits((parse_method("hqq:w4g64"),)) == pytest.approx(4.5)  # fp16 scale and zero
     assert nominal_bits((parse_method("rtn:w8"),)) == 8.0
     assert nominal_bits((parse_method("ggml:Q4_0"),)) == 4.5
     assert nominal_bits((parse_method("noise:0.01"),), "bfloat16") == 16.0

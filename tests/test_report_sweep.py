@@ -156,7 +156,8 @@ def test_a_sweep_opens_on_its_overview_matrix(tmp_path: Path) -> None:
             assert f"{100 * (s.delta_acc or 0):+.1f}" in text  # Δacc beside the flips
             assert ("within" in css.split()) == bool(indistinguishable(s, floor[task]))
             assert ("≈" in text) == ("within" in css.split())
-    assert [r[1][2] for r in rows] == ["w8", "w6", "w5", "w4", "w3", "4.30"]  # sizes: named, or recorded
+    nominal = [f"{b + 16 / 64:.2f}" for b in (8, 6, 5, 4, 3)]  # codes + an fp16 scale per group of 64
+    assert [r[1][2] for r in rows] == [*nominal, "4.30"]  # sizes: nominal from the spec, or recorded
     assert 'class="floor-row"' in page  # the noise floor's own flips as a row
     assert any("within" in c[0] for r in rows for c in r) and any(c[0] == "m" for r in rows for c in r)
 

@@ -13,7 +13,9 @@ import pytest
 
 from flipscope import compare, load_run
 from flipscope.errors import FlipscopeError
+from flipscope.metrics.noise_floor import indistinguishable
 from flipscope.metrics.sequential import SequentialPlan, confidence_sequence
+from flipscope.report.table import floor_cells
 from flipscope.runs.noise import NoiseFloor
 from flipscope.tasks import ScoreRequest
 from tests.conftest import Script
@@ -117,7 +119,8 @@ def test_precision_without_a_budget_and_the_noise_floor(scripts, long_file, tmp_
     state = result.summary["mock:bad"]["long"].sequential
     assert state is not None and state.decision == "precise"
     assert (state.interval[1] - state.interval[0]) / 2 <= 0.08 and state.n < N_ITEMS
-    floored = run(long_file, tmp_path, "f", SequentialPlan(precision=3, chunk=50), "mock:bad",
+    scripts["same"] = picker(None)
+    floored = run(long_file, tmp_path, "f", SequentialPlan(precision=3, chunk=50), "mock:bad", "mock:same",
                   noise_floor=NoiseFloor(1))  # fmt: skip
     assert floored.run.noise_floor is not None
     floor_state = floored.run.noise_floor.summary["long"].sequential
@@ -125,6 +128,14 @@ def test_precision_without_a_budget_and_the_noise_floor(scripts, long_file, tmp_
     bad = floored.summary["mock:bad"]["long"].sequential
     assert bad is not None and bad.decision == "above" and bad.interval[0] > floor_state.interval[1]
     assert bad.alpha == 0.025
+    same = floored.summary["mock:same"]["long"]
+    assert same.sequential is not None and same.sequential.decision == "within floor"
+    # the tables' "vs floor" column and the overview's ≈ say what the run decided, not a fixed-n Wilson check
+    floor = floored.run.noise_floor.summary["long"]
+    assert indistinguishable(same, floor) is True
+    assert indistinguishable(floored.summary["mock:bad"]["long"], floor) is False
+    cells = floor_cells(same, floor)
+    assert cells[1] == "≈ floor" and f"{floor_state.interval[1] * 100:.1f}" in cells[0]
 
 
 def test_one_question_and_good_settings(scripts, long_file, tmp_path) -> None:
@@ -160,3 +171,22 @@ def test_a_free_form_task_runs_sequentially(scripts, tmp_path) -> None:
     assert s.sequential is not None and s.sequential.decision == "above" and s.sequential.n == s.n < 1319
     assert s.n % 16 == 0 and s.free is not None and s.free.n == s.n
     assert sum(scripts["b"].generated) == s.n  # the baseline generated only what the candidate needed
+
+
+def test_the_command_line(scripts, long_file, tmp_path, monkeypatch, capsys) -> None:
+    from tests.test_cli import run_cli
+
+    scripts["base"] = picker(None)
+    scripts["bad"] = picker(4)
+    code, out, err = run_cli(monkeypatch, capsys, "compare", "mock:base", "mock:bad", "--tasks", str(long_file),
+                             "--flip-budget", "8", "--chunk", "40", "--out", str(tmp_path / "cli"),
+                             "--cache-dir", str(tmp_path / "cache"))  # fmt: skip
+    assert code == 0, err
+    state = load_run(tmp_path / "cli").summary["mock:bad"]["long"].sequential
+    assert state is not None and f"above · n={state.n}/{N_ITEMS}" in out
+    code, _, err = run_cli(monkeypatch, capsys, "compare", "mock:base", "mock:bad", "--tasks", str(long_file),
+                           "--chunk", "0", "--alpha", "2")  # fmt: skip
+    assert code == 2 and "--alpha, --chunk apply to sequential runs only" in err and "Traceback" not in err
+    code, _, err = run_cli(monkeypatch, capsys, "compare", "mock:base", "mock:bad", "--tasks", str(long_file),
+                           "--sequential", "--chunk", "0")  # fmt: skip
+    assert code != 0 and "a chunk holds at least 1 item" in err and "Traceback" not in err

@@ -180,6 +180,12 @@ def compare_cmd(
     if not candidates and floor is None:
         raise click.UsageError("name at least one CANDIDATE (e.g. +rtn:w4g64), or ask for --noise-floor")
     plan = None
+    context = click.get_current_context()
+    given = [f"--{n}" for n in ("precision", "alpha", "chunk")
+             if context.get_parameter_source(n) is click.core.ParameterSource.COMMANDLINE]  # fmt: skip
+    if given and not (sequential or flip_budget is not None):
+        verb = "applies" if len(given) == 1 else "apply"
+        raise click.UsageError(f"{', '.join(given)} {verb} to sequential runs only: add --sequential")
     if sequential or flip_budget is not None:
         plan = SequentialPlan(flip_budget=flip_budget, precision=precision, alpha=alpha, chunk=chunk)
     settings = CompareSettings(

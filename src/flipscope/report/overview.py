@@ -4,7 +4,6 @@ in the HTML and Markdown reports when a run has several candidates or tasks; the
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,19 +77,30 @@ def _bits(value: Any) -> float | None:
     return None
 
 
-_SPEC_BITS = re.compile(r":w(\d+)")
-
-
 def size_cell(entry: ModelEntry | None, spec: str) -> SizeCell:
-    """Bits per weight: measured where the details record it, else the weight bits the spec names ("w4"; the
-    groups' scales are not counted), else unknown."""
+    """Bits per weight: measured where the details record it, else the nominal bits of the spec's compression
+    (``compress.size.nominal_bits``: codes, scales and zero points), else unknown."""
     measured = _bits(entry.details) if entry is not None else None
     if measured is not None:
         return SizeCell(f"{measured:.2f}", measured, "average bits per weight, as recorded by the compression")
-    named = _SPEC_BITS.findall(spec.rsplit("+", 1)[-1]) if "+" in spec else []
-    if named:
-        return SizeCell(f"w{named[-1]}", float(named[-1]), "weight bits named in the spec (scales not counted)")
+    nominal = _nominal(spec)
+    if nominal is not None:
+        return SizeCell(f"{nominal:.2f}", nominal, "nominal bits per weight of the spec's compression")
     return SizeCell("—", "", "size not recorded")
+
+
+def _nominal(spec: str) -> float | None:
+    """The nominal bits per weight of the compression a spec names after its model (None: none, or unknown)."""
+    from flipscope.compress import parse_method
+    from flipscope.compress.size import nominal_bits
+    from flipscope.errors import FlipscopeError
+
+    methods = spec.split("+")[1:]
+    try:
+        configs = [parse_method(m) for m in methods]
+    except (FlipscopeError, ValueError):
+        return None
+    return nominal_bits(configs, "unknown") if configs else None
 
 
 def _cell(s: TaskSummary, floor: TaskSummary | None, top: float) -> MatrixCell:

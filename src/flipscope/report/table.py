@@ -88,7 +88,8 @@ def floor_cells(s: TaskSummary, floor: TaskSummary | None) -> list[str]:
     """The noise floor's flips with its 95% interval, and whether the candidate is within it."""
     if floor is None:
         return ["–", "–"]
-    ci = f"[{pct(floor.flips_ci[0])}, {pct(floor.flips_ci[1])}]" if floor.flips_ci else ""
+    bounds = floor.sequential.interval if floor.sequential is not None else floor.flips_ci  # sequential: its sequence
+    ci = f"[{pct(bounds[0])}, {pct(bounds[1])}]" if bounds else ""
     same = indistinguishable(s, floor)
     return [f"{pct(floor.flips)} {ci}".strip(), "–" if same is None else "≈ floor" if same else "above"]
 

@@ -133,6 +133,7 @@ def run_sequential(
             for task in tasks:
                 state = _until_decided(models.floor, base, task, plan.question(floor_run=True))
                 floor_high[task.name] = state.interval[1]
+            models.floor.backend.close()  # the floor is done: no third model beside the baseline and a candidate
         for spec in cand_specs:
             model = _Model(runner, spec, "candidate")
             models.candidates.append(model)
