@@ -2,15 +2,16 @@
 a small item sample) enough to rank a sweep as the full suite does, and does `compare --sequential` reach the full
 suite's decisions with fewer items?
 
-    python benchmarks/screening.py [--limit 100] [--sample 5] [--windows 8] [--budget 10] [--out bench/screening]
+    python benchmarks/screening.py [--limit 100] [--samples 3,10] [--windows 4] [--budget 10] [--out bench/screening]
 
-Three stages over the same baseline and candidates, each with a cache folder of its own (nothing one stage scored is
+Stages over the same baseline and candidates, each with a cache folder of its own (nothing one stage scored is
 reused by another; every candidate is compressed afresh in each):
-1. full: `compare --tasks paper --limit L` — the reference: measured flips per (candidate, task) and pooled;
-2. screen: `screen --tasks paper --sample S --windows W` — predicted flips (calibrated on the fly, leave one
-   candidate out); Spearman ρ of predicted vs the full suite's measured flips, pooled and per task;
-3. sequential: `compare --sequential --flip-budget B --limit L` — each (candidate, task) decision against the full
-   suite's point decision (measured flips below / above B), and the share of items it used.
+1. full: every one of the first L items of each task's seeded order (the items `--sequential --limit L` draws from)
+   — the reference: measured flips per (candidate, task) and pooled;
+2. sequential: `compare --sequential --flip-budget B --limit L` — each (candidate, task) decision against the full
+   suite's point decision (measured flips below / above B), and the share of items it used;
+3. screen: `screen --tasks paper --sample S --windows W`, for each S — predicted flips (calibrated on the fly,
+   leave one candidate out); Spearman ρ of predicted vs the full suite's measured flips, pooled and per task.
 Compute: forward tokens (every option's prompt + continuation, by the baseline's tokenizer, for each model that scored
 the item; corpus windows × their length) and wall time, per stage. Prints the two Markdown tables for the README.
 """
@@ -18,7 +19,6 @@ the item; corpus windows × their length) and wall time, per stage. Prints the t
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,8 +76,8 @@ def timed(run: Callable[[], object]) -> tuple[object, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, default=100, help="items per task of the full suite (and the cap)")
-    parser.add_argument("--sample", type=int, default=5, help="screen's items per task")
-    parser.add_argument("--windows", type=int, default=8, help="screen's corpus windows (512 tokens)")
+    parser.add_argument("--samples", default="3,10", help="screen's items per task, one screen per value")
+    parser.add_argument("--windows", type=int, default=4, help="screen's corpus windows (512 tokens)")
     parser.add_argument("--budget", type=float, default=10.0, help="sequential's flip budget, percent")
     parser.add_argument("--chunk", type=int, default=20, help="sequential's items between looks")
     parser.add_argument("--tasks", default="paper")
@@ -87,54 +87,73 @@ def main() -> None:
     out, tasks = Path(args.out), split_tasks(args.tasks)
     common = {"tasks": tasks, "seed": 0, "device": "cpu"}
 
-    full, full_s = timed(lambda: flipscope.compare(BASELINE, args.candidates, limit=args.limit, out=out / "full",
-                                                   cache_dir=out / "cache-full", **common))  # fmt: skip
-    screened, screen_s = timed(lambda: flipscope.screen(
-        BASELINE, args.candidates, sample=args.sample, windows=args.windows, out=out / "screen",
-        cache_dir=out / "cache-screen", **common))  # fmt: skip
+    # the full suite: every one of the first `limit` items of each task's seeded order — the items the sequential
+    # stage draws from (a sequential run that cannot stop: its precision is out of reach; one chunk per task)
+    everything = flipscope.SequentialPlan(precision=1e-9, chunk=args.limit)
+    full, full_s = timed(
+        lambda: flipscope.compare(
+            BASELINE,
+            args.candidates,
+            limit=args.limit,
+            sequential=everything,
+            out=out / "full",
+            cache_dir=out / "cache-full",
+            **common,
+        )
+    )
     plan = flipscope.SequentialPlan(flip_budget=args.budget, chunk=args.chunk)
     seq, seq_s = timed(
         lambda: flipscope.compare(
-            BASELINE, args.candidates, limit=args.limit, sequential=plan, out=out / "sequential",
-            cache_dir=out / "cache-seq", **common,
+            BASELINE,
+            args.candidates,
+            limit=args.limit,
+            sequential=plan,
+            out=out / "sequential",
+            cache_dir=out / "cache-seq",
+            **common,
         )
-    )  # fmt: skip
+    )
+    screens = {}
+    for sample in (int(v) for v in args.samples.split(",")):
+        screens[sample] = timed(
+            lambda sample=sample: flipscope.screen(  # type: ignore[misc]
+                BASELINE,
+                args.candidates,
+                sample=sample,
+                windows=args.windows,
+                out=out / f"screen-{sample}",
+                cache_dir=out / f"cache-screen-{sample}",
+                **common,
+            )
+        )
 
-    names = list(full.summary[next(iter(full.summary))])  # type: ignore[attr-defined]
-    count = token_counter([n for n in names if n != "all"])
+    names = [n for n in full.summary[next(iter(full.summary))] if n != "all"]  # type: ignore[attr-defined]
+    count = token_counter(names)
     full_tokens = scored_tokens(out / "full", count)
     seq_tokens = scored_tokens(out / "sequential", count)
-    sample_tokens = scored_tokens(out / "screen" / "sample", count)
-    corpus_tokens = (1 + len(args.candidates)) * args.windows * 512 if args.windows else 0
-    screen_tokens = sample_tokens + corpus_tokens
+    corpus_tokens = (1 + len(args.candidates)) * args.windows * 512
 
-    predicted = json.loads(json.dumps(screened.run.model_dump(mode="json")))  # type: ignore[attr-defined]
-    rows = []
-    for entry in predicted["candidates"]:
-        spec = entry["spec"]
-        for task, triple in (entry.get("predicted_flips") or {}).items():
-            measured = full.summary[spec][task].flips  # type: ignore[attr-defined]
-            if triple and triple[0] is not None and measured is not None:
-                rows.append({"spec": spec, "task": task, "predicted": triple[0], "measured": measured})
-    frame = pd.DataFrame(rows)
     print("\n### screen vs the full suite\n")
-    print(f"`python benchmarks/screening.py --limit {args.limit} --sample {args.sample} --windows {args.windows}` "
-          f"({len(args.candidates)} candidates, tasks {args.tasks})\n")  # fmt: skip
-    print("| | forward tokens | wall time | Spearman ρ, pooled flips | Spearman ρ, per task (median) |")
-    print("|---|---|---|---|---|")
-    pooled = frame[frame.task == "all"] if "all" in set(frame.task) else frame.groupby("spec").mean(numeric_only=True)
-    rho = stats.spearmanr(pooled.predicted, pooled.measured).statistic if len(pooled) > 2 else float("nan")
-    per_task = [stats.spearmanr(g.predicted, g.measured).statistic for t, g in frame.groupby("task") if t != "all"
-                and len(g) > 2]  # fmt: skip
-    median = float(pd.Series(per_task).median()) if per_task else float("nan")
-    print(f"| full suite | {full_tokens:,} | {full_s:.0f} s | — | — |")
-    print(f"| screen | {screen_tokens:,} ({screen_tokens / full_tokens:.1%}) | {screen_s:.0f} s | {rho:.3f} | "
-          f"{median:.3f} |")  # fmt: skip
+    print(
+        f"`python benchmarks/screening.py --limit {args.limit} --samples {args.samples} --windows {args.windows}` "
+        f"({len(args.candidates)} candidates and the baseline, tasks: {args.tasks}, {args.limit} items per task; "
+        "one machine, one run, each stage with a cache of its own)\n"
+    )
+    print("| | items per task | forward tokens | wall time | Spearman ρ, pooled flips | ρ per task (median, min) |")
+    print("|---|---|---|---|---|---|")
+    print(f"| full suite | {args.limit} | {full_tokens:,} | {full_s:.0f} s | — | — |")
+    for sample, (screened, screen_s) in screens.items():
+        tokens = scored_tokens(out / f"screen-{sample}" / "sample", count) + corpus_tokens
+        rho, per_task = spearman(screened, full, names)
+        spread = f"{pd.Series(per_task).median():.2f}, {min(per_task):.2f}" if per_task else "—"
+        print(
+            f"| screen, {args.windows} windows | {sample} | {tokens:,} ({tokens / full_tokens:.1%}) | "
+            f"{screen_s:.0f} s | {rho:.3f} | {spread} |"
+        )
 
     agree = used = total = decided = 0
-    for spec in args.candidates:
-        label = next(k for k in seq.summary if k.endswith(spec))  # type: ignore[attr-defined]
-        for task, s in seq.summary[label].items():  # type: ignore[attr-defined]
+    for label, per_task in seq.summary.items():  # type: ignore[attr-defined]
+        for task, s in per_task.items():
             if task == "all" or s.sequential is None:
                 continue
             measured = full.summary[label][task].flips  # type: ignore[attr-defined]
@@ -144,12 +163,39 @@ def main() -> None:
             agree += s.sequential.decision == truth
             used += s.sequential.n / s.sequential.available
     print("\n### sequential vs the full suite\n")
-    print(f"flip budget {args.budget}%, chunks of {args.chunk}, α = 0.05, at most {args.limit} items per task\n")
-    print("| | forward tokens | wall time | decisions = full suite's | decided | items used (mean share) |")
+    print(
+        f"flip budget {args.budget}%, chunks of {args.chunk}, α = 0.05, on the same first {args.limit} items per "
+        "task; the full suite's decision: its measured flips below or above the budget\n"
+    )
+    print("| | forward tokens | wall time | decided | decisions = full suite's | items used (mean share) |")
     print("|---|---|---|---|---|---|")
     print(f"| full suite | {full_tokens:,} | {full_s:.0f} s | — | — | 100% |")
-    print(f"| sequential | {seq_tokens:,} ({seq_tokens / full_tokens:.1%}) | {seq_s:.0f} s | {agree} of {total} "
-          f"({agree / max(total, 1):.1%}) | {decided} of {total} | {used / max(total, 1):.1%} |")  # fmt: skip
+    print(
+        f"| sequential | {seq_tokens:,} ({seq_tokens / full_tokens:.1%}) | {seq_s:.0f} s | {decided} of {total} | "
+        f"{agree} of {total} ({agree / max(decided, 1):.1%} of those decided) | {used / max(total, 1):.1%} |"
+    )
+
+
+def spearman(screened: object, full: object, tasks: list[str]) -> tuple[float, list[float]]:
+    """ρ of screen's predicted flips (the point) against the full suite's measured flips: pooled ("all"), and per task
+    over the candidates screen made a prediction for."""
+    rows = []
+    for entry in screened.run.model_dump(mode="json")["candidates"]:  # type: ignore[attr-defined]
+        for task, triple in (entry.get("predicted_flips") or {}).items():
+            measured = full.summary[entry["spec"]][task].flips  # type: ignore[attr-defined]
+            if triple and triple[0] is not None and measured is not None:
+                rows.append({"task": task, "predicted": triple[0], "measured": measured})
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return float("nan"), []
+    pooled = frame[frame.task == "all"]
+    rho = float(stats.spearmanr(pooled.predicted, pooled.measured).statistic) if len(pooled) > 2 else float("nan")
+    per_task = [
+        float(stats.spearmanr(g.predicted, g.measured).statistic)
+        for t, g in frame.groupby("task")
+        if t in tasks and len(g) > 2
+    ]
+    return rho, per_task
 
 
 if __name__ == "__main__":
