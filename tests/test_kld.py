@@ -225,3 +225,16 @@ def test_corpus_error_bars_count_windows_not_positions() -> None:
     assert s.ppl_base.err == pytest.approx(s.ppl_base.value * by_window(-logp_b))
     assert s.kl_mean.err > 2 * flat.kl_mean.err  # the per-position figure was too small
     assert s.ln_ppl_ratio.err > 2 * flat.ln_ppl_ratio.err
+
+
+def test_one_window_has_no_error_bar_and_reads_back() -> None:
+    """One window gives no standard error (NaN); run.json writes it as null and reading it back must not fail (a
+    `kld --chunks 1` run, or `screen --windows 1`, could not be reported)."""
+    import math
+
+    from flipscope.metrics.corpus_stats import ValueErr
+
+    stored = ValueErr(value=0.5, err=math.nan).model_dump_json()
+    assert '"err":null' in stored
+    again = ValueErr.model_validate_json(stored)
+    assert again.value == 0.5 and math.isnan(again.err)

@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 #: Percentiles printed for KL and Δp, llama.cpp's set.
 KL_PERCENTILES = (99.9, 99.0, 95.0, 90.0, 50.0, 10.0, 5.0, 1.0, 0.1)
@@ -23,8 +23,15 @@ CONFIDENCE_EDGES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 class ValueErr(BaseModel):
+    """A mean over windows and its standard error (NaN with one window: no error bar; JSON writes it as null)."""
+
     value: float
     err: float
+
+    @field_validator("err", mode="before")
+    @classmethod
+    def _no_error_bar(cls, err: object) -> object:
+        return math.nan if err is None else err  # null in run.json: one window, read back as NaN
 
 
 class Bucket(BaseModel):
