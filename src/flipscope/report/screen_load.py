@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flipscope.store.screen_run import ScreenRunFile, read_screen_run
-from flipscope.store.screen_summary import ScreenInputs, assess
+from flipscope.store.screen_summary import ScreenInputs, assess, task_flips
 
 
 def load_screen_run(folder: str | Path) -> ScreenRunFile:
@@ -22,8 +22,7 @@ def load_screen_run(folder: str | Path) -> ScreenRunFile:
     if run.full_dir:
         full = load_run(root / run.full_dir)
         for label, by_task in full.summary.items():
-            measured[label] = ({t: (s.flips, *s.flips_ci) for t, s in by_task.items()
-                                if s.flips is not None and s.flips_ci}, run.full_dir)  # type: ignore[assignment]  # fmt: skip
+            measured[label] = (task_flips(by_task), run.full_dir)
     inputs = ScreenInputs(
         baseline=sample.baseline.spec,
         tasks=[t.name for t in sample.tasks],

@@ -30,7 +30,7 @@ from flipscope.store.screen_run import (
     StoredPair,
     write_screen_run,
 )
-from flipscope.store.screen_summary import Assessment, ScreenInputs, assess
+from flipscope.store.screen_summary import Assessment, ScreenInputs, assess, task_flips
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,7 @@ def measured_flips(runs: dict[str, RunFile], labels: Sequence[str]) -> dict[str,
             by_task = run.summary.get(label)
             if label in out or not by_task:
                 continue
-            found = {t: (s.flips, *s.flips_ci) for t, s in by_task.items() if s.flips is not None and s.flips_ci}
-            out[label] = (found, folder)  # type: ignore[assignment]
+            out[label] = (task_flips(by_task), folder)
     return out
 
 

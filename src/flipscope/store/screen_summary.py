@@ -49,6 +49,11 @@ class Assessment:
     notes: list[str]
 
 
+def task_flips(by_task: dict[str, TaskSummary]) -> dict[str, Estimate]:
+    """A run's measured flips per task (and "all"), each with its Wilson interval: (point, low, high)."""
+    return {t: (s.flips, *s.flips_ci) for t, s in by_task.items() if s.flips is not None and s.flips_ci}
+
+
 def _estimate(s: TaskSummary) -> Estimate | None:
     if s.flips is None or s.flips_ci is None:
         return None
