@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from flipscope.cli.options import batch_size_option, device_option, dtype_option, format_option
 from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
 
 
@@ -37,15 +38,7 @@ from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
     "of its 8 chain-of-thought exemplars, as lm-eval's --num_fewshot; the others: their first K items, held out). "
     "Default: each task's standard count, 0 (gsm8k: 8).",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["cloze", "letter"]),
-    default="cloze",
-    show_default=True,
-    help="MMLU and your files: cloze scores each option's text; letter lists the options and scores ' A'..' D'. "
-    "The other tasks use lm-eval's own format.",
-)
+@format_option
 @click.option(
     "--out",
     "-o",
@@ -68,15 +61,9 @@ from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
     show_default=True,
     help="Tail tokens sampled per answer token: makes the stored token KL unbiased (0: lower bound).",
 )
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 … (auto: cuda if present).")
-@click.option("--dtype", default="float32", show_default=True, help="Weights dtype: float32, bfloat16, float16.")
-@click.option(
-    "--batch-size",
-    type=int,
-    default=16,
-    show_default=True,
-    help="Questions per forward pass (transformers backends); part of the cache key.",
-)
+@device_option
+@dtype_option
+@batch_size_option
 @click.option(
     "--max-new-tokens",
     type=int,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from flipscope.cli.options import device_option, dtype_option
 from flipscope.tasks.corpus import DEFAULT_CORPUS
 
 
@@ -57,8 +58,8 @@ from flipscope.tasks.corpus import DEFAULT_CORPUS
 @click.option(
     "-o", "--out", type=click.Path(file_okay=False), default=None, help="Run directory. Default: runs/kld-<timestamp>."
 )
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, … (auto: cuda if present).")
-@click.option("--dtype", default="float32", show_default=True, help="Weights dtype.")
+@device_option
+@dtype_option
 @click.option("--no-cache", is_flag=True, help="Recompute the baseline store even if a cached one exists.")
 def kld_cmd(baseline: str, candidates: tuple[str, ...], corpus: str, ctx: int, scored_fraction: float,
             max_windows: int | None, store: str, topk: int, tail_samples: int, full_code: str, batch: int,

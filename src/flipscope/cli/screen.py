@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from flipscope.cli.options import batch_size_option, device_option, dtype_option, format_option
+
 
 def _then(value: str | None) -> int | str | None:
     if value is None or value == "pareto":
@@ -52,14 +54,7 @@ def _then(value: str | None) -> int | str | None:
 )
 @click.option("--level", type=float, default=0.95, show_default=True, help="Level of the prediction intervals.")
 @click.option("--fewshot", "-k", type=int, default=None, help="As compare's --fewshot.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["cloze", "letter"]),
-    default="cloze",
-    show_default=True,
-    help="As compare's --format.",
-)
+@format_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the item sample.")
 @click.option(
     "--out",
@@ -68,9 +63,9 @@ def _then(value: str | None) -> int | str | None:
     default=None,
     help="Run directory. Default: runs/screen-<timestamp>.",
 )
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 … (auto: cuda if present).")
-@click.option("--dtype", default="float32", show_default=True, help="Weights dtype.")
-@click.option("--batch-size", type=int, default=16, show_default=True, help="Questions per forward pass.")
+@device_option
+@dtype_option
+@batch_size_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of the table.")
 @click.option("--no-cache", is_flag=True, help="Run every model again instead of reusing cached passes.")
 @click.option(
