@@ -62,6 +62,11 @@ def free_chunks(task: FreeTask, plan: SequentialPlan, *, limit: int | None, seed
     return TaskChunks(task.name, chunks, len(order), {**task.meta, "available": len(order), "order_seed": seed})
 
 
+def _items(unit: TaskWork | FreeTask) -> int:
+    """Items in one chunk of a sequence."""
+    return len(unit.task.items) if isinstance(unit, TaskWork) else len(unit.problems)
+
+
 @dataclass
 class _Model:
     """One model's chunk passes, its backend loaded on the first pass that is not cached."""
@@ -81,8 +86,7 @@ class _Model:
         if (task.name, c) in self.results:
             return self.results[(task.name, c)]
         unit, weights = task.chunks[c], self.entry.fingerprint
-        done = sum(len(u.task.items) if isinstance(u, TaskWork) else len(u.problems) for u in task.chunks[:c])
-        size = len(unit.task.items) if isinstance(unit, TaskWork) else len(unit.problems)
+        done, size = sum(_items(u) for u in task.chunks[:c]), _items(unit)
         role = f"{self.role} [items {done + 1}–{done + size}]"
         if isinstance(unit, TaskWork):
             result, reused = self.runner.mc_pass(unit, self.spec, role, weights, self.backend, ref)
