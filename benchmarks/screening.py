@@ -4,16 +4,18 @@ suite's decisions with fewer items?
 
     python benchmarks/screening.py [--limit 100] [--samples 3,10] [--windows 4] [--budget 10] [--out bench/screening]
 
-Stages over the same baseline and candidates, each with a cache folder of its own (nothing one stage scored is
-reused by another; every candidate is compressed afresh in each):
-1. full: every one of the first L items of each task's seeded order (the items `--sequential --limit L` draws from)
-   — the reference: measured flips per (candidate, task) and pooled;
-2. sequential: `compare --sequential --flip-budget B --limit L` — each (candidate, task) decision against the full
-   suite's point decision (measured flips below / above B), and the share of items it used;
-3. screen: `screen --tasks paper --sample S --windows W`, for each S — predicted flips (calibrated on the fly,
-   leave one candidate out); Spearman ρ of predicted vs the full suite's measured flips, pooled and per task.
+Stages over the same baseline and candidates:
+1. full: every one of the first L items of each task's seeded order (the items `--sequential --limit L` draws from),
+   scored in chunks of C — the reference: measured flips per (candidate, task) and pooled;
+2. sequential: `compare --sequential --flip-budget B --limit L --chunk C` — each (candidate, task) decision against
+   the full suite's point decision (measured flips below / above B), and the share of items it used. It reads its
+   chunks from the full stage's cache (a chunk pass is keyed by its items, not by the plan), so its compute is
+   counted in forward tokens (the items it scored, for each model), not in wall time;
+3. screen: `screen --tasks paper --sample S --windows W`, for each S, with a cache of its own (every candidate
+   compressed afresh) — predicted flips (calibrated on the fly, leave one candidate out) and its ranking (corpus
+   KL); Spearman ρ of each against the full suite's measured flips, pooled and per task.
 Compute: forward tokens (every option's prompt + continuation, by the baseline's tokenizer, for each model that scored
-the item; corpus windows × their length) and wall time, per stage. Prints the two Markdown tables for the README.
+the item; corpus windows × their length) and wall time, per stage. Prints the Markdown tables for the README.
 """
 
 from __future__ import annotations
@@ -88,8 +90,9 @@ def main() -> None:
     common = {"tasks": tasks, "seed": 0, "device": "cpu"}
 
     # the full suite: every one of the first `limit` items of each task's seeded order — the items the sequential
-    # stage draws from (a sequential run that cannot stop: its precision is out of reach; one chunk per task)
-    everything = flipscope.SequentialPlan(precision=1e-9, chunk=args.limit)
+    # stage draws from (a sequential run that cannot stop: its precision is out of reach), in the sequential
+    # stage's chunks, so that stage reads them from this cache
+    everything = flipscope.SequentialPlan(precision=1e-9, chunk=args.chunk)
     full, full_s = timed(
         lambda: flipscope.compare(
             BASELINE,
@@ -109,7 +112,7 @@ def main() -> None:
             limit=args.limit,
             sequential=plan,
             out=out / "sequential",
-            cache_dir=out / "cache-seq",
+            cache_dir=out / "cache-full",
             **common,
         )
     )
@@ -135,20 +138,23 @@ def main() -> None:
 
     print("\n### screen vs the full suite\n")
     print(
-        f"`python benchmarks/screening.py --limit {args.limit} --samples {args.samples} --windows {args.windows}` "
-        f"({len(args.candidates)} candidates and the baseline, tasks: {args.tasks}, {args.limit} items per task; "
-        "one machine, one run, each stage with a cache of its own)\n"
+        f"`python benchmarks/screening.py --limit {args.limit} --samples {args.samples} --windows {args.windows} "
+        f"--chunk {args.chunk}` ({len(args.candidates)} candidates and the baseline, tasks: {args.tasks}, "
+        f"{args.limit} items per task; one machine, one run)\n"
     )
-    print("| | items per task | forward tokens | wall time | Spearman ρ, pooled flips | ρ per task (median, min) |")
-    print("|---|---|---|---|---|---|")
-    print(f"| full suite | {args.limit} | {full_tokens:,} | {full_s:.0f} s | — | — |")
+    print(
+        "| | items per task | forward tokens | wall time | ρ, predicted vs measured pooled flips "
+        "| ρ per task (median, min) | ρ, ranking (corpus KL) vs measured pooled flips |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    print(f"| full suite | {args.limit} | {full_tokens:,} | {full_s:.0f} s | — | — | — |")
     for sample, (screened, screen_s) in screens.items():
         tokens = scored_tokens(out / f"screen-{sample}" / "sample", count) + corpus_tokens
         rho, per_task = spearman(screened, full, names)
         spread = f"{pd.Series(per_task).median():.2f}, {min(per_task):.2f}" if per_task else "—"
         print(
             f"| screen, {args.windows} windows | {sample} | {tokens:,} ({tokens / full_tokens:.1%}) | "
-            f"{screen_s:.0f} s | {rho:.3f} | {spread} |"
+            f"{screen_s:.0f} s | {rho:.3f} | {spread} | {ranking_rho(screened, full):.3f} |"
         )
 
     agree = used = total = decided = 0
@@ -165,15 +171,54 @@ def main() -> None:
     print("\n### sequential vs the full suite\n")
     print(
         f"flip budget {args.budget}%, chunks of {args.chunk}, α = 0.05, on the same first {args.limit} items per "
-        "task; the full suite's decision: its measured flips below or above the budget\n"
+        "task; the full suite's decision: its measured flips below or above the budget. The sequential run read its "
+        "chunks from the full stage's cache: its compute is the forward tokens of the items it scored\n"
     )
-    print("| | forward tokens | wall time | decided | decisions = full suite's | items used (mean share) |")
-    print("|---|---|---|---|---|---|")
-    print(f"| full suite | {full_tokens:,} | {full_s:.0f} s | — | — | 100% |")
+    print("| | forward tokens | decided | decisions = full suite's | items used (mean share) |")
+    print("|---|---|---|---|---|")
+    print(f"| full suite | {full_tokens:,} | — | — | 100% |")
     print(
-        f"| sequential | {seq_tokens:,} ({seq_tokens / full_tokens:.1%}) | {seq_s:.0f} s | {decided} of {total} | "
+        f"| sequential | {seq_tokens:,} ({seq_tokens / full_tokens:.1%}) | {decided} of {total} | "
         f"{agree} of {total} ({agree / max(decided, 1):.1%} of those decided) | {used / max(total, 1):.1%} |"
     )
+    print(f"\n(the sequential run's own wall time, its chunks read from the cache: {seq_s:.0f} s)")
+    print("\n### per candidate\n")
+    print(per_candidate(full, seq, screens, names))
+
+
+def per_candidate(full: object, seq: object, screens: dict[int, tuple[object, float]], tasks: list[str]) -> str:
+    """Measured pooled flips, the sequential decisions (count per kind, mean items used) and screen's predictions."""
+    head = ["candidate", "measured flips, all", "sequential: below / above / undecided (items used)"]
+    head += [f"screen {s}: corpus KL, predicted flips, all" for s in screens]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    screened = {
+        s: {e["spec"]: e for e in r.run.model_dump(mode="json")["candidates"]}  # type: ignore[attr-defined]
+        for s, (r, _) in screens.items()
+    }
+    for label, per_task in seq.summary.items():  # type: ignore[attr-defined]
+        kinds = [per_task[t].sequential for t in tasks if t in per_task and per_task[t].sequential]
+        count = {k: sum(q.decision == k for q in kinds) for k in ("below", "above", "undecided")}
+        share = sum(q.n / q.available for q in kinds) / max(len(kinds), 1)
+        cells = [label, f"{full.summary[label]['all'].flips:.1%}"]  # type: ignore[attr-defined]
+        cells.append(f"{count['below']} / {count['above']} / {count['undecided']} ({share:.0%})")
+        for by_spec in screened.values():
+            e = by_spec.get(label, {})
+            point = (e.get("predicted_flips") or {}).get("all") or [None]
+            kl = e.get("corpus_kl")
+            cells.append(f"{kl:.4f}, " if kl is not None else "—, ")
+            cells[-1] += f"{point[0]:.1%}" if point[0] is not None else "—"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ranking_rho(screened: object, full: object) -> float:
+    """ρ of screen's ranking measure (corpus KL) against the full suite's measured pooled flips."""
+    pairs = [
+        (e["corpus_kl"], full.summary[e["spec"]]["all"].flips)  # type: ignore[attr-defined]
+        for e in screened.run.model_dump(mode="json")["candidates"]  # type: ignore[attr-defined]
+        if e.get("corpus_kl") is not None
+    ]
+    return float(stats.spearmanr(*zip(*pairs, strict=True)).statistic) if len(pairs) > 2 else float("nan")
 
 
 def spearman(screened: object, full: object, tasks: list[str]) -> tuple[float, list[float]]:
