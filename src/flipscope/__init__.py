@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from flipscope.runs.prompt import prompt_tokens
     from flipscope.runs.save import save_compressed
     from flipscope.runs.screen import ScreenResult, ScreenSettings, screen
+    from flipscope.runs.shards import Shard
 
 __all__ = [
     "CompareSettings",
@@ -31,6 +32,7 @@ __all__ = [
     "ScreenResult",
     "ScreenSettings",
     "SequentialPlan",
+    "Shard",
     "compare",
     "judge_run",
     "kld",
@@ -75,6 +77,10 @@ def __getattr__(name: str) -> Any:
         from flipscope.metrics.sequential import SequentialPlan
 
         return SequentialPlan
+    if name == "Shard":
+        from flipscope.runs.shards import Shard
+
+        return Shard
     if name == "load_run":
         from flipscope.report import load_run
 

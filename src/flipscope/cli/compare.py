@@ -111,6 +111,15 @@ from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
     help="(--sequential) Chance that a (candidate, task) decision is wrong, however often the run looks.",
 )
 @click.option("--chunk", type=int, default=50, show_default=True, help="(--sequential) Items scored between looks.")
+@click.option(
+    "--shard",
+    metavar="i/N|baseline",
+    help="Run only part of the comparison into the pass cache, one part per job of a Slurm or Kubernetes array: "
+    "'i/N' (0-based) runs the baseline's passes and every N-th candidate from the i-th; 'baseline' the baseline "
+    "alone (a first job). The same compare without --shard, on the same --cache-dir, then assembles the whole run "
+    "from the cache. The cache folder may be shared by machines where flock and renames hold (NFSv4, Lustre with "
+    "-o flock, GPFS, CephFS).",
+)
 @click.option("--no-cache", is_flag=True, help="Run every model again instead of reusing cached passes.")
 @click.option(
     "--cache-dir",
@@ -141,6 +150,7 @@ def compare_cmd(
     precision: float,
     alpha: float,
     chunk: int,
+    shard: str | None,
     no_cache: bool,
     cache_dir: str | None,
 ) -> None:
@@ -159,6 +169,7 @@ def compare_cmd(
     from flipscope.metrics.sequential import SequentialPlan
     from flipscope.report import print_run
     from flipscope.runs.noise import NoiseFloor
+    from flipscope.runs.shards import Shard
     from flipscope.tasks import split_tasks
 
     floor = None
@@ -192,6 +203,7 @@ def compare_cmd(
         use_cache=not no_cache,
         cache_dir=cache_dir,
         sequential=plan,
+        shard=Shard.parse(shard) if shard is not None else None,
     )
     display = RichDisplay()
     result = compare(baseline, list(candidates), settings=settings, display=display)

@@ -30,6 +30,7 @@ from flipscope.runs.sequential import (
     run_sequential,
     sequential_note,
 )
+from flipscope.runs.shards import Shard
 from flipscope.store import (
     ModelEntry,
     NoiseFloorEntry,
@@ -86,6 +87,7 @@ class CompareSettings:
     sequential: SequentialPlan | None = (
         None  # stop each candidate on each task once decided (``limit``: the most items)
     )
+    shard: Shard | None = None  # run only this part of the comparison (a scheduler array's job; ``runs.shards``)
 
 
 def compare(
@@ -144,6 +146,16 @@ def _compare(
         noise_floor.check(batch_size, dtype)
     check_out(out)
     base_spec, cand_specs = parse_models(baseline, candidates, allow_none=noise_floor is not None)
+    shard, floor_here = chosen.shard, noise_floor is not None
+    if shard is not None:
+        if shard.index is None and chosen.sequential is not None:
+            raise FlipscopeError(
+                "--shard baseline has nothing to run in a sequential run: the baseline is scored chunk by chunk, as "
+                "far as the candidates need",
+                fix="run the candidates' shards (--shard i/N) directly; the cache keeps one of each baseline chunk",
+            )
+        floor_here = floor_here and shard.runs_floor(len(cand_specs), sequential=chosen.sequential is not None)
+        cand_specs = shard.candidates(cand_specs)
     settings = Settings(
         format=fmt.value,
         fewshot=shots,
@@ -171,7 +183,7 @@ def _compare(
         raise FlipscopeError("a task is named twice", fix="give each task once")
     runner = ModelRunner(settings, shown, use_cache, Path(cache_dir) if cache_dir else cache_root() / "passes")
     floor_runner = None
-    if noise_floor is not None:
+    if noise_floor is not None and floor_here:
         floor_settings = settings.model_copy(
             update={"batch_size": noise_floor.batch_size, "dtype": noise_floor.dtype or dtype}
         )
@@ -221,6 +233,8 @@ def _compare(
         )
         notes += [n for n in floor_runner.notes if n not in runner.notes]
     notes += runner.notes
+    if shard is not None:
+        notes.append(shard.note([s.label() for s in cand_specs], floor=floor_here and noise_floor is not None))
     scores = ran.scores
     run = RunFile(
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
