@@ -64,8 +64,10 @@ class FakeServer:
         delay: float = 2.0,
         shift: bool = False,
         max_logprobs: int | None = None,
+        models: list[str] | None = None,
     ) -> None:
         self.script = list(script or [])
+        self.models = models if models is not None else ["fake-model"]  # what GET /models lists
         self.max_logprobs = max_logprobs  # asking for more alternatives answers HTTP 400, as OpenAI's API does
         self.logprobs = logprobs
         self.shift = shift
@@ -84,6 +86,18 @@ class FakeServer:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def do_GET(self) -> None:
+                if not self.path.endswith("/models"):
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                data = json.dumps({"object": "list", "data": [{"id": m, "object": "model"} for m in server.models]})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data.encode())
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

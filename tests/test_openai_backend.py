@@ -124,9 +124,9 @@ def test_spec_errors() -> None:
     from flipscope.models import load_backend, parse_spec
     from flipscope.models.openai_server import parse_server
 
-    url, model, settings = parse_server("http://h:1/v1/#m-7b,concurrency=8,timeout=120,retries=2")
-    assert (url, model, settings.concurrency, settings.timeout, settings.retries) == (
-        "http://h:1/v1",
+    urls, model, settings = parse_server("http://h:1/v1/#m-7b,concurrency=8,timeout=120,retries=2")
+    assert (urls, model, settings.concurrency, settings.timeout, settings.retries) == (
+        ["http://h:1/v1"],
         "m-7b",
         8,
         120,

@@ -55,7 +55,15 @@ def _api_key() -> str | None:
 
 def post_json(base_url: str, path: str, body: dict[str, Any], settings: HTTPSettings) -> dict[str, Any]:
     """POST ``body`` to ``base_url + path``; the parsed JSON object, or a FlipscopeError after the retries."""
-    url = base_url.rstrip("/") + path
+    return _with_retries(base_url.rstrip("/") + path, body, settings)
+
+
+def get_json(base_url: str, path: str, settings: HTTPSettings) -> dict[str, Any]:
+    """GET ``base_url + path`` (e.g. ``/models``); the parsed JSON object, or a FlipscopeError after the retries."""
+    return _with_retries(base_url.rstrip("/") + path, None, settings)
+
+
+def _with_retries(url: str, body: dict[str, Any] | None, settings: HTTPSettings) -> dict[str, Any]:
     last = ""
     for attempt in range(settings.retries + 1):
         if attempt:
@@ -63,7 +71,7 @@ def post_json(base_url: str, path: str, body: dict[str, Any], settings: HTTPSett
             log.info("retrying %s in %.1f s after: %s", url, delay, last)
             time.sleep(delay)
         try:
-            return _post_once(url, body, settings.timeout)
+            return _send_once(url, body, settings.timeout)
         except Transient as exc:
             last = str(exc)
     raise FlipscopeError(
@@ -73,12 +81,14 @@ def post_json(base_url: str, path: str, body: dict[str, Any], settings: HTTPSett
     )
 
 
-def _post_once(url: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
-    headers = {"Content-Type": "application/json"}
+def _send_once(url: str, body: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
+    """One POST of ``body`` (None: one GET)."""
+    headers = {"Content-Type": "application/json"} if body is not None else {}
     key = _api_key()
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST" if body is not None else "GET")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             raw = response.read()

@@ -31,6 +31,7 @@ from flipscope.models.base import (
     finish_reason,
 )
 from flipscope.models.openai_http import ClientError, HTTPSettings, post_json
+from flipscope.models.server_pool import ServerPool, served_models
 
 if TYPE_CHECKING:
     from flipscope.models.options import LoadOptions
@@ -77,20 +78,26 @@ def generation_of(response: dict[str, Any], *, chat: bool, where: str) -> Genera
 
 
 def parse_location(location: str) -> tuple[str, str]:
-    """(base URL, model name) of ``<base_url>#<model>[,option=value...]``."""
-    url, model, _ = parse_server(location)
-    return url, model
+    """(base URL, model name) of ``<base_url>[|<base_url>...]#<model>[,option=value...]``; a pool's "URL" is its
+    members' URLs, sorted, joined by "|" (what identifies it, whatever order they were given in)."""
+    urls, model, _ = parse_server(location)
+    return "|".join(sorted(urls)), model
 
 
-def parse_server(location: str) -> tuple[str, str, HTTPSettings]:
-    """``<base_url>#<model>[,concurrency=N][,timeout=SECONDS][,retries=N]`` → (URL, model, HTTP settings)."""
+def parse_server(location: str) -> tuple[list[str], str, HTTPSettings]:
+    """``<base_url>[|<base_url>...]#<model>[,concurrency=N][,timeout=SECONDS][,retries=N]`` → (the URLs, model,
+    HTTP settings; ``concurrency`` is per server)."""
     url, sep, rest = location.partition("#")
     model, *options = rest.split(",")
-    if not sep or not model or not url.startswith(("http://", "https://")):
+    urls = [u.strip().rstrip("/") for u in url.split("|")]
+    if not sep or not model or not all(u.startswith(("http://", "https://")) for u in urls):
         raise FlipscopeError(
             f"cannot read server spec {location!r}",
-            fix="write openai:<base_url>#<model>, e.g. openai:http://127.0.0.1:8000/v1#my-model",
+            fix="write openai:<base_url>#<model>, e.g. openai:http://127.0.0.1:8000/v1#my-model, or several servers "
+            "of one model as openai:http://a:8000/v1|http://b:8000/v1#my-model",
         )
+    if len(set(urls)) != len(urls):
+        raise FlipscopeError(f"server spec {location!r} names a server twice", fix="give each server once")
     values: dict[str, float] = {}
     for option in options:
         key, _, value = option.partition("=")
@@ -112,7 +119,7 @@ def parse_server(location: str) -> tuple[str, str, HTTPSettings]:
         backoff=defaults.backoff,
         concurrency=int(values.get("concurrency", defaults.concurrency)),
     )
-    return url.rstrip("/"), model, settings
+    return urls, model, settings
 
 
 #: How far above 0 a server's log-probability may be (rounding) before the reply counts as malformed.
@@ -174,17 +181,27 @@ def continuation_topk(choice: dict[str, Any], context_chars: int, total_chars: i
     return TopKRows(tuple({str(k): float(v) for k, v in t.items() if v is not None} for t in chosen))
 
 
+def _kind(caps: Capabilities) -> tuple[bool, str | None, int]:
+    """What a probe found, without the note (which names the server)."""
+    return caps.multiple_choice, caps.rows, caps.topk
+
+
 class OpenAIBackend:
-    def __init__(self, base_url: str, model: str, settings: HTTPSettings, label: str) -> None:
-        self.base_url, self.model, self.settings = base_url, model, settings
-        capabilities = self.probe()
-        identity = hashlib.sha256(f"{base_url}#{model}".encode()).hexdigest()[:20]
+    """One server, or a pool of servers of one model (``server_pool``): probed on load, then spread over."""
+
+    def __init__(self, base_url: str | Sequence[str], model: str, settings: HTTPSettings, label: str) -> None:
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        self.pool = ServerPool(urls, settings)
+        self._probe_answers: dict[str, str] = {}
+        self.base_url, self.model, self.settings = "|".join(sorted(urls)), model, settings
+        capabilities = self._agreed(label)
+        identity = hashlib.sha256(f"{self.base_url}#{model}".encode()).hexdigest()[:20]
         self.info = ModelInfo(
             label=label,
             vocab_size=0,
             tokenizer_fingerprint=f"server:{identity}",
             details={
-                "server": base_url,
+                "server": self.base_url,
                 "model": model,
                 "prompt_logprobs": capabilities.multiple_choice,
                 "top_logprobs": capabilities.topk,
@@ -199,10 +216,34 @@ class OpenAIBackend:
                 f"{spec.label()}: a model behind a server cannot be compressed by flipscope",
                 fix="compress the model before serving it, or give a local spec",
             )
-        url, model, settings = parse_server(spec.location)
-        return cls(url, model, settings, spec.label())
+        urls, model, settings = parse_server(spec.location)
+        return cls(urls, model, settings, spec.label())
 
-    def _completion(self, prompt: str, *, logprobs: int = 1, echo: bool = True) -> dict[str, Any]:
+    def _agreed(self, label: str) -> Capabilities:
+        """Probe every member; a pool whose members serve other models or answer the probe otherwise is refused."""
+        urls = self.pool.urls
+        if len(urls) == 1:
+            return self.probe()
+        served = {url: served_models(url, self.settings) for url in urls}
+        probed = {url: self.probe(url) for url in urls}
+        answers = {url: (_kind(probed[url]), self._probe_answers.get(url)) for url in urls}
+        first = urls[0]
+        for url in urls[1:]:
+            if served[url] is not None and served[first] is not None and served[url] != served[first]:
+                differs = f"it serves {sorted(served[url] or [])}, {first} serves {sorted(served[first] or [])}"
+            elif answers[url] != answers[first]:
+                differs = f"its answer to the probe differs from {first}'s ({answers[url]} vs {answers[first]})"
+            else:
+                continue
+            raise FlipscopeError(
+                f"{label}: the servers of this pool do not serve one model: {url}: {differs}",
+                fix="list only servers of the same model and engine in one openai: spec",
+            )
+        return probed[first]
+
+    def _completion(
+        self, prompt: str, *, logprobs: int = 1, echo: bool = True, url: str | None = None
+    ) -> dict[str, Any]:
         body = {
             "model": self.model,
             "prompt": prompt,
@@ -211,50 +252,50 @@ class OpenAIBackend:
             "echo": echo,
             "logprobs": logprobs,
         }
-        response = post_json(self.base_url, "/completions", body, self.settings)
+        response = post_json(url, "/completions", body, self.settings) if url else self.pool.post("/completions", body)
         choices = response.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise FlipscopeError(f"server {self.base_url} returned no choices", fix="check the server's logs")
+            raise FlipscopeError(f"server {url or self.base_url} returned no choices", fix="check the server's logs")
         first: dict[str, Any] = choices[0]
         return first
 
-    def probe(self) -> Capabilities:
-        """Does the server return prompt log-probabilities, and are they the right ones? The token it generates
-        after PROBE_PREFIX, echoed back as the prompt's last token, must get the log-prob it was generated with."""
+    def probe(self, url: str | None = None) -> Capabilities:
+        """Does the server (``url``: this member of a pool; None: the only one) return prompt log-probabilities,
+        and are they the right ones? The token it generates after PROBE_PREFIX, echoed back as the prompt's last
+        token, must get the log-prob it was generated with. What it generated is kept (``_probe_answers``)."""
+        url = url or self.pool.urls[0]
         for asked in TOP_LOGPROBS:
             try:
-                choice = self._completion(PROBE_TEXT, logprobs=asked)
+                choice = self._completion(PROBE_TEXT, logprobs=asked, url=url)
                 break
             except ClientError as exc:
                 if exc.status != 400 or asked == TOP_LOGPROBS[-1]:
                     raise
-                log.info(
-                    "%s refused logprobs=%d (%s); asking for %d", self.base_url, asked, exc.problem, TOP_LOGPROBS[-1]
-                )
+                log.info("%s refused logprobs=%d (%s); asking for %d", url, asked, exc.problem, TOP_LOGPROBS[-1])
         if continuation_logprob(choice, 1, len(PROBE_TEXT)) is None:
-            return self._refused(f"server {self.base_url} {NO_PROMPT_LOGPROBS}")
+            return self._refused(f"server {url} {NO_PROMPT_LOGPROBS}")
         top = choice["logprobs"].get("top_logprobs")  # a dict: continuation_logprob found its log-probs
         widths = [min(len(t), asked) for t in top if isinstance(t, dict)] if isinstance(top, list) else []
-        generated = self._completion(PROBE_PREFIX, echo=False)
+        generated = self._completion(PROBE_PREFIX, echo=False, url=url)
         text = generated.get("text")
         text = text if isinstance(text, str) else ""
+        self._probe_answers[url] = text
         lp = generated.get("logprobs")
         values = lp.get("token_logprobs") if isinstance(lp, dict) else None
         values = values if isinstance(values, list) else []
         if values and values[0] is not None and not _is_logprob(values[0]):
             raise FlipscopeError(
-                f"server {self.base_url} returned a malformed reply: token_logprobs[0] = {values[0]!r} is not a "
-                "log-probability",
+                f"server {url} returned a malformed reply: token_logprobs[0] = {values[0]!r} is not a log-probability",
                 fix="check the server and its logs",
             )
         if text and values and values[0] is not None:
             echoed = continuation_logprob(
-                self._completion(PROBE_PREFIX + text), len(PROBE_PREFIX), len(PROBE_PREFIX + text)
+                self._completion(PROBE_PREFIX + text, url=url), len(PROBE_PREFIX), len(PROBE_PREFIX + text)
             )
             if echoed is None or echoed[1] != 1 or abs(echoed[0] - float(values[0])) > PROBE_TOLERANCE:
                 got = "none" if echoed is None else f"{echoed[0]:.3f}"
                 return self._refused(
-                    f"server {self.base_url} returns prompt log-probabilities that disagree with its own generation "
+                    f"server {url} returns prompt log-probabilities that disagree with its own generation "
                     f"({text!r} after the probe prompt: generated at {float(values[0]):.3f}, echoed at {got}; "
                     "llama-cpp-python 0.3.36's server reads each prompt token's log-prob one position late), so "
                     "multiple-choice scores from it would be wrong",
@@ -298,7 +339,7 @@ class OpenAIBackend:
             return OptionScores(tuple(sums), tuple(counts)), tops
 
         out: list[OptionScores] = []
-        with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
+        with ThreadPoolExecutor(max_workers=self.pool.width) as pool:
             for index, (scored, tops) in enumerate(pool.map(one, requests)):
                 out.append(scored)
                 for option, top in enumerate(tops):
@@ -339,13 +380,13 @@ class OpenAIBackend:
             else:
                 path, body = "/completions", {**settings, "prompt": request.prompt}
             return generation_of(
-                post_json(self.base_url, path, body, self.settings),
+                self.pool.post(path, body),
                 chat=request.chat,
                 where=f"server {self.base_url} ({path})",
             )
 
         out = []
-        with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
+        with ThreadPoolExecutor(max_workers=self.pool.width) as pool:
             for generation in pool.map(one, requests):
                 out.append(generation)
                 if advance:
