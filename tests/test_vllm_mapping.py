@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from flipscope.errors import FlipscopeError
-from flipscope.models.vllm_engine import option_logprob, option_topk, parse_location
+from flipscope.models.vllm_engine import VLLMLayout, option_logprob, option_topk, parse_location
 
 
 @dataclass
@@ -45,10 +45,41 @@ def test_missing_prompt_logprobs_are_an_error_not_a_number() -> None:
 
 
 def test_location_options() -> None:
-    assert parse_location("/models/llama#tp=4") == ("/models/llama", 4)
-    assert parse_location("org/name") == ("org/name", 1)
-    with pytest.raises(FlipscopeError, match="vllm:<model>"):
-        parse_location("org/name#pp=2")
+    assert parse_location("/models/llama#tp=4") == VLLMLayout("/models/llama", 4)
+    assert parse_location("org/name") == VLLMLayout("org/name")
+    assert parse_location("org/name#tp=4,pp=2,executor=ray") == VLLMLayout("org/name", 4, 2, "ray")
+    for bad in ("org/name#pp=0", "org/name#executor=slurm", "org/name#tp=2,tp=4", "org/name#dp=2", "org/name#tp=x"):
+        with pytest.raises(FlipscopeError, match="vllm:<model>"):
+            parse_location(bad)
+
+
+def test_a_layout_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What vLLM's ``LLM`` is given for a tensor × pipeline parallel model on Ray (vLLM cannot be installed here: a
+    stand-in module records the arguments)."""
+    import sys
+    import types
+
+    from flipscope.models import load_backend, parse_spec
+
+    given: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def llm(**kwargs: object) -> None:
+        given.update(kwargs)
+        raise Stop
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=llm, __version__="stand-in"))
+    with pytest.raises(Stop):
+        load_backend(parse_spec("vllm:org/llama-70b#tp=4,pp=2,executor=ray"))
+    assert {k: given[k] for k in ("model", "tensor_parallel_size", "pipeline_parallel_size")} == {
+        "model": "org/llama-70b", "tensor_parallel_size": 4, "pipeline_parallel_size": 2}  # fmt: skip
+    assert given["distributed_executor_backend"] == "ray"
+    given.clear()
+    with pytest.raises(Stop):
+        load_backend(parse_spec("vllm:org/small"))
+    assert given["tensor_parallel_size"] == 1 and "distributed_executor_backend" not in given  # vLLM's own choice
 
 
 def test_missing_vllm_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -172,7 +172,7 @@ def _gguf_prompt(location: str, request: GenRequest) -> PromptTokens:
 def _vllm_fingerprint(location: str) -> dict[str, Any]:
     from flipscope.models.vllm_engine import parse_location
 
-    model, _ = parse_location(location)
+    model = parse_location(location).model
     return _hf_fingerprint(model)
 
 

@@ -1,4 +1,5 @@
-"""``vllm:<model or folder>[#tp=<n>]``: vLLM's offline engine, for models that need GPUs (``pip install vllm``).
+"""``vllm:<model or folder>[#tp=<n>][,pp=<n>][,executor=ray]``: vLLM's offline engine, for models that need GPUs
+(``pip install vllm``); tensor and pipeline parallel across GPUs and, with Ray, machines.
 
 Options are scored from ``prompt_logprobs``: every (context + option) is one prompt of token ids, generated with
 ``max_tokens=1`` and ``prompt_logprobs=k``, which returns, per prompt position, a dict holding the actual token's
@@ -10,6 +11,7 @@ approximate token KL. All prompts of a pass go to the engine at once, so vLLM ba
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flipscope.errors import FlipscopeError
@@ -36,15 +38,44 @@ VLLM_PIP = "pip install vllm (a CUDA machine; vLLM pins its own torch)"
 TOPK = 20
 
 
-def parse_location(location: str) -> tuple[str, int]:
+#: vLLM's distributed executors (``distributed_executor_backend``): Ray across machines, multiprocessing on one.
+EXECUTORS = ("ray", "mp", "uni", "external_launcher")
+LOCATION_FIX = "write vllm:<model>[#tp=<gpus per stage>][,pp=<pipeline stages>][,executor=ray|mp|uni|external_launcher]"
+
+
+@dataclass(frozen=True)
+class VLLMLayout:
+    """How one ``vllm:`` model is laid out: ``tp`` GPUs per pipeline stage (tensor parallel), ``pp`` stages (pipeline
+    parallel, e.g. one per machine), and vLLM's ``executor`` (None: vLLM chooses — Ray when tp × pp exceeds one
+    machine's GPUs and a Ray cluster is running)."""
+
+    model: str
+    tp: int = 1
+    pp: int = 1
+    executor: str | None = None
+
+    def engine_arguments(self) -> dict[str, Any]:
+        """The ``vllm.LLM`` keyword arguments of this layout."""
+        out: dict[str, Any] = {"model": self.model, "tensor_parallel_size": self.tp, "pipeline_parallel_size": self.pp}
+        if self.executor is not None:
+            out["distributed_executor_backend"] = self.executor
+        return out
+
+
+def parse_location(location: str) -> VLLMLayout:
+    """``<model>[#tp=N][,pp=N][,executor=NAME]`` → its layout; anything else is a one-line error."""
     model, _, options = location.partition("#")
-    tp = 1
+    sizes: dict[str, int] = {}
+    executor = None
     for option in filter(None, options.split(",")):
         key, _, value = option.partition("=")
-        if key != "tp" or not value.isdigit() or int(value) < 1:
-            raise FlipscopeError(f"cannot read vllm option {option!r}", fix="write vllm:<model>[#tp=<gpus>]")
-        tp = int(value)
-    return model, tp
+        if key in ("tp", "pp") and value.isdigit() and int(value) >= 1 and key not in sizes:
+            sizes[key] = int(value)
+        elif key == "executor" and value in EXECUTORS and executor is None:
+            executor = value
+        else:
+            raise FlipscopeError(f"cannot read vllm option {option!r}", fix=LOCATION_FIX)
+    return VLLMLayout(model, sizes.get("tp", 1), sizes.get("pp", 1), executor)
 
 
 def _value(entry: Any) -> float:
@@ -95,16 +126,22 @@ class VLLMBackend:
             import vllm
         except ImportError as exc:
             raise FlipscopeError("vllm: models need the vllm library", fix=VLLM_PIP) from exc
-        model, tp = parse_location(spec.location)
+        layout = parse_location(spec.location)
         dtype = "auto" if options.dtype == "float32" else options.dtype
-        engine = vllm.LLM(model=model, tensor_parallel_size=tp, dtype=dtype, seed=0, max_logprobs=TOPK)
+        engine = vllm.LLM(**layout.engine_arguments(), dtype=dtype, seed=0, max_logprobs=TOPK)
         tokenizer = engine.get_tokenizer()
         context = getattr(getattr(engine.llm_engine, "model_config", None), "max_model_len", None)
         info = ModelInfo(
             label=spec.label(),
             vocab_size=len(tokenizer),
             tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
-            details={"engine": f"vllm {getattr(vllm, '__version__', '?')}", "tensor_parallel": tp, "dtype": dtype},
+            details={
+                "engine": f"vllm {getattr(vllm, '__version__', '?')}",
+                "tensor_parallel": layout.tp,
+                "pipeline_parallel": layout.pp,
+                "executor": layout.executor or "vllm's choice",
+                "dtype": dtype,
+            },
             capabilities=Capabilities(
                 rows="topk", topk=TOPK, chat=tokenizer.chat_template is not None, max_context=context
             ),
