@@ -17,10 +17,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
-def completion(prompt: str, *, logprobs: bool = True, echo: bool = True, shift: bool = False) -> dict[str, Any]:
+def completion(prompt: str, *, logprobs: bool = True, echo: bool = True, shift: bool = False,
+               generated_at: float = -1.5) -> dict[str, Any]:  # fmt: skip
     if not echo:  # generation only: the one generated token
-        generated = {"tokens": [" ok"], "token_logprobs": [-1.5], "text_offset": [len(prompt)],
-                     "top_logprobs": [{" ok": -1.5}]}  # fmt: skip
+        generated = {"tokens": [" ok"], "token_logprobs": [generated_at], "text_offset": [len(prompt)],
+                     "top_logprobs": [{" ok": generated_at}]}  # fmt: skip
         choice = {"text": " ok", "index": 0, "logprobs": generated, "finish_reason": "length"}
         return {"id": "cmpl", "object": "text_completion", "choices": [choice]}
     tokens = [*re.findall(r"\s*\S+|\s+", prompt), " ok"]
@@ -65,7 +66,9 @@ class FakeServer:
         shift: bool = False,
         max_logprobs: int | None = None,
         models: list[str] | None = None,
+        generated_at: float = -1.5,
     ) -> None:
+        self.generated_at = generated_at  # the log-prob of the token it generates (echo=false)
         self.script = list(script or [])
         self.models = models if models is not None else ["fake-model"]  # what GET /models lists
         self.max_logprobs = max_logprobs  # asking for more alternatives answers HTTP 400, as OpenAI's API does
@@ -120,7 +123,8 @@ class FakeServer:
                     payload = {"choices": [{"message": {"role": "assistant", "content": "fake answer"}}]}
                 else:
                     payload = completion(body["prompt"], logprobs=server.logprobs and action != "nologprobs",
-                                         echo=bool(body.get("echo")), shift=server.shift)  # fmt: skip
+                                         echo=bool(body.get("echo")), shift=server.shift,
+                                         generated_at=server.generated_at)  # fmt: skip
                 if action.startswith("mutate:"):  # a reply with one field replaced: [path…], value (JSON)
                     path, value = json.loads(action.removeprefix("mutate:"))
                     payload = mutate(payload, path, value)

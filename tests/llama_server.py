@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 
 @contextlib.contextmanager
-def serve_gguf(path: Path, alias: str, n_ctx: int = 2048) -> Iterator[str]:
-    """``python -m llama_cpp.server`` on a free loopback port serving ``path``; yields its /v1 URL."""
+def serve_gguf(path: Path, alias: str, n_ctx: int = 2048, *, procs: list[Any] | None = None) -> Iterator[str]:
+    """``python -m llama_cpp.server`` on a free loopback port serving ``path``; yields its /v1 URL (its process is
+    appended to ``procs``, for a test that kills it)."""
     import socket
     import subprocess
     import sys
@@ -27,6 +29,8 @@ def serve_gguf(path: Path, alias: str, n_ctx: int = 2048) -> Iterator[str]:
                "--seed", "0", "--verbose", "false"]  # fmt: skip
     log = tempfile.TemporaryFile()  # noqa: SIM115 - open for the server's lifetime; a pipe would fill and stall it
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+    if procs is not None:
+        procs.append(proc)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 120
     try:

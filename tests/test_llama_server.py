@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,3 +110,49 @@ def test_real_server_echo_logprobs_are_the_local_engines_one_position_late(llama
     # 1e-2: the local engine runs with flash attention, the server without (differences up to 4e-3 seen)
     assert served[1 : len(ids)] == pytest.approx(late, abs=1e-2)
     assert served[1 : len(ids)] != pytest.approx(right, abs=0.1)
+
+
+def test_a_pool_of_two_real_servers_one_killed_mid_run(bos_gguf: Path, bos_server: str, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    """Two llama-cpp-python servers of one file as one ``openai:`` pool; the second is killed (SIGKILL) once it has
+    answered five options: it is retired, the rest go to the first, and the records equal a one-server run's."""
+    import logging
+    import signal
+    import threading
+
+    import pandas as pd
+
+    import flipscope
+    import flipscope.models.server_pool as server_pool
+
+    procs: list[Any] = []
+    with serve_gguf(bos_gguf, "smollm2-bos", procs=procs) as second:
+        one = flipscope.compare(f"gguf:{bos_gguf}", [f"openai:{bos_server}#smollm2-bos"], tasks=["arc_easy"],
+                                limit=12, out=tmp_path / "one", cache_dir=tmp_path / "cache")  # fmt: skip
+        real, lock = server_pool.post_json, threading.Lock()
+        answered, killed = [0], threading.Event()
+
+        def killing(url: str, path: str, body: dict[str, Any], settings: Any) -> dict[str, Any]:
+            with lock:
+                if url == second and answered[0] >= 5 and not killed.is_set():
+                    procs[0].kill()
+                    procs[0].wait()
+                    killed.set()
+            reply = real(url, path, body, settings)
+            with lock:
+                answered[0] += url == second
+            return reply
+
+        monkeypatch.setattr(server_pool, "post_json", killing)
+        pool = f"openai:{bos_server}|{second}#smollm2-bos,retries=1"
+        with caplog.at_level(logging.WARNING):
+            pooled = flipscope.compare(f"gguf:{bos_gguf}", [pool], tasks=["arc_easy"], limit=12,
+                                       out=tmp_path / "pool", cache_dir=tmp_path / "cache")  # fmt: skip
+        assert killed.is_set() and procs[0].returncode == -signal.SIGKILL  # killed mid-run, after five answers
+    assert f"server {second} retired" in caplog.text
+    columns = ["task", "item_id", "role", "choice", "choice_logprobs"]
+    frames = [pd.read_parquet(r.out / "records.parquet")[columns].sort_values(columns[:3]).reset_index(drop=True)
+              for r in (one, pooled)]  # fmt: skip
+    pd.testing.assert_frame_equal(frames[0], frames[1])
+    assert len(frames[0]) == 24 and (frames[0].role == "candidate").sum() == 12  # the baseline's rows: one pass

@@ -71,16 +71,26 @@ def test_every_member_failing_is_one_error_naming_each() -> None:
 @pytest.mark.parametrize(
     ("odd", "message"),
     [
-        (FakeServer(models=["another-model"]), r"serves \['another-model'\]"),
-        (FakeServer(shift=True), "answer to the probe differs"),  # prompt log-probs one position late
+        (
+            FakeServer(models=["another-model"]),
+            r"does not list 'fake-model' at /models \(it lists \['another-model'\]\)",
+        ),
+        (FakeServer(shift=True), "answers the probe otherwise"),  # prompt log-probs one position late: refused
+        (FakeServer(generated_at=-1.9), "answers the probe otherwise"),  # same token, another engine's log-prob
     ],
 )
 def test_members_that_disagree_are_refused_before_scoring(odd: FakeServer, message: str) -> None:
     good = FakeServer()
     with servers(good, odd) as (url_good, url_odd), pytest.raises(FlipscopeError, match=message) as caught:
         pool(url_good, url_odd)
-    assert f"do not serve one model: {url_odd}: " in str(caught.value)
-    assert scored(good) == 0 and scored(odd) == 0
+    assert f"do not serve one model: {url_odd} " in str(caught.value)
+
+
+def test_members_that_list_no_models_or_answer_within_tolerance_are_accepted() -> None:
+    """A server without /models ids is not compared on them; a log-prob within the probe's tolerance is one model."""
+    a, b, c = FakeServer(), FakeServer(models=[]), FakeServer(generated_at=-1.52)
+    with servers(a, b, c) as urls:
+        assert pool(*urls).score(REQUESTS[:2]) == pool(urls[0]).score(REQUESTS[:2])
 
 
 def test_pool_specs() -> None:

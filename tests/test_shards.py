@@ -54,7 +54,7 @@ def records(folder: Path) -> pd.DataFrame:
     return frame.sort_values(list(frame.columns[:3])).reset_index(drop=True)
 
 
-def run(tmp_path: Path, out: str, cache: str, shard: Shard | None = None, **fields: object):
+def run(tmp_path: Path, out: str, cache: str, shard: Shard | str | None = None, **fields: object):
     return compare("mock:base", CANDS, tasks=[str(task_file(tmp_path))], out=tmp_path / out,
                    cache_dir=tmp_path / cache, shard=shard, **fields)  # fmt: skip
 
@@ -72,7 +72,10 @@ def test_parts_cover_every_candidate_once_and_the_floor_once() -> None:
             assert sum(p.runs_floor(m, sequential=False) for p in parts) == 1
             assert all(p.runs_floor(m, sequential=True) for p in parts)
     assert Shard.parse("baseline").candidates([1, 2]) == []
-    assert not Shard.parse("baseline").runs_floor(2, sequential=True)
+    assert not Shard.parse("baseline").runs_floor(2, sequential=False)
+    assert Shard.parse("baseline").runs_floor(2, sequential=True)  # the floor once, ahead of the array
+    with pytest.raises(FlipscopeError, match="shard 5/3"):
+        Shard(5, 3)
 
 
 def test_shards_in_one_cache_assemble_the_run_one_compare_makes(scripts, tmp_path) -> None:
@@ -96,6 +99,8 @@ def test_sequential_shards_each_run_the_floor_and_assemble(scripts, tmp_path) ->
     fill(scripts)
     seq = {"sequential": SequentialPlan(chunk=20), "noise_floor": NoiseFloor(4, None), "limit": 60}
     whole = run(tmp_path, "whole", "cache-a", **seq)
+    first = run(tmp_path, "part-base", "cache-b", Shard.parse("baseline"), **seq)
+    assert first.summary == {} and first.run.noise_floor is not None  # the floor, once, before the array
     for s in ("0/2", "1/2"):
         part = run(tmp_path, f"part{s[0]}", "cache-b", Shard.parse(s), **seq)
         assert part.run.noise_floor is not None  # each part's decisions are against the floor's interval
@@ -104,8 +109,11 @@ def test_sequential_shards_each_run_the_floor_and_assemble(scripts, tmp_path) ->
     assert {name: len(s.calls) for name, s in scripts.items()} == calls
     pd.testing.assert_frame_equal(records(assembled.out), records(whole.out))
     assert assembled.summary == whole.summary
-    with pytest.raises(FlipscopeError, match="nothing to run in a sequential run"):
+    del seq["noise_floor"]
+    with pytest.raises(FlipscopeError, match="nothing to run in a sequential run without --noise-floor"):
         run(tmp_path, "base-only", "cache-b", Shard.parse("baseline"), **seq)
+    with pytest.raises(FlipscopeError, match="--no-cache"):
+        run(tmp_path, "fresh", "cache-b", "1/2", use_cache=False)  # the API also takes the text
 
 
 def _job(folder: str, shard: str) -> None:

@@ -48,7 +48,9 @@ def test_location_options() -> None:
     assert parse_location("/models/llama#tp=4") == VLLMLayout("/models/llama", 4)
     assert parse_location("org/name") == VLLMLayout("org/name")
     assert parse_location("org/name#tp=4,pp=2,executor=ray") == VLLMLayout("org/name", 4, 2, "ray")
-    for bad in ("org/name#pp=0", "org/name#executor=slurm", "org/name#tp=2,tp=4", "org/name#dp=2", "org/name#tp=x"):
+    bad_ones = ("org/name#pp=0", "org/name#executor=slurm", "org/name#tp=2,tp=4", "org/name#dp=2", "org/name#tp=x",
+                "org/name,pp=2", "org/name#executor=external_launcher")  # fmt: skip
+    for bad in bad_ones:
         with pytest.raises(FlipscopeError, match="vllm:<model>"):
             parse_location(bad)
 

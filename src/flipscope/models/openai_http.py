@@ -7,6 +7,7 @@ time and only ever sent in the Authorization header.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -93,7 +94,10 @@ def _send_once(url: str, body: dict[str, Any] | None, timeout: float) -> dict[st
         with urllib.request.urlopen(request, timeout=timeout) as response:
             raw = response.read()
     except urllib.error.HTTPError as exc:
-        detail = exc.read()[:300].decode(errors="replace")
+        try:
+            detail = exc.read()[:300].decode(errors="replace")
+        except (OSError, http.client.HTTPException):
+            detail = "(its body could not be read)"
         if exc.code == 429 or exc.code >= 500:
             raise Transient(f"HTTP {exc.code}") from exc
         raise ClientError(
@@ -103,6 +107,8 @@ def _send_once(url: str, body: dict[str, Any] | None, timeout: float) -> dict[st
         ) from exc
     except TimeoutError as exc:
         raise Transient(f"no answer within {timeout:g} s") from exc
+    except http.client.HTTPException as exc:  # a reply cut off or garbled (a server killed mid-answer)
+        raise Transient(f"broken reply: {type(exc).__name__}") from exc
     except (urllib.error.URLError, ConnectionError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         if isinstance(reason, (TimeoutError, socket.timeout)):

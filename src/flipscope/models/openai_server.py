@@ -31,7 +31,7 @@ from flipscope.models.base import (
     finish_reason,
 )
 from flipscope.models.openai_http import ClientError, HTTPSettings, post_json
-from flipscope.models.server_pool import ServerPool, served_models
+from flipscope.models.server_pool import ProbeAnswer, ServerPool, disagreement, served_models
 
 if TYPE_CHECKING:
     from flipscope.models.options import LoadOptions
@@ -192,7 +192,7 @@ class OpenAIBackend:
     def __init__(self, base_url: str | Sequence[str], model: str, settings: HTTPSettings, label: str) -> None:
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         self.pool = ServerPool(urls, settings)
-        self._probe_answers: dict[str, str] = {}
+        self._probe_answers: dict[str, tuple[str, float | None]] = {}
         self.base_url, self.model, self.settings = "|".join(sorted(urls)), model, settings
         capabilities = self._agreed(label)
         identity = hashlib.sha256(f"{self.base_url}#{model}".encode()).hexdigest()[:20]
@@ -226,20 +226,14 @@ class OpenAIBackend:
             return self.probe()
         served = {url: served_models(url, self.settings) for url in urls}
         probed = {url: self.probe(url) for url in urls}
-        answers = {url: (_kind(probed[url]), self._probe_answers.get(url)) for url in urls}
-        first = urls[0]
-        for url in urls[1:]:
-            if served[url] is not None and served[first] is not None and served[url] != served[first]:
-                differs = f"it serves {sorted(served[url] or [])}, {first} serves {sorted(served[first] or [])}"
-            elif answers[url] != answers[first]:
-                differs = f"its answer to the probe differs from {first}'s ({answers[url]} vs {answers[first]})"
-            else:
-                continue
+        answers = {url: ProbeAnswer(*_kind(probed[url]), *self._probe_answers.get(url, ("", None))) for url in urls}
+        odd = disagreement(self.model, served, answers, tolerance=PROBE_TOLERANCE)
+        if odd is not None:
             raise FlipscopeError(
-                f"{label}: the servers of this pool do not serve one model: {url}: {differs}",
+                f"{label}: the servers of this pool do not serve one model: {odd}",
                 fix="list only servers of the same model and engine in one openai: spec",
             )
-        return probed[first]
+        return probed[urls[0]]
 
     def _completion(
         self, prompt: str, *, logprobs: int = 1, echo: bool = True, url: str | None = None
@@ -279,7 +273,6 @@ class OpenAIBackend:
         generated = self._completion(PROBE_PREFIX, echo=False, url=url)
         text = generated.get("text")
         text = text if isinstance(text, str) else ""
-        self._probe_answers[url] = text
         lp = generated.get("logprobs")
         values = lp.get("token_logprobs") if isinstance(lp, dict) else None
         values = values if isinstance(values, list) else []
@@ -288,6 +281,7 @@ class OpenAIBackend:
                 f"server {url} returned a malformed reply: token_logprobs[0] = {values[0]!r} is not a log-probability",
                 fix="check the server and its logs",
             )
+        self._probe_answers[url] = (text, float(values[0]) if values and values[0] is not None else None)
         if text and values and values[0] is not None:
             echoed = continuation_logprob(
                 self._completion(PROBE_PREFIX + text, url=url), len(PROBE_PREFIX), len(PROBE_PREFIX + text)

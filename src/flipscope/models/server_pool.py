@@ -9,9 +9,12 @@ retires its member for the rest of the run and is sent again to another member; 
 answered stands (an answer is whole or not at all, so nothing is counted twice). A refusal (another 4xx) is about the
 request, not the server: it is raised. With every member retired the error names each one's last failure.
 
-Agreement (``OpenAIBackend`` checks it before any scoring): every member must serve the same model ids (GET
-``/models``) and answer the load probe alike (the same capabilities and the same greedy token after the probe
-prompt); a pool that mixes models or engines is refused, naming the member that differs.
+Agreement (``OpenAIBackend`` checks it before any scoring, ``disagreement``): every member that lists model ids (GET
+``/models``) must list the spec's model (or, where none does, the same ids), and every member must answer the load
+probe alike (the same capabilities, the same greedy token after the probe prompt at a log-probability within the
+probe's tolerance); a pool that mixes models, quantizations or engines is refused, naming the member that differs.
+A member that cannot be reached while the backend loads fails the load (it is not retired: nothing ran yet).
+A pool's cache identity is its set of URLs: the same servers in any order share passes; another set does not.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from flipscope.errors import FlipscopeError
 from flipscope.models.openai_http import ClientError, HTTPSettings, get_json, post_json
@@ -108,3 +111,47 @@ def served_models(url: str, settings: HTTPSettings) -> set[str] | None:
         return None
     ids = {m.get("id") for m in listed if isinstance(m, dict)} if isinstance(listed, list) else set()
     return {i for i in ids if isinstance(i, str)} or None
+
+
+class ProbeAnswer(NamedTuple):
+    """How one member answered the load probe: what it can do, and the greedy token after the probe prompt with its
+    log-probability."""
+
+    multiple_choice: bool
+    rows: str | None
+    topk: int
+    text: str
+    logprob: float | None
+
+
+def disagreement(
+    model: str, served: dict[str, set[str] | None], answers: dict[str, ProbeAnswer], *, tolerance: float
+) -> str | None:
+    """Why the members do not serve one model (naming the member), or None.
+
+    Model ids (GET /models; members that list none are not compared): where any member lists ``model``, every member
+    that lists ids must list it (a gateway may list more); where none does (servers that ignore the name), their
+    lists must be equal. Probe answers: the same capabilities and greedy token, its log-probability within
+    ``tolerance`` nats of the first member's (different engines or quantizations of one name differ there)."""
+    listed = {url: ids for url, ids in served.items() if ids is not None}
+    if any(model in ids for ids in listed.values()):
+        for url, ids in listed.items():
+            if model not in ids:
+                return f"{url} does not list {model!r} at /models (it lists {sorted(ids)})"
+    elif listed:
+        first, ids = next(iter(listed.items()))
+        for url, other in listed.items():
+            if other != ids:
+                return f"{url} lists {sorted(other)} at /models, {first} lists {sorted(ids)}"
+    first, ref = next(iter(answers.items()))
+    for url, answer in answers.items():
+        close = (answer.logprob is None) == (ref.logprob is None) and (
+            answer.logprob is None or ref.logprob is None or abs(answer.logprob - ref.logprob) <= tolerance
+        )
+        if answer[:4] != ref[:4] or not close:
+            return (
+                f"{url} answers the probe otherwise than {first} (greedy token {answer.text!r} at log-prob "
+                f"{answer.logprob}, prompt log-probabilities {'usable' if answer.multiple_choice else 'refused'}; "
+                f"{first}: {ref.text!r} at {ref.logprob}, {'usable' if ref.multiple_choice else 'refused'})"
+            )
+    return None

@@ -39,8 +39,10 @@ TOPK = 20
 
 
 #: vLLM's distributed executors (``distributed_executor_backend``): Ray across machines, multiprocessing on one.
-EXECUTORS = ("ray", "mp", "uni", "external_launcher")
-LOCATION_FIX = "write vllm:<model>[#tp=<gpus per stage>][,pp=<pipeline stages>][,executor=ray|mp|uni|external_launcher]"
+EXECUTORS = ("ray", "mp", "uni")
+LOCATION_FIX = (
+    "write vllm:<model>[#key=value[,key=value...]] with keys tp (GPUs per stage), pp (stages), executor (ray|mp|uni)"
+)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class VLLMLayout:
 def parse_location(location: str) -> VLLMLayout:
     """``<model>[#tp=N][,pp=N][,executor=NAME]`` → its layout; anything else is a one-line error."""
     model, _, options = location.partition("#")
+    if "=" in model or "," in model:
+        raise FlipscopeError(f"cannot read vllm model {model!r}: options come after '#'", fix=LOCATION_FIX)
     sizes: dict[str, int] = {}
     executor = None
     for option in filter(None, options.split(",")):

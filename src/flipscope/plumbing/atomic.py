@@ -1,8 +1,9 @@
 """Files and locks.
 
 Every file flipscope writes appears whole, by a rename: ``write_atomically`` builds it (a file, or a folder of
-files) under a temporary name of this process (``<target>.<pid>.part``), flushes it to disk (``fsync`` of every file
-and folder in it), renames it into place (a rename is atomic) and flushes the folder that now names it. A reader
+files) under a temporary name of this process (``<target>.<host>-<pid>.part``, unique across machines that share a
+folder), flushes it to disk (``fsync`` of every file and folder in it), renames it into place (a rename is atomic)
+and flushes the folder that now names it. A reader
 sees the old file or the whole new one; a killed process, or a machine that loses power, leaves at most its own
 ``.part``, never part of a file under the final name.
 
@@ -19,12 +20,20 @@ import functools
 import logging
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+def _process_name() -> str:
+    """This process among all that may share a folder (a cluster's shared file system): host and pid (pids repeat
+    across machines); read at each call, since a forked child has a pid of its own."""
+    return f"{socket.gethostname().replace('/', '_')}-{os.getpid()}"
+
 
 #: A process waiting this long for a lock says so (what it waits for, which pid holds it).
 WAIT_WARNING_S = 3.0
@@ -138,7 +147,7 @@ def exclusive(target: Path, *, what: str | None = None, remove: bool = False) ->
 
 def temporary(target: Path) -> Path:
     """A temporary name beside ``target`` that no other process uses."""
-    return target.with_name(f"{target.name}.{os.getpid()}.part")
+    return target.with_name(f"{target.name}.{_process_name()}.part")
 
 
 def write_atomically(target: Path, write: Callable[[Path], object], *, replace_folder: bool = False) -> Path:
@@ -157,7 +166,7 @@ def write_atomically(target: Path, write: Callable[[Path], object], *, replace_f
             if _exchange(tmp, target):
                 old = tmp
             else:
-                old = target.with_name(f"{target.name}.{os.getpid()}.old")
+                old = target.with_name(f"{target.name}.{_process_name()}.old")
                 _remove(old)
                 os.replace(target, old)
         if old is not tmp:

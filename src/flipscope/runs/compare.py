@@ -87,7 +87,7 @@ class CompareSettings:
     sequential: SequentialPlan | None = (
         None  # stop each candidate on each task once decided (``limit``: the most items)
     )
-    shard: Shard | None = None  # run only this part of the comparison (a scheduler array's job; ``runs.shards``)
+    shard: Shard | str | None = None  # run only this part, 'i/N' or 'baseline' (an array's job; ``runs.shards``)
 
 
 def compare(
@@ -146,12 +146,17 @@ def _compare(
         noise_floor.check(batch_size, dtype)
     check_out(out)
     base_spec, cand_specs = parse_models(baseline, candidates, allow_none=noise_floor is not None)
-    shard, floor_here = chosen.shard, noise_floor is not None
+    shard, floor_here = (Shard.of(chosen.shard) if chosen.shard is not None else None), noise_floor is not None
     if shard is not None:
-        if shard.index is None and chosen.sequential is not None:
+        if not use_cache:
             raise FlipscopeError(
-                "--shard baseline has nothing to run in a sequential run: the baseline is scored chunk by chunk, as "
-                "far as the candidates need",
+                "--shard cannot run with --no-cache: every shard would replace the baseline's passes the others use",
+                fix="clear the cache folder first, then run the shards",
+            )
+        if shard.index is None and chosen.sequential is not None and noise_floor is None:
+            raise FlipscopeError(
+                "--shard baseline has nothing to run in a sequential run without --noise-floor: the baseline is "
+                "scored chunk by chunk, as far as the candidates need",
                 fix="run the candidates' shards (--shard i/N) directly; the cache keeps one of each baseline chunk",
             )
         floor_here = floor_here and shard.runs_floor(len(cand_specs), sequential=chosen.sequential is not None)

@@ -6,7 +6,9 @@ whole run (no model is loaded).
 ``--shard baseline`` runs the baseline's passes alone — a first job the array waits for, so that N jobs starting at
 once do not each score the baseline (they would all be right: the first pass stored is the one every job then reads,
 but the work would be done N times). The noise floor, when asked for, is one more part after the candidates; in a
-sequential run every shard runs it (each candidate's decision is against its interval; the cache makes it once).
+sequential run every shard needs it (each candidate's decision is against its interval): ``--shard baseline`` then
+runs the floor (and the baseline chunks it needs) once, ahead of the array, and the candidates' shards read it from
+the cache. A shard never runs with ``--no-cache``: N jobs would each replace the same baseline passes.
 
 Passes are content-addressed, written under a lock file (``fcntl.flock``) to a temporary name in the cache folder
 and renamed into place (``plumbing.atomic``), so jobs on several machines may share one cache folder on a file
@@ -36,6 +38,10 @@ class Shard:
     index: int | None
     count: int = 1
 
+    def __post_init__(self) -> None:
+        if self.count < 1 or (self.index is not None and not 0 <= self.index < self.count):
+            raise FlipscopeError(f"shard {self.index}/{self.count}: the part must be 0 … N−1 of N ≥ 1 parts", fix=_FIX)
+
     @classmethod
     def parse(cls, text: str) -> Shard:
         """ "i/N" or "baseline"; anything else, or i out of range, is a one-line error."""
@@ -49,6 +55,11 @@ class Shard:
             raise FlipscopeError(f"--shard {text!r}: the part must be 0 … N−1 of N ≥ 1 parts", fix=_FIX)
         return cls(index, count)
 
+    @classmethod
+    def of(cls, value: Shard | str) -> Shard:
+        """A shard as the API takes it: a Shard, or its text ("1/4", "baseline")."""
+        return value if isinstance(value, Shard) else cls.parse(value)
+
     def __str__(self) -> str:
         return "baseline" if self.index is None else f"{self.index}/{self.count}"
 
@@ -60,10 +71,11 @@ class Shard:
 
     def runs_floor(self, candidates: int, *, sequential: bool) -> bool:
         """Whether this part runs the noise floor: the part after the last candidate's (position ``candidates``);
-        in a sequential run every candidate's part (its decisions are taken against the floor)."""
-        if self.index is None:
-            return False
-        return sequential or candidates % self.count == self.index
+        in a sequential run every part, the baseline's among them (each candidate's decisions are taken against the
+        floor; a baseline part run first makes it once, before the array)."""
+        if sequential:
+            return True
+        return self.index is not None and candidates % self.count == self.index
 
     def note(self, labels: Sequence[str], *, floor: bool) -> str:
         """What this part ran, and how the whole run is assembled (a line of run.json's notes)."""
