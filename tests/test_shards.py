@@ -148,3 +148,16 @@ def test_cli_shard_errors_are_one_line(scripts, tmp_path, monkeypatch, capsys) -
     assert code == 0, err
     assert list(json.loads((tmp_path / "p" / "run.json").read_text())["summary"]) == ["mock:c1"]
     assert "shard 1/2" in out
+
+
+def test_a_gpu_sweep_assembles_on_a_node_without_one(scripts, tmp_path) -> None:
+    """Jobs that named --device cuda stored passes keyed by it; the assembling job on a CPU node names it too and
+    reads them (an explicit device is not resolved; `auto` there would be cpu, another key, and score it all)."""
+    fill(scripts)
+    for s in ("baseline", "0/1"):
+        run(tmp_path, f"gpu-{s[0]}", "cache", Shard.parse(s), device="cuda")
+    calls = {name: len(s.calls) for name, s in scripts.items()}
+    run(tmp_path, "assembled", "cache", device="cuda")
+    assert {name: len(s.calls) for name, s in scripts.items()} == calls
+    run(tmp_path, "auto", "cache")  # `auto` resolves to cpu here: a different key, so it scores again
+    assert {name: len(s.calls) for name, s in scripts.items()} != calls
