@@ -208,7 +208,8 @@ register_source(
 register_source(
     Source(
         "vllm",
-        "vLLM's offline engine on GPUs (pip install vllm): vllm:<folder or hub id>[#tp=<gpus>]",
+        "vLLM's offline engine on GPUs (pip install vllm): "
+        "vllm:<folder or hub id>[#tp=<gpus>][,pp=<stages>][,executor=ray|mp|uni]",
         _vllm_fingerprint,
         _vllm_load,
     )
@@ -217,7 +218,8 @@ register_source(
     Source(
         "openai",
         "a model behind an OpenAI-compatible server: openai:<base_url>#<model>[,concurrency=4,timeout=60,retries=4] "
-        "(API key from $FLIPSCOPE_API_KEY or $OPENAI_API_KEY); top-k approximate token KL",
+        "(API key from $FLIPSCOPE_API_KEY or $OPENAI_API_KEY); top-k approximate token KL; several servers of one "
+        "model as a pool: openai:<url>|<url>#<model>",
         _openai_fingerprint,
         _openai_load,
     )
