@@ -117,8 +117,9 @@ from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
     help="Run only part of the comparison into the pass cache, one part per job of a Slurm or Kubernetes array: "
     "'i/N' (0-based) runs the baseline's passes and every N-th candidate from the i-th; 'baseline' the baseline "
     "alone (a first job). The same compare without --shard, on the same --cache-dir, then assembles the whole run "
-    "from the cache. The cache folder may be shared by machines where flock and renames hold (NFSv4, Lustre with "
-    "-o flock, GPFS, CephFS).",
+    "from the cache. Every job needs the same --device (not auto), --dtype and --batch-size: they key the passes. "
+    "The cache folder may be shared by machines where flock and renames hold (NFSv4, Lustre with -o flock, GPFS, "
+    "CephFS).",
 )
 @click.option("--no-cache", is_flag=True, help="Run every model again instead of reusing cached passes.")
 @click.option(
