@@ -31,7 +31,7 @@ from flipscope.models.base import (
     finish_reason,
 )
 from flipscope.models.openai_http import ClientError, HTTPSettings, post_json
-from flipscope.models.server_pool import ProbeAnswer, ServerPool, disagreement, served_models
+from flipscope.models.server_pool import ProbeAnswer, ServerPool, disagreement, pool_identity, served_models
 
 if TYPE_CHECKING:
     from flipscope.models.options import LoadOptions
@@ -81,7 +81,7 @@ def parse_location(location: str) -> tuple[str, str]:
     """(base URL, model name) of ``<base_url>[|<base_url>...]#<model>[,option=value...]``; a pool's "URL" is its
     members' URLs, sorted, joined by "|" (what identifies it, whatever order they were given in)."""
     urls, model, _ = parse_server(location)
-    return "|".join(sorted(urls)), model
+    return pool_identity(urls), model
 
 
 def parse_server(location: str) -> tuple[list[str], str, HTTPSettings]:
@@ -181,11 +181,6 @@ def continuation_topk(choice: dict[str, Any], context_chars: int, total_chars: i
     return TopKRows(tuple({str(k): float(v) for k, v in t.items() if v is not None} for t in chosen))
 
 
-def _kind(caps: Capabilities) -> tuple[bool, str | None, int]:
-    """What a probe found, without the note (which names the server)."""
-    return caps.multiple_choice, caps.rows, caps.topk
-
-
 class OpenAIBackend:
     """One server, or a pool of servers of one model (``server_pool``): probed on load, then spread over."""
 
@@ -193,7 +188,7 @@ class OpenAIBackend:
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         self.pool = ServerPool(urls, settings)
         self._probe_answers: dict[str, tuple[str, float | None]] = {}
-        self.base_url, self.model, self.settings = "|".join(sorted(urls)), model, settings
+        self.base_url, self.model, self.settings = pool_identity(urls), model, settings
         capabilities = self._agreed(label)
         identity = hashlib.sha256(f"{self.base_url}#{model}".encode()).hexdigest()[:20]
         self.info = ModelInfo(
@@ -226,7 +221,10 @@ class OpenAIBackend:
             return self.probe()
         served = {url: served_models(url, self.settings) for url in urls}
         probed = {url: self.probe(url) for url in urls}
-        answers = {url: ProbeAnswer(*_kind(probed[url]), *self._probe_answers.get(url, ("", None))) for url in urls}
+        answers = {
+            url: ProbeAnswer(c.multiple_choice, c.rows, c.topk, *self._probe_answers.get(url, ("", None)))
+            for url, c in probed.items()
+        }  # what each found, without the note (which names the server)
         odd = disagreement(self.model, served, answers, tolerance=PROBE_TOLERANCE)
         if odd is not None:
             raise FlipscopeError(

@@ -102,6 +102,12 @@ class ServerPool:
             self._ready.notify_all()
 
 
+def pool_identity(urls: Sequence[str]) -> str:
+    """What names a pool in cache keys and run.json: its members' URLs, sorted, joined by "|" (the same servers in
+    any order are one pool; one server is its URL)."""
+    return "|".join(sorted(urls))
+
+
 def served_models(url: str, settings: HTTPSettings) -> set[str] | None:
     """The model ids a server lists at GET /models; None where it lists none (the check is then skipped)."""
     try:
@@ -145,9 +151,10 @@ def disagreement(
                 return f"{url} lists {sorted(other)} at /models, {first} lists {sorted(ids)}"
     first, ref = next(iter(answers.items()))
     for url, answer in answers.items():
-        close = (answer.logprob is None) == (ref.logprob is None) and (
-            answer.logprob is None or ref.logprob is None or abs(answer.logprob - ref.logprob) <= tolerance
-        )
+        if answer.logprob is None or ref.logprob is None:
+            close = answer.logprob is ref.logprob
+        else:
+            close = abs(answer.logprob - ref.logprob) <= tolerance
         if answer[:4] != ref[:4] or not close:
             return (
                 f"{url} answers the probe otherwise than {first} (greedy token {answer.text!r} at log-prob "
