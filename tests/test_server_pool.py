@@ -76,7 +76,7 @@ def test_every_member_failing_is_one_error_naming_each() -> None:
             r"does not list 'fake-model' at /models \(it lists \['another-model'\]\)",
         ),
         (FakeServer(shift=True), "answers the probe otherwise"),  # prompt log-probs one position late: refused
-        (FakeServer(generated_at=-1.9), "answers the probe otherwise"),  # same token, another engine's log-prob
+        (FakeServer(generated_at=-1.9), "answers the probe otherwise"),  # its echo disagrees: refused, not usable
     ],
 )
 def test_members_that_disagree_are_refused_before_scoring(odd: FakeServer, message: str) -> None:
@@ -84,6 +84,15 @@ def test_members_that_disagree_are_refused_before_scoring(odd: FakeServer, messa
     with servers(good, odd) as (url_good, url_odd), pytest.raises(FlipscopeError, match=message) as caught:
         pool(url_good, url_odd)
     assert f"do not serve one model: {url_odd} " in str(caught.value)
+
+
+def test_the_same_token_at_another_log_prob_is_another_model() -> None:
+    """Both members refuse multiple choice alike (echo one position late) and generate the same token, one at
+    −1.5 and one at −1.9 nats: only the generated log-prob tells the two engines apart."""
+    a, b = FakeServer(shift=True), FakeServer(shift=True, generated_at=-1.9)
+    with servers(a, b) as urls, pytest.raises(FlipscopeError, match=r"at log-prob -1\.9") as caught:
+        pool(*urls)
+    assert f"do not serve one model: {urls[1]} answers the probe otherwise" in str(caught.value)
 
 
 def test_members_that_list_no_models_or_answer_within_tolerance_are_accepted() -> None:
