@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from flipscope.cli.options import batch_size_option, device_option, dtype_option, format_option
+from flipscope.cli.options import (
+    batch_size_option,
+    device_option,
+    dtype_option,
+    format_option,
+    ray_options,
+    ray_placement,
+)
 from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
 
 
@@ -121,6 +128,7 @@ from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
     "The cache folder may be shared by machines where flock and renames hold (NFSv4, Lustre with -o flock, GPFS, "
     "CephFS).",
 )
+@ray_options
 @click.option("--no-cache", is_flag=True, help="Run every model again instead of reusing cached passes.")
 @click.option(
     "--cache-dir",
@@ -152,6 +160,9 @@ def compare_cmd(
     alpha: float,
     chunk: int,
     shard: str | None,
+    ray_address: str | None,
+    ray_resources: str | None,
+    replicas: int | None,
     no_cache: bool,
     cache_dir: str | None,
 ) -> None:
@@ -205,6 +216,7 @@ def compare_cmd(
         cache_dir=cache_dir,
         sequential=plan,
         shard=Shard.parse(shard) if shard is not None else None,
+        ray=ray_placement(ray_address, ray_resources, replicas),
     )
     display = RichDisplay()
     result = compare(baseline, list(candidates), settings=settings, display=display)

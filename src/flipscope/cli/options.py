@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 import click
+
+if TYPE_CHECKING:
+    from flipscope.passes.ray_cluster import RayPlacement
 
 #: --device, as every command that loads a model takes it.
 device_option = click.option(
@@ -30,3 +36,47 @@ batch_size_option = click.option(
     show_default=True,
     help="Questions per forward pass (transformers backends); part of the cache key.",
 )
+
+
+def ray_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--ray [ADDRESS]``, ``--ray-resources`` and ``--replicas``: the passes placed on a Ray cluster."""
+    command = click.option(
+        "--replicas",
+        type=int,
+        default=None,
+        help="(--ray) Actors per model, each scoring a share of its chunks (data parallel). Default: 1.",
+    )(command)
+    command = click.option(
+        "--ray-resources",
+        metavar="NAME=N,…",
+        default=None,
+        help="(--ray) What each actor (one model) needs: num_cpus, num_gpus (e.g. 4 for a tensor-parallel vLLM "
+        "model), memory in bytes, or a custom resource. Default: num_cpus=1.",
+    )(command)
+    return click.option(
+        "--ray",
+        "ray_address",
+        metavar="[ADDRESS]",
+        is_flag=False,
+        flag_value="local",
+        default=None,
+        help="Score the models' multiple-choice passes on a Ray cluster: one actor per model (candidates in "
+        "parallel), the baseline's rows sent through Ray's object store, every pass stored here as a local run "
+        "stores it. ADDRESS: auto (a cluster started on this machine), ray://HOST:10001, HOST:6379, or local "
+        "(the default: start one here). Needs pip install 'flipscope[ray]'.",
+    )(command)
+
+
+def ray_placement(address: str | None, resources: str | None, replicas: int | None) -> RayPlacement | None:
+    """The ``RayPlacement`` the ``ray_options`` flags ask for (None without ``--ray``)."""
+    if address is None:
+        given = [
+            name for name, value in (("--ray-resources", resources), ("--replicas", replicas)) if value is not None
+        ]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} apply to --ray only: add --ray [ADDRESS]")
+        return None
+    from flipscope.passes.ray_cluster import RayPlacement
+
+    wanted = RayPlacement.parse_resources(resources) if resources is not None else {"num_cpus": 1.0}
+    return RayPlacement(address=address, resources=wanted, replicas=1 if replicas is None else replicas)

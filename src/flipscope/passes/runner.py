@@ -109,7 +109,7 @@ class ModelRunner:
         backend: Callable[[], Backend],
         ref: PassResult | None,
     ) -> tuple[PassResult, bool]:
-        key = content_hash(self.scorer.key(weights, work.digest, ref))
+        key = self.scorer.pass_key(weights, work.digest, ref)
         return self.scorer.score(
             work.task, work.prompts, key, spec, backend, ref, f"{role} {spec.label()} · {work.task.name}"
         )

@@ -46,34 +46,70 @@ def run_stored_pass(
     progress: Callable[[int], None] | None,
     use_cache: bool = True,
 ) -> PassResult:
-    bounds = [*range(0, max(len(task.items), 1), CHUNK_ITEMS), len(task.items)]  # no items: one empty chunk
     parts: list[PassResult] = []
-    requests_before = options_before = 0
-    for c, (lo, hi) in enumerate(itertools.pairwise(bounds)):
-        chunk = prompts[lo:hi]
-        n_requests = sum(len(p.requests) for p in chunk)
-        n_options = sum(len(r.continuations) for p in chunk for r in p.requests)
-        part_key = f"{key}.part{c:05d}"
-        part = store.load(part_key) if use_cache else None
+    for chunk in pass_chunks(key, prompts):
+        part = store.load(chunk.key) if use_cache else None
         if part is None:
-            part = run_pass(
-                backend(),
-                dataclasses.replace(task, items=task.items[lo:hi]),
-                chunk,
-                key=part_key,
-                topk=rows.topk,
-                tail_samples=rows.tail_samples,
-                reference=slice_reference(rows.reference, options_before, options_before + n_options),
-                exact=rows.exact,
-                progress=progress,
-                first_request=requests_before,
-            )
+            part = chunk.run(backend(), task, prompts, rows, progress)
             part = store.save(part, replace=not use_cache)
         elif progress:
-            progress(n_requests)
+            progress(chunk.n_requests)
         parts.append(part)
+    return finish_pass(store, key, parts, use_cache=use_cache)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Items ``lo``…``hi`` of a pass, stored under ``key``; ``first_request`` and ``first_option``: the requests
+    and (item, option) pairs before it in the whole pass (the tail draws' seeds, the baseline's rows)."""
+
+    key: str
+    lo: int
+    hi: int
+    first_request: int
+    first_option: int
+    n_requests: int
+    n_options: int
+
+    def run(
+        self,
+        backend: Backend,
+        task: TaskData,
+        prompts: list[ItemRequests],
+        rows: PassRows,
+        progress: Callable[[int], None] | None,
+    ) -> PassResult:
+        """This chunk of the pass scored (the whole pass's ``task`` and ``prompts`` given)."""
+        return run_pass(
+            backend,
+            dataclasses.replace(task, items=task.items[self.lo : self.hi]),
+            prompts[self.lo : self.hi],
+            key=self.key,
+            topk=rows.topk,
+            tail_samples=rows.tail_samples,
+            reference=slice_reference(rows.reference, self.first_option, self.first_option + self.n_options),
+            exact=rows.exact,
+            progress=progress,
+            first_request=self.first_request,
+        )
+
+
+def pass_chunks(key: str, prompts: list[ItemRequests]) -> list[Chunk]:
+    """The chunks of the pass ``key`` over ``prompts`` (one per item), ``CHUNK_ITEMS`` items each."""
+    bounds = [*range(0, max(len(prompts), 1), CHUNK_ITEMS), len(prompts)]  # no items: one empty chunk
+    chunks: list[Chunk] = []
+    requests_before = options_before = 0
+    for c, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+        n_requests = sum(len(p.requests) for p in prompts[lo:hi])
+        n_options = sum(len(r.continuations) for p in prompts[lo:hi] for r in p.requests)
+        chunks.append(Chunk(f"{key}.part{c:05d}", lo, hi, requests_before, options_before, n_requests, n_options))
         requests_before += n_requests
         options_before += n_options
+    return chunks
+
+
+def finish_pass(store: PassStore, key: str, parts: list[PassResult], *, use_cache: bool) -> PassResult:
+    """The chunks merged into the pass, stored under ``key``; the chunks' own files then deleted."""
     result = store.save(merge_parts(key, parts), replace=not use_cache)
     for c in range(len(parts)):
         store.delete(f"{key}.part{c:05d}")

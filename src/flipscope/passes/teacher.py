@@ -12,6 +12,7 @@ from typing import Any
 
 from flipscope.display import Display
 from flipscope.models import Backend, ModelSpec
+from flipscope.plumbing.cache import content_hash
 from flipscope.store import PassResult, PassStore, ReferenceRows, Settings
 from flipscope.tasks import ItemRequests, TaskData
 
@@ -36,17 +37,22 @@ class TeacherScorer:
         """The settings that change any pass's numbers: device and dtype actually used, batch size."""
         return {"dtype": self.settings.dtype, "device": self.settings.device, "batch": self.settings.batch_size}
 
-    def key(self, weights: str, content: object, ref: PassResult | None) -> dict[str, Any]:
+    def key(self, weights: str, content: object, ref: PassResult | str | None) -> dict[str, Any]:
         """A scoring pass's key: also the stored top-k and tail samples (baseline), or the baseline it is measured
-        against (candidate)."""
+        against (candidate; ``ref``: its pass, or that pass's key)."""
+        ref_key = ref.key if isinstance(ref, PassResult) else ref
         return {
             "v": SCORING_VERSION,
             "model": weights,
             "content": content,
             **self.engine(),
-            "store": [self.settings.topk, self.settings.tail_samples] if ref is None else None,
-            "reference": ref.key if ref else None,
+            "store": [self.settings.topk, self.settings.tail_samples] if ref_key is None else None,
+            "reference": ref_key,
         }
+
+    def pass_key(self, weights: str, content: object, ref: PassResult | str | None) -> str:
+        """The key a scoring pass is stored under: the content hash of ``key``."""
+        return content_hash(self.key(weights, content, ref))
 
     def stored(self, key: str) -> PassResult | None:
         """The pass stored under ``key`` (None where there is none, or the cache is not used)."""
@@ -92,25 +98,37 @@ class TeacherScorer:
     def _reference(
         self, backend: Backend, ref: PassResult | None, spec: ModelSpec
     ) -> tuple[ReferenceRows | None, bool]:
-        """The baseline rows to measure this candidate's token KL against, and whether it is exact (full rows over
-        one vocabulary) or top-k approximate (a side gives only a server's top-k, matched by token text)."""
-        if ref is None or ref.reference is None:
-            return None, True
-        rows, kind = backend.info.capabilities.rows, ref.reference.kind
-        if rows is None:
-            self.note(f"{spec.label()} gives no per-token log-probabilities, so token KL is not reported for it")
-            return None, True
-        if rows == "full" and kind == "full" and backend.info.tokenizer_fingerprint == ref.tokenizer:
-            return ref.reference, True
-        if "topk" in (rows, kind) and ref.reference.pieces is not None:
-            return ref.reference, False
-        self.note(
-            f"{spec.label()} has a different tokenizer from the baseline's: token KL needs the same vocabulary, "
-            "so it is not reported; choice-level metrics (accuracy, flips, choice KL) still are"
-        )
-        return None, True
+        reference, exact, note = choose_reference(backend, ref, spec)
+        if note is not None:
+            self.note(note)
+        return reference, exact
 
     def note(self, message: str) -> None:
         log.warning(message)
         if message not in self.notes:
             self.notes.append(message)
+
+
+def choose_reference(
+    backend: Backend, ref: PassResult | None, spec: ModelSpec
+) -> tuple[ReferenceRows | None, bool, str | None]:
+    """The baseline rows to measure this candidate's token KL against, whether it is exact (full rows over one
+    vocabulary) or top-k approximate (a side gives only a server's top-k, matched by token text), and the note a
+    reader needs where token KL is not reported."""
+    if ref is None or ref.reference is None:
+        return None, True, None
+    rows, kind = backend.info.capabilities.rows, ref.reference.kind
+    if rows is None:
+        return None, True, f"{spec.label()} gives no per-token log-probabilities, so token KL is not reported for it"
+    if rows == "full" and kind == "full" and backend.info.tokenizer_fingerprint == ref.tokenizer:
+        return ref.reference, True, None
+    if "topk" in (rows, kind) and ref.reference.pieces is not None:
+        return ref.reference, False, None
+    return (
+        None,
+        True,
+        (
+            f"{spec.label()} has a different tokenizer from the baseline's: token KL needs the same vocabulary, "
+            "so it is not reported; choice-level metrics (accuracy, flips, choice KL) still are"
+        ),
+    )

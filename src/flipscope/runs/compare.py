@@ -17,11 +17,13 @@ from flipscope.metrics.sequential import SequentialPlan
 from flipscope.metrics.sequential_summary import with_sequential
 from flipscope.models import LoadOptions, ModelSpec, parse_models
 from flipscope.passes.generation import FreeTask, load_free_task
+from flipscope.passes.ray_cluster import RayPlacement
 from flipscope.passes.runner import ModelRunner, TaskWork
 from flipscope.plumbing.cache import cache_root
 from flipscope.plumbing.version import library_versions
 from flipscope.runs.noise import NoiseFloor, engines_note, role_of
 from flipscope.runs.overrides import with_overrides
+from flipscope.runs.ray import check_ray, on_ray
 from flipscope.runs.sequential import (
     TaskChunks,
     check_plan,
@@ -88,6 +90,7 @@ class CompareSettings:
         None  # stop each candidate on each task once decided (``limit``: the most items)
     )
     shard: Shard | str | None = None  # run only this part, 'i/N' or 'baseline' (an array's job; ``runs.shards``)
+    ray: RayPlacement | None = None  # score the multiple-choice passes on a Ray cluster (``passes.ray_cluster``)
 
 
 def compare(
@@ -120,7 +123,7 @@ def _compare(
     out: str | Path | None,
 ) -> Comparison:
     tasks, limit, fewshot, format, seed = chosen.tasks, chosen.limit, chosen.fewshot, chosen.format, chosen.seed
-    topk, tail_samples, device, dtype = chosen.topk, chosen.tail_samples, chosen.device, chosen.dtype
+    topk, tail_samples, dtype = chosen.topk, chosen.tail_samples, chosen.dtype
     batch_size, max_new_tokens, noise_floor = chosen.batch_size, chosen.max_new_tokens, chosen.noise_floor
     use_cache, cache_dir = chosen.use_cache, chosen.cache_dir
     shown: Display = display or NullDisplay()
@@ -145,6 +148,8 @@ def _compare(
     if noise_floor is not None:
         noise_floor.check(batch_size, dtype)
     check_out(out)
+    if chosen.ray is not None:
+        check_ray(chosen)
     base_spec, cand_specs = parse_models(baseline, candidates, allow_none=noise_floor is not None)
     shard, floor_here = (Shard.of(chosen.shard) if chosen.shard is not None else None), noise_floor is not None
     if shard is not None:
@@ -168,7 +173,7 @@ def _compare(
         seed=seed,
         topk=topk,
         tail_samples=tail_samples,
-        device=LoadOptions(device, dtype).resolved().device,  # the device used, as cache keys and run.json hold it
+        device=_device(chosen),  # the device used, as cache keys and run.json hold it
         dtype=dtype,
         batch_size=batch_size,
     )
@@ -196,12 +201,15 @@ def _compare(
     # the collapse warning's "try --format cloze" applies to the tasks scored in the run's letter format
     hint = [t.name for t in loaded if t.template is None] if fmt is PromptFormat.LETTER else []
     if plan is None:
+        works = [TaskWork.build(t, fmt, shots) for t in loaded]
+        if chosen.ray is not None:
+            on_ray(chosen.ray, runner, floor_runner, base_spec, cand_specs, works, [t.name for t in free])
         ran = _run_all(
             runner,
             floor_runner,
             base_spec,
             cand_specs,
-            [TaskWork.build(t, fmt, shots) for t in loaded],
+            works,
             free,
             names,
             hint,
@@ -258,6 +266,13 @@ def _compare(
     scored = {(s.task, s.item_id) for s in scores[base_spec.label()]}
     write_run(folder, run, records_frame(roles), _items_frame(loaded, free, scored))
     return Comparison(run, folder, scores)
+
+
+def _device(chosen: CompareSettings) -> str:
+    """``--device`` as used; on Ray, ``auto`` is the actors' (cuda where they ask for GPUs), not this machine's."""
+    if chosen.ray is not None and chosen.device == "auto":
+        return "cuda" if chosen.ray.resources.get("num_gpus", 0) > 0 else "cpu"
+    return LoadOptions(chosen.device, chosen.dtype).resolved().device
 
 
 def _items_frame(tasks: list[TaskData], free: Sequence[FreeTask], scored: set[tuple[str, str]]) -> Any:

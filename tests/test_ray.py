@@ -1,0 +1,179 @@
+"""``compare --ray``: passes scored by Ray actors on a real two-node cluster started on this machine
+(``ray.cluster_utils.Cluster``), stored by the driver, give the run a local ``compare`` gives, bit for bit; an actor
+killed mid-run is restarted and its chunks redone; a model that cannot load there, or actors no node can hold, give
+one clear error."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from flipscope import compare
+from flipscope.errors import FlipscopeError
+from flipscope.passes import ray_cluster, runner, stored
+from flipscope.passes.ray_cluster import RayPlacement
+from flipscope.runs.noise import NoiseFloor
+from tests.test_cli import run_cli
+
+ray = pytest.importorskip("ray")
+cluster_utils = pytest.importorskip("ray.cluster_utils")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """Two one-CPU nodes: a head and a worker, each a raylet of its own."""
+    made = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    made.add_node(num_cpus=1)
+    made.wait_for_nodes()
+    yield made
+    made.shutdown()
+
+
+@pytest.fixture
+def options_file(tmp_path: Path) -> Path:
+    """Ten questions whose options differ in length (1–4 words), so rows per option differ."""
+    words = ["red", "green apple", "a blue sky today", "the sun", "moon and stars", "sea"]
+    rows = [
+        {"id": f"q{i}", "question": f"Which one is number {i}?", "choices": [words[(i + k) % 6] for k in range(4)],
+         "answer": i % 4}
+        for i in range(10)
+    ]  # fmt: skip
+    path = tmp_path / "colours.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def records(out: Path) -> pd.DataFrame:
+    frame = pd.read_parquet(out / "records.parquet")
+    return frame.sort_values(["model", "task", "item_id"]).reset_index(drop=True)
+
+
+def summaries(out: Path) -> dict[str, Any]:
+    return json.loads((out / "run.json").read_text())["summary"]
+
+
+def no_model_here(*_: Any, **__: Any) -> None:
+    raise AssertionError("the driver loaded a model: every pass should have come from Ray")
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stored, "CHUNK_ITEMS", 3)  # 10 items: chunks of 3, 3, 3, 1
+
+
+def test_records_equal_a_local_runs_and_the_driver_loads_no_model(
+    cluster, small_chunks, tiny_llama, tiny_llama_other_vocab, options_file, tmp_path, monkeypatch
+) -> None:
+    base = f"hf:{tiny_llama}"
+    cands = [f"hf:{tiny_llama}+rtn:w4g32", f"hf:{tiny_llama_other_vocab}"]
+    kwargs: dict[str, Any] = {"tasks": [str(options_file)], "device": "cpu", "batch_size": 2}
+    floor = NoiseFloor(batch_size=1)
+    local = compare(base, cands, out=tmp_path / "local", cache_dir=tmp_path / "c1", noise_floor=floor, **kwargs)
+    monkeypatch.setattr(runner, "load_backend", no_model_here)
+    placement = RayPlacement(address=cluster.address, replicas=2)
+    on_ray = compare(base, cands, out=tmp_path / "ray", cache_dir=tmp_path / "c2", noise_floor=floor, ray=placement,
+                     **kwargs)  # fmt: skip
+    assert len(records(local.out)) == 4 * 10  # baseline, two candidates, the floor
+    pd.testing.assert_frame_equal(records(local.out), records(on_ray.out), check_exact=True)
+    assert summaries(local.out) == summaries(on_ray.out)
+    assert on_ray.run.notes == local.run.notes  # the other tokenizer's note came back from its actor
+    assert any("different tokenizer" in n for n in on_ray.run.notes)
+    assert not list((tmp_path / "c2").rglob("*.part*"))  # the chunks merged into passes, as a local run leaves them
+
+
+def test_an_actor_killed_mid_run_is_restarted_and_its_chunks_redone(
+    cluster, small_chunks, tiny_llama, options_file, tmp_path, monkeypatch
+) -> None:
+    base, cands = f"hf:{tiny_llama}", [f"hf:{tiny_llama}+rtn:w3g32"]
+    kwargs: dict[str, Any] = {"tasks": [str(options_file)], "device": "cpu", "batch_size": 2}
+    local = compare(base, cands, out=tmp_path / "local", cache_dir=tmp_path / "c1", **kwargs)
+    pids: dict[int, int] = {}
+    killed: list[int] = []
+    actors_of, wait_one = ray_cluster._Cluster.actors_of, ray_cluster._Cluster.wait_one
+
+    def note_pids(self: Any, job: Any) -> list[Any]:
+        actors = actors_of(self, job)
+        for actor in actors:
+            pids.setdefault(id(actor), ray.get(actor.pid.remote()))  # before any chunk is queued behind it
+        return actors
+
+    def kill_after_first(self: Any) -> None:
+        wait_one(self)
+        queued = [run for run, _ in self.pending.values() if run.job.baseline is not None]
+        if not killed and len(queued) >= 2:  # the candidate's actor, with chunks still queued behind the first
+            killed.append(pids[id(self.actors[id(queued[0].job)][0])])
+            os.kill(killed[0], signal.SIGKILL)
+
+    monkeypatch.setattr(ray_cluster._Cluster, "actors_of", note_pids)
+    monkeypatch.setattr(ray_cluster._Cluster, "wait_one", kill_after_first)
+    on_ray = compare(base, cands, out=tmp_path / "ray", cache_dir=tmp_path / "c2",
+                     ray=RayPlacement(address=cluster.address), **kwargs)  # fmt: skip
+    assert killed, "no actor was killed: the test did not test a fault"
+    with pytest.raises(ProcessLookupError):
+        os.kill(killed[0], 0)  # it really died
+    pd.testing.assert_frame_equal(records(local.out), records(on_ray.out), check_exact=True)
+    assert summaries(local.out) == summaries(on_ray.out)
+
+
+def test_a_model_that_cannot_load_on_the_cluster_is_one_clear_error(
+    cluster, tiny_llama, options_file, tmp_path
+) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (broken / name).write_bytes((tiny_llama / name).read_bytes())
+    with pytest.raises(FlipscopeError) as err:
+        compare(f"hf:{tiny_llama}", [f"hf:{broken}"], tasks=[str(options_file)], device="cpu", out=tmp_path / "r",
+                cache_dir=tmp_path / "c", ray=RayPlacement(address=cluster.address))  # fmt: skip
+    message = str(err.value)
+    assert f"hf:{broken}" in message and "Ray cluster" in message and "\n" not in message
+    assert len(list((tmp_path / "c").rglob("*.parquet"))) >= 1  # the baseline's pass, stored, is kept
+    assert not (tmp_path / "r").exists()
+
+
+def test_actors_no_node_can_hold_are_refused_before_any_is_started(cluster, tiny_llama, options_file, tmp_path):
+    with pytest.raises(FlipscopeError, match=r"no node of the Ray cluster .* GPU=1"):
+        compare(f"hf:{tiny_llama}", [f"hf:{tiny_llama}+rtn:w4"], tasks=[str(options_file)], out=tmp_path / "r",
+                cache_dir=tmp_path / "c", ray=RayPlacement(address=cluster.address, resources={"num_gpus": 1}),
+                device="cpu")  # fmt: skip
+
+
+def test_resources_are_parsed_and_bad_ones_refused() -> None:
+    parsed = RayPlacement.parse_resources("num_gpus=1, num_cpus=4,memory=8e9,A100=0.5")
+    assert parsed == {"num_gpus": 1.0, "num_cpus": 4.0, "memory": 8e9, "A100": 0.5}
+    placement = RayPlacement(resources=parsed)
+    assert placement.actor_options() == {"num_gpus": 1.0, "num_cpus": 4.0, "memory": 8e9, "resources": {"A100": 0.5}}
+    for bad in ("num_gpus", "num_gpus=x", "=1", "num_cpus=-1"):
+        with pytest.raises(FlipscopeError, match="--ray-resources"):
+            RayPlacement.parse_resources(bad)
+    with pytest.raises(FlipscopeError, match="--replicas"):
+        RayPlacement(replicas=0)
+
+
+def test_ray_refuses_what_it_cannot_combine_with(tiny_llama, options_file, tmp_path) -> None:
+    common: dict[str, Any] = {"tasks": [str(options_file)], "out": tmp_path / "r", "ray": RayPlacement()}
+    with pytest.raises(FlipscopeError, match="--no-cache"):
+        compare(f"hf:{tiny_llama}", [f"hf:{tiny_llama}+rtn:w4"], use_cache=False, **common)
+    with pytest.raises(FlipscopeError, match="--shard"):
+        compare(f"hf:{tiny_llama}", [f"hf:{tiny_llama}+rtn:w4"], shard="1/2", **common)
+
+
+def test_cli_ray_flags_reach_the_run(cluster, tiny_llama, options_file, tmp_path, capsys) -> None:
+    out = tmp_path / "r"
+    code = run_cli(["compare", f"hf:{tiny_llama}", f"hf:{tiny_llama}+rtn:w4g32", "--tasks", str(options_file),
+                    "--device", "cpu", "--out", str(out), "--cache-dir", str(tmp_path / "c"), "--ray", cluster.address,
+                    "--ray-resources", "num_cpus=1", "--replicas", "2"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert len(records(out)) == 2 * 10
+    code = run_cli(["compare", f"hf:{tiny_llama}", f"hf:{tiny_llama}+rtn:w4", "--tasks", str(options_file),
+                    "--out", str(tmp_path / "x"), "--ray", "--ray-resources", "gpus"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code != 0 and "--ray-resources" in err and "Traceback" not in err
