@@ -94,25 +94,17 @@ def test_an_actor_killed_mid_run_is_restarted_and_its_chunks_redone(
     base, cands = f"hf:{tiny_llama}", [f"hf:{tiny_llama}+rtn:w3g32"]
     kwargs: dict[str, Any] = {"tasks": [str(options_file)], "device": "cpu", "batch_size": 2}
     local = compare(base, cands, out=tmp_path / "local", cache_dir=tmp_path / "c1", **kwargs)
-    pids: dict[int, int] = {}
     killed: list[int] = []
-    actors_of, wait_one = ray_cluster._Cluster.actors_of, ray_cluster._Cluster.wait_one
+    wait_one = ray_cluster._Cluster.wait_one
 
-    def note_pids(self: Any, job: Any) -> list[Any]:
-        actors = actors_of(self, job)
-        for actor in actors:
-            pids.setdefault(id(actor), ray.get(actor.pid.remote()))  # before any chunk is queued behind it
-        return actors
-
-    def kill_after_first(self: Any) -> None:
+    def kill_a_busy_candidate_actor(self: Any) -> None:
         wait_one(self)
-        queued = [run for run, _ in self.pending.values() if run.job.baseline is not None]
-        if not killed and len(queued) >= 2:  # the candidate's actor, with chunks still queued behind the first
-            killed.append(pids[id(self.actors[id(queued[0].job)][0])])
-            os.kill(killed[0], signal.SIGKILL)
+        busy = [a for m in self.models.values() if m.job.baseline for a in m.actors if a.busy == 2]
+        if not killed and busy:  # a candidate's actor scoring one chunk, the next queued behind it
+            killed.append(busy[0].pid)
+            os.kill(busy[0].pid, signal.SIGKILL)
 
-    monkeypatch.setattr(ray_cluster._Cluster, "actors_of", note_pids)
-    monkeypatch.setattr(ray_cluster._Cluster, "wait_one", kill_after_first)
+    monkeypatch.setattr(ray_cluster._Cluster, "wait_one", kill_a_busy_candidate_actor)
     on_ray = compare(base, cands, out=tmp_path / "ray", cache_dir=tmp_path / "c2",
                      ray=RayPlacement(address=cluster.address), **kwargs)  # fmt: skip
     assert killed, "no actor was killed: the test did not test a fault"
@@ -136,11 +128,11 @@ def test_a_model_that_cannot_load_on_the_cluster_is_one_clear_error(
     message = str(err.value)
     assert f"hf:{broken}" in message and "Ray cluster" in message and "\n" not in message
     assert len(list((tmp_path / "c").rglob("*.parquet"))) >= 1  # the baseline's pass, stored, is kept
-    assert not (tmp_path / "r").exists()
+    assert not (tmp_path / "r" / "run.json").exists()  # claimed (as a local run claims it), no run written
 
 
 def test_actors_no_node_can_hold_are_refused_before_any_is_started(cluster, tiny_llama, options_file, tmp_path):
-    with pytest.raises(FlipscopeError, match=r"no node of the Ray cluster .* GPU=1"):
+    with pytest.raises(FlipscopeError, match=r"no node of the Ray cluster .*\(GPU=1, CPU=1\)"):
         compare(f"hf:{tiny_llama}", [f"hf:{tiny_llama}+rtn:w4"], tasks=[str(options_file)], out=tmp_path / "r",
                 cache_dir=tmp_path / "c", ray=RayPlacement(address=cluster.address, resources={"num_gpus": 1}),
                 device="cpu")  # fmt: skip
@@ -166,14 +158,13 @@ def test_ray_refuses_what_it_cannot_combine_with(tiny_llama, options_file, tmp_p
         compare(f"hf:{tiny_llama}", [f"hf:{tiny_llama}+rtn:w4"], shard="1/2", **common)
 
 
-def test_cli_ray_flags_reach_the_run(cluster, tiny_llama, options_file, tmp_path, capsys) -> None:
+def test_cli_ray_flags_reach_the_run(cluster, tiny_llama, options_file, tmp_path, monkeypatch, capsys) -> None:
     out = tmp_path / "r"
-    code = run_cli(["compare", f"hf:{tiny_llama}", f"hf:{tiny_llama}+rtn:w4g32", "--tasks", str(options_file),
-                    "--device", "cpu", "--out", str(out), "--cache-dir", str(tmp_path / "c"), "--ray", cluster.address,
-                    "--ray-resources", "num_cpus=1", "--replicas", "2"])  # fmt: skip
-    assert code == 0, capsys.readouterr().err
+    code, _, err = run_cli(monkeypatch, capsys, "compare", f"hf:{tiny_llama}", f"hf:{tiny_llama}+rtn:w4g32", "--tasks",
+                           str(options_file), "--device", "cpu", "--out", str(out), "--cache-dir", str(tmp_path / "c"),
+                           "--ray", cluster.address, "--ray-resources", "num_cpus=1", "--replicas", "2")  # fmt: skip
+    assert code == 0, err
     assert len(records(out)) == 2 * 10
-    code = run_cli(["compare", f"hf:{tiny_llama}", f"hf:{tiny_llama}+rtn:w4", "--tasks", str(options_file),
-                    "--out", str(tmp_path / "x"), "--ray", "--ray-resources", "gpus"])  # fmt: skip
-    err = capsys.readouterr().err
+    bad = ["--tasks", str(options_file), "--out", str(tmp_path / "x"), "--ray", "--ray-resources", "gpus"]
+    code, _, err = run_cli(monkeypatch, capsys, "compare", f"hf:{tiny_llama}", f"hf:{tiny_llama}+rtn:w4", *bad)
     assert code != 0 and "--ray-resources" in err and "Traceback" not in err

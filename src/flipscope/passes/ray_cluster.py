@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import uuid
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,8 +20,8 @@ from typing import Any
 
 from flipscope.display import Display
 from flipscope.errors import FlipscopeError
-from flipscope.models import Backend, LoadOptions, ModelSpec, load_backend
-from flipscope.passes.runner import TaskWork
+from flipscope.models import LoadOptions, ModelSpec
+from flipscope.passes.runner import LazyBackend, TaskWork
 from flipscope.passes.stored import Chunk, PassRows, finish_pass, pass_chunks
 from flipscope.passes.teacher import TeacherScorer, choose_reference
 from flipscope.store import PassResult
@@ -34,6 +35,8 @@ _KEYWORDS = {"num_cpus", "num_gpus", "memory"}
 _NODE_NAMES = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
 #: Environment passed to the actors: where flipscope and the hub keep models.
 _ENV_PREFIXES = ("FLIPSCOPE_", "HF_")
+#: Chunks an actor is sent ahead (one scored while the next travels).
+_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,28 +95,26 @@ class PassWorker:
     """A Ray actor's body: one model, loaded on its first chunk (so a load failure is the chunk's error)."""
 
     def __init__(self, spec: ModelSpec, options: LoadOptions) -> None:
-        self.spec = spec
-        self.options = options
-        self.backend: Backend | None = None
+        self.backend = LazyBackend(spec, options)
 
     def pid(self) -> int:
+        """Answered once the actor is placed on a node (the driver sends it chunks only then)."""
         return os.getpid()
 
     def score(
         self, task: TaskData, prompts: list[ItemRequests], chunk: Chunk, topk: int, tail: int, ref: PassResult | None
     ) -> tuple[PassResult, str | None]:
         """``chunk`` of a pass (``task``/``prompts``: its items only), and the note its token KL calls for."""
-        if self.backend is None:
-            self.backend = load_backend(self.spec, self.options)
-        reference, exact, note = choose_reference(self.backend, ref, self.spec)
+        backend = self.backend()
+        reference, exact, note = choose_reference(backend, ref, self.backend.spec)
         rows = PassRows(topk=topk if ref is None else None, tail_samples=tail, reference=reference, exact=exact)
         local = dataclasses.replace(chunk, lo=0, hi=chunk.hi - chunk.lo)
-        return local.run(self.backend, task, prompts, rows, None), note
+        return local.run(backend, task, prompts, rows, None), note
 
 
 @dataclass
 class _Pass:
-    """A (model, task) pass being filled: its chunks, those stored so far, where each unfinished one was sent."""
+    """A (model, task) pass being filled: its chunks and those stored so far."""
 
     job: ModelJob
     work: TaskWork
@@ -122,89 +123,153 @@ class _Pass:
     parts: dict[int, PassResult] = field(default_factory=dict)
 
 
+@dataclass(eq=False)
+class _Actor:
+    handle: Any
+    pid: int | None = None  # set once placed on a node
+    busy: int = 0  # chunks sent and not back
+
+
+@dataclass(eq=False)
+class _Model:
+    """A job's actors and the chunks waiting for one of them (an actor takes chunks only once it is placed, so a
+    replica the cluster has no room for holds none; a model with nothing left to do gives its actors back)."""
+
+    job: ModelJob
+    actors: list[_Actor] = field(default_factory=list)
+    queue: deque[tuple[_Pass, int]] = field(default_factory=deque)
+    tasks_started: int = 0
+
+
 class _Cluster:
     """The driver's side: actors by model, chunks in flight, passes stored as their chunks come back."""
 
     def __init__(
-        self, ray: Any, placement: RayPlacement, candidates: list[ModelJob], advance: Any, *, use_cache: bool
+        self,
+        ray: Any,
+        placement: RayPlacement,
+        jobs: Sequence[ModelJob],
+        n_tasks: int,
+        advance: Any,
+        *,
+        use_cache: bool,
     ) -> None:
         self.ray = ray
-        self.candidates = candidates  # each started on a task once the baseline's pass of it is stored
         self.placement = placement
+        self.models = {id(job): _Model(job) for job in jobs}
+        self.n_tasks = n_tasks
         self.advance = advance
         self.use_cache = use_cache
         self.run_id = uuid.uuid4().hex[:8]
-        self.actors: dict[int, list[Any]] = {}
-        self.sent = 0
-        self.pending: dict[Any, tuple[_Pass, int]] = {}
+        self.chunks: dict[Any, tuple[_Model, _Actor, _Pass, int]] = {}  # chunk sent → where it goes back
+        self.placing: dict[Any, tuple[_Model, _Actor]] = {}  # actor's pid() asked → the actor, not yet placed
         self.base_rows: dict[str, Any] = {}  # task → the baseline's pass in the object store (rows, no scores)
 
-    def actors_of(self, job: ModelJob) -> list[Any]:
-        if id(job) not in self.actors:
-            remote = self.ray.remote(PassWorker)
-            opts = self.placement.actor_options()
-            self.actors[id(job)] = [
-                remote.options(
-                    **opts,
-                    max_restarts=self.placement.max_restarts,
-                    max_task_retries=self.placement.max_restarts,
-                    name=f"flipscope-{self.run_id}-{len(self.actors)}-{r}",
-                    namespace="flipscope",
-                ).remote(job.spec, job.options)
-                for r in range(self.placement.replicas)
-            ]
-        return self.actors[id(job)]
+    def busy(self) -> bool:
+        return bool(self.chunks) or any(model.queue for model in self.models.values())
 
     def start(self, job: ModelJob, work: TaskWork) -> None:
-        """Send the chunks of ``job``'s pass over ``work`` that are not stored (a stored pass: nothing)."""
+        """Queue the chunks of ``job``'s pass over ``work`` that are not stored (a stored pass: none)."""
+        model = self.models[id(job)]
+        model.tasks_started += 1
         base = job.baseline
         base_key = base.scorer.pass_key(base.weights, work.digest, None) if base is not None else None
         key = job.scorer.pass_key(job.weights, work.digest, base_key)
         stored = job.scorer.store.load(key) if self.use_cache else None
         if stored is not None:
             self.advance(sum(len(p.requests) for p in work.prompts))
-            return self.finished(job, work, stored)
-        run = _Pass(job, work, key, pass_chunks(key, work.prompts))
-        ref = self.base_rows.get(work.task.name) if job.baseline else None
-        for c, chunk in enumerate(run.chunks):
-            part = job.scorer.store.load(chunk.key) if self.use_cache else None
-            if part is not None:
-                run.parts[c] = part
-                self.advance(chunk.n_requests)
-                continue
-            actors = self.actors_of(job)
-            actor = actors[self.sent % len(actors)]
-            self.sent += 1
-            topk, tail = job.scorer.settings.topk, job.scorer.settings.tail_samples
-            items = dataclasses.replace(work.task, items=work.task.items[chunk.lo : chunk.hi])
-            call = actor.score.remote(items, work.prompts[chunk.lo : chunk.hi], chunk, topk, tail, ref)
-            self.pending[call] = (run, c)
-        if len(run.parts) == len(run.chunks):
-            self.complete(run)
+            self.finished(job, work, stored)
+        else:
+            run = _Pass(job, work, key, pass_chunks(key, work.prompts))
+            for c, chunk in enumerate(run.chunks):
+                part = job.scorer.store.load(chunk.key) if self.use_cache else None
+                if part is None:
+                    model.queue.append((run, c))
+                else:
+                    run.parts[c] = part
+                    self.advance(chunk.n_requests)
+            if len(run.parts) == len(run.chunks):
+                self.complete(run)
+        self.dispatch(model)
+
+    def dispatch(self, model: _Model) -> None:
+        """Send queued chunks to the model's placed actors (two each at most); start its actors if none is."""
+        if model.queue and not model.actors:
+            self.add_actors(model)
+        for actor in model.actors:
+            while model.queue and actor.pid is not None and actor.busy < _IN_FLIGHT:
+                run, c = model.queue.popleft()
+                self.send(model, actor, run, c)
+        if not model.queue and model.tasks_started == self.n_tasks:  # nothing more will come: idle actors go
+            for actor in [a for a in model.actors if a.busy == 0]:
+                self.ray.kill(actor.handle, no_restart=True)
+                model.actors.remove(actor)
+            self.placing = {ref: (m, a) for ref, (m, a) in self.placing.items() if a in m.actors}
+
+    def add_actors(self, model: _Model) -> None:
+        remote = self.ray.remote(PassWorker)
+        index = list(self.models).index(id(model.job))
+        for r in range(self.placement.replicas):
+            handle = remote.options(
+                **self.placement.actor_options(),
+                max_restarts=self.placement.max_restarts,
+                max_task_retries=self.placement.max_restarts,
+                name=f"flipscope-{self.run_id}-{index}-{r}",
+                namespace="flipscope",
+            ).remote(model.job.spec, model.job.options)
+            actor = _Actor(handle)
+            model.actors.append(actor)
+            self.placing[handle.pid.remote()] = (model, actor)
+
+    def send(self, model: _Model, actor: _Actor, run: _Pass, c: int) -> None:
+        chunk, work = run.chunks[c], run.work
+        ref = self.base_rows.get(work.task.name) if run.job.baseline else None
+        topk, tail = run.job.scorer.settings.topk, run.job.scorer.settings.tail_samples
+        items = dataclasses.replace(work.task, items=work.task.items[chunk.lo : chunk.hi])
+        call = actor.handle.score.remote(items, work.prompts[chunk.lo : chunk.hi], chunk, topk, tail, ref)
+        actor.busy += 1
+        self.chunks[call] = (model, actor, run, c)
 
     def complete(self, run: _Pass) -> None:
         parts = [run.parts[c] for c in range(len(run.chunks))]
         self.finished(run.job, run.work, finish_pass(run.job.scorer.store, run.key, parts, use_cache=self.use_cache))
 
     def finished(self, job: ModelJob, work: TaskWork, result: PassResult) -> None:
+        """A pass stored; the baseline's starts every candidate's pass of its task."""
         if job.baseline is None and work.task.name not in self.base_rows:
             self.base_rows[work.task.name] = self.ray.put(dataclasses.replace(result, scores=[]))
-            for candidate in self.candidates:
-                self.start(candidate, work)
+            for model in self.models.values():
+                if model.job.baseline is not None:
+                    self.start(model.job, work)
 
     def wait_one(self) -> None:
-        [done], _ = self.ray.wait(list(self.pending), num_returns=1)
-        run, c = self.pending.pop(done)
-        try:
-            part, note = self.ray.get(done)
-        except self.ray.exceptions.RayError as err:  # the actor's error, or its death, turned into one line
-            raise _cluster_error(run.job.spec, err, self.placement) from None
+        """Wait for one answer (a chunk scored, or an actor placed) and act on it."""
+        [done], _ = self.ray.wait([*self.chunks, *self.placing], num_returns=1)
+        if done in self.placing:
+            model, actor = self.placing.pop(done)
+            actor.pid = self.get(done, model.job)
+            return self.dispatch(model)
+        model, actor, run, c = self.chunks.pop(done)
+        actor.busy -= 1
+        part, note = self.get(done, model.job)
         if note is not None:
             run.job.scorer.note(note)
         run.parts[c] = run.job.scorer.store.save(part, replace=not self.use_cache)
         self.advance(run.chunks[c].n_requests)
         if len(run.parts) == len(run.chunks):
             self.complete(run)
+        self.dispatch(model)
+
+    def get(self, ref: Any, job: ModelJob) -> Any:
+        try:
+            return self.ray.get(ref)
+        except self.ray.exceptions.RayError as err:  # the actor's error, or its death, turned into one line
+            raise _cluster_error(job.spec, err, self.placement) from None
+
+    def close(self) -> None:
+        for model in self.models.values():
+            for actor in model.actors:
+                self.ray.kill(actor.handle, no_restart=True)
 
 
 def fill_on_ray(
@@ -220,20 +285,17 @@ def fill_on_ray(
         return
     total = len(jobs) * sum(len(p.requests) for work in tasks for p in work.prompts)
     with connected(placement) as ray, display.progress(f"Ray ({placement.address})", total) as advance:
-        candidates = [job for job in jobs if job.baseline is not None]
-        cluster = _Cluster(ray, placement, candidates, advance, use_cache=use_cache)
+        cluster = _Cluster(ray, placement, jobs, len(tasks), advance, use_cache=use_cache)
         try:
             check_feasible(ray, placement)
             for job in jobs:
                 if job.baseline is None:
                     for work in tasks:
                         cluster.start(job, work)
-            while cluster.pending:
+            while cluster.busy():
                 cluster.wait_one()
         finally:
-            for actors in cluster.actors.values():
-                for actor in actors:
-                    ray.kill(actor, no_restart=True)
+            cluster.close()
 
 
 @contextmanager
