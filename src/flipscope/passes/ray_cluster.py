@@ -101,6 +101,13 @@ class PassWorker:
         """Answered once the actor is placed on a node (the driver sends it chunks only then)."""
         return os.getpid()
 
+    def load(self) -> None:
+        """The model loaded ahead of its first chunk; a failure is left for that chunk to report."""
+        try:
+            self.backend()
+        except Exception as err:
+            log.info("loading %s failed (its first chunk reports it): %s", self.backend.spec.label(), err)
+
     def score(
         self, task: TaskData, prompts: list[ItemRequests], chunk: Chunk, topk: int, tail: int, ref: PassResult | None
     ) -> tuple[PassResult, str | None]:
@@ -164,6 +171,14 @@ class _Cluster:
         self.chunks: dict[Any, tuple[_Model, _Actor, _Pass, int]] = {}  # chunk sent → where it goes back
         self.placing: dict[Any, tuple[_Model, _Actor]] = {}  # actor's pid() asked → the actor, not yet placed
         self.base_rows: dict[str, Any] = {}  # task → the baseline's pass in the object store (rows, no scores)
+        self.base_done: list[TaskWork] = []
+        self.eager = False  # every actor started at once (the cluster has room for them all)
+
+    def start_all(self) -> None:
+        """Every model's actors started now, each loading its model while the baseline's first chunks run."""
+        self.eager = True
+        for model in self.models.values():
+            self.add_actors(model)
 
     def busy(self) -> bool:
         return bool(self.chunks) or any(model.queue for model in self.models.values())
@@ -235,12 +250,18 @@ class _Cluster:
         self.finished(run.job, run.work, finish_pass(run.job.scorer.store, run.key, parts, use_cache=self.use_cache))
 
     def finished(self, job: ModelJob, work: TaskWork, result: PassResult) -> None:
-        """A pass stored; the baseline's starts every candidate's pass of its task."""
-        if job.baseline is None and work.task.name not in self.base_rows:
-            self.base_rows[work.task.name] = self.ray.put(dataclasses.replace(result, scores=[]))
-            for model in self.models.values():
-                if model.job.baseline is not None:
-                    self.start(model.job, work)
+        """A pass stored; the baseline's starts the candidates' passes of its task — or, where the cluster cannot
+        hold every actor at once, of every task once the baseline has done them all (its actors then go, so a
+        candidate's actor never waits for room a baseline's actor needs)."""
+        if job.baseline is not None or work.task.name in self.base_rows:
+            return
+        self.base_rows[work.task.name] = self.ray.put(dataclasses.replace(result, scores=[]))
+        self.base_done.append(work)
+        if self.eager or len(self.base_done) == self.n_tasks:
+            for done in [work] if self.eager else self.base_done:
+                for model in self.models.values():
+                    if model.job.baseline is not None:
+                        self.start(model.job, done)
 
     def wait_one(self) -> None:
         """Wait for one answer (a chunk scored, or an actor placed) and act on it."""
@@ -248,6 +269,7 @@ class _Cluster:
         if done in self.placing:
             model, actor = self.placing.pop(done)
             actor.pid = self.get(done, model.job)
+            actor.handle.load.remote()
             return self.dispatch(model)
         model, actor, run, c = self.chunks.pop(done)
         actor.busy -= 1
@@ -287,7 +309,8 @@ def fill_on_ray(
     with connected(placement) as ray, display.progress(f"Ray ({placement.address})", total) as advance:
         cluster = _Cluster(ray, placement, jobs, len(tasks), advance, use_cache=use_cache)
         try:
-            check_feasible(ray, placement)
+            if check_feasible(ray, placement) >= len(jobs) * placement.replicas:
+                cluster.start_all()
             for job in jobs:
                 if job.baseline is None:
                     for work in tasks:
@@ -329,13 +352,14 @@ def connected(placement: RayPlacement) -> Iterator[Any]:
         ray.shutdown()
 
 
-def check_feasible(ray: Any, placement: RayPlacement) -> None:
-    """Refuse, before anything is sent, actors that no live node of the cluster can hold."""
+def check_feasible(ray: Any, placement: RayPlacement) -> int:
+    """How many actors the cluster's live nodes can hold at once; none refused, before anything is sent."""
     need = {_NODE_NAMES.get(k, k): v for k, v in placement.resources.items()}
     need.setdefault("CPU", 1.0)
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    if any(all(have.get(name, 0.0) >= amount for name, amount in need.items()) for have in nodes):
-        return
+    room = sum(min((int(have.get(k, 0.0) // v) for k, v in need.items() if v > 0), default=1 << 20) for have in nodes)
+    if room > 0:
+        return room
     seen = "; ".join(", ".join(f"{k}={v:g}" for k, v in sorted(h.items()) if not k.startswith("node:")) for h in nodes)
     raise FlipscopeError(
         f"no node of the Ray cluster at {placement.address} has what each actor asks for "
