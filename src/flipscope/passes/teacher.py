@@ -8,13 +8,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flipscope.display import Display
 from flipscope.models import Backend, ModelSpec
 from flipscope.plumbing.cache import content_hash
 from flipscope.store import PassResult, PassStore, ReferenceRows, Settings
 from flipscope.tasks import ItemRequests, TaskData
+
+if TYPE_CHECKING:
+    from flipscope.passes.stored import PassRows
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,9 @@ class TeacherScorer:
         self.use_cache = use_cache
         self.store = PassStore(cache_dir)
         self.notes: list[str] = []
+        #: passes of this run scored elsewhere (``compare --ray``) → the note their scoring called for: found in
+        #: the cache, they are reported as scored, not reused, and their note added where scoring here adds it
+        self.made_elsewhere: dict[str, str | None] = {}
 
     def engine(self) -> dict[str, Any]:
         """The settings that change any pass's numbers: device and dtype actually used, batch size."""
@@ -70,9 +76,14 @@ class TeacherScorer:
     ) -> tuple[PassResult, bool]:
         """A scoring pass (cached) and whether it was stored: the baseline (``ref`` None) records its rows compactly,
         a candidate is measured against ``ref``'s."""
-        from flipscope.passes.stored import PassRows, run_stored_pass
+        from flipscope.passes.stored import run_stored_pass
 
         cached = self.stored(key)
+        if cached is not None and key in self.made_elsewhere:
+            note = self.made_elsewhere[key]
+            if note is not None:
+                self.note(note)
+            return cached, False
         if cached is not None:
             log.info("%s on %s: reusing cached results %s", spec.label(), data.name, key)
             return cached, True
@@ -84,12 +95,7 @@ class TeacherScorer:
                 data,
                 prompts,
                 key=key,
-                rows=PassRows(
-                    topk=self.settings.topk if ref is None else None,
-                    tail_samples=self.settings.tail_samples,
-                    reference=reference,
-                    exact=exact,
-                ),
+                rows=pass_rows(self.settings, baseline=ref is None, reference=reference, exact=exact),
                 progress=advance,
                 use_cache=self.use_cache,
             )
@@ -107,6 +113,18 @@ class TeacherScorer:
         log.warning(message)
         if message not in self.notes:
             self.notes.append(message)
+
+
+def pass_rows(settings: Settings, *, baseline: bool, reference: ReferenceRows | None, exact: bool) -> PassRows:
+    """The rows a pass keeps (the baseline: top-k and tail samples) or is measured against (a candidate)."""
+    from flipscope.passes.stored import PassRows
+
+    return PassRows(
+        topk=settings.topk if baseline else None,
+        tail_samples=settings.tail_samples,
+        reference=reference,
+        exact=exact,
+    )
 
 
 def choose_reference(

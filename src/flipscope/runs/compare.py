@@ -90,7 +90,7 @@ class CompareSettings:
         None  # stop each candidate on each task once decided (``limit``: the most items)
     )
     shard: Shard | str | None = None  # run only this part, 'i/N' or 'baseline' (an array's job; ``runs.shards``)
-    ray: RayPlacement | None = None  # score the multiple-choice passes on a Ray cluster (``passes.ray_cluster``)
+    ray: RayPlacement | None = None  # score the multiple-choice passes on a Ray cluster (``passes.ray_passes``)
 
 
 def compare(
@@ -149,7 +149,7 @@ def _compare(
         noise_floor.check(batch_size, dtype)
     check_out(out)
     if chosen.ray is not None:
-        check_ray(chosen)
+        check_ray(chosen, [name for name in tasks if name in GENERATIVE])
     base_spec, cand_specs = parse_models(baseline, candidates, allow_none=noise_floor is not None)
     shard, floor_here = (Shard.of(chosen.shard) if chosen.shard is not None else None), noise_floor is not None
     if shard is not None:

@@ -1,5 +1,5 @@
 """``compare --ray``: the multiple-choice passes a comparison needs, computed on a Ray cluster and stored in the
-pass cache (``passes.ray_cluster``) before the run is assembled from the cache as a local run is."""
+pass cache (``passes.ray_passes``) before the run is assembled from the cache as a local run is."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 from flipscope.errors import FlipscopeError
 from flipscope.models import ModelSpec, fingerprint
-from flipscope.passes.ray_cluster import ModelJob, RayPlacement, fill_on_ray
+from flipscope.passes.ray_cluster import RayPlacement
+from flipscope.passes.ray_passes import ModelJob, fill_on_ray
 from flipscope.passes.runner import ModelRunner, TaskWork
 
 if TYPE_CHECKING:
@@ -18,8 +19,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def check_ray(chosen: CompareSettings) -> None:
-    """What ``--ray`` cannot be combined with, refused before anything loads."""
+def check_ray(chosen: CompareSettings, free: Sequence[str]) -> None:
+    """What ``--ray`` cannot be combined with, refused before anything loads (``free``: the free-form tasks, which
+    run in this process)."""
+    assert chosen.ray is not None
+    if free and chosen.device == "auto" and chosen.ray.resources.get("num_gpus", 0) > 0:
+        raise FlipscopeError(
+            f"--device auto with actors asking for GPUs means cuda, and {', '.join(free)} (free-form) would run on "
+            "this machine's GPU: --ray places multiple-choice passes only",
+            fix="give --device (cuda where this machine has a GPU), or run the free-form tasks without --ray",
+        )
     if chosen.sequential is not None:
         raise FlipscopeError(
             "--ray cannot run a --sequential comparison: its chunks are chosen one look at a time, on this machine",
