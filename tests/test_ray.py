@@ -147,6 +147,32 @@ def test_a_cached_candidate_gets_no_actor_and_is_reported_reused(
     assert flags == {f"{base} baseline": {True}, f"{cached} candidate": {True}, f"{fresh} candidate": {False}}
 
 
+def test_candidates_actors_wait_for_a_placed_baseline_actor_even_with_rows_ready(
+    cluster, small_chunks, tiny_llama, options_file, tmp_path, monkeypatch
+) -> None:
+    """The baseline's pass of one task cached, of the other not: the candidate's chunks of the first are ready at
+    once, yet its actor is asked for only once a baseline actor holds its place (on a cluster shared with other
+    work, a candidate's actor taking the baseline's room would wait for it for ever)."""
+    base, first, cand = f"hf:{tiny_llama}", f"hf:{tiny_llama}+rtn:w4g32", f"hf:{tiny_llama}+rtn:w3g32"
+    other = write_options(tmp_path / "shapes.jsonl", 7, shift=3)
+    both: dict[str, Any] = {"tasks": [str(options_file), str(other)], "device": "cpu"}
+    compare(base, [first], tasks=[str(options_file)], device="cpu", out=tmp_path / "a", cache_dir=tmp_path / "c")
+    local = compare(base, [cand], out=tmp_path / "local", cache_dir=tmp_path / "c1", **both)
+    asked: list[tuple[str, bool]] = []
+    add_actors = ray_passes._Scheduler.add_actors
+
+    def note_asked(self: Any, model: Any) -> None:
+        placed = any(a.pid is not None for m in self.models.values() if m.job.baseline is None for a in m.actors)
+        asked.append((model.job.spec.label(), placed))
+        add_actors(self, model)
+
+    monkeypatch.setattr(ray_passes._Scheduler, "add_actors", note_asked)
+    on_ray = compare(base, [cand], out=tmp_path / "ray", cache_dir=tmp_path / "c",
+                     ray=RayPlacement(address=cluster.address), **both)  # fmt: skip
+    assert asked == [(base, False), (cand, True)]
+    pd.testing.assert_frame_equal(records(local.out), records(on_ray.out), check_exact=True)
+
+
 def test_a_model_that_cannot_load_on_the_cluster_is_one_clear_error(
     cluster, tiny_llama, options_file, tmp_path
 ) -> None:

@@ -142,7 +142,7 @@ class _Scheduler:
         (the candidates' once a baseline actor is placed, so that on a cluster shared with other work they never
         take the room the baseline waits for), each loading its model while the baseline's first chunks run, and
         a candidate's chunk is sent as soon as the baseline's rows of its items are stored; elsewhere the
-        candidates start once the baseline is done (its actors then given back first)."""
+        candidates start once the baseline is done, its actors given back as theirs are asked for."""
         needing = [m for m in self.models.values() if self.has_work(m.job)]
         if needing and check_feasible(self.ray, self.placement) >= len(needing) * self.placement.replicas:
             self.eager = True
@@ -156,6 +156,7 @@ class _Scheduler:
                     self.start(model.job, work)
         while self.chunks or any(m.queue for m in self.models.values()):
             self.wait_one()
+        assert not self.waiting, "candidates' chunks left waiting for baseline rows that never came"
 
     def has_work(self, job: ModelJob) -> bool:
         return not self.use_cache or any(job.scorer.stored(self.key(job, w)) is None for w in self.tasks)
@@ -220,7 +221,7 @@ class _Scheduler:
 
     def dispatch(self, model: _Model) -> None:
         """Send queued chunks to the model's placed actors (two each at most); start its actors if none is."""
-        if model.queue and not model.actors:
+        if model.queue and not model.actors and model not in self.later:
             self.add_actors(model)
         for actor in model.actors:
             while model.queue and actor.pid is not None and actor.busy < _IN_FLIGHT:
@@ -231,6 +232,17 @@ class _Scheduler:
                 self.ray.kill(actor.handle, no_restart=True)
                 model.actors.remove(actor)
             self.placing = {ref: (m, a) for ref, (m, a) in self.placing.items() if a in m.actors}
+            if model.job.baseline is None:
+                self.start_later()
+
+    def start_later(self) -> None:
+        """Eager: the actors of the models held back until a baseline actor was placed (or the baseline's work was
+        done without one), for those that still have work."""
+        later, self.later = self.later, []
+        for model in later:
+            if model.queue or model.waiting or model.tasks_started < len(self.tasks):
+                self.add_actors(model)
+                self.dispatch(model)
 
     def add_actors(self, model: _Model) -> None:
         """The model's actors asked of Ray (once: a model whose chunks were ready before it was due gets them then)."""
@@ -277,9 +289,7 @@ class _Scheduler:
             actor.pid = self.get(done, model.job)
             actor.handle.load.remote()
             if model.job.baseline is None:
-                for other in self.later:
-                    self.add_actors(other)
-                self.later = []
+                self.start_later()
             return self.dispatch(model)
         model, actor, run, c = self.chunks.pop(done)
         actor.busy -= 1

@@ -149,7 +149,9 @@ def _compare(
         noise_floor.check(batch_size, dtype)
     check_out(out)
     if chosen.ray is not None:
-        check_ray(chosen, [name for name in tasks if name in GENERATIVE])
+        free_names = [name for name in tasks if name in GENERATIVE]
+        check_ray(chosen.ray, device=chosen.device, sequential=chosen.sequential is not None,
+                  shard=chosen.shard is not None, use_cache=chosen.use_cache, free=free_names)  # fmt: skip
     base_spec, cand_specs = parse_models(baseline, candidates, allow_none=noise_floor is not None)
     shard, floor_here = (Shard.of(chosen.shard) if chosen.shard is not None else None), noise_floor is not None
     if shard is not None:

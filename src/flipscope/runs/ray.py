@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from flipscope.errors import FlipscopeError
 from flipscope.models import ModelSpec, fingerprint
@@ -13,30 +12,28 @@ from flipscope.passes.ray_cluster import RayPlacement
 from flipscope.passes.ray_passes import ModelJob, fill_on_ray
 from flipscope.passes.runner import ModelRunner, TaskWork
 
-if TYPE_CHECKING:
-    from flipscope.runs.compare import CompareSettings
-
 log = logging.getLogger(__name__)
 
 
-def check_ray(chosen: CompareSettings, free: Sequence[str]) -> None:
+def check_ray(
+    placement: RayPlacement, *, device: str, sequential: bool, shard: bool, use_cache: bool, free: Sequence[str]
+) -> None:
     """What ``--ray`` cannot be combined with, refused before anything loads (``free``: the free-form tasks, which
     run in this process)."""
-    assert chosen.ray is not None
-    if free and chosen.device == "auto" and chosen.ray.resources.get("num_gpus", 0) > 0:
+    if free and device == "auto" and placement.resources.get("num_gpus", 0) > 0:
         raise FlipscopeError(
             f"--device auto with actors asking for GPUs means cuda, and {', '.join(free)} (free-form) would run on "
             "this machine's GPU: --ray places multiple-choice passes only",
             fix="give --device (cuda where this machine has a GPU), or run the free-form tasks without --ray",
         )
-    if chosen.sequential is not None:
+    if sequential:
         raise FlipscopeError(
             "--ray cannot run a --sequential comparison: its chunks are chosen one look at a time, on this machine",
             fix="drop --sequential, or run it without --ray",
         )
-    if chosen.shard is not None:
+    if shard:
         raise FlipscopeError("--ray and --shard are two ways to spread one comparison", fix="use one of them")
-    if not chosen.use_cache:
+    if not use_cache:
         raise FlipscopeError(
             "--ray stores every pass in the pass cache and assembles the run from it, so it cannot run with --no-cache",
             fix="give --cache-dir an empty folder to score every model again",
