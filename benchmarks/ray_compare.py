@@ -9,23 +9,20 @@ pass cache (Python's imports, the models' loads and compression, the passes, sto
 cluster is started before (its start-up is printed on its own, as a cluster users join is already running). The
 limit beside them: each model's bare forward passes (`backend.score` over the same requests, in this process, one
 thread, loading excluded), summed — one process can do no better — and, for two nodes, the baseline's followed by
-the two candidates' run at once in two one-thread processes, timed (the candidates side by side once the baseline is
-done, as `--ray` runs them where the cluster has no room for three actors). Ray's actors get `OMP_NUM_THREADS=1`
-from their one CPU; the one-process run is given `OMP_NUM_THREADS=1`. On 2 cores the Ray driver and Ray's own
-processes share them with the two nodes. Each Ray run's records are compared with the one-process run's (they should
-be the same numbers).
+the slower candidate's (the candidates side by side once the baseline is done; a candidate needs the baseline's
+rows). Ray's actors get `OMP_NUM_THREADS=1` from their one CPU; the one-process run is given `OMP_NUM_THREADS=1`.
+On 2 cores the Ray driver and Ray's own processes share them with the two nodes. Each Ray run's records are
+compared with the one-process run's (they should be the same numbers).
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
@@ -47,31 +44,6 @@ def forward_seconds(spec: str, requests: list) -> float:
     seconds = time.perf_counter() - start
     backend.close()
     return seconds
-
-
-def _timed_at_once(spec: str, requests: list, barrier: Any, results: Any) -> None:
-    torch.set_num_threads(1)
-    backend = load_backend(parse_spec(spec), LoadOptions(device="cpu", batch_size=8))
-    backend.score(requests[:1])  # warm-up
-    barrier.wait()
-    start = time.time()
-    backend.score(requests)
-    results.put((start, time.time()))
-    backend.close()
-
-
-def side_by_side_seconds(specs: list[str], requests: list) -> float:
-    """Bare forward passes of ``specs`` at once, one one-thread process each, from the first start to the last end
-    (loading excluded): what two one-CPU nodes sharing this machine's cores can do at best."""
-    spawn = multiprocessing.get_context("spawn")
-    barrier, results = spawn.Barrier(len(specs)), spawn.Queue()
-    procs = [spawn.Process(target=_timed_at_once, args=(s, requests, barrier, results)) for s in specs]
-    for proc in procs:
-        proc.start()
-    spans = [results.get() for _ in procs]
-    for proc in procs:
-        proc.join()
-    return max(end for _, end in spans) - min(start for start, _ in spans)
 
 
 def timed_compare(cands: list[str], args: argparse.Namespace, folder: Path, name: str, *extra: str
@@ -117,9 +89,8 @@ def main() -> None:
             rows.append((f"{n}", "bare forward passes, one thread (the limit for one process)",
                          base_s + sum(cand_s[:n]), "—"))  # fmt: skip
             if n == 2:
-                rows.append((f"{n}", "bare forward passes, the baseline's, then the candidates' in two one-thread "
-                             "processes at once (the limit on two nodes of this machine)",
-                             base_s + side_by_side_seconds([BASELINE + c for c in cands], requests), "—"))  # fmt: skip
+                rows.append((f"{n}", "bare forward passes, the candidates side by side (the limit on two nodes)",
+                             base_s + max(cand_s[:n]), "—"))  # fmt: skip
             local_s, local = timed_compare(cands, args, folder, f"local{n}")
             rows.append((f"{n}", "`compare`, one process, one thread", local_s, "—"))
             ray_s, on_ray = timed_compare(cands, args, folder, f"ray{n}", "--ray", cluster.address)
