@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 _KEYWORDS = {"num_cpus", "num_gpus", "memory"}
 #: What those keywords are called in a node's resources (and read as the keywords in ``--ray-resources``).
 _NODE_NAMES = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
-_KEYWORD_OF = {"CPU": "num_cpus", "GPU": "num_gpus"}
+_KEYWORD_OF = {node: keyword for keyword, node in _NODE_NAMES.items() if node != keyword}
 #: Environment passed to the actors: where flipscope and the hub keep models.
 _ENV_PREFIXES = ("FLIPSCOPE_", "HF_")
 

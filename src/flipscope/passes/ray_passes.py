@@ -159,7 +159,7 @@ class _Scheduler:
         assert not self.waiting, "candidates' chunks left waiting for baseline rows that never came"
 
     def has_work(self, job: ModelJob) -> bool:
-        return not self.use_cache or any(job.scorer.stored(self.key(job, w)) is None for w in self.tasks)
+        return not self.use_cache or not all(job.scorer.store.has(self.key(job, w)) for w in self.tasks)
 
     @staticmethod
     def key(job: ModelJob, work: TaskWork) -> str:

@@ -133,9 +133,13 @@ class PassStore:
     def path(self, key: str) -> Path:
         return self.root / key
 
+    def has(self, key: str) -> bool:
+        """Whether a pass is stored under ``key``, without reading it."""
+        return _complete(self.path(key))
+
     def load(self, key: str) -> PassResult | None:
         folder = self.path(key)
-        if not (folder / "pass.json").exists():
+        if not self.has(key):
             return None
         import pandas as pd
 
