@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -250,3 +251,14 @@ register_source(
 def scripts() -> dict[str, Script]:
     SCRIPTS.clear()
     return SCRIPTS
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Any]:
+    """A real Ray cluster on this machine: two one-CPU nodes, a head and a worker, each a raylet of its own."""
+    cluster_utils = pytest.importorskip("ray.cluster_utils")
+    made = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    made.add_node(num_cpus=1)
+    made.wait_for_nodes()
+    yield made
+    made.shutdown()

@@ -128,7 +128,10 @@ from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
     "The cache folder may be shared by machines where flock and renames hold (NFSv4, Lustre with -o flock, GPFS, "
     "CephFS).",
 )
-@ray_options
+@ray_options(
+    "Score the models' multiple-choice passes on a Ray cluster: one actor per model (candidates in parallel), "
+    "the baseline's rows sent through Ray's object store"
+)
 @click.option("--no-cache", is_flag=True, help="Run every model again instead of reusing cached passes.")
 @click.option(
     "--cache-dir",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from flipscope.cli.options import device_option, dtype_option
+from flipscope.cli.options import device_option, dtype_option, ray_options, ray_placement
 from flipscope.tasks.corpus import DEFAULT_CORPUS
 
 
@@ -61,9 +61,15 @@ from flipscope.tasks.corpus import DEFAULT_CORPUS
 @device_option
 @dtype_option
 @click.option("--no-cache", is_flag=True, help="Recompute the baseline store even if a cached one exists.")
+@ray_options(
+    "Build the baseline's store and measure the candidates on a Ray cluster: one actor per model (the store built "
+    "by one, in window order; candidates in parallel, each sent the store's rows of its windows through Ray's "
+    "object store as soon as they are stored)"
+)
 def kld_cmd(baseline: str, candidates: tuple[str, ...], corpus: str, ctx: int, scored_fraction: float,
             max_windows: int | None, store: str, topk: int, tail_samples: int, full_code: str, batch: int,
-            out: str | None, device: str, dtype: str, no_cache: bool) -> None:  # fmt: skip
+            out: str | None, device: str, dtype: str, no_cache: bool, ray_address: str | None,
+            ray_resources: str | None, replicas: int | None) -> None:  # fmt: skip
     """Token-level KL and perplexity statistics of CANDIDATES against BASELINE on a text corpus.
 
     \b
@@ -80,7 +86,8 @@ def kld_cmd(baseline: str, candidates: tuple[str, ...], corpus: str, ctx: int, s
 
     settings = KldSettings(corpus=corpus, ctx=ctx, scored_fraction=scored_fraction, max_windows=max_windows,
                            store=store, topk=topk, tail_samples=tail_samples, full_code=full_code, batch=batch,
-                           out=out, device=device, dtype=dtype, use_cache=not no_cache)  # fmt: skip
+                           out=out, device=device, dtype=dtype, use_cache=not no_cache,
+                           ray=ray_placement(ray_address, ray_resources, replicas))  # fmt: skip
     display = RichDisplay()
     result = kld(baseline, list(candidates), settings=settings, display=display)
     print_kld_run(result.run, display.console)

@@ -38,33 +38,36 @@ batch_size_option = click.option(
 )
 
 
-def ray_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``--ray [ADDRESS]``, ``--ray-resources`` and ``--replicas``: the passes placed on a Ray cluster."""
-    command = click.option(
-        "--replicas",
-        type=int,
-        default=None,
-        help="(--ray) Actors per model, each scoring a share of its chunks (data parallel). Default: 1.",
-    )(command)
-    command = click.option(
-        "--ray-resources",
-        metavar="NAME=N,…",
-        default=None,
-        help="(--ray) What each actor (one model) needs: num_cpus, num_gpus (e.g. 4 for a tensor-parallel vLLM "
-        "model), memory in bytes, or a custom resource. Default: num_cpus=1.",
-    )(command)
-    return click.option(
-        "--ray",
-        "ray_address",
-        metavar="[ADDRESS]",
-        is_flag=False,
-        flag_value="local",
-        default=None,
-        help="Score the models' multiple-choice passes on a Ray cluster: one actor per model (candidates in "
-        "parallel), the baseline's rows sent through Ray's object store, every pass stored here as a local run "
-        "stores it. ADDRESS: auto (a cluster started on this machine), ray://HOST:10001, HOST:6379, or local "
-        "(the default: start one here). Needs pip install 'flipscope[ray]'.",
-    )(command)
+def ray_options(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--ray [ADDRESS]``, ``--ray-resources`` and ``--replicas``: the work ``what`` says placed on a Ray cluster."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        command = click.option(
+            "--replicas",
+            type=int,
+            default=None,
+            help="(--ray) Actors per model, each taking a share of its work (data parallel). Default: 1.",
+        )(command)
+        command = click.option(
+            "--ray-resources",
+            metavar="NAME=N,…",
+            default=None,
+            help="(--ray) What each actor (one model) needs: num_cpus, num_gpus (e.g. 4 for a tensor-parallel vLLM "
+            "model), memory in bytes, or a custom resource. Default: num_cpus=1.",
+        )(command)
+        return click.option(
+            "--ray",
+            "ray_address",
+            metavar="[ADDRESS]",
+            is_flag=False,
+            flag_value="local",
+            default=None,
+            help=f"{what}; every result is stored here as a local run stores it. ADDRESS: auto (a cluster started "
+            "on this machine), ray://HOST:10001, HOST:6379, or local (the default: start one here). Needs pip "
+            "install 'flipscope[ray]'.",
+        )(command)
+
+    return decorate
 
 
 def ray_placement(address: str | None, resources: str | None, replicas: int | None) -> RayPlacement | None:

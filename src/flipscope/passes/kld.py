@@ -17,7 +17,7 @@ from flipscope.models import LoadOptions, ModelSpec, fingerprint, load_backend
 from flipscope.models.base import CorpusBackend, nonfinite_logits
 from flipscope.plumbing.atomic import exclusive, write_atomically
 from flipscope.plumbing.cache import content_hash
-from flipscope.store.baseline_rows import BaselineStore, StoreHeader, save_npy
+from flipscope.store.baseline_rows import BaselineStore, StoredSlice, StoreHeader, encode_rows, save_npy
 from flipscope.store.kld_parts import PositionParts
 from flipscope.store.kld_run import POSITION_COLUMNS
 from flipscope.tasks.corpus import Window, make_windows
@@ -108,11 +108,27 @@ def build_store(
 ) -> BaselineStore:
     """The baseline's store of ``kind`` (``setup.store`` as on disk), built from ``setup``'s top-k, tail samples,
     full-store code, batch and rows."""
-    import torch
+    header = store_header(plan, kind, corpus_sha, settings, setup, label=label)
+    store = open_store(folder, header, plan)
+    generator = tail_generator(store.rng_state())
+    done, at = store.header.done_windows, store.header.done_positions
+    with shown.progress(f"baseline {label} → {shown_kind(kind)} store", len(plan.windows)) as advance:
+        advance(done)
+        for group in _batches(plan.windows[done:], setup.batch):
+            for arrays in store_rows(backend, group, setup, header, generator, label=label):
+                store.put(at, arrays)
+                at += len(arrays["logp"])
+            done += len(group)
+            store.checkpoint(done, at, generator.get_state().numpy())  # a killed build resumes from here
+            advance(len(group))
+    store.finish()
+    return store
 
-    from flipscope.metrics.kl import compress
 
-    header = StoreHeader(
+def store_header(plan: Plan, kind: str, corpus_sha: str, settings: dict[str, Any], setup: CorpusSetup,
+                 *, label: str) -> StoreHeader:  # fmt: skip
+    """The header of the baseline's store of ``kind`` (as on disk) over ``plan``'s windows."""
+    return StoreHeader(
         kind=kind,
         positions=sum(w.scored for w in plan.windows),
         vocab_size=plan.vocab_size,
@@ -123,36 +139,66 @@ def build_store(
         topk=min(setup.topk, plan.vocab_size) if kind == "compact" else 0,
         tail_samples=setup.tail_samples if kind == "compact" and setup.topk < plan.vocab_size else 0,
     )
-    generator = torch.Generator().manual_seed(0)
+
+
+def open_store(folder: Path, header: StoreHeader, plan: Plan) -> BaselineStore:
+    """The store ``header`` describes, resumed from its last checkpoint where one was left, else begun."""
     store = BaselineStore.resume(folder, header)
     if store is None:
         store = BaselineStore.create(folder, header)
         ids = np.array([w.ids for w in plan.windows], dtype=np.int32)
         write_atomically(folder / "windows.npy", lambda tmp: save_npy(tmp, ids))
-    state = store.rng_state()
+    return store
+
+
+def tail_generator(state: np.ndarray | None) -> Any:
+    """The generator the tail samples are drawn from: seeded 0 at the first window, or at a checkpoint's state."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
     if state is not None:
         generator.set_state(torch.from_numpy(state))
-    done, at = store.header.done_windows, store.header.done_positions
-    shown_kind = "full" if kind == "exact" else kind
-    with shown.progress(f"baseline {label} → {shown_kind} store", len(plan.windows)) as advance:
-        advance(done)
-        for group in _batches(plan.windows[done:], setup.batch):
-            for logprobs, targets in backend.corpus_logprobs(group, rows=setup.rows):
-                if not bool(torch.isfinite(logprobs.logsumexp(-1)).all()):
-                    raise nonfinite_logits(f"{label} (the baseline)", f"window {group[0].index}+")
-                logp = logprobs.gather(-1, targets[:, None])[:, 0]
-                compact = (
-                    compress(logprobs, setup.topk, setup.tail_samples, generator=generator)
-                    if kind == "compact"
-                    else None
-                )
-                store.write(at, logprobs, logp, compact)
-                at += logprobs.shape[0]
-            done += len(group)
-            store.checkpoint(done, at, generator.get_state().numpy())  # a killed build resumes from here
-            advance(len(group))
-    store.finish()
-    return store
+    return generator
+
+
+def shown_kind(kind: str) -> str:
+    return "full" if kind == FULL_ON_DISK else kind
+
+
+def store_rows(
+    backend: CorpusBackend, windows: list[Window], setup: CorpusSetup, header: StoreHeader, generator: Any,
+    *, label: str
+) -> Iterator[dict[str, np.ndarray]]:  # fmt: skip
+    """The arrays the store keeps for ``windows``' positions (in slices of ``setup.rows``, ``setup.batch`` windows
+    per forward), the tail samples drawn from ``generator`` (carried from window to window)."""
+    import torch
+
+    from flipscope.metrics.kl import compress
+
+    for group in _batches(windows, setup.batch):
+        for logprobs, targets in backend.corpus_logprobs(group, rows=setup.rows):
+            if not bool(torch.isfinite(logprobs.logsumexp(-1)).all()):
+                raise nonfinite_logits(f"{label} (the baseline)", f"window {group[0].index}+")
+            logp = logprobs.gather(-1, targets[:, None])[:, 0]
+            compact = (
+                compress(logprobs, setup.topk, setup.tail_samples, generator=generator)
+                if header.kind == "compact"
+                else None
+            )
+            yield encode_rows(header, logprobs, logp, compact)
+
+
+def store_key(base_spec: ModelSpec, text: Any, options: LoadOptions, setup: CorpusSetup) -> tuple[str, dict[str, Any]]:
+    """The key the baseline's store on ``text`` is cached under, and the settings its header records."""
+    settings_key = {"ctx": setup.ctx, "fraction": setup.scored_fraction, "max_windows": setup.max_windows,
+                    "dtype": options.dtype, "device": options.device}  # fmt: skip
+    store_kind = {"compact": ["compact", setup.topk, setup.tail_samples], "full": [FULL_ON_DISK, setup.full_code],
+                  "live": None}[setup.store]  # fmt: skip
+    key = content_hash(
+        {"v": STORE_VERSION, "model": fingerprint(base_spec), "corpus": text.sha256, **settings_key,
+         "store": store_kind}
+    )  # fmt: skip
+    return key, settings_key
 
 
 def baseline_store(
@@ -167,14 +213,7 @@ def baseline_store(
 ) -> tuple[BaselineStore | None, Plan, str, CorpusBackend | None]:
     """The baseline's stored rows on ``text`` (built, resumed or found in the cache), its windows, the store's key,
     and — for ``live``, where nothing is stored — the baseline's backend, left open for the caller to close."""
-    settings_key = {"ctx": setup.ctx, "fraction": setup.scored_fraction, "max_windows": setup.max_windows,
-                    "dtype": options.dtype, "device": options.device}  # fmt: skip
-    store_kind = {"compact": ["compact", setup.topk, setup.tail_samples], "full": [FULL_ON_DISK, setup.full_code],
-                  "live": None}[setup.store]  # fmt: skip
-    key = content_hash(
-        {"v": STORE_VERSION, "model": fingerprint(base_spec), "corpus": text.sha256, **settings_key,
-         "store": store_kind}
-    )  # fmt: skip
+    key, settings_key = store_key(base_spec, text, options, setup)
     stored = BaselineStore.open(folder / key) if setup.store != "live" and use_cache else None
     if stored is not None:
         return stored, plan_from_store(stored, setup.ctx, setup.scored_fraction), key, None
@@ -198,6 +237,27 @@ def baseline_store(
     return stored, plan, key, None
 
 
+def check_vocabulary(
+    label: str, tokenizer: str, vocab_size: int, stored: BaselineStore | None, plan: Plan, corpus_sha: str
+) -> None:
+    """A candidate of this tokenizer and vocabulary can be measured against the baseline (stored, or live)."""
+    if stored is not None:
+        stored.check_matches(tokenizer_fingerprint=tokenizer, vocab_size=vocab_size, corpus_sha256=corpus_sha,
+                             label=label)  # fmt: skip
+    elif (tokenizer, vocab_size) != (plan.tokenizer, plan.vocab_size):
+        raise FlipscopeError(
+            f"{label} has a different tokenizer or vocabulary than the baseline; token-level KL compares "
+            "distributions over the same vocabulary",
+            fix="compare models that share the baseline's tokenizer",
+        )
+
+
+def parts_folder(folder: Path, key: str, spec: ModelSpec, setup: CorpusSetup) -> Path:
+    """Where a candidate's columns against the store ``key`` are kept, stretch by stretch."""
+    wanted = {"store": key, "candidate": fingerprint(spec), "batch": setup.batch, "rows": setup.rows}
+    return folder / "candidates" / content_hash(wanted)
+
+
 #: Windows per stored stretch of a candidate's columns (a killed run recomputes at most this many).
 PART_WINDOWS = 16
 
@@ -205,7 +265,7 @@ PART_WINDOWS = 16
 def score_candidate(
     cand: CorpusBackend,
     base: CorpusBackend | None,
-    stored: BaselineStore | None,
+    stored: BaselineStore | StoredSlice | None,
     plan: Plan,
     batch: int,
     rows: int,
@@ -214,15 +274,49 @@ def score_candidate(
 ) -> dict[str, np.ndarray]:
     """The candidate's per-position columns over every window, stored in stretches as they are computed
     (``parts``): windows already stored are read, not measured again."""
-    from flipscope.metrics.corpus_kl import position_stats
-
     done, finished = parts.resume()
     advance(done)
+    size = stretch_windows(batch)
+    for start in range(done, len(plan.windows), size):
+        group = plan.windows[start : start + size]
+        cols = measure_windows(cand, base, stored, group, first_position(plan, start), batch, rows, advance)
+        parts.save(start, start + len(group), cols)
+        finished.append(cols)
+    return join_columns(finished)
+
+
+def stretch_windows(batch: int, most: int | None = None) -> int:
+    """Windows per stored stretch: ``most`` (default ``PART_WINDOWS``) rounded up to a whole number of batches."""
+    return -(-(most or PART_WINDOWS) // batch) * batch
+
+
+def first_position(plan: Plan, window: int) -> int:
+    """The store's number of the first scored position of window ``window``."""
+    return sum(w.scored for w in plan.windows[:window])
+
+
+def join_columns(stretches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    names = (*POSITION_COLUMNS, "window", "position", "target")
+    return {name: np.concatenate([part[name] for part in stretches]) for name in names}
+
+
+def measure_windows(
+    cand: CorpusBackend,
+    base: CorpusBackend | None,
+    stored: BaselineStore | StoredSlice | None,
+    windows: list[Window],
+    at: int,
+    batch: int,
+    rows: int,
+    advance: Any = None,
+) -> dict[str, np.ndarray]:
+    """The candidate's columns over ``windows`` (their scored positions start at ``at`` in the store), against
+    the stored baseline or, live, ``base``; ``batch`` windows per forward."""
+    from flipscope.metrics.corpus_kl import position_stats
+
     names = (*POSITION_COLUMNS, "window", "position", "target")
     pending: dict[str, list[np.ndarray]] = {c: [] for c in names}
-    at = sum(w.scored for w in plan.windows[:done])
-    start = done
-    for group in _batches(plan.windows[done:], batch):
+    for group in _batches(windows, batch):
         base_iter = base.corpus_logprobs(group, rows=rows) if base is not None else None
         for logprobs, targets in cand.corpus_logprobs(group, rows=rows):
             n = logprobs.shape[0]
@@ -241,11 +335,6 @@ def score_candidate(
         for w in group:
             pending["window"].append(np.full(per, w.index, np.int32))
             pending["position"].append(np.arange(w.first, w.first + per, dtype=np.int32))
-        done += len(group)
-        if done - start >= PART_WINDOWS or done == len(plan.windows):
-            stretch = {name: np.concatenate(chunks) for name, chunks in pending.items()}
-            parts.save(start, done, stretch)
-            finished.append(stretch)
-            pending, start = {c: [] for c in names}, done
-        advance(len(group))
-    return {name: np.concatenate([part[name] for part in finished]) for name in names}
+        if advance is not None:
+            advance(len(group))
+    return {name: np.concatenate(chunks) for name, chunks in pending.items()}

@@ -59,6 +59,12 @@ class RayPlacement:
             wanted[_KEYWORD_OF.get(name.strip(), name.strip())] = amount
         return wanted
 
+    def device(self, asked: str) -> str:
+        """``--device`` as the actors use it: ``auto`` is theirs (cuda where they ask for GPUs), not the driver's."""
+        if asked != "auto":
+            return asked
+        return "cuda" if self.resources.get("num_gpus", 0) > 0 else "cpu"
+
     def actor_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {k: v for k, v in self.resources.items() if k in _KEYWORDS}
         custom = {k: v for k, v in self.resources.items() if k not in _KEYWORDS}
@@ -112,6 +118,22 @@ def check_feasible(ray: Any, placement: RayPlacement) -> int:
         f"({', '.join(f'{k}={v:g}' for k, v in need.items())}); its nodes have: {seen or 'none alive'}",
         fix="ask for less with --ray-resources, or add such a node to the cluster",
     )
+
+
+def start_actor(ray: Any, body: type, placement: RayPlacement, name: str, *args: Any) -> Any:
+    """An actor running ``body(*args)`` with what ``placement`` asks each actor for, restarted by Ray when it dies
+    (its calls retried); named ``name`` in the ``flipscope`` namespace."""
+    try:
+        options = ray.remote(body).options(
+            **placement.actor_options(),
+            max_restarts=placement.max_restarts,
+            max_task_retries=placement.max_restarts,
+            name=name,
+            namespace="flipscope",
+        )
+    except (ValueError, TypeError) as err:
+        raise FlipscopeError(f"--ray-resources: Ray refuses them: {first_line(err)}") from None
+    return options.remote(*args)
 
 
 def cluster_error(spec: ModelSpec, err: Exception, placement: RayPlacement) -> FlipscopeError:

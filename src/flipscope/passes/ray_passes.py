@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flipscope.display import Display
-from flipscope.errors import FlipscopeError
 from flipscope.models import LoadOptions, ModelSpec
-from flipscope.passes.ray_cluster import RayPlacement, check_feasible, cluster_error, connected, first_line
+from flipscope.passes.ray_cluster import RayPlacement, check_feasible, cluster_error, connected, start_actor
 from flipscope.passes.runner import LazyBackend, TaskWork
 from flipscope.passes.stored import Chunk, finish_pass, pass_chunks
 from flipscope.passes.teacher import TeacherScorer, choose_reference, pass_rows
@@ -248,20 +247,10 @@ class _Scheduler:
         """The model's actors asked of Ray (once: a model whose chunks were ready before it was due gets them then)."""
         if model.actors:
             return
-        remote = self.ray.remote(PassWorker)
         index = list(self.models).index(id(model.job))
         for r in range(self.placement.replicas):
-            try:
-                options = remote.options(
-                    **self.placement.actor_options(),
-                    max_restarts=self.placement.max_restarts,
-                    max_task_retries=self.placement.max_restarts,
-                    name=f"flipscope-{self.run_id}-{index}-{r}",
-                    namespace="flipscope",
-                )
-            except (ValueError, TypeError) as err:
-                raise FlipscopeError(f"--ray-resources: Ray refuses them: {first_line(err)}") from None
-            actor = _Actor(options.remote(model.job.spec, model.job.options))
+            name = f"flipscope-{self.run_id}-{index}-{r}"
+            actor = _Actor(start_actor(self.ray, PassWorker, self.placement, name, model.job.spec, model.job.options))
             model.actors.append(actor)
             self.placing[actor.handle.pid.remote()] = (model, actor)
 

@@ -272,8 +272,8 @@ def _compare(
 
 def _device(chosen: CompareSettings) -> str:
     """``--device`` as used; on Ray, ``auto`` is the actors' (cuda where they ask for GPUs), not this machine's."""
-    if chosen.ray is not None and chosen.device == "auto":
-        return "cuda" if chosen.ray.resources.get("num_gpus", 0) > 0 else "cpu"
+    if chosen.ray is not None:
+        return chosen.ray.device(chosen.device)
     return LoadOptions(chosen.device, chosen.dtype).resolved().device
 
 

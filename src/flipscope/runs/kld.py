@@ -26,14 +26,19 @@ from flipscope.passes.kld import (
     Plan,
     PositionParts,
     baseline_store,
+    check_vocabulary,
     corpus_backend,
+    parts_folder,
     score_candidate,
 )
+from flipscope.passes.ray_cluster import RayPlacement
+from flipscope.passes.ray_kld import kld_on_ray
 from flipscope.plumbing.atomic import exclusive
-from flipscope.plumbing.cache import cache_root, content_hash
+from flipscope.plumbing.cache import cache_root
 from flipscope.plumbing.version import library_versions
 from flipscope.runs.overrides import with_overrides
 from flipscope.store.baseline_rows import BaselineStore, llama_cpp_bytes_per_position
+from flipscope.store.kld_parts import Columns
 from flipscope.store.kld_run import (
     Divergent,
     KLDRunFile,
@@ -79,6 +84,7 @@ class KldSettings:
     dtype: str = "float32"
     use_cache: bool = True  # False: build the baseline store again even if a cached one exists
     cache_dir: str | Path | None = None  # where stores are cached (None: the flipscope cache's kld/)
+    ray: RayPlacement | None = None  # build the store and measure the candidates on a Ray cluster
 
 
 def kld(
@@ -130,52 +136,26 @@ def _kld(
     setup = CorpusSetup(ctx, scored_fraction, max_windows, store, topk, tail_samples, full_code, batch, rows)
     base_fp = fingerprint(base_spec)
     folder = Path(cache_dir) if cache_dir else cache_root() / "kld"
-    base_backend: CorpusBackend | None = None
-    try:
-        stored, plan, key, base_backend = baseline_store(
-            base_spec, text, options, setup, folder=folder, use_cache=use_cache, shown=shown
-        )
-        positions: dict[str, dict[str, np.ndarray]] = {}
+    if chosen.ray is not None:
+        if store == "live":
+            raise FlipscopeError(
+                "--ray cannot run --store live: it runs baseline and candidate side by side in one process",
+                fix="use --store compact (the default) or full: the baseline's store is built on the cluster",
+            )
+        options = LoadOptions(device=chosen.ray.device(device), dtype=dtype)
+        found = kld_on_ray(chosen.ray, base_spec, cand_specs, text, options, setup, folder=folder,
+                           use_cache=use_cache, pick=_picked, display=shown)  # fmt: skip
+        stored: BaselineStore | None = found.stored
+        plan, positions = found.plan, found.columns
         divergent: dict[str, list[Divergent]] = {}
-        entries = []
+        entries: list[dict[str, Any]] = []
         for spec in cand_specs:
-            backend = corpus_backend(spec, options)
-            try:
-                if stored is not None:
-                    stored.check_matches(tokenizer_fingerprint=backend.info.tokenizer_fingerprint,
-                                         vocab_size=backend.info.vocab_size, corpus_sha256=text.sha256,
-                                         label=spec.label())  # fmt: skip
-                elif (backend.info.tokenizer_fingerprint, backend.info.vocab_size) != (plan.tokenizer, plan.vocab_size):
-                    raise FlipscopeError(
-                        f"{spec.label()} has a different tokenizer or vocabulary than the baseline; token-level KL "
-                        "compares distributions over the same vocabulary",
-                        fix="compare models that share the baseline's tokenizer",
-                    )
-                parts_folder = (
-                    folder
-                    / "candidates"
-                    / content_hash({"store": key, "candidate": fingerprint(spec), "batch": batch, "rows": rows})
-                )
-                with exclusive(parts_folder), shown.progress(f"kld {spec.label()}", len(plan.windows)) as advance:
-                    parts = PositionParts(parts_folder if use_cache else None)
-                    positions[spec.label()] = score_candidate(
-                        backend, base_backend, stored, plan, batch, rows, advance, parts
-                    )
-                if not finite_positions(positions[spec.label()])[0]["kl"].size:
-                    raise FlipscopeError(
-                        f"{spec.label()} gave NaN or infinite log-probabilities in every window: nothing to measure",
-                        fix="check its compression settings, or run in float32 (--dtype float32); the baseline "
-                        "and the candidates before it are kept in the cache",
-                    )
-                divergent[spec.label()] = _divergent(finite_positions(positions[spec.label()])[0], plan, backend.decode)
-                entries.append(
-                    {"spec": spec.label(), "fingerprint": fingerprint(spec), "details": backend.info.details}
-                )
-            finally:
-                backend.close()
-    finally:
-        if base_backend is not None:
-            base_backend.close()
+            label = spec.label()
+            divergent[label] = _measured(label, positions[label], plan, found.texts[label])
+            entries.append({"spec": label, "fingerprint": fingerprint(spec), "details": found.details[label]})
+    else:
+        stored, plan, positions, divergent, entries = _local(base_spec, cand_specs, text, options, setup, folder,
+                                                             use_cache=use_cache, shown=shown)  # fmt: skip
     return _finish(
         base_spec,
         base_fp,
@@ -196,6 +176,61 @@ def _kld(
     )
 
 
+def _local(
+    base_spec: ModelSpec,
+    cand_specs: Sequence[ModelSpec],
+    text: Any,
+    options: LoadOptions,
+    setup: CorpusSetup,
+    folder: Path,
+    *,
+    use_cache: bool,
+    shown: Display,
+) -> tuple[BaselineStore | None, Plan, dict[str, Columns], dict[str, list[Divergent]], list[dict[str, Any]]]:
+    """The baseline's store and every candidate's columns, computed in this process."""
+    base_backend: CorpusBackend | None = None
+    try:
+        stored, plan, key, base_backend = baseline_store(
+            base_spec, text, options, setup, folder=folder, use_cache=use_cache, shown=shown
+        )
+        positions: dict[str, Columns] = {}
+        divergent: dict[str, list[Divergent]] = {}
+        entries = []
+        for spec in cand_specs:
+            label = spec.label()
+            backend = corpus_backend(spec, options)
+            try:
+                info = backend.info
+                check_vocabulary(label, info.tokenizer_fingerprint, info.vocab_size, stored, plan, text.sha256)
+                where = parts_folder(folder, key, spec, setup)
+                with exclusive(where), shown.progress(f"kld {label}", len(plan.windows)) as advance:
+                    parts = PositionParts(where if use_cache else None)
+                    positions[label] = score_candidate(
+                        backend, base_backend, stored, plan, setup.batch, setup.rows, advance, parts
+                    )
+                texts = [backend.decode(ids) for ids in _picked(positions[label], plan)]
+                divergent[label] = _measured(label, positions[label], plan, texts)
+                entries.append({"spec": label, "fingerprint": fingerprint(spec), "details": info.details})
+            finally:
+                backend.close()
+    finally:
+        if base_backend is not None:
+            base_backend.close()
+    return stored, plan, positions, divergent, entries
+
+
+def _measured(label: str, cols: Columns, plan: Plan, texts: list[str]) -> list[Divergent]:
+    """A candidate's most divergent positions (``texts``: those ``_picked`` chose, decoded); refused where no
+    position is finite."""
+    if not finite_positions(cols)[0]["kl"].size:
+        raise FlipscopeError(
+            f"{label} gave NaN or infinite log-probabilities in every window: nothing to measure",
+            fix="check its compression settings, or run in float32 (--dtype float32); the baseline "
+            "and the candidates before it are kept in the cache",
+        )
+    return _divergent(finite_positions(cols)[0], plan, texts)
+
+
 def _window_stats(cols: dict[str, np.ndarray]) -> list[WindowStats]:
     out = []
     for w in np.unique(cols["window"]):
@@ -213,19 +248,27 @@ def _window_stats(cols: dict[str, np.ndarray]) -> list[WindowStats]:
     return out
 
 
-def _divergent(cols: dict[str, np.ndarray], plan: Plan, decode: Any, count: int = 10) -> list[Divergent]:
-    order = np.argsort(-cols["kl"])[:count]
+def _picked(cols: Columns, plan: Plan, count: int = 10) -> list[list[int]]:
+    """The token lists the run shows of the most divergent finite positions: each one's context, then its token."""
+    finite = finite_positions(cols)[0]
     out = []
-    for i in order:
-        window = plan.windows[int(cols["window"][i])]
-        pos = int(cols["position"][i])
+    for i in np.argsort(-finite["kl"])[:count]:
+        window, pos = plan.windows[int(finite["window"][i])], int(finite["position"][i])
+        out += [list(window.ids[max(0, pos - 24) : pos + 1]), [int(finite["target"][i])]]
+    return out
+
+
+def _divergent(cols: Columns, plan: Plan, texts: list[str], count: int = 10) -> list[Divergent]:
+    """``cols``: finite positions only; ``texts``: ``_picked``'s token lists of them, decoded."""
+    out = []
+    for n, i in enumerate(np.argsort(-cols["kl"])[:count]):
         out.append(
             Divergent(
-                window=window.index,
-                position=pos,
+                window=plan.windows[int(cols["window"][i])].index,
+                position=int(cols["position"][i]),
                 kl=float(cols["kl"][i]),
-                context=decode(list(window.ids[max(0, pos - 24) : pos + 1])) if decode else "",
-                token=decode([int(cols["target"][i])]) if decode else str(int(cols["target"][i])),
+                context=texts[2 * n],
+                token=texts[2 * n + 1],
             )
         )
     return out

@@ -169,19 +169,13 @@ class BaselineStore:
 
     def write(self, start: int, rows: torch.Tensor, logp: torch.Tensor, topk: CompactRows | None) -> None:
         """rows: [n, V] log-probs of positions start … start+n-1; logp: [n] of the true next tokens."""
-        end = start + rows.shape[0]
-        self.arrays["logp"][start:end] = logp.cpu().numpy()
-        if self.header.kind == "exact":
-            if self.header.code == "float16":
-                self.arrays["rows"][start:end] = rows.cpu().numpy().astype(np.float16)
-            else:
-                codes, lo, step = encode_int16(rows)
-                self.arrays["rows"][start:end] = codes
-                self.arrays["lo"][start:end], self.arrays["step"][start:end] = lo, step
-        else:
-            assert topk is not None
-            for name in ("ids", "logprobs", "rest", "sample_ids", "sample_logprobs"):
-                self.arrays[name][start:end] = getattr(topk, name).cpu().numpy()
+        self.put(start, encode_rows(self.header, rows, logp, topk))
+
+    def put(self, start: int, arrays: dict[str, np.ndarray]) -> None:
+        """Arrays as ``encode_rows`` makes them, for positions start … start+n-1."""
+        end = start + len(arrays["logp"])
+        for name, values in arrays.items():
+            self.arrays[name][start:end] = values
 
     def finish(self) -> None:
         for array in self.arrays.values():
@@ -192,30 +186,70 @@ class BaselineStore:
 
     def read(self, start: int, end: int) -> tuple[torch.Tensor | None, CompactRows | None, torch.Tensor]:
         """(rows [n, V] float32 or None, CompactRows or None, logp [n]) for positions start … end-1."""
-        import torch
+        return decode_rows(self.header, self.arrays, start, end)
 
-        from flipscope.metrics.kl import CompactRows
+    def slice(self, start: int, end: int) -> StoredSlice:
+        """Positions start … end-1 copied out (what is sent to a Ray actor), read as the store is read."""
+        return StoredSlice(self.header, start, {n: np.array(a[start:end]) for n, a in self.arrays.items()})
 
-        logp = torch.from_numpy(np.array(self.arrays["logp"][start:end]))
-        if self.header.kind == "exact":
-            raw = np.array(self.arrays["rows"][start:end])
-            if self.header.code == "float16":
-                rows = torch.from_numpy(raw.astype(np.float32))
-            else:
-                rows = decode_int16(
-                    raw, np.array(self.arrays["lo"][start:end]), np.array(self.arrays["step"][start:end])
-                )
-            return torch.log_softmax(rows, dim=-1), None, logp
-        parts = {n: torch.from_numpy(np.array(self.arrays[n][start:end])) for n in ("ids", "logprobs", "rest")}
-        samples = {n: torch.from_numpy(np.array(self.arrays[n][start:end])) for n in ("sample_ids", "sample_logprobs")}
-        topk = CompactRows(
-            parts["ids"].long(),
-            parts["logprobs"],
-            parts["rest"],
-            samples["sample_ids"].long(),
-            samples["sample_logprobs"],
-        )
-        return None, topk, logp
+
+@dataclass(frozen=True)
+class StoredSlice:
+    """Positions ``start`` … of a store, copied out of it; ``read`` takes the store's own position numbers."""
+
+    header: StoreHeader
+    start: int
+    arrays: dict[str, np.ndarray]
+
+    def read(self, start: int, end: int) -> tuple[torch.Tensor | None, CompactRows | None, torch.Tensor]:
+        return decode_rows(self.header, self.arrays, start - self.start, end - self.start)
+
+
+def encode_rows(
+    header: StoreHeader, rows: torch.Tensor, logp: torch.Tensor, topk: CompactRows | None
+) -> dict[str, np.ndarray]:
+    """rows: [n, V] log-probs, logp: [n], topk: the compact rows (compact stores) → the arrays a store of
+    ``header``'s kind keeps for these n positions."""
+    out = {"logp": logp.cpu().numpy()}
+    if header.kind == "exact":
+        if header.code == "float16":
+            out["rows"] = rows.cpu().numpy().astype(np.float16)
+        else:
+            out["rows"], out["lo"], out["step"] = encode_int16(rows)
+    else:
+        assert topk is not None
+        for name in ("ids", "logprobs", "rest", "sample_ids", "sample_logprobs"):
+            values = getattr(topk, name).cpu().numpy()
+            out[name] = values.astype(np.int32) if name.endswith("ids") else values  # the store's dtype
+    return out
+
+
+def decode_rows(
+    header: StoreHeader, arrays: dict[str, np.ndarray], start: int, end: int
+) -> tuple[torch.Tensor | None, CompactRows | None, torch.Tensor]:
+    """(rows [n, V] float32 or None, CompactRows or None, logp [n]) of positions start … end-1 of ``arrays``."""
+    import torch
+
+    from flipscope.metrics.kl import CompactRows
+
+    logp = torch.from_numpy(np.array(arrays["logp"][start:end]))
+    if header.kind == "exact":
+        raw = np.array(arrays["rows"][start:end])
+        if header.code == "float16":
+            rows = torch.from_numpy(raw.astype(np.float32))
+        else:
+            rows = decode_int16(raw, np.array(arrays["lo"][start:end]), np.array(arrays["step"][start:end]))
+        return torch.log_softmax(rows, dim=-1), None, logp
+    parts = {n: torch.from_numpy(np.array(arrays[n][start:end])) for n in ("ids", "logprobs", "rest")}
+    samples = {n: torch.from_numpy(np.array(arrays[n][start:end])) for n in ("sample_ids", "sample_logprobs")}
+    topk = CompactRows(
+        parts["ids"].long(),
+        parts["logprobs"],
+        parts["rest"],
+        samples["sample_ids"].long(),
+        samples["sample_logprobs"],
+    )
+    return None, topk, logp
 
 
 def encode_int16(rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
