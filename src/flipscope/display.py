@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Display(Protocol):
@@ -26,6 +27,9 @@ class RichDisplay:
         self.console = Console(stderr=True)
         if not self.console.is_terminal:
             self.console = Console(stderr=True, width=120)  # logs and pipes: keep descriptions whole
+        self.lock = threading.Lock()
+        self.bar: Any = None  # the live bars while any is open
+        self.open = 0
 
     @contextmanager
     def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
@@ -46,6 +50,18 @@ class RichDisplay:
             TextColumn("eta"),
             TimeRemainingColumn(),
         )
-        with Progress(*columns, console=self.console, transient=False) as bar:
+        with self.lock:  # bars open at once (models on Ray, each in a thread) share one live display
+            if self.bar is None:
+                self.bar = Progress(*columns, console=self.console, transient=False)
+                self.bar.start()
+            bar = self.bar
+            self.open += 1
             task = bar.add_task(description, total=total)
+        try:
             yield lambda n: bar.advance(task, n)
+        finally:
+            with self.lock:
+                self.open -= 1
+                if not self.open:
+                    bar.stop()
+                    self.bar = None

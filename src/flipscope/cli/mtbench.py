@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from flipscope.cli.options import ray_options, ray_placement
 from flipscope.runs.mtbench_session import JUDGE_MAX_TOKENS, MTBenchSettings
 from flipscope.tasks.mtbench import MAX_NEW_TOKENS
 
@@ -58,7 +59,10 @@ def _engine_options(fn):  # type: ignore[no-untyped-def]
         ]
     ):
         fn = option(fn)
-    return fn
+    return ray_options(
+        "Load every model (and the judge) in Ray actors: models answer in parallel, one actor each, the baseline's "
+        "model loaded first; the replicas of a model share each batch of answers"
+    )(fn)
 
 
 def _settings(
@@ -72,6 +76,9 @@ def _settings(
     batch_size: int,
     no_cache: bool,
     cache_dir: str | None,
+    ray_address: str | None,
+    ray_resources: str | None,
+    replicas: int | None,
     **answering: Any,
 ) -> MTBenchSettings:
     """The options both commands share (``_engine_options``), as the settings object the API takes."""
@@ -85,6 +92,7 @@ def _settings(
         batch_size=batch_size,
         use_cache=not no_cache,
         cache_dir=cache_dir,
+        ray=ray_placement(ray_address, ray_resources, replicas),
         **answering,
     )
 

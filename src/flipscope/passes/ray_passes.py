@@ -19,9 +19,10 @@ from typing import Any
 
 from flipscope.display import Display
 from flipscope.models import LoadOptions, ModelSpec
+from flipscope.models.base import Decoding, Generation, GenRequest, ModelInfo
 from flipscope.passes.ray_cluster import RayPlacement, check_feasible, cluster_error, connected, start_actor
 from flipscope.passes.runner import LazyBackend, TaskWork
-from flipscope.passes.stored import Chunk, finish_pass, pass_chunks
+from flipscope.passes.stored import Chunk, PassRows, finish_pass, pass_chunks
 from flipscope.passes.teacher import TeacherScorer, choose_reference, pass_rows
 from flipscope.store import PassResult, Settings
 from flipscope.tasks import ItemRequests, TaskData
@@ -73,6 +74,30 @@ class PassWorker:
         first = chunk.first_option - (ref.first_option if ref else 0)
         local = dataclasses.replace(chunk, lo=0, hi=chunk.hi - chunk.lo, first_option=first)
         return local.run(backend, task, prompts, rows, None), note
+
+    # What a backend that runs here does for the driver (``passes.ray_backend.RayBackend``).
+
+    def describe(self) -> tuple[ModelInfo, bool]:
+        """The model's info (loading it), and whether it renders chat prompts for teacher-forced scoring."""
+        backend = self.backend()
+        return backend.info, callable(getattr(backend, "chat_prompt", None))
+
+    def generate(self, requests: list[GenRequest], decoding: Decoding) -> list[Generation]:
+        return self.backend().generate(requests, decoding)
+
+    def chat_prompt(self, request: GenRequest) -> str:
+        render: Callable[[GenRequest], str] = getattr(self.backend(), "chat_prompt")  # noqa: B009
+        return render(request)
+
+    def run_chunk(self, task: TaskData, prompts: list[ItemRequests], chunk: Chunk, rows: PassRows) -> PassResult:
+        """``chunk`` of a pass, given its items and prompts only; ``rows.reference``: the whole pass's."""
+        return dataclasses.replace(chunk, lo=0, hi=chunk.hi - chunk.lo).run(self.backend(), task, prompts, rows, None)
+
+    def count_tokens(self, text: str) -> int | None:
+        return self.backend().count_tokens(text)
+
+    def vocabulary_pieces(self) -> list[str] | None:
+        return self.backend().vocabulary_pieces()
 
 
 @dataclass(frozen=True)

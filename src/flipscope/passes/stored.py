@@ -10,6 +10,7 @@ import dataclasses
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -80,6 +81,12 @@ class Chunk:
         progress: Callable[[int], None] | None,
     ) -> PassResult:
         """This chunk of the pass scored (the whole pass's ``task`` and ``prompts`` given)."""
+        if isinstance(backend, RemoteChunks):  # the model runs elsewhere (a Ray actor): the chunk is scored there
+            items = dataclasses.replace(task, items=task.items[self.lo : self.hi])
+            part = backend.run_chunk(self, items, prompts[self.lo : self.hi], rows)
+            if progress is not None:
+                progress(self.n_requests)
+            return part
         return run_pass(
             backend,
             dataclasses.replace(task, items=task.items[self.lo : self.hi]),
@@ -92,6 +99,14 @@ class Chunk:
             progress=progress,
             first_request=self.first_request,
         )
+
+
+@runtime_checkable
+class RemoteChunks(Protocol):
+    """A backend whose model runs elsewhere (``passes.ray_backend``): a chunk is scored where the model is, given
+    its items and prompts only (the chunk's bounds name where they sit in the whole pass)."""
+
+    def run_chunk(self, chunk: Chunk, task: TaskData, prompts: list[ItemRequests], rows: PassRows) -> PassResult: ...
 
 
 def pass_chunks(key: str, prompts: list[ItemRequests]) -> list[Chunk]:

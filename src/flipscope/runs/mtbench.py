@@ -3,8 +3,12 @@ every summary is recomputed from the run directory's files (``store.mtbench_summ
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -12,9 +16,11 @@ from typing import Any
 from flipscope.display import Display
 from flipscope.errors import FlipscopeError
 from flipscope.metrics import ItemScore
-from flipscope.models import ModelSpec, parse_models, parse_spec
+from flipscope.models import Backend, ModelSpec, parse_models, parse_spec
 from flipscope.models.base import Generation, StopReason
+from flipscope.passes.ray_cluster import RayPlacement
 from flipscope.runs.mtbench_session import (
+    Loader,
     ModelAnswers,
     MTBenchSettings,
     Session,
@@ -23,6 +29,7 @@ from flipscope.runs.mtbench_session import (
     questions_of,
     teacher_scores,
 )
+from flipscope.store import PassResult
 from flipscope.store import mtbench_run as store
 from flipscope.store.mtbench_summary import summarize_mtbench
 from flipscope.store.run_dir import check_out, claim_run_dir, releases_out
@@ -57,22 +64,11 @@ def mtbench(
         parse_spec(settings.judge)  # a bad judge spec fails before any answer is generated
     bench = load_bench(settings)
     questions = questions_of(bench, settings.limit)
-    session = Session(settings, display)
-    models: list[ModelAnswers] = []
-    scores: dict[str, list[ItemScore]] = {}
-    ref = None
-    for spec in [base_spec, *cand_specs]:
-        role = "baseline" if spec is base_spec else "candidate"
-        with session.loader(spec) as backend:
-            answers = session.answer(spec, role, questions, backend)
-            if role == "baseline":
-                ref = session.teacher(spec, role, questions, answers, None, backend)
-                teacher = ref
-            else:
-                teacher = session.teacher(spec, role, questions, models[0], ref, backend) if ref else None
-            answers.parameters = backend.parameters  # known without loading it where an earlier run did
-        models.append(answers)
-        scores[answers.spec] = teacher_scores(questions, answers, teacher)
+    with _loader(settings.ray) as load:
+        session = Session(settings, display, load)
+        answered = _answer_models(session, [base_spec, *cand_specs], questions, parallel=settings.ray is not None)
+    models = [answers for answers, _, _ in answered]
+    scores = {answers.spec: item_scores for answers, _, item_scores in answered}
     folder = claim_run_dir(out, prefix="mtbench-")
     entries = [
         store.MTBenchModel(
@@ -83,7 +79,7 @@ def mtbench(
     run = store.MTBenchRunFile(
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         versions=library_versions(),
-        settings={k: v for k, v in asdict(settings).items() if k not in ("use_cache", "cache_dir")}
+        settings={k: v for k, v in asdict(settings).items() if k not in ("use_cache", "cache_dir", "ray")}
         | {"device": session.engine()["device"]},  # the device used (``report`` compares it across runs)
         data_source=bench.source,
         questions=[q.question_id for q in questions],
@@ -99,6 +95,79 @@ def mtbench(
     return MTBenchResult(run, folder)
 
 
+#: A model's answers, its teacher-forced pass over the baseline's answers (None where not measured) and its scores.
+Answered = tuple[ModelAnswers, PassResult | None, list[ItemScore]]
+
+
+def _answer_models(session: Session, specs: list[ModelSpec], questions: list[Any], *, parallel: bool) -> list[Answered]:
+    """Every model answered and measured on the baseline's (``specs[0]``) answers. ``parallel`` (models on Ray):
+    each model in a thread of its own, the candidates started once the baseline's model has loaded (or was not
+    needed), so that a cluster without room for every model never holds candidates that wait for a baseline it
+    has no room left to place; the first error (in model order) stops the run."""
+    if not parallel:
+        done: list[Answered] = []
+        for spec in specs:
+            done.append(_answer_model(session, spec, questions, (lambda: done[0]) if done else None))
+        return done
+    loaded = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=len(specs), thread_name_prefix="mtbench")
+    try:
+        base = pool.submit(_answer_model, session, specs[0], questions, None, loaded)
+        base.add_done_callback(lambda _: loaded.set())
+        loaded.wait()
+        futures = [base, *(pool.submit(_answer_model, session, spec, questions, base.result) for spec in specs[1:])]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [error for f in futures if f.done() and (error := f.exception()) is not None]
+        if failed:
+            raise failed[0]
+        answered = [future.result() for future in futures]
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)  # the others end as their actors are given back
+        raise
+    pool.shutdown()
+    return answered
+
+
+def _answer_model(
+    session: Session,
+    spec: ModelSpec,
+    questions: list[Any],
+    base: Callable[[], Answered] | None,
+    loaded: threading.Event | None = None,
+) -> Answered:
+    """``spec``'s answers and teacher-forced pass (``base``: the baseline's, once done; None: this is the baseline,
+    whose model loading sets ``loaded``)."""
+    role = "baseline" if base is None else "candidate"
+    with session.loader(spec) as lazy:
+
+        def backend() -> Backend:
+            made = lazy()
+            if loaded is not None:
+                loaded.set()
+            return made
+
+        answers = session.answer(spec, role, questions, backend)
+        if base is None:
+            teacher = session.teacher(spec, role, questions, answers, None, backend)
+        else:
+            base_answers, ref, _ = base()
+            teacher = session.teacher(spec, role, questions, base_answers, ref, backend) if ref else None
+        answers.parameters = lazy.parameters  # known without loading it where an earlier run did
+    return answers, teacher, teacher_scores(questions, answers, teacher)
+
+
+@contextlib.contextmanager
+def _loader(placement: RayPlacement | None) -> Iterator[Loader | None]:
+    """Where models load: here (None), or in Ray actors."""
+    if placement is None:
+        yield None
+        return
+    from flipscope.passes.ray_backend import ray_models
+
+    with ray_models(placement) as load:
+        yield load
+
+
 def judge_run(
     folder: str | Path, judge_spec: str, settings: MTBenchSettings | None = None, *, display: Display | None = None
 ) -> store.MTBenchRunFile:
@@ -108,13 +177,8 @@ def judge_run(
     folder = Path(folder)
     run, answers, judgements = store.read(folder)
     base = settings or MTBenchSettings()
-    settings = MTBenchSettings(
-        **{
-            **asdict(base),
-            "judge": judge_spec,
-            "data": base.data or run.settings.get("data"),
-            "seed": run.settings.get("seed", base.seed),
-        }
+    settings = dataclasses.replace(
+        base, judge=judge_spec, data=base.data or run.settings.get("data"), seed=run.settings.get("seed", base.seed)
     )
     check_settings(settings)
     bench = load_bench(settings)
@@ -127,8 +191,9 @@ def judge_run(
         )
     questions = [by_id[i] for i in run.questions]
     models = [_stored_answers(answers, m, questions) for m in [run.baseline, *run.candidates]]
-    session = Session(settings, display)
-    grades, pairs = session.judge(judge_spec, bench, questions, models)
+    with _loader(settings.ray) as load:
+        session = Session(settings, display, load)
+        grades, pairs = session.judge(judge_spec, bench, questions, models)
     label = parse_spec(judge_spec).label()
     kept = judgements[judgements["judge"] != label]
     frame = (

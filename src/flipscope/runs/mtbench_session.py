@@ -23,6 +23,7 @@ from flipscope.metrics.records import NO_ANSWER
 from flipscope.models import Backend, LoadOptions, ModelSpec, fingerprint, load_backend, parse_spec
 from flipscope.models.base import Decoding, Generation, GenRequest
 from flipscope.passes.generation import free_answer
+from flipscope.passes.ray_cluster import RayPlacement
 from flipscope.passes.teacher import TeacherScorer
 from flipscope.plumbing.atomic import write_atomically
 from flipscope.plumbing.cache import cache_root, content_hash
@@ -32,6 +33,9 @@ from flipscope.tasks import ItemRequests, MCItem, ScoreRequest, TaskData
 from flipscope.tasks.mtbench import MAX_NEW_TOKENS, TEMPERATURE, MTBench, Question, load_mtbench
 
 log = logging.getLogger(__name__)
+
+#: Loads a model where it runs (``load_backend``: here).
+Loader = Callable[[ModelSpec, LoadOptions], Backend]
 
 #: Bumped whenever answering or judging changes what a stored generation would hold (2: chat prompts are the chat
 #: template's own ids — one BOS where the template writes it, none added where it does not).
@@ -62,6 +66,7 @@ class MTBenchSettings:
     tail_samples: int = 64
     use_cache: bool = True
     cache_dir: str | None = None
+    ray: RayPlacement | None = None  # models (the judge too) loaded in Ray actors (``passes.ray_backend``)
 
 
 @dataclass
@@ -97,15 +102,16 @@ class LazyBackend:
     serves is stored. Its parameter count is kept beside the stored passes (``facts``, by weights fingerprint):
     a later run that loads nothing still knows it (run.json, the weak-judge check)."""
 
-    def __init__(self, spec: ModelSpec, options: LoadOptions, facts: Path) -> None:
+    def __init__(self, spec: ModelSpec, options: LoadOptions, facts: Path, load: Loader | None = None) -> None:
         self.spec = spec
         self.options = options
         self.facts = facts
+        self.load = load or load_backend
         self.loaded: Backend | None = None
 
     def __call__(self) -> Backend:
         if self.loaded is None:
-            self.loaded = load_backend(self.spec, self.options)
+            self.loaded = self.load(self.spec, self.options)
             count = self.parameters
             if count is not None:
                 self.facts.parent.mkdir(parents=True, exist_ok=True)
@@ -128,13 +134,15 @@ class LazyBackend:
 class Session:
     """The stores and settings one ``mtbench`` or ``judge`` run uses."""
 
-    def __init__(self, settings: MTBenchSettings, display: Display | None) -> None:
+    def __init__(self, settings: MTBenchSettings, display: Display | None, load: Loader | None = None) -> None:
         self.settings = settings
+        self.load = load  # None: in this process
         self.display: Display = display or NullDisplay()
         root = Path(settings.cache_dir) if settings.cache_dir else cache_root() / "passes"
         self.root = root
         self.generations = GenerationStore(root / "generations")
-        self.options = LoadOptions(settings.device, settings.dtype, settings.batch_size)
+        device = settings.ray.device(settings.device) if settings.ray else settings.device  # auto: the actors'
+        self.options = LoadOptions(device, settings.dtype, settings.batch_size)
         self.notes: list[str] = []
         #: generations per stored chunk: enough to keep a batch full (continuous batching refills from it), few
         #: enough that a killed run loses little
@@ -186,7 +194,7 @@ class Session:
     @contextlib.contextmanager
     def loader(self, spec: ModelSpec) -> Iterator[LazyBackend]:
         """The model, loaded on first need (nothing loads when every pass is stored) and closed at the end."""
-        backend = LazyBackend(spec, self.options, self.root / "models" / f"{fingerprint(spec)}.json")
+        backend = LazyBackend(spec, self.options, self.root / "models" / f"{fingerprint(spec)}.json", self.load)
         try:
             yield backend
         finally:
