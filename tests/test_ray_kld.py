@@ -124,6 +124,10 @@ def test_a_candidate_that_cannot_load_is_one_clear_error_and_the_store_is_kept(
     assert len(store_arrays(cache / "kld")) > 0  # the baseline's store, built on the cluster, is kept
 
 
-def test_live_store_is_refused_on_ray(tiny_llama, corpus, tmp_path) -> None:
+def test_what_kld_cannot_do_on_ray_is_refused_before_any_model(cluster, tiny_llama, corpus, tmp_path) -> None:
     with pytest.raises(FlipscopeError, match="--store live"):
         kld(f"hf:{tiny_llama}", ["+rtn:w8"], corpus=str(corpus), store="live", ray=RayPlacement(), out=tmp_path / "o")
+    gpus = RayPlacement(address=cluster.address, resources={"num_gpus": 1})
+    with pytest.raises(FlipscopeError, match="no node of the Ray cluster"):
+        kld(f"hf:{tiny_llama}", ["+rtn:w8"], corpus=str(corpus), ray=gpus, cache_dir=tmp_path / "c", out=tmp_path / "o")
+    assert not list((tmp_path / "c").rglob("header.json"))  # no store begun

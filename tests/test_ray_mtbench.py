@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from flipscope import mtbench
+from flipscope.errors import FlipscopeError
 from flipscope.passes import stored
 from flipscope.passes.ray_cluster import RayPlacement
 from flipscope.runs import mtbench_session
@@ -35,36 +36,48 @@ def no_model_here(*_: Any, **__: Any) -> None:
     raise AssertionError("the driver loaded a model: every one should have loaded on Ray")
 
 
-@pytest.mark.parametrize(("greedy", "replicas"), [(False, 1), (True, 2)])
-def test_a_run_on_ray_equals_a_local_run_and_the_driver_loads_no_model(
-    greedy, replicas, cluster, tiny_llama, tmp_path, monkeypatch
-) -> None:
-    monkeypatch.setattr(stored, "CHUNK_ITEMS", 5)  # 16 teacher-forced answers: chunks of 5, 5, 5, 1, sent apart
-    data = write_mtbench(tmp_path / "data", per_category=1)  # 8 questions, two turns each
+def test_a_run_on_ray_equals_a_local_run_and_the_driver_loads_no_model(cluster, tiny_llama, tmp_path, monkeypatch):
+    """FastChat's temperatures: writing and roleplay (0.7) sampled in calls of 4 questions, batches of 2 (one random
+    stream across a call), the other categories' greedy answers alike; three models and the judge at once."""
+    monkeypatch.setattr(stored, "CHUNK_ITEMS", 5)  # 32 teacher-forced answers: chunks of 5 sent apart
+    data = write_mtbench(tmp_path / "data", per_category=2)  # 16 questions, two turns each
     base, cands = f"hf:{tiny_llama}", ["+rtn:w4g16", "+noise:0.05"]
-    common: dict[str, Any] = {"data": str(data), "greedy": greedy, "max_new_tokens": 6, "judge": f"hf:{tiny_llama}",
+    common: dict[str, Any] = {"data": str(data), "max_new_tokens": 6, "judge": f"hf:{tiny_llama}",
                               "judge_max_tokens": 4, "device": "cpu", "batch_size": 2}  # fmt: skip
     local = mtbench(base, cands, MTBenchSettings(**common, cache_dir=str(tmp_path / "c1")), out=tmp_path / "local")
     monkeypatch.setattr(mtbench_session, "load_backend", no_model_here)
-    placement = RayPlacement(address=cluster.address, replicas=replicas)
+    placement = RayPlacement(address=cluster.address)
     settings = MTBenchSettings(**common, cache_dir=str(tmp_path / "c2"), ray=placement)
     on_ray = mtbench(base, cands, settings, out=tmp_path / "ray")
     here, there = frames(local.out), frames(on_ray.out)
-    assert len(here["answers"]) == 3 * 8 * 2 and len(here["judgements"]) > 0
+    assert len(here["answers"]) == 3 * 16 * 2 and len(here["judgements"]) > 0
     for name, frame in here.items():
         pd.testing.assert_frame_equal(frame, there[name], check_exact=True)
     assert run_json(local.out) == run_json(on_ray.out)
     assert local.run.summary["distances"][f"{base}+rtn:w4g16"]["all"]["measured"] > 0  # teacher-forced, on Ray
 
 
-def test_a_candidate_that_cannot_load_is_one_clear_error(cluster, tiny_llama, tmp_path, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize("broken_one", ["baseline", "candidate"])
+def test_a_model_that_cannot_load_is_one_clear_error(broken_one, cluster, tiny_llama, tmp_path, monkeypatch, capsys):
+    """The other models' threads end (their actors given back) and the command returns: no hang."""
     data = write_mtbench(tmp_path / "data", per_category=1)
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
-    cache = tmp_path / "cache"
-    code, out, err = run_cli(monkeypatch, capsys, "mtbench", f"hf:{tiny_llama}", f"hf:{broken}", "--data", str(data),
-                             "--max-new-tokens", "4", "--device", "cpu", "--cache-dir", str(cache), "--out",
-                             str(tmp_path / "run"), "--ray", cluster.address)  # fmt: skip
+    models = [f"hf:{broken}", f"hf:{tiny_llama}"] if broken_one == "baseline" else [f"hf:{tiny_llama}", f"hf:{broken}"]
+    code, out, err = run_cli(monkeypatch, capsys, "mtbench", *models, f"hf:{tiny_llama}+rtn:w4g16", "--data",
+                             str(data), "--max-new-tokens", "4", "--device", "cpu", "--cache-dir", str(tmp_path / "c"),
+                             "--out", str(tmp_path / "run"), "--ray", cluster.address)  # fmt: skip
     assert code != 0 and "Traceback" not in err + out
     assert f"hf:{broken}" in err and "Ray cluster" in err
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_what_mtbench_cannot_do_on_ray_is_refused_before_any_model(cluster, tiny_llama, tmp_path) -> None:
+    data = str(write_mtbench(tmp_path / "data", per_category=1))
+    two = MTBenchSettings(data=data, ray=RayPlacement(address=cluster.address, replicas=2))
+    with pytest.raises(FlipscopeError, match="--replicas"):
+        mtbench(f"hf:{tiny_llama}", ["+rtn:w8"], two, out=tmp_path / "a")
+    gpus = MTBenchSettings(data=data, ray=RayPlacement(address=cluster.address, resources={"num_gpus": 1}))
+    with pytest.raises(FlipscopeError, match="no node of the Ray cluster"):
+        mtbench(f"hf:{tiny_llama}", ["+rtn:w8"], gpus, out=tmp_path / "b")

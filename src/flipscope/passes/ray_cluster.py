@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,6 +134,16 @@ def start_actor(ray: Any, body: type, placement: RayPlacement, name: str, *args:
     except (ValueError, TypeError) as err:
         raise FlipscopeError(f"--ray-resources: Ray refuses them: {first_line(err)}") from None
     return options.remote(*args)
+
+
+def give_back(ray: Any, handles: Sequence[Any]) -> None:
+    """The actors killed, not restarted (a cluster already gone: nothing left to give back, and the run's error, if
+    any, comes first)."""
+    for handle in handles:
+        try:
+            ray.kill(handle, no_restart=True)
+        except Exception as err:
+            log.debug("could not kill an actor: %s", err)
 
 
 def cluster_error(spec: ModelSpec, err: Exception, placement: RayPlacement) -> FlipscopeError:

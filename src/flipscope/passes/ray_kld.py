@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import os
 import shutil
 import uuid
@@ -45,13 +44,11 @@ from flipscope.passes.kld import (
     stretch_windows,
     tail_generator,
 )
-from flipscope.passes.ray_cluster import RayPlacement, cluster_error, connected, start_actor
+from flipscope.passes.ray_cluster import RayPlacement, check_feasible, cluster_error, connected, give_back, start_actor
 from flipscope.plumbing.atomic import exclusive
 from flipscope.store.baseline_rows import BaselineStore, StoredSlice, StoreHeader
 from flipscope.store.kld_parts import Columns, PositionParts
 from flipscope.tasks.corpus import Window
-
-log = logging.getLogger(__name__)
 
 #: Bytes of baseline rows sent with one stretch at most (a full store's rows are 2 B × vocabulary per position).
 STRETCH_BYTES = 64 << 20
@@ -141,25 +138,28 @@ def kld_on_ray(
     key, settings_key = store_key(base_spec, text, options, setup)
     stored = BaselineStore.open(folder / key) if use_cache else None
     with connected(placement) as ray, contextlib.ExitStack() as held:
+        check_feasible(ray, placement)
         run = _KldRun(ray, placement, options, setup, pick, corpus=text.sha256)
         try:
-            if stored is None:
-                held.enter_context(exclusive(folder / key))  # one process builds it; another waits, then finds it
+            wheres = [parts_folder(folder, key, spec, setup) for spec in cand_specs]
+            for where in wheres:  # all first: waiting for one (another process measuring it) stalls no work here
+                held.enter_context(exclusive(where))
+            if stored is None:  # one process builds it; another waits, then finds it (held until it is finished)
+                run.store_lock.enter_context(exclusive(folder / key))
                 stored = BaselineStore.open(folder / key) if use_cache else None
             if stored is None:
                 if not use_cache:
                     shutil.rmtree(folder / key, ignore_errors=True)
                 run.begin_store(base_spec, text, folder / key, settings_key)
             else:
+                run.store_lock.close()
                 run.set_store(stored, plan_from_store(stored, setup.ctx, setup.scored_fraction))
             total = len(run.plan.windows) * (1 + len(cand_specs))
             run.advance = held.enter_context(display.progress(f"kld on Ray ({placement.address})", total))
             run.advance(run.ready_windows)
             if run.base is not None:
                 run.next_stretch()
-            for spec in cand_specs:
-                where = parts_folder(folder, key, spec, setup)
-                held.enter_context(exclusive(where))
+            for spec, where in zip(cand_specs, wheres, strict=True):
                 run.add_candidate(spec, PositionParts(where if use_cache else None))
             run.finish()
         finally:
@@ -193,6 +193,7 @@ class _KldRun:
         self.specs: dict[Any, ModelSpec] = {}  # call in flight → whose model (for its error)
         self.owners: dict[Any, _Candidate | None] = {}  # call in flight → whose (None: the baseline's)
         self.advance: Callable[[int], None] = lambda n: None
+        self.store_lock = contextlib.ExitStack()  # held while the store is built here
 
     def begin_store(self, spec: ModelSpec, text: Any, folder: Path, settings: dict[str, Any]) -> None:
         """The baseline's actor started, its windows planned there, the store begun or resumed here."""
@@ -218,7 +219,8 @@ class _KldRun:
         done = self.store.header.done_windows
         if done == len(self.plan.windows):
             self.store.finish()
-            self.ray.kill(actor, no_restart=True)
+            self.store_lock.close()
+            give_back(self.ray, [actor])
             self.base = None
             return
         windows = self.plan.windows[done : done + self.size]
@@ -294,8 +296,7 @@ class _KldRun:
         candidate.columns = join_columns([*candidate.resumed, *(candidate.made[s] for s in sorted(candidate.made))])
         actor = candidate.actors[next(iter(candidate.ready))]
         candidate.decoded = self.get(actor.decode.remote(self.pick(candidate.columns, self.plan)), candidate.spec)
-        for handle in candidate.actors:
-            self.ray.kill(handle, no_restart=True)
+        give_back(self.ray, candidate.actors)
         candidate.actors = []
         for call in [c for c, whose in self.owners.items() if whose is candidate]:  # a replica never placed
             del self.calls[call], self.specs[call], self.owners[call]
@@ -308,7 +309,10 @@ class _KldRun:
     def finish(self) -> None:
         """Every answer waited for and acted on."""
         while self.calls:
-            [done], _ = self.ray.wait(list(self.calls), num_returns=1)
+            try:
+                [done], _ = self.ray.wait(list(self.calls), num_returns=1)
+            except ConnectionError as err:  # the cluster lost: one line
+                raise cluster_error(next(iter(self.specs.values())), err, self.placement) from None
             then, spec = self.calls.pop(done), self.specs.pop(done)
             del self.owners[done]
             then(self.get(done, spec))
@@ -322,9 +326,7 @@ class _KldRun:
             raise cluster_error(spec, err, self.placement) from None
 
     def close(self) -> None:
-        handles = [c for candidate in self.candidates for c in candidate.actors]
-        for handle in handles + ([self.base[0]] if self.base else []):
-            try:
-                self.ray.kill(handle, no_restart=True)
-            except Exception as err:  # the cluster gone: nothing left to give back, and the run's error first
-                log.debug("could not kill a kld actor: %s", err)
+        self.store_lock.close()
+        give_back(self.ray, [c for candidate in self.candidates for c in candidate.actors])
+        if self.base is not None:
+            give_back(self.ray, [self.base[0]])

@@ -9,7 +9,6 @@ that dies is restarted by Ray and its unfinished chunks are sent again; a chunk 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import uuid
 from collections import deque
@@ -20,14 +19,12 @@ from typing import Any
 from flipscope.display import Display
 from flipscope.models import LoadOptions, ModelSpec
 from flipscope.models.base import Decoding, Generation, GenRequest, ModelInfo
-from flipscope.passes.ray_cluster import RayPlacement, check_feasible, cluster_error, connected, start_actor
+from flipscope.passes.ray_cluster import RayPlacement, check_feasible, cluster_error, connected, give_back, start_actor
 from flipscope.passes.runner import LazyBackend, TaskWork
 from flipscope.passes.stored import Chunk, PassRows, finish_pass, pass_chunks
 from flipscope.passes.teacher import TeacherScorer, choose_reference, pass_rows
 from flipscope.store import PassResult, Settings
 from flipscope.tasks import ItemRequests, TaskData
-
-log = logging.getLogger(__name__)
 
 #: Chunks an actor is sent ahead (one scored while the next travels).
 _IN_FLIGHT = 2
@@ -324,12 +321,7 @@ class _Scheduler:
             raise cluster_error(job.spec, err, self.placement) from None
 
     def close(self) -> None:
-        for model in self.models.values():
-            for actor in model.actors:
-                try:
-                    self.ray.kill(actor.handle, no_restart=True)
-                except Exception as err:  # the cluster gone: nothing left to give back, and the run's error first
-                    log.debug("could not kill an actor of %s: %s", model.job.spec.label(), err)
+        give_back(self.ray, [actor.handle for model in self.models.values() for actor in model.actors])
 
 
 def fill_on_ray(

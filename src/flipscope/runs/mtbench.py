@@ -18,9 +18,9 @@ from flipscope.errors import FlipscopeError
 from flipscope.metrics import ItemScore
 from flipscope.models import Backend, ModelSpec, parse_models, parse_spec
 from flipscope.models.base import Generation, StopReason
+from flipscope.passes.ray_backend import RayModels, ray_models
 from flipscope.passes.ray_cluster import RayPlacement
 from flipscope.runs.mtbench_session import (
-    Loader,
     ModelAnswers,
     MTBenchSettings,
     Session,
@@ -64,9 +64,9 @@ def mtbench(
         parse_spec(settings.judge)  # a bad judge spec fails before any answer is generated
     bench = load_bench(settings)
     questions = questions_of(bench, settings.limit)
-    with _loader(settings.ray) as load:
-        session = Session(settings, display, load)
-        answered = _answer_models(session, [base_spec, *cand_specs], questions, parallel=settings.ray is not None)
+    with _models(settings.ray) as on_ray:
+        session = Session(settings, display, on_ray.load if on_ray else None)
+        answered = _answer_models(session, [base_spec, *cand_specs], questions, on_ray)
     models = [answers for answers, _, _ in answered]
     scores = {answers.spec: item_scores for answers, _, item_scores in answered}
     folder = claim_run_dir(out, prefix="mtbench-")
@@ -99,12 +99,14 @@ def mtbench(
 Answered = tuple[ModelAnswers, PassResult | None, list[ItemScore]]
 
 
-def _answer_models(session: Session, specs: list[ModelSpec], questions: list[Any], *, parallel: bool) -> list[Answered]:
-    """Every model answered and measured on the baseline's (``specs[0]``) answers. ``parallel`` (models on Ray):
-    each model in a thread of its own, the candidates started once the baseline's model has loaded (or was not
-    needed), so that a cluster without room for every model never holds candidates that wait for a baseline it
-    has no room left to place; the first error (in model order) stops the run."""
-    if not parallel:
+def _answer_models(
+    session: Session, specs: list[ModelSpec], questions: list[Any], models: RayModels | None
+) -> list[Answered]:
+    """Every model answered and measured on the baseline's (``specs[0]``) answers. On Ray (``models``): each model in
+    a thread of its own, the candidates started once the baseline's model has loaded (or was not needed), so that a
+    cluster without room for every model never holds candidates that wait for a baseline it has no room left to
+    place; the first error (in model order) gives every actor back and, once the threads have ended, stops the run."""
+    if models is None:
         done: list[Answered] = []
         for spec in specs:
             done.append(_answer_model(session, spec, questions, (lambda: done[0]) if done else None))
@@ -115,17 +117,19 @@ def _answer_models(session: Session, specs: list[ModelSpec], questions: list[Any
         base = pool.submit(_answer_model, session, specs[0], questions, None, loaded)
         base.add_done_callback(lambda _: loaded.set())
         loaded.wait()
-        futures = [base, *(pool.submit(_answer_model, session, spec, questions, base.result) for spec in specs[1:])]
+        futures = [base]
+        if not (base.done() and base.exception()):
+            futures += [pool.submit(_answer_model, session, spec, questions, base.result) for spec in specs[1:]]
         wait(futures, return_when=FIRST_EXCEPTION)
         failed = [error for f in futures if f.done() and (error := f.exception()) is not None]
         if failed:
             raise failed[0]
-        answered = [future.result() for future in futures]
+        return [future.result() for future in futures]
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)  # the others end as their actors are given back
+        models.stop()  # the threads' calls fail at once, and none loads another model
         raise
-    pool.shutdown()
-    return answered
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def _answer_model(
@@ -157,15 +161,13 @@ def _answer_model(
 
 
 @contextlib.contextmanager
-def _loader(placement: RayPlacement | None) -> Iterator[Loader | None]:
+def _models(placement: RayPlacement | None) -> Iterator[RayModels | None]:
     """Where models load: here (None), or in Ray actors."""
     if placement is None:
         yield None
         return
-    from flipscope.passes.ray_backend import ray_models
-
-    with ray_models(placement) as load:
-        yield load
+    with ray_models(placement) as models:
+        yield models
 
 
 def judge_run(
@@ -191,8 +193,8 @@ def judge_run(
         )
     questions = [by_id[i] for i in run.questions]
     models = [_stored_answers(answers, m, questions) for m in [run.baseline, *run.candidates]]
-    with _loader(settings.ray) as load:
-        session = Session(settings, display, load)
+    with _models(settings.ray) as on_ray:
+        session = Session(settings, display, on_ray.load if on_ray else None)
         grades, pairs = session.judge(judge_spec, bench, questions, models)
     label = parse_spec(judge_spec).label()
     kept = judgements[judgements["judge"] != label]

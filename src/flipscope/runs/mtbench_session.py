@@ -396,3 +396,9 @@ def check_settings(settings: MTBenchSettings) -> None:
         raise FlipscopeError("--max-new-tokens, --judge-max-tokens and --batch-size must be at least 1")
     if settings.limit is not None and settings.limit < 1:
         raise FlipscopeError(f"--limit must be at least 1, got {settings.limit}")
+    if settings.ray is not None and settings.ray.replicas != 1:
+        raise FlipscopeError(
+            "--replicas: a model's answers are generated in whole calls, as a local run makes them (split, their "
+            "batches and random streams would differ), so mtbench runs one actor per model",
+            fix="drop --replicas; the models already answer in parallel, one actor each",
+        )
