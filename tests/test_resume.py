@@ -269,3 +269,16 @@ def test_kld_killed_while_measuring_a_candidate_resumes_to_the_same_numbers(tiny
     a = pd.read_parquet(tmp_path / "killed" / "positions.parquet")
     b = pd.read_parquet(tmp_path / "whole" / "positions.parquet")
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_kld_stretches_cut_differently_by_two_runs_are_read_back_whole(tmp_path: Path) -> None:
+    """A `kld --ray` run cut windows 0–8 and 16–24 (then died); a local rerun went on from 8 in stretches of 16: the
+    stretches read back are 0–8, 8–24, 24–40 in order — 16–24, inside 8–24, skipped, not taken for a gap."""
+    from flipscope.store.kld_parts import PositionParts
+
+    parts = PositionParts(tmp_path / "parts")
+    for first, end in ((0, 8), (16, 24), (8, 24), (24, 40)):
+        parts.save(first, end, {"window": np.arange(first, end, dtype=np.int32)})
+    done, stretches = parts.resume()
+    assert done == 40
+    assert np.array_equal(np.concatenate([s["window"] for s in stretches]), np.arange(40))

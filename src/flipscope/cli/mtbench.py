@@ -60,8 +60,8 @@ def _engine_options(fn):  # type: ignore[no-untyped-def]
     ):
         fn = option(fn)
     return ray_options(
-        "Load every model (and the judge) in Ray actors: models answer in parallel, one actor each, the baseline's "
-        "model loaded first; the replicas of a model share each batch of answers"
+        "Load every model (and the judge) in Ray actors: models answer in parallel, one actor each (--replicas is "
+        "refused: a model's generation calls stay whole, as a local run makes them), the baseline's model first"
     )(fn)
 
 

@@ -6,6 +6,7 @@ keeps it."""
 from __future__ import annotations
 
 import itertools
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -84,18 +85,22 @@ class RayModels:
         self.run_id, self.numbers = uuid.uuid4().hex[:8], itertools.count()
         self.handles: list[Any] = []
         self.stopped = False
+        self.lock = threading.Lock()  # models load from threads of their own
 
     def load(self, spec: ModelSpec, options: LoadOptions) -> Backend:
-        if self.stopped:
-            raise FlipscopeError(f"{spec.label()}: the run stopped before it loaded")
-        name = f"flipscope-{self.run_id}-m{next(self.numbers)}"  # next(): atomic; models load from threads
-        handle = start_actor(self.ray, PassWorker, self.placement, name, spec, options)
-        self.handles.append(handle)
+        with self.lock:  # no actor started after ``stop`` has given them back
+            if self.stopped:
+                raise FlipscopeError(f"{spec.label()}: the run stopped before it loaded")
+            name = f"flipscope-{self.run_id}-m{next(self.numbers)}"
+            handle = start_actor(self.ray, PassWorker, self.placement, name, spec, options)
+            self.handles.append(handle)
         return RayBackend(self.ray, handle, spec, self.placement)
 
     def stop(self) -> None:
-        self.stopped = True
-        give_back(self.ray, list(self.handles))
+        with self.lock:
+            self.stopped = True
+            handles = list(self.handles)
+        give_back(self.ray, handles)
 
 
 @contextmanager

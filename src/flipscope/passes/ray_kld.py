@@ -142,7 +142,7 @@ def kld_on_ray(
         run = _KldRun(ray, placement, options, setup, pick, corpus=text.sha256)
         try:
             wheres = [parts_folder(folder, key, spec, setup) for spec in cand_specs]
-            for where in wheres:  # all first: waiting for one (another process measuring it) stalls no work here
+            for where in sorted(set(wheres)):  # all first (waiting for one stalls no work here), in one order
                 held.enter_context(exclusive(where))
             if stored is None:  # one process builds it; another waits, then finds it (held until it is finished)
                 run.store_lock.enter_context(exclusive(folder / key))

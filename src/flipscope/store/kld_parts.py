@@ -4,7 +4,8 @@ candidate's pass and a finished candidate is not measured again.
 Layout: one folder per (baseline store, candidate, batch settings); in it one ``<first>-<end>.npz`` per stretch of
 windows [first, end), written by ``write_atomically`` (flushed to disk, then renamed: a stretch is whole or
 absent). Reading back takes the stretches in order from window 0 and stops at a gap or an unreadable file (the
-rest is computed again), so the columns read back equal an uninterrupted run's."""
+rest is computed again), skipping stretches that start inside those already read (`kld` and `kld --ray` may cut
+stretches differently), so the columns read back equal an uninterrupted run's."""
 
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ class PositionParts:
                 spans.append((int(head), int(tail), path))
         done, parts = 0, []
         for first, end, path in sorted(spans):
+            if first < done:
+                continue  # within stretches already read (runs that cut stretches differently wrote both)
             if first != done:
                 break
             try:
