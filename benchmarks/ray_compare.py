@@ -67,6 +67,15 @@ def same(a: pd.DataFrame, b: pd.DataFrame) -> str:
     return "identical"
 
 
+def two_nodes() -> tuple[cluster_utils.Cluster, float]:
+    """A Ray cluster of two one-CPU nodes on this machine, and the seconds it took to start."""
+    start = time.perf_counter()
+    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    return cluster, time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=100)
@@ -78,11 +87,7 @@ def main() -> None:
     base_s = forward_seconds(BASELINE, requests)  # also converts the bundled model once, before any timed row
     cand_s = [forward_seconds(BASELINE + c, requests) for c in CANDIDATES]
     rows: list[tuple[str, str, float, str]] = []
-    start = time.perf_counter()
-    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    started = time.perf_counter() - start
+    cluster, started = two_nodes()
     try:
         for n in (1, 2):
             cands = CANDIDATES[:n]

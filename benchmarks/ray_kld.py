@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from ray import cluster_utils
+from ray_compare import same, two_nodes  # run as python benchmarks/ray_kld.py
 
 from flipscope.models import LoadOptions, load_backend, parse_spec
 from flipscope.passes.kld import make_plan
@@ -61,14 +61,6 @@ def timed_kld(cands: list[str], args: argparse.Namespace, folder: Path, name: st
     return seconds, pd.read_parquet(folder / name / "positions.parquet")
 
 
-def same(a: pd.DataFrame, b: pd.DataFrame) -> str:
-    try:
-        pd.testing.assert_frame_equal(a, b, check_exact=True)
-    except AssertionError:
-        return "**differ**"
-    return "identical"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--windows", type=int, default=16)
@@ -80,11 +72,7 @@ def main() -> None:
     base_s = forward_seconds(BASELINE, args)
     cand_s = [forward_seconds(BASELINE + c, args) for c in CANDIDATES]
     rows: list[tuple[str, str, float, str]] = []
-    start = time.perf_counter()
-    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    started = time.perf_counter() - start
+    cluster, started = two_nodes()
     try:
         for n in (1, 2):
             cands = CANDIDATES[:n]

@@ -53,6 +53,11 @@ class CorpusSetup:
     batch: int = 1
     rows: int = 256
 
+    @property
+    def kind_on_disk(self) -> str:
+        """The store's kind in its header and key ("exact" for ``full``, its former name)."""
+        return FULL_ON_DISK if self.store == "full" else self.store
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -112,7 +117,8 @@ def build_store(
     store = open_store(folder, header, plan)
     generator = tail_generator(store.rng_state())
     done, at = store.header.done_windows, store.header.done_positions
-    with shown.progress(f"baseline {label} → {shown_kind(kind)} store", len(plan.windows)) as advance:
+    shown_kind = "full" if kind == FULL_ON_DISK else kind
+    with shown.progress(f"baseline {label} → {shown_kind} store", len(plan.windows)) as advance:
         advance(done)
         for group in _batches(plan.windows[done:], setup.batch):
             for arrays in store_rows(backend, group, setup, header, generator, label=label):
@@ -159,10 +165,6 @@ def tail_generator(state: np.ndarray | None) -> Any:
     if state is not None:
         generator.set_state(torch.from_numpy(state))
     return generator
-
-
-def shown_kind(kind: str) -> str:
-    return "full" if kind == FULL_ON_DISK else kind
 
 
 def store_rows(
@@ -227,7 +229,7 @@ def baseline_store(
             if not use_cache:
                 shutil.rmtree(folder / key, ignore_errors=True)  # no resuming either
             stored = stored or build_store(
-                base_backend, plan, folder / key, FULL_ON_DISK if setup.store == "full" else setup.store,
+                base_backend, plan, folder / key, setup.kind_on_disk,
                 text.sha256, settings_key, shown, setup, label=base_spec.label(),
             )  # fmt: skip
     except BaseException:

@@ -26,7 +26,6 @@ from flipscope.models import LoadOptions, ModelSpec
 from flipscope.models.base import CorpusBackend
 from flipscope.passes import kld
 from flipscope.passes.kld import (
-    FULL_ON_DISK,
     CorpusSetup,
     Plan,
     check_vocabulary,
@@ -201,8 +200,7 @@ class _KldRun:
                             self.options)  # fmt: skip
         self.base = (actor, spec)
         plan: Plan = self.get(actor.plan.remote(text.text, self.setup), spec)
-        kind = FULL_ON_DISK if self.setup.store == "full" else self.setup.store
-        header = store_header(plan, kind, text.sha256, settings, self.setup, label=spec.label())
+        header = store_header(plan, self.setup.kind_on_disk, text.sha256, settings, self.setup, label=spec.label())
         self.set_store(open_store(folder, header, plan), plan)
 
     def set_store(self, store: BaselineStore, plan: Plan) -> None:
