@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from flipscope.runs.mtbench import MTBenchResult, judge_run, mtbench
     from flipscope.runs.mtbench_session import MTBenchSettings
     from flipscope.runs.prompt import prompt_tokens
-    from flipscope.runs.save import save_compressed
+    from flipscope.runs.save import SavedGGUF, save_compressed, save_gguf
     from flipscope.runs.screen import ScreenResult, ScreenSettings, screen
     from flipscope.runs.shards import Shard
 
@@ -29,6 +29,7 @@ __all__ = [
     "KldSettings",
     "MTBenchResult",
     "MTBenchSettings",
+    "SavedGGUF",
     "ScreenResult",
     "ScreenSettings",
     "SequentialPlan",
@@ -40,6 +41,7 @@ __all__ = [
     "mtbench",
     "prompt_tokens",
     "save_compressed",
+    "save_gguf",
     "screen",
 ]
 
@@ -65,10 +67,10 @@ def __getattr__(name: str) -> Any:
         from flipscope.runs.prompt import prompt_tokens
 
         return prompt_tokens
-    if name == "save_compressed":
-        from flipscope.runs.save import save_compressed
+    if name in ("save_compressed", "save_gguf", "SavedGGUF"):
+        from flipscope.runs import save
 
-        return save_compressed
+        return getattr(save, name)
     if name in ("screen", "ScreenSettings", "ScreenResult"):
         from flipscope.runs import screen as screen_run
 

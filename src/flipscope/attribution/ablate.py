@@ -20,9 +20,9 @@ class WeightBank:
     """The model's Linear weights: the baseline's kept on the side, other versions made on demand; ``use`` sets
     every named Linear to a version ("baseline" for any not named)."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, modules: Mapping[str, Any] | None = None) -> None:
         self.model = model
-        self.modules = dict(linear_layers(model))
+        self.modules = dict(linear_layers(model)) if modules is None else dict(modules)  # name → module with .weight
         self.baseline = {n: m.weight.detach().clone() for n, m in self.modules.items()}
         self.versions: dict[str, dict[str, Any]] = {}
 
@@ -42,6 +42,14 @@ class WeightBank:
         self.versions[name] = {n: self.modules[n].weight.detach().clone() for n in changed}
         self.use({})
         return changed
+
+    def add(self, name: str, weights: Mapping[str, Any]) -> None:
+        """Keep ``weights`` (module name → a tensor of that module's weight shape) as version ``name``."""
+        for module, weight in weights.items():
+            if tuple(weight.shape) != tuple(self.modules[module].weight.shape):
+                raise FlipscopeError(f"version {name}: {module} has shape {tuple(weight.shape)}, the model's "
+                                     f"{tuple(self.modules[module].weight.shape)}")  # fmt: skip
+        self.versions[name] = {m: w.to(self.baseline[m].dtype) for m, w in weights.items()}
 
     def use(self, assignment: Mapping[str, str]) -> None:
         """Linear name → version name ("baseline" or one captured); every other Linear gets its baseline weights."""

@@ -52,8 +52,9 @@ def _width(value: Any, where: str) -> RTNConfig:
     return RTNConfig(bits=int(value["bits"]), group_size=group)
 
 
-def read_plan(path: Path) -> tuple[RTNConfig, dict[str, RTNConfig], dict[str, Any]]:
-    """(default width, per-layer widths, the whole document) of a plan file; a clear error naming the file."""
+def read_document(path: Path, method: str) -> dict[str, Any]:
+    """A plan file's whole document, checked for the format, the version and ``method`` ("rtn": per-Linear widths;
+    "ggml": llama.cpp types per GGUF tensor); a clear error naming the file."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -64,6 +65,16 @@ def read_plan(path: Path) -> tuple[RTNConfig, dict[str, RTNConfig], dict[str, An
         raise FlipscopeError(f'{path} is not a flipscope plan (no "format": "{PLAN_FORMAT}")', fix=_FIX)
     if data.get("version") != PLAN_VERSION:
         raise FlipscopeError(f"{path}: plan version {data.get('version')!r}; this flipscope reads {PLAN_VERSION}")
+    found = data.get("method", "rtn")
+    if found != method:
+        use = "+plan:FILE on an hf:/bundled: model" if found == "rtn" else "+ggml:plan=FILE on a gguf: model"
+        raise FlipscopeError(f"{path} is a {found} plan, not a {method} one", fix=f"use it as {use}")
+    return data
+
+
+def read_plan(path: Path) -> tuple[RTNConfig, dict[str, RTNConfig], dict[str, Any]]:
+    """(default width, per-layer widths, the whole document) of a plan file; a clear error naming the file."""
+    data = read_document(path, "rtn")
     layers = data.get("layers", {})
     if not isinstance(layers, dict):
         raise FlipscopeError(f'{path}: "layers" must map layer names to widths', fix=_FIX)
@@ -71,14 +82,18 @@ def read_plan(path: Path) -> tuple[RTNConfig, dict[str, RTNConfig], dict[str, An
     return default, {str(k): _width(v, f"{path}: layer {k}") for k, v in layers.items()}, data
 
 
-def write_plan(path: Path, default: RTNConfig, layers: dict[str, RTNConfig], **extra: Any) -> Path:
-    """Write a plan file (``extra``: what made it, its predicted KL, average bits …)."""
-    doc = {"format": PLAN_FORMAT, "version": PLAN_VERSION, "method": "rtn",
-           "default": {"bits": default.bits, "group_size": default.group_size},
-           "layers": {k: {"bits": v.bits, "group_size": v.group_size} for k, v in sorted(layers.items())},
-           **extra}  # fmt: skip
+def write_document(path: Path, method: str, body: dict[str, Any], **extra: Any) -> Path:
+    """Write a plan file atomically: the format, the version, ``method``, ``body`` and ``extra`` (what made it …)."""
+    doc = {"format": PLAN_FORMAT, "version": PLAN_VERSION, "method": method, **body, **extra}
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_atomically(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8"))
+
+
+def write_plan(path: Path, default: RTNConfig, layers: dict[str, RTNConfig], **extra: Any) -> Path:
+    """Write a plan file (``extra``: what made it, its predicted KL, average bits …)."""
+    body = {"default": {"bits": default.bits, "group_size": default.group_size},
+            "layers": {k: {"bits": v.bits, "group_size": v.group_size} for k, v in sorted(layers.items())}}  # fmt: skip
+    return write_document(path, "rtn", body, **extra)
 
 
 @register

@@ -102,6 +102,23 @@ def _convert(model: BundledModel, folder: Path, tmp: Path) -> None:
     """The bundled GGUF loaded by transformers and saved as a float32 folder at ``tmp``."""
     gguf_path = model.shipped()
     log.info("converting %s to a cached float32 folder once (about 30 s): %s", gguf_path.name, folder)
+    convert_gguf(gguf_path, tmp, model.name)
+
+
+def transformers_twin(gguf_path: Path) -> Path:
+    """A float32 transformers folder with a GGUF file's weights (transformers' own GGUF loader: names mapped, llama's
+    query/key rows un-permuted), converted once into the cache by the file's content."""
+    from flipscope.plumbing.cache import file_sha256
+
+    folder = cache_root() / "models" / f"gguf-{file_sha256(gguf_path)[:16]}"
+    if converted(folder):
+        return folder
+    log.info("converting %s to a cached float32 transformers folder once: %s", gguf_path.name, folder)
+    return write_once(folder, lambda tmp: convert_gguf(gguf_path, tmp, gguf_path.name), done=converted)
+
+
+def convert_gguf(gguf_path: Path, tmp: Path, name: str) -> None:
+    """A GGUF file loaded by transformers and saved as a float32 folder at ``tmp``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -112,10 +129,10 @@ def _convert(model: BundledModel, folder: Path, tmp: Path) -> None:
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         net: Any = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
-    except (ValueError, OSError, ImportError) as exc:
+    except (ValueError, OSError, ImportError, NotImplementedError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise FlipscopeError(
-            f"cannot convert the bundled model {model.name} from {gguf_path.name}: {first}",
+            f"cannot convert {name} from {gguf_path.name} with transformers: {first}",
             fix="install what the message names, or delete the cached file to fetch it again",
         ) from exc
     # transformers refuses save_pretrained on a GGUF-loaded model; the weights are plain float32 by now.

@@ -30,7 +30,8 @@ from flipscope.models.base import (
     nonfinite_scores,
     vocabulary_fingerprint,
 )
-from flipscope.models.gguf_file import ENGINE_SETTINGS, file_type, quantized, require_llama_cpp, resolve
+from flipscope.models.gguf_file import ENGINE_SETTINGS, file_type, require_llama_cpp, resolve
+from flipscope.models.gguf_quantize import file_for
 
 if TYPE_CHECKING:
     import torch
@@ -83,7 +84,7 @@ class GGUFBackend:
         if steps:
             config = steps[0]
             assert isinstance(config, GGMLConfig)
-            path = quantized(path, config.qtype, requantize=config.requantize)
+            path = file_for(path, config)
         gpu = options.resolved().device.startswith("cuda")
         with _extra_buffer_types(llama_cpp, enabled=_extra_buffers_safe()):
             llm = llama_cpp.Llama(

@@ -1,10 +1,8 @@
-"""GGUF files for the llama.cpp backend: resolving a spec to a file, a float32 copy of a quantized file, and
-llama.cpp's own quantizer (``llama_model_quantize``) run in-process into the cache.
-"""
+"""GGUF files for the llama.cpp backend: resolving a spec to a file, its header, and a float32 copy of a quantized
+file (llama.cpp's quantizer: ``models/gguf_quantize.py``)."""
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 from pathlib import Path
@@ -12,7 +10,7 @@ from typing import Any
 
 from flipscope.errors import FlipscopeError
 from flipscope.plumbing.atomic import write_once
-from flipscope.plumbing.cache import cache_root, file_sha256, user_path
+from flipscope.plumbing.cache import cache_root, user_path
 
 log = logging.getLogger(__name__)
 
@@ -165,32 +163,3 @@ def _dequantize_into(source: Path, tmp: Path, metadata: dict[str, Any] | None) -
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-
-
-def quantized(source: Path, qtype: str, *, requantize: bool) -> Path:
-    """``source`` quantized to llama.cpp type ``qtype`` (Q8_0, Q4_K_M, …) by llama.cpp itself, cached by content."""
-    llama_cpp = require_llama_cpp()
-    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}", None)
-    if ftype is None:
-        raise FlipscopeError(f"llama.cpp has no quantization type {qtype}", fix="see `flipscope methods` (ggml)")
-    current = file_type(source)
-    if current is not None and current not in UNQUANTIZED and not requantize:
-        raise FlipscopeError(
-            f"{source.name} is already quantized (file type {current}); quantizing it again compounds the error",
-            fix=f"add ',requant' to allow it (+ggml:{qtype},requant), or start from an F32/F16/BF16 GGUF",
-        )
-    out = cache_root() / "gguf" / f"{file_sha256(source)[:16]}-{qtype}{'-requant' if requantize else ''}.gguf"
-    if out.exists():
-        return out
-
-    def make(tmp: Path) -> None:
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = ftype
-        params.nthread = os.cpu_count() or 1
-        params.allow_requantize = requantize
-        log.info("quantizing %s to %s with llama.cpp", source.name, qtype)
-        code = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
-        if code != 0 or not tmp.exists():
-            raise FlipscopeError(f"llama.cpp could not quantize {source.name} to {qtype} (code {code})")
-
-    return write_once(out, make)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +61,51 @@ def save_compressed(spec: str | ModelSpec, out: str | Path, *, device: str = "cp
         backend.close()
     log.info("saved %s to %s", parsed.label(), folder)
     return folder
+
+
+@dataclass(frozen=True)
+class SavedGGUF:
+    """A GGUF file written by llama.cpp's quantizer: its size, and its tensors' types and bits (tensor data alone,
+    block scales included: the file adds its metadata and alignment)."""
+
+    path: Path
+    file_bytes: int
+    tensor_bits: int
+    weights: int
+    types: dict[str, int]  # type → tensors of it
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.tensor_bits / self.weights
+
+
+def save_gguf(spec: str | ModelSpec, out: str | Path) -> SavedGGUF:
+    """A gguf: spec with a ``+ggml:`` step (a type, or a per-tensor plan) written as a GGUF file at ``out`` by
+    llama.cpp's quantizer (a plain gguf: spec: the file copied)."""
+    import shutil
+
+    from flipscope.compress import GGMLConfig
+    from flipscope.compress.gguf_types import total_bits
+    from flipscope.models.gguf_file import resolve
+    from flipscope.models.gguf_quantize import file_for, tensors_of
+
+    parsed = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
+    target = Path(out)
+    if target.exists():
+        raise FlipscopeError(f"{target} exists", fix="choose a new --out file")
+    steps = list(parsed.compression)
+    if len(steps) > 1 or any(not isinstance(c, GGMLConfig) for c in steps):
+        raise FlipscopeError(f"{parsed.label()}: a GGUF file is written by llama.cpp from one +ggml: step",
+                             fix="e.g. gguf:model.gguf+ggml:Q4_K_M or +ggml:plan=plan.json")  # fmt: skip
+    made = resolve(parsed.location)
+    if steps:
+        assert isinstance(steps[0], GGMLConfig)
+        made = file_for(made, steps[0])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(target, lambda tmp: shutil.copyfile(made, tmp))
+    tensors = tensors_of(target)
+    counts: dict[str, int] = {}
+    for t in tensors:
+        counts[t.qtype] = counts.get(t.qtype, 0) + 1
+    log.info("wrote %s as %s", parsed.label(), target)
+    return SavedGGUF(target, target.stat().st_size, total_bits(tensors), sum(t.weights for t in tensors), counts)
