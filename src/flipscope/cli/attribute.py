@@ -164,6 +164,15 @@ def attribute_cmd(
 @click.option("--eval-windows", default="0:8", show_default=True, help="Windows A:B of --eval-corpus; on the "
               "calibration corpus they must not overlap the calibration windows.")  # fmt: skip
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Plan file to write (JSON).")
+@click.option("--types", default=None, help="gguf: baselines: llama.cpp types to choose from per tensor "
+              "[default: Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q8_0].")  # fmt: skip
+@click.option("--target-bpw", type=float, help="gguf: baselines: bits per weight over every tensor of the file, "
+              "block scales included, as llama.cpp stores them.")  # fmt: skip
+@click.option("--size-of", help="gguf: baselines: or the size of llama.cpp's own file of this type (Q4_K_M, …), "
+              "which is also judged beside the plan.")  # fmt: skip
+@click.option("--imatrix", help="gguf: baselines: an importance matrix for every quantization: a llama.cpp "
+              "imatrix file, or 'calibration' to compute one on the calibration windows (written as "
+              "PLAN.imatrix.gguf).")  # fmt: skip
 @_corpus_options
 def advise_cmd(
     baseline: str,
@@ -180,6 +189,10 @@ def advise_cmd(
     eval_corpus: str,
     eval_windows: str,
     out: str,
+    types: str | None,
+    target_bpw: float | None,
+    size_of: str | None,
+    imatrix: str | None,
     ablation: Any,
 ) -> None:
     """A mixed-precision plan for BASELINE: each unit's width chosen to minimise predicted corpus KL under the
@@ -204,10 +217,27 @@ def advise_cmd(
     about 19 minutes on 2 CPU cores), 1 + widths passes of the evaluation windows, then about 2 × units per
     refinement round.
 
+    A gguf: BASELINE gets llama.cpp types per tensor (--types), each measured from llama.cpp's own quantization of
+    the whole file to that type (with --imatrix if given), under --target-bpw or --size-of Q4_K_M; write the file
+    with flipscope compress BASELINE+ggml:plan=PLAN.json --out advised.gguf.
+
     \b
     Example: flipscope advise bundled:smollm2-135m --bits 4,5,6 --group 64,192 --target-bits 4.25 --chunks 1
              --out plan.json
+             flipscope advise gguf:smollm2-135m --size-of Q4_K_M --by block --chunks 2 --out plan.json
     """
+    gguf_only = {"--types": types, "--target-bpw": target_bpw, "--size-of": size_of, "--imatrix": imatrix}
+    if baseline.startswith("gguf:"):
+        rtn_only = {"--target-bits": target_bits, "--budget-kl": budget_kl, "--refine": refine, "--start": start,
+                    "--recipe": recipe}  # fmt: skip
+        given = [k for k, v in rtn_only.items() if v]
+        if given:
+            raise click.BadParameter(f"{given[0]} is for RTN plans; a gguf: baseline takes --target-bpw or --size-of")
+        _advise_gguf(baseline, by, span, calibration_windows, eval_corpus, eval_windows, out, ablation, **gguf_only)
+        return
+    given = [k for k, v in gguf_only.items() if v]
+    if given:
+        raise click.BadParameter(f"{given[0]} is for gguf: baselines (llama.cpp types per tensor)")
     groups = _integers("--group", group)
     if recipe:
         from flipscope.attribution.recipes import write_recipe
@@ -221,12 +251,7 @@ def advise_cmd(
     from flipscope.display import RichDisplay
     from flipscope.runs.advise import AdviseSettings, advise
 
-    calibration = _window_range("--calibration-windows", calibration_windows)
-    if calibration is not None:
-        source = click.get_current_context().get_parameter_source("chunks")
-        if source is not click.core.ParameterSource.DEFAULT:
-            raise click.BadParameter("give --chunks N or --calibration-windows A:B, not both")
-        ablation = replace(ablation, first=calibration[0], chunks=calibration[1] - calibration[0])
+    ablation = _calibration(ablation, calibration_windows)
     settings = AdviseSettings(bits=_integers("--bits", bits), group_sizes=tuple(g or None for g in groups),
                               by=UnitKind(by), span=span,
                               target_bits=target_bits, budget_kl=budget_kl, refine=refine, start=start,
@@ -234,6 +259,46 @@ def advise_cmd(
                               eval_windows=_window_range("--eval-windows", eval_windows) or (0, 8))  # fmt: skip
     a = advise(baseline, settings, out=out, display=RichDisplay())
     _print_advice(a, baseline)
+
+
+def _calibration(ablation: Any, calibration_windows: str | None) -> Any:
+    """The ablation settings with --calibration-windows A:B applied (refused beside an explicit --chunks)."""
+    calibration = _window_range("--calibration-windows", calibration_windows)
+    if calibration is None:
+        return ablation
+    source = click.get_current_context().get_parameter_source("chunks")
+    if source is not click.core.ParameterSource.DEFAULT:
+        raise click.BadParameter("give --chunks N or --calibration-windows A:B, not both")
+    return replace(ablation, first=calibration[0], chunks=calibration[1] - calibration[0])
+
+
+def _advise_gguf(baseline: str, by: str, span: int | None, calibration_windows: str | None, eval_corpus: str,
+                 eval_windows: str, out: str, ablation: Any, **gguf: Any) -> None:  # fmt: skip
+    from flipscope.attribution.units import UnitKind
+    from flipscope.display import RichDisplay
+    from flipscope.runs.advise_gguf import DEFAULT_TYPES, GGUFAdviseSettings, advise_gguf
+
+    chosen = gguf["--imatrix"]
+    settings = GGUFAdviseSettings(
+        types=tuple(t for t in (gguf["--types"] or ",".join(DEFAULT_TYPES)).split(",") if t.strip()),
+        target_bpw=gguf["--target-bpw"], size_of=gguf["--size-of"],
+        imatrix=None if chosen in (None, "calibration") else chosen, compute_imatrix=chosen == "calibration",
+        by=UnitKind(by), span=span, ablation=_calibration(ablation, calibration_windows), eval_corpus=eval_corpus,
+        eval_windows=_window_range("--eval-windows", eval_windows) or (0, 8),
+    )  # fmt: skip
+    a = advise_gguf(baseline, settings, out=out, display=RichDisplay())
+    types = ", ".join(f"{n} {t}" for t, n in sorted(a.types.items(), key=lambda kv: -kv[1]))
+    click.echo(f"plan {a.plan}: {a.units} units, {a.bits_per_weight:.4f} bits per weight (budget {a.budget_bpw:.4f}); "
+               f"tensors: {types}")  # fmt: skip
+    click.echo(f"corpus KL: calibration predicted {a.predicted_kl:.4f} (single-unit KLs added), measured "
+               f"{a.calibration_kl:.4f}; evaluation {a.eval_kl:.4f} ({a.seconds:.0f} s)")  # fmt: skip
+    if a.recipe is not None:
+        versus = "" if a.difference is None else f"; plan − it {a.difference.describe()}"
+        click.echo(f"  llama.cpp {a.recipe}: {a.recipe_bpw:.4f} bits per weight, evaluation KL "
+                   f"{a.recipe_eval_kl:.4f}{versus}")  # fmt: skip
+    if a.imatrix is not None:
+        click.echo(f"importance matrix: {a.imatrix}")
+    click.echo(f"write the file: flipscope compress {baseline}+ggml:plan={a.plan} --out advised.gguf")
 
 
 def _print_advice(a: Any, baseline: str) -> None:

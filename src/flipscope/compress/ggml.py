@@ -60,7 +60,8 @@ class GGMLConfig(CompressionConfig):
                 imatrix = flag.removeprefix("imatrix=")
             else:
                 raise FlipscopeError(f"unknown ggml flag {flag!r}", fix="the flags are ,imatrix=FILE and ,requant")
-        plan, tensors, base = "", (), ""
+        plan, base = "", ""
+        tensors: tuple[tuple[str, str], ...] = ()
         if head.startswith("plan="):
             plan = head.removeprefix("plan=")
             tensors, base, imatrix = _plan_content(plan, imatrix)

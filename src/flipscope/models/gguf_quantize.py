@@ -4,11 +4,16 @@ file's tensors as llama.cpp stores them."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
+import io
 import json
 import logging
 import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,10 +97,34 @@ def _quantize(llama_cpp: Any, source: Path, tmp: Path, ftype: int, job: Quantize
         params.imatrix = _imatrix_table(llama_cpp, job.imatrix, keep)
     log.info("quantizing %s to %s with llama.cpp%s", source.name, job.ftype,
              f" ({len(job.overrides)} tensor overrides)" if job.overrides else "")  # fmt: skip
-    code = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
+    with _captured_stderr() as said:  # llama.cpp logs every tensor; kept for the error, else dropped
+        code = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
     if code != 0 or not tmp.exists():
-        raise FlipscopeError(f"llama.cpp could not quantize {source.name} to {job.ftype} (code {code})",
-                             fix="its log above says which tensor it stopped at")  # fmt: skip
+        tail = [line for line in said().splitlines() if line.strip()][-3:]
+        raise FlipscopeError(f"llama.cpp could not quantize {source.name} to {job.ftype} (code {code}): "
+                             + " / ".join(line.strip() for line in tail)[-400:],
+                             fix="see llama.cpp's last words above")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[Callable[[], str]]:
+    """File descriptor 2 into a temporary file and ``sys.stderr`` into a string for a while (llama.cpp writes to
+    the first, llama-cpp-python's log callback to the second); yields a function that reads what was written."""
+    with tempfile.TemporaryFile() as sink:
+        saved, saved_stream, text = os.dup(2), sys.stderr, io.StringIO()
+        os.dup2(sink.fileno(), 2)
+        sys.stderr = text
+
+        def read() -> str:
+            sink.seek(0)
+            return sink.read().decode("utf-8", errors="replace") + text.getvalue()
+
+        try:
+            yield read
+        finally:
+            sys.stderr = saved_stream
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _imatrix_table(llama_cpp: Any, path: Path, keep: list[Any]) -> Any:

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -84,11 +84,14 @@ def _hf_names(model: Any, tensors: list[TensorInfo], source: str) -> dict[str, s
     from transformers.modeling_gguf_pytorch_utils import TensorProcessor, get_gguf_hf_weights_map
 
     mapping = get_gguf_hf_weights_map(model, TensorProcessor())
-    out, missing = {}, []
+    out: dict[str, str] = {}
+    missing: list[str] = []
     for t in tensors:
-        if t.quantizable:
-            hf = mapping.get(t.name)
-            (out.__setitem__(t.name, hf.removesuffix(".weight")) if hf else missing.append(t.name))
+        hf = mapping.get(t.name) if t.quantizable else None
+        if hf:
+            out[t.name] = hf.removesuffix(".weight")
+        elif t.quantizable:
+            missing.append(t.name)
     if missing:
         raise FlipscopeError(f"{source}: transformers maps no weight to {len(missing)} tensor(s) (e.g. {missing[0]})",
                              fix="advise a model architecture transformers loads from GGUF")  # fmt: skip
@@ -114,6 +117,9 @@ def _load_version(bank: WeightBank, name: str, version: _Version, hf: dict[str, 
     """A quantized file's tensors, dequantized and mapped by transformers, kept in the bank as version ``name``."""
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
+    from flipscope.models.hf_common import quiet_transformers
+
+    quiet_transformers()
     loaded = load_gguf_checkpoint(str(version.path), return_tensors=True, model_to_load=model)["tensors"]
     bank.add(name, {module: loaded[module + ".weight"] for module in hf.values()})
 
@@ -160,13 +166,15 @@ def advise_gguf(baseline: str, settings: GGUFAdviseSettings, *, out: str | Path,
         if settings.size_of:
             path = quantized(source, QuantizeJob(settings.size_of.upper(), (), imatrix))
             recipe_version = _Version(path, {t.name: t.qtype for t in tensors_of(path)})
-            budget = total_bits(tensors_of(path))
+            budget = float(total_bits(tensors_of(path)))
         else:
             budget = float(settings.target_bpw or 0.0) * weights
         module_of = {m: n for n, m in hf.items()}
         sizes = {t.name: t for t in planned}
         units = make_units([(hf[t.name], t.weights) for t in planned], settings.by, span=settings.span)
-        options, offered, table = [], [], {}
+        options: list[list[Option]] = []
+        offered: list[list[str]] = []
+        table: dict[str, dict[str, float | None]] = {}
         with shown.progress("sensitivities", len(units) * len(types)) as advance:
             for unit in units:
                 row, kept, seen, table[unit.name] = [], [], set(), {}
@@ -197,7 +205,8 @@ def advise_gguf(baseline: str, settings: GGUFAdviseSettings, *, out: str | Path,
         if choice is None:
             cheapest = (fixed + sum(min(o.cost for o in r) for r in options)) / weights
             raise FlipscopeError(f"no plan fits the budget ({budget / weights:.4f} bits per weight; the fewest "
-                                 f"possible: {cheapest:.4f})", fix="raise the budget, or add lower --types")  # fmt: skip
+                                 f"possible: {cheapest:.4f})",
+                                 fix="raise the budget, or add lower --types")  # fmt: skip
         chosen = {m: kept[c] for unit, kept, c in zip(units, offered, choice.picks, strict=True) for m in unit.linears}
         plan = {module_of[m]: versions[q].types[module_of[m]] for m, q in chosen.items()}
         bank.use(chosen)
@@ -260,11 +269,11 @@ def _imatrix(settings: GGUFAdviseSettings, session: Session, hf: dict[str, str],
     from flipscope.passes.imatrix import collect_imatrix
     from flipscope.store.imatrix import write_imatrix
 
-    windows = [w.ids for w in getattr(session.meter, "plan").windows]
+    windows = [w.ids for w in cast(Any, session.meter).plan.windows]
     device = str(getattr(session.backend, "device", "cpu"))
     matrix = collect_imatrix(session.backend.model, windows, {m: n for n, m in hf.items()}, device=device,
                              dataset=session.windows.corpus)  # fmt: skip
     return write_imatrix(out.with_suffix(".imatrix.gguf"), matrix)
 
 
-__all__ = ["DEFAULT_TYPES", "PLAN_TYPES", "GGUFAdviseSettings", "GGUFAdvice", "advise_gguf"]
+__all__ = ["DEFAULT_TYPES", "PLAN_TYPES", "GGUFAdvice", "GGUFAdviseSettings", "advise_gguf"]

@@ -1,0 +1,165 @@
+"""Per-tensor GGUF files written by llama.cpp's quantizer on the bundled model: a plan's types land in the file and
+its size is what flipscope counts, the file runs in llama.cpp as the spec does, an importance matrix reaches the
+quantizer, bad plans are refused, and ``advise gguf:`` writes a plan whose file has the size it predicted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flipscope.errors import FlipscopeError
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (CI installs it: see .ci/run)")
+
+pytestmark = pytest.mark.e2e
+
+CYCLE = ("Q8_0", "Q4_0", "Q5_1", "IQ4_NL", "Q5_0", "Q4_1")  # 32-blocks: every row of the bundled model fits
+
+
+def _source() -> Path:
+    from flipscope.models.gguf_file import resolve
+
+    return resolve("smollm2-135m")
+
+
+def _mixed_plan(tensors: list) -> dict[str, str]:  # type: ignore[type-arg]
+    """Every quantizable tensor a type, ffn_down (rows of 1536) through the K-quants: a plan of eleven types."""
+    ks = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+    plan = {}
+    for i, t in enumerate(x for x in tensors if x.quantizable):
+        plan[t.name] = ks[i % len(ks)] if t.row % 256 == 0 else CYCLE[i % len(CYCLE)]
+    return plan
+
+
+def _gguf_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    import sys
+
+    from flipscope.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["flipscope", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_a_plan_file_has_its_types_its_counted_size_and_runs_in_llama_cpp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import gguf
+
+    import flipscope
+    from flipscope.compress.ggml_plan import write_ggml_plan
+    from flipscope.compress.gguf_types import total_bits
+    from flipscope.models.gguf_quantize import tensors_of
+
+    source = tensors_of(_source())
+    plan = _mixed_plan(source)
+    path = write_ggml_plan(tmp_path / "plan.json", plan)
+    out = tmp_path / "advised.gguf"
+    code, said = _gguf_cli(monkeypatch, capsys, "compress", f"gguf:smollm2-135m+ggml:plan={path}", "--out", str(out))
+    assert code == 0, said
+    written = tensors_of(out)
+    assert {t.name: t.qtype for t in written if t.name in plan} == plan
+    counted = total_bits(source, plan)  # flipscope's count, from the source's shapes and the plan alone
+    reader = gguf.GGUFReader(str(out))
+    assert counted == 8 * sum(int(t.n_bytes) for t in reader.tensors)
+    start = min(int(t.data_offset) for t in reader.tensors)
+    padded = sum(-(-int(t.n_bytes) // reader.alignment) * reader.alignment for t in reader.tensors)
+    assert out.stat().st_size == start + padded  # the file: its header, then every tensor aligned
+    weights = sum(t.weights for t in source)
+    assert f"{counted / weights:.4f} bits per weight" in said and f"use it as gguf:{out}" in said
+    corpus = tmp_path / "text.txt"
+    from flipscope.tasks.corpus import calibration_text
+
+    corpus.write_text(calibration_text()[:8_000])
+    result = flipscope.kld("gguf:smollm2-135m", [f"+ggml:plan={path}", f"gguf:{out}"], corpus=str(corpus), ctx=128,
+                           max_windows=2, out=tmp_path / "kld", cache_dir=tmp_path / "cache")  # fmt: skip
+    by_spec = result.summary[f"gguf:smollm2-135m+ggml:plan={path}"].kl_mean.value
+    by_file = result.summary[f"gguf:{out}"].kl_mean.value
+    assert 0 < by_spec == by_file  # the spec and the written file are the same weights in llama.cpp
+
+
+def test_the_importance_matrix_reaches_llama_cpp(tmp_path: Path) -> None:
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    from flipscope.compress.ggml import GGMLConfig
+    from flipscope.compress.ggml_plan import write_ggml_plan
+    from flipscope.models.gguf_quantize import file_for
+    from flipscope.store.imatrix import Imatrix, write_imatrix
+
+    name = "blk.2.ffn_down.weight"  # rows of 1536: Q4_K
+    plan = write_ggml_plan(tmp_path / "plan.json", {name: "Q4_K"})
+    importance = np.full(1536, 1e-3)
+    importance[::7] = 1e3  # a few columns matter a million times more
+    matrix = write_imatrix(tmp_path / "m.imatrix.gguf", Imatrix({name: importance * 10}, {name: 10.0}))
+
+    def weights(path: Path) -> np.ndarray:
+        (t,) = [t for t in GGUFReader(str(path)).tensors if t.name == name]
+        return np.asarray(dequantize(np.asarray(t.data), t.tensor_type), np.float64).reshape(-1, 1536)
+
+    original = weights(_source())
+    plain = weights(file_for(_source(), GGMLConfig.parse(f"plan={plan}")))
+    weighted = weights(file_for(_source(), GGMLConfig.parse(f"plan={plan},imatrix={matrix}")))
+
+    def error(w: np.ndarray) -> float:
+        return float((importance * (w - original) ** 2).sum())
+
+    assert error(weighted) < 0.85 * error(plain)  # the quantizer weighed the columns the matrix says matter
+
+
+def test_bad_plans_are_refused_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flipscope.compress.ggml_plan import write_ggml_plan
+    from flipscope.models import load_backend, parse_spec
+
+    stray = write_ggml_plan(tmp_path / "stray.json", {"blk.99.attn_q.weight": "Q8_0"})
+    code, said = _gguf_cli(monkeypatch, capsys, "compress", f"gguf:smollm2-135m+ggml:plan={stray}", "--out",
+                           str(tmp_path / "x.gguf"))  # fmt: skip
+    assert code != 0 and "does not have (e.g. 'blk.99.attn_q.weight')" in said and "Traceback" not in said
+    assert not (tmp_path / "x.gguf").exists()
+    shape = write_ggml_plan(tmp_path / "shape.json", {"blk.0.attn_q.weight": "Q4_K"})
+    with pytest.raises(FlipscopeError, match="rows of 576 weights, not whole blocks of Q4_K"):
+        load_backend(parse_spec(f"gguf:smollm2-135m+ggml:plan={shape}"))
+    with pytest.raises(FlipscopeError, match="applies to gguf: models only"):
+        load_backend(parse_spec(f"bundled:smollm2-135m+ggml:plan={shape}"))
+
+
+def test_advise_gguf_writes_a_plan_whose_file_has_the_size_it_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flipscope.compress.gguf_types import total_bits
+    from flipscope.models.gguf_quantize import tensors_of
+    from flipscope.store.imatrix import read_imatrix
+
+    plan = tmp_path / "plan.json"
+    code, said = _gguf_cli(monkeypatch, capsys, "advise", "gguf:smollm2-135m", "--types", "Q4_0,Q4_K,Q8_0", "--by",
+                           "module", "--chunks", "1", "--ctx", "128", "--eval-windows", "0:1", "--size-of", "Q4_K_M",
+                           "--imatrix", "calibration", "--out", str(plan))  # fmt: skip
+    assert code == 0, said
+    doc = json.loads(plan.read_text())
+    source = tensors_of(_source())
+    assert set(doc["tensors"]) == {t.name for t in source if t.quantizable}
+    assert doc["bits_per_weight"] <= doc["budget_bpw"] and doc["size_of"] == "Q4_K_M"
+    assert doc["calibration"]["windows"] == [0] and doc["evaluation"]["windows"] == [0]
+    matrix = read_imatrix(Path(doc["imatrix"]["file"]))  # computed on the calibration windows, one per blk Linear
+    assert len(matrix.sums) == sum(t.quantizable and t.name.startswith("blk.") for t in source)
+    assert "llama.cpp Q4_K_M:" in said and "plan − it" in said
+    out = tmp_path / "advised.gguf"
+    code, said = _gguf_cli(monkeypatch, capsys, "compress", f"gguf:smollm2-135m+ggml:plan={plan}", "--out", str(out))
+    assert code == 0, said
+    written = tensors_of(out)
+    weights = sum(t.weights for t in written)
+    assert total_bits(written) / weights == pytest.approx(doc["bits_per_weight"], abs=1e-12)
+    assert {t.name: t.qtype for t in written if t.name in doc["tensors"]} == doc["tensors"]
+    code, said = _gguf_cli(monkeypatch, capsys, "advise", "gguf:smollm2-135m", "--target-bits", "4", "--out",
+                           str(tmp_path / "x.json"))  # fmt: skip
+    assert code != 0 and "--target-bits is for RTN plans" in said
