@@ -127,9 +127,9 @@ def test_bad_plans_are_refused_with_one_line(
     assert code != 0 and "does not have (e.g. 'blk.99.attn_q.weight')" in said and "Traceback" not in said
     assert not (tmp_path / "x.gguf").exists()
     shape = write_ggml_plan(tmp_path / "shape.json", {"blk.0.attn_q.weight": "Q4_K"})
-    with pytest.raises(FlipscopeError, match="rows of 576 weights, not whole blocks of Q4_K"):
+    with pytest.raises(FlipscopeError, match=r"rows of 576 weights, not whole blocks of Q4_K"):
         load_backend(parse_spec(f"gguf:smollm2-135m+ggml:plan={shape}"))
-    with pytest.raises(FlipscopeError, match="applies to gguf: models only"):
+    with pytest.raises(FlipscopeError, match=r"applies to gguf: models only"):
         load_backend(parse_spec(f"bundled:smollm2-135m+ggml:plan={shape}"))
 
 
@@ -160,6 +160,17 @@ def test_advise_gguf_writes_a_plan_whose_file_has_the_size_it_counted(
     weights = sum(t.weights for t in written)
     assert total_bits(written) / weights == pytest.approx(doc["bits_per_weight"], abs=1e-12)
     assert {t.name: t.qtype for t in written if t.name in doc["tensors"]} == doc["tensors"]
+    from flipscope.runs import advise_gguf
+
+    def measured_again(*args: object) -> float:
+        raise AssertionError("sensitivities measured again")
+
+    monkeypatch.setattr(advise_gguf._Measure, "kl", measured_again)  # a second budget reads them from the cache
+    code, said = _gguf_cli(monkeypatch, capsys, "advise", "gguf:smollm2-135m", "--types", "Q4_0,Q4_K,Q8_0", "--by",
+                           "module", "--chunks", "1", "--ctx", "128", "--eval-windows", "0:1", "--target-bpw", "7",
+                           "--imatrix", str(doc["imatrix"]["file"]), "--out", str(tmp_path / "seven.json"))  # fmt: skip
+    assert code == 0, said
+    assert 6.5 < json.loads((tmp_path / "seven.json").read_text())["bits_per_weight"] <= 7
     code, said = _gguf_cli(monkeypatch, capsys, "advise", "gguf:smollm2-135m", "--target-bits", "4", "--out",
                            str(tmp_path / "x.json"))  # fmt: skip
     assert code != 0 and "--target-bits is for RTN plans" in said

@@ -34,7 +34,7 @@ def test_llama_cpp_fallback_for_rows_that_are_not_whole_blocks() -> None:
     assert [made_as(t, 576) for t in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")] == [
         "Q4_0", "Q4_0", "Q5_0", "Q5_1", "Q8_0", "Q8_0"]  # fmt: skip
     assert made_as("Q4_K", 1536) == "Q4_K" and made_as("Q4_K", 100) == "F16"
-    with pytest.raises(FlipscopeError, match="not whole blocks of Q4_K"):
+    with pytest.raises(FlipscopeError, match=r"not whole blocks of Q4_K"):
         tensor_bytes("Q4_K", (576, 576))
     tensors = [TensorInfo("a.weight", (1536, 4), "F32"), TensorInfo("b_norm.weight", (1536,), "F32")]
     assert total_bits(tensors) == 8 * 4 * (1536 * 4 + 1536)
@@ -55,11 +55,11 @@ def test_plan_overrides_are_exact_names_and_refusals() -> None:
     # llama.cpp takes the first pattern a name matches (regex search): blk.1's must not catch blk.11's
     matched = {t.name: next((q for p, q in patterns if re.search(p, t.name)), None) for t in FILE}
     assert matched == {**plan, "blk.11.attn_q.weight": None, "blk.1.attn_norm.weight": None}
-    with pytest.raises(FlipscopeError, match="does not have.*blk.2.attn_q"):
+    with pytest.raises(FlipscopeError, match=r"does not have.*blk.2.attn_q"):
         check_plan({"blk.2.attn_q.weight": "Q8_0"}, FILE, "p.json")
-    with pytest.raises(FlipscopeError, match="rows of 576 weights, not whole blocks of Q4_K"):
+    with pytest.raises(FlipscopeError, match=r"rows of 576 weights, not whole blocks of Q4_K"):
         check_plan({"blk.1.attn_q.weight": "Q4_K"}, FILE, "p.json")
-    with pytest.raises(FlipscopeError, match="does not quantize blk.1.attn_norm"):
+    with pytest.raises(FlipscopeError, match=r"does not quantize blk.1.attn_norm"):
         check_plan({"blk.1.attn_norm.weight": "Q8_0"}, FILE, "p.json")
 
 
@@ -75,14 +75,14 @@ def test_plan_files_name_their_method(tmp_path: Path) -> None:
     assert config.tensors == (("blk.1.attn_q.weight", "Q8_0"), ("token_embd.weight", "Q4_K"))
     assert config.ftype in ("Q8_0", "Q4_K_M") and config.label() == f"ggml:plan={ggml}"
     rtn = write_plan(tmp_path / "r.json", RTNConfig(bits=4, group_size=64), {})
-    with pytest.raises(FlipscopeError, match="is a rtn plan, not a ggml one"):
+    with pytest.raises(FlipscopeError, match=r"is a rtn plan, not a ggml one"):
         GGMLConfig.parse(f"plan={rtn}")
-    with pytest.raises(FlipscopeError, match="is a ggml plan, not a rtn one"):
+    with pytest.raises(FlipscopeError, match=r"is a ggml plan, not a rtn one"):
         read_plan(ggml)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"format": "flipscope-plan", "version": 1, "method": "ggml",
                                "tensors": {"blk.1.attn_q.weight": "Q9_9"}}))  # fmt: skip
-    with pytest.raises(FlipscopeError, match="unknown llama.cpp tensor type 'Q9_9'"):
+    with pytest.raises(FlipscopeError, match=r"unknown llama.cpp tensor type 'Q9_9'"):
         GGMLConfig.parse(f"plan={bad}")
 
 
@@ -100,9 +100,9 @@ def test_a_plan_fitted_with_an_imatrix_brings_it_or_refuses(tmp_path: Path) -> N
     assert config.imatrix == str(matrix) and config.imatrix_sha256 == record["sha256"]
     assert config.label() == f"ggml:plan={plan},imatrix={matrix}"
     matrix.unlink()
-    with pytest.raises(FlipscopeError, match="fitted with the importance matrix .* gone or changed"):
+    with pytest.raises(FlipscopeError, match=r"fitted with the importance matrix .* gone or changed"):
         GGMLConfig.parse(f"plan={plan}")
-    with pytest.raises(FlipscopeError, match="imatrix file nowhere.dat does not exist"):
+    with pytest.raises(FlipscopeError, match=r"imatrix file nowhere.dat does not exist"):
         GGMLConfig.parse("Q4_K_M,imatrix=nowhere.dat")
 
 
@@ -123,7 +123,7 @@ def test_imatrix_files_round_trip_and_legacy(tmp_path: Path) -> None:
     (tmp_path / "old.dat").write_bytes(legacy + struct.pack("<i", 5))
     np.testing.assert_allclose(read_imatrix(tmp_path / "old.dat").values()["blk.3.ffn_up.weight"], mean, rtol=1e-6)
     (tmp_path / "junk.dat").write_bytes(b"\x01\x00\x00\x00\xff\xff")
-    with pytest.raises(FlipscopeError, match="junk.dat is not a readable llama.cpp imatrix"):
+    with pytest.raises(FlipscopeError, match=r"junk.dat is not a readable llama.cpp imatrix"):
         read_imatrix(tmp_path / "junk.dat")
 
 

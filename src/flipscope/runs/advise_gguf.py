@@ -22,13 +22,14 @@ import numpy as np
 
 from flipscope.attribution.ablate import WeightBank, WindowKL
 from flipscope.attribution.knapsack import Option, least_value
-from flipscope.attribution.units import UnitKind, check_span, make_units
+from flipscope.attribution.units import Unit, UnitKind, check_span, make_units
 from flipscope.compress.ggml_plan import write_ggml_plan
 from flipscope.compress.gguf_types import FTYPE, PLAN_TYPES, TensorInfo, check_type, tensor_bytes, total_bits
 from flipscope.display import Display, NullDisplay
 from flipscope.errors import FlipscopeError
 from flipscope.metrics.windows import WindowDifference, paired_by_window
 from flipscope.models import parse_spec
+from flipscope.plumbing.atomic import write_atomically
 from flipscope.runs.attribute import AblationSettings, Session, open_session
 from flipscope.tasks.corpus import CALIBRATION_CORPUS, HELD_OUT_CORPUS
 
@@ -120,7 +121,11 @@ def _load_version(bank: WeightBank, name: str, version: _Version, hf: dict[str, 
     from flipscope.models.hf_common import quiet_transformers
 
     quiet_transformers()
-    loaded = load_gguf_checkpoint(str(version.path), return_tensors=True, model_to_load=model)["tensors"]
+    import contextlib
+    import io
+
+    with contextlib.redirect_stderr(io.StringIO()):  # its own progress bar; flipscope's display shows the step
+        loaded = load_gguf_checkpoint(str(version.path), return_tensors=True, model_to_load=model)["tensors"]
     bank.add(name, {module: loaded[module + ".weight"] for module in hf.values()})
 
 
@@ -172,35 +177,11 @@ def advise_gguf(baseline: str, settings: GGUFAdviseSettings, *, out: str | Path,
         module_of = {m: n for n, m in hf.items()}
         sizes = {t.name: t for t in planned}
         units = make_units([(hf[t.name], t.weights) for t in planned], settings.by, span=settings.span)
-        options: list[list[Option]] = []
-        offered: list[list[str]] = []
-        table: dict[str, dict[str, float | None]] = {}
-        with shown.progress("sensitivities", len(units) * len(types)) as advance:
-            for unit in units:
-                row, kept, seen, table[unit.name] = [], [], set(), {}
-                for qtype in types:
-                    stored = tuple(versions[qtype].types[module_of[m]] for m in unit.linears)
-                    advance(1)
-                    if stored in seen:  # the same stored types as a type before (llama.cpp's fallbacks)
-                        continue
-                    seen.add(stored)
-                    bank.use(dict.fromkeys(unit.linears, qtype))
-                    got = session.meter()
-                    table[unit.name]["+".join(sorted(set(stored)))] = None if got.bad else got.mean
-                    if got.bad:
-                        log.warning("%s at %s: NaN or infinite KL in calibration windows %s; refused", unit.name,
-                                    qtype, got.bad)  # fmt: skip
-                        continue
-                    cost = sum(8 * tensor_bytes(s, sizes[module_of[m]].shape) for m, s in
-                               zip(unit.linears, stored, strict=True))  # fmt: skip
-                    row.append(Option(cost, got.mean))
-                    kept.append(qtype)
-                if not row:
-                    raise FlipscopeError(
-                        f"every type of {unit.name} gives NaN or infinite KL on the calibration windows"
-                    )
-                options.append(row)
-                offered.append(kept)
+        key = {"source": _sha(source), "types": types, "imatrix": _sha(imatrix) if imatrix else None,
+               "by": str(settings.by), "span": settings.span, "windows": session.windows.record(),
+               "ctx": ablation.ctx, "scored_fraction": ablation.scored_fraction, "dtype": ablation.dtype}  # fmt: skip
+        measured = _Measure(session, bank, versions, module_of, types)
+        options, offered, table = measured.all(units, sizes, shown, _cache_file(key))
         choice = least_value(options, budget - fixed)
         if choice is None:
             cheapest = (fixed + sum(min(o.cost for o in r) for r in options)) / weights
@@ -236,6 +217,79 @@ def advise_gguf(baseline: str, settings: GGUFAdviseSettings, *, out: str | Path,
         session.close()
     result.seconds = time.monotonic() - started
     return result
+
+
+@dataclass(frozen=True)
+class _Measure:
+    """Each (unit, type) alone on the calibration windows; types whose stored types repeat an earlier type's
+    (llama.cpp's fallbacks) measured once."""
+
+    session: Session
+    bank: WeightBank
+    versions: dict[str, _Version]
+    module_of: dict[str, str]  # transformers module → GGUF tensor
+    types: tuple[str, ...]
+
+    def stored(self, unit: Unit, qtype: str) -> tuple[str, ...]:
+        return tuple(self.versions[qtype].types[self.module_of[m]] for m in unit.linears)
+
+    def kl(self, unit: Unit, qtype: str) -> float | None:
+        """The calibration KL with only ``unit`` at ``qtype``; None where a window's is NaN or infinite."""
+        self.bank.use(dict.fromkeys(unit.linears, qtype))
+        got = self.session.meter()
+        if got.bad:
+            log.warning("%s at %s: NaN or infinite KL in calibration windows %s; refused", unit.name, qtype, got.bad)
+        return None if got.bad else got.mean
+
+    def all(self, units: list[Unit], sizes: dict[str, TensorInfo], shown: Display, cache: Path
+            ) -> tuple[list[list[Option]], list[list[str]], dict[str, dict[str, float | None]]]:  # fmt: skip
+        """The knapsack's options per unit (cost: the unit's tensors' exact bits), the type each option is, and the
+        sensitivity table; read from ``cache`` when the same windows, file, types and imatrix were measured."""
+        import json
+
+        known: dict[str, dict[str, float | None]] = json.loads(cache.read_text()) if cache.exists() else {}
+        todo = sum(unit.name not in known for unit in units) * len(self.types)
+        options: list[list[Option]] = []
+        offered: list[list[str]] = []
+        table: dict[str, dict[str, float | None]] = {}
+        with shown.progress("sensitivities", todo) as advance:
+            for unit in units:
+                if unit.name not in known:
+                    known[unit.name], seen = {}, set()
+                    for qtype in self.types:
+                        advance(1)
+                        if self.stored(unit, qtype) not in seen:
+                            seen.add(self.stored(unit, qtype))
+                            known[unit.name][qtype] = self.kl(unit, qtype)
+                row, kept, table[unit.name] = [], [], {}
+                for qtype, kl in known[unit.name].items():
+                    stored = self.stored(unit, qtype)
+                    table[unit.name]["+".join(sorted(set(stored)))] = kl
+                    if kl is not None:
+                        cost = sum(8 * tensor_bytes(s, sizes[self.module_of[m]].shape)
+                                   for m, s in zip(unit.linears, stored, strict=True))  # fmt: skip
+                        row.append(Option(cost, kl))
+                        kept.append(qtype)
+                if not row:
+                    raise FlipscopeError(f"every type of {unit.name} gives NaN or infinite KL on the calibration "
+                                         "windows", fix="offer more --types (Q8_0)")  # fmt: skip
+                options.append(row)
+                offered.append(kept)
+        write_atomically(cache, lambda tmp: tmp.write_text(json.dumps(known)))
+        return options, offered, table
+
+
+def _cache_file(key: dict[str, Any]) -> Path:
+    """Where sensitivities measured under ``key`` are kept: a second budget or --size-of re-measures nothing."""
+    import hashlib
+    import json
+
+    from flipscope.plumbing.cache import cache_root
+
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    folder = cache_root() / "advise-gguf"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{digest}.json"
 
 
 def _evaluate(session: Session) -> WindowKL:
