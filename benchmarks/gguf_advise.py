@@ -44,8 +44,8 @@ def files(args: argparse.Namespace, out: Path) -> list[dict[str, object]]:
             for name, spec in ((f"llama.cpp {size}", f"gguf:{args.model}+ggml:{size}{imatrix}"),
                                (f"advised @ {size}", f"gguf:{args.model}+ggml:plan={plan}")):  # fmt: skip
                 path = out / f"{name.replace(' ', '_').replace('@', 'at')}-{setting}.gguf"
-                if not path.exists():
-                    flipscope.save_gguf(spec, path)
+                path.unlink(missing_ok=True)  # never an earlier run's file: --out may be reused with other settings
+                flipscope.save_gguf(spec, path)
                 saved = _saved(path)
                 rows.append({"file": name, "imatrix": setting, "path": str(path), **saved,
                              "advise_seconds": seconds if name.startswith("advised") else None})  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -162,15 +163,40 @@ def test_advise_gguf_writes_a_plan_whose_file_has_the_size_it_counted(
     assert {t.name: t.qtype for t in written if t.name in doc["tensors"]} == doc["tensors"]
     from flipscope.runs import advise_gguf
 
-    def measured_again(*args: object) -> float:
-        raise AssertionError("sensitivities measured again")
+    measure = advise_gguf.single_unit
 
-    monkeypatch.setattr(advise_gguf._Measure, "kl", measured_again)  # a second budget reads them from the cache
-    code, said = _gguf_cli(monkeypatch, capsys, "advise", "gguf:smollm2-135m", "--types", "Q4_0,Q4_K,Q8_0", "--by",
-                           "module", "--chunks", "1", "--ctx", "128", "--eval-windows", "0:1", "--target-bpw", "7",
-                           "--imatrix", str(doc["imatrix"]["file"]), "--out", str(tmp_path / "seven.json"))  # fmt: skip
+    def from_cache(*args: Any, **kwargs: Any) -> Any:
+        def measured_again() -> None:
+            raise AssertionError("sensitivities measured again")
+
+        return measure(*args[:3], measured_again, *args[4:], **kwargs)
+
+    monkeypatch.setattr(advise_gguf, "single_unit", from_cache)  # a second budget reads them from the cache
+    again = ["advise", "gguf:smollm2-135m", "--types", "Q4_0,Q4_K,Q8_0", "--by", "module", "--chunks", "1", "--ctx",
+             "128", "--eval-windows", "0:1", "--target-bpw", "7", "--out", str(tmp_path / "seven.json")]  # fmt: skip
+    code, said = _gguf_cli(monkeypatch, capsys, *again, "--imatrix", str(doc["imatrix"]["file"]))
     assert code == 0, said
     assert 6.5 < json.loads((tmp_path / "seven.json").read_text())["bits_per_weight"] <= 7
+    with pytest.raises(AssertionError, match="measured again"):  # without the imatrix: other weights, measured
+        _gguf_cli(monkeypatch, capsys, *again)
     code, said = _gguf_cli(monkeypatch, capsys, "advise", "gguf:smollm2-135m", "--target-bits", "4", "--out",
                            str(tmp_path / "x.json"))  # fmt: skip
     assert code != 0 and "--target-bits is for RTN plans" in said
+
+
+def test_a_failed_quantization_quotes_llama_cpp_and_puts_its_log_back(tmp_path: Path) -> None:
+    import ctypes
+
+    import llama_cpp
+
+    from flipscope.models.gguf_quantize import QuantizeJob, quantized
+
+    def current() -> int | None:
+        callback, data = llama_cpp.llama_log_callback(), ctypes.c_void_p()
+        llama_cpp.llama_log_get(ctypes.byref(callback), ctypes.byref(data))
+        return ctypes.cast(callback, ctypes.c_void_p).value
+
+    before = current()
+    with pytest.raises(FlipscopeError, match=r"could not quantize .* requires an imatrix"):
+        quantized(_source(), QuantizeJob("IQ2_XXS"))  # llama.cpp refuses IQ2 without an importance matrix
+    assert current() == before

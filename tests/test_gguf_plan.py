@@ -57,8 +57,11 @@ def test_plan_overrides_are_exact_names_and_refusals() -> None:
     assert matched == {**plan, "blk.11.attn_q.weight": None, "blk.1.attn_norm.weight": None}
     with pytest.raises(FlipscopeError, match=r"does not have.*blk.2.attn_q"):
         check_plan({"blk.2.attn_q.weight": "Q8_0"}, FILE, "p.json")
-    with pytest.raises(FlipscopeError, match=r"rows of 576 weights, not whole blocks of Q4_K"):
+    with pytest.raises(FlipscopeError, match=r"rows of 576 weights, not whole blocks of Q4_K; llama.cpp would store "
+                                             r"it as Q5_0"):  # fmt: skip
         check_plan({"blk.1.attn_q.weight": "Q4_K"}, FILE, "p.json")
+    column = TensorInfo("blk.1.attn_sinks.weight", (576, 1, 1), "F32")  # ggml_n_dims: 1-D, kept as it is
+    assert not column.quantizable and TensorInfo("x.weight", (576, 2, 1), "F32").quantizable
     with pytest.raises(FlipscopeError, match=r"does not quantize blk.1.attn_norm"):
         check_plan({"blk.1.attn_norm.weight": "Q8_0"}, FILE, "p.json")
 
@@ -112,10 +115,20 @@ def test_imatrix_files_round_trip_and_legacy(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     sums = {"blk.0.attn_q.weight": rng.random(64) * 10, "blk.0.ffn_down.weight": rng.random(128)}
     counts = {"blk.0.attn_q.weight": 40.0, "blk.0.ffn_down.weight": 8.0}
-    back = read_imatrix(write_imatrix(tmp_path / "m.gguf", Imatrix(sums, counts, ["corpus"], 2, 20)))
+    written = write_imatrix(tmp_path / "m.gguf", Imatrix(sums, counts, ["corpus"], 2, 20))
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(written))  # what llama.cpp's imatrix loader needs: these keys, F32 sums and counts
+    assert {"imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size"} <= set(reader.fields)
+    shapes = {t.name: (t.tensor_type.name, [int(d) for d in t.shape]) for t in reader.tensors}
+    assert shapes["blk.0.attn_q.weight.in_sum2"] == ("F32", [64, 1])
+    assert shapes["blk.0.attn_q.weight.counts"] == ("F32", [1, 1])
+    back = read_imatrix(written)
     assert back.counts == counts and back.datasets == ["corpus"] and (back.chunk_count, back.chunk_size) == (2, 20)
     for name, value in back.values().items():
         np.testing.assert_allclose(value, sums[name] / counts[name], rtol=1e-6)
+    unseen = Imatrix({"blk.0.attn_k.weight": np.zeros(8)}, {"blk.0.attn_k.weight": 0.0}).values()
+    assert unseen["blk.0.attn_k.weight"].tolist() == [1.0] * 8  # as llama-quantize: ones where no row reached it
     # legacy: entries, (name length, name, calls, values, mean squares × calls), then chunks
     mean = rng.random(32).astype(np.float32)
     name = b"blk.3.ffn_up.weight"

@@ -168,8 +168,8 @@ def attribute_cmd(
               "[default: Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q8_0].")  # fmt: skip
 @click.option("--target-bpw", type=float, help="gguf: baselines: bits per weight over every tensor of the file, "
               "block scales included, as llama.cpp stores them.")  # fmt: skip
-@click.option("--size-of", help="gguf: baselines: or the size of llama.cpp's own file of this type (Q4_K_M, …), "
-              "which is also judged beside the plan.")  # fmt: skip
+@click.option("--size-of", help="gguf: baselines: or the tensor data of llama.cpp's own file of this type (Q4_K_M, "
+              "…; block scales included), which is also judged beside the plan.")  # fmt: skip
 @click.option("--imatrix", help="gguf: baselines: an importance matrix for every quantization: a llama.cpp "
               "imatrix file, or 'calibration' to compute one on the calibration windows (written as "
               "PLAN.imatrix.gguf).")  # fmt: skip
@@ -231,8 +231,14 @@ def advise_cmd(
         rtn_only = {"--target-bits": target_bits, "--budget-kl": budget_kl, "--refine": refine, "--start": start,
                     "--recipe": recipe}  # fmt: skip
         given = [k for k, v in rtn_only.items() if v]
+        ctx = click.get_current_context()
+        given += [
+            f"--{k}" for k in ("bits", "group") if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT
+        ]
         if given:
-            raise click.BadParameter(f"{given[0]} is for RTN plans; a gguf: baseline takes --target-bpw or --size-of")
+            raise click.BadParameter(
+                f"{given[0]} is for RTN plans; a gguf: baseline takes --types and --target-bpw or --size-of"
+            )
         _advise_gguf(baseline, by, span, calibration_windows, eval_corpus, eval_windows, out, ablation, **gguf_only)
         return
     given = [k for k, v in gguf_only.items() if v]

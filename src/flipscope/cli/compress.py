@@ -28,10 +28,11 @@ def compress_cmd(spec: str, out: str, device: str, dtype: str) -> None:
         from flipscope import save_gguf
 
         saved = save_gguf(parsed, out)
-        types = ", ".join(f"{n} {t}" for t, n in sorted(saved.types.items(), key=lambda kv: -kv[1]))
+        types = "; ".join(f"{kind} {', '.join(f'{n} {t}' for t, n in sorted(c.items(), key=lambda kv: -kv[1]))}"
+                          for kind, c in saved.types.items())  # fmt: skip
         click.echo(f"wrote {saved.path}: {saved.file_bytes / 2**20:.2f} MiB, {saved.bits_per_weight:.4f} bits per "
                    f"weight over {saved.weights:,} weights (tensor data, block scales included)")  # fmt: skip
-        click.echo(f"tensors: {types}")
+        click.echo(f"tensor types (blk.N. left out): {types}")
         click.echo(f"use it as gguf:{saved.path}")
         return
     from flipscope import save_compressed

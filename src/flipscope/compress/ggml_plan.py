@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flipscope.compress.gguf_types import TensorInfo, check_type, fits
+from flipscope.compress.gguf_types import TensorInfo, check_type, fits, made_as
 from flipscope.compress.plan import read_document, write_document
 from flipscope.errors import FlipscopeError
 
@@ -47,7 +47,7 @@ def check_plan(plan: dict[str, str], tensors: Sequence[TensorInfo], source: str)
         if not fits(qtype, tensor.row):
             raise FlipscopeError(
                 f"{source}: {name} has rows of {tensor.row} weights, not whole blocks of {qtype}; llama.cpp would "
-                "store another type",
+                f"store it as {made_as(qtype, tensor.row)}",
                 fix="give it a type whose block divides the row (Q8_0, Q5_0, Q4_0: blocks of 32)",
             )
 

@@ -70,9 +70,12 @@ def made_as(qtype: str, row: int) -> str:
     return fallback if fits(fallback, row) else "F16"
 
 
-#: Substrings of tensor names llama.cpp never quantizes (llama-quant.cpp, tensor_allows_quantization).
-_KEPT = ("_norm.weight", "ffn_gate_inp.weight", "altup", "laurel", "per_layer_model_proj", "ssm_conv1d",
-         "shortconv.conv.weight", "position_embd.weight", "token_types.weight")  # fmt: skip
+#: Substrings of tensor names llama.cpp never quantizes (llama-quant.cpp, tensor_allows_quantization; some
+#: architectures' own lists are not copied: a plan's file is read back, and a tensor llama.cpp left alone refused).
+_KEPT = ("_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel", "per_layer_model_proj",
+         "ssm_conv1d", "shortconv.conv.weight", "position_embd.weight", "token_types.weight", "indexer.k_proj.weight",
+         "indexer.q_proj.weight", "time_mix_", "attn_rel_b.weight", "rel_pos", "patch_embd",
+         "patch_merger")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,10 @@ class TensorInfo:
     @property
     def quantizable(self) -> bool:
         """Does llama.cpp's quantizer give this tensor a new type (2-D or more weights, not norms, …)?"""
-        return len(self.shape) >= 2 and self.name.endswith("weight") and not any(k in self.name for k in _KEPT)
+        dims = len(self.shape)
+        while dims > 1 and self.shape[dims - 1] == 1:  # ggml_n_dims: trailing dimensions of 1 do not count
+            dims -= 1
+        return dims >= 2 and self.name.endswith("weight") and not any(k in self.name for k in _KEPT)
 
 
 def total_bits(tensors: Sequence[TensorInfo], types: dict[str, str] | None = None) -> int:

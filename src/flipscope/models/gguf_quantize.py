@@ -7,11 +7,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
-import io
 import json
 import logging
 import os
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,8 +37,8 @@ class QuantizeJob:
     requantize: bool = False
 
     def key(self) -> str:
-        """The cache name's tail: the ftype alone for a plain job (as before overrides existed), else a digest."""
-        plain = self.ftype + ("-requant" if self.requantize else "")
+        """The cache name's tail: the ftype and llama-cpp-python's version, and a digest of the rest if any."""
+        plain = self.ftype + ("-requant" if self.requantize else "") + f"-llama{llama_version()}"
         if not self.overrides and self.imatrix is None:
             return plain
         what = {"overrides": self.overrides, "imatrix": file_sha256(self.imatrix) if self.imatrix else None}
@@ -94,40 +92,48 @@ def _quantize(llama_cpp: Any, source: Path, tmp: Path, ftype: int, job: Quantize
         keep.append(table)
         params.tt_overrides = ctypes.cast(table, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
     if job.imatrix is not None:
-        params.imatrix = _imatrix_table(llama_cpp, job.imatrix, keep)
+        params.imatrix = _imatrix_table(llama_cpp, job.imatrix, keep, tensors_of(source))
     log.info("quantizing %s to %s with llama.cpp%s", source.name, job.ftype,
              f" ({len(job.overrides)} tensor overrides)" if job.overrides else "")  # fmt: skip
-    with _captured_stderr() as said:  # llama.cpp logs every tensor; kept for the error, else dropped
+    with _llama_log(llama_cpp) as said:  # llama.cpp logs every tensor; kept for the error, else dropped
         code = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
     if code != 0 or not tmp.exists():
         tail = [line for line in said().splitlines() if line.strip()][-3:]
         raise FlipscopeError(f"llama.cpp could not quantize {source.name} to {job.ftype} (code {code}): "
                              + " / ".join(line.strip() for line in tail)[-400:],
-                             fix="see llama.cpp's last words above")  # fmt: skip
+                             fix="llama.cpp's last log lines are quoted in this message")  # fmt: skip
 
 
 @contextlib.contextmanager
-def _captured_stderr() -> Iterator[Callable[[], str]]:
-    """File descriptor 2 into a temporary file and ``sys.stderr`` into a string for a while (llama.cpp writes to
-    the first, llama-cpp-python's log callback to the second); yields a function that reads what was written."""
+def _llama_log(llama_cpp: Any) -> Iterator[Callable[[], str]]:
+    """llama.cpp's log kept for a while instead of shown (its log callback, and what it writes to file descriptor 2
+    directly); yields a function that reads it. The callback in place before is put back after."""
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def keep(level: int, text: bytes, user_data: Any) -> None:
+        lines.append(text.decode("utf-8", errors="replace"))
+
+    before, data = llama_cpp.llama_log_callback(), ctypes.c_void_p()
+    llama_cpp.llama_log_get(ctypes.byref(before), ctypes.byref(data))
     with tempfile.TemporaryFile() as sink:
-        saved, saved_stream, text = os.dup(2), sys.stderr, io.StringIO()
+        saved = os.dup(2)
         os.dup2(sink.fileno(), 2)
-        sys.stderr = text
+        llama_cpp.llama_log_set(keep, None)
 
         def read() -> str:
             sink.seek(0)
-            return sink.read().decode("utf-8", errors="replace") + text.getvalue()
+            return "".join(lines) + sink.read().decode("utf-8", errors="replace")
 
         try:
             yield read
         finally:
-            sys.stderr = saved_stream
+            llama_cpp.llama_log_set(before, data)
             os.dup2(saved, 2)
             os.close(saved)
 
 
-def _imatrix_table(llama_cpp: Any, path: Path, keep: list[Any]) -> Any:
+def _imatrix_table(llama_cpp: Any, path: Path, keep: list[Any], tensors: list[TensorInfo]) -> Any:
     """The imatrix file's mean squares as llama.cpp's C array of (name, values, size), ended by a NULL name."""
     import numpy as np
 
@@ -136,6 +142,15 @@ def _imatrix_table(llama_cpp: Any, path: Path, keep: list[Any]) -> Any:
     values = read_imatrix(path).values()
     if not all(np.isfinite(v).all() for v in values.values()):
         raise FlipscopeError(f"{path}: the importance matrix holds NaN or infinite values", fix="compute it again")
+    weights = {t.name for t in tensors if t.quantizable and t.name.startswith("blk.")}
+    if not weights & set(values):
+        raise FlipscopeError(f"{path} names none of this file's weight tensors (it has e.g. {min(values)!r}, the "
+                             f"file {min(weights, default='-')!r}): llama.cpp would quantize without it",
+                             fix="give the importance matrix computed for this model")  # fmt: skip
+    if weights - set(values):
+        lacking = weights - set(values)
+        log.warning("%s has no entry for %d of the file's %d block weights (e.g. %s): llama.cpp quantizes those "
+                    "without one", path, len(lacking), len(weights), min(lacking))  # fmt: skip
     table = (llama_cpp.llama_model_imatrix_data * (len(values) + 1))()
     for i, (name, column) in enumerate(sorted(values.items())):
         data = np.ascontiguousarray(column, dtype=np.float32)
@@ -158,4 +173,20 @@ def file_for(source: Path, config: GGMLConfig) -> Path:
     if plan:
         check_plan(plan, tensors_of(source), f"plan {config.plan}")
     imatrix = user_path(config.imatrix) if config.imatrix else None
-    return quantized(source, QuantizeJob(config.ftype, tuple(overrides(plan)), imatrix, config.requantize))
+    made = quantized(source, QuantizeJob(config.ftype, tuple(overrides(plan)), imatrix, config.requantize))
+    stored = {t.name: t.qtype for t in tensors_of(made)} if plan else {}
+    wrong = sorted(n for n, q in plan.items() if stored.get(n) != q)
+    if wrong:  # a tensor llama.cpp kept as it was, or stored otherwise: the plan would not be the file
+        raise FlipscopeError(f"plan {config.plan}: llama.cpp stored {len(wrong)} tensor(s) otherwise than planned "
+                             f"(e.g. {wrong[0]} as {stored.get(wrong[0])}, not {plan[wrong[0]]})",
+                             fix="leave tensors llama.cpp does not quantize out of the plan")  # fmt: skip
+    return made
+
+
+def llama_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("llama_cpp_python")
+    except metadata.PackageNotFoundError:
+        return "absent"

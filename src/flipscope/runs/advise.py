@@ -23,6 +23,7 @@ import numpy as np
 
 from flipscope.attribution.ablate import WindowKL
 from flipscope.attribution.knapsack import Choice, Option, least_cost, least_value
+from flipscope.attribution.sensitivity import Candidate, single_unit
 from flipscope.attribution.units import Unit, UnitKind, check_span, make_units
 from flipscope.compress import RTNConfig, apply_compression
 from flipscope.compress.plan import average_bits, check_layers, read_plan, write_plan
@@ -169,47 +170,27 @@ def _solve(options: list[list[Option]], settings: AdviseSettings, total: int, *,
     return least_cost(options, float(settings.budget_kl or 0.0) - spent_kl)
 
 
-def _refuse(refused: dict[str, dict[str, list[int]]], unit: str, width: RTNConfig, got: WindowKL, where: str) -> None:
-    """Record and log a width refused for a unit: its KL was NaN or infinite on some windows."""
-    many = len(got.bad) > 1
-    log.warning("%s at %s: NaN or infinite KL in %s window%s %s; refused", unit, _name(width), where,
-                "s" if many else "", ", ".join(map(str, got.bad)))  # fmt: skip
-    refused.setdefault(unit, {})[_name(width)] = got.bad
-
-
 def _single_unit(p: _Problem, settings: AdviseSettings, shown: Display, refused: dict[str, dict[str, list[int]]]
                  ) -> tuple[list[int], float, dict[str, Any]]:  # fmt: skip
     """Every (unit, width) with only that unit at that width on the calibration windows; the knapsack's picks,
     prediction and the table. A width not finite on every window is refused for that unit (``refused``)."""
-    options: list[list[Option]] = []
-    offered: list[list[int]] = []  # [unit] → the widths its options are
-    table: dict[str, dict[str, float | None]] = {}
-    with shown.progress("sensitivities", len(p.units) * len(p.widths)) as advance:
-        for unit, costs in zip(p.units, p.costs, strict=True):
-            row, kept, table[unit.name] = [], [], {}
-            for j, (width, cost) in enumerate(zip(p.widths, costs, strict=True)):
-                p.session.bank.use(dict.fromkeys(unit.linears, _name(width)))
-                got = p.session.meter()
-                advance(1)
-                table[unit.name][_name(width)] = None if got.bad else got.mean
-                if got.bad:
-                    _refuse(refused, unit.name, width, got, "calibration")
-                    continue
-                row.append(Option(cost, got.mean))
-                kept.append(j)
-            if not row:
-                raise FlipscopeError(f"every width of {unit.name} gives NaN or infinite KL on the calibration windows",
-                                     fix="offer wider --bits, or run in float32 (--dtype float32)")  # fmt: skip
-            options.append(row)
-            offered.append(kept)
-    choice = _solve(options, settings, p.total)
+
+    def widths(unit: Unit) -> list[Candidate]:
+        costs = p.costs[p.units.index(unit)]
+        return [Candidate(_name(w), _name(w), cost) for w, cost in zip(p.widths, costs, strict=True)]
+
+    found = single_unit(p.units, widths, p.session.bank, p.session.meter, shown,
+                        fix="offer wider --bits, or run in float32 (--dtype float32)")  # fmt: skip
+    refused.update(found.refused)
+    choice = _solve(found.options, settings, p.total)
     if choice is None:
-        cheapest = sum(min(o.cost for o in row) for row in options) / p.total
+        cheapest = sum(min(o.cost for o in row) for row in found.options) / p.total
         raise FlipscopeError(
             f"no plan fits the budget (the fewest bits possible: {cheapest:.3f} per weight)",
             fix="raise --target-bits / --budget-kl, or add lower --bits",
         )
-    return [kept[c] for kept, c in zip(offered, choice.picks, strict=True)], choice.value, table
+    index = {_name(w): j for j, w in enumerate(p.widths)}
+    return [index[kept[c]] for kept, c in zip(found.offered, choice.picks, strict=True)], choice.value, found.table
 
 
 def _input_widths(session: Session) -> dict[str, int]:

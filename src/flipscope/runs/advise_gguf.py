@@ -2,18 +2,21 @@
 llama.cpp's own quantizer (one whole-file quantization per type, every quantizable tensor forced to it, with the
 importance matrix if any; a tensor whose rows are not whole blocks of the type gets what llama.cpp stores instead),
 read back through transformers' GGUF loader into the file's transformers twin, and each (unit, type) is measured
-alone against the cached baseline store, as ``advise`` measures RTN widths: the same session, weight bank, windows
-and knapsack. Sizes are counted as llama.cpp stores each type (block scales included); the budget is bits per
-weight or the tensor bits of llama.cpp's own file of a type (``--size-of Q4_K_M``), over every tensor of the file.
+alone against the cached baseline store, as ``advise`` measures RTN widths: the same session, weight bank, windows,
+single-unit loop and knapsack. Sizes are counted as llama.cpp stores each type (block scales included); the budget
+is bits per weight or the tensor data of llama.cpp's own file of a type (``--size-of Q4_K_M``), over every tensor
+of the file (the file adds its metadata and up to 31 bytes of alignment per tensor).
 
 Fitted on the calibration windows (sensitivities and a computed importance matrix), judged on the evaluation
 windows: the plan's KL there beside the recipe's (``--size-of``) on the same windows, paired by window."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -21,7 +24,8 @@ from typing import Any, cast
 import numpy as np
 
 from flipscope.attribution.ablate import WeightBank, WindowKL
-from flipscope.attribution.knapsack import Option, least_value
+from flipscope.attribution.knapsack import least_value
+from flipscope.attribution.sensitivity import Candidate, single_unit
 from flipscope.attribution.units import Unit, UnitKind, check_span, make_units
 from flipscope.compress.ggml_plan import write_ggml_plan
 from flipscope.compress.gguf_types import FTYPE, PLAN_TYPES, TensorInfo, check_type, tensor_bytes, total_bits
@@ -82,20 +86,24 @@ def _twin(location: str) -> str:
 
 def _hf_names(model: Any, tensors: list[TensorInfo], source: str) -> dict[str, str]:
     """GGUF tensor name → transformers module name, for every tensor llama.cpp quantizes."""
+    import torch
     from transformers.modeling_gguf_pytorch_utils import TensorProcessor, get_gguf_hf_weights_map
 
     mapping = get_gguf_hf_weights_map(model, TensorProcessor())
+    modules = dict(model.named_modules())
     out: dict[str, str] = {}
     missing: list[str] = []
     for t in tensors:
         hf = mapping.get(t.name) if t.quantizable else None
-        if hf:
-            out[t.name] = hf.removesuffix(".weight")
+        module = modules.get(hf.removesuffix(".weight")) if hf and hf.endswith(".weight") else None
+        if isinstance(module, torch.nn.Linear | torch.nn.Embedding) and len(t.shape) == 2:
+            out[t.name] = hf.removesuffix(".weight") if hf else ""
         elif t.quantizable:
-            missing.append(t.name)
+            missing.append(t.name)  # unmapped, or a weight held other than as a Linear/Embedding (experts, Conv1D)
     if missing:
-        raise FlipscopeError(f"{source}: transformers maps no weight to {len(missing)} tensor(s) (e.g. {missing[0]})",
-                             fix="advise a model architecture transformers loads from GGUF")  # fmt: skip
+        raise FlipscopeError(f"{source}: {len(missing)} tensor(s) llama.cpp quantizes are not a Linear or Embedding "
+                             f"weight of the transformers model (e.g. {missing[0]})",
+                             fix="advise a dense model transformers loads from GGUF as Linear layers")  # fmt: skip
     return out
 
 
@@ -129,24 +137,38 @@ def _load_version(bank: WeightBank, name: str, version: _Version, hf: dict[str, 
     bank.add(name, {module: loaded[module + ".weight"] for module in hf.values()})
 
 
-def advise_gguf(baseline: str, settings: GGUFAdviseSettings, *, out: str | Path,
-                display: Display | None = None) -> GGUFAdvice:  # fmt: skip
-    from flipscope.models.gguf_file import resolve
-    from flipscope.models.gguf_quantize import QuantizeJob, quantized, tensors_of
+def _checked(baseline: str, settings: GGUFAdviseSettings) -> tuple[Any, Path, tuple[str, ...]]:
+    """The spec, its file and the types, refused before anything is loaded where they cannot work."""
+    from flipscope.models.gguf_file import UNQUANTIZED, file_type, require_llama_cpp, resolve
 
     if (settings.target_bpw is None) == (settings.size_of is None):
         raise FlipscopeError("give exactly one budget", fix="--target-bpw B (e.g. 4.8) or --size-of Q4_K_M")
     if settings.imatrix and settings.compute_imatrix:
-        raise FlipscopeError("give --imatrix FILE or --imatrix-corpus, not both")
+        raise FlipscopeError("give --imatrix FILE or --imatrix calibration, not both")
     types = tuple(dict.fromkeys(check_type(t, "--types") for t in settings.types))
     check_span(settings.by, settings.span)
     spec = parse_spec(baseline)
     if spec.source != "gguf" or spec.compression:
         raise FlipscopeError(f"{baseline}: advise gguf: takes an unquantized GGUF file",
                              fix="e.g. gguf:smollm2-135m or gguf:model-F16.gguf")  # fmt: skip
+    source = resolve(spec.location)
+    current = file_type(source)
+    if current is not None and current not in UNQUANTIZED:
+        raise FlipscopeError(f"{source.name} is already quantized (file type {current}): advice starts from the "
+                             "unquantized weights", fix="give an F32/F16/BF16 GGUF")  # fmt: skip
+    if settings.size_of and not hasattr(require_llama_cpp(), f"LLAMA_FTYPE_MOSTLY_{settings.size_of.upper()}"):
+        raise FlipscopeError(f"--size-of {settings.size_of}: llama.cpp has no such file type",
+                             fix="e.g. Q3_K_M, Q4_K_M, Q5_K_M, Q6_K, Q8_0")  # fmt: skip
+    return spec, source, types
+
+
+def advise_gguf(baseline: str, settings: GGUFAdviseSettings, *, out: str | Path,
+                display: Display | None = None) -> GGUFAdvice:  # fmt: skip
+    from flipscope.models.gguf_quantize import QuantizeJob, quantized, tensors_of
+
+    spec, source, types = _checked(baseline, settings)
     shown = display or NullDisplay()
     started = time.monotonic()
-    source = resolve(spec.location)
     tensors = tensors_of(source)
     ablation = replace(settings.ablation, corpus=settings.ablation.corpus or CALIBRATION_CORPUS)
     first, end = settings.eval_windows
@@ -164,7 +186,6 @@ def advise_gguf(baseline: str, settings: GGUFAdviseSettings, *, out: str | Path,
                 versions[qtype] = _quantize_all(source, qtype, imatrix)
                 _load_version(bank, qtype, versions[qtype], hf, model)
                 advance(1)
-        planned = [t for t in tensors if t.name in hf]
         fixed = total_bits([t for t in tensors if t.name not in hf])
         weights = sum(t.weights for t in tensors)
         recipe_version = None
@@ -174,24 +195,29 @@ def advise_gguf(baseline: str, settings: GGUFAdviseSettings, *, out: str | Path,
             budget = float(total_bits(tensors_of(path)))
         else:
             budget = float(settings.target_bpw or 0.0) * weights
-        module_of = {m: n for n, m in hf.items()}
-        sizes = {t.name: t for t in planned}
+        planned = [t for t in tensors if t.name in hf]
         units = make_units([(hf[t.name], t.weights) for t in planned], settings.by, span=settings.span)
-        key = {"source": _sha(source), "types": types, "imatrix": _sha(imatrix) if imatrix else None,
-               "by": str(settings.by), "span": settings.span, "windows": session.windows.record(),
-               "ctx": ablation.ctx, "scored_fraction": ablation.scored_fraction, "dtype": ablation.dtype}  # fmt: skip
-        measured = _Measure(session, bank, versions, module_of, types)
-        options, offered, table = measured.all(units, sizes, shown, _cache_file(key))
-        choice = least_value(options, budget - fixed)
+        cache = _cache_file(source, types, imatrix, settings, session)
+        found = single_unit(units, _candidates(versions, {hf[t.name]: t for t in planned}, types), bank,
+                            session.meter, shown, fix="offer more --types (Q8_0), or run in float32",
+                            known=json.loads(cache.read_text()) if cache.exists() else None)  # fmt: skip
+        write_atomically(cache, lambda tmp: tmp.write_text(json.dumps(found.known)))
+        choice = least_value(found.options, budget - fixed)
         if choice is None:
-            cheapest = (fixed + sum(min(o.cost for o in r) for r in options)) / weights
+            cheapest = (fixed + sum(min(o.cost for o in r) for r in found.options)) / weights
             raise FlipscopeError(f"no plan fits the budget ({budget / weights:.4f} bits per weight; the fewest "
                                  f"possible: {cheapest:.4f})",
                                  fix="raise the budget, or add lower --types")  # fmt: skip
-        chosen = {m: kept[c] for unit, kept, c in zip(units, offered, choice.picks, strict=True) for m in unit.linears}
+        chosen = {m: kept[c] for unit, kept, c in zip(units, found.offered, choice.picks, strict=True)
+                  for m in unit.linears}  # fmt: skip
+        module_of = {m: n for n, m in hf.items()}
         plan = {module_of[m]: versions[q].types[module_of[m]] for m, q in chosen.items()}
         bank.use(chosen)
         calibration, evaluation = session.meter(), _evaluate(session)
+        for got, where in ((calibration, "calibration"), (evaluation, "evaluation")):
+            if got.bad:
+                raise FlipscopeError(f"the plan gives NaN or infinite KL in {where} windows {got.bad}",
+                                     fix="offer more --types (Q8_0), or run in float32")  # fmt: skip
         result = GGUFAdvice(Path(out), (fixed + choice.cost) / weights, budget / weights, choice.value,
                             calibration.mean, evaluation.mean, dict(Counter(plan.values())), imatrix,
                             units=len(units))  # fmt: skip
@@ -200,8 +226,8 @@ def advise_gguf(baseline: str, settings: GGUFAdviseSettings, *, out: str | Path,
             bank.use(dict.fromkeys(hf.values(), "recipe"))
             recipe = _evaluate(session)
             result.recipe, result.recipe_bpw = settings.size_of, budget / weights
-            result.recipe_eval_kl = recipe.mean
-            if not (recipe.bad or evaluation.bad):
+            if not recipe.bad:
+                result.recipe_eval_kl = recipe.mean
                 result.difference = paired_by_window(np.asarray(evaluation.windows), np.asarray(evaluation.kl),
                                                      np.asarray(recipe.kl))  # fmt: skip
         record = {"file": str(imatrix.resolve()), "sha256": _sha(imatrix)} if imatrix else None
@@ -211,7 +237,8 @@ def advise_gguf(baseline: str, settings: GGUFAdviseSettings, *, out: str | Path,
             budget_bpw=result.budget_bpw, size_of=settings.size_of, imatrix=record,
             calibration=session.windows.record(), evaluation=_eval_windows(session), ctx=ablation.ctx,
             predicted_kl=choice.value, calibration_kl=calibration.mean, eval_kl=evaluation.mean,
-            eval_per_window=list(evaluation.kl), recipe_eval_kl=result.recipe_eval_kl, sensitivity=table,
+            eval_per_window=list(evaluation.kl), recipe_eval_kl=result.recipe_eval_kl, sensitivity=found.table,
+            refused=found.refused,
         )  # fmt: skip
     finally:
         session.close()
@@ -219,73 +246,44 @@ def advise_gguf(baseline: str, settings: GGUFAdviseSettings, *, out: str | Path,
     return result
 
 
-@dataclass(frozen=True)
-class _Measure:
-    """Each (unit, type) alone on the calibration windows; types whose stored types repeat an earlier type's
-    (llama.cpp's fallbacks) measured once."""
+def _candidates(versions: dict[str, _Version], tensor_of: dict[str, TensorInfo], types: tuple[str, ...]
+                ) -> Callable[[Unit], list[Candidate]]:  # fmt: skip
+    """A unit's candidates: each type, at the exact bits of what llama.cpp stored for its tensors; a type whose
+    stored types repeat an earlier type's (llama.cpp's fallbacks: Q2_K and Q3_K both Q4_0 on rows of 576) is
+    offered once."""
 
-    session: Session
-    bank: WeightBank
-    versions: dict[str, _Version]
-    module_of: dict[str, str]  # transformers module → GGUF tensor
-    types: tuple[str, ...]
+    def offer(unit: Unit) -> list[Candidate]:
+        out, seen = [], set()
+        for qtype in types:
+            stored = tuple(versions[qtype].types[tensor_of[m].name] for m in unit.linears)
+            if stored not in seen:
+                seen.add(stored)
+                cost = sum(8 * tensor_bytes(s, tensor_of[m].shape) for m, s in zip(unit.linears, stored, strict=True))
+                out.append(Candidate(qtype, qtype, cost))
+        return out
 
-    def stored(self, unit: Unit, qtype: str) -> tuple[str, ...]:
-        return tuple(self.versions[qtype].types[self.module_of[m]] for m in unit.linears)
-
-    def kl(self, unit: Unit, qtype: str) -> float | None:
-        """The calibration KL with only ``unit`` at ``qtype``; None where a window's is NaN or infinite."""
-        self.bank.use(dict.fromkeys(unit.linears, qtype))
-        got = self.session.meter()
-        if got.bad:
-            log.warning("%s at %s: NaN or infinite KL in calibration windows %s; refused", unit.name, qtype, got.bad)
-        return None if got.bad else got.mean
-
-    def all(self, units: list[Unit], sizes: dict[str, TensorInfo], shown: Display, cache: Path
-            ) -> tuple[list[list[Option]], list[list[str]], dict[str, dict[str, float | None]]]:  # fmt: skip
-        """The knapsack's options per unit (cost: the unit's tensors' exact bits), the type each option is, and the
-        sensitivity table; read from ``cache`` when the same windows, file, types and imatrix were measured."""
-        import json
-
-        known: dict[str, dict[str, float | None]] = json.loads(cache.read_text()) if cache.exists() else {}
-        todo = sum(unit.name not in known for unit in units) * len(self.types)
-        options: list[list[Option]] = []
-        offered: list[list[str]] = []
-        table: dict[str, dict[str, float | None]] = {}
-        with shown.progress("sensitivities", todo) as advance:
-            for unit in units:
-                if unit.name not in known:
-                    known[unit.name], seen = {}, set()
-                    for qtype in self.types:
-                        advance(1)
-                        if self.stored(unit, qtype) not in seen:
-                            seen.add(self.stored(unit, qtype))
-                            known[unit.name][qtype] = self.kl(unit, qtype)
-                row, kept, table[unit.name] = [], [], {}
-                for qtype, kl in known[unit.name].items():
-                    stored = self.stored(unit, qtype)
-                    table[unit.name]["+".join(sorted(set(stored)))] = kl
-                    if kl is not None:
-                        cost = sum(8 * tensor_bytes(s, sizes[self.module_of[m]].shape)
-                                   for m, s in zip(unit.linears, stored, strict=True))  # fmt: skip
-                        row.append(Option(cost, kl))
-                        kept.append(qtype)
-                if not row:
-                    raise FlipscopeError(f"every type of {unit.name} gives NaN or infinite KL on the calibration "
-                                         "windows", fix="offer more --types (Q8_0)")  # fmt: skip
-                options.append(row)
-                offered.append(kept)
-        write_atomically(cache, lambda tmp: tmp.write_text(json.dumps(known)))
-        return options, offered, table
+    return offer
 
 
-def _cache_file(key: dict[str, Any]) -> Path:
-    """Where sensitivities measured under ``key`` are kept: a second budget or --size-of re-measures nothing."""
+#: Bumped when what a cached sensitivity means changes.
+_CACHE_FORMAT = 1
+
+
+def _cache_file(source: Path, types: tuple[str, ...], imatrix: Path | None, settings: GGUFAdviseSettings,
+                session: Session) -> Path:  # fmt: skip
+    """Where sensitivities are kept, by everything that makes them (the file, the types, the imatrix, the units,
+    the windows, the libraries): a second budget or --size-of re-measures nothing."""
     import hashlib
-    import json
 
+    from flipscope.models.gguf_quantize import llama_version
     from flipscope.plumbing.cache import cache_root
+    from flipscope.plumbing.version import library_versions
 
+    a = session.windows.record()
+    key = {"format": _CACHE_FORMAT, "source": _sha(source), "types": types, "by": str(settings.by),
+           "imatrix": _sha(imatrix) if imatrix else None, "span": settings.span, "windows": a,
+           "ablation": {k: getattr(settings.ablation, k) for k in ("ctx", "scored_fraction", "dtype", "batch")},
+           "versions": {**library_versions(), "llama_cpp_python": llama_version()}}  # fmt: skip
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
     folder = cache_root() / "advise-gguf"
     folder.mkdir(parents=True, exist_ok=True)

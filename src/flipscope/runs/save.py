@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ class SavedGGUF:
     file_bytes: int
     tensor_bits: int
     weights: int
-    types: dict[str, int]  # type → tensors of it
+    types: dict[str, dict[str, int]]  # tensor kind (its name without blk.N.) → type → tensors of it
 
     @property
     def bits_per_weight(self) -> float:
@@ -104,8 +105,9 @@ def save_gguf(spec: str | ModelSpec, out: str | Path) -> SavedGGUF:
     target.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(target, lambda tmp: shutil.copyfile(made, tmp))
     tensors = tensors_of(target)
-    counts: dict[str, int] = {}
+    counts: dict[str, dict[str, int]] = {}
     for t in tensors:
-        counts[t.qtype] = counts.get(t.qtype, 0) + 1
+        kind = re.sub(r"^blk\.\d+\.", "", t.name)
+        counts.setdefault(kind, {})[t.qtype] = counts.setdefault(kind, {}).get(t.qtype, 0) + 1
     log.info("wrote %s as %s", parsed.label(), target)
     return SavedGGUF(target, target.stat().st_size, total_bits(tensors), sum(t.weights for t in tensors), counts)

@@ -27,8 +27,10 @@ class Imatrix:
     chunk_size: int = 0
 
     def values(self) -> dict[str, np.ndarray]:
-        """name → [columns] float32 mean squared activation, as llama.cpp hands it to the quantizer."""
-        return {n: (s / self.counts[n]).astype(np.float32) for n, s in self.sums.items() if self.counts[n] > 0}
+        """name → [columns] float32 mean squared activation, as llama-quantize hands it to the quantizer (ones for
+        a tensor no row reached)."""
+        return {n: (s / c if (c := self.counts[n]) > 0 else np.ones_like(s)).astype(np.float32)
+                for n, s in self.sums.items()}  # fmt: skip
 
 
 def write_imatrix(path: Path, imatrix: Imatrix) -> Path:
