@@ -163,7 +163,7 @@ def test_advise_gguf_writes_a_plan_whose_file_has_the_size_it_counted(
     assert {t.name: t.qtype for t in written if t.name in doc["tensors"]} == doc["tensors"]
     from flipscope.runs import advise_gguf
 
-    measure = advise_gguf.single_unit
+    measure: Any = advise_gguf.single_unit
 
     def from_cache(*args: Any, **kwargs: Any) -> Any:
         def measured_again() -> None:

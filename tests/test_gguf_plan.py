@@ -131,8 +131,8 @@ def test_imatrix_files_round_trip_and_legacy(tmp_path: Path) -> None:
     assert unseen["blk.0.attn_k.weight"].tolist() == [1.0] * 8  # as llama-quantize: ones where no row reached it
     # legacy: entries, (name length, name, calls, values, mean squares × calls), then chunks
     mean = rng.random(32).astype(np.float32)
-    name = b"blk.3.ffn_up.weight"
-    legacy = struct.pack("<ii", 1, len(name)) + name + struct.pack("<ii", 5, 32) + (mean * 5).tobytes()
+    entry = b"blk.3.ffn_up.weight"
+    legacy = struct.pack("<ii", 1, len(entry)) + entry + struct.pack("<ii", 5, 32) + (mean * 5).tobytes()
     (tmp_path / "old.dat").write_bytes(legacy + struct.pack("<i", 5))
     np.testing.assert_allclose(read_imatrix(tmp_path / "old.dat").values()["blk.3.ffn_up.weight"], mean, rtol=1e-6)
     (tmp_path / "junk.dat").write_bytes(b"\x01\x00\x00\x00\xff\xff")
