@@ -3,7 +3,7 @@
 quantizer and all measured through llama.cpp (`gguf:` files).
 
     python benchmarks/gguf_advise.py [--model smollm2-135m] [--by block] [--chunks 2] [--windows 16]
-                                     [--suite-limit 25] [--imatrix none,calibration] [--out DIR]
+                                     [--suite-limit 25] [--imatrix none,calibration] [--out DIR] [--report]
 
 Fitting and judging never share text: sensitivities and the computed importance matrix come from the calibration
 windows (`--chunks` windows of advise's calibration corpus: CPython docs, standard-library source, MMLU questions);
@@ -19,9 +19,11 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import flipscope
 from flipscope.attribution.units import UnitKind
+from flipscope.metrics.windows import WindowDifference, paired_by_window
 from flipscope.runs.advise_gguf import GGUFAdviseSettings, advise_gguf
 from flipscope.runs.attribute import AblationSettings
 from flipscope.tasks.corpus import HELD_OUT_CORPUS
@@ -73,14 +75,22 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=16, help="held-out windows for kld")
     parser.add_argument("--suite-limit", type=int, default=25, help="items per paper-suite task (0: no suite)")
     parser.add_argument("--out", default="gguf-advise-bench")
+    parser.add_argument("--report", action="store_true", help="print the tables again from --out, measuring nothing")
     args = parser.parse_args()
     out = Path(args.out)
+    if not args.report:
+        measure(args, out)
+    report(out)
+
+
+def measure(args: argparse.Namespace, out: Path) -> None:
+    """Write every file, measure them all with kld and compare, and keep what the tables need in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     rows = files(args, out)
     specs = [f"gguf:{r['path']}" for r in rows]
     started = time.monotonic()
-    k = flipscope.kld(f"gguf:{args.model}", specs, corpus=HELD_OUT_CORPUS, ctx=args.ctx, max_windows=args.windows,
-                      store="full", out=out / "kld")  # fmt: skip
+    flipscope.kld(f"gguf:{args.model}", specs, corpus=HELD_OUT_CORPUS, ctx=args.ctx, max_windows=args.windows,
+                  store="full", out=out / "kld")  # fmt: skip
     print(f"kld on held-out text: {time.monotonic() - started:.0f} s", flush=True)
     flips: dict[str, tuple[int, int]] = {}
     if args.suite_limit:
@@ -91,25 +101,60 @@ def main() -> None:
         for spec in specs:
             per = c.summary[spec]
             flips[spec] = (sum(s.flips_c2i + s.flips_i2c for s in per.values()), sum(s.n for s in per.values()))
-    (out / "table.json").write_text(json.dumps({"rows": rows, "flips": flips}, indent=2, default=str))
-    print()
-    print(f"`benchmarks/gguf_advise.py --model {args.model} --by {args.by} --chunks {args.chunks} --windows "
-          f"{args.windows} --suite-limit {args.suite_limit}`: held-out KL on {args.windows} windows of {args.ctx} "
-          f"tokens of {HELD_OUT_CORPUS} (± SE over windows; full int16 store); flips pooled over "
-          f"{', '.join(PAPER)} ({args.suite_limit} items each)")  # fmt: skip
+    command = (f"benchmarks/gguf_advise.py --model {args.model} --by {args.by} --chunks {args.chunks} --windows "
+               f"{args.windows} --suite-limit {args.suite_limit}")  # fmt: skip
+    about = (f"held-out KL on {args.windows} windows of {args.ctx} tokens of {HELD_OUT_CORPUS} (± SE over windows; "
+             f"full int16 store); flips pooled over {', '.join(PAPER)} ({args.suite_limit} items each)")  # fmt: skip
+    table = {"command": command, "about": about, "rows": rows, "specs": specs, "flips": flips}
+    (out / "table.json").write_text(json.dumps(table, indent=2, default=str))
+
+
+def report(out: Path) -> None:
+    """The README's tables from a measured ``out``: each file, then each advised file against its recipe, paired by
+    held-out window (the same windows, so the windows' shared difficulty cancels)."""
+    from flipscope.report.kld_table import load_kld_run
+    from flipscope.store.kld_run import read_kld_run
+
+    table = json.loads((out / "table.json").read_text())
+    rows, specs, flips = table["rows"], table["specs"], table["flips"]
+    summary = load_kld_run(out / "kld").summary
+    print(f"`{table['command']}`: {table['about']}")
     print()
     print("| file | imatrix | size MiB | bpw | held-out KL ± se | same-top % | suite flips % |")
     print("|---|---|---|---|---|---|---|")
     for r, spec in zip(rows, specs, strict=True):
-        s = k.summary[spec]
+        s = summary[spec]
         flip = "–"
         if spec in flips:
             flip = f"{100 * flips[spec][0] / flips[spec][1]:.1f} ({flips[spec][0]}/{flips[spec][1]})"
-        size, bpw = int(str(r["bytes"])) / 2**20, float(str(r["bpw"]))
         kl = f"{s.kl_mean.value:.4f} ± {s.kl_mean.err:.4f}"
-        print(
-            f"| {r['file']} | {r['imatrix']} | {size:.2f} | {bpw:.3f} | {kl} | {100 * s.same_top.value:.1f} | {flip} |"
-        )
+        print(f"| {r['file']} | {r['imatrix']} | {r['bytes'] / 2**20:.2f} | {r['bpw']:.3f} | {kl} | "
+              f"{100 * s.same_top.value:.1f} | {flip} |")  # fmt: skip
+    frame = read_kld_run(out / "kld")[1]
+    print()
+    print(
+        "| size of | imatrix | advised − recipe KL ± se (paired by window) | change | advised lower in "
+        "| flips advised / recipe |"
+    )
+    print("|---|---|---|---|---|---|")
+    for i in range(0, len(rows), 2):
+        recipe, advised = specs[i], specs[i + 1]
+        d = _paired(frame, advised, recipe)
+        base = summary[recipe].kl_mean.value
+        flip = f"{flips[advised][0]} / {flips[recipe][0]}" if advised in flips else "–"
+        print(f"| {rows[i]['file'].removeprefix('llama.cpp ')} | {rows[i]['imatrix']} | {d.mean:+.4f} ± {d.err:.4f} | "
+              f"{100 * d.mean / base:+.0f}% | {d.lower} of {d.windows} windows | {flip} |")  # fmt: skip
+
+
+def _paired(frame: Any, a: str, b: str) -> WindowDifference:
+    """KL of candidate ``a`` − candidate ``b`` on the positions both scored, paired by window."""
+    import numpy as np
+
+    keys = ["window", "position"]
+    both = frame[frame.candidate == a][[*keys, "kl"]].merge(frame[frame.candidate == b][[*keys, "kl"]], on=keys)
+    finite = np.isfinite(both.kl_x) & np.isfinite(both.kl_y)
+    both = both[finite]
+    return paired_by_window(both.window.to_numpy(), both.kl_x.to_numpy(), both.kl_y.to_numpy())
 
 
 if __name__ == "__main__":

@@ -97,8 +97,9 @@ def _quantize(llama_cpp: Any, source: Path, tmp: Path, ftype: int, job: Quantize
              f" ({len(job.overrides)} tensor overrides)" if job.overrides else "")  # fmt: skip
     with _llama_log(llama_cpp) as said:  # llama.cpp logs every tensor; kept for the error, else dropped
         code = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
+        said_text = said() if code != 0 or not tmp.exists() else ""  # read while the capture is still open
     if code != 0 or not tmp.exists():
-        tail = [line for line in said().splitlines() if line.strip()][-3:]
+        tail = [line for line in said_text.splitlines() if line.strip()][-3:]
         raise FlipscopeError(f"llama.cpp could not quantize {source.name} to {job.ftype} (code {code}): "
                              + " / ".join(line.strip() for line in tail)[-400:],
                              fix="llama.cpp's last log lines are quoted in this message")  # fmt: skip
