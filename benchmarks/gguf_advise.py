@@ -101,8 +101,9 @@ def measure(args: argparse.Namespace, out: Path) -> None:
         for spec in specs:
             per = c.summary[spec]
             flips[spec] = (sum(s.flips_c2i + s.flips_i2c for s in per.values()), sum(s.n for s in per.values()))
-    command = (f"benchmarks/gguf_advise.py --model {args.model} --by {args.by} --chunks {args.chunks} --windows "
-               f"{args.windows} --suite-limit {args.suite_limit}")  # fmt: skip
+    command = (f"benchmarks/gguf_advise.py --model {args.model} --sizes {args.sizes} --imatrix {args.imatrix} "
+               f"--by {args.by} --chunks {args.chunks} --ctx {args.ctx} --windows {args.windows} "
+               f"--suite-limit {args.suite_limit}")  # fmt: skip
     about = (f"held-out KL on {args.windows} windows of {args.ctx} tokens of {HELD_OUT_CORPUS} (± SE over windows; "
              f"full int16 store); flips pooled over {', '.join(PAPER)} ({args.suite_limit} items each)")  # fmt: skip
     table = {"command": command, "about": about, "rows": rows, "specs": specs, "flips": flips}
@@ -148,12 +149,9 @@ def report(out: Path) -> None:
 
 def _paired(frame: Any, a: str, b: str) -> WindowDifference:
     """KL of candidate ``a`` − candidate ``b`` on the positions both scored, paired by window."""
-    import numpy as np
 
     keys = ["window", "position"]
     both = frame[frame.candidate == a][[*keys, "kl"]].merge(frame[frame.candidate == b][[*keys, "kl"]], on=keys)
-    finite = np.isfinite(both.kl_x) & np.isfinite(both.kl_y)
-    both = both[finite]
     return paired_by_window(both.window.to_numpy(), both.kl_x.to_numpy(), both.kl_y.to_numpy())
 
 

@@ -161,6 +161,14 @@ def test_advise_gguf_writes_a_plan_whose_file_has_the_size_it_counted(
     weights = sum(t.weights for t in written)
     assert total_bits(written) / weights == pytest.approx(doc["bits_per_weight"], abs=1e-12)
     assert {t.name: t.qtype for t in written if t.name in doc["tensors"]} == doc["tensors"]
+    # the plan was measured in a transformers twin with llama.cpp's dequantized blocks swapped in; the file itself,
+    # run by llama.cpp on the same evaluation window, must show the same KL (a wrong tensor-name mapping, a missed
+    # query/key permutation or an untied embedding would not): within the engines' floor
+    import flipscope
+
+    engine = flipscope.kld("gguf:smollm2-135m", [f"gguf:{out}"], corpus="olmo:coqa+drop", ctx=128, max_windows=1,
+                           out=tmp_path / "kld", cache_dir=tmp_path / "cache")  # fmt: skip
+    assert engine.summary[f"gguf:{out}"].kl_mean.value == pytest.approx(doc["eval_kl"], rel=0.25, abs=0.01)
     from flipscope.runs import advise_gguf
 
     measure: Any = advise_gguf.single_unit

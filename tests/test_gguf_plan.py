@@ -62,6 +62,9 @@ def test_plan_overrides_are_exact_names_and_refusals() -> None:
         check_plan({"blk.1.attn_q.weight": "Q4_K"}, FILE, "p.json")
     column = TensorInfo("blk.1.attn_sinks.weight", (576, 1, 1), "F32")  # ggml_n_dims: 1-D, kept as it is
     assert not column.quantizable and TensorInfo("x.weight", (576, 2, 1), "F32").quantizable
+    # llama.cpp keeps RWKV's small time_mix_w1/… matrices but quantizes time_mix_key/value/receptance/output
+    assert not TensorInfo("blk.0.time_mix_w1.weight", (64, 576), "F32").quantizable
+    assert TensorInfo("blk.0.time_mix_key.weight", (576, 576), "F32").quantizable
     with pytest.raises(FlipscopeError, match=r"does not quantize blk.1.attn_norm"):
         check_plan({"blk.1.attn_norm.weight": "Q8_0"}, FILE, "p.json")
 

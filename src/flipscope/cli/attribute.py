@@ -300,8 +300,8 @@ def _advise_gguf(baseline: str, by: str, span: int | None, calibration_windows: 
                f"{a.calibration_kl:.4f}; evaluation {a.eval_kl:.4f} ({a.seconds:.0f} s)")  # fmt: skip
     if a.recipe is not None:
         versus = "" if a.difference is None else f"; plan − it {a.difference.describe()}"
-        click.echo(f"  llama.cpp {a.recipe}: {a.recipe_bpw:.4f} bits per weight, evaluation KL "
-                   f"{a.recipe_eval_kl:.4f}{versus}")  # fmt: skip
+        kl = "not finite in every window" if a.recipe_eval_kl is None else f"{a.recipe_eval_kl:.4f}"
+        click.echo(f"  llama.cpp {a.recipe}: {a.recipe_bpw:.4f} bits per weight, evaluation KL {kl}{versus}")
     if a.imatrix is not None:
         click.echo(f"importance matrix: {a.imatrix}")
     click.echo(f"write the file: flipscope compress {baseline}+ggml:plan={a.plan} --out advised.gguf")

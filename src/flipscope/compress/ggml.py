@@ -58,6 +58,10 @@ class GGMLConfig(CompressionConfig):
                 requantize = True
             elif flag.startswith("imatrix="):
                 imatrix = flag.removeprefix("imatrix=")
+                if not imatrix.strip():
+                    raise FlipscopeError(
+                        f"ggml:{args}: imatrix= names no file", fix="give ,imatrix=FILE or leave it out"
+                    )
             else:
                 raise FlipscopeError(f"unknown ggml flag {flag!r}", fix="the flags are ,imatrix=FILE and ,requant")
         plan, base = "", ""

@@ -74,8 +74,9 @@ def made_as(qtype: str, row: int) -> str:
 #: architectures' own lists are not copied: a plan's file is read back, and a tensor llama.cpp left alone refused).
 _KEPT = ("_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel", "per_layer_model_proj",
          "ssm_conv1d", "shortconv.conv.weight", "position_embd.weight", "token_types.weight", "indexer.k_proj.weight",
-         "indexer.q_proj.weight", "time_mix_", "attn_rel_b.weight", "rel_pos", "patch_embd",
-         "patch_merger")  # fmt: skip
+         "indexer.q_proj.weight", "attn_rel_b.weight", "rel_pos", "patch_embd", "patch_merger",
+         *(f"time_mix_{part}.weight" for part in ("first", "w0", "w1", "w2", "v0", "v1", "v2", "a0", "a1", "a2", "g1",
+                                                  "g2", "decay_w1", "decay_w2", "lerp_fused")))  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -107,10 +107,12 @@ def _convert(model: BundledModel, folder: Path, tmp: Path) -> None:
 
 def transformers_twin(gguf_path: Path) -> Path:
     """A float32 transformers folder with a GGUF file's weights (transformers' own GGUF loader: names mapped, llama's
-    query/key rows un-permuted), converted once into the cache by the file's content."""
+    query/key rows un-permuted), converted once into the cache by the file's content and the converting library."""
+    from importlib.metadata import version
+
     from flipscope.plumbing.cache import file_sha256
 
-    folder = cache_root() / "models" / f"gguf-{file_sha256(gguf_path)[:16]}"
+    folder = cache_root() / "models" / f"gguf-{file_sha256(gguf_path)[:16]}-transformers{version('transformers')}"
     if converted(folder):
         return folder
     log.info("converting %s to a cached float32 transformers folder once: %s", gguf_path.name, folder)

@@ -200,7 +200,7 @@ def advise_gguf(baseline: str, settings: GGUFAdviseSettings, *, out: str | Path,
         cache = _cache_file(source, types, imatrix, settings, session)
         found = single_unit(units, _candidates(versions, {hf[t.name]: t for t in planned}, types), bank,
                             session.meter, shown, fix="offer more --types (Q8_0), or run in float32",
-                            known=json.loads(cache.read_text()) if cache.exists() else None)  # fmt: skip
+                            known=_known(cache))  # fmt: skip
         write_atomically(cache, lambda tmp: tmp.write_text(json.dumps(found.known)))
         choice = least_value(found.options, budget - fixed)
         if choice is None:
@@ -288,6 +288,16 @@ def _cache_file(source: Path, types: tuple[str, ...], imatrix: Path | None, sett
     folder = cache_root() / "advise-gguf"
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{digest}.json"
+
+
+def _known(cache: Path) -> Any:
+    """Sensitivities kept by an earlier run, or None where there are none or the file cannot be read (measured
+    again, and written anew)."""
+    try:
+        return json.loads(cache.read_text()) if cache.exists() else None
+    except (OSError, ValueError) as exc:
+        log.warning("%s cannot be read (%s): measuring again", cache, exc)
+        return None
 
 
 def _evaluate(session: Session) -> WindowKL:
