@@ -3,7 +3,7 @@
 quantizer and all measured through llama.cpp (`gguf:` files).
 
     python benchmarks/gguf_advise.py [--model smollm2-135m] [--by block] [--chunks 2] [--windows 16]
-                                     [--suite-limit 25] [--imatrix none,calibration] [--out DIR] [--report]
+                                     [--suite-limit 25] [--imatrix none,calibration] [--out DIR] [--reuse] [--report]
 
 Fitting and judging never share text: sensitivities and the computed importance matrix come from the calibration
 windows (`--chunks` windows of advise's calibration corpus: CPython docs, standard-library source, MMLU questions);
@@ -40,19 +40,29 @@ def files(args: argparse.Namespace, out: Path) -> list[dict[str, object]]:
             settings = GGUFAdviseSettings(size_of=size, by=UnitKind(args.by), compute_imatrix=setting == "calibration",
                                           ablation=AblationSettings(chunks=args.chunks, ctx=args.ctx),
                                           eval_windows=(0, 2))  # fmt: skip
-            a = advise_gguf(f"gguf:{args.model}", settings, out=plan)
-            seconds = time.monotonic() - started
-            imatrix = f",imatrix={a.imatrix}" if a.imatrix else ""
+            reused = args.reuse and plan.exists()
+            if reused:  # a plan an interrupted run left: its advice is not repeated (nor timed)
+                doc = json.loads(plan.read_text())
+                found = (doc.get("imatrix") or {}).get("file")
+            else:
+                a = advise_gguf(f"gguf:{args.model}", settings, out=plan)
+                found = a.imatrix
+            seconds = None if reused else time.monotonic() - started
+            imatrix = f",imatrix={found}" if found else ""
             for name, spec in ((f"llama.cpp {size}", f"gguf:{args.model}+ggml:{size}{imatrix}"),
                                (f"advised @ {size}", f"gguf:{args.model}+ggml:plan={plan}")):  # fmt: skip
                 path = out / f"{name.replace(' ', '_').replace('@', 'at')}-{setting}.gguf"
-                path.unlink(missing_ok=True)  # never an earlier run's file: --out may be reused with other settings
-                flipscope.save_gguf(spec, path)
+                if not (reused and path.exists()):
+                    path.unlink(missing_ok=True)  # never an earlier run's file: --out may hold other settings'
+                    flipscope.save_gguf(spec, path)
                 saved = _saved(path)
                 rows.append({"file": name, "imatrix": setting, "path": str(path), **saved,
                              "advise_seconds": seconds if name.startswith("advised") else None})  # fmt: skip
-            print(f"{size} / imatrix {setting}: advised in {seconds:.0f} s, {a.bits_per_weight:.4f} bpw vs "
-                  f"{a.budget_bpw:.4f}; calibration-window KL {a.calibration_kl:.4f}", flush=True)  # fmt: skip
+            if reused:
+                print(f"{size} / imatrix {setting}: the plan and files in {out} reused", flush=True)
+            else:
+                print(f"{size} / imatrix {setting}: advised in {seconds:.0f} s, {a.bits_per_weight:.4f} bpw vs "
+                      f"{a.budget_bpw:.4f}; calibration-window KL {a.calibration_kl:.4f}", flush=True)  # fmt: skip
     return rows
 
 
@@ -75,6 +85,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=16, help="held-out windows for kld")
     parser.add_argument("--suite-limit", type=int, default=25, help="items per paper-suite task (0: no suite)")
     parser.add_argument("--out", default="gguf-advise-bench")
+    parser.add_argument("--reuse", action="store_true", help="keep the plans and files an earlier run left in --out")
     parser.add_argument("--report", action="store_true", help="print the tables again from --out, measuring nothing")
     args = parser.parse_args()
     out = Path(args.out)
