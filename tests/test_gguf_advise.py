@@ -93,8 +93,8 @@ def test_the_importance_matrix_reaches_llama_cpp(tmp_path: Path) -> None:
 
     from flipscope.compress.ggml import GGMLConfig
     from flipscope.compress.ggml_plan import write_ggml_plan
+    from flipscope.compress.imatrix import Imatrix, write_imatrix
     from flipscope.models.gguf_quantize import file_for
-    from flipscope.store.imatrix import Imatrix, write_imatrix
 
     name = "blk.2.ffn_down.weight"  # rows of 1536: Q4_K
     plan = write_ggml_plan(tmp_path / "plan.json", {name: "Q4_K"})
@@ -138,8 +138,8 @@ def test_advise_gguf_writes_a_plan_whose_file_has_the_size_it_counted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from flipscope.compress.gguf_types import total_bits
+    from flipscope.compress.imatrix import read_imatrix
     from flipscope.models.gguf_quantize import tensors_of
-    from flipscope.store.imatrix import read_imatrix
 
     plan = tmp_path / "plan.json"
     code, said = _gguf_cli(monkeypatch, capsys, "advise", "gguf:smollm2-135m", "--types", "Q4_0,Q4_K,Q8_0", "--by",

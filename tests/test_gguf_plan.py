@@ -95,8 +95,8 @@ def test_plan_files_name_their_method(tmp_path: Path) -> None:
 def test_a_plan_fitted_with_an_imatrix_brings_it_or_refuses(tmp_path: Path) -> None:
     from flipscope.compress.ggml import GGMLConfig
     from flipscope.compress.ggml_plan import write_ggml_plan
+    from flipscope.compress.imatrix import Imatrix, write_imatrix
     from flipscope.plumbing.cache import file_sha256
-    from flipscope.store.imatrix import Imatrix, write_imatrix
 
     matrix = write_imatrix(tmp_path / "m.imatrix.gguf", Imatrix({"blk.1.attn_q.weight": np.ones(576)},
                                                                 {"blk.1.attn_q.weight": 4.0}))  # fmt: skip
@@ -113,7 +113,7 @@ def test_a_plan_fitted_with_an_imatrix_brings_it_or_refuses(tmp_path: Path) -> N
 
 
 def test_imatrix_files_round_trip_and_legacy(tmp_path: Path) -> None:
-    from flipscope.store.imatrix import Imatrix, read_imatrix, write_imatrix
+    from flipscope.compress.imatrix import Imatrix, read_imatrix, write_imatrix
 
     rng = np.random.default_rng(0)
     sums = {"blk.0.attn_q.weight": rng.random(64) * 10, "blk.0.ffn_down.weight": rng.random(128)}

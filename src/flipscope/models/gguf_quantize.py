@@ -138,7 +138,7 @@ def _imatrix_table(llama_cpp: Any, path: Path, keep: list[Any], tensors: list[Te
     """The imatrix file's mean squares as llama.cpp's C array of (name, values, size), ended by a NULL name."""
     import numpy as np
 
-    from flipscope.store.imatrix import read_imatrix
+    from flipscope.compress.imatrix import read_imatrix
 
     values = read_imatrix(path).values()
     if not all(np.isfinite(v).all() for v in values.values()):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from flipscope.store.imatrix import Imatrix
+from flipscope.compress.imatrix import Imatrix
 
 
 def collect_imatrix(model: Any, windows: Sequence[Sequence[int]], names: Mapping[str, str], *, device: str = "cpu",

@@ -320,16 +320,16 @@ def _imatrix(settings: GGUFAdviseSettings, session: Session, hf: dict[str, str],
     """The importance matrix every quantization uses: the file given, or one computed on the calibration windows
     (never the evaluation ones) and written beside the plan as ``PLAN.imatrix.gguf``."""
     if settings.imatrix:
+        from flipscope.compress.imatrix import read_imatrix
         from flipscope.plumbing.cache import user_path
-        from flipscope.store.imatrix import read_imatrix
 
         path = user_path(settings.imatrix)
         read_imatrix(path)  # a clear error now, not inside llama.cpp
         return path
     if not settings.compute_imatrix:
         return None
+    from flipscope.compress.imatrix import write_imatrix
     from flipscope.passes.imatrix import collect_imatrix
-    from flipscope.store.imatrix import write_imatrix
 
     windows = [w.ids for w in cast(Any, session.meter).plan.windows]
     device = str(getattr(session.backend, "device", "cpu"))
