@@ -262,3 +262,16 @@ def cluster() -> Iterator[Any]:
     made.wait_for_nodes()
     yield made
     made.shutdown()
+
+
+@pytest.fixture
+def actor_threads() -> Iterator[None]:
+    """The driver's torch computes with one thread, as a Ray actor with num_cpus=1 does (Ray sets its
+    OMP_NUM_THREADS to it): float32 sums in a matmul depend on the thread count, so a local run compared bit for bit
+    with a run on Ray must use the same count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

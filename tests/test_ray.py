@@ -67,7 +67,7 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_records_equal_a_local_runs_and_the_driver_loads_no_model(
-    cluster, small_chunks, tiny_llama, tiny_llama_other_vocab, options_file, tmp_path, monkeypatch
+    cluster, actor_threads, small_chunks, tiny_llama, tiny_llama_other_vocab, options_file, tmp_path, monkeypatch
 ) -> None:
     base = f"hf:{tiny_llama}"
     cands = [f"hf:{tiny_llama}+rtn:w4g32", f"hf:{tiny_llama_other_vocab}"]
@@ -89,7 +89,7 @@ def test_records_equal_a_local_runs_and_the_driver_loads_no_model(
 
 
 def test_an_actor_killed_mid_run_is_restarted_and_its_chunks_redone(
-    cluster, small_chunks, tiny_llama, options_file, tmp_path, monkeypatch
+    cluster, actor_threads, small_chunks, tiny_llama, options_file, tmp_path, monkeypatch
 ) -> None:
     base, cands = f"hf:{tiny_llama}", [f"hf:{tiny_llama}+rtn:w3g32"]
     kwargs: dict[str, Any] = {"tasks": [str(options_file)], "device": "cpu", "batch_size": 2}
@@ -116,7 +116,7 @@ def test_an_actor_killed_mid_run_is_restarted_and_its_chunks_redone(
 
 
 def test_a_cached_candidate_gets_no_actor_and_is_reported_reused(
-    cluster, small_chunks, tiny_llama, options_file, tmp_path, monkeypatch
+    cluster, actor_threads, small_chunks, tiny_llama, options_file, tmp_path, monkeypatch
 ) -> None:
     base, cached, fresh = f"hf:{tiny_llama}", f"hf:{tiny_llama}+rtn:w4g32", f"hf:{tiny_llama}+rtn:w3g32"
     kwargs: dict[str, Any] = {"tasks": [str(options_file)], "device": "cpu", "cache_dir": tmp_path / "c"}
@@ -136,7 +136,7 @@ def test_a_cached_candidate_gets_no_actor_and_is_reported_reused(
 
 
 def test_candidates_actors_wait_for_a_placed_baseline_actor_even_with_rows_ready(
-    cluster, small_chunks, tiny_llama, options_file, tmp_path, monkeypatch
+    cluster, actor_threads, small_chunks, tiny_llama, options_file, tmp_path, monkeypatch
 ) -> None:
     """The baseline's pass of one task cached, of the other not: the candidate's chunks of the first are ready at
     once, yet its actor is asked for only once a baseline actor holds its place (on a cluster shared with other

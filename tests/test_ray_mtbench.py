@@ -36,7 +36,9 @@ def no_model_here(*_: Any, **__: Any) -> None:
     raise AssertionError("the driver loaded a model: every one should have loaded on Ray")
 
 
-def test_a_run_on_ray_equals_a_local_run_and_the_driver_loads_no_model(cluster, tiny_llama, tmp_path, monkeypatch):
+def test_a_run_on_ray_equals_a_local_run_and_the_driver_loads_no_model(
+    cluster, actor_threads, tiny_llama, tmp_path, monkeypatch
+):
     """FastChat's temperatures: writing and roleplay (0.7) sampled in calls of 4 questions, batches of 2 (one random
     stream across a call), the other categories' greedy answers alike; three models and the judge at once."""
     monkeypatch.setattr(stored, "CHUNK_ITEMS", 5)  # 32 teacher-forced answers: chunks of 5 sent apart
