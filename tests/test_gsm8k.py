@@ -104,7 +104,7 @@ def test_free_form_tasks_are_found_by_name(monkeypatch: pytest.MonkeyPatch) -> N
     assert task.prefix == "Q: e1?\nA: The answer is 1.\n\n" * 2
     assert task.prompts == [task.prefix + f"Q: {p.question}\nA:" for p in task.problems]
     assert task.decoding.stop == gsm8k.STOP and task.decoding.max_new_tokens == gsm8k.MAX_NEW_TOKENS
-    assert task.grade("so 3. The answer is 3.", "3") == Graded("3", True, True)
+    assert task.grade("so 3. The answer is 3.", "3") == Graded("3", True, True, True)
 
 
 def test_an_unknown_free_form_task_is_a_one_line_error() -> None:

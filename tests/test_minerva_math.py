@@ -68,9 +68,13 @@ def test_equivalence_is_lm_evals_on_every_pair() -> None:
 
 def test_grade_commits_to_the_first_final_answer_and_keeps_strict_apart() -> None:
     text = "so $x=\\boxed{1/2}$.\nFinal Answer: The final answer is $0.5$. I hope it is correct."
-    assert grade(text, "\\frac{1}{2}") == Graded("0.5", True, False)
-    assert grade("I think it is 5", "5") == Graded(NO_FINAL, False, False)
-    assert grade("Final Answer: The final answer is $5$. I hope it is correct.", "5") == Graded("5", True, True)
+    assert grade(text, "\\frac{1}{2}") == Graded("0.5", True, False, True)
+    assert grade("I think it is 5", "5") == Graded(NO_FINAL, False, False, False)
+    assert grade("Final Answer: The final answer is $5$. I hope it is correct.", "5") == Graded("5", True, True, True)
+    # found, not committed: the right value boxed on the way, a wrong one as the final answer
+    wrong = "so $\\boxed{1/2}$.\nFinal Answer: The final answer is $3$. I hope it is correct."
+    assert grade(wrong, "\\frac{1}{2}") == Graded("3", False, False, True)
+    assert grade(wrong, "7").found is False
 
 
 def test_every_stated_answer_is_listed_for_found_but_not_committed() -> None:

@@ -25,7 +25,8 @@ class FreeAnswer:
     ("[invalid]" where none), whether that is right (and under lm-eval's strict filter), why generation stopped,
     its tokens (where the backend knows them); ``ref_logprob``: the log-likelihood this model gives the
     *baseline's* answer, teacher-forced (the baseline: its own), over ``ref_tokens`` tokens — None where the
-    baseline's answer is empty or could not be scored."""
+    baseline's answer is empty or could not be scored; ``found``: the task's search for the right answer anywhere
+    in the text (*found but not committed* where it is True and ``correct`` False)."""
 
     text: str
     answer: str
@@ -36,6 +37,7 @@ class FreeAnswer:
     token_ids: tuple[int, ...] | None = None
     ref_logprob: float | None = None
     ref_tokens: int | None = None
+    found: bool | None = None  # the right answer written anywhere in the text (None: the task has no such search)
 
 
 @dataclass(frozen=True)

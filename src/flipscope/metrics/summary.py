@@ -8,6 +8,7 @@ from collections.abc import Collection, Sequence
 from pydantic import BaseModel
 
 import flipscope.metrics.paired as paired
+from flipscope.metrics.degradation import DegradationSummary, answer_degradation, summarize_degradation
 from flipscope.metrics.records import NO_ANSWER, ItemScore, Pair, answer_distance, pair_up
 
 #: Fewer items than this never count as a collapse (too few to tell a bias from chance).
@@ -41,6 +42,8 @@ class FreeSummary(BaseModel):
     truncated_baseline: int  # stopped at max_new_tokens
     truncated_candidate: int
     n: int | None = None  # items in the summary (None: a run.json written before it was recorded)
+    #: how the answers degraded, candidate against baseline, over all n (None: a run.json written before it was)
+    degradation: DegradationSummary | None = None
 
 
 class SequentialSummary(BaseModel):
@@ -162,6 +165,7 @@ def free_summary(pairs: Sequence[Pair]) -> FreeSummary | None:
         truncated_baseline=sum(b.stop_reason == "length" for b, _, _ in rows),
         truncated_candidate=sum(c.stop_reason == "length" for _, c, _ in rows),
         n=len(rows),
+        degradation=summarize_degradation([(answer_degradation(b, b), answer_degradation(c, b)) for b, c, _ in rows]),
     )
 
 

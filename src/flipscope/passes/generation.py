@@ -85,15 +85,14 @@ def teacher_requests(task: FreeTask, answers: list[str]) -> tuple[TaskData, list
     return TaskData(f"{task.name}:teacher", items, {}, {}), prompts
 
 
-def free_answer(
-    g: Generation, teacher: ItemScore | None, *, answer: str, correct: bool, correct_strict: bool
-) -> FreeAnswer:
+def free_answer(g: Generation, teacher: ItemScore | None, graded: Graded) -> FreeAnswer:
     """A generated answer as a record, with this model's teacher-forced numbers on the baseline's answer."""
     return FreeAnswer(
         text=g.text,
-        answer=answer,
-        correct=correct,
-        correct_strict=correct_strict,
+        answer=graded.answer,
+        correct=graded.correct,
+        correct_strict=graded.correct_strict,
+        found=graded.found,
         stop_reason=g.stop_reason.value,
         new_tokens=g.new_tokens,
         token_ids=g.token_ids,
@@ -109,7 +108,7 @@ def free_scores(task: FreeTask, made: list[Generation], teacher: PassResult) -> 
     for problem, g in zip(task.problems, made, strict=True):
         t = scored.get(problem.item_id)
         graded = task.grade(g.text, problem.target)
-        free = free_answer(g, t, answer=graded.answer, correct=graded.correct, correct_strict=graded.correct_strict)
+        free = free_answer(g, t, graded)
         out.append(ItemScore(task.name, problem.item_id, "", 0, (), (), t.token_kl if t else None, free))
     return out
 

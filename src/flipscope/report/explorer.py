@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flipscope.metrics import Pair, answer_distance, choice_kl, pair_up, top_margin
+from flipscope.metrics.degradation import Degradation, answer_degradation
 from flipscope.metrics.paired import softmax
 from flipscope.report.collect import CompareRun
 
@@ -37,6 +38,7 @@ class FlipRow:
     token_kl: float | None  # answer-token KL, or teacher-forced KL for free-form items
     baseline_text: str = ""  # free-form: the two generations, HTML with the differing words marked
     candidate_text: str = ""
+    degradation: str = ""  # free-form: how the candidate's answer degraded (loop, truncation, length, …)
 
 
 def letter(index: int) -> str:
@@ -59,6 +61,22 @@ def diff_html(a: str, b: str) -> tuple[str, str]:
         if right:
             out_b.append(f"<ins>{right}</ins>")
     return "".join(out_a), "".join(out_b)
+
+
+def describe_degradation(d: Degradation) -> str:
+    """One answer's degradation in a few words ("" where nothing degraded)."""
+    said = []
+    if d.empty:
+        said.append("empty")
+    if d.looped and d.loop_share is not None:
+        said.append(f"loops (period {d.loop_period}, the last {d.loop_share:.0%} of the answer)")
+    if d.truncated:
+        said.append("hit the token limit")
+    if d.length_ratio is not None and not 0.5 <= d.length_ratio <= 2:
+        said.append(f"{d.length_ratio:.1f}× the baseline's length")
+    if d.found_not_committed:
+        said.append("the right answer is in the text but not the one committed")
+    return "; ".join(said)
 
 
 def _questions(items: Any) -> dict[tuple[str, str], dict[str, Any]]:
@@ -93,6 +111,7 @@ def _row(pair: Pair, candidate: str, question: dict[str, Any]) -> FlipRow:
             token_kl=distance.teacher_kl if distance is not None else None,
             baseline_text=left,
             candidate_text=right,
+            degradation=describe_degradation(answer_degradation(c.free, b.free)),
         )
     choices = question.get("choices")
     return FlipRow(

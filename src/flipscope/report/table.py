@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from flipscope.metrics import TaskSummary
+from flipscope.metrics.degradation import DegradationSummary
 from flipscope.metrics.noise_floor import indistinguishable
 from flipscope.metrics.token_kl import TokenKL
 from flipscope.report.formatting import num, pct, pvalue
@@ -94,6 +95,21 @@ def floor_cells(s: TaskSummary, floor: TaskSummary | None) -> list[str]:
     return [f"{pct(floor.flips)} {ci}".strip(), "–" if same is None else "≈ floor" if same else "above"]
 
 
+def degradation_line(d: DegradationSummary | None) -> str:
+    """How the candidate's answers degraded against the baseline's: each flag's share B → C with the items that
+    gained / lost it (and McNemar's exact p), and the length ratio's geometric mean with its 95% interval."""
+    if d is None or not d.n_items:
+        return ""
+    flags = [("looped", d.looped), ("empty", d.empty), ("found, not committed", d.found_not_committed)]
+    parts = [f"{name} B {pct(f.baseline_share)}% C {pct(f.candidate_share)}% (+{f.gained_count}/−{f.lost_count}, "
+             f"p {pvalue(f.mcnemar_p)})" for name, f in flags if f is not None]  # fmt: skip
+    if d.length is not None:
+        ci = d.length.geometric_mean_ci
+        band = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+        parts.append(f"length C/B ×{d.length.geometric_mean:.2f}{band} (geometric mean, {d.length.n_items} items)")
+    return " · degradation: " + " · ".join(parts)
+
+
 def detail_line(s: TaskSummary) -> str:
     """acc_norm, and the flips per bucket of the baseline's top margin; for free-form tasks the judge-free
     distances instead."""
@@ -105,7 +121,7 @@ def detail_line(s: TaskSummary) -> str:
             f"{num(f.first_divergence_median, 0)} · answers, all {f.n or s.n}: identical {pct(f.identical)}% · same "
             f"answer {pct(f.same_answer)}% · strict acc B {pct(f.acc_strict_baseline)}% "
             f"C {pct(f.acc_strict_candidate)}% · no answer B {f.invalid_baseline} C {f.invalid_candidate} · "
-            f"hit max tokens B {f.truncated_baseline} C {f.truncated_candidate}"
+            f"hit max tokens B {f.truncated_baseline} C {f.truncated_candidate}{degradation_line(f.degradation)}"
         )
     parts = [f"[{b.lo:g},{b.hi:g}{']' if b.hi == 1 else ')'} {b.flips}/{b.n}" for b in s.flips_by_margin]
     norm = (

@@ -30,6 +30,7 @@ from flipscope.plumbing.cache import cache_root, content_hash
 from flipscope.store import PassResult, Settings
 from flipscope.store.generations import GenerationStore
 from flipscope.tasks import ItemRequests, MCItem, ScoreRequest, TaskData
+from flipscope.tasks.free import Graded
 from flipscope.tasks.mtbench import MAX_NEW_TOKENS, TEMPERATURE, MTBench, Question, load_mtbench
 
 log = logging.getLogger(__name__)
@@ -377,7 +378,7 @@ def teacher_scores(questions: list[Question], answers: ModelAnswers, teacher: Pa
         for turn, g in enumerate(turns, start=1):
             item = f"{q.question_id}-{turn}"
             t = scored.get(item)
-            free = free_answer(g, t, answer=NO_ANSWER, correct=False, correct_strict=False)
+            free = free_answer(g, t, Graded(NO_ANSWER, False, False))
             out.append(ItemScore("mtbench", item, q.category, 0, (), (), t.token_kl if t else None, free))
     return out
 

@@ -97,6 +97,7 @@ def _free_answer(row: Any) -> FreeAnswer | None:
         token_ids=None if ids is None else tuple(int(i) for i in ids),
         ref_logprob=None if value("ref_logprob") is None else float(row.ref_logprob),
         ref_tokens=None if value("ref_tokens") is None else int(row.ref_tokens),
+        found=None if value("found") is None else bool(row.found),
     )
 
 

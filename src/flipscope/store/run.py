@@ -73,14 +73,19 @@ class RunFile(BaseModel):
 
 def _free_columns(score: ItemScore, base: ItemScore | None) -> dict[str, Any]:
     """Free-form items: the output, its extracted answer and stop, and (candidates) the judge-free distances."""
+    from dataclasses import asdict
+
     from flipscope.metrics import Pair, answer_distance
+    from flipscope.metrics.degradation import answer_degradation
 
     f = score.free
     if f is None:
         return {}
     out = {"output": f.text, "answer": f.answer, "correct_strict": f.correct_strict, "stop_reason": f.stop_reason,
            "new_tokens": f.new_tokens, "ref_logprob": f.ref_logprob, "ref_tokens": f.ref_tokens,
-           "output_token_ids": list(f.token_ids) if f.token_ids is not None else None}  # fmt: skip
+           "output_token_ids": list(f.token_ids) if f.token_ids is not None else None, "found": f.found}  # fmt: skip
+    if base is not None and base.free is not None:
+        out.update(asdict(answer_degradation(f, base.free)))
     d = answer_distance(Pair(base, score)) if base is not None and base is not score else None
     if d is not None:
         out.update(teacher_kl=d.teacher_kl, delta_nll=d.delta_nll, first_divergence=d.first_divergence,

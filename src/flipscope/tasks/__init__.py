@@ -7,6 +7,7 @@ from pathlib import Path
 
 from flipscope.errors import FlipscopeError
 from flipscope.plumbing.cache import user_path
+from flipscope.tasks.code import HUMANEVAL, MBPP
 from flipscope.tasks.files import SUFFIXES, load_file
 from flipscope.tasks.free import FreeFormTask
 from flipscope.tasks.gsm8k import GSM8K
@@ -30,7 +31,12 @@ from flipscope.tasks.suite import PAPER, SUITE, load_suite_task
 
 #: Free-form tasks (generated, then graded) by name: run by ``compare``, not loaded as multiple choice. Adding one
 #: is one entry here.
-FREE_FORM: dict[str, FreeFormTask] = {"gsm8k": GSM8K, "minerva_math500": MINERVA_MATH500}
+FREE_FORM: dict[str, FreeFormTask] = {
+    "gsm8k": GSM8K,
+    "minerva_math500": MINERVA_MATH500,
+    "humaneval": HUMANEVAL,
+    "mbpp": MBPP,
+}
 
 #: The free-form tasks' names and what they are.
 GENERATIVE = {name: task.description for name, task in FREE_FORM.items()}

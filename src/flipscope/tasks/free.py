@@ -30,12 +30,15 @@ class FreePrompts:
 
 @dataclass(frozen=True)
 class Graded:
-    """A generated answer graded: the final answer found (normalised; ``[invalid]`` where none) and whether it is
-    right under the task's lenient and strict rules."""
+    """A generated answer graded: the final answer found (normalised; ``[invalid]`` where none), whether it is
+    right under the task's lenient and strict rules, and ``found``: whether the right answer is written anywhere
+    in the text (every number, box or stated answer compared with the target; None where the task has no such
+    search), which gives *found but not committed*."""
 
     answer: str
     correct: bool
     correct_strict: bool
+    found: bool | None = None
 
 
 class LoadPrompts(Protocol):

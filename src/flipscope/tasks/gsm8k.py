@@ -171,12 +171,20 @@ def load_prompts(*, limit: int | None, seed: int, fewshot: int | None) -> FreePr
     return FreePrompts(list(sample), prompts, prefix, meta)  # type: ignore[arg-type]
 
 
+def found_anywhere(text: str, target: str) -> bool:
+    """Is the right number written anywhere in the text (any number the flexible filter could take, normalised)?"""
+    right = normalise(target)
+    return any(answer_of(next(g for g in groups if g).strip()) == right for groups in _FLEXIBLE.findall(text))
+
+
 def grade(text: str, target: str) -> Graded:
-    """The final number (flexible-extract) and whether it is right under each of lm-eval's filters."""
+    """The final number (flexible-extract), whether it is right under each of lm-eval's filters, and whether the
+    right number appears anywhere in the text."""
     return Graded(
         final_answer(text, Filter.FLEXIBLE),
         is_correct(text, target, Filter.FLEXIBLE),
         is_correct(text, target, Filter.STRICT),
+        found_anywhere(text, target),
     )
 
 

@@ -11,42 +11,35 @@ exemplars are read from lm-eval's own wheel (``lm-eval==0.4.13``, MIT; fetched, 
 
 from __future__ import annotations
 
-import ast
 from typing import Any
 
 from flipscope.errors import FlipscopeError
 from flipscope.tasks.free import FreeFormTask, FreePrompts, Graded, Problem
-from flipscope.tasks.math_answers import NO_FINAL, equivalent, gold_answer, normalise_answer, stated_answer
+from flipscope.tasks.math_answers import (
+    NO_FINAL,
+    boxed_answers,
+    equivalent,
+    gold_answer,
+    normalise_answer,
+    stated_answer,
+)
+from flipscope.tasks.wheel_literals import literal_samples
 
 PROBLEMS = 500
 EXEMPLARS = 4
 STOP = ("Problem:",)
 MAX_NEW_TOKENS = 256
-LM_EVAL = ("lm-eval", "0.4.13")
 _EXEMPLAR_FILE = "lm_eval/tasks/minerva_math/utils.py"
-_REFETCH = "delete the cached wheels and their extracted files (flipscope cache) to fetch them again"
+_REFETCH = "delete the cached lm-eval wheel and its extracted files (flipscope cache) to fetch them again"
 
 
 def exemplars() -> list[tuple[str, str]]:
-    """lm-eval's four Minerva exemplars (problem, solution), read from ``list_fewshot_samples`` in its wheel's
-    ``minerva_math/utils.py`` as data (parsed, never run)."""
-    from flipscope.plumbing.wheels import extract_member
-
-    path = extract_member(*LM_EVAL, _EXEMPLAR_FILE)
-    source = f"lm-eval=={LM_EVAL[1]}: {_EXEMPLAR_FILE}"
-    try:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        body = next(f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "list_fewshot_samples")
-        returned = next(s for s in body.body if isinstance(s, ast.Return))
-        samples = ast.literal_eval(returned.value) if returned.value is not None else None
-    except (SyntaxError, StopIteration, ValueError, OSError) as exc:
-        raise FlipscopeError(f"{source}: no literal list_fewshot_samples ({exc})", fix=_REFETCH) from exc
-    if not isinstance(samples, list) or len(samples) != EXEMPLARS:
-        raise FlipscopeError(f"{source}: list_fewshot_samples does not return {EXEMPLARS} exemplars", fix=_REFETCH)
+    """lm-eval's four Minerva exemplars (problem, solution), from its wheel's ``minerva_math/utils.py``."""
+    samples = literal_samples(_EXEMPLAR_FILE, EXEMPLARS)
     try:
         return [(str(s["problem"]), str(s["solution"])) for s in samples]
-    except (KeyError, TypeError) as exc:
-        raise FlipscopeError(f"{source}: an exemplar lacks problem/solution", fix=_REFETCH) from exc
+    except KeyError as exc:
+        raise FlipscopeError(f"lm-eval: {_EXEMPLAR_FILE}: an exemplar lacks problem/solution", fix=_REFETCH) from exc
 
 
 def question_prompt(problem: str) -> str:
@@ -95,12 +88,12 @@ def load_prompts(*, limit: int | None, seed: int, fewshot: int | None) -> FreePr
 
 def grade(text: str, target: str) -> Graded:
     """The committed answer, normalised; right when equivalent to the gold (lm-eval's exact_match); strict: the
-    two normalised strings identical (no SymPy)."""
+    two normalised strings identical (no SymPy); found: some boxed or stated answer anywhere is equivalent."""
     stated = stated_answer(text)
-    if stated == NO_FINAL:
-        return Graded(NO_FINAL, False, False)
-    answer = normalise_answer(stated)
-    return Graded(answer, equivalent(answer, target), bool(answer) and answer == target)
+    answer = normalise_answer(stated) if stated != NO_FINAL else NO_FINAL
+    correct = stated != NO_FINAL and equivalent(answer, target)
+    found = correct or any(equivalent(a, target) for a in set(boxed_answers(text)))
+    return Graded(answer, correct, stated != NO_FINAL and bool(answer) and answer == target, found)
 
 
 MINERVA_MATH500 = FreeFormTask(

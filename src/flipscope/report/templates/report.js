@@ -83,6 +83,7 @@
       right.innerHTML = item.candidate_text;
       gens.appendChild(text("div", "baseline", "caption")); gens.appendChild(left);
       gens.appendChild(text("div", "candidate", "caption")); gens.appendChild(right);
+      if (item.degradation) gens.appendChild(text("div", "candidate degraded: " + item.degradation, "caption"));
       tr.appendChild(gens);
     } else {
       tr.appendChild(text("td", "margin " + number(item.margin)));

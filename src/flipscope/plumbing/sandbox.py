@@ -1,0 +1,556 @@
+"""Running model-written (hostile) Python programs to grade them: ``run_untrusted(program)`` → ``Execution``.
+
+Each program gets a fresh temporary folder (removed afterwards whatever happens) and runs as ``python -I`` in a
+process of its own session, with an empty environment (PATH, LANG and HOME, the folder), stdin on /dev/null and
+its output kept to a bounded tail. A trusted launcher sets the resource limits in the child (CPU, address space,
+file size, processes, open files, no core dumps), drops root to uid 65534 (``nobody``: the kernel does not apply
+RLIMIT_NPROC to root, so only then is a fork bomb bounded) and execs the program. The parent enforces the wall
+clock and then kills everything the program started.
+
+With bubblewrap (``bwrap``) the program also runs in its own pid, network, IPC and mount namespaces: it sees
+read-only /usr (and the interpreter's prefix, nothing else of the home folder), a fresh /proc and /dev, and two
+size-bounded tmpfs (/tmp and its working folder, which holds a read-only copy of the program); ending the
+sandbox's first process ends every process in it. ``Isolation.AUTO`` uses bubblewrap where one test run shows it
+works (``sandbox_status`` says which isolation is in use, and why) and falls back to limits alone.
+
+Without bubblewrap the program can use the network, read what uid 65534 (or, for a non-root user, that user) may
+read, and fill the disk for up to its wall time; a process that leaves its session, whose parent exits, that
+leaves the working folder and that execs with another environment escapes the final sweep (its CPU limit still
+ends it if it spins).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from pathlib import Path
+
+from flipscope.errors import FlipscopeError
+
+log = logging.getLogger(__name__)
+
+#: The unprivileged uid (and gid) a root parent runs programs as.
+NOBODY = 65534
+_PATH = "/usr/local/bin:/usr/bin:/bin"
+_INSTALL = "install bubblewrap (apt-get install bubblewrap) on a system that allows it"
+_FIX = f"{_INSTALL}, or pass sandbox='none'"
+_DRAIN_S = 2.0  # how long output is still read once every process is gone
+_POLL_S = 0.05  # the exit check's period where pidfd_open is missing
+_PROGRAM = "program.py"
+
+#: Run by the sandbox's interpreter (``-I -S -c``) before the program: limits, privileges, then exec.
+_LAUNCHER = """
+import os, resource, sys
+cpu, mem, fsize, nproc, nofile, uid, parent = map(int, sys.argv[1:8])
+for name, soft, hard in (("CPU", cpu, cpu + 1), ("AS", mem, mem), ("FSIZE", fsize, fsize),
+                         ("NPROC", nproc, nproc), ("NOFILE", nofile, nofile), ("CORE", 0, 0)):
+    kind = getattr(resource, "RLIMIT_" + name)
+    cap = resource.getrlimit(kind)[1]
+    if cap != resource.RLIM_INFINITY:
+        soft, hard = min(soft, cap), min(hard, cap)
+    resource.setrlimit(kind, (soft, hard))
+if uid >= 0:
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+if parent and sys.platform == "linux":
+    import ctypes
+    ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG = SIGKILL: the program dies with flipscope
+    if os.getppid() != parent:
+        sys.exit(70)
+os.execv(sys.executable, [sys.executable, "-I", sys.argv[8]])
+"""
+
+
+class Isolation(StrEnum):
+    """How a program is isolated: ``auto`` (bubblewrap where it works, else limits alone), ``bubblewrap`` (or an
+    error saying how to get it), ``none`` (resource limits and an unprivileged uid only)."""
+
+    AUTO = "auto"
+    BUBBLEWRAP = "bubblewrap"
+    NONE = "none"
+
+
+class Outcome(StrEnum):
+    """How a program ended. Only ``passed`` counts as a pass when grading."""
+
+    PASSED = "passed"  # exited with status 0
+    FAILED = "failed"  # exited with another status (an exception, a failed assert, sys.exit(n))
+    TIMEOUT = "timeout"  # ran past its wall-clock or CPU limit and was killed
+    MEMORY = "memory"  # stopped by the address-space limit (its last error a MemoryError)
+    KILLED = "killed"  # ended by a signal of its own doing (a crash, the file-size limit)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SandboxLimits:
+    """What one program may use. ``processes`` counts processes and threads beyond those its user already runs
+    (RLIMIT_NPROC is per user); ``output_bytes`` is the tail kept of each of stdout and stderr;
+    ``scratch_bytes`` the size of each writable tmpfs (/tmp, the working folder) under bubblewrap."""
+
+    wall_seconds: float = 10.0
+    cpu_seconds: float = 10.0
+    memory_bytes: int = 1 << 30
+    file_bytes: int = 16 << 20
+    processes: int = 64
+    open_files: int = 64
+    output_bytes: int = 64 << 10
+    scratch_bytes: int = 64 << 20
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if not value > 0:
+                raise FlipscopeError(f"sandbox limit {field.name}={value} is not positive", fix="give a value > 0")
+
+
+DEFAULT_LIMITS = SandboxLimits()
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One program's run: how it ended, its exit status or the signal that ended it (bubblewrap reports a signal
+    as status 128 + n, read back as the signal), wall seconds, the decoded tails of its output, and whether
+    bubblewrap isolated it."""
+
+    outcome: Outcome
+    exit_code: int | None
+    signal: int | None
+    seconds: float
+    stdout: str
+    stderr: str
+    sandboxed: bool
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome is Outcome.PASSED
+
+
+def run_untrusted(
+    program: str, *, limits: SandboxLimits = DEFAULT_LIMITS, sandbox: Isolation | str = Isolation.AUTO
+) -> Execution:
+    """Run ``program`` (Python source) as hostile code under ``limits`` and say how it ended. Raises
+    ``FlipscopeError`` where ``sandbox`` is ``bubblewrap`` and bubblewrap cannot run here."""
+    return _run(program, limits, bubblewrap=_use_bubblewrap(sandbox))
+
+
+def run_many(
+    programs: Iterable[str],
+    *,
+    limits: SandboxLimits = DEFAULT_LIMITS,
+    sandbox: Isolation | str = Isolation.AUTO,
+    workers: int = 2,
+) -> list[Execution]:
+    """``run_untrusted`` over ``programs``, ``workers`` at a time; results in the programs' order."""
+    if workers < 1:
+        raise FlipscopeError(f"workers={workers} is below 1", fix="run at least one program at a time")
+    bubblewrap = _use_bubblewrap(sandbox)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda program: _run(program, limits, bubblewrap=bubblewrap), programs))
+
+
+def sandbox_status() -> str:
+    """One line: the isolation ``Isolation.AUTO`` gives here, and why — for a run's notes."""
+    who = f"as uid {NOBODY} (nobody)" if os.geteuid() == 0 else f"as uid {os.getuid()}"
+    problem = _bubblewrap_problem()
+    if problem is None:
+        return f"bubblewrap: no network, own pid/mount/IPC namespaces, read-only system files, limits, {who}"
+    return f"code ran without a sandbox: {problem}; resource limits only, {who} — {_FIX}"
+
+
+# --- choosing the isolation and the interpreter ------------------------------------------------------------------
+
+
+def _use_bubblewrap(sandbox: Isolation | str) -> bool:
+    """Whether to use bubblewrap for ``sandbox``; ``auto`` falls back (with one warning) where it cannot run."""
+    try:
+        choice = Isolation(sandbox)
+    except ValueError:
+        raise FlipscopeError(f"unknown sandbox {sandbox!r}", fix="use auto, bubblewrap or none") from None
+    if choice is Isolation.NONE:
+        return False
+    problem = _bubblewrap_problem()
+    if problem is None:
+        return True
+    if choice is Isolation.BUBBLEWRAP:
+        raise FlipscopeError(f"cannot sandbox model-written code: {problem}", fix=_FIX)
+    _warn_once(f"model-written code runs without a sandbox: {problem} — {_FIX}")
+    return False
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning(message)
+
+
+def _bwrap() -> str | None:
+    return shutil.which("bwrap") or shutil.which("bwrap", path=_PATH)
+
+
+@functools.cache
+def _bubblewrap_problem() -> str | None:
+    """Why bubblewrap cannot isolate a program here (None: it can), found once by running one in it."""
+    if not sys.platform.startswith("linux"):
+        return "bubblewrap needs Linux"
+    if _bwrap() is None:
+        return "bubblewrap (bwrap) is not installed"
+    probe = _execute("pass", _base_interpreter(), SandboxLimits(wall_seconds=20), bubblewrap=True)
+    if probe.passed:
+        return None
+    lines = probe.stderr.strip().splitlines()
+    return f"bwrap does not run here ({lines[-1] if lines else probe.outcome.value})"
+
+
+def _base_interpreter() -> Path:
+    """The real interpreter under ``sys.base_prefix`` (a venv's python is a link that may point outside it)."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in (Path(sys.base_prefix, "bin", version), Path(sys.base_prefix, "bin", "python3")):
+        if candidate.is_file():
+            return candidate.resolve()
+    return Path(sys.executable).resolve()
+
+
+@functools.cache
+def _plain_interpreter() -> Path:
+    """The interpreter for programs without bubblewrap: the base one, else the system's python3, the first that
+    the programs' uid can run (one test run each where that uid is not ours)."""
+    base = _base_interpreter()
+    if os.geteuid() != 0:
+        return base
+    system = shutil.which("python3", path=_PATH)
+    for candidate in dict.fromkeys([base, *([Path(system).resolve()] if system else [])]):
+        if _execute("pass", candidate, SandboxLimits(wall_seconds=20), bubblewrap=False).passed:
+            if candidate != base:
+                log.info("uid %d cannot run %s: programs run on %s", NOBODY, base, candidate)
+            return candidate
+    raise FlipscopeError(
+        f"no Python interpreter that uid {NOBODY} (nobody) can run: {base} lies in a folder it cannot enter",
+        fix=f"{_INSTALL}, or a system python3",
+    )
+
+
+# --- one run -----------------------------------------------------------------------------------------------------
+
+
+def _run(program: str, limits: SandboxLimits, *, bubblewrap: bool) -> Execution:
+    interpreter = _base_interpreter() if bubblewrap else _plain_interpreter()
+    return _execute(program, interpreter, limits, bubblewrap=bubblewrap)
+
+
+def _child_uid() -> int | None:
+    """The uid programs run as: nobody's where we are root, else ours (None: no change)."""
+    return NOBODY if os.geteuid() == 0 else None
+
+
+def _execute(program: str, interpreter: Path, limits: SandboxLimits, *, bubblewrap: bool) -> Execution:
+    """Write ``program`` into a fresh folder, run it, remove the folder."""
+    workdir = Path(tempfile.mkdtemp(prefix="flipscope-sandbox-"))
+    try:
+        path = workdir / _PROGRAM
+        path.write_text(program, encoding="utf-8")
+        uid = _child_uid()
+        if uid is not None:
+            os.chown(workdir, uid, uid)
+            os.chown(path, uid, uid)
+        argv = _launch(workdir, interpreter, limits, parent=0 if bubblewrap else os.getpid())
+        if bubblewrap:
+            argv = [*_bwrap_args(workdir, interpreter, limits), *argv]
+        return _supervise(argv, workdir, limits, bubblewrap=bubblewrap)
+    finally:
+        _remove(workdir)
+
+
+def _launch(workdir: Path, interpreter: Path, limits: SandboxLimits, *, parent: int) -> list[str]:
+    """The launcher's command line: limits, the uid to become (-1: stay), the parent to die with (0: none)."""
+    uid = _child_uid()
+    nproc = _tasks_of(os.getuid() if uid is None else uid) + limits.processes
+    numbers = (math.ceil(limits.cpu_seconds), limits.memory_bytes, limits.file_bytes, nproc, limits.open_files)
+    tail = (-1 if uid is None else uid, parent)
+    return [str(interpreter), "-I", "-S", "-c", _LAUNCHER, *map(str, (*numbers, *tail)), str(workdir / _PROGRAM)]
+
+
+def _env(workdir: Path) -> dict[str, str]:
+    """The program's whole environment: nothing of ours is inherited."""
+    return {"PATH": _PATH, "LANG": "C.UTF-8", "HOME": str(workdir)}
+
+
+def _bwrap_args(workdir: Path, interpreter: Path, limits: SandboxLimits) -> list[str]:
+    """bubblewrap's command line. Root runs it without a user namespace (so the launcher can become uid 65534, a
+    real unprivileged uid that RLIMIT_NPROC binds) keeping only CAP_SETUID/CAP_SETGID for that step."""
+    root = os.geteuid() == 0
+    unshare = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+    args = [str(_bwrap()), *(unshare if root else ["--unshare-all"]), "--die-with-parent", "--new-session"]
+    args += ["--clearenv", *[a for key, value in _env(workdir).items() for a in ("--setenv", key, value)]]
+    args += ["--ro-bind", "/usr", "/usr", *_system_links()]
+    for top in _interpreter_roots(interpreter):
+        args += [*_parents(top), "--ro-bind", str(top), str(top)]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    size = ["--size", str(limits.scratch_bytes), "--perms", "1777"]
+    args += [*size, "--tmpfs", "/tmp", *_parents(workdir), *size, "--tmpfs", str(workdir)]
+    program = str(workdir / _PROGRAM)
+    args += ["--ro-bind", program, program, "--chdir", str(workdir)]
+    if root:
+        args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    return args
+
+
+def _interpreter_roots(interpreter: Path) -> list[Path]:
+    """What to bind besides /usr for the interpreter to run: its prefix (the standard library) and its folder."""
+    roots: list[Path] = []
+    for path in (Path(sys.base_prefix).resolve(), interpreter.parent):
+        if not path.is_relative_to("/usr") and not any(path.is_relative_to(root) for root in roots):
+            roots.append(path)
+    return roots
+
+
+def _system_links() -> list[str]:
+    """/bin, /lib… as the sandbox needs them: links into /usr stay links, real folders are bound read-only."""
+    args: list[str] = []
+    for name in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(name):
+            args += ["--symlink", os.readlink(name), name]
+        elif os.path.isdir(name):
+            args += ["--ro-bind", name, name]
+    return args
+
+
+def _parents(path: Path) -> list[str]:
+    """Folders above ``path`` that the sandbox lacks, made enterable (0755) so uid 65534 reaches ``path``."""
+    args: list[str] = []
+    for parent in reversed(path.parents[:-1]):
+        if not (parent.is_relative_to("/usr") or parent.is_relative_to("/tmp")):
+            args += ["--perms", "0755", "--dir", str(parent)]
+    return args
+
+
+# --- supervising the process -------------------------------------------------------------------------------------
+
+
+class _Tail:
+    """The last ``keep`` bytes of a stream."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep, self.data = keep, bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        if len(self.data) > self.keep:
+            del self.data[: len(self.data) - self.keep]
+
+    def text(self) -> str:
+        return self.data.decode("utf-8", errors="replace")
+
+
+def _supervise(argv: list[str], workdir: Path, limits: SandboxLimits, *, bubblewrap: bool) -> Execution:
+    """Start ``argv``, keep its output's tails until it exits or the wall clock runs out, then end everything it
+    started (before reaping it, so its pid — its process group's id — cannot be reused meanwhile)."""
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir,
+        env=_env(workdir), start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    tails = {proc.stdout.fileno(): _Tail(limits.output_bytes), proc.stderr.fileno(): _Tail(limits.output_bytes)}
+    try:
+        with selectors.DefaultSelector() as selector:
+            for fd in tails:
+                selector.register(fd, selectors.EVENT_READ)
+            finished = _pump(proc.pid, selector, tails, start + limits.wall_seconds)
+            _stop(proc, workdir, bubblewrap=bubblewrap)
+            _drain(selector, tails)
+    finally:
+        _stop(proc, workdir, bubblewrap=bubblewrap)
+        proc.stdout.close()
+        proc.stderr.close()
+    stdout, stderr = (tail.text() for tail in tails.values())
+    status = proc.returncode
+    if bubblewrap and 128 < status <= 128 + 64:
+        status = -(status - 128)
+    return _execution(status, finished=finished, seconds=time.monotonic() - start, stdout=stdout, stderr=stderr,
+                      sandboxed=bubblewrap)  # fmt: skip
+
+
+def _pump(pid: int, selector: selectors.BaseSelector, tails: dict[int, _Tail], deadline: float) -> bool:
+    """Keep output until ``pid`` exits (True) or ``deadline`` passes (False); the process is left unreaped."""
+    try:
+        exit_fd: int | None = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        exit_fd = None
+    if exit_fd is not None:
+        selector.register(exit_fd, selectors.EVENT_READ)
+    try:
+        while not _exited(pid):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            _read(selector, tails, left if exit_fd is not None else min(left, _POLL_S))
+        return True
+    finally:
+        if exit_fd is not None:
+            selector.unregister(exit_fd)
+            os.close(exit_fd)
+
+
+def _exited(pid: int) -> bool:
+    """Whether ``pid`` has exited, without reaping it."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def _read(selector: selectors.BaseSelector, tails: dict[int, _Tail], timeout: float) -> None:
+    """Read what is ready within ``timeout``; a pipe at its end leaves the selector."""
+    for key, _ in selector.select(timeout):
+        if key.fd in tails:
+            chunk = os.read(key.fd, 1 << 16)
+            if chunk:
+                tails[key.fd].add(chunk)
+            else:
+                selector.unregister(key.fd)
+
+
+def _drain(selector: selectors.BaseSelector, tails: dict[int, _Tail]) -> None:
+    """Read the output left in the pipes once every writer is gone (for at most ``_DRAIN_S``)."""
+    deadline = time.monotonic() + _DRAIN_S
+    while selector.get_map() and (left := deadline - time.monotonic()) > 0:
+        _read(selector, tails, left)
+
+
+def _stop(proc: subprocess.Popen[bytes], workdir: Path, *, bubblewrap: bool) -> None:
+    """End the program and all it started, then reap it. bubblewrap: kill the sandbox's first process (the
+    kernel then kills every process in its pid namespace) and let bwrap exit; otherwise kill the process group,
+    then sweep what left it."""
+    if proc.returncode is not None:
+        return
+    if bubblewrap:
+        _kill(_children(proc.pid))
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=2)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    if not bubblewrap:
+        _sweep(proc.pid, workdir)
+    proc.wait()
+
+
+def _kill(pids: Iterable[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _sweep(leader: int, workdir: Path) -> None:
+    """Kill, until none is left, the processes of the programs' uid in the program's process group or session,
+    started in its folder, or descended from one of those."""
+    uid = os.getuid() if _child_uid() is None else NOBODY
+    for _ in range(200):
+        if not (family := _family(leader, workdir, uid)):
+            return
+        _kill(family)
+        time.sleep(0.01)
+    log.warning("processes of a sandboxed program may survive: %s", sorted(_family(leader, workdir, uid)))
+
+
+@dataclass(frozen=True)
+class _Process:
+    """A live process as /proc shows it: its real uid (what RLIMIT_NPROC counts by), parent, group, session."""
+
+    uid: int
+    ppid: int
+    pgrp: int
+    session: int
+    threads: int
+
+
+def _processes() -> dict[int, _Process]:
+    """The live processes (zombies left out), by pid."""
+    found = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat, status = (_proc_file(f"{entry.path}/{name}") for name in ("stat", "status"))
+                state, ppid, pgrp, session = stat[stat.rindex(")") + 2 :].split()[:4]
+                fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+                uid, threads = int(fields["Uid"].split()[0]), int(fields["Threads"])
+            except (OSError, ValueError, KeyError):
+                continue
+            if state != "Z":
+                found[int(entry.name)] = _Process(uid, int(ppid), int(pgrp), int(session), threads)
+    return found
+
+
+def _proc_file(path: str) -> str:
+    with open(path, "rb") as file:  # faster than Path.read_text, which matters with thousands of processes
+        return file.read().decode(errors="replace")
+
+
+def _family(leader: int, workdir: Path, uid: int) -> set[int]:
+    """The processes of ``uid`` that the program started (see ``_sweep``)."""
+    procs = {pid: p for pid, p in _processes().items() if p.uid == uid and pid != os.getpid()}
+    family = {pid for pid, p in procs.items() if leader in (p.pgrp, p.session) or _started_in(pid, workdir)}
+    while more := {pid for pid, p in procs.items() if p.ppid in family | {leader}} - family:
+        family |= more
+    return family
+
+
+def _started_in(pid: int, workdir: Path) -> bool:
+    """Whether ``pid`` works in the program's folder or still has the environment it was started with (its HOME
+    is the folder): how a process that left the program's session and lost its parent is still found."""
+    with contextlib.suppress(OSError):
+        if Path(os.readlink(f"/proc/{pid}/cwd")).is_relative_to(workdir):
+            return True
+        return f"\0HOME={workdir}\0".encode() in b"\0" + Path(f"/proc/{pid}/environ").read_bytes()
+    return False
+
+
+def _children(pid: int) -> list[int]:
+    return [child for child, p in _processes().items() if p.ppid == pid]
+
+
+def _tasks_of(uid: int) -> int:
+    """How many processes and threads ``uid`` runs now (what RLIMIT_NPROC counts), as far as /proc shows."""
+    return sum(p.threads for p in _processes().values() if p.uid == uid)
+
+
+def _execution(status: int, *, finished: bool, seconds: float, stdout: str, stderr: str, sandboxed: bool) -> Execution:
+    """The record of a run whose process ended with ``status`` (Popen's: negative for a signal)."""
+    exit_code, sig = (status, None) if status >= 0 else (None, -status)
+    lines = stderr.strip().splitlines()
+    if not finished or sig == signal.SIGXCPU:
+        outcome = Outcome.TIMEOUT
+    elif exit_code == 0:
+        outcome = Outcome.PASSED
+    elif lines and lines[-1].startswith("MemoryError"):
+        outcome = Outcome.MEMORY
+    else:
+        outcome = Outcome.KILLED if sig is not None else Outcome.FAILED
+    return Execution(outcome, exit_code, sig, seconds, stdout, stderr, sandboxed)
+
+
+def _remove(workdir: Path) -> None:
+    """Remove the run's folder, opening again first any folder the program locked (chmod 000)."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    if workdir.exists():
+        with contextlib.suppress(OSError):
+            os.chmod(workdir, 0o700)
+        for root, dirs, _ in os.walk(workdir):  # top-down: each folder opened before it is listed
+            for path in (os.path.join(root, name) for name in dirs):
+                if not os.path.islink(path):
+                    with contextlib.suppress(OSError):
+                        os.chmod(path, 0o700)
+        shutil.rmtree(workdir, ignore_errors=True)
+    if workdir.exists():
+        log.warning("could not remove the sandbox folder %s", workdir)
