@@ -40,6 +40,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from flipscope.errors import FlipscopeError
+from flipscope.plumbing.processes import Tail, children, drain, kill, pump, sweep, tasks_of
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,6 @@ NOBODY = 65534
 _PATH = "/usr/local/bin:/usr/bin:/bin"
 _INSTALL = "install bubblewrap (apt-get install bubblewrap) on a system that allows it"
 _FIX = f"{_INSTALL}, or pass sandbox='none'"
-_DRAIN_S = 2.0  # how long output is still read once every process is gone
-_POLL_S = 0.05  # the exit check's period where pidfd_open is missing
 _PROGRAM = "program.py"
 
 #: Run by the sandbox's interpreter (``-I -S -c``) before the program: limits, privileges, then exec.
@@ -276,7 +275,7 @@ def _execute(program: str, interpreter: Path, limits: SandboxLimits, *, bubblewr
 def _launch(workdir: Path, interpreter: Path, limits: SandboxLimits, *, parent: int) -> list[str]:
     """The launcher's command line: limits, the uid to become (-1: stay), the parent to die with (0: none)."""
     uid = _child_uid()
-    nproc = _tasks_of(os.getuid() if uid is None else uid) + limits.processes
+    nproc = tasks_of(os.getuid() if uid is None else uid) + limits.processes
     numbers = (math.ceil(limits.cpu_seconds), limits.memory_bytes, limits.file_bytes, nproc, limits.open_files)
     tail = (-1 if uid is None else uid, parent)
     return [str(interpreter), "-I", "-S", "-c", _LAUNCHER, *map(str, (*numbers, *tail)), str(workdir / _PROGRAM)]
@@ -339,21 +338,6 @@ def _parents(path: Path) -> list[str]:
 # --- supervising the process -------------------------------------------------------------------------------------
 
 
-class _Tail:
-    """The last ``keep`` bytes of a stream."""
-
-    def __init__(self, keep: int) -> None:
-        self.keep, self.data = keep, bytearray()
-
-    def add(self, chunk: bytes) -> None:
-        self.data += chunk
-        if len(self.data) > self.keep:
-            del self.data[: len(self.data) - self.keep]
-
-    def text(self) -> str:
-        return self.data.decode("utf-8", errors="replace")
-
-
 def _supervise(argv: list[str], workdir: Path, limits: SandboxLimits, *, bubblewrap: bool) -> Execution:
     """Start ``argv``, keep its output's tails until it exits or the wall clock runs out, then end everything it
     started (before reaping it, so its pid — its process group's id — cannot be reused meanwhile)."""
@@ -363,14 +347,14 @@ def _supervise(argv: list[str], workdir: Path, limits: SandboxLimits, *, bubblew
         env=_env(workdir), start_new_session=True,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stderr is not None
-    tails = {proc.stdout.fileno(): _Tail(limits.output_bytes), proc.stderr.fileno(): _Tail(limits.output_bytes)}
+    tails = {proc.stdout.fileno(): Tail(limits.output_bytes), proc.stderr.fileno(): Tail(limits.output_bytes)}
     try:
         with selectors.DefaultSelector() as selector:
             for fd in tails:
                 selector.register(fd, selectors.EVENT_READ)
-            finished = _pump(proc.pid, selector, tails, start + limits.wall_seconds)
+            finished = pump(proc.pid, selector, tails, start + limits.wall_seconds)
             _stop(proc, workdir, bubblewrap=bubblewrap)
-            _drain(selector, tails)
+            drain(selector, tails)
     finally:
         _stop(proc, workdir, bubblewrap=bubblewrap)
         proc.stdout.close()
@@ -383,50 +367,6 @@ def _supervise(argv: list[str], workdir: Path, limits: SandboxLimits, *, bubblew
                       sandboxed=bubblewrap)  # fmt: skip
 
 
-def _pump(pid: int, selector: selectors.BaseSelector, tails: dict[int, _Tail], deadline: float) -> bool:
-    """Keep output until ``pid`` exits (True) or ``deadline`` passes (False); the process is left unreaped."""
-    try:
-        exit_fd: int | None = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        exit_fd = None
-    if exit_fd is not None:
-        selector.register(exit_fd, selectors.EVENT_READ)
-    try:
-        while not _exited(pid):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            _read(selector, tails, left if exit_fd is not None else min(left, _POLL_S))
-        return True
-    finally:
-        if exit_fd is not None:
-            selector.unregister(exit_fd)
-            os.close(exit_fd)
-
-
-def _exited(pid: int) -> bool:
-    """Whether ``pid`` has exited, without reaping it."""
-    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-
-
-def _read(selector: selectors.BaseSelector, tails: dict[int, _Tail], timeout: float) -> None:
-    """Read what is ready within ``timeout``; a pipe at its end leaves the selector."""
-    for key, _ in selector.select(timeout):
-        if key.fd in tails:
-            chunk = os.read(key.fd, 1 << 16)
-            if chunk:
-                tails[key.fd].add(chunk)
-            else:
-                selector.unregister(key.fd)
-
-
-def _drain(selector: selectors.BaseSelector, tails: dict[int, _Tail]) -> None:
-    """Read the output left in the pipes once every writer is gone (for at most ``_DRAIN_S``)."""
-    deadline = time.monotonic() + _DRAIN_S
-    while selector.get_map() and (left := deadline - time.monotonic()) > 0:
-        _read(selector, tails, left)
-
-
 def _stop(proc: subprocess.Popen[bytes], workdir: Path, *, bubblewrap: bool) -> None:
     """End the program and all it started, then reap it. bubblewrap: kill the sandbox's first process (the
     kernel then kills every process in its pid namespace) and let bwrap exit; otherwise kill the process group,
@@ -434,95 +374,14 @@ def _stop(proc: subprocess.Popen[bytes], workdir: Path, *, bubblewrap: bool) -> 
     if proc.returncode is not None:
         return
     if bubblewrap:
-        _kill(_children(proc.pid))
+        kill(children(proc.pid))
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=2)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     if not bubblewrap:
-        _sweep(proc.pid, workdir)
+        sweep(proc.pid, workdir, os.getuid() if _child_uid() is None else NOBODY)
     proc.wait()
-
-
-def _kill(pids: Iterable[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _sweep(leader: int, workdir: Path) -> None:
-    """Kill, until none is left, the processes of the programs' uid in the program's process group or session,
-    started in its folder, or descended from one of those."""
-    uid = os.getuid() if _child_uid() is None else NOBODY
-    for _ in range(200):
-        if not (family := _family(leader, workdir, uid)):
-            return
-        _kill(family)
-        time.sleep(0.01)
-    log.warning("processes of a sandboxed program may survive: %s", sorted(_family(leader, workdir, uid)))
-
-
-@dataclass(frozen=True)
-class _Process:
-    """A live process as /proc shows it: its real uid (what RLIMIT_NPROC counts by), parent, group, session."""
-
-    uid: int
-    ppid: int
-    pgrp: int
-    session: int
-    threads: int
-
-
-def _processes() -> dict[int, _Process]:
-    """The live processes (zombies left out), by pid."""
-    found = {}
-    with contextlib.suppress(OSError):
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat, status = (_proc_file(f"{entry.path}/{name}") for name in ("stat", "status"))
-                state, ppid, pgrp, session = stat[stat.rindex(")") + 2 :].split()[:4]
-                fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-                uid, threads = int(fields["Uid"].split()[0]), int(fields["Threads"])
-            except (OSError, ValueError, KeyError):
-                continue
-            if state != "Z":
-                found[int(entry.name)] = _Process(uid, int(ppid), int(pgrp), int(session), threads)
-    return found
-
-
-def _proc_file(path: str) -> str:
-    with open(path, "rb") as file:  # faster than Path.read_text, which matters with thousands of processes
-        return file.read().decode(errors="replace")
-
-
-def _family(leader: int, workdir: Path, uid: int) -> set[int]:
-    """The processes of ``uid`` that the program started (see ``_sweep``)."""
-    procs = {pid: p for pid, p in _processes().items() if p.uid == uid and pid != os.getpid()}
-    family = {pid for pid, p in procs.items() if leader in (p.pgrp, p.session) or _started_in(pid, workdir)}
-    while more := {pid for pid, p in procs.items() if p.ppid in family | {leader}} - family:
-        family |= more
-    return family
-
-
-def _started_in(pid: int, workdir: Path) -> bool:
-    """Whether ``pid`` works in the program's folder or still has the environment it was started with (its HOME
-    is the folder): how a process that left the program's session and lost its parent is still found."""
-    with contextlib.suppress(OSError):
-        if Path(os.readlink(f"/proc/{pid}/cwd")).is_relative_to(workdir):
-            return True
-        return f"\0HOME={workdir}\0".encode() in b"\0" + Path(f"/proc/{pid}/environ").read_bytes()
-    return False
-
-
-def _children(pid: int) -> list[int]:
-    return [child for child, p in _processes().items() if p.ppid == pid]
-
-
-def _tasks_of(uid: int) -> int:
-    """How many processes and threads ``uid`` runs now (what RLIMIT_NPROC counts), as far as /proc shows."""
-    return sum(p.threads for p in _processes().values() if p.uid == uid)
 
 
 def _execution(status: int, *, finished: bool, seconds: float, stdout: str, stderr: str, sandboxed: bool) -> Execution:
