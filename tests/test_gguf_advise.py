@@ -208,3 +208,25 @@ def test_a_failed_quantization_quotes_llama_cpp_and_puts_its_log_back(tmp_path: 
     with pytest.raises(FlipscopeError, match=r"could not quantize .* requires an imatrix"):
         quantized(_source(), QuantizeJob("IQ2_XXS"))  # llama.cpp refuses IQ2 without an importance matrix
     assert current() == before
+
+
+def test_gguf_names_map_to_the_modules_holding_their_weights() -> None:
+    """Each quantizable GGUF tensor maps to the transformers module whose weight it is, checked by value (the
+    Frobenius norm, which llama.cpp's query/key row permutation leaves alone): two same-shaped tensors swapped —
+    types measured on one module written to the other tensor — would pass the twin-against-engine check above when
+    the plan gives both the same type, and fail here."""
+    import gguf
+
+    from flipscope.models import load_backend, parse_spec
+    from flipscope.models.gguf_quantize import tensors_of
+    from flipscope.runs.advise_gguf import _hf_names
+
+    model = load_backend(parse_spec("bundled:smollm2-135m")).model  # type: ignore[attr-defined]
+    hf = _hf_names(model, tensors_of(_source()), "gguf:smollm2-135m")
+    stored = {t.name: t for t in gguf.GGUFReader(_source()).tensors}
+    assert len(hf) == sum(t.quantizable for t in tensors_of(_source())) > 100
+    for name, module in hf.items():
+        values = gguf.quants.dequantize(stored[name].data, stored[name].tensor_type).astype(np.float64)
+        weight = model.get_submodule(module).weight.detach().double().numpy()
+        assert values.size == weight.size and np.linalg.norm(values) == pytest.approx(np.linalg.norm(weight),
+                                                                                       rel=2e-3), name  # fmt: skip
