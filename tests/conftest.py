@@ -161,7 +161,11 @@ class Script:
     calls: list[int] = field(default_factory=list)
     #: prompt → generated text (before stop strings are applied)
     answer: Callable[[str], str] = lambda prompt: f"answer to {prompt}"
+    #: (prompt, seed) → the text drawn at a temperature above 0 (None: ``answer``'s, whatever the seed)
+    draw: Callable[[str, int], str] | None = None
     generated: list[int] = field(default_factory=list)  # requests per generate call
+    #: request index, request → whether each option is the greedy decoding (None: the backend cannot tell)
+    greedy: Callable[[int, ScoreRequest], tuple[bool, ...]] | None = None
 
 
 def mock_pieces(vocab: int) -> list[str]:
@@ -179,6 +183,7 @@ class MockBackend:
             multiple_choice=script.multiple_choice,
             rows=rows,
             topk=script.topk,
+            greedy=script.greedy is not None,
             max_context=script.max_context,
             note="its server returns no prompt log-probabilities",
             fix="serve it elsewhere",
@@ -200,7 +205,8 @@ class MockBackend:
                 for o in range(len(request.continuations)):
                     full = self.script.rows(i, o)  # [T, V]
                     rows(i, o, self._topk(full) if self.script.topk else full)
-            out.append(OptionScores(tuple(lps), tuple(1 for _ in lps)))
+            greedy = self.script.greedy(i, request) if self.script.greedy is not None else None
+            out.append(OptionScores(tuple(lps), tuple(1 for _ in lps), greedy))
             if advance:
                 advance(1)
         return out
@@ -222,7 +228,9 @@ class MockBackend:
         self.script.generated.append(len(requests))
         out = []
         for request in requests:
-            text, stopped = cut_at_stop(self.script.answer(request.prompt), decoding.stop)
+            draw = self.script.draw if decoding.temperature > 0 else None
+            said = draw(request.prompt, decoding.seed) if draw is not None else self.script.answer(request.prompt)
+            text, stopped = cut_at_stop(said, decoding.stop)
             reason = StopReason.STOP if stopped else StopReason.EOS
             out.append(Generation(text, reason, len(request.prompt), len(text), tuple(ord(c) for c in text)))
             if advance:

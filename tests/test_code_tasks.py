@@ -70,3 +70,54 @@ def test_every_reference_solution_passes_and_exemplars_are_lm_evals() -> None:
     failed = [i for i, r in enumerate(ran) if r.outcome.value != "passed"]
     needs_setup = [164 + i for i, d in enumerate(mbpp) if d["test_setup_code"].strip()]
     assert failed == needs_setup, [(i, ran[i].outcome, ran[i].seconds, ran[i].stderr[-200:]) for i in failed]
+
+
+def _lm_eval_function(path: Path, name: str):  # type: ignore[no-untyped-def]
+    """One function of an lm-eval task's utils.py, compiled alone (the module itself loads code_eval from the hub
+    on import, which cannot run offline)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    node = next(f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == name)
+    namespace: dict = {}  # type: ignore[type-arg]
+    exec(compile(ast.Module([node], []), str(path), "exec"), {"re": __import__("re")}, namespace)
+    return namespace[name]
+
+
+@pytest.mark.e2e
+def test_the_programs_run_are_lm_evals_on_every_item() -> None:
+    """What code_eval executes is ``prediction + "\\n" + reference``: for every HumanEval and MBPP item and three
+    completions (the reference, nothing, the next item's), lm-eval's own ``build_predictions`` (HumanEval: the
+    prompt before the completion; plain MBPP: the generation as it is) and its yaml's ``doc_to_target`` give the
+    program flipscope runs, character for character — so, run under the same 3 s limit, graded the same."""
+    lm_eval = pytest.importorskip("lm_eval")
+    import jinja2
+    import yaml
+
+    from flipscope.tasks.code import humaneval_problems, mbpp_problems
+    from flipscope.tasks.olmo import request_docs
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    tasks = Path(lm_eval.__file__).parent / "tasks"
+    build = _lm_eval_function(tasks / "humaneval/utils.py", "build_predictions")
+    human_target = jinja2.Template(yaml.load((tasks / "humaneval/humaneval.yaml").read_text(), Loader=Loader)[
+        "doc_to_target"], keep_trailing_newline=True)  # fmt: skip
+    mbpp_target = jinja2.Template(yaml.load((tasks / "mbpp/mbpp.yaml").read_text(), Loader=Loader)["doc_to_target"],
+                                  keep_trailing_newline=True)  # fmt: skip
+    fields = {"task_id", "prompt", "test", "entry_point", "canonical_solution"}
+    human = request_docs("codex_humaneval/gold_bpb_0shot", docs=164, fields=fields, key="task_id")
+    differ = []
+    for i, (doc, problem) in enumerate(zip(human, humaneval_problems(), strict=True)):
+        for completion in (doc["canonical_solution"], "", human[(i + 1) % 164]["canonical_solution"]):
+            theirs = build([[completion]], [doc])[0][0] + "\n" + human_target.render(**doc)
+            if program(completion, problem.target) != theirs:
+                differ.append(problem.item_id)
+    mbpp = request_docs("codex_mbpp/gold_bpb_0shot", docs=500, fields={"task_id", "code", "test_list"}, key="task_id")
+    for i, (doc, problem) in enumerate(zip(mbpp, mbpp_problems(), strict=True)):
+        for completion in (doc["code"], "", mbpp[(i + 1) % 500]["code"]):
+            if program(completion, problem.target) != completion + "\n" + mbpp_target.render(**doc):
+                differ.append(problem.item_id)
+    assert differ == []

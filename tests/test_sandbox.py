@@ -340,7 +340,7 @@ def test_without_a_sandbox_the_network_is_reachable() -> None:
 def test_status_is_one_line() -> None:
     status = sandbox_status()
     assert "\n" not in status
-    assert status.startswith("bubblewrap:" if BWRAP_PROBLEM is None else "code ran without a sandbox:")
+    assert status.startswith("code ran in bubblewrap:" if BWRAP_PROBLEM is None else "code ran without a sandbox:")
 
 
 def test_without_bubblewrap_auto_falls_back_and_bubblewrap_refuses(monkeypatch: pytest.MonkeyPatch) -> None:

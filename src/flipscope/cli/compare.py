@@ -78,6 +78,22 @@ from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
     help="Free-form tasks (gsm8k): tokens generated at most per answer. Default: 256.",
 )
 @click.option(
+    "--samples",
+    type=int,
+    default=None,
+    metavar="K",
+    help="Free-form tasks: sample K answers per item and model (seeded) instead of one greedy answer. Accuracy "
+    "is the mean pass@1 over the draws (pass@k where K allows); the baseline is also drawn K more times with the "
+    "candidates' seeds, and its flips between the two sets (the sampling floor) are shown beside each "
+    "candidate's. Every draw goes to draws.parquet.",
+)
+@click.option(
+    "--temperature",
+    type=float,
+    default=None,
+    help="(--samples) The draws' temperature. Default: 0.2, as lm-eval's sampled variants (humaneval_64).",
+)
+@click.option(
     "--noise-floor",
     is_flag=True,
     help="Also run the baseline again with another batch size (1, or 8 when --batch-size is 1) and pair it with "
@@ -154,6 +170,8 @@ def compare_cmd(
     dtype: str,
     batch_size: int,
     max_new_tokens: int | None,
+    samples: int | None,
+    temperature: float | None,
     noise_floor: bool,
     noise_floor_batch: int | None,
     noise_floor_dtype: str | None,
@@ -214,6 +232,8 @@ def compare_cmd(
         dtype=dtype,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
+        samples=samples,
+        temperature=temperature,
         noise_floor=floor,
         use_cache=not no_cache,
         cache_dir=cache_dir,

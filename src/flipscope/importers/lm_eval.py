@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from flipscope.errors import FlipscopeError
-from flipscope.metrics import FreeAnswer, ItemScore
+from flipscope.metrics import FreeAnswer, ItemScore, Scoring
 from flipscope.tasks.gsm8k import GSM8K_RULES, MatchRules, answer_of
 
 SAMPLES = re.compile(r"^samples_(?P<task>.+)_(?P<stamp>\d{4}-\d{2}-\d{2}T[\d\-.:]+)\.jsonl$")
@@ -53,6 +53,8 @@ class Sample:
     #: multiple choice: what lm-eval's acc_norm divides by, len(choice); empty where the choices sit in the
     #: contexts (a multiple-input task such as Winogrande: one continuation, not logged apart)
     option_chars: tuple[int, ...] = ()
+    #: a ``loglikelihood`` task (LAMBADA): whether its one continuation is the greedy decoding, lm-eval's acc
+    greedy: tuple[bool, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class TaskConfig:
 
     delimiter: str = " "  # the target delimiter between context and choice ("" under a chat template)
     rules: MatchRules | None = None  # exact_match's normalisation; None: not logged
+    output_type: str | None = None  # "multiple_choice", "loglikelihood", …; None: no results file
 
 
 def task_config(results: dict[str, Any] | None, task: str) -> TaskConfig:
@@ -79,7 +82,7 @@ def task_config(results: dict[str, Any] | None, task: str) -> TaskConfig:
             rules = MatchRules(tuple(str(r) for r in metric.get("regexes_to_ignore") or ()),
                                bool(metric.get("ignore_case")), bool(metric.get("ignore_punctuation")),
                                bool(metric.get("ignore_numbers")))  # fmt: skip
-    return TaskConfig(delimiter, rules)
+    return TaskConfig(delimiter, rules, str(config.get("output_type") or "") or None)
 
 
 def task_files(folder: Path) -> dict[str, Path]:
@@ -126,6 +129,14 @@ def _loglik(value: Any, where: str) -> float:
     if math.isinf(number) and number > 0:
         raise ValueError(f"{where}: a log-likelihood of +inf")
     return number  # NaN kept: the item is reported and left out (ItemScore.finite)
+
+
+def _is_greedy(value: Any, where: str) -> bool:
+    """A stringified ``[loglik, is_greedy]`` pair (or the pair itself) → is_greedy."""
+    flag = value[1] if isinstance(value, list | tuple) and len(value) == 2 else str(value).strip("()[] ").split(",")[-1]
+    if str(flag).strip() not in ("True", "False", "true", "false", "1", "0"):
+        raise ValueError(f"{where}: expected [loglik, is_greedy], got {str(value)[:60]!r}")
+    return str(flag).strip() in ("True", "true", "1")
 
 
 def _options(sample: dict[str, Any], where: str) -> tuple[list[str], list[str]]:
@@ -228,17 +239,20 @@ def _sample(task: str, doc_id: int, rows: list[dict[str, Any]], config: TaskConf
                       correct_strict=_metric(strict, metric) if strict is not None else None)  # fmt: skip
     if "acc" not in first:
         raise ValueError(f"{where}: neither acc nor exact_match logged (metrics: {first.get('metrics')})")
-    options = _choices(continuations, config.delimiter, where)
-    multiple_input = len(set(contexts)) > 1
+    # a loglikelihood task's (LAMBADA's) acc is is_greedy of its continuation, logged as is (no delimiter added)
+    greedy_task = config.output_type == "loglikelihood"
+    options = continuations if greedy_task else _choices(continuations, config.delimiter, where)
+    multiple_input = len(set(contexts)) > 1 or greedy_task
     filtered = first.get("filtered_resps")
     if not isinstance(filtered, list) or len(filtered) != len(options):
         raise ValueError(f"{where}: {len(options)} options but filtered_resps is {str(filtered)[:60]}")
     logliks = [_loglik(v, f"{where}, option {i}") for i, v in enumerate(filtered)]
+    greedy = tuple(_is_greedy(v, f"{where}, option {i}") for i, v in enumerate(filtered)) if greedy_task else None
     correct = bool(_metric(first, "acc"))
     return Sample(task, doc_id, doc_hash, prompt_hash, prompt, options=options, logliks=logliks,
                   target=_target(first.get("target"), options, correct, logliks, where), correct=correct,
                   correct_norm=None if multiple_input else _metric(first, "acc_norm"),  # no length to divide by
-                  option_chars=() if multiple_input else tuple(len(o) for o in options))  # fmt: skip
+                  option_chars=() if multiple_input else tuple(len(o) for o in options), greedy=greedy)  # fmt: skip
 
 
 def _first_text(value: Any) -> str:
@@ -258,7 +272,8 @@ def item_score(sample: Sample) -> ItemScore:
         return ItemScore(sample.task, str(sample.doc_id), sample.task, 0, (), free=free)
     assert isinstance(sample.target, int)
     return ItemScore(task=sample.task, item_id=str(sample.doc_id), subject=sample.task, target=sample.target,
-                     logprobs=tuple(sample.logliks), option_chars=sample.option_chars)  # fmt: skip
+                     logprobs=tuple(sample.logliks), option_chars=sample.option_chars, greedy=sample.greedy,
+                     scoring=Scoring.ARGMAX if sample.greedy is None else Scoring.GREEDY)  # fmt: skip
 
 
 def check_agreement(samples: Iterable[Sample], scores: Iterable[ItemScore], path: Path) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flipscope.metrics.kl import kl_exact
-from flipscope.metrics.records import Pair, same_answer
+from flipscope.metrics.records import Pair, Scoring, same_answer
 
 Z95 = 1.959963984540054
 #: Edges of the baseline top-margin buckets: [0, .1), [.1, .25), [.25, .5), [.5, 1].
@@ -42,7 +42,9 @@ class FlipCounts:
     n: int
     c2i: int  # correct → incorrect
     i2c: int  # incorrect → correct
-    changed: int  # any change of the chosen answer (``same_answer``: two "[invalid]" are no change)
+    #: any change of the chosen answer (``same_answer``: two "[invalid]" are no change); None where some item is
+    #: greedy-scored: only whether its greedy answer is the target is known, not which answer it is
+    changed: int | None
 
     @property
     def flips(self) -> float | None:
@@ -50,13 +52,14 @@ class FlipCounts:
 
     @property
     def all_flips(self) -> float | None:
-        return self.changed / self.n if self.n else None
+        return self.changed / self.n if self.n and self.changed is not None else None
 
 
 def flip_counts(pairs: Sequence[Pair]) -> FlipCounts:
     c2i = sum(1 for p in pairs if p.baseline.correct and not p.candidate.correct)
     i2c = sum(1 for p in pairs if not p.baseline.correct and p.candidate.correct)
-    changed = sum(1 for p in pairs if not same_answer(p))
+    greedy = any(p.baseline.scoring == Scoring.GREEDY and p.baseline.free is None for p in pairs)
+    changed = None if greedy else sum(1 for p in pairs if not same_answer(p))
     return FlipCounts(len(pairs), c2i, i2c, changed)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import StrEnum
 
 
 def first_argmax(values: tuple[float, ...]) -> int:
@@ -17,6 +18,17 @@ def first_argmax(values: tuple[float, ...]) -> int:
 
 #: A free-form answer from which no final answer could be extracted (lm-eval's filter fallback).
 NO_ANSWER = "[invalid]"
+
+
+class Scoring(StrEnum):
+    """How an option-scored item is judged correct. ``argmax``: the target has the highest summed log-likelihood
+    among the options (lm-eval's ``acc`` for multiple choice). ``greedy``: every token of the target continuation is
+    the model's argmax given the context and the continuation's earlier tokens, teacher-forced (lm-eval's
+    ``is_greedy``, the ``acc`` of loglikelihood tasks such as LAMBADA). ``tasks.items.Template.scoring`` names it by
+    value (the task layer loads no numpy)."""
+
+    ARGMAX = "argmax"
+    GREEDY = "greedy"
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,8 @@ class ItemScore:
 
     ``option_chars`` (length of each option's text) gives ``acc_norm``; ``token_kl`` is the mean answer-token
     KL(baseline‖this model) over the item's options, present on candidates whose vocabulary matches.
+    ``greedy``: per option, whether it is this model's greedy decoding (None where the backend cannot tell);
+    ``scoring``: the task's rule for ``correct`` (``Scoring``; ``greedy`` is required under ``Scoring.GREEDY``).
     """
 
     task: str
@@ -69,10 +83,26 @@ class ItemScore:
     token_kl: float | None = None
     free: FreeAnswer | None = None
     option_tokens: tuple[int, ...] = ()
+    greedy: tuple[bool, ...] | None = None
+    scoring: Scoring = Scoring.ARGMAX
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scoring", Scoring(self.scoring))  # its value given as text: the enum
+        if self.greedy is not None and len(self.greedy) != len(self.logprobs):
+            where = f"{self.task}/{self.item_id}"
+            raise ValueError(f"{where}: {len(self.greedy)} greedy flags for {len(self.logprobs)} options")
+        if self.scoring == Scoring.GREEDY and self.free is None and self.greedy is None:
+            raise ValueError(f"{self.task}/{self.item_id}: scored by greedy match but holds no greedy flags")
 
     @property
     def choice(self) -> int:
         return first_argmax(self.logprobs)
+
+    @property
+    def has_choices(self) -> bool:
+        """Whether a distribution over options means something here (choice KL, margins, collapse): an option-scored
+        item of two options or more, judged by argmax. Not a greedy-scored item (one continuation)."""
+        return self.free is None and self.scoring == Scoring.ARGMAX and len(self.logprobs) > 1
 
     @property
     def finite(self) -> bool:
@@ -85,12 +115,18 @@ class ItemScore:
 
     @property
     def correct(self) -> bool:
-        return self.free.correct if self.free is not None else self.choice == self.target
+        if self.free is not None:
+            return self.free.correct
+        if self.scoring == Scoring.GREEDY:
+            assert self.greedy is not None  # __post_init__
+            return self.greedy[self.target]
+        return self.choice == self.target
 
     @property
     def answer_key(self) -> int | str:
         """What all-flips and same-answer compare (``same_answer``): the chosen option, or the extracted and
-        normalised free-form answer ("[invalid]" where the text holds none)."""
+        normalised free-form answer ("[invalid]" where the text holds none). A greedy-scored item's answer is not
+        known beyond whether it is the target, so all-flips is not reported for it (``paired.flip_counts``)."""
         return self.free.answer if self.free is not None else self.choice
 
     @property
@@ -101,7 +137,9 @@ class ItemScore:
 
     @property
     def correct_norm(self) -> bool:
-        return self.correct if self.free is not None else self.choice_norm == self.target
+        if self.free is not None or self.scoring == Scoring.GREEDY:
+            return self.correct
+        return self.choice_norm == self.target
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 import flipscope.metrics.paired as paired
 from flipscope.metrics.degradation import DegradationSummary, answer_degradation, summarize_degradation
-from flipscope.metrics.records import NO_ANSWER, ItemScore, Pair, answer_distance, pair_up
+from flipscope.metrics.records import NO_ANSWER, ItemScore, Pair, Scoring, answer_distance, pair_up
 
 #: Fewer items than this never count as a collapse (too few to tell a bias from chance).
 COLLAPSE_MIN_ITEMS = 20
@@ -89,6 +89,10 @@ class TaskSummary(BaseModel):
     nonfinite_baseline: list[str] = []
     nonfinite_candidate: list[str] = []
     sequential: SequentialSummary | None = None  # compare --sequential only
+    #: lm-eval's perplexity of a loglikelihood task (LAMBADA): exp(−mean log-likelihood of the target continuation)
+    #: over the items, where every item is greedy-scored (None elsewhere, and in the pooled row of mixed tasks)
+    perplexity_baseline: float | None = None
+    perplexity_candidate: float | None = None
 
 
 def _rate(k: int, n: int) -> float | None:
@@ -179,6 +183,15 @@ def _acc_norm(pairs: Sequence[Pair], role: str) -> float | None:
     return _rate(sum(s.correct_norm for s in scores), len(scores))
 
 
+def _perplexity(pairs: Sequence[Pair], role: str) -> float | None:
+    """lm-eval's ``perplexity`` aggregation over the items' target log-likelihoods (greedy-scored tasks only)."""
+    scores = [getattr(p, role) for p in pairs]
+    if not scores or not all(s.scoring == Scoring.GREEDY and s.free is None for s in scores):
+        return None
+    mean = paired.mean([s.logprobs[s.target] for s in scores])
+    return None if mean is None else math.exp(-mean)
+
+
 def _nonfinite(pairs: Sequence[Pair], role: str) -> list[str]:
     return [f"{p.baseline.task}/{p.baseline.item_id}" for p in pairs if not getattr(p, role).finite]
 
@@ -211,7 +224,7 @@ def summarize(pairs: Sequence[Pair], *, cloze_hint: bool = False) -> TaskSummary
             }
         )
     n = len(pairs)
-    choice_pairs = [p for p in pairs if p.baseline.free is None and p.baseline.logprobs]
+    choice_pairs = [p for p in pairs if p.baseline.has_choices]  # not free-form, not one greedy-scored continuation
     k_base = sum(p.baseline.correct for p in pairs)
     k_cand = sum(p.candidate.correct for p in pairs)
     counts = paired.flip_counts(pairs)
@@ -272,6 +285,8 @@ def summarize(pairs: Sequence[Pair], *, cloze_hint: bool = False) -> TaskSummary
         top_choice_candidate=paired.top_choice_share([p.candidate.choice for p in choice_pairs]),
         warnings=warnings,
         free=free,
+        perplexity_baseline=_perplexity(pairs, "baseline"),
+        perplexity_candidate=_perplexity(pairs, "candidate"),
     )
 
 

@@ -48,6 +48,14 @@ def _cache_bytes(cache: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
+def _option_score(rows: torch.Tensor, ids: list[int]) -> tuple[float, bool]:
+    """rows: log-probs [T, V] predicting the option's T tokens ``ids`` → (their summed log-probability, whether
+    each is its row's argmax: the option is the greedy decoding; ``argmax`` gives a tie to the lowest id)."""
+    target = torch.tensor(ids, device=rows.device)  # [T]
+    total = float(rows.gather(1, target[:, None]).sum())
+    return total, bool((rows.argmax(dim=-1) == target).all())
+
+
 def _common_length(sequences: Sequence[list[int]]) -> int:
     """Length of the longest run of leading ids that all ``sequences`` share."""
     n = 0
@@ -324,26 +332,26 @@ class PrefixScorer:
             for batch in self._folded_batches(folded, len(prefix_ids), token_bytes):
                 for b, option_rows in self._folded(batch, prefix_cache, len(prefix_ids)):  # [T, V]
                     item = batch[b]
-                    target = torch.tensor(item.options[0], device=option_rows.device)
-                    total = float(option_rows.gather(1, target[:, None]).sum())
+                    total, greedy = _option_score(option_rows, item.options[0])
                     if rows is not None:
                         rows(item.index, 0, option_rows.cpu().numpy())
-                    results[item.index] = OptionScores((total,), (len(item.options[0]),))
+                    results[item.index] = OptionScores((total,), (len(item.options[0]),), (greedy,))
                     if advance is not None:
                         advance(1)
             items = [it for it in items if not (len(it.options) == 1 and len(it.options[0]) > 1)]
             for batch in self._batches(items, len(prefix_ids), token_bytes):
                 first, cache = self._prompts(batch, prefix_cache, len(prefix_ids))
-                sums: dict[tuple[int, int], float] = {}
+                sums: dict[tuple[int, int], tuple[float, bool]] = {}
                 for b, o, option_rows in self._options(batch, first, cache, len(prefix_ids)):  # [T, V]
                     item = batch[b]
-                    target = torch.tensor(item.options[o], device=option_rows.device)
-                    sums[(b, o)] = float(option_rows.gather(1, target[:, None]).sum())
+                    sums[(b, o)] = _option_score(option_rows, item.options[o])
                     if rows is not None:
                         rows(item.index, o, option_rows.cpu().numpy())
                 for b, item in enumerate(batch):
-                    scores = tuple(sums[(b, o)] for o in range(len(item.options)))
-                    results[item.index] = OptionScores(scores, tuple(len(t) for t in item.options))
+                    mine = [sums[(b, o)] for o in range(len(item.options))]
+                    results[item.index] = OptionScores(
+                        tuple(v for v, _ in mine), tuple(len(t) for t in item.options), tuple(g for _, g in mine)
+                    )
                     if advance is not None:
                         advance(1)
         return nonfinite_scores([r for r in results if r is not None], self.nonfinite, self.label)

@@ -52,7 +52,10 @@ def nonfinite_scores(scores: list[OptionScores], bad: set[int], label: str) -> l
         len(scores),
     )
     nan = float("nan")
-    return [OptionScores(tuple(nan for _ in s.logprobs), s.n_tokens) if i in bad else s for i, s in enumerate(scores)]
+    return [
+        OptionScores(tuple(nan for _ in s.logprobs), s.n_tokens, s.greedy) if i in bad else s
+        for i, s in enumerate(scores)
+    ]
 
 
 @dataclass(frozen=True)
@@ -61,11 +64,14 @@ class Capabilities:
 
     ``rows``: "full" = log-probabilities over the whole vocabulary at every answer token (exact token KL, `kld`);
     "topk" = only the ``topk`` most likely tokens there, named by their text (token KL is top-k approximate);
-    None = no per-token distributions. ``multiple_choice`` false comes with ``note`` saying why.
+    None = no per-token distributions. ``multiple_choice`` false comes with ``note`` saying why. ``greedy``: its
+    scores say whether each continuation is the greedy decoding (``OptionScores.greedy``), as a task scored by
+    greedy match (LAMBADA) needs.
     """
 
     multiple_choice: bool = True
     rows: Literal["full", "topk"] | None = "full"
+    greedy: bool = False
     topk: int = 0
     chat: bool = True
     max_context: int | None = None
@@ -95,10 +101,14 @@ class TopKRows:
 
 @dataclass(frozen=True)
 class OptionScores:
-    """Summed log-likelihood and token count of each continuation of one request."""
+    """Summed log-likelihood and token count of each continuation of one request; ``greedy``: whether each is the
+    greedy decoding — every token the argmax of its row given the context and the continuation's earlier tokens
+    (lm-eval's ``is_greedy``; a tie goes to the lower token id, as ``argmax`` breaks it) — None where the backend
+    cannot tell (``Capabilities.greedy``)."""
 
     logprobs: tuple[float, ...]
     n_tokens: tuple[int, ...]
+    greedy: tuple[bool, ...] | None = None
 
 
 class StopReason(StrEnum):

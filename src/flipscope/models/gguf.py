@@ -61,7 +61,7 @@ class GGUFBackend:
         vocab = int(llm.n_vocab())
         fingerprint = vocabulary_fingerprint((llm._model.token_get_text(i), i) for i in range(vocab))
         chat = bool(llm.metadata.get("tokenizer.chat_template"))
-        capabilities = Capabilities(rows="full", chat=chat, max_context=N_CTX)
+        capabilities = Capabilities(rows="full", greedy=True, chat=chat, max_context=N_CTX)
         self.info = ModelInfo(
             label=label, vocab_size=vocab, tokenizer_fingerprint=fingerprint, details=details, capabilities=capabilities
         )
@@ -131,7 +131,7 @@ class GGUFBackend:
                 )
             self.llm.reset()
             self.llm.eval(context)
-            sums, counts = [], []
+            sums, counts, greedy = [], [], []
             for option_index, ids in enumerate(options):
                 self.llm.n_tokens = len(context)  # continue from the context; eval drops the cache beyond it
                 self.llm.eval(ids)
@@ -143,7 +143,8 @@ class GGUFBackend:
                     rows(index, option_index, logprobs)
                 sums.append(float(logprobs[np.arange(len(ids)), ids].sum()))
                 counts.append(len(ids))
-            out.append(OptionScores(tuple(sums), tuple(counts)))
+                greedy.append(bool((logits.argmax(axis=-1) == np.asarray(ids)).all()))  # ties: the lowest id
+            out.append(OptionScores(tuple(sums), tuple(counts), tuple(greedy)))
             if advance:
                 advance(1)
         return nonfinite_scores(out, bad, self.info.label)

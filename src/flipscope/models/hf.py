@@ -156,7 +156,7 @@ class HFBackend:
                 "parameters": int(model.num_parameters()),  # counts packed 4-bit weights as the weights they hold
             },
             capabilities=Capabilities(
-                rows="full", chat=has_chat_template(tokenizer), max_context=max_context(model.config)
+                rows="full", greedy=True, chat=has_chat_template(tokenizer), max_context=max_context(model.config)
             ),
         )
         return cls(model, tokenizer, info, device, options.batch_size)

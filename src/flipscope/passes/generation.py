@@ -7,9 +7,10 @@ are separate passes with their own cache keys: re-grading stored answers needs n
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from flipscope.errors import FlipscopeError
 from flipscope.metrics import FreeAnswer, ItemScore
 from flipscope.models import Backend
 from flipscope.models.base import Decoding, Generation, GenRequest
@@ -28,7 +29,9 @@ TEACHER_VERSION = 2
 @dataclass(frozen=True)
 class FreeTask:
     """``prompts``: each item's whole context; ``prefix``: the part every prompt starts with (the few-shot
-    exemplars), computed once, which teacher-forced requests hand to the backend as their shared ``prefix``."""
+    exemplars), computed once, which teacher-forced requests hand to the backend as their shared ``prefix``;
+    ``samples``: K > 0 when ``compare --samples K`` samples the task (``decoding`` then has a temperature, and the
+    candidates' answers use the seeds after the baseline's K: ``metrics.sampling``)."""
 
     name: str
     problems: list[Problem]
@@ -37,21 +40,65 @@ class FreeTask:
     grade: Callable[[str, str], Graded]  # (generated text, target) → the graded answer
     meta: dict[str, Any] = field(default_factory=dict)
     prefix: str = ""
+    samples: int = 0
 
     @property
     def digest(self) -> str:
         return content_hash({"prompts": self.prompts, "decoding": self.decoding.__dict__})
 
+    def with_seed(self, seed: int) -> FreeTask:
+        return replace(self, decoding=replace(self.decoding, seed=seed))
+
+    def for_role(self, role: str) -> FreeTask:
+        """The task as ``role`` generates it: sampled, every model but the baseline draws with the seeds after the
+        baseline's K (so a candidate, like the baseline's second draw, is compared with other random numbers)."""
+        return self.with_seed(self.decoding.seed + self.samples) if self.samples and role != "baseline" else self
+
 
 def load_free_task(
-    name: str, *, limit: int | None, seed: int, max_new_tokens: int | None = None, fewshot: int | None = None
+    name: str,
+    *,
+    limit: int | None,
+    seed: int,
+    max_new_tokens: int | None = None,
+    fewshot: int | None = None,
+    sampling: Sampling | None = None,
 ) -> FreeTask:
     """The free-form task ``name`` (``tasks.FREE_FORM``; gsm8k: as lm-eval's gsm8k_cot prompts it), generated with
-    its own stop strings and at most ``max_new_tokens`` (default: the task's)."""
+    its own stop strings and at most ``max_new_tokens`` (default: the task's); greedy, or ``sampling``'s draws at
+    its temperature (default: the task's) from seed ``sampling.seed``."""
     form = free_form_task(name)
     loaded = form.load(limit=limit, seed=seed, fewshot=fewshot)
     decoding = Decoding(max_new_tokens=max_new_tokens or form.max_new_tokens, stop=form.stop)
-    return FreeTask(name, loaded.problems, loaded.prompts, decoding, form.grade, loaded.meta, loaded.prefix)
+    samples = 0
+    if sampling is not None:
+        temperature = form.sample_temperature if sampling.temperature is None else sampling.temperature
+        decoding, samples = replace(decoding, temperature=temperature, seed=sampling.seed), sampling.samples
+    return FreeTask(name, loaded.problems, loaded.prompts, decoding, form.grade, loaded.meta, loaded.prefix, samples)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """``compare --samples K [--temperature T]``: K seeded draws per item and model (``metrics.sampling``);
+    ``temperature`` None: each task's own; ``seed``: the baseline's first draw's."""
+
+    samples: int
+    temperature: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise FlipscopeError(f"--samples {self.samples}: give 1 or more draws per item", fix="e.g. --samples 4")
+        if self.temperature is not None and not 0 < self.temperature <= 2:
+            raise FlipscopeError(f"--temperature {self.temperature}: sampling needs a temperature in (0, 2]",
+                                 fix="e.g. --temperature 0.2 (lm-eval's humaneval_64), or leave out --samples "
+                                 "for greedy answers")  # fmt: skip
+
+    def seeds(self, side: str) -> list[int]:
+        """Each side's seeds: the baseline's "first" draws s…s+K−1, the "second" side's and the candidates' the
+        next K."""
+        start = self.seed if side == "first" else self.seed + self.samples
+        return list(range(start, start + self.samples))
 
 
 def generation_key(task: FreeTask, weights: str, settings: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from flipscope.display import Display
 from flipscope.models import Backend, LoadOptions, ModelSpec, fingerprint, load_backend
+from flipscope.models.base import Generation
 from flipscope.passes.generation import (
     FreeTask,
     free_scores,
@@ -37,7 +38,8 @@ class TaskWork:
     def build(cls, task: TaskData, fmt: PromptFormat, fewshot: int) -> TaskWork:
         prompts = item_requests(task, fmt, fewshot)
         text = [[[r.prefix, r.prompt, list(r.continuations)] for r in p.requests] + [p.option_chars] for p in prompts]
-        return cls(task, prompts, content_hash(text))
+        # a rule other than argmax changes the stored items' correctness (argmax: the key as it always was)
+        return cls(task, prompts, content_hash(text if task.scoring == "argmax" else [text, task.scoring]))
 
 
 class LazyBackend:
@@ -124,6 +126,7 @@ class ModelRunner:
         ref: PassResult | None,
     ) -> tuple[PassResult, bool]:
         """Generate (stored, resumable), then score the baseline's answers teacher-forced."""
+        task = task.for_role(role)
         key = generation_key(task, weights, self.scorer.engine())  # not --topk/--tail-samples: they change no answer
         title = f"{role} {spec.label()} · {task.name}"
         with self.display.progress(f"{title} (generating)", len(task.prompts)) as advance:
@@ -135,6 +138,25 @@ class ModelRunner:
         tkey = teacher_key(weights, answers, self.scorer.key(weights, task.digest, ref))
         teacher, cached = self.scorer.score(data, prompts, tkey, spec, backend, ref, f"{title} (scoring B's answers)")
         return PassResult(tkey, teacher.model, free_scores(task, made, teacher), teacher.reference), reused and cached
+
+    def draw(self, spec: ModelSpec, label: str, task: FreeTask, seeds: Sequence[int]) -> list[list[Generation]]:
+        """``task`` sampled once per seed: each draw a stored, resumable generation pass (a draw the comparison
+        itself made is read back from the cache)."""
+        weights = fingerprint(spec)
+        backend = self.lazy(spec)
+        out = []
+        try:
+            for seed in seeds:
+                drawn = task.with_seed(seed)
+                key = generation_key(drawn, weights, self.scorer.engine())
+                title = f"{label} {spec.label()} · {task.name} (seed {seed})"
+                with self.display.progress(title, len(task.prompts)) as advance:
+                    made, _ = generate_pass(drawn, key, backend, self.generations, use_cache=self.use_cache,
+                                            advance=advance)  # fmt: skip
+                out.append(made)
+        finally:
+            backend.close()
+        return out
 
     def record(self, entry: ModelEntry, spec: ModelSpec, task: str, result: PassResult) -> None:
         """The model entry's passes, tokenizer and details, and the notes a pass's token KL calls for."""

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from flipscope.errors import FlipscopeError
-from flipscope.metrics import ItemScore
+from flipscope.metrics import ItemScore, Scoring
 from flipscope.metrics.kl import CompactRows, compress, concat_rows, kl_compact, pad_topk
 from flipscope.metrics.token_kl import TokenKL
 from flipscope.metrics.topk_kl import compact_pieces, full_pieces, kl_shared, topk_compact, unique_pieces
@@ -132,12 +132,18 @@ def token_kl_kind(reference: ReferenceRows, *, exact: bool) -> TokenKL:
     return TokenKL.LOWER_BOUND
 
 
-def check_backend(backend: Backend, requests: list[ScoreRequest]) -> None:
-    """What the task needs from the backend, checked before anything runs: option scoring, and room for the
-    longest prompt + option in the model's context."""
+def check_backend(backend: Backend, requests: list[ScoreRequest], *, scoring: Scoring = Scoring.ARGMAX) -> None:
+    """What the task needs from the backend, checked before anything runs: option scoring, greedy flags where the
+    task is scored by greedy match, and room for the longest prompt + option in the model's context."""
     caps, label = backend.info.capabilities, backend.info.label
     if not caps.multiple_choice:
         raise FlipscopeError(f"{label} cannot score multiple-choice options: {caps.note}", fix=caps.fix or None)
+    if scoring == Scoring.GREEDY and not caps.greedy:
+        raise FlipscopeError(
+            f"{label} cannot tell whether a continuation is its greedy decoding (it gives no argmax over the "
+            "vocabulary at each continuation token), and this task's accuracy is greedy match (lm-eval's is_greedy)",
+            fix="run this task with an hf:, bundled: or gguf: model",
+        )
     if caps.max_context is None or not requests:
         return
     texts = [r.prefix + r.prompt + max(r.continuations, key=len) for r in requests]
@@ -167,7 +173,8 @@ def run_pass(
     baseline). ``reference`` set: measure answer-token KL against it (a candidate; ``exact`` as in ``KLMeter``).
     An item scored through one request per option (Winogrande) gets each request's one option score."""
     requests = [r for p in prompts for r in p.requests]
-    check_backend(backend, requests)
+    scoring = Scoring(task.scoring)
+    check_backend(backend, requests, scoring=scoring)
     rows_kind = backend.info.capabilities.rows
     pieces = backend.vocabulary_pieces() if rows_kind == "full" and (topk or not exact) else None
     recorder = TopKRecorder(topk, tail_samples, pieces, first_request) if topk and rows_kind else None
@@ -183,6 +190,10 @@ def run_pass(
         at += len(prompt.requests)
         logprobs = tuple(v for i in mine for v in scored[i].logprobs)
         tokens = tuple(v for i in mine for v in scored[i].n_tokens)
+        flags = [scored[i].greedy for i in mine]
+        greedy = None if any(f is None for f in flags) else tuple(v for f in flags if f is not None for v in f)
+        if greedy is None and scoring == Scoring.GREEDY:
+            raise FlipscopeError(f"{backend.info.label} gave no greedy flags on {task.name}/{item.item_id}")
         token_kl = None
         if meter:
             kls = [meter.item_kl(i, len(requests[i].continuations)) for i in mine]
@@ -197,6 +208,8 @@ def run_pass(
                 option_chars=prompt.option_chars,
                 token_kl=token_kl,
                 option_tokens=tokens,
+                greedy=greedy,
+                scoring=scoring,
             )
         )
     model: dict[str, Any] = {

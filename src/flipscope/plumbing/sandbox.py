@@ -166,7 +166,9 @@ def sandbox_status() -> str:
     who = f"as uid {NOBODY} (nobody)" if os.geteuid() == 0 else f"as uid {os.getuid()}"
     problem = _bubblewrap_problem()
     if problem is None:
-        return f"bubblewrap: no network, own pid/mount/IPC namespaces, read-only system files, limits, {who}"
+        return (
+            f"code ran in bubblewrap: no network, own pid/mount/IPC namespaces, read-only system files, limits, {who}"
+        )
     return f"code ran without a sandbox: {problem}; resource limits only, {who} — {_FIX}"
 
 

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from flipscope.metrics import Pair, answer_distance, choice_kl, pair_up, top_margin
+from flipscope.metrics import Pair, Scoring, answer_distance, choice_kl, pair_up, top_margin
 from flipscope.metrics.degradation import Degradation, answer_degradation
 from flipscope.metrics.paired import softmax
 from flipscope.report.collect import CompareRun
@@ -114,6 +114,21 @@ def _row(pair: Pair, candidate: str, question: dict[str, Any]) -> FlipRow:
             degradation=describe_degradation(answer_degradation(c.free, b.free)),
         )
     choices = question.get("choices")
+    if b.scoring == Scoring.GREEDY:  # one continuation judged by greedy match (LAMBADA): no choice distribution
+        said = {True: "the target (greedy)", False: "not the greedy continuation"}
+        word = str(choices[b.target]) if choices is not None and b.target < len(choices) else letter(b.target)
+        return FlipRow(
+            **common,
+            options=[],
+            target=word,
+            baseline_answer=said[b.correct],
+            candidate_answer=said[c.correct],
+            baseline_probs=[],
+            candidate_probs=[],
+            margin=None,
+            choice_kl=None,
+            token_kl=c.token_kl,
+        )
     return FlipRow(
         **common,
         options=[str(o) for o in choices] if choices is not None else [],

@@ -23,6 +23,7 @@ from flipscope.report.summary_rows import (
     attribution_rows,
     kld_rows,
     mtbench_rows,
+    sampled_rows,
     summary_rows,
 )
 from flipscope.report.warning_groups import grouped_warnings
@@ -77,6 +78,9 @@ def _sections(data: ReportInput, plots: list[Plot]) -> list[Section]:
     sections = []
     if by_section.get("compare"):
         sections.append(Section("plots", "Accuracy, flips and KL", [_plot_entry(p) for p in by_section["compare"]]))
+    sampled = [_table(f"{r.folder}: sampled answers", *sampled_rows(r)) for r in data.compares if r.run.sampling]
+    if sampled:
+        sections.append(Section("sampled", "Sampled answers beside their floor", [], sampled))
     if data.klds:
         tables = [_table(f"{k.folder}: {k.run.settings.corpus}, ctx {k.run.settings.ctx}", *kld_rows(k))
                   for k in data.klds]  # fmt: skip

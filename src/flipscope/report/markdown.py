@@ -14,7 +14,7 @@ from flipscope.report.plots import all_plots
 from flipscope.report.render import png
 from flipscope.report.screen_table import screen_cells
 from flipscope.report.screen_table import title as screen_title
-from flipscope.report.summary_rows import Cell, kld_rows, mtbench_rows, summary_rows
+from flipscope.report.summary_rows import Cell, kld_rows, mtbench_rows, sampled_rows, summary_rows
 from flipscope.report.warning_groups import grouped_warnings
 
 
@@ -49,6 +49,9 @@ def render_markdown(data: ReportInput, figures: Path, *, relative_to: Path) -> s
         flips = sum(len(flipped_items(run)) for run in data.compares)
         lines += [f"{flips} flipped (candidate, item) pairs in all; the HTML report lists them.", ""]
         lines += [f"- {g.line()}" for g in grouped_warnings(data)] + [""]
+    for run in data.compares:
+        if run.run.sampling is not None:
+            lines += [f"### Sampled answers beside their floor ({run.folder})", "", *table(*sampled_rows(run)), ""]
     for kld in data.klds:
         lines += [f"### Token-level KL on {kld.run.settings.corpus} (ctx {kld.run.settings.ctx})", ""]
         lines += [*table(*kld_rows(kld)), ""]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flipscope.metrics import TaskSummary
-from flipscope.report.collect import AttributionDir, KLDRun, MTBenchRun, ReportInput
+from flipscope.report.collect import AttributionDir, CompareRun, KLDRun, MTBenchRun, ReportInput
 from flipscope.report.figure import short
 from flipscope.report.formatting import num, pct, pvalue
 from flipscope.report.table import FLOOR_COLUMNS, SEQUENTIAL_COLUMN, floor_cells, sequential_text
@@ -166,3 +166,32 @@ def attribution_rows(attr: AttributionDir, top: int = 15) -> tuple[list[str], li
             _n(share, pct(share)), _n(u.flips_restored, "–" if u.flips_restored is None else str(u.flips_restored)),
         ])  # fmt: skip
     return columns, rows
+
+
+SAMPLED_COLUMNS = ["candidate", "task", "items × draws", "T", "pass@1 B %", "pass@1 C %", "flips/draw % ± SE",
+                   "sampling floor % ± SE", "excess pp ± SE"]  # fmt: skip
+
+
+def sampled_rows(run: CompareRun) -> tuple[list[str], list[list[Cell]]]:
+    """``compare --samples``: each candidate's flips per draw beside the baseline's sampling floor (± SE over
+    items), recomputed from the stored summary."""
+    from flipscope.metrics.sampling import SampledSummary
+
+    base = run.run.baseline.spec
+    rows = []
+    sampling = run.run.sampling
+    for candidate, tasks in (sampling.summary if sampling is not None else {}).items():
+        for task, fields in tasks.items():
+            s = SampledSummary.from_fields(fields)
+            rows.append([
+                Cell(short(candidate, base), candidate, "text"),
+                Cell(task, task, "text"),
+                Cell(f"{s.items} × {s.draws}", s.items * s.draws),
+                Cell(f"{s.temperature:g}", s.temperature),
+                Cell(pct(s.baseline_pass1), s.baseline_pass1),
+                Cell(pct(s.candidate_pass1), s.candidate_pass1),
+                Cell(f"{pct(s.flips.mean)} ± {pct(s.flips.err)}", s.flips.mean),
+                Cell(f"{pct(s.floor.mean)} ± {pct(s.floor.err)}", s.floor.mean),
+                Cell(f"{s.excess.mean * 100:+.1f} ± {s.excess.err * 100:.1f}", s.excess.mean),
+            ])  # fmt: skip
+    return SAMPLED_COLUMNS, rows

@@ -9,7 +9,9 @@ from rich.text import Text
 from flipscope.metrics import TaskSummary
 from flipscope.metrics.degradation import DegradationSummary
 from flipscope.metrics.noise_floor import indistinguishable
+from flipscope.metrics.sampling import SampledSummary
 from flipscope.metrics.token_kl import TokenKL
+from flipscope.metrics.windows import WindowMean
 from flipscope.report.formatting import num, pct, pvalue
 from flipscope.store import RunFile
 
@@ -123,6 +125,11 @@ def detail_line(s: TaskSummary) -> str:
             f"C {pct(f.acc_strict_candidate)}% · no answer B {f.invalid_baseline} C {f.invalid_candidate} · "
             f"hit max tokens B {f.truncated_baseline} C {f.truncated_candidate}{degradation_line(f.degradation)}"
         )
+    if s.perplexity_baseline is not None:  # a greedy-scored task (LAMBADA): one continuation, no margins
+        return (
+            f"acc = greedy match (lm-eval's is_greedy) · perplexity B {num(s.perplexity_baseline, 2)} "
+            f"C {num(s.perplexity_candidate, 2)} · choice KL, all-flips, margins: n/a (one continuation per item)"
+        )
     parts = [f"[{b.lo:g},{b.hi:g}{']' if b.hi == 1 else ')'} {b.flips}/{b.n}" for b in s.flips_by_margin]
     norm = (
         "acc_norm n/a"  # no option lengths (lm-eval reports acc only, or a multiple-input task)
@@ -142,6 +149,18 @@ def token_kl_label(stored: object, *, tail_samples: int) -> str:
     except ValueError:  # a label this version does not know: shown as written
         return str(stored)
     return "" if kind is None else kind.value
+
+
+def sampled_line(s: SampledSummary) -> str:
+    """pass@1 of each side, the candidate's flips per draw beside the sampling floor, and their difference."""
+    pass_at = ", ".join(f"pass@{k} {s.baseline_pass_at[k]:.1%} → {v:.1%}" for k, v in s.candidate_pass_at.items()
+                        if k > 1)  # fmt: skip
+    return (
+        f"pass@1 {s.baseline_pass1:.1%} → {s.candidate_pass1:.1%}{'; ' + pass_at if pass_at else ''}; flips per "
+        f"draw {s.flips.mean:.1%} ± {s.flips.err:.1%} vs sampling floor {s.floor.mean:.1%} ± {s.floor.err:.1%} "
+        f"(excess {s.excess.mean * 100:+.1f} ± {s.excess.err * 100:.1f} points; {s.items} items × {s.draws} draws "
+        f"at T={s.temperature:g}; ± SE over items)"
+    )
 
 
 def render_run(run: RunFile) -> Group:
@@ -168,6 +187,13 @@ def render_run(run: RunFile) -> Group:
         for task, s in per_task.items():
             parts.append(Text(f"  {task}: {detail_line(s)}", style="dim"))
             parts.extend(Text(f"  ! {task}: {w}", style="yellow") for w in s.warnings)
+        sampled = run.sampling.summary.get(candidate, {}) if run.sampling is not None else {}
+        for task, fields in sampled.items():
+            parts.append(Text(f"  {task} sampled: {sampled_line(SampledSummary.from_fields(fields))}"))
+    if run.sampling is not None and not run.summary:
+        for task, floor_fields in run.sampling.floor.items():
+            got = WindowMean(**floor_fields)
+            parts.append(Text(f"  {task} sampling floor: {got.mean:.1%} ± {got.err:.1%} of items flip per draw"))
     for note in run.notes:
         parts.append(Text(f"note: {note}", style="dim"))
     return Group(*parts)

@@ -24,6 +24,7 @@ from flipscope.plumbing.version import library_versions
 from flipscope.runs.noise import NoiseFloor, engines_note, role_of
 from flipscope.runs.overrides import with_overrides
 from flipscope.runs.ray import check_ray, on_ray
+from flipscope.runs.sampled import check_sampling, run_draws, sampling_entry, sampling_note
 from flipscope.runs.sequential import (
     TaskChunks,
     check_plan,
@@ -91,6 +92,8 @@ class CompareSettings:
     )
     shard: Shard | str | None = None  # run only this part, 'i/N' or 'baseline' (an array's job; ``runs.shards``)
     ray: RayPlacement | None = None  # score the multiple-choice passes on a Ray cluster (``passes.ray_passes``)
+    samples: int | None = None  # free-form tasks: K seeded draws per item and model, and the sampling floor
+    temperature: float | None = None  # with ``samples``: the draws' temperature (None: each task's, 0.2)
 
 
 def compare(
@@ -147,6 +150,9 @@ def _compare(
             free_form_task(name).check_fewshot(fewshot)
     if noise_floor is not None:
         noise_floor.check(batch_size, dtype)
+    ways = {"--sequential": chosen.sequential, "--ray": chosen.ray, "--shard": chosen.shard}
+    sampling = check_sampling(chosen.samples, chosen.temperature, seed=seed, free=[n for n in tasks if n in GENERATIVE],
+                              how=[flag for flag, given in ways.items() if given is not None])  # fmt: skip
     check_out(out)
     if chosen.ray is not None:
         free_names = [name for name in tasks if name in GENERATIVE]
@@ -186,7 +192,7 @@ def _compare(
     upto = None if plan else limit  # a sequential run takes the task's items in its own order, the first `limit`
     loaded = [load_task(name, fewshot=shots, limit=upto, seed=seed) for name in tasks if name not in GENERATIVE]
     free = [
-        load_free_task(name, limit=upto, seed=seed, max_new_tokens=max_new_tokens, fewshot=fewshot)
+        load_free_task(name, limit=upto, seed=seed, max_new_tokens=max_new_tokens, fewshot=fewshot, sampling=sampling)
         for name in tasks
         if name in GENERATIVE
     ]
@@ -220,7 +226,7 @@ def _compare(
         chunks = [mc_chunks(t, fmt, shots, plan, limit=limit, seed=seed) for t in loaded]
         chunks += [free_chunks(t, plan, limit=limit, seed=seed) for t in free]
         ran = _run_sequential(runner, floor_runner, base_spec, cand_specs, chunks, plan, names, hint)
-    notes = [f"{t.name}: {t.meta['note']}" for t in loaded if "note" in t.meta]
+    notes = [f"{name}: {meta['note']}" for name, meta in _metas(loaded, free) if "note" in meta]
     for r in ran.base_results:
         if r.reference is not None:
             how = (
@@ -250,6 +256,11 @@ def _compare(
     notes += runner.notes
     if shard is not None:
         notes.append(shard.note([s.label() for s in cand_specs], floor=floor_here and noise_floor is not None))
+    draws, sampled = None, None
+    if sampling is not None:
+        draws = run_draws(runner, base_spec, cand_specs, free, sampling)
+        sampled = sampling_entry(draws, base_spec.label(), sampling)
+        notes.append(sampling_note(sampled))
     scores = ran.scores
     run = RunFile(
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -261,12 +272,13 @@ def _compare(
         tasks=[TaskEntry(name=name, meta=ran.meta.get(name, meta)) for name, meta in _metas(loaded, free)],
         summary=ran.summary,
         noise_floor=floor,
+        sampling=sampled,
         notes=notes,
     )
     folder = claim_run_dir(out)
     roles = {label: (role_of(label, base_spec.label()), s) for label, s in scores.items()}
     scored = {(s.task, s.item_id) for s in scores[base_spec.label()]}
-    write_run(folder, run, records_frame(roles), _items_frame(loaded, free, scored))
+    write_run(folder, run, records_frame(roles), _items_frame(loaded, free, scored), draws=draws)
     return Comparison(run, folder, scores)
 
 

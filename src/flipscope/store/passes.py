@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from flipscope.metrics import FreeAnswer, ItemScore
+from flipscope.metrics import FreeAnswer, ItemScore, Scoring
 from flipscope.metrics.kl import CompactRows
 from flipscope.plumbing.atomic import exclusive, write_once
 
@@ -70,8 +70,27 @@ def _scores_frame(scores: list[ItemScore]) -> Any:
             "option_chars": [list(s.option_chars) for s in scores],
             "option_tokens": [list(s.option_tokens) for s in scores],
             "token_kl": pd.array([s.token_kl for s in scores], dtype="Float64"),
+            "scoring": [greedy_cells(s)["scoring"] for s in scores],
+            "greedy": [greedy_cells(s)["greedy"] for s in scores],
         }
     )
+
+
+def greedy_cells(score: ItemScore) -> dict[str, Any]:
+    """An item's rule for correctness (``Scoring``) and its options' greedy flags (None where not known): the
+    cells that let a stored pass or run directory give back ``correct`` (``greedy_fields`` reads them)."""
+    return {"scoring": score.scoring.value, "greedy": None if score.greedy is None else [bool(g) for g in score.greedy]}
+
+
+def greedy_fields(row: Any) -> dict[str, Any]:
+    """``greedy_cells`` of one frame row as ItemScore fields (frames written before them: argmax, no flags)."""
+    flags = getattr(row, "greedy", None)
+    if flags is not None and np.ndim(flags) == 0:  # a missing value as pandas gives it (NaN)
+        flags = None
+    return {
+        "scoring": Scoring(str(getattr(row, "scoring", None) or Scoring.ARGMAX)),
+        "greedy": None if flags is None else tuple(bool(g) for g in flags),
+    }
 
 
 def _free_answer(row: Any) -> FreeAnswer | None:
@@ -118,6 +137,7 @@ def scores_from_frame(frame: Any) -> list[ItemScore]:
                 option_tokens=tuple(int(v) for v in getattr(row, "option_tokens", ())),
                 free=_free_answer(row),
                 token_kl=None if kl is None or pd.isna(kl) else float(kl),
+                **greedy_fields(row),
             )
         )
     return out

@@ -1,4 +1,5 @@
-"""The run directory: ``run.json`` (typed, versioned) and per-item ``records.parquet`` / ``items.parquet``."""
+"""The run directory: ``run.json`` (typed, versioned), per-item ``records.parquet`` / ``items.parquet``, and with
+``compare --samples`` every sampled answer in ``draws.parquet``."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from pydantic import BaseModel, Field, ValidationError
 
 from flipscope.errors import FlipscopeError
 from flipscope.metrics import ItemScore, TaskSummary
+from flipscope.store.passes import greedy_cells
 
 SCHEMA_VERSION = 1
 RUN_FILE = "run.json"
 RECORDS_FILE = "records.parquet"
 ITEMS_FILE = "items.parquet"
+DRAWS_FILE = "draws.parquet"
 
 
 class ModelEntry(BaseModel):
@@ -56,6 +59,18 @@ class NoiseFloorEntry(BaseModel):
     summary: dict[str, TaskSummary]
 
 
+class SamplingEntry(BaseModel):
+    """``compare --samples``: K seeded draws per item and model at each task's temperature (``metrics.sampling``);
+    ``seeds``: each side's seeds; ``floor[task]``: the baseline's flips between its two sides (share of items per
+    draw, ± SE over items); ``summary[candidate][task]``: ``SampledSummary``'s fields."""
+
+    samples: int
+    temperatures: dict[str, float]
+    seeds: dict[str, list[int]]
+    floor: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    summary: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+
+
 class RunFile(BaseModel):
     schema_version: int = SCHEMA_VERSION
     created: str
@@ -68,6 +83,7 @@ class RunFile(BaseModel):
     #: summary[candidate spec][task name]; with several tasks, also an "all" entry pooling their items.
     summary: dict[str, dict[str, TaskSummary]]
     noise_floor: NoiseFloorEntry | None = None
+    sampling: SamplingEntry | None = None
     notes: list[str] = Field(default_factory=list)
 
 
@@ -116,6 +132,7 @@ def records_frame(scores: dict[str, tuple[str, list[ItemScore]]]) -> Any:
                     "choice_logprobs": list(s.logprobs),
                     "option_chars": list(s.option_chars),
                     "token_kl": s.token_kl,
+                    **greedy_cells(s),
                     **_free_columns(s, base.get((s.task, s.item_id))),
                 }
             )
@@ -125,15 +142,17 @@ def records_frame(scores: dict[str, tuple[str, list[ItemScore]]]) -> Any:
     return frame
 
 
-def write_run(folder: Path, run: RunFile, records: Any, items: Any) -> None:
+def write_run(folder: Path, run: RunFile, records: Any, items: Any, *, draws: Any = None) -> None:
     """Each file written under a temporary name and renamed into place, ``run.json`` last: a run directory with a
-    ``run.json`` is complete."""
+    ``run.json`` is complete. ``draws``: the sampled answers' frame (``compare --samples``)."""
     from flipscope.plumbing.atomic import write_atomically
     from flipscope.store.run_dir import finish
 
     folder.mkdir(parents=True, exist_ok=True)
     write_atomically(folder / RECORDS_FILE, lambda tmp: records.to_parquet(tmp, index=False))
     write_atomically(folder / ITEMS_FILE, lambda tmp: items.to_parquet(tmp, index=False))
+    if draws is not None:
+        write_atomically(folder / DRAWS_FILE, lambda tmp: draws.to_parquet(tmp, index=False))
     finish(folder, run.model_dump_json(indent=2))
 
 
@@ -167,4 +186,19 @@ def read_run(folder: Path) -> tuple[RunFile, Any]:
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise FlipscopeError(
             f"{rec_path} is unreadable ({str(exc).splitlines()[0][:160]})", fix="re-run the comparison"
+        ) from exc
+
+
+def read_draws(folder: Path) -> Any:
+    """``draws.parquet`` of a ``compare --samples`` run (None where the run did not sample)."""
+    import pandas as pd
+
+    path = folder / DRAWS_FILE
+    if not path.exists():
+        return None
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise FlipscopeError(
+            f"{path} is unreadable ({str(exc).splitlines()[0][:160]})", fix="re-run the comparison"
         ) from exc

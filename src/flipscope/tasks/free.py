@@ -57,3 +57,6 @@ class FreeFormTask:
     grade: Callable[[str, str], Graded]
     stop: tuple[str, ...]
     max_new_tokens: int
+    #: ``compare --samples``' temperature unless ``--temperature`` is given: lm-eval's sampled variants' (0.2 in
+    #: humaneval_64 and gsm8k_cot_self_consistency)
+    sample_temperature: float = 0.2

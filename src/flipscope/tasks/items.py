@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -65,6 +65,9 @@ class Template:
     partial: bool = False
     #: lm-eval's acc_norm divides by each choice's length in characters; False where lm-eval reports acc only.
     norm: bool = True
+    #: how an item is judged correct, ``metrics.Scoring``'s value (written out: this layer loads no numpy):
+    #: "argmax" over the options, or "greedy": the one continuation is the model's greedy decoding (LAMBADA)
+    scoring: Literal["argmax", "greedy"] = "argmax"
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,11 @@ class TaskData:
     fewshot_pool: dict[str, list[MCItem]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     template: Template | None = None
+
+    @property
+    def scoring(self) -> Literal["argmax", "greedy"]:
+        """How its items are judged correct (``Template.scoring``; MMLU's and user files' templates: argmax)."""
+        return self.template.scoring if self.template is not None else "argmax"
 
 
 def _subject_text(subject: str) -> str:

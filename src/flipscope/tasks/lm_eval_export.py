@@ -13,6 +13,7 @@ from typing import Any
 from flipscope.errors import FlipscopeError
 from flipscope.plumbing.atomic import write_atomically
 from flipscope.tasks.items import LETTERS
+from flipscope.tasks.lambada import load_lambada, passage
 from flipscope.tasks.olmo import arrow_rows
 from flipscope.tasks.suite import SUITE
 
@@ -25,6 +26,7 @@ STOCK = {
     "winogrande": ("winogrande/default.yaml", "validation"),
     "boolq": ("super_glue/boolq/default.yaml", "validation"),
     "openbookqa": ("openbookqa/openbookqa.yaml", "validation"),
+    "lambada": ("lambada/lambada_openai.yaml", "test"),
 }
 _FOLDERS = {
     "hellaswag": "hellaswag/none",
@@ -37,6 +39,8 @@ _FOLDERS = {
 
 def _hub_rows(name: str) -> dict[str, dict[str, Any]]:
     """Item id → the row in the hub's schema, ids as the suite's loaders give them."""
+    if name == "lambada":  # EleutherAI/lambada_openai's one field, the passage, rebuilt from each item
+        return {item.item_id: {"text": passage(item)} for item in load_lambada()}
     if name.startswith("arc_"):  # the test set exists only as oe-eval docs: rebuilt from the suite's own items
         out = {}
         for item in SUITE[name].load():

