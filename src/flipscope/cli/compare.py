@@ -24,9 +24,10 @@ from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
     default="mmlu",
     show_default=True,
     help="Comma-separated tasks, by lm-eval's names: mmlu, mmlu:<subject>[,<subject>…], arc_challenge, arc_easy, "
-    "hellaswag, piqa, winogrande, boolq, openbookqa, sciq, copa, commonsense_qa, social_iqa, gsm8k (generated); "
-    "paper (the paper's "
-    "suite: mmlu … openbookqa); or a .jsonl/.csv/.parquet file (e.g. mmlu:anatomy,astronomy,my_questions.jsonl). "
+    "hellaswag, piqa, winogrande, boolq, openbookqa, sciq, copa, commonsense_qa, social_iqa, lambada (greedy "
+    "match); generated: gsm8k, minerva_math500, humaneval and mbpp (programs run in a sandbox); "
+    "paper (the paper's suite: mmlu … openbookqa); or a .jsonl/.csv/.parquet file "
+    "(e.g. mmlu:anatomy,astronomy,my_questions.jsonl). "
     "`flipscope tasks` lists them.",
 )
 @click.option(
@@ -75,7 +76,7 @@ from flipscope.metrics.kl import DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK
     "--max-new-tokens",
     type=int,
     default=None,
-    help="Free-form tasks (gsm8k): tokens generated at most per answer. Default: 256.",
+    help="Free-form tasks: tokens generated at most per answer. Default: each task's (lm-eval's: 256; humaneval 1024).",
 )
 @click.option(
     "--samples",

@@ -83,7 +83,7 @@ class CompareSettings:
     device: str = "auto"  # cpu, cuda, cuda:1 … (auto: cuda if present)
     dtype: str = "float32"
     batch_size: int = 16  # questions per forward pass; part of the cache key
-    max_new_tokens: int | None = None  # free-form tasks (gsm8k): tokens generated at most per answer (None: 256)
+    max_new_tokens: int | None = None  # free-form tasks: tokens generated at most per answer (None: the task's)
     noise_floor: NoiseFloor | None = None  # also run the baseline under these settings, paired with itself
     use_cache: bool = True  # False: run every model again instead of reusing cached passes
     cache_dir: str | Path | None = None  # where passes are cached (None: the flipscope cache's passes/)
