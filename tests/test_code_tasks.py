@@ -23,7 +23,9 @@ def test_program_is_prediction_newline_tests() -> None:
 @pytest.mark.parametrize(
     ("completion", "answer"),
     [("    return a + b", "passed"), ("    return a * b", "failed"), ("    while True: pass", "timeout"),
-     ("    return a +", "failed")],
+     ("    return a +", "failed"), ("    return a * b\nimport sys\nsys.exit(0)", "failed"),
+     ("    return a * b\nimport os\nos._exit(0)", "failed"),
+     ("    return a + b\nif __name__ == '__main__':\n    raise ValueError", "passed")],
 )  # fmt: skip
 def test_grade_runs_the_program(completion: str, answer: str) -> None:
     graded = grade(completion, TARGET)

@@ -18,6 +18,7 @@ from flipscope.metrics.degradation import (
     MIN_SPAN,
     Degradation,
     Loop,
+    answer_degradation,
     degradation,
     flag_change,
     found_not_committed,
@@ -28,6 +29,7 @@ from flipscope.metrics.degradation import (
     text_loop,
 )
 from flipscope.metrics.paired import mcnemar_exact
+from flipscope.metrics.records import FreeAnswer
 
 FAST = settings(max_examples=300, deadline=None)
 
@@ -212,6 +214,17 @@ def test_empty_and_whitespace_only_answers(text: str, empty: bool) -> None:
 def test_empty_answer_with_an_empty_baseline_has_no_ratio() -> None:
     record = degradation("", tokens=0, baseline_tokens=0, hit_limit=False, correct=False, found=False)
     assert record == Degradation(None, False, True, False, None, None, False)
+
+
+def test_length_ratio_counts_the_answers_own_tokens_not_the_stop_string() -> None:
+    """``new_tokens`` counts the cut-off stop string ("[DONE]": 3 tokens) and EOS; the ratio is over the answers'
+    own token ids, and has no value where the baseline's answer is blank."""
+    base = FreeAnswer("x = 1", "", True, True, "stop", new_tokens=6, token_ids=(1, 2, 3))
+    cand = FreeAnswer("x = 1\ny = 2", "", True, True, "stop", new_tokens=9, token_ids=(1, 2, 3, 4, 5, 6))
+    assert answer_degradation(cand, base).length_ratio == 2.0  # not 9 / 6
+    assert answer_degradation(cand, FreeAnswer("\n", "", False, False, "stop", 4, (7,))).length_ratio is None
+    no_ids = FreeAnswer("x = 1\ny = 2", "", True, True, "stop", new_tokens=12)
+    assert answer_degradation(no_ids, base).length_ratio == 12 / 3
 
 
 def test_truncated_looping_answer() -> None:

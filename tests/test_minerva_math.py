@@ -84,6 +84,13 @@ def test_every_stated_answer_is_listed_for_found_but_not_committed() -> None:
     assert list(boxed_answers("nothing here")) == []
 
 
+def test_boxes_without_braces_right_after_are_taken_as_written() -> None:
+    """lm-eval's unboxing asserts on these; a generated text holding them must not stop the grading."""
+    for text in ("so $\\boxed\\frac12$", "\\boxed\\text{5}", "\\boxed\\n{5}", "a \\boxed"):
+        assert isinstance(list(boxed_answers(text)), list)
+    assert list(boxed_answers("so $\\boxed\\text{5}$")) == ["5"]
+
+
 def test_prompt_is_lm_evals_layout_and_fewshot_is_checked() -> None:
     pairs = [("p1", "s1"), ("p2", "s2")]
     want = "Problem:\np1\n\nSolution: s1\n\nProblem:\np2\n\nSolution: s2\n\nProblem:\nq\n\nSolution:"
@@ -118,3 +125,18 @@ def test_every_math500_gold_and_graded_text_agree_with_lm_eval() -> None:
             if grade(text, problem.target).correct != bool(want["exact_match"]):
                 differ.append((problem.item_id, text))
     assert differ == []
+
+
+def test_another_antlr_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+
+    from flipscope.errors import FlipscopeError
+    from flipscope.tasks import math_answers
+
+    math_answers._sympy.cache_clear()
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "4.13.2")
+    try:
+        with pytest.raises(FlipscopeError, match=r"needs ANTLR 4\.11.*not 4\.13\.2"):
+            math_answers.equivalent("1/2", "0.5")
+    finally:
+        math_answers._sympy.cache_clear()

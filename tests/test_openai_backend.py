@@ -165,6 +165,11 @@ def test_generation_through_completions_and_chat_and_a_server_that_cannot() -> N
         assert made[0].stop_reason is StopReason.LENGTH
         sent = next(r for r in fake.requests if r.get("prompt") == "Q: 2+2?\nA:")
         assert sent["stop"] == ["Q:"] and sent["max_tokens"] == 5 and sent["temperature"] == 0.0
+        sampled = Decoding(max_new_tokens=5, temperature=0.7, seed=3)
+        server.generate([GenRequest(f"item {i}") for i in range(4)], sampled)
+        seeds = {r["prompt"]: r["seed"] for r in fake.requests if str(r.get("prompt", "")).startswith("item ")}
+        assert [seeds[f"item {i}"] for i in range(4)] == [sampled.request_seed(i) for i in range(4)]
+        assert len(set(seeds.values())) == 4  # each item its own random stream, not the draw's one seed
         fake.script = ["notext"]
         with pytest.raises(FlipscopeError, match="without generated text"):
             server.generate([GenRequest("x")], Decoding())

@@ -17,6 +17,7 @@ import pytest
 import flipscope
 from flipscope.errors import FlipscopeError
 from flipscope.metrics.sampling import pass_at_k, powers_of_two, sampled_summary
+from flipscope.runs.noise import NoiseFloor
 from tests.conftest import Script
 from tests.fake_olmo import write_wheel
 
@@ -115,7 +116,9 @@ def test_sampled_gsm8k_floor_and_flips_match_the_scripted_draws(scripts: dict[st
     outputs = records.groupby("role")["output"].apply(lambda o: {t.split(".")[0] for t in o})
     assert outputs["baseline"] == {f" Seed {seed}"} and outputs["candidate"] == {f" Seed {seed + k}"}
     assert result.summary["mock:c"]["gsm8k"].acc_candidate == pytest.approx(c[:, 0].mean())
-    draws = pd.read_parquet(tmp_path / "run" / "draws.parquet")
+    from flipscope.store.run import read_draws
+
+    draws = read_draws(tmp_path / "run")
     assert len(draws) == 30 * k * 3 and set(draws["side"]) == {"first", "second", "candidate"}
     from flipscope.runs.sampled import sampled_summaries
 
@@ -159,3 +162,27 @@ def test_sampling_refuses_what_it_cannot_do(scripts: dict[str, Script], tmp_path
 
     with pytest.raises(FlipscopeError, match="cannot be combined with --sequential"):
         flipscope.compare("mock:b", ["mock:c"], tasks=["gsm8k"], samples=2, sequential=SequentialPlan(), **run)
+    with pytest.raises(FlipscopeError, match="cannot be combined with --noise-floor"):
+        flipscope.compare("mock:b", ["mock:c"], tasks=["gsm8k"], samples=2, noise_floor=NoiseFloor(1),
+                          **run)  # fmt: skip
+
+
+def test_a_one_item_sampled_run_shows_no_error_bar(scripts: dict[str, Script], tmp_path: Path) -> None:
+    """One item: the standard errors are NaN, stored as null; the table and reports show "—", not a crash."""
+    _wheel()
+    for name in ("b", "c"):
+        scripts[name] = Script(lambda i, r: (-1.0,), answer=lambda p: " greedy", draw=_drawer(name))
+    flipscope.compare("mock:b", ["mock:c"], tasks=["gsm8k"], limit=1, samples=2, out=tmp_path / "run",
+                      cache_dir=tmp_path / "cache")  # fmt: skip
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["sampling"]["summary"]["mock:c"]["gsm8k"]["flips"]["err"] is None
+    from click.testing import CliRunner
+
+    from flipscope.cli import cli
+
+    md = tmp_path / "r.md"
+    said = CliRunner().invoke(
+        cli, ["report", str(tmp_path / "run"), "--md", str(md), "--html", str(tmp_path / "r.html")]
+    )
+    assert said.exit_code == 0, said.output
+    assert " ± —" in md.read_text()

@@ -52,7 +52,7 @@ def hostile(body: str, marker: str) -> str:
     prologue = f"""\
         import os, sys
         if {marker!r} not in sys.argv:
-            os.execv(sys.executable, [sys.executable, "-I", __file__, {marker!r}])
+            os.execv(sys.executable, [sys.executable, "-I", sys.argv[0], {marker!r}])
         print("CWD", os.getcwd(), flush=True)
     """
     return textwrap.dedent(prologue) + textwrap.dedent(body)
@@ -120,6 +120,20 @@ def test_output_is_kept_to_a_bounded_tail(mode: Isolation) -> None:
     assert run.outcome is Outcome.PASSED
     assert len(run.stdout.encode()) <= FAST.output_bytes
     assert run.stdout.endswith("199999\nlast\n")
+
+
+@pytest.mark.parametrize("stop", ["import sys\nsys.exit(0)", "exit()", "quit()", "raise SystemExit",
+                                  "import os\nos._exit(0)", "import atexit, os\natexit.register(os._exit, 0)\n"
+                                  "raise ValueError"])  # fmt: skip
+def test_a_program_that_stops_before_its_tests_does_not_pass(stop: str) -> None:
+    run = run_untrusted(f"{stop}\nassert 1 == 2", limits=FAST)
+    assert run.outcome is Outcome.FAILED and not run.passed, run
+
+
+def test_a_main_block_does_not_run_and_a_passing_program_prints_no_token() -> None:
+    run = run_untrusted("print(__name__)\nif __name__ == '__main__':\n    raise ValueError('main ran')", limits=FAST)
+    assert (run.outcome, run.stdout) == (Outcome.PASSED, "builtins\n")
+    assert run_untrusted("import sys\nsys.exit(4)", limits=FAST).exit_code == 4
 
 
 def test_many_programs_come_back_in_order() -> None:

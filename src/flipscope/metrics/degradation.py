@@ -310,10 +310,16 @@ def answer_degradation(answer: FreeAnswer, baseline: FreeAnswer) -> Degradation:
     own: a length ratio of 1). Recomputed from the records, never stored in a pass."""
     return degradation(
         answer.text,
-        tokens=answer.new_tokens,
-        baseline_tokens=baseline.new_tokens,
+        tokens=answer_tokens(answer),
+        baseline_tokens=answer_tokens(baseline) if baseline.text.strip() else None,
         hit_limit=answer.stop_reason == "length",
         correct=answer.correct,
         found=answer.found,
         token_ids=answer.token_ids,
     )
+
+
+def answer_tokens(answer: FreeAnswer) -> int | None:
+    """The answer text's length in tokens: its own tokens where stored (``new_tokens`` also counts a stop string
+    generated and cut off, and EOS), else ``new_tokens``."""
+    return len(answer.token_ids) if answer.token_ids is not None else answer.new_tokens

@@ -64,10 +64,15 @@ class SampledSummary:
             **{k: fields[k] for k in ("items", "draws", "temperature", "baseline_pass1", "candidate_pass1")},
             baseline_pass_at={int(k): float(v) for k, v in fields["baseline_pass_at"].items()},
             candidate_pass_at={int(k): float(v) for k, v in fields["candidate_pass_at"].items()},
-            flips=WindowMean(**fields["flips"]),
-            floor=WindowMean(**fields["floor"]),
-            excess=WindowDifference(**fields["excess"]),
+            flips=WindowMean(**_nan_for_null(fields["flips"])),
+            floor=WindowMean(**_nan_for_null(fields["floor"])),
+            excess=WindowDifference(**_nan_for_null(fields["excess"])),
         )
+
+
+def _nan_for_null(fields: dict[str, Any]) -> dict[str, Any]:
+    """run.json writes NaN (an error bar over one item) as null; back as NaN."""
+    return {k: math.nan if v is None else v for k, v in fields.items()}
 
 
 def powers_of_two(k: int) -> tuple[int, ...]:

@@ -152,12 +152,19 @@ class GenRequest:
 @dataclass(frozen=True)
 class Decoding:
     """Decoding settings, shared by every backend (and part of a generation pass's cache key). Greedy at
-    temperature 0; sampling uses ``seed``."""
+    temperature 0; sampling uses ``seed`` (transformers: one generator for the pass; backends that seed each
+    request: ``request_seed``)."""
 
     max_new_tokens: int = 256
     stop: tuple[str, ...] = ()
     temperature: float = 0.0
     seed: int = 0
+
+    def request_seed(self, index: int) -> int:
+        """The seed of the pass's ``index``-th request where each request is seeded on its own (llama.cpp, servers,
+        vLLM): distinct for every (seed, request) of up to a million requests, so the items of one draw do not
+        share one random stream (which would tie their draws together)."""
+        return (self.seed * 1_000_003 + index) % (1 << 31)
 
 
 @dataclass(frozen=True)

@@ -214,9 +214,10 @@ class GGUFBackend:
         """One request at a time through llama.cpp (raw completion, or the GGUF's chat template)."""
         out = []
         settings = {"max_tokens": decoding.max_new_tokens, "temperature": decoding.temperature,
-                    "stop": list(decoding.stop) or None, "seed": decoding.seed}  # fmt: skip
+                    "stop": list(decoding.stop) or None}  # fmt: skip
         for index, request in enumerate(requests):
             self.llm.reset()
+            settings["seed"] = decoding.request_seed(index)
             try:
                 if request.chat and self.info.capabilities.chat:
                     answer = self.llm.create_chat_completion(messages=request.messages(), **settings)

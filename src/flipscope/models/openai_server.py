@@ -359,18 +359,16 @@ class OpenAIBackend:
             "model": self.model,
             "max_tokens": decoding.max_new_tokens,
             "temperature": decoding.temperature,
-            "seed": decoding.seed,
             **({"stop": list(decoding.stop)} if decoding.stop else {}),
         }
 
-        def one(request: GenRequest) -> Generation:
+        def one(index: int) -> Generation:
+            request = requests[index]
+            seeded = {**settings, "seed": decoding.request_seed(index)}  # threads: each request its own dict
             if request.chat:
-                path, body = (
-                    "/chat/completions",
-                    {**settings, "messages": request.messages()},
-                )
+                path, body = "/chat/completions", {**seeded, "messages": request.messages()}
             else:
-                path, body = "/completions", {**settings, "prompt": request.prompt}
+                path, body = "/completions", {**seeded, "prompt": request.prompt}
             return generation_of(
                 self.pool.post(path, body),
                 chat=request.chat,
@@ -379,7 +377,7 @@ class OpenAIBackend:
 
         out = []
         with ThreadPoolExecutor(max_workers=self.pool.width) as pool:
-            for generation in pool.map(one, requests):
+            for generation in pool.map(one, range(len(requests))):
                 out.append(generation)
                 if advance:
                     advance(1)

@@ -173,8 +173,10 @@ class VLLMBackend:
         """All requests in one vLLM call (continuous batching); chat requests through its chat API."""
         import vllm
 
-        params = vllm.SamplingParams(max_tokens=decoding.max_new_tokens, temperature=decoding.temperature,
-                                     seed=decoding.seed, stop=list(decoding.stop) or None)  # fmt: skip
+        def params(index: int) -> Any:  # each request seeded on its own (Decoding.request_seed)
+            return vllm.SamplingParams(max_tokens=decoding.max_new_tokens, temperature=decoding.temperature,
+                                       seed=decoding.request_seed(index), stop=list(decoding.stop) or None)  # fmt: skip
+
         results: dict[int, Generation] = {}
         for chat in (False, True):
             picked = [i for i, r in enumerate(requests) if r.chat == chat]
@@ -182,9 +184,10 @@ class VLLMBackend:
                 continue
             if chat:
                 conversations = [requests[i].messages() for i in picked]
-                outputs = self.engine.chat(conversations, params, use_tqdm=False)
+                outputs = self.engine.chat(conversations, [params(i) for i in picked], use_tqdm=False)
             else:
-                outputs = self.engine.generate([requests[i].prompt for i in picked], params, use_tqdm=False)
+                prompts = [requests[i].prompt for i in picked]
+                outputs = self.engine.generate(prompts, [params(i) for i in picked], use_tqdm=False)
             for i, o in zip(picked, outputs, strict=True):
                 made = o.outputs[0]
                 eos = made.finish_reason == "stop" and made.stop_reason is None  # vLLM names the stop string

@@ -4,8 +4,10 @@ Each program gets a fresh temporary folder (removed afterwards whatever happens)
 process of its own session, with an empty environment (PATH, LANG and HOME, the folder), stdin on /dev/null and
 its output kept to a bounded tail. A trusted launcher sets the resource limits in the child (CPU, address space,
 file size, processes, open files, no core dumps), drops root to uid 65534 (``nobody``: the kernel does not apply
-RLIMIT_NPROC to root, so only then is a fork bomb bounded) and execs the program. The parent enforces the wall
-clock and then kills everything the program started.
+RLIMIT_NPROC to root, so only then is a fork bomb bounded) and execs a trusted runner that executes the program
+as lm-eval's ``code_eval`` does and reports whether its code ran to the end (``sandbox_child``: a program that
+calls ``sys.exit(0)`` or ``os._exit(0)`` before its tests does not pass). The parent enforces the wall clock and
+then kills everything the program started.
 
 With bubblewrap (``bwrap``) the program also runs in its own pid, network, IPC and mount namespaces: it sees
 read-only /usr (and the interpreter's prefix, nothing else of the home folder), a fresh /proc and /dev, and two
@@ -26,6 +28,7 @@ import functools
 import logging
 import math
 import os
+import secrets
 import selectors
 import shutil
 import signal
@@ -41,6 +44,7 @@ from pathlib import Path
 
 from flipscope.errors import FlipscopeError
 from flipscope.plumbing.processes import Tail, children, drain, kill, pump, sweep, tasks_of
+from flipscope.plumbing.sandbox_child import LAUNCHER, RUNNER
 
 log = logging.getLogger(__name__)
 
@@ -50,30 +54,6 @@ _PATH = "/usr/local/bin:/usr/bin:/bin"
 _INSTALL = "install bubblewrap (apt-get install bubblewrap) on a system that allows it"
 _FIX = f"{_INSTALL}, or pass sandbox='none'"
 _PROGRAM = "program.py"
-
-#: Run by the sandbox's interpreter (``-I -S -c``) before the program: limits, privileges, then exec.
-_LAUNCHER = """
-import os, resource, sys
-cpu, mem, fsize, nproc, nofile, uid, parent = map(int, sys.argv[1:8])
-for name, soft, hard in (("CPU", cpu, cpu + 1), ("AS", mem, mem), ("FSIZE", fsize, fsize),
-                         ("NPROC", nproc, nproc), ("NOFILE", nofile, nofile), ("CORE", 0, 0)):
-    kind = getattr(resource, "RLIMIT_" + name)
-    cap = resource.getrlimit(kind)[1]
-    if cap != resource.RLIM_INFINITY:
-        soft, hard = min(soft, cap), min(hard, cap)
-    resource.setrlimit(kind, (soft, hard))
-if uid >= 0:
-    os.setgroups([])
-    os.setgid(uid)
-    os.setuid(uid)
-if parent and sys.platform == "linux":
-    import ctypes
-    ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG = SIGKILL: the program dies with flipscope
-    if os.getppid() != parent:
-        sys.exit(70)
-os.execv(sys.executable, [sys.executable, "-I", sys.argv[8]])
-"""
-
 
 class Isolation(StrEnum):
     """How a program is isolated: ``auto`` (bubblewrap where it works, else limits alone), ``bubblewrap`` (or an
@@ -87,11 +67,12 @@ class Isolation(StrEnum):
 class Outcome(StrEnum):
     """How a program ended. Only ``passed`` counts as a pass when grading."""
 
-    PASSED = "passed"  # exited with status 0
-    FAILED = "failed"  # exited with another status (an exception, a failed assert, sys.exit(n))
+    PASSED = "passed"  # its code ran to the end without raising (the runner's token came back, status 0)
+    FAILED = "failed"  # it raised (a failed assert, an exception, sys.exit() of any status) or ended its process
     TIMEOUT = "timeout"  # ran past its wall-clock or CPU limit and was killed
     MEMORY = "memory"  # stopped by the address-space limit (its last error a MemoryError)
-    KILLED = "killed"  # ended by a signal of its own doing (a crash, the file-size limit)
+    KILLED = "killed"  # ended by a signal of its own doing (a crash); writing past the file-size limit is an
+    # OSError the program can catch: "failed" unless it does
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -280,7 +261,7 @@ def _launch(workdir: Path, interpreter: Path, limits: SandboxLimits, *, parent: 
     nproc = tasks_of(os.getuid() if uid is None else uid) + limits.processes
     numbers = (math.ceil(limits.cpu_seconds), limits.memory_bytes, limits.file_bytes, nproc, limits.open_files)
     tail = (-1 if uid is None else uid, parent)
-    return [str(interpreter), "-I", "-S", "-c", _LAUNCHER, *map(str, (*numbers, *tail)), str(workdir / _PROGRAM)]
+    return [str(interpreter), "-I", "-S", "-c", LAUNCHER, *map(str, (*numbers, *tail)), RUNNER, str(workdir / _PROGRAM)]
 
 
 def _env(workdir: Path) -> dict[str, str]:
@@ -344,11 +325,16 @@ def _supervise(argv: list[str], workdir: Path, limits: SandboxLimits, *, bubblew
     """Start ``argv``, keep its output's tails until it exits or the wall clock runs out, then end everything it
     started (before reaping it, so its pid — its process group's id — cannot be reused meanwhile)."""
     start = time.monotonic()
+    token = secrets.token_hex(16)
     proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir,
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir,
         env=_env(workdir), start_new_session=True,
     )  # fmt: skip
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    with contextlib.suppress(OSError):  # the runner's token: a few bytes, never more than the pipe holds
+        proc.stdin.write(f"{token}\n".encode())
+    with contextlib.suppress(OSError):
+        proc.stdin.close()
     tails = {proc.stdout.fileno(): Tail(limits.output_bytes), proc.stderr.fileno(): Tail(limits.output_bytes)}
     try:
         with selectors.DefaultSelector() as selector:
@@ -365,8 +351,11 @@ def _supervise(argv: list[str], workdir: Path, limits: SandboxLimits, *, bubblew
     status = proc.returncode
     if bubblewrap and 128 < status <= 128 + 64:
         status = -(status - 128)
-    return _execution(status, finished=finished, seconds=time.monotonic() - start, stdout=stdout, stderr=stderr,
-                      sandboxed=bubblewrap)  # fmt: skip
+    ended = stdout.endswith(f"\n{token}\n")
+    if ended:
+        stdout = stdout[: -len(token) - 2]
+    return _execution(status, finished=finished, ended=ended, seconds=time.monotonic() - start, stdout=stdout,
+                      stderr=stderr, sandboxed=bubblewrap)  # fmt: skip
 
 
 def _stop(proc: subprocess.Popen[bytes], workdir: Path, *, bubblewrap: bool) -> None:
@@ -386,13 +375,16 @@ def _stop(proc: subprocess.Popen[bytes], workdir: Path, *, bubblewrap: bool) -> 
     proc.wait()
 
 
-def _execution(status: int, *, finished: bool, seconds: float, stdout: str, stderr: str, sandboxed: bool) -> Execution:
-    """The record of a run whose process ended with ``status`` (Popen's: negative for a signal)."""
+def _execution(
+    status: int, *, finished: bool, ended: bool, seconds: float, stdout: str, stderr: str, sandboxed: bool
+) -> Execution:
+    """The record of a run whose process ended with ``status`` (Popen's: negative for a signal); ``ended``: the
+    runner reported that the program's code ran to its end (``sandbox_child``)."""
     exit_code, sig = (status, None) if status >= 0 else (None, -status)
     lines = stderr.strip().splitlines()
     if not finished or sig == signal.SIGXCPU:
         outcome = Outcome.TIMEOUT
-    elif exit_code == 0:
+    elif exit_code == 0 and ended:
         outcome = Outcome.PASSED
     elif lines and lines[-1].startswith("MemoryError"):
         outcome = Outcome.MEMORY

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from flipscope.metrics import TaskSummary
 from flipscope.report.collect import AttributionDir, CompareRun, KLDRun, MTBenchRun, ReportInput
 from flipscope.report.figure import short
-from flipscope.report.formatting import num, pct, pvalue
+from flipscope.report.formatting import num, pct, points, pvalue
 from flipscope.report.table import FLOOR_COLUMNS, SEQUENTIAL_COLUMN, floor_cells, sequential_text
 
 SUMMARY_COLUMNS = [
@@ -190,8 +190,8 @@ def sampled_rows(run: CompareRun) -> tuple[list[str], list[list[Cell]]]:
                 Cell(f"{s.temperature:g}", s.temperature),
                 Cell(pct(s.baseline_pass1), s.baseline_pass1),
                 Cell(pct(s.candidate_pass1), s.candidate_pass1),
-                Cell(f"{pct(s.flips.mean)} ± {pct(s.flips.err)}", s.flips.mean),
-                Cell(f"{pct(s.floor.mean)} ± {pct(s.floor.err)}", s.floor.mean),
-                Cell(f"{s.excess.mean * 100:+.1f} ± {s.excess.err * 100:.1f}", s.excess.mean),
+                Cell(points(s.flips.mean, s.flips.err), s.flips.mean),
+                Cell(points(s.floor.mean, s.floor.err), s.floor.mean),
+                Cell(points(s.excess.mean, s.excess.err, signed=True), s.excess.mean),
             ])  # fmt: skip
     return SAMPLED_COLUMNS, rows

@@ -12,7 +12,7 @@ from flipscope.metrics.noise_floor import indistinguishable
 from flipscope.metrics.sampling import SampledSummary
 from flipscope.metrics.token_kl import TokenKL
 from flipscope.metrics.windows import WindowMean
-from flipscope.report.formatting import num, pct, pvalue
+from flipscope.report.formatting import num, pct, points, pvalue
 from flipscope.store import RunFile
 
 COLUMNS = (
@@ -157,8 +157,8 @@ def sampled_line(s: SampledSummary) -> str:
                         if k > 1)  # fmt: skip
     return (
         f"pass@1 {s.baseline_pass1:.1%} → {s.candidate_pass1:.1%}{'; ' + pass_at if pass_at else ''}; flips per "
-        f"draw {s.flips.mean:.1%} ± {s.flips.err:.1%} vs sampling floor {s.floor.mean:.1%} ± {s.floor.err:.1%} "
-        f"(excess {s.excess.mean * 100:+.1f} ± {s.excess.err * 100:.1f} points; {s.items} items × {s.draws} draws "
+        f"draw {points(s.flips.mean, s.flips.err)} % vs sampling floor {points(s.floor.mean, s.floor.err)} % "
+        f"(excess {points(s.excess.mean, s.excess.err, signed=True)} points; {s.items} items × {s.draws} draws "
         f"at T={s.temperature:g}; ± SE over items)"
     )
 

@@ -150,7 +150,8 @@ def _compare(
             free_form_task(name).check_fewshot(fewshot)
     if noise_floor is not None:
         noise_floor.check(batch_size, dtype)
-    ways = {"--sequential": chosen.sequential, "--ray": chosen.ray, "--shard": chosen.shard}
+    ways = {"--sequential": chosen.sequential, "--ray": chosen.ray, "--shard": chosen.shard,
+            "--noise-floor (sampled answers have their own floor)": noise_floor}  # fmt: skip
     sampling = check_sampling(chosen.samples, chosen.temperature, seed=seed, free=[n for n in tasks if n in GENERATIVE],
                               how=[flag for flag, given in ways.items() if given is not None])  # fmt: skip
     check_out(out)

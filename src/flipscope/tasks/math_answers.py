@@ -7,6 +7,7 @@ functions on every MATH-500 solution and on answers written to be hard."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import signal
@@ -135,19 +136,32 @@ def boxed_answers(text: str) -> Iterator[str]:
         yield normalise_answer(found.group(1).strip())
     rest = text
     while (box := last_boxed(rest)) is not None:
-        inner = unboxed(box) if box.startswith("\\boxed") else box.removeprefix("\\fbox{").removesuffix("}")
+        if box.startswith("\\boxed"):
+            try:
+                inner = unboxed(box)
+            except ValueError:  # "\\boxed\\frac12", "\\boxed\\n{5}": no braces right after; taken as written
+                inner = box.removeprefix("\\boxed")
+        else:
+            inner = box.removeprefix("\\fbox{").removesuffix("}")
         yield normalise_answer(inner)
         rest = rest[: rest.rfind(box)]
 
 
+@functools.cache
 def _sympy() -> tuple[Any, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    fix = "pip install 'antlr4-python3-runtime==4.11.0' sympy"
     try:
         import antlr4  # noqa: F401  (SymPy's LaTeX parser needs it; its absence shows only when parsing)
         import sympy
         from sympy.parsing.latex import parse_latex
-    except ModuleNotFoundError as exc:
-        raise FlipscopeError(f"grading MATH answers needs SymPy's LaTeX parser ({exc})",
-                             fix="pip install 'antlr4-python3-runtime==4.11.0' sympy") from exc  # fmt: skip
+
+        antlr = version("antlr4-python3-runtime")
+    except (ModuleNotFoundError, PackageNotFoundError) as exc:
+        raise FlipscopeError(f"grading MATH answers needs SymPy's LaTeX parser ({exc})", fix=fix) from exc
+    if not antlr.startswith("4.11"):  # SymPy's generated parser is ANTLR 4.11's; others fail or parse otherwise
+        raise FlipscopeError(f"grading MATH answers needs ANTLR 4.11 (lm-eval's pin), not {antlr}", fix=fix)
     return sympy, parse_latex
 
 
