@@ -55,6 +55,7 @@ _INSTALL = "install bubblewrap (apt-get install bubblewrap) on a system that all
 _FIX = f"{_INSTALL}, or pass sandbox='none'"
 _PROGRAM = "program.py"
 
+
 class Isolation(StrEnum):
     """How a program is isolated: ``auto`` (bubblewrap where it works, else limits alone), ``bubblewrap`` (or an
     error saying how to get it), ``none`` (resource limits and an unprivileged uid only)."""
