@@ -224,7 +224,7 @@ def test_length_ratio_counts_the_answers_own_tokens_not_the_stop_string() -> Non
     assert answer_degradation(cand, base).length_ratio == 2.0  # not 9 / 6
     assert answer_degradation(cand, FreeAnswer("\n", "", False, False, "stop", 4, (7,))).length_ratio is None
     no_ids = FreeAnswer("x = 1\ny = 2", "", True, True, "stop", new_tokens=12)
-    assert answer_degradation(no_ids, base).length_ratio == 12 / 3
+    assert answer_degradation(no_ids, base).length_ratio == 12 / 6  # one count on both sides: new_tokens
 
 
 def test_truncated_looping_answer() -> None:

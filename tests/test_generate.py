@@ -89,6 +89,20 @@ def test_sampling_repeats_with_the_recorded_seed(tiny_llama: Path) -> None:
     backend.close()
 
 
+def test_a_sampled_answer_does_not_depend_on_the_rows_beside_it(tiny_llama: Path) -> None:
+    """Each request samples from its own seeded generator: alone, in a batch or in another order, the same draw; the
+    same prompt at two items draws twice (a draw's items do not share one random stream)."""
+    backend = load_backend(parse_spec(f"hf:{tiny_llama}"), LoadOptions(device="cpu", batch_size=3))
+    d = Decoding(max_new_tokens=8, temperature=1.0, seed=3)
+    requests = [GenRequest(p, seed=d.request_seed(i)) for i, p in enumerate(PROMPTS)]
+    together = [g.text for g in backend.generate(requests, d)]
+    assert [backend.generate([r], d)[0].text for r in requests] == together
+    assert [g.text for g in backend.generate(requests[::-1], d)][::-1] == together
+    twice = backend.generate([GenRequest(PROMPTS[0])] * 2, d)
+    assert twice[0].text != twice[1].text
+    backend.close()
+
+
 def test_a_prompt_longer_than_the_context_is_refused(tiny_llama: Path) -> None:
     from flipscope.errors import FlipscopeError
 

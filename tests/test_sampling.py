@@ -9,6 +9,7 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -186,3 +187,32 @@ def test_a_one_item_sampled_run_shows_no_error_bar(scripts: dict[str, Script], t
     )
     assert said.exit_code == 0, said.output
     assert " ± —" in md.read_text()
+
+
+def test_each_item_draws_with_its_own_seed_across_chunks_and_resumes(tmp_path: Path) -> None:
+    """A pass asks in chunks of 32 (and, resumed, only for what is missing); each item's seed is its place in the
+    task's, not its place in the call — so items 0 and 32 do not share a random stream."""
+    from types import SimpleNamespace
+
+    from flipscope.models.base import Decoding, Generation, StopReason
+    from flipscope.passes.generation import generate_pass
+    from flipscope.store.generations import GenerationStore
+
+    seen: dict[str, int] = {}
+
+    class Recorder:
+        def generate(self, requests, decoding, *, advance=None):  # type: ignore[no-untyped-def]
+            seen.update({r.prompt: r.seed for r in requests})
+            return [Generation(f"{r.seed}", StopReason.LENGTH, 1, 1) for r in requests]
+
+    decoding = Decoding(temperature=0.7, seed=2)
+    task: Any = SimpleNamespace(prompts=[f"p{i}" for i in range(40)], decoding=decoding)
+    store = GenerationStore(tmp_path)
+    made, _ = generate_pass(task, "k", Recorder, store, use_cache=True, advance=None)
+    want = [decoding.request_seed(i) for i in range(40)]
+    assert [seen[f"p{i}"] for i in range(40)] == want and len(set(want)) == 40
+    for chunk in sorted((tmp_path / "k").glob("chunk-*.jsonl"))[:1]:
+        chunk.unlink()  # the first 32 lost: a resumed pass asks for them alone
+    seen.clear()
+    again, _ = generate_pass(task, "k", Recorder, store, use_cache=True, advance=None)
+    assert sorted(seen) == sorted(f"p{i}" for i in range(32)) and [g.text for g in again] == [g.text for g in made]

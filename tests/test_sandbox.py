@@ -125,21 +125,26 @@ def test_output_is_kept_to_a_bounded_tail(mode: Isolation) -> None:
 @pytest.mark.parametrize("stop", ["import sys\nsys.exit(0)", "exit()", "quit()", "raise SystemExit",
                                   "import os\nos._exit(0)", "import atexit, os\natexit.register(os._exit, 0)\n"
                                   "raise ValueError"])  # fmt: skip
-def test_a_program_that_stops_before_its_tests_does_not_pass(stop: str) -> None:
-    run = run_untrusted(f"{stop}\nassert 1 == 2", limits=FAST)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_program_that_stops_before_its_tests_does_not_pass(stop: str, mode: Isolation) -> None:
+    run = run_untrusted(f"{stop}\nassert 1 == 2", limits=FAST, sandbox=mode)
     assert run.outcome is Outcome.FAILED and not run.passed, run
 
 
 def test_a_main_block_does_not_run_and_a_passing_program_prints_no_token() -> None:
     run = run_untrusted("print(__name__)\nif __name__ == '__main__':\n    raise ValueError('main ran')", limits=FAST)
     assert (run.outcome, run.stdout) == (Outcome.PASSED, "builtins\n")
-    assert run_untrusted("import sys\nsys.exit(4)", limits=FAST).exit_code == 4
+    assert run_untrusted("import sys\nsys.exit(152)", limits=FAST).outcome is Outcome.FAILED  # not read as SIGXCPU
+    quiet = "import sys, io\nsys.stdout = io.StringIO()\nsys.stdout.close()\nassert 1 + 1 == 2"
+    assert run_untrusted(quiet, limits=FAST).outcome is Outcome.PASSED  # lm-eval passes it: no assert failed
+    tiny = SandboxLimits(wall_seconds=5, output_bytes=8)
+    assert run_untrusted("print('x' * 100)", limits=tiny).outcome is Outcome.PASSED
 
 
 def test_many_programs_come_back_in_order() -> None:
     runs = run_many([f"print({i})" for i in range(4)] + ["raise SystemExit(3)"], limits=FAST, workers=2)
     assert [run.stdout for run in runs[:4]] == ["0\n", "1\n", "2\n", "3\n"]
-    assert (runs[4].outcome, runs[4].exit_code) == (Outcome.FAILED, 3)
+    assert (runs[4].outcome, runs[4].exit_code) == (Outcome.FAILED, 1)  # every SystemExit: status 1
 
 
 # --- hostile programs --------------------------------------------------------------------------------------------

@@ -310,8 +310,8 @@ def answer_degradation(answer: FreeAnswer, baseline: FreeAnswer) -> Degradation:
     own: a length ratio of 1). Recomputed from the records, never stored in a pass."""
     return degradation(
         answer.text,
-        tokens=answer_tokens(answer),
-        baseline_tokens=answer_tokens(baseline) if baseline.text.strip() else None,
+        tokens=answer_tokens(answer, baseline),
+        baseline_tokens=answer_tokens(baseline, answer) if baseline.text.strip() else None,
         hit_limit=answer.stop_reason == "length",
         correct=answer.correct,
         found=answer.found,
@@ -319,7 +319,10 @@ def answer_degradation(answer: FreeAnswer, baseline: FreeAnswer) -> Degradation:
     )
 
 
-def answer_tokens(answer: FreeAnswer) -> int | None:
-    """The answer text's length in tokens: its own tokens where stored (``new_tokens`` also counts a stop string
-    generated and cut off, and EOS), else ``new_tokens``."""
-    return len(answer.token_ids) if answer.token_ids is not None else answer.new_tokens
+def answer_tokens(answer: FreeAnswer, other: FreeAnswer) -> int | None:
+    """The answer text's length in tokens, counted as ``other``'s is (the two are divided): its own tokens where
+    both store them (``new_tokens`` also counts a stop string generated and cut off, and EOS), else
+    ``new_tokens``."""
+    if answer.token_ids is not None and other.token_ids is not None:
+        return len(answer.token_ids)
+    return answer.new_tokens

@@ -10,8 +10,8 @@ without a window, …): a decode loop of our own that keeps ``batch_size`` rows 
   slot: no row decodes past its end while waiting for the batch's longest answer. Cache columns that no row attends
   any more are dropped.
 
-Greedy at temperature 0; otherwise sampled with a generator seeded from the recorded seed. Models with sliding-window
-or other cache layers use transformers' ``generate`` instead (``_hf_generate``)."""
+Greedy at temperature 0; otherwise each row samples from a generator of its own (its request's seed). Models with
+sliding-window or other cache layers use transformers' ``generate`` instead (``_hf_generate``)."""
 
 from __future__ import annotations
 
@@ -168,21 +168,30 @@ def decode(
     pad: int,
     finish: Callable[[list[int], int], Any],
     advance: Callable[[int], None] | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> list[Any]:
-    """Generate for every encoded prompt; ``finish(new_tokens, request_index)`` turns a stopped row into its result."""
+    """Generate for every encoded prompt; ``finish(new_tokens, request_index)`` turns a stopped row into its result.
+    Sampling: each prompt draws from a generator of its own, seeded with ``seeds[i]`` (None:
+    ``decoding.request_seed(i)``), so its answer does not depend on the rows it shares a batch with."""
     import torch
     from transformers import DynamicCache
 
     eos = tokenizer.eos_token_id
     kw = cache_argument(model)
     prefix = shared_prefix(encoded)
-    generator = torch.Generator(device=device).manual_seed(decoding.seed) if decoding.temperature > 0 else None
+    generators: dict[int, Any] = {}  # request index → its own generator (sampling)
 
-    def pick(logits: Any) -> list[int]:  # logits [B, V] → one token per row
-        if generator is None:
+    def pick(logits: Any, rows: Sequence[_Row]) -> list[int]:  # logits [B, V] → one token per row
+        if decoding.temperature <= 0:
             return [int(t) for t in logits.argmax(dim=-1)]
-        probs = torch.softmax(logits.double() / decoding.temperature, dim=-1)
-        return [int(t) for t in torch.multinomial(probs, 1, generator=generator).flatten()]
+        probs = torch.softmax(logits.double() / decoding.temperature, dim=-1)  # [B, V]
+        out = []
+        for r, row in enumerate(rows):
+            if row.index not in generators:
+                seed = seeds[row.index] if seeds is not None else decoding.request_seed(row.index)
+                generators[row.index] = torch.Generator(device=device).manual_seed(seed)
+            out.append(int(torch.multinomial(probs[r], 1, generator=generators[row.index])))
+        return out
 
     with torch.no_grad():
         head: list[tuple[Any, Any]] = []
@@ -228,7 +237,7 @@ def decode(
             if not head:
                 part.slabs = [_slab(layer.keys, layer.values, decoding.max_new_tokens) for layer in cache.layers]
             del cache
-            first = pick(out.logits[:, -1].float())
+            first = pick(out.logits[:, -1].float(), part.rows)
             del out
             part.spare = decoding.max_new_tokens
             part.rebuild([r for r, (row, t) in enumerate(zip(part.rows, first, strict=True)) if not stops(row, t)],
@@ -249,7 +258,7 @@ def decode(
             batch.mask = torch.cat([batch.mask, torch.ones((len(ids), 1), dtype=torch.long, device=device)], 1)
             out = model(input_ids=ids, attention_mask=batch.mask, position_ids=positions,
                         use_cache=True, **{kw: batch.cache()})  # fmt: skip
-            tokens = pick(out.logits[:, -1].float())
+            tokens = pick(out.logits[:, -1].float(), batch.rows)
             del out  # its cache object lists the slabs, which ``rebuild`` replaces
             kept = [slot for slot, (row, t) in enumerate(zip(batch.rows, tokens, strict=True)) if not stops(row, t)]
     return results

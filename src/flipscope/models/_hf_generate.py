@@ -11,7 +11,7 @@ from typing import Any
 
 import flipscope.models._hf_decode as _hf_decode
 from flipscope.errors import FlipscopeError
-from flipscope.models.base import Decoding, Generation, GenRequest, ModelInfo, StopReason, cut_at_stop
+from flipscope.models.base import Decoding, Generation, GenRequest, ModelInfo, StopReason, cut_at_stop, seed_of
 from flipscope.models.hf_common import prompt_ids
 
 
@@ -54,11 +54,14 @@ def generate(
             pad=pad if pad is not None else 0,
             finish=lambda new, i: _finish(new, tokenizer, decoding, eos, len(encoded[i])),
             advance=advance,
+            seeds=[seed_of(r, decoding, i) for i, r in enumerate(requests)],
         )
     out: list[Generation | None] = [None] * len(requests)
     order = sorted(range(len(requests)), key=lambda i: len(encoded[i]))
-    if decoding.temperature > 0:
-        torch.manual_seed(decoding.seed)  # once: each batch draws on from where the last one stopped
+    if decoding.temperature > 0 and requests:
+        # once, with the first request's seed: each batch draws on from where the last one stopped. transformers'
+        # generate has one generator for the batch, so a draw here depends on which prompts share the call.
+        torch.manual_seed(seed_of(requests[0], decoding, 0))
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         width = max(len(encoded[i]) for i in chunk)

@@ -124,12 +124,15 @@ class StopReason(StrEnum):
 class GenRequest:
     """One generation: ``prompt`` is raw text continued as is, or (``chat``) the user's message, wrapped in the
     model's chat template after an optional ``system`` message and the conversation's earlier ``history``
-    ((user, assistant) turns)."""
+    ((user, assistant) turns). ``seed``: the request's own seed when sampling (a pass gives each item
+    ``Decoding.request_seed`` of its index in the task, so its draw does not depend on which items share a call);
+    None: ``seed_of`` derives one from its place in the call."""
 
     prompt: str
     chat: bool = False
     system: str | None = None
     history: tuple[tuple[str, str], ...] = ()
+    seed: int | None = None
 
     def messages(self) -> list[dict[str, str]]:
         """The conversation as chat messages, ending with the user's message (the one rule every backend uses)."""
@@ -161,10 +164,16 @@ class Decoding:
     seed: int = 0
 
     def request_seed(self, index: int) -> int:
-        """The seed of the pass's ``index``-th request where each request is seeded on its own (llama.cpp, servers,
-        vLLM): distinct for every (seed, request) of up to a million requests, so the items of one draw do not
-        share one random stream (which would tie their draws together)."""
+        """The seed of a task's ``index``-th item when sampling: each request is seeded on its own, distinct for
+        every (seed, item) of up to a million items, so the items of one draw do not share one random stream
+        (which would tie their draws together)."""
         return (self.seed * 1_000_003 + index) % (1 << 31)
+
+
+def seed_of(request: GenRequest, decoding: Decoding, index: int) -> int:
+    """The seed a backend samples ``request`` with: its own, else ``decoding.request_seed`` of its ``index`` in the
+    call."""
+    return request.seed if request.seed is not None else decoding.request_seed(index)
 
 
 @dataclass(frozen=True)

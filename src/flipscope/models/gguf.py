@@ -28,6 +28,7 @@ from flipscope.models.base import (
     RowSink,
     finish_reason,
     nonfinite_scores,
+    seed_of,
     vocabulary_fingerprint,
 )
 from flipscope.models.gguf_file import ENGINE_SETTINGS, file_type, require_llama_cpp, resolve
@@ -217,7 +218,7 @@ class GGUFBackend:
                     "stop": list(decoding.stop) or None}  # fmt: skip
         for index, request in enumerate(requests):
             self.llm.reset()
-            settings["seed"] = decoding.request_seed(index)
+            settings["seed"] = seed_of(request, decoding, index)
             try:
                 if request.chat and self.info.capabilities.chat:
                     answer = self.llm.create_chat_completion(messages=request.messages(), **settings)

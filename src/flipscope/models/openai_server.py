@@ -29,6 +29,7 @@ from flipscope.models.base import (
     RowSink,
     TopKRows,
     finish_reason,
+    seed_of,
 )
 from flipscope.models.openai_http import ClientError, HTTPSettings, post_json
 from flipscope.models.server_pool import ProbeAnswer, ServerPool, disagreement, pool_identity, served_models
@@ -364,7 +365,7 @@ class OpenAIBackend:
 
         def one(index: int) -> Generation:
             request = requests[index]
-            seeded = {**settings, "seed": decoding.request_seed(index)}  # threads: each request its own dict
+            seeded = {**settings, "seed": seed_of(request, decoding, index)}  # threads: each request its own dict
             if request.chat:
                 path, body = "/chat/completions", {**seeded, "messages": request.messages()}
             else:

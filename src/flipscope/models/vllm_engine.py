@@ -25,6 +25,7 @@ from flipscope.models.base import (
     RowSink,
     TopKRows,
     finish_reason,
+    seed_of,
 )
 from flipscope.models.hf_common import bos_prefix, tokenizer_fingerprint, tokenizer_pieces
 
@@ -175,7 +176,8 @@ class VLLMBackend:
 
         def params(index: int) -> Any:  # each request seeded on its own (Decoding.request_seed)
             return vllm.SamplingParams(max_tokens=decoding.max_new_tokens, temperature=decoding.temperature,
-                                       seed=decoding.request_seed(index), stop=list(decoding.stop) or None)  # fmt: skip
+                                       seed=seed_of(requests[index], decoding, index),
+                                       stop=list(decoding.stop) or None)  # fmt: skip
 
         results: dict[int, Generation] = {}
         for chat in (False, True):

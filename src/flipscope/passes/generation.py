@@ -102,7 +102,10 @@ class Sampling:
 
 
 def generation_key(task: FreeTask, weights: str, settings: dict[str, Any]) -> str:
-    return content_hash({"v": GEN_VERSION, "kind": "generate", "model": weights, "task": task.digest, **settings})
+    # sampled draws: each item seeded on its own (``Decoding.request_seed``), not one stream per call
+    seeding = {"seeding": "per-item"} if task.decoding.temperature > 0 else {}
+    return content_hash({"v": GEN_VERSION, "kind": "generate", "model": weights, "task": task.digest, **settings,
+                         **seeding})  # fmt: skip
 
 
 def generate_pass(
@@ -114,12 +117,20 @@ def generate_pass(
     use_cache: bool,
     advance: Callable[[int], None] | None,
 ) -> tuple[list[Generation], bool]:
-    """Every answer (and whether all were stored): stored chunks are reused, the rest generated and stored."""
+    """Every answer (and whether all were stored): stored chunks are reused, the rest generated and stored; the
+    progress bar counts the reused ones too."""
+    made = 0
 
     def run(indices: Sequence[int]) -> list[Generation]:
-        return backend().generate([GenRequest(task.prompts[i]) for i in indices], task.decoding, advance=advance)
+        nonlocal made
+        made += len(indices)
+        asked = [GenRequest(task.prompts[i], seed=task.decoding.request_seed(i)) for i in indices]
+        return backend().generate(asked, task.decoding, advance=advance)
 
-    return store.run(key, len(task.prompts), run, use_cache=use_cache)
+    out = store.run(key, len(task.prompts), run, use_cache=use_cache)
+    if advance is not None and len(task.prompts) > made:
+        advance(len(task.prompts) - made)
+    return out
 
 
 def teacher_requests(task: FreeTask, answers: list[str]) -> tuple[TaskData, list[ItemRequests]]:

@@ -43,6 +43,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from flipscope.errors import FlipscopeError
+from flipscope.plumbing.bubblewrap import bubblewrap_args, bwrap_path
 from flipscope.plumbing.processes import Tail, children, drain, kill, pump, sweep, tasks_of
 from flipscope.plumbing.sandbox_child import LAUNCHER, RUNNER
 
@@ -179,16 +180,12 @@ def _warn_once(message: str) -> None:
     log.warning(message)
 
 
-def _bwrap() -> str | None:
-    return shutil.which("bwrap") or shutil.which("bwrap", path=_PATH)
-
-
 @functools.cache
 def _bubblewrap_problem() -> str | None:
     """Why bubblewrap cannot isolate a program here (None: it can), found once by running one in it."""
     if not sys.platform.startswith("linux"):
         return "bubblewrap needs Linux"
-    if _bwrap() is None:
+    if bwrap_path(_PATH) is None:
         return "bubblewrap (bwrap) is not installed"
     probe = _execute("pass", _base_interpreter(), SandboxLimits(wall_seconds=20), bubblewrap=True)
     if probe.passed:
@@ -248,21 +245,31 @@ def _execute(program: str, interpreter: Path, limits: SandboxLimits, *, bubblewr
         if uid is not None:
             os.chown(workdir, uid, uid)
             os.chown(path, uid, uid)
-        argv = _launch(workdir, interpreter, limits, parent=0 if bubblewrap else os.getpid())
-        if bubblewrap:
-            argv = [*_bwrap_args(workdir, interpreter, limits), *argv]
-        return _supervise(argv, workdir, limits, bubblewrap=bubblewrap)
+        report = os.pipe()  # the runner's word that the program ran to its end (``sandbox_child``)
+        try:
+            argv = _launch(workdir, interpreter, limits, parent=0 if bubblewrap else os.getpid(), report=report[1])
+            if bubblewrap:
+                own = bubblewrap_args(workdir, workdir / _PROGRAM, interpreter, env=_env(workdir),
+                                      scratch_bytes=limits.scratch_bytes, path=_PATH)  # fmt: skip
+                argv = [*own, *argv]
+        except BaseException:
+            for fd in report:
+                os.close(fd)
+            raise
+        return _supervise(argv, workdir, limits, bubblewrap=bubblewrap, report=report)
     finally:
         _remove(workdir)
 
 
-def _launch(workdir: Path, interpreter: Path, limits: SandboxLimits, *, parent: int) -> list[str]:
-    """The launcher's command line: limits, the uid to become (-1: stay), the parent to die with (0: none)."""
+def _launch(workdir: Path, interpreter: Path, limits: SandboxLimits, *, parent: int, report: int) -> list[str]:
+    """The launcher's command line: limits, the uid to become (-1: stay), the parent to die with (0: none), the
+    runner and the program, the file descriptor the runner reports on."""
     uid = _child_uid()
     nproc = tasks_of(os.getuid() if uid is None else uid) + limits.processes
     numbers = (math.ceil(limits.cpu_seconds), limits.memory_bytes, limits.file_bytes, nproc, limits.open_files)
     tail = (-1 if uid is None else uid, parent)
-    return [str(interpreter), "-I", "-S", "-c", LAUNCHER, *map(str, (*numbers, *tail)), RUNNER, str(workdir / _PROGRAM)]
+    program = str(workdir / _PROGRAM)
+    return [str(interpreter), "-I", "-S", "-c", LAUNCHER, *map(str, (*numbers, *tail)), RUNNER, program, str(report)]
 
 
 def _env(workdir: Path) -> dict[str, str]:
@@ -270,67 +277,27 @@ def _env(workdir: Path) -> dict[str, str]:
     return {"PATH": _PATH, "LANG": "C.UTF-8", "HOME": str(workdir)}
 
 
-def _bwrap_args(workdir: Path, interpreter: Path, limits: SandboxLimits) -> list[str]:
-    """bubblewrap's command line. Root runs it without a user namespace (so the launcher can become uid 65534, a
-    real unprivileged uid that RLIMIT_NPROC binds) keeping only CAP_SETUID/CAP_SETGID for that step."""
-    root = os.geteuid() == 0
-    unshare = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
-    args = [str(_bwrap()), *(unshare if root else ["--unshare-all"]), "--die-with-parent", "--new-session"]
-    args += ["--clearenv", *[a for key, value in _env(workdir).items() for a in ("--setenv", key, value)]]
-    args += ["--ro-bind", "/usr", "/usr", *_system_links()]
-    for top in _interpreter_roots(interpreter):
-        args += [*_parents(top), "--ro-bind", str(top), str(top)]
-    args += ["--proc", "/proc", "--dev", "/dev"]
-    size = ["--size", str(limits.scratch_bytes), "--perms", "1777"]
-    args += [*size, "--tmpfs", "/tmp", *_parents(workdir), *size, "--tmpfs", str(workdir)]
-    program = str(workdir / _PROGRAM)
-    args += ["--ro-bind", program, program, "--chdir", str(workdir)]
-    if root:
-        args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-    return args
-
-
-def _interpreter_roots(interpreter: Path) -> list[Path]:
-    """What to bind besides /usr for the interpreter to run: its prefix (the standard library) and its folder."""
-    roots: list[Path] = []
-    for path in (Path(sys.base_prefix).resolve(), interpreter.parent):
-        if not path.is_relative_to("/usr") and not any(path.is_relative_to(root) for root in roots):
-            roots.append(path)
-    return roots
-
-
-def _system_links() -> list[str]:
-    """/bin, /lib… as the sandbox needs them: links into /usr stay links, real folders are bound read-only."""
-    args: list[str] = []
-    for name in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
-        if os.path.islink(name):
-            args += ["--symlink", os.readlink(name), name]
-        elif os.path.isdir(name):
-            args += ["--ro-bind", name, name]
-    return args
-
-
-def _parents(path: Path) -> list[str]:
-    """Folders above ``path`` that the sandbox lacks, made enterable (0755) so uid 65534 reaches ``path``."""
-    args: list[str] = []
-    for parent in reversed(path.parents[:-1]):
-        if not (parent.is_relative_to("/usr") or parent.is_relative_to("/tmp")):
-            args += ["--perms", "0755", "--dir", str(parent)]
-    return args
-
-
 # --- supervising the process -------------------------------------------------------------------------------------
 
 
-def _supervise(argv: list[str], workdir: Path, limits: SandboxLimits, *, bubblewrap: bool) -> Execution:
+def _supervise(
+    argv: list[str], workdir: Path, limits: SandboxLimits, *, bubblewrap: bool, report: tuple[int, int]
+) -> Execution:
     """Start ``argv``, keep its output's tails until it exits or the wall clock runs out, then end everything it
-    started (before reaping it, so its pid — its process group's id — cannot be reused meanwhile)."""
+    started (before reaping it, so its pid — its process group's id — cannot be reused meanwhile). ``report``: the
+    pipe (read end, write end; both closed here) on which the runner writes the token it was given on stdin."""
     start = time.monotonic()
     token = secrets.token_hex(16)
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir,
-        env=_env(workdir), start_new_session=True,
-    )  # fmt: skip
+    try:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir,
+            env=_env(workdir), start_new_session=True, pass_fds=(report[1],),
+        )  # fmt: skip
+    except BaseException:
+        os.close(report[0])
+        raise
+    finally:
+        os.close(report[1])
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     with contextlib.suppress(OSError):  # the runner's token: a few bytes, never more than the pipe holds
         proc.stdin.write(f"{token}\n".encode())
@@ -348,15 +315,24 @@ def _supervise(argv: list[str], workdir: Path, limits: SandboxLimits, *, bubblew
         _stop(proc, workdir, bubblewrap=bubblewrap)
         proc.stdout.close()
         proc.stderr.close()
+        ended = _read_report(report[0]) == token.encode()
     stdout, stderr = (tail.text() for tail in tails.values())
     status = proc.returncode
     if bubblewrap and 128 < status <= 128 + 64:
         status = -(status - 128)
-    ended = stdout.endswith(f"\n{token}\n")
-    if ended:
-        stdout = stdout[: -len(token) - 2]
     return _execution(status, finished=finished, ended=ended, seconds=time.monotonic() - start, stdout=stdout,
                       stderr=stderr, sandboxed=bubblewrap)  # fmt: skip
+
+
+def _read_report(fd: int) -> bytes:
+    """What the runner wrote on its report pipe (read once every process is gone; never waits), then closed."""
+    try:
+        os.set_blocking(fd, False)
+        return os.read(fd, 256)
+    except OSError:  # BlockingIOError: nothing written and a stray process still holds the pipe open
+        return b""
+    finally:
+        os.close(fd)
 
 
 def _stop(proc: subprocess.Popen[bytes], workdir: Path, *, bubblewrap: bool) -> None:

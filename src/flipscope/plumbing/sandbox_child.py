@@ -4,14 +4,15 @@ privileges, then exec of the runner) and the trusted runner that executes the pr
 The runner reads a per-run token from its stdin (then reopens stdin on /dev/null), executes the program as
 lm-evaluation-harness's ``code_eval`` does — ``exec`` of the source with empty globals, so ``__name__`` is
 ``"builtins"`` and an ``if __name__ == "__main__":`` block does not run — and only when the program's code ran to
-its end writes the token as the last line of stdout and exits 0. ``sys.exit()``, ``exit()`` or ``SystemExit`` in
-the program is a failure (as in lm-eval: it never reached the tests after it); a program that ends its own
-process (``os._exit(0)``) exits without the token and is a failure too. The token guards against programs that
+its end writes the token to a report pipe of its own (not the program's stdout, which the program may replace or
+close) and exits 0; otherwise it exits 1. ``sys.exit()``, ``exit()`` or ``SystemExit`` of any status in the
+program is a failure (as in lm-eval: it never reached the tests after it); a program that ends its own process
+(``os._exit(0)``) exits without the token and is a failure too. The token guards against programs that
 stop early by accident, not against one that searches the runner's memory for it."""
 
 from __future__ import annotations
 
-#: Run as ``python -I -S -c LAUNCHER cpu mem fsize nproc nofile uid parent runner-interpreter program``.
+#: Run as ``python -I -S -c LAUNCHER cpu mem fsize nproc nofile uid parent RUNNER program report-fd``.
 LAUNCHER = """
 import os, resource, sys
 cpu, mem, fsize, nproc, nofile, uid, parent = map(int, sys.argv[1:8])
@@ -31,35 +32,37 @@ if parent and sys.platform == "linux":
     ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG = SIGKILL: the program dies with flipscope
     if os.getppid() != parent:
         sys.exit(70)
-os.execv(sys.executable, [sys.executable, "-I", "-c", sys.argv[8], sys.argv[9]])
+os.execv(sys.executable, [sys.executable, "-I", "-c", *sys.argv[8:11]])
 """
 
-#: Run as ``python -I -c RUNNER program`` with the token on stdin.
+#: Run as ``python -I -c RUNNER program report-fd`` with the token on stdin.
 RUNNER = """
 import os, sys, traceback
 token = sys.stdin.readline().strip()
 null = os.open(os.devnull, os.O_RDONLY)
 os.dup2(null, 0)
 os.close(null)
-path = sys.argv[1]
+path, report = sys.argv[1], int(sys.argv[2])
+os.set_inheritable(report, False)
 sys.argv = [path]
 with open(path, encoding="utf-8") as handle:
     source = handle.read()
-status = 0
+ended = False
 try:
     exec(compile(source, path, "exec"), {})
+    ended = True
 except SystemExit as stop:
-    code = stop.code
-    status = code if isinstance(code, int) and 0 < code < 256 else 1
-    sys.stderr.write(f"SystemExit: {code!r} before the end of the program\\n")
+    sys.stderr.write(f"SystemExit: {stop.code!r} before the end of the program\\n")
 except BaseException:
-    status = 1
     traceback.print_exc()
 try:
-    if status == 0:
-        sys.stdout.write("\\n" + token + "\\n")
-    sys.stdout.flush()
-    sys.stderr.flush()
+    if ended:
+        os.write(report, token.encode())
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
 finally:
-    os._exit(status)
+    os._exit(0 if ended else 1)
 """
