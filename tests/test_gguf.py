@@ -4,6 +4,7 @@ the cross-backend noise floor against the transformers backend on the same weigh
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,3 +96,18 @@ def test_gemma_adds_bos_the_same_way_in_bundled_and_gguf(tmp_path: Path) -> None
                         out=tmp_path / "kld", cache_dir=tmp_path / "kcache")  # fmt: skip
     assert kld.summary["gguf:gemma3-270m"].kl_mean.value < 1e-2
     assert kld.summary["gguf:gemma3-270m"].same_top.value > 0.9
+
+
+def test_kld_context_beyond_the_default_sizes_llama_cpp_for_it() -> None:
+    """``kld --ctx`` above the backend's default 4096 tokens: llama.cpp is given that context, and a window of it
+    is scored (each decode call's logits only: at most n_batch rows of the vocabulary at a time)."""
+    from flipscope.models import LoadOptions, load_backend, parse_spec
+    from flipscope.tasks.corpus import calibration_text, make_windows
+
+    backend: Any = load_backend(parse_spec("gguf:smollm2-135m"), LoadOptions(device="cpu", context=5000))
+    assert backend.info.capabilities.max_context >= 5000  # llama.cpp pads n_ctx to a multiple of 256
+    ids, bos = backend.encode_corpus(calibration_text())
+    (window,) = make_windows(ids, 5000, bos_id=bos, max_windows=1)
+    rows = sum(logprobs.shape[0] for logprobs, _ in backend.corpus_logprobs([window], rows=512))
+    backend.close()
+    assert rows == 5000 - window.first - 1

@@ -62,7 +62,8 @@ class GGUFBackend:
         vocab = int(llm.n_vocab())
         fingerprint = vocabulary_fingerprint((llm._model.token_get_text(i), i) for i in range(vocab))
         chat = bool(llm.metadata.get("tokenizer.chat_template"))
-        capabilities = Capabilities(rows="full", greedy=True, chat=chat, max_context=N_CTX)
+        self.n_ctx = int(llm.n_ctx())
+        capabilities = Capabilities(rows="full", greedy=True, chat=chat, max_context=self.n_ctx)
         self.info = ModelInfo(
             label=label, vocab_size=vocab, tokenizer_fingerprint=fingerprint, details=details, capabilities=capabilities
         )
@@ -87,10 +88,11 @@ class GGUFBackend:
             assert isinstance(config, GGMLConfig)
             path = file_for(path, config)
         gpu = options.resolved().device.startswith("cuda")
+        n_ctx = max(N_CTX, options.context or 0)  # the keys and values of n_ctx positions are allocated up front
         with _extra_buffer_types(llama_cpp, enabled=_extra_buffers_safe()):
             llm = llama_cpp.Llama(
                 model_path=str(path),
-                n_ctx=N_CTX,
+                n_ctx=n_ctx,
                 logits_all=True,
                 **ENGINE_SETTINGS,
                 n_threads=os.cpu_count() or 1,
@@ -102,7 +104,7 @@ class GGUFBackend:
             "file": str(path),
             "source_file_type": source_type,
             "llama_cpp": getattr(llama_cpp, "__version__", "unknown"),
-            "n_ctx": N_CTX,
+            "n_ctx": n_ctx,
             **ENGINE_SETTINGS,
             "compression": {c.label(): {"library": "llama.cpp"} for c in steps},
         }
@@ -125,9 +127,9 @@ class GGUFBackend:
         for index, request in enumerate(requests):
             context = self.bos + self._tokens(request.prefix + request.prompt)  # one text, as servers see it
             options = [self._tokens(c) for c in request.continuations]
-            if not context or len(context) + max(len(o) for o in options) > N_CTX:
+            if not context or len(context) + max(len(o) for o in options) > self.n_ctx:
                 raise FlipscopeError(
-                    f"{self.info.label}: request {index} is empty or longer than the {N_CTX}-token context",
+                    f"{self.info.label}: request {index} is empty or longer than the {self.n_ctx}-token context",
                     fix="use fewer few-shot examples",
                 )
             self.llm.reset()
@@ -159,8 +161,8 @@ class GGUFBackend:
         import torch
 
         for window in windows:
-            if len(window.ids) > N_CTX:
-                raise FlipscopeError(f"--ctx {len(window.ids)} exceeds the gguf backend's {N_CTX}-token context")
+            if len(window.ids) > self.n_ctx:
+                raise FlipscopeError(f"--ctx {len(window.ids)} exceeds the gguf backend's {self.n_ctx}-token context")
             targets = torch.tensor(window.ids[window.first + 1 :])
             at = 0
             for logits in self._scored_logits(list(window.ids), window.first):  # [n, V], valid until the next one

@@ -11,6 +11,9 @@ class LoadOptions:
     dtype: str = "float32"
     #: Questions per forward pass where a backend batches them (the transformers scorer).
     batch_size: int = 16
+    #: Tokens the model must hold at once, where a backend sizes its context ahead (llama.cpp: ``n_ctx``, at least
+    #: its default of 4096); None: the backend's default. ``kld --ctx`` sets it.
+    context: int | None = None
 
     def resolved(self) -> LoadOptions:
         """The device actually used: ``auto`` → cuda where torch sees a GPU, else cpu. Cache keys hold this, so
@@ -19,4 +22,4 @@ class LoadOptions:
             return self
         import torch
 
-        return LoadOptions("cuda" if torch.cuda.is_available() else "cpu", self.dtype, self.batch_size)
+        return LoadOptions("cuda" if torch.cuda.is_available() else "cpu", self.dtype, self.batch_size, self.context)

@@ -132,7 +132,7 @@ def _kld(
     check_out(out)
     text = load_corpus(corpus)  # a corpus error needs nothing fetched: before the models
     base_spec, cand_specs = parse_models(baseline, candidates)
-    options = LoadOptions(device=device, dtype=dtype).resolved()
+    options = LoadOptions(device=device, dtype=dtype, context=ctx).resolved()
     setup = CorpusSetup(ctx, scored_fraction, max_windows, store, topk, tail_samples, full_code, batch, rows)
     base_fp = fingerprint(base_spec)
     folder = Path(cache_dir) if cache_dir else cache_root() / "kld"
@@ -142,7 +142,7 @@ def _kld(
                 "--ray cannot run --store live: it runs baseline and candidate side by side in one process",
                 fix="use --store compact (the default) or full: the baseline's store is built on the cluster",
             )
-        options = LoadOptions(device=chosen.ray.device(device), dtype=dtype)
+        options = LoadOptions(device=chosen.ray.device(device), dtype=dtype, context=ctx)
         found = kld_on_ray(chosen.ray, base_spec, cand_specs, text, options, setup, folder=folder,
                            use_cache=use_cache, pick=_picked, display=shown)  # fmt: skip
         stored: BaselineStore | None = found.stored
