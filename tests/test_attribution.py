@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -221,6 +223,40 @@ def test_advise_meets_its_budget_and_its_plan_runs_as_a_spec(tiny_llama: Path, m
     more = sorted({int(n.split(".")[2]) for n, w in widths.items() if w.bits == 6})
     assert more == [0, 1, 4, 7, 10, 13, 14, 15]  # llama.cpp's use_more_bits for 16 blocks
     assert all(widths[n].bits == 4 for n in names if "up_proj" in n)
+
+
+def test_a_second_budget_measures_no_sensitivity_again(tiny_llama: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Sensitivities are cached by everything that makes them: another budget on the same widths and windows reads
+    them; other widths (or windows) measure anew, and a broken cache file is measured again, not trusted."""
+    from flipscope.attribution import sensitivity
+    from flipscope.runs.advise import AdviseSettings, advise
+    from flipscope.runs.attribute import AblationSettings
+
+    made: list[int] = []
+    real = sensitivity.single_unit
+
+    def counting(units, candidates, bank, meter, shown, **kw):  # type: ignore[no-untyped-def]
+        def counted():  # type: ignore[no-untyped-def]
+            made.append(1)
+            return meter()
+
+        return real(units, candidates, bank, counted, shown, **kw)
+
+    monkeypatch.setattr("flipscope.runs.advise.single_unit", counting)
+    ablation = AblationSettings(corpus=_corpus(tmp_path), chunks=2, ctx=64, device="cpu", cache_dir=str(tmp_path))
+    settings = AdviseSettings(bits=(2, 8), group_sizes=(32,), by=UnitKind.MODULE, target_bits=5.0,
+                              ablation=ablation, eval_corpus=ablation.corpus, eval_windows=(2, 4))  # fmt: skip
+    first = advise(f"hf:{tiny_llama}", settings, out=tmp_path / "a.json")
+    assert len(made) == 7 * 2  # every (unit, width)
+    second = advise(f"hf:{tiny_llama}", replace(settings, target_bits=3.0), out=tmp_path / "b.json")
+    assert len(made) == 14 and second.avg_bits < first.avg_bits  # nothing measured again, another plan
+    advise(f"hf:{tiny_llama}", replace(settings, bits=(2, 4, 8)), out=tmp_path / "c.json")
+    assert len(made) == 14 + 21  # other widths: another cache entry
+    for cached in (Path(os.environ["FLIPSCOPE_CACHE"]) / "advise-rtn").glob("*.json"):
+        cached.write_text("{not json")
+    advise(f"hf:{tiny_llama}", settings, out=tmp_path / "d.json")
+    assert len(made) == 35 + 14
 
 
 def test_advise_refines_in_context_and_writes_the_plan_it_measured(tiny_llama: Path, tmp_path: Path) -> None:

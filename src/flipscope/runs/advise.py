@@ -23,7 +23,7 @@ import numpy as np
 
 from flipscope.attribution.ablate import WindowKL
 from flipscope.attribution.knapsack import Choice, Option, least_cost, least_value
-from flipscope.attribution.sensitivity import Candidate, single_unit
+from flipscope.attribution.sensitivity import Candidate, cache_file, single_unit
 from flipscope.attribution.units import Unit, UnitKind, check_span, make_units
 from flipscope.compress import RTNConfig, apply_compression
 from flipscope.compress.plan import average_bits, check_layers, read_plan, write_plan
@@ -180,7 +180,8 @@ def _single_unit(p: _Problem, settings: AdviseSettings, shown: Display, refused:
         return [Candidate(_name(w), _name(w), cost) for w, cost in zip(p.widths, costs, strict=True)]
 
     found = single_unit(p.units, widths, p.session.bank, p.session.meter, shown,
-                        fix="offer wider --bits, or run in float32 (--dtype float32)")  # fmt: skip
+                        fix="offer wider --bits, or run in float32 (--dtype float32)",
+                        cache=_cache_file(p, settings))  # fmt: skip
     refused.update(found.refused)
     choice = _solve(found.options, settings, p.total)
     if choice is None:
@@ -191,6 +192,20 @@ def _single_unit(p: _Problem, settings: AdviseSettings, shown: Display, refused:
         )
     index = {_name(w): j for j, w in enumerate(p.widths)}
     return [index[kept[c]] for kept, c in zip(found.offered, choice.picks, strict=True)], choice.value, found.table
+
+
+def _cache_file(p: _Problem, settings: AdviseSettings) -> Path:
+    """Where the single-unit sensitivities are kept, by everything that makes them (the model, the widths, the
+    units, the calibration windows, the libraries): a second budget re-measures nothing."""
+    from flipscope.models.registry import fingerprint
+    from flipscope.plumbing.version import library_versions
+
+    key = {"model": fingerprint(p.session.spec), "widths": [_name(w) for w in p.widths], "by": str(settings.by),
+           "span": settings.span, "windows": p.session.windows.record(),
+           "ablation": {k: getattr(settings.ablation, k) for k in ("ctx", "scored_fraction", "dtype", "batch")},
+           "device": str(getattr(p.session.backend, "device", settings.ablation.device)),
+           "versions": library_versions()}  # fmt: skip
+    return cache_file("rtn", key)
 
 
 def _input_widths(session: Session) -> dict[str, int]:

@@ -12,7 +12,6 @@ windows: the plan's KL there beside the recipe's (``--size-of``) on the same win
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
@@ -25,7 +24,7 @@ import numpy as np
 
 from flipscope.attribution.ablate import WeightBank, WindowKL
 from flipscope.attribution.knapsack import least_value
-from flipscope.attribution.sensitivity import Candidate, single_unit
+from flipscope.attribution.sensitivity import Candidate, cache_file, single_unit
 from flipscope.attribution.units import Unit, UnitKind, check_span, make_units
 from flipscope.compress.ggml_plan import write_ggml_plan
 from flipscope.compress.gguf_types import FTYPE, PLAN_TYPES, TensorInfo, check_type, tensor_bytes, total_bits
@@ -33,7 +32,6 @@ from flipscope.display import Display, NullDisplay
 from flipscope.errors import FlipscopeError
 from flipscope.metrics.windows import WindowDifference, paired_by_window
 from flipscope.models import parse_spec
-from flipscope.plumbing.atomic import write_atomically
 from flipscope.runs.attribute import AblationSettings, Session, open_session
 from flipscope.tasks.corpus import CALIBRATION_CORPUS, HELD_OUT_CORPUS
 
@@ -200,8 +198,7 @@ def advise_gguf(baseline: str, settings: GGUFAdviseSettings, *, out: str | Path,
         cache = _cache_file(source, types, imatrix, settings, session)
         found = single_unit(units, _candidates(versions, {hf[t.name]: t for t in planned}, types), bank,
                             session.meter, shown, fix="offer more --types (Q8_0), or run in float32",
-                            known=_known(cache))  # fmt: skip
-        write_atomically(cache, lambda tmp: tmp.write_text(json.dumps(found.known)))
+                            cache=cache)  # fmt: skip
         choice = least_value(found.options, budget - fixed)
         if choice is None:
             cheapest = (fixed + sum(min(o.cost for o in r) for r in found.options)) / weights
@@ -265,39 +262,19 @@ def _candidates(versions: dict[str, _Version], tensor_of: dict[str, TensorInfo],
     return offer
 
 
-#: Bumped when what a cached sensitivity means changes.
-_CACHE_FORMAT = 1
-
-
 def _cache_file(source: Path, types: tuple[str, ...], imatrix: Path | None, settings: GGUFAdviseSettings,
                 session: Session) -> Path:  # fmt: skip
     """Where sensitivities are kept, by everything that makes them (the file, the types, the imatrix, the units,
     the windows, the libraries): a second budget or --size-of re-measures nothing."""
-    import hashlib
-
     from flipscope.models.gguf_quantize import llama_version
-    from flipscope.plumbing.cache import cache_root
     from flipscope.plumbing.version import library_versions
 
-    a = session.windows.record()
-    key = {"format": _CACHE_FORMAT, "source": _sha(source), "types": types, "by": str(settings.by),
-           "imatrix": _sha(imatrix) if imatrix else None, "span": settings.span, "windows": a,
+    key = {"source": _sha(source), "types": types, "by": str(settings.by),
+           "imatrix": _sha(imatrix) if imatrix else None, "span": settings.span, "windows": session.windows.record(),
            "ablation": {k: getattr(settings.ablation, k) for k in ("ctx", "scored_fraction", "dtype", "batch")},
+           "device": str(getattr(session.backend, "device", settings.ablation.device)),
            "versions": {**library_versions(), "llama_cpp_python": llama_version()}}  # fmt: skip
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    folder = cache_root() / "advise-gguf"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{digest}.json"
-
-
-def _known(cache: Path) -> Any:
-    """Sensitivities kept by an earlier run, or None where there are none or the file cannot be read (measured
-    again, and written anew)."""
-    try:
-        return json.loads(cache.read_text()) if cache.exists() else None
-    except (OSError, ValueError) as exc:
-        log.warning("%s cannot be read (%s): measuring again", cache, exc)
-        return None
+    return cache_file("gguf", key)
 
 
 def _evaluate(session: Session) -> WindowKL:
