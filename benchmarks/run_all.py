@@ -70,6 +70,12 @@ BENCHMARKS = (
         script="kld_overhead",
     ),
     Benchmark(
+        "advise_cache",
+        "advise twice with two budgets: the second reads the first's sensitivities (whole process each)",
+        ("--chunks", "2", "--ctx", "128"),
+        ("--chunks", "4", "--ctx", "256"),
+    ),
+    Benchmark(
         "long_context",
         "kld at ctx 512 … 8192 (transformers): peak RSS against weights + 1 GiB",
         ("--quick",),

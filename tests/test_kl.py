@@ -211,3 +211,63 @@ def test_two_level_tail_draws_follow_the_inverse_cdf() -> None:
         expected = np.searchsorted(cdf, fractions * cdf[-1], side="right")
         assert (w[drawn[row]] > 0).all()
         assert np.mean(drawn[row] == expected) > 0.999
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_compact_kl_takes_logits_as_it_takes_log_probabilities(kind: str) -> None:
+    """Rows given as logits (each shifted by its own constant, as a model's head gives them) give the KL and the
+    log-normaliser of the same rows given as float64-normalised log-probabilities; V = 5,000 > k."""
+    rng = np.random.default_rng(3)
+    n, v = 40, 5000
+    base = special.log_softmax(rng.normal(size=(n, v)) * 3, axis=-1)
+    cand = base + rng.normal(size=(n, v)) * 0.05
+    shift = rng.normal(size=(n, 1)) * 30
+    stored = compress(as_kind(base.astype(np.float32), kind), 64, samples=32, seed=1)
+    logits, logprobs = cand + shift, special.log_softmax(cand, axis=-1)
+    as_logits = kl_compact(stored, as_kind(logits.astype(np.float32), kind))
+    as_logprobs = kl_compact(stored, as_kind(logprobs, kind))
+    assert np.allclose(np.asarray(as_logits.forward), np.asarray(as_logprobs.forward), rtol=1e-4, atol=1e-9)
+    assert np.allclose(np.asarray(as_logits.reverse), np.asarray(as_logprobs.reverse), rtol=1e-4, atol=1e-9)
+    want_norm = special.logsumexp(logits.astype(np.float32).astype(np.float64), axis=-1)
+    assert np.allclose(np.asarray(as_logits.log_norm), want_norm, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_a_tail_below_float32s_range_is_summed_not_taken_as_zero(kind: str) -> None:
+    """A peaked row: the top token at 0, the rest at −120 … −130 (e^−120 ≈ 1e-52 underflows float32 relative to
+    the top). The tail mass is still the masked row's own log-sum-exp, not −inf (which would make KL infinite)."""
+    from flipscope.metrics.kl import log_norms
+
+    rng = np.random.default_rng(4)
+    rows = np.concatenate([np.zeros((3, 1)), -120 - 10 * rng.random((3, 999))], axis=1).astype(np.float32)
+    ids = np.tile(np.arange(4), (3, 1))
+    lse, rest = log_norms(as_kind(rows, kind), as_kind(ids, kind))
+    want_rest = special.logsumexp(rows[:, 4:].astype(np.float64), axis=-1)
+    assert np.isfinite(np.asarray(rest)).all()
+    assert np.allclose(np.asarray(rest), want_rest, atol=1e-4)
+    assert np.allclose(np.asarray(lse), special.logsumexp(rows.astype(np.float64), axis=-1), atol=1e-6)
+    empty = np.full((1, 6), -np.inf, dtype=np.float32)
+    empty[0, :2] = [0.0, -1.0]
+    _, none = log_norms(as_kind(empty, kind), as_kind(np.array([[0, 1]]), kind))
+    assert np.asarray(none)[0] == -np.inf  # nothing outside the ids: no tail mass, truly
+
+
+def test_position_stats_take_logits_as_they_take_log_probabilities() -> None:
+    """``kld`` hands the candidate's logits over unnormalised: every per-position number (KL both ways against a
+    compact or a full baseline, the target's log-prob, top-10 agreement) is the one its log-probs give."""
+    from flipscope.metrics.corpus_kl import position_stats
+
+    rng = np.random.default_rng(5)
+    n, v = 24, 3000
+    base = torch.from_numpy(random_logprobs(rng, n, v))
+    cand = torch.from_numpy(perturbed(rng, base.numpy(), 0.1))
+    logits = cand + torch.from_numpy(rng.normal(size=(n, 1)).astype(np.float32) * 20)
+    targets = torch.from_numpy(rng.integers(0, v, size=n))
+    logp_b = base.gather(-1, targets[:, None])[:, 0]
+    stored = compress(base, 32, samples=16, seed=2)
+    for rows, topk in ((None, stored), (base, None)):
+        a = position_stats(rows, topk, logits, targets, logp_b)
+        b = position_stats(rows, topk, cand, targets, logp_b)
+        for name in ("kl", "kl_reverse", "logp_cand"):
+            assert torch.allclose(getattr(a, name), getattr(b, name), rtol=1e-4, atol=1e-6), name
+        assert torch.equal(a.agree, b.agree)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from flipscope.metrics.kl import CompactRows, kl_compact, kl_exact
+from flipscope.metrics.kl import CompactRows, kl_compact, kl_exact, logsumexp
 
 if TYPE_CHECKING:
     import torch
@@ -51,21 +51,23 @@ def position_stats(
     base_logp: torch.Tensor,
 ) -> PositionStats:
     """All per-position numbers for one slice. Exactly one of ``base_rows`` ([n, V]) or ``base_topk`` is given;
-    cand: [n, V] log-probs; targets: [n] next-token ids; base_logp: [n] the baseline's log-prob of them."""
+    cand: [n, V] the candidate's scores (log-probs, or logits: normalised here, once — no [n, V] copy of them is
+    made beyond one exp temporary); targets: [n] next-token ids; base_logp: [n] the baseline's log-prob of them."""
     if base_rows is not None:
-        kl, rev = kl_exact(base_rows, cand)
+        kl, rev = kl_exact(base_rows, cand)  # renormalises both
+        norm = logsumexp(cand)
         values, ids = base_rows.topk(AGREE_K, dim=-1)
         top = values[:, 0]
     else:
         assert base_topk is not None
         both = kl_compact(base_topk, cand)
-        kl, rev = both.forward, both.reverse
+        kl, rev, norm = both.forward, both.reverse, both.log_norm
         ids, top = base_topk.ids, base_topk.logprobs[:, 0]
     return PositionStats(
         kl=kl.float(),
         kl_reverse=rev.float(),
         logp_base=base_logp.float(),
-        logp_cand=cand.gather(-1, targets[:, None])[:, 0].float(),
+        logp_cand=(cand.gather(-1, targets[:, None])[:, 0].double() - norm).float(),
         top_logp_base=top.float(),
         agree=agreement(ids, cand),
     )

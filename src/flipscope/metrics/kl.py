@@ -26,7 +26,7 @@ terms. The third is estimated from the samples v_j ~ B̃ (stratified along B̃'s
 E[r] = Σ_tail C̃ = 1 under B̃, so this mean is an unbiased estimate of KL(B̃‖C̃), and every term is ≥ 0: no clamp,
 hence no upward bias at the KLs of 8-bit candidates and of the noise floor (1e-6 … 1e-3). Compared with the plain
 mean of −log r (also unbiased), the (r − 1) control variate removes the first-order noise, so its variance is far
-smaller when C is close to B. P_C is summed over the tail tokens (never 1 − Σ_head, see ``log_rest``); a row whose
+smaller when C is close to B. P_C is summed over the tail tokens (never 1 − Σ_head, see ``log_norms``); a row whose
 normalisation is off by η (float32) gives every bucket the same factor 1 + η, which the terms' Σ (p_C − p_B)
 cancels.
 
@@ -125,17 +125,40 @@ def _cat(parts: list[Array], like: Array) -> Array:
     return np.concatenate(parts)
 
 
-def log_rest(rows: Array, ids: Array) -> Array:
-    """log of each row's mass outside ``ids``, summed over those tokens themselves. rows: [n, V]; ids: [n, k] → [n].
+def log_norms(rows: Array, ids: Array) -> tuple[Array, Array]:
+    """Each row's log-normaliser and the log of its mass outside ``ids``, float64: (log Σ_V e^x, log Σ_{v∉ids}
+    e^x). rows: [n, V] scores (log-probabilities, or logits: any per-row constant); ids: [n, k] → ([n], [n]).
 
-    Never 1 − Σ_head: a float32 row's normalisation is off by ~1e-6 (its log-sum-exp is rounded), which swamps a
-    tail mass below that — seen on SmolLM2 at positions whose top-64 hold all but 3e-7 of the mass, where the
-    subtraction made the candidate's tail 1e-12 and the estimate 0.12 instead of 5e-6."""
-    if _is_torch(rows):
-        return logsumexp(rows.scatter(-1, ids.long(), float("-inf")))
-    masked = np.array(rows, copy=True)
-    np.put_along_axis(masked, ids.astype(np.int64), -np.inf, axis=-1)
-    return logsumexp(masked)
+    One pass of exp over the rows, shifted by each row's maximum; the tail is summed over the tail tokens
+    themselves (the ids' terms set to 0 in that temporary), never as 1 − Σ_head: a float32 row's normalisation is
+    off by ~1e-6, which swamps a tail mass below that — seen on SmolLM2 at positions whose top-64 hold all but
+    3e-7 of the mass, where the subtraction made the candidate's tail 1e-12 and the estimate 0.12 instead of 5e-6.
+    Sums accumulate in float64. A tail below the float32 range of e^(x − max) (a row that peaked: < 1e-38 of its
+    top) is summed again from the masked row's own maximum, so it is never taken as 0."""
+    xp = _xp(rows)
+    torch_rows = _is_torch(rows)
+    top = rows.amax(-1) if torch_rows else np.max(rows, axis=-1)  # [n]
+    top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
+    e: Any = xp.exp(rows - top[:, None])  # [n, V], a temporary of the rows' dtype
+    head = _f64(gather(e, ids)).sum(-1)  # [n]
+    if torch_rows:
+        e.scatter_(-1, ids.long(), 0.0)
+        tail = e.sum(-1, dtype=xp.float64)
+    else:
+        np.put_along_axis(e, ids.astype(np.int64), 0.0, axis=-1)
+        tail = e.sum(-1, dtype=np.float64)
+    top = _f64(top)
+    with np.errstate(divide="ignore"):
+        lse, rest = top + xp.log(head + tail), top + xp.log(tail)
+    lost = tail == 0  # underflowed (or truly empty: the masked row says which)
+    if bool(lost.any()):
+        masked: Any = rows[lost].clone() if torch_rows else np.array(rows[lost], copy=True)
+        if torch_rows:
+            masked.scatter_(-1, ids[lost].long(), float("-inf"))
+        else:
+            np.put_along_axis(masked, ids[lost].astype(np.int64), -np.inf, axis=-1)
+        rest[lost] = _f64(logsumexp(masked))
+    return lse, rest
 
 
 def kl_exact(base: Array, cand: Array) -> tuple[Array, Array]:
@@ -270,23 +293,28 @@ class CompactKL:
     forward: Array
     reverse: Array
     forward_is_bound: bool
+    log_norm: Array  # [n]: the candidate rows' log-normalisers (≈ 0 for log-probability rows)
 
 
 def kl_compact(base: CompactRows, cand: Array) -> CompactKL:
-    """KL both ways from the compact baseline and the candidate's full rows cand: [n, V] log-probs → [n] each."""
-    forward, reverse = [], []
+    """KL both ways from the compact baseline and the candidate's full rows cand: [n, V] scores (log-probs, or
+    logits: normalised here) → [n] each; ``log_norm`` [n]: each candidate row's log-normaliser."""
+    forward, reverse, norms = [], [], []
     for s, e in _blocks(len(base)):
         b = base.slice(s, e)
-        lb, lc = _f64(b.logprobs), _f64(gather(cand[s:e], b.ids))  # [b, k]
+        lse, rest_c = log_norms(cand[s:e], b.ids)  # [b] each; rest_c: the mass outside the baseline's top-k
+        lb, lc = _f64(b.logprobs), _f64(gather(cand[s:e], b.ids)) - lse[:, None]  # [b, k]
+        rest_c = rest_c - lse
+        norms.append(lse)
         rest_b = _f64(b.rest)  # [b]
         xp = _xp(lc)
-        rest_c = _f64(log_rest(cand[s:e], b.ids))  # [b], the candidate's mass outside the baseline's top-k
         fwd = kl_terms(lb, lc).sum(-1) + kl_terms(rest_b, rest_c)
         reverse.append(kl_terms(lc, lb).sum(-1) + kl_terms(rest_c, rest_b))
         if b.samples:
             sb = _f64(b.sample_logprobs) - rest_b[:, None]  # [b, m], log B̃(v_j)
-            sc = _f64(gather(cand[s:e], b.sample_ids)) - rest_c[:, None]  # [b, m], log C̃(v_j)
+            sc = _f64(gather(cand[s:e], b.sample_ids)) - (lse + rest_c)[:, None]  # [b, m], log C̃(v_j)
             within = xp.exp(rest_b) * bregman(sc - sb).mean(-1)
             fwd = fwd + xp.where(xp.isfinite(rest_b), within, 0.0)  # no tail mass: no within-tail term (not NaN)
         forward.append(fwd)
-    return CompactKL(_cat(forward, base.rest), _cat(reverse, base.rest), forward_is_bound=base.samples == 0)
+    return CompactKL(_cat(forward, base.rest), _cat(reverse, base.rest), forward_is_bound=base.samples == 0,
+                     log_norm=_cat(norms, base.rest))  # fmt: skip

@@ -261,10 +261,13 @@ class CorpusBackend(Protocol):
     info: ModelInfo
 
     def corpus_logprobs(
-        self, windows: Sequence[Window], *, rows: int = 256
+        self, windows: Sequence[Window], *, rows: int = 256, normalized: bool = True
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (log-probs [s ≤ rows, V] float32, next-token ids [s]) slices covering, in order, every scored
-        position of ``windows``. At most one slice of rows × V is materialised at a time."""
+        position of ``windows``. At most one slice of rows × V is materialised at a time. ``normalized`` False:
+        the rows are the model's scores (logits: log-probs up to a constant per row), for a consumer that
+        normalises them itself (``metrics.corpus_kl.position_stats``) — a slice may then be a read-only view,
+        valid until the next is asked for."""
         ...
 
     def decode(self, ids: Sequence[int]) -> str:

@@ -153,7 +153,7 @@ class GGUFBackend:
         return nonfinite_scores(out, bad, self.info.label)
 
     def corpus_logprobs(
-        self, windows: Sequence[Window], *, rows: int = 256
+        self, windows: Sequence[Window], *, rows: int = 256, normalized: bool = True
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Log-probs at each window's scored positions, ``rows`` at a time. llama.cpp computes logits only at the
         scored positions (as llama-perplexity does) and they are read in place from its output buffer: no
@@ -168,8 +168,9 @@ class GGUFBackend:
             for logits in self._scored_logits(list(window.ids), window.first):  # [n, V], valid until the next one
                 for start in range(0, logits.shape[0], rows):
                     part = torch.from_numpy(logits[start : start + rows])  # a view of llama.cpp's buffer
-                    lse = torch.logsumexp(part, dim=-1, keepdim=True)  # [s, 1]; NaN rows: the window is left out
-                    yield part - lse, targets[at : at + part.shape[0]]
+                    if normalized:  # NaN rows: the window is left out
+                        part = part - torch.logsumexp(part, dim=-1, keepdim=True)
+                    yield part, targets[at : at + part.shape[0]]
                     at += part.shape[0]
 
     def _scored_logits(self, ids: list[int], first: int) -> Iterator[np.ndarray]:

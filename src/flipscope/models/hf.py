@@ -216,7 +216,7 @@ class HFBackend:
         return scorer.score(requests, rows=rows, advance=advance)
 
     def corpus_logprobs(
-        self, windows: Sequence[Window], *, rows: int = 256
+        self, windows: Sequence[Window], *, rows: int = 256, normalized: bool = True
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The decoder runs once per batch of windows; the output head and log-softmax run ``rows`` positions at a
         time, so the full [positions × vocabulary] logits never exist at once."""
@@ -236,9 +236,9 @@ class HFBackend:
             targets = ids[:, first + 1 : length].reshape(-1)  # [B·n]
             for start in range(0, hidden.shape[0], rows):
                 logits = self._final_logits(head(hidden[start : start + rows]).float())  # [s, V]
-                lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # [s, 1]
-                logprobs = logits - lse  # NaN logits give NaN rows: their windows are reported and left out
-                yield logprobs.cpu(), targets[start : start + rows].cpu()
+                if normalized:  # NaN logits give NaN rows: their windows are reported and left out
+                    logits = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+                yield logits.cpu(), targets[start : start + rows].cpu()
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids)))

@@ -320,7 +320,7 @@ def measure_windows(
     pending: dict[str, list[np.ndarray]] = {c: [] for c in names}
     for group in _batches(windows, batch):
         base_iter = base.corpus_logprobs(group, rows=rows) if base is not None else None
-        for logprobs, targets in cand.corpus_logprobs(group, rows=rows):
+        for logprobs, targets in cand.corpus_logprobs(group, rows=rows, normalized=False):  # logits
             n = logprobs.shape[0]
             if base_iter is not None:
                 base_rows, _ = next(base_iter)
