@@ -37,7 +37,7 @@ def bare(spec: str, chunks: int, ctx: int) -> None:
     from flipscope.tasks.corpus import load_corpus, make_windows
 
     start = time.perf_counter()
-    backend = load_backend(parse_spec(spec), LoadOptions(device="cpu"))
+    backend = load_backend(parse_spec(spec), LoadOptions(device="cpu", context=ctx))
     ids, bos = backend.encode_corpus(load_corpus().text)  # type: ignore[attr-defined]
     windows = make_windows(ids, ctx, bos_id=bos, max_windows=chunks)
     if spec.startswith("gguf:"):

@@ -246,6 +246,11 @@ def test_a_tail_below_float32s_range_is_summed_not_taken_as_zero(kind: str) -> N
     assert np.isfinite(np.asarray(rest)).all()
     assert np.allclose(np.asarray(rest), want_rest, atol=1e-4)
     assert np.allclose(np.asarray(lse), special.logsumexp(rows.astype(np.float64), axis=-1), atol=1e-6)
+    # most of the tail flushed to 0 but not all: one tail token at −100 (kept), 99,935 at −104 (flushed)
+    partly = np.full((1, 100_000), -104.0, dtype=np.float32)
+    partly[0, :64], partly[0, 0], partly[0, 64] = -1.0, 0.0, -100.0
+    _, kept = log_norms(as_kind(partly, kind), as_kind(np.arange(64)[None], kind))
+    assert np.allclose(np.asarray(kept), special.logsumexp(partly[0, 64:].astype(np.float64)), atol=1e-4)
     empty = np.full((1, 6), -np.inf, dtype=np.float32)
     empty[0, :2] = [0.0, -1.0]
     _, none = log_norms(as_kind(empty, kind), as_kind(np.array([[0, 1]]), kind))

@@ -133,24 +133,28 @@ def log_norms(rows: Array, ids: Array) -> tuple[Array, Array]:
     themselves (the ids' terms set to 0 in that temporary), never as 1 − Σ_head: a float32 row's normalisation is
     off by ~1e-6, which swamps a tail mass below that — seen on SmolLM2 at positions whose top-64 hold all but
     3e-7 of the mass, where the subtraction made the candidate's tail 1e-12 and the estimate 0.12 instead of 5e-6.
-    Sums accumulate in float64. A tail below the float32 range of e^(x − max) (a row that peaked: < 1e-38 of its
-    top) is summed again from the masked row's own maximum, so it is never taken as 0."""
+    A tail below 1e-25 of the row's top token (where float32's e^(x − max) flushes terms below e^−87 to 0: a
+    peaked row) is summed again from the masked row's own maximum, so it is never taken as 0 or too small."""
     xp = _xp(rows)
     torch_rows = _is_torch(rows)
     top = rows.amax(-1) if torch_rows else np.max(rows, axis=-1)  # [n]
     top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
-    e: Any = xp.exp(rows - top[:, None])  # [n, V], a temporary of the rows' dtype
+    e: Any = rows - top[:, None]  # [n, V], the one temporary (the rows' dtype), exponentiated in place
+    if torch_rows:
+        e.exp_()
+    else:
+        np.exp(e, out=e)
     head = _f64(gather(e, ids)).sum(-1)  # [n]
     if torch_rows:
         e.scatter_(-1, ids.long(), 0.0)
-        tail = e.sum(-1, dtype=xp.float64)
     else:
         np.put_along_axis(e, ids.astype(np.int64), 0.0, axis=-1)
-        tail = e.sum(-1, dtype=np.float64)
+    tail = _f64(e.sum(-1))  # summed in the rows' dtype (pairwise): relative error ~1e-6 of the tail itself
     top = _f64(top)
     with np.errstate(divide="ignore"):
         lse, rest = top + xp.log(head + tail), top + xp.log(tail)
-    lost = tail == 0  # underflowed (or truly empty: the masked row says which)
+    # a tail made of tokens below e^−87 of the top (flushed to 0 in float32): summed again from the masked row
+    lost = tail < 1e-25
     if bool(lost.any()):
         masked: Any = rows[lost].clone() if torch_rows else np.array(rows[lost], copy=True)
         if torch_rows:

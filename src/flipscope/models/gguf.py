@@ -176,6 +176,9 @@ class GGUFBackend:
     def _scored_logits(self, ids: list[int], first: int) -> Iterator[np.ndarray]:
         """Evaluate ``ids`` from an empty cache with logits requested at positions first … len(ids)−2 only; yields
         each decode call's logits [n, V] as a view of llama.cpp's buffer, valid until the next is asked for."""
+        if len(ids) > self.n_ctx:
+            raise FlipscopeError(f"a window of {len(ids)} tokens exceeds the gguf backend's {self.n_ctx}-token context",
+                                 fix="load it with LoadOptions(context=…) (kld --ctx does)")  # fmt: skip
         ctx, batch = self.llm._ctx, self.llm._batch
         ctx.kv_cache_clear()
         self.llm.reset()  # llama-cpp-python's own token bookkeeping: empty, as the cache now is
