@@ -5,6 +5,12 @@ applied on CPU and on CUDA, in float32; the per-option log-likelihoods of both d
 must match. Then the CUDA runs in float16 and bfloat16 must be finite and close, and `kld` in live mode must agree
 between devices. Prints one JSON object; exits non-zero if a check fails.
 
+Then, on the bundled SmolLM2-135M in bfloat16 on the GPU, the tools side by side through the CPU benchmarks' own
+scripts (same items, same boundaries, the bare forward or decode step as the limit): multiple choice against
+lm-eval's ``hf`` model (``mcq_throughput.py``: throughput and both tools' accuracy), generation against lm-eval's
+``generate_until`` (``gen_throughput.py``: tokens/s and identical outputs), and ``kld`` against the bare forward
+(``kld_overhead.py``). ``--no-tools`` skips them; ``FLIPSCOPE_CHECK_DEVICE=cpu`` dry-runs everything on the CPU.
+
     PYTHONPATH=src:tests python benchmarks/cuda_check.py
 """
 
@@ -12,10 +18,19 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+HERE = Path(__file__).parent
+#: The CPU benchmarks run on the GPU, at the README's sizes: (script, arguments).
+TOOLS = (
+    ("mcq_throughput.py", ("--limit", "48", "--no-cli")),
+    ("gen_throughput.py", ("--prompts", "32", "--max-new-tokens", "128", "--batch-size", "8")),
+    ("kld_overhead.py", ("--chunks", "16")),
+)
 
 import numpy as np
 
@@ -78,8 +93,21 @@ def main() -> int:
         if abs(kl[gpu][label] - value) > 1e-3 * max(1.0, value):
             failures.append(f"kld {label}: cpu {value:.6g} vs {gpu} {kl[gpu][label]:.6g}")
     report["failures"] = failures
-    print(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1), flush=True)
+    if "--no-tools" not in sys.argv:
+        failures += tools(gpu, "bfloat16" if gpu != "cpu" else "float32")
     return 1 if failures else 0
+
+
+def tools(device: str, dtype: str) -> list[str]:
+    """The benchmark scripts on ``device`` in ``dtype``; their output printed as it comes, failures named."""
+    failed = []
+    for script, argv in TOOLS:
+        extra = ("--device", device) if script == "kld_overhead.py" else ("--device", device, "--dtype", dtype)
+        print(f"\n## python benchmarks/{script} {' '.join((*argv, *extra))}", flush=True)
+        if subprocess.run([sys.executable, str(HERE / script), *argv, *extra]).returncode != 0:
+            failed.append(f"{script} on {device}")
+    return failed
 
 
 if __name__ == "__main__":

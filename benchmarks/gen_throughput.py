@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+from devices import synchronize  # this folder's: the scripts share it
+
 
 def prompts(n: int, seed: int) -> list[str]:
     from flipscope.passes.generation import load_free_task
@@ -38,10 +40,11 @@ def fs(args: argparse.Namespace) -> dict:
     from flipscope.tasks.gsm8k import STOP
 
     texts = prompts(args.prompts, args.seed)
-    backend = load_backend(parse_spec(f"hf:{args.folder}"), LoadOptions("cpu", batch_size=args.batch_size))
+    backend = load_backend(parse_spec(f"hf:{args.folder}"), LoadOptions(args.device, args.dtype, args.batch_size))
     decoding = Decoding(max_new_tokens=args.max_new_tokens, stop=STOP)
     start = time.perf_counter()
     made = backend.generate([GenRequest(t) for t in texts], decoding)
+    synchronize(args.device)
     elapsed = time.perf_counter() - start
     outputs = [g.text for g in made]
     return {"seconds": elapsed, "tokens": count(backend.tokenizer, outputs), "outputs": outputs}  # type: ignore[attr-defined]
@@ -54,11 +57,12 @@ def lm(args: argparse.Namespace) -> dict:
     from flipscope.tasks.gsm8k import STOP
 
     texts = prompts(args.prompts, args.seed)
-    model = HFLM(pretrained=args.folder, batch_size=args.batch_size, device="cpu", dtype="float32")
+    model = HFLM(pretrained=args.folder, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
     gen = {"until": list(STOP), "max_gen_toks": args.max_new_tokens, "do_sample": False}
     instances = [Instance("generate_until", {}, (t, gen), i) for i, t in enumerate(texts)]
     start = time.perf_counter()
     outputs = model.generate_until(instances)
+    synchronize(args.device)
     elapsed = time.perf_counter() - start
     return {"seconds": elapsed, "tokens": count(model.tokenizer, outputs), "outputs": outputs}
 
@@ -71,24 +75,27 @@ def bare(args: argparse.Namespace) -> dict:
     texts = prompts(args.prompts, args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.folder)
     length = sum(len(tokenizer.encode(t)) for t in texts) // len(texts)
-    model = AutoModelForCausalLM.from_pretrained(args.folder, dtype=torch.float32).eval()
-    ids = torch.randint(0, model.config.vocab_size, (args.batch_size, length))
+    model = AutoModelForCausalLM.from_pretrained(args.folder, dtype=getattr(torch, args.dtype)).to(args.device).eval()
+    ids = torch.randint(0, model.config.vocab_size, (args.batch_size, length), device=args.device)
     steps = min(args.max_new_tokens, 64)
     with torch.no_grad():
         cache = DynamicCache(config=model.config)
         out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         token = out.logits[:, -1].argmax(-1, keepdim=True)  # [B, 1]
+        synchronize(args.device)
         start = time.perf_counter()
         for _ in range(steps):
             out = model(input_ids=token, past_key_values=cache, use_cache=True)
             token = out.logits[:, -1].argmax(-1, keepdim=True)
+        synchronize(args.device)
         elapsed = time.perf_counter() - start
     return {"tokens_per_s": steps * args.batch_size / elapsed, "cache_length": length}
 
 
 def run(worker: str, args: argparse.Namespace) -> dict:
     flags = ["--worker", worker, "--folder", args.folder, "--prompts", str(args.prompts), "--seed", str(args.seed),
-             "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size)]  # fmt: skip
+             "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size),
+             "--device", args.device, "--dtype", args.dtype]  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run([sys.executable, __file__, *flags], capture_output=True, text=True, env=env)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -103,6 +110,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (benchmarks/cuda_check.py)")
+    parser.add_argument("--dtype", default="float32", help="float32, or bfloat16 / float16 on a GPU")
     parser.add_argument("--worker", choices=["fs", "lm", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -119,7 +128,8 @@ def main() -> None:
     same = sum(a.strip() == b.strip() for a, b in zip(ours["outputs"], theirs["outputs"], strict=True))
     print(
         f"{args.prompts} GSM8K prompts (8-shot, ~{limit['cache_length']} tokens), max {args.max_new_tokens} new "
-        f"tokens, batch {args.batch_size}, greedy, CPU {os.cpu_count()} cores; identical outputs "
+        f"tokens, batch {args.batch_size}, greedy, {args.device} {args.dtype} ({os.cpu_count()} CPU cores); identical "
+        "outputs "
         f"{same}/{args.prompts}"
     )
     print(f"{'':28} {'seconds':>8} {'tokens':>7} {'tokens/s':>9} {'of bare':>8} {'peak MB':>8}")

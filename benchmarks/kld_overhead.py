@@ -29,15 +29,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from devices import synchronize  # this folder's: the scripts share it
+
 DEFAULTS = {"hf": ("bundled:smollm2-135m", "+rtn:w4g64"), "gguf": ("gguf:smollm2-135m", "+ggml:Q4_K_M")}
 
 
-def bare(spec: str, chunks: int, ctx: int) -> None:
+def bare(spec: str, chunks: int, ctx: int, device: str = "cpu") -> None:
     from flipscope.models import LoadOptions, load_backend, parse_spec
     from flipscope.tasks.corpus import load_corpus, make_windows
 
     start = time.perf_counter()
-    backend = load_backend(parse_spec(spec), LoadOptions(device="cpu", context=ctx))
+    backend = load_backend(parse_spec(spec), LoadOptions(device=device, context=ctx))
     ids, bos = backend.encode_corpus(load_corpus().text)  # type: ignore[attr-defined]
     windows = make_windows(ids, ctx, bos_id=bos, max_windows=chunks)
     if spec.startswith("gguf:"):
@@ -49,15 +51,16 @@ def bare(spec: str, chunks: int, ctx: int) -> None:
 
         with torch.no_grad():
             for w in windows:
-                backend.model(input_ids=torch.tensor([w.ids]), use_cache=False)  # type: ignore[attr-defined]
+                backend.model(input_ids=torch.tensor([w.ids], device=device), use_cache=False)  # type: ignore[attr-defined]
+        synchronize(device)
     report(time.perf_counter() - start, {})
 
 
-def full(baseline: str, candidate: str, chunks: int, ctx: int, cache: str, out: str) -> None:
+def full(baseline: str, candidate: str, chunks: int, ctx: int, cache: str, out: str, device: str = "cpu") -> None:
     import flipscope
 
     start = time.perf_counter()
-    settings = flipscope.KldSettings(ctx=ctx, max_windows=chunks, cache_dir=cache, out=out, device="cpu")
+    settings = flipscope.KldSettings(ctx=ctx, max_windows=chunks, cache_dir=cache, out=out, device=device)
     result = flipscope.kld(baseline, [candidate], settings)
     report(
         time.perf_counter() - start,
@@ -123,15 +126,16 @@ def main() -> None:
     parser.add_argument("--phase", choices=["bare", "kld"], default=None)
     parser.add_argument("--spec", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cache", default=None)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (transformers; benchmarks/cuda_check.py)")
     args = parser.parse_args()
     args.baseline = args.baseline or DEFAULTS[args.engine][0]
     args.candidate = args.candidate or DEFAULTS[args.engine][1]
-    sizes = ["--chunks", str(args.chunks), "--ctx", str(args.ctx)]
+    sizes = ["--chunks", str(args.chunks), "--ctx", str(args.ctx), "--device", args.device]
     if args.phase == "bare":
-        bare(args.spec, args.chunks, args.ctx)
+        bare(args.spec, args.chunks, args.ctx, args.device)
         return
     if args.phase == "kld":
-        full(args.baseline, args.candidate, args.chunks, args.ctx, args.cache, tempfile.mkdtemp())
+        full(args.baseline, args.candidate, args.chunks, args.ctx, args.cache, tempfile.mkdtemp(), args.device)
         return
     models = ["--baseline", args.baseline, "--candidate", args.candidate, *sizes]
     runs: dict[str, list[dict[str, object]]] = {}

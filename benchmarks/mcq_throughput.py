@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from devices import synchronize  # this folder's: the scripts share it
+
 from flipscope.metrics import first_argmax
 from flipscope.tasks import PromptFormat, item_requests, load_task
 from flipscope.tasks.lm_eval_export import STOCK, export_task
@@ -76,10 +78,11 @@ def fs_score(args: argparse.Namespace) -> dict:
 
     items, prompts, requests = questions(args)
     backend = HFBackend.load(
-        parse_spec(f"hf:{args.folder}"), args.folder, LoadOptions("cpu", batch_size=args.batch_size)
+        parse_spec(f"hf:{args.folder}"), args.folder, LoadOptions(args.device, args.dtype, args.batch_size)
     )
     start = time.perf_counter()
     scores = backend.score(requests)
+    synchronize(args.device)
     elapsed = time.perf_counter() - start
     return {
         "seconds": elapsed,
@@ -94,11 +97,12 @@ def lm_score(args: argparse.Namespace) -> dict:
     from lm_eval.models.huggingface import HFLM
 
     items, prompts, requests = questions(args)
-    lm = HFLM(pretrained=args.folder, batch_size=args.batch_size, device="cpu", dtype="float32")
+    lm = HFLM(pretrained=args.folder, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
     pairs = [(r.prefix + r.prompt, c) for r in requests for c in r.continuations]
     instances = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
     start = time.perf_counter()
     out = lm.loglikelihood(instances)
+    synchronize(args.device)
     elapsed = time.perf_counter() - start
     return {"seconds": elapsed, "n": len(items), "acc": correct(items, prompts, [ll for ll, _ in out])}
 
@@ -108,13 +112,15 @@ def bare(args: argparse.Namespace) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(args.folder, dtype=torch.float32).eval()
-    ids = torch.randint(0, model.config.vocab_size, (args.batch_size, BARE_LENGTH))
+    model = AutoModelForCausalLM.from_pretrained(args.folder, dtype=getattr(torch, args.dtype)).to(args.device).eval()
+    ids = torch.randint(0, model.config.vocab_size, (args.batch_size, BARE_LENGTH), device=args.device)
     with torch.no_grad():
         model(input_ids=ids, use_cache=False, logits_to_keep=1)  # warm-up
+        synchronize(args.device)
         start, rounds = time.perf_counter(), 4
         for _ in range(rounds):
             model(input_ids=ids, use_cache=False, logits_to_keep=1)
+        synchronize(args.device)
         elapsed = time.perf_counter() - start
     return {"tokens_per_s": rounds * ids.numel() / elapsed}
 
@@ -179,7 +185,9 @@ def cli_times(args: argparse.Namespace, copy: str, env: dict[str, str]) -> dict:
         "--batch-size",
         str(args.batch_size),
         "--device",
-        "cpu",
+        args.device,
+        "--dtype",
+        args.dtype,
         "--no-cache",
         "--cache-dir",
         str(work / "cache"),
@@ -197,9 +205,9 @@ def cli_times(args: argparse.Namespace, copy: str, env: dict[str, str]) -> dict:
             "--model",
             "hf",
             "--model_args",
-            f"pretrained={model},dtype=float32",
+            f"pretrained={model},dtype={args.dtype}",
             "--device",
-            "cpu",
+            args.device,
             "--batch_size",
             str(args.batch_size),
             "--tasks",
@@ -230,6 +238,10 @@ def measure(worker: str, args: argparse.Namespace, env: dict[str, str]) -> dict:
         str(args.seed),
         "--batch-size",
         str(args.batch_size),
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
     ]
     proc = subprocess.run([sys.executable, __file__, *flags], capture_output=True, text=True, env=env)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -251,6 +263,8 @@ def main() -> None:
     parser.add_argument("--formats", default="cloze,letter")
     parser.add_argument("--shots", default="0,5")
     parser.add_argument("--no-cli", action="store_true", help="skip the whole-process timings")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (benchmarks/cuda_check.py)")
+    parser.add_argument("--dtype", default="float32", help="float32, or bfloat16 / float16 on a GPU")
     parser.add_argument("--worker", choices=["fs", "lm", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--format", default="cloze", help=argparse.SUPPRESS)
@@ -270,7 +284,8 @@ def main() -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     limit = measure("bare", argparse.Namespace(**{**vars(args), "shots": 0}), env)["tokens_per_s"]
     print(
-        f"model: {args.folder} (float32, CPU, {os.cpu_count()} cores, weights {weights_mb:.0f} MB); {args.limit} "
+        f"model: {args.folder} ({args.dtype}, {args.device}, {os.cpu_count()} CPU cores, weights {weights_mb:.0f} MB); "
+        f"{args.limit} "
         f"questions of {args.task}; batch size {args.batch_size} for both; bare forward {limit:.0f} tokens/s"
     )
     header = (
