@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).parent
 #: The CPU benchmarks run on the GPU, at the README's sizes: (script, arguments).
 TOOLS = (
@@ -31,8 +33,6 @@ TOOLS = (
     ("gen_throughput.py", ("--prompts", "32", "--max-new-tokens", "128", "--batch-size", "8")),
     ("kld_overhead.py", ("--chunks", "16")),
 )
-
-import numpy as np
 
 METHODS = ["", "+rtn:w4g16", "+gptq:w4g16,act", "+awq:w4g16", "+smoothquant:a0.5", "+kv:int4", "+wanda:0.5",
            "+2:4", "+noise:0.05", "+drop:last1"]  # fmt: skip
