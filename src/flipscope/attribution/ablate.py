@@ -25,6 +25,7 @@ class WeightBank:
         self.modules = dict(linear_layers(model)) if modules is None else dict(modules)  # name → module with .weight
         self.baseline = {n: m.weight.detach().clone() for n, m in self.modules.items()}
         self.versions: dict[str, dict[str, Any]] = {}
+        self.assignment: dict[str, str] = {}  # what ``use`` set last: Linear name → version (baseline: left out)
 
     def capture(self, name: str, apply: Callable[[], None]) -> list[str]:
         """Run ``apply`` (which rewrites weights in place), keep the Linear weights it changed as version ``name``,
@@ -60,6 +61,12 @@ class WeightBank:
                 version = assignment.get(name, "baseline")
                 source = self.baseline[name] if version == "baseline" else self.versions[version].get(name)
                 module.weight.copy_(self.baseline[name] if source is None else source)
+        kept = {n: v for n, v in assignment.items() if n in self.modules and v != "baseline"}
+        self.assignment = {n: v for n, v in kept.items() if self.versions[v].get(n) is not None}
+
+    def changed(self) -> list[Any]:
+        """The Linear modules that do not hold their baseline weights now."""
+        return [self.modules[n] for n in self.assignment]
 
 
 def capture_compression(bank: WeightBank, spec: ModelSpec, backend: Any, name: str = "candidate") -> list[str]:
@@ -119,8 +126,26 @@ class CorpusMeter:
     batch: int = 1
     rows: int = 256
     offset: int = 0
+    bank: WeightBank | None = None  # with ``inputs``: measure from the first block the bank changed (``resume``)
+    inputs: Any = None  # attribution.resume.BlockInputs of the backend's model, captured on this meter's windows
 
     def __call__(self) -> WindowKL:
+        first = self.inputs.first_block(self.bank.changed()) if self.bank and self.inputs is not None else None
+        if not first:  # None: a change outside the blocks (or none); 0: the first block — the full forward
+            return self._measure()
+        assert self.bank is not None
+        if not self.inputs.inputs:  # captured once, on the baseline's weights
+            kept = dict(self.bank.assignment)
+            self.bank.use({})
+            with self.inputs.capturing():
+                self._measure()
+            self.bank.use(kept)
+        if not self.inputs.inputs:  # over the memory budget
+            return self._measure()
+        with self.inputs.resumed(first):
+            return self._measure()
+
+    def _measure(self) -> WindowKL:
         from flipscope.metrics.corpus_stats import finite_windows
         from flipscope.metrics.windows import window_means
         from flipscope.passes.kld import score_candidate

@@ -35,6 +35,7 @@ class AblationSettings:
     dtype: str = "float32"
     batch: int = 1
     cache_dir: str | None = None  # where kld's baseline stores live (default: the flipscope cache)
+    resume: bool = True  # an ablation recomputes from its first changed block on (the blocks' inputs captured once)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,13 +155,17 @@ def open_session(spec: ModelSpec, settings: AblationSettings, shown: Display, *,
             f"{spec.label()}: attribution swaps weights inside a transformers model",
             fix="give an hf: or bundled: baseline",
         )
-    meters = []
+    from flipscope.attribution.resume import BlockInputs
+
+    bank, meters = WeightBank(backend.model), []
     for m in measured:
         m.stored.check_matches(tokenizer_fingerprint=backend.info.tokenizer_fingerprint,
                                vocab_size=backend.info.vocab_size, corpus_sha256=m.windows.sha256,
                                label=spec.label())  # fmt: skip
-        meters.append(CorpusMeter(backend, m.stored, m.plan, settings.batch, offset=m.offset))
-    session = Session(spec, backend, WeightBank(backend.model), meters[0], measured[0].windows)
+        inputs = BlockInputs(backend.model) if settings.resume else None
+        meters.append(CorpusMeter(backend, m.stored, m.plan, settings.batch, offset=m.offset, bank=bank,
+                                  inputs=inputs if inputs is not None and inputs.usable else None))  # fmt: skip
+    session = Session(spec, backend, bank, meters[0], measured[0].windows)
     if evaluation is not None:
         session.eval_meter, session.eval_windows = meters[1], measured[1].windows
     return session
