@@ -70,8 +70,8 @@ BENCHMARKS = (
         script="kld_overhead",
     ),
     Benchmark(
-        "advise_cache",
-        "advise twice with two budgets: the second reads the first's sensitivities (whole process each)",
+        "advise_speed",
+        "advise: full-forward ablations vs from the first changed block vs a second budget (whole process each)",
         ("--chunks", "2", "--ctx", "128"),
         ("--chunks", "4", "--ctx", "256"),
     ),
