@@ -5,7 +5,8 @@ Each phase runs in a fresh process (so its peak RSS is its own), on the same mod
 - bare: load the model, then one plain evaluation per window — transformers: a forward pass with full logits;
   llama.cpp (``--engine gguf``): a decode with logits at the scored half of the window, as llama-perplexity asks
   for them, read in place through llama-cpp-python. This is the limit;
-- kld, candidate: ``flipscope.kld`` for the candidate against a compact baseline store built beforehand;
+- kld, candidate: ``flipscope.kld`` for the candidate against a compact baseline store built beforehand (the
+  candidate's own stored columns removed first: they would be read back, not measured);
 - kld, whole: ``flipscope.kld`` from an empty cache (the baseline's store, then the candidate);
 - llama-perplexity (``--engine gguf``, where the binary is on PATH): its baseline pass writing the
   ``--kl-divergence-base`` file, then its ``--kl-divergence`` pass, on the same text and window size.
@@ -144,6 +145,7 @@ def main() -> None:
         for _ in range(2):  # alternate, twice each, and keep each phase's best
             for spec in (args.baseline, args.baseline + args.candidate):
                 runs.setdefault(f"bare {spec}", []).append(phase("--phase", "bare", "--spec", spec, *sizes))
+            shutil.rmtree(Path(cache) / "candidates", ignore_errors=True)  # kld keeps the candidate's columns too
             runs.setdefault("kld candidate", []).append(phase("--phase", "kld", "--cache", cache, *models))
             with tempfile.TemporaryDirectory() as empty:
                 runs.setdefault("kld whole", []).append(phase("--phase", "kld", "--cache", empty, *models))
