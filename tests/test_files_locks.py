@@ -312,6 +312,30 @@ def test_a_complete_pass_is_never_replaced_by_another(tmp_path: Path) -> None:
     assert loaded is not None and loaded.scores == second.scores
 
 
+def test_a_pass_deleted_while_it_is_read_is_no_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stored pass's chunks are deleted once merged; a process that saw a chunk complete and reads it as another
+    deletes it gets None (and keeps or scores its own), not a FileNotFoundError — seen in the sharded jobs test."""
+    import shutil
+
+    from flipscope.store import PassStore, passes
+
+    store = PassStore(tmp_path / "passes")
+    first, second = _pass("k.part00000", -1.0), _pass("k.part00000", -2.0)
+    store.save(first)
+    real = passes._complete
+
+    def merged_meanwhile(folder: Path) -> bool:  # complete when looked at, deleted before its files are read
+        seen = real(folder)
+        if seen and folder.name == "k.part00000" and (folder / "scores.parquet").exists():
+            shutil.rmtree(folder)
+        return seen
+
+    monkeypatch.setattr(passes, "_complete", merged_meanwhile)
+    assert store.load("k.part00000") is None
+    store.save(first)
+    assert store.save(second).scores == second.scores  # its own: the stored one went while being read
+
+
 def test_two_runs_cannot_share_an_out_folder(tmp_path: Path, other_process: Any) -> None:
     from flipscope.store.run_dir import check_out, claim_run_dir
 

@@ -159,6 +159,14 @@ class PassStore:
         return _complete(self.path(key))
 
     def load(self, key: str) -> PassResult | None:
+        """The pass stored under ``key``; None where there is none — or where it went while being read (another
+        process merged a stored pass's chunks and deleted them): the caller scores it, or keeps its own."""
+        try:
+            return self._read(key)
+        except FileNotFoundError:
+            return None
+
+    def _read(self, key: str) -> PassResult | None:
         folder = self.path(key)
         if not self.has(key):
             return None
