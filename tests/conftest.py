@@ -85,8 +85,9 @@ def make_tokenizer(folder: Path, vocab_size: int, corpus: Sequence[str] = CORPUS
     fast.save_pretrained(folder)
 
 
-def make_tiny_llama(folder: Path, *, seed: int = 0, vocab_size: int = 320, corpus: Sequence[str] = CORPUS) -> Path:
-    """A 2-layer Llama with random weights and a BPE tokenizer trained on a few sentences."""
+def make_tiny_llama(folder: Path, *, seed: int = 0, vocab_size: int = 320, corpus: Sequence[str] = CORPUS,
+                    layers: int = 2) -> Path:  # fmt: skip
+    """A Llama of ``layers`` layers with random weights and a BPE tokenizer trained on a few sentences."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -99,7 +100,7 @@ def make_tiny_llama(folder: Path, *, seed: int = 0, vocab_size: int = 320, corpu
         vocab_size=n_vocab,
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,

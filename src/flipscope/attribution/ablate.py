@@ -30,14 +30,25 @@ class WeightBank:
     def capture(self, name: str, apply: Callable[[], None]) -> list[str]:
         """Run ``apply`` (which rewrites weights in place), keep the Linear weights it changed as version ``name``,
         restore the baseline; returns the changed layers. Refuses methods that replace the Linear modules."""
-        apply()
         import torch
 
+        held = {id(m.weight) for m in self.modules.values()}
+        others = {n: p for n, p in self.model.named_parameters() if id(p) not in held}
+        before = {n: _fingerprint(p) for n, p in others.items()}
+        apply()
+        moved = [n for n, p in others.items() if _fingerprint(p) != before[n]]
+        if moved:
+            self.use({})
+            raise FlipscopeError(
+                f"this compression also changes weights outside the Linear layers ({', '.join(moved[:3])}"
+                f"{', …' if len(moved) > 3 else ''}): swapping the Linear weights alone would not give its model",
+                fix="attribute a method that rewrites only Linear weights (rtn, hqq, gptq, ggml, wanda, …)",
+            )
         after = dict(linear_layers(self.model))
         if set(after) != set(self.modules) or any(after[n] is not self.modules[n] for n in after):
             raise FlipscopeError(
                 "this compression replaces the model's Linear layers: attribution swaps weights inside them",
-                fix="attribute a method that rewrites Linear weights in place (rtn, hqq, gptq, awq, ggml, wanda, …)",
+                fix="attribute a method that rewrites Linear weights in place (rtn, hqq, gptq, ggml, wanda, …)",
             )
         changed = [n for n, m in self.modules.items() if not torch.equal(m.weight, self.baseline[n])]
         self.versions[name] = {n: self.modules[n].weight.detach().clone() for n in changed}
@@ -67,6 +78,15 @@ class WeightBank:
     def changed(self) -> list[Any]:
         """The Linear modules that do not hold their baseline weights now."""
         return [self.modules[n] for n in self.assignment]
+
+
+def _fingerprint(p: Any) -> tuple[float, float]:
+    """Two sums of a parameter (float64): any change a compression makes to a weight moves them."""
+    total = square = 0.0
+    for part in p.detach().reshape(-1).split(1 << 22):  # 4M values at a time: no float64 copy of a whole embedding
+        values = part.double()
+        total, square = total + float(values.sum()), square + float((values * values).sum())
+    return total, square
 
 
 def capture_compression(bank: WeightBank, spec: ModelSpec, backend: Any, name: str = "candidate") -> list[str]:
@@ -134,14 +154,15 @@ class CorpusMeter:
         if not first:  # None: a change outside the blocks (or none); 0: the first block — the full forward
             return self._measure()
         assert self.bank is not None
-        if not self.inputs.inputs:  # captured once, on the baseline's weights
+        if not self.inputs.inputs:  # captured once, on the baseline's weights, and checked
             kept = dict(self.bank.assignment)
             self.bank.use({})
-            with self.inputs.capturing():
-                self._measure()
-            self.bank.use(kept)
-        if not self.inputs.inputs:  # over the memory budget
-            return self._measure()
+            try:
+                ready = self.inputs.prepare(self._measure, _same_windows)
+            finally:
+                self.bank.use(kept)
+            if not ready:
+                return self._measure()
         with self.inputs.resumed(first):
             return self._measure()
 
@@ -159,6 +180,11 @@ class CorpusMeter:
         ids, means = window_means(cols["window"], np.where(np.isin(cols["window"], bad), 0.0, cols["kl"]))
         kl = tuple(float("nan") if w in bad else float(v) for w, v in zip(ids, means, strict=True))
         return WindowKL(tuple(int(w) for w in ids), kl)
+
+
+def _same_windows(a: WindowKL, b: WindowKL) -> bool:
+    """The same windows and KLs equal to float rounding: a resumed measurement recomputes the same operations."""
+    return a.windows == b.windows and bool(np.allclose(a.kl, b.kl, rtol=1e-5, atol=1e-9, equal_nan=True))
 
 
 def correctness(backend: Any, requests: Iterable[Any], spans: list[tuple[int, int]], targets: list[int]) -> list[bool]:

@@ -176,7 +176,7 @@ def advise_gguf(baseline: str, settings: GGUFAdviseSettings, *, out: str | Path,
         model = session.backend.model
         hf = _hf_names(model, tensors, baseline)
         bank = WeightBank(model, {m: model.get_submodule(m) for m in hf.values()})
-        session.bank = bank
+        session.use_bank(bank)
         imatrix = _imatrix(settings, session, hf, Path(out))
         versions: dict[str, _Version] = {}
         with shown.progress("llama.cpp quantizations", len(types)) as advance:

@@ -7,7 +7,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,15 @@ class Session:
     windows: Windows
     eval_meter: Callable[[], WindowKL] | None = None
     eval_windows: Windows | None = None
+
+    def use_bank(self, bank: WeightBank) -> None:
+        """Swap weights through ``bank`` from now on (its meters measure from the first block it changes)."""
+        self.bank.use({})
+        self.bank = bank
+        for name in ("meter", "eval_meter"):
+            meter = getattr(self, name)
+            if isinstance(meter, CorpusMeter):
+                setattr(self, name, replace(meter, bank=bank))
 
     def close(self) -> None:
         self.bank.use({})
