@@ -3,17 +3,25 @@
 A request is prefix + prompt + k continuations; the context (prefix + prompt) is tokenised as one text and each
 continuation on its own. Requests are grouped by prefix (task header and few-shot examples): the prefix's tokens
 run once and their key/value cache is reused by every prompt of the group (a prefix used by a single request is
-simply part of its prompt). Prompts run in right-padded batches with explicit position ids;
-each prompt's last position predicts every continuation's first token, so single-token options (" A".." D") need
-no further pass. Longer options of the whole batch then run as one right-padded batch on top of their prompts'
-cache, with logits computed only at option positions and bounded by a memory budget. A request with a single
-multi-token option (Winogrande's per-option contexts, a free-form answer scored teacher-forced) runs prompt and
-option as one left-padded row instead: one pass, no cache copy.
+simply part of its prompt).
+
+Where the model allows it (``_hf_packed``: full attention, or rows within every window; a kernel that takes a custom
+mask; a probe on the model agreeing), a prompt and all its options run as one row under a mask, the items of many
+groups in one batch — one forward per batch, no copies of the prompt's keys and values per option.
+
+Otherwise the cache-copying path: prompts run in right-padded batches with explicit position ids; each prompt's last
+position predicts every continuation's first token, so single-token options (" A".." D") need no further pass.
+Longer options of the whole batch then run as one right-padded batch on top of their prompts' cache, with logits
+computed only at option positions and bounded by a memory budget. A request with a single multi-token option
+(Winogrande's per-option contexts, a free-form answer scored teacher-forced) runs prompt and option as one
+left-padded row instead. A window counts padding as positions, so a model with a bounded window runs one request
+per pass there.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
@@ -22,6 +30,7 @@ from typing import Any
 import torch
 
 from flipscope.errors import FlipscopeError
+from flipscope.models import _hf_packed as packing
 from flipscope.models.base import OptionScores, RowSink, nonfinite_scores
 from flipscope.models.hf_common import bos_prefix, cache_argument, context_ids
 from flipscope.tasks import ScoreRequest
@@ -84,6 +93,8 @@ class PrefixScorer:
         logits_budget: int = 64 << 20,
         batch_tokens: int = 512,
         max_batch: int = 16,
+        packed: bool = True,
+        cache_budget: int = 1 << 30,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -96,6 +107,11 @@ class PrefixScorer:
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.cache_kw = cache_argument(model)
         self.nonfinite: set[int] = set()  # requests of the current ``score`` call with NaN or infinite logits
+        self.packed = packed  # a prompt and its options in one row where the model allows it (``_hf_packed``)
+        self.cache_budget = cache_budget  # bytes of prefix keys/values held by packed scoring
+        # the cache-copying path pads rows, and a window counts padding as positions: one request per pass where a
+        # layer's window is bounded (then the cache is the one generation uses, and exact)
+        self.rows_per_pass = max_batch if packing.window(model) == math.inf else 1
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
@@ -107,6 +123,13 @@ class PrefixScorer:
             return DynamicCache(config=self.model.config)
         except TypeError:  # older transformers
             return DynamicCache()
+
+    @staticmethod
+    def full_cache() -> Any:
+        """A cache that keeps every position in every layer (the packed path's masks say what each query sees)."""
+        from transformers import DynamicCache
+
+        return DynamicCache()
 
     def _check(self, lse: torch.Tensor, index: int) -> None:
         """``lse``: the log-sum-exp of logits rows; NaN or +inf anywhere in a row shows up in it. Such a request
@@ -151,7 +174,7 @@ class PrefixScorer:
             width = max([len(it.prompt) for it in batch] + [len(item.prompt)])
             cache = (len(batch) + 1) * (past + width) * token_bytes
             if batch and (
-                len(batch) >= self.max_batch
+                len(batch) >= self.rows_per_pass
                 or (len(batch) + 1) * width > self.batch_tokens
                 or cache > self.logits_budget
             ):
@@ -267,7 +290,7 @@ class PrefixScorer:
             width = max(len(it.prompt) + len(it.options[0]) - 1 for it in group)
             longest = max(len(it.options[0]) for it in group)
             if batch and (
-                len(group) > self.max_batch
+                len(group) > self.rows_per_pass
                 or len(group) * width > self.batch_tokens
                 or len(group) * longest * vocab * 4 > self.logits_budget
                 or len(group) * (past + width) * token_bytes > self.logits_budget
@@ -321,7 +344,28 @@ class PrefixScorer:
     ) -> list[OptionScores]:
         results: list[OptionScores | None] = [None] * len(requests)
         self.nonfinite = set()
-        for prefix_ids, items in self._groups(requests):
+        limit = packing.pack_limit(self.model, self.cache_kw, self.full_cache, self.device) if self.packed else 0.0
+
+        def done(item: _Item, sums: list[tuple[float, bool]]) -> None:
+            results[item.index] = OptionScores(
+                tuple(v for v, _ in sums), tuple(len(t) for t in item.options), tuple(g for _, g in sums)
+            )
+            if advance is not None:
+                advance(1)
+
+        groups = list(self._groups(requests))
+        longest = max((len(p) + packing.row_length(it) for p, items in groups for it in items), default=0)
+        if limit and longest <= limit:
+            packer = packing.Packer(self.model, self.cache_kw, self.full_cache, self.device, self.pad, self.max_batch,
+                                    max(self.batch_tokens, 1024), self.logits_budget, self.cache_budget)  # fmt: skip
+            for item, per_option, lse in packer.run(groups):  # [T, V] per option
+                self._check(lse, item.index)
+                if rows is not None:
+                    for o, own in enumerate(per_option):
+                        rows(item.index, o, own.cpu().numpy())
+                done(item, [_option_score(own, t) for own, t in zip(per_option, item.options, strict=True)])
+            groups = []
+        for prefix_ids, items in groups:
             prefix_cache = None
             if prefix_ids:
                 prefix_cache = self.new_cache()
@@ -332,12 +376,9 @@ class PrefixScorer:
             for batch in self._folded_batches(folded, len(prefix_ids), token_bytes):
                 for b, option_rows in self._folded(batch, prefix_cache, len(prefix_ids)):  # [T, V]
                     item = batch[b]
-                    total, greedy = _option_score(option_rows, item.options[0])
                     if rows is not None:
                         rows(item.index, 0, option_rows.cpu().numpy())
-                    results[item.index] = OptionScores((total,), (len(item.options[0]),), (greedy,))
-                    if advance is not None:
-                        advance(1)
+                    done(item, [_option_score(option_rows, item.options[0])])
             items = [it for it in items if not (len(it.options) == 1 and len(it.options[0]) > 1)]
             for batch in self._batches(items, len(prefix_ids), token_bytes):
                 first, cache = self._prompts(batch, prefix_cache, len(prefix_ids))
@@ -348,10 +389,5 @@ class PrefixScorer:
                     if rows is not None:
                         rows(item.index, o, option_rows.cpu().numpy())
                 for b, item in enumerate(batch):
-                    mine = [sums[(b, o)] for o in range(len(item.options))]
-                    results[item.index] = OptionScores(
-                        tuple(v for v, _ in mine), tuple(len(t) for t in item.options), tuple(g for _, g in mine)
-                    )
-                    if advance is not None:
-                        advance(1)
+                    done(item, [sums[(b, o)] for o in range(len(item.options))])
         return nonfinite_scores([r for r in results if r is not None], self.nonfinite, self.label)
