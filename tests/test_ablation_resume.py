@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import make_tiny_llama
+from tests.conftest import make_tiny_llama
 
 
 @pytest.fixture(scope="module")

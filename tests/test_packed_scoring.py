@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import make_tokenizer
 from flipscope.tasks import ScoreRequest
+from tests.conftest import make_tokenizer
 
 HEADER = "The following are questions.\n\nQuestion: Mars?\nAnswer: planet\n\n"
 REQUESTS = [
