@@ -148,12 +148,12 @@ def test_a_sliding_window_shorter_than_a_row_keeps_the_cache_copying_path(
     assert _hf_packed.configured_limit(model) == 6
     calls = _counting(monkeypatch)
     scores, _ = _score(model, tokenizer, REQUESTS)
-    assert not calls
+    assert not calls and _hf_packed._PROBED[model][1] == 0.0
     reference = _reference(model, tokenizer, REQUESTS)
     for a, ref in zip(scores, reference, strict=True):
         assert a.logprobs == pytest.approx(ref, abs=1e-4)
     # packing forced on: the window is not what the mask says, and the numbers are wrong (the check has power)
-    monkeypatch.setitem(_hf_packed._PROBED, model, math.inf)
+    monkeypatch.setitem(_hf_packed._PROBED, model, (model.config._attn_implementation, math.inf))
     forced, _ = _score(model, tokenizer, REQUESTS)
     assert calls
     assert any(a.logprobs != pytest.approx(ref, abs=1e-3) for a, ref in zip(forced, reference, strict=True))
@@ -172,7 +172,7 @@ def test_a_forward_that_drops_the_mask_fails_the_probe_and_keeps_the_cache_copyi
 
     model.forward = careless
     scores, _ = _score(model, tokenizer, REQUESTS)
-    assert _hf_packed._PROBED[model] == 0.0
+    assert _hf_packed._PROBED[model][1] == 0.0
     for a, ref in zip(scores, _reference(model, tokenizer, REQUESTS), strict=True):
         assert a.logprobs == pytest.approx(ref, abs=1e-4)
 
@@ -204,3 +204,52 @@ def test_every_suite_task_scores_the_same_item_by_item_packed_or_not(task: str) 
             assert a == pytest.approx(b, abs=2e-4)
             assert [s.greedy for s in packed[at : at + n]] == [s.greedy for s in copied[at : at + n]]
             at += n
+
+
+def test_a_window_every_row_fits_in_is_probed_and_packed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Window 256: the probe runs on the sliding-window model and agrees, rows are packed, the numbers are the plain
+    passes'; the cache-copying path batches rows too (no padded row can pass the window)."""
+    from flipscope.models import LoadOptions, _hf_packed, load_backend, parse_spec
+    from flipscope.models._hf_score import PrefixScorer
+
+    folder = _sliding_model(tmp_path / "mistral", window=256)
+    backend = load_backend(parse_spec(f"hf:{folder}"), LoadOptions(device="cpu"))
+    model, tokenizer = backend.model, backend.tokenizer  # type: ignore[attr-defined]
+    calls = _counting(monkeypatch)
+    scores, _ = _score(model, tokenizer, REQUESTS)
+    assert calls and _hf_packed._PROBED[model][1] == 256
+    copying = PrefixScorer(model, tokenizer, "cpu", label="x", max_batch=16, packed=False)
+    copied = copying.score(REQUESTS)
+    assert copying.rows_per_pass == 16
+    for a, b, ref in zip(scores, copied, _reference(model, tokenizer, REQUESTS), strict=True):
+        assert a.logprobs == pytest.approx(ref, rel=1e-6, abs=1e-5)
+        assert b.logprobs == pytest.approx(ref, rel=1e-6, abs=1e-5)
+
+
+def test_windows_applied_inside_attention_and_batch_dependent_rotary_bound_the_packed_rows() -> None:
+    """GPT-Neo's local layers apply their window by key index inside attention (no sliding_window in the config);
+    longrope and dynamic rotary scaling switch frequencies for the whole batch past the original context."""
+    import torch
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from flipscope.models._hf_packed import configured_limit, window
+
+    neo = GPTNeoForCausalLM(GPTNeoConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, window_size=16,
+                                         attention_types=[[["global", "local"], 1]]))  # fmt: skip
+    assert window(neo) == 16
+    small = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
+    assert configured_limit(LlamaForCausalLM(LlamaConfig(**small))) == math.inf
+    dynamic = LlamaConfig(**small, max_position_embeddings=512, rope_scaling={"rope_type": "dynamic", "factor": 2.0})
+    assert configured_limit(LlamaForCausalLM(dynamic)) == 512
+    assert torch.get_default_dtype() == torch.float32
+
+
+def test_an_empty_context_is_refused_by_name(tiny_llama: Path) -> None:
+    from flipscope.errors import FlipscopeError
+    from flipscope.models import LoadOptions, load_backend, parse_spec
+
+    backend = load_backend(parse_spec(f"hf:{tiny_llama}"), LoadOptions(device="cpu"))
+    model, tokenizer = backend.model, backend.tokenizer  # type: ignore[attr-defined]
+    for packed in (True, False):
+        with pytest.raises(FlipscopeError, match="request 1 has an empty context"):
+            _score(model, tokenizer, [REQUESTS[0], ScoreRequest("", "", (" a b",))], packed=packed)

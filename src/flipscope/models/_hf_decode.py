@@ -108,7 +108,7 @@ class _Batch:
         cache.layers = self.slabs
         return cache
 
-    def rebuild(self, kept: list[int], joining: _Batch | None, prefix: int) -> None:
+    def rebuild(self, kept: list[int], joining: _Batch | None, prefix: int, *, force: bool = False) -> None:
         """Keep the rows at ``kept`` and add ``joining``'s (the shorter side padded with masked columns right after
         the prefix), in one copy; cache columns that no row attends any more are dropped."""
         import torch
@@ -116,7 +116,7 @@ class _Batch:
         if joining is not None and not self.rows:
             self.slabs, self.mask, self.rows = joining.slabs, joining.mask, joining.rows  # adopted, no copy
             return
-        if joining is None and len(kept) == len(self.rows):
+        if joining is None and len(kept) == len(self.rows) and not force:
             return
         chosen = [(self, kept)] + ([(joining, list(range(len(joining.rows))))] if joining is not None else [])
         sides = [(side, torch.tensor(picked, dtype=torch.long, device=side.mask.device)) for side, picked in chosen
@@ -142,6 +142,34 @@ class _Batch:
             slabs.append(_slab(k, v, self.spare))
             del k, v
         self.slabs, self.mask, self.rows = slabs, mask[:, columns], rows
+
+    def refill(self, kept: list[int], joining: _Batch | None, prefix: int) -> None:
+        """Rows that stopped give their slots to ``joining``'s rows in place — each joining row's own keys and values
+        written into its slot's last columns, the slot's other columns after the prefix masked — so the rows that
+        go on are not copied. Where that cannot be done (more rows join than leave, a joining row's suffix is wider
+        than the room after the prefix, or a third of the columns is attended by no row) the batch is rebuilt."""
+        free = [slot for slot in range(len(self.rows)) if slot not in set(kept)]
+        joined = len(joining.rows) if joining is not None else 0
+        if not self.rows or joining is None or not free or joined > len(free):
+            self.rebuild(kept, joining, prefix)
+            return
+        assert self.mask is not None and joining.mask is not None
+        width = self.mask.shape[1]
+        own = joining.mask[:, prefix:].sum(dim=1).tolist()  # each joining row's columns after the prefix
+        if max(own) > width - prefix:
+            self.rebuild(kept, joining, prefix)
+            return
+        for j, slot in enumerate(free[:joined]):
+            n, end = int(own[j]), joining.mask.shape[1]
+            for mine, theirs in zip(self.slabs, joining.slabs, strict=True):
+                mine.kbuf[slot, :, width - n : width] = theirs.keys[j, :, end - n : end]
+                mine.vbuf[slot, :, width - n : width] = theirs.values[j, :, end - n : end]
+            self.mask[slot, prefix:] = 0
+            self.mask[slot, width - n :] = 1
+            self.rows[slot] = joining.rows[j]
+        staying = sorted([*kept, *free[:joined]])
+        if len(staying) < len(self.rows) or 3 * int((~self.mask.bool().any(dim=0)).sum()) > width:
+            self.rebuild(staying, None, prefix, force=True)
 
 
 def _widen(tensor: Any, at: int, width: int) -> Any:
@@ -249,7 +277,7 @@ def decode(
         while waiting or batch.rows:
             free = batch_size - len(kept)
             joining = admit([waiting.popleft() for _ in range(min(free, len(waiting)))]) if waiting and free else None
-            batch.rebuild(kept, joining, prefix)
+            batch.refill(kept, joining, prefix)
             if not batch.rows:
                 kept = []
                 continue

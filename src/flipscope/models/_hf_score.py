@@ -21,7 +21,6 @@ per pass there.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
@@ -55,6 +54,10 @@ def _cache_bytes(cache: Any) -> int:
     else:  # older transformers
         tensors = [*getattr(cache, "key_cache", []), *getattr(cache, "value_cache", [])]
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+#: What bounds a padded row of the cache-copying path: the longest prefix, prompt and option of a call.
+_EXTENTS = (lambda p, it: len(p), lambda p, it: len(it.prompt), lambda p, it: max(len(o) for o in it.options))
 
 
 def _option_score(rows: torch.Tensor, ids: list[int]) -> tuple[float, bool]:
@@ -109,9 +112,7 @@ class PrefixScorer:
         self.nonfinite: set[int] = set()  # requests of the current ``score`` call with NaN or infinite logits
         self.packed = packed  # a prompt and its options in one row where the model allows it (``_hf_packed``)
         self.cache_budget = cache_budget  # bytes of prefix keys/values held by packed scoring
-        # the cache-copying path pads rows, and a window counts padding as positions: one request per pass where a
-        # layer's window is bounded (then the cache is the one generation uses, and exact)
-        self.rows_per_pass = max_batch if packing.window(model) == math.inf else 1
+        self.rows_per_pass = max_batch  # the cache-copying path's rows per pass (``score`` may lower it to 1)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
@@ -155,6 +156,9 @@ class PrefixScorer:
                 for i, context in zip(indices, contexts, strict=True)
             ]
             for item in items:
+                if shared + len(item.prompt) == 0:
+                    raise FlipscopeError(f"request {item.index} has an empty context (and the tokenizer adds no BOS)",
+                                         fix="give each request some context to continue")  # fmt: skip
                 if any(not option for option in item.options):
                     raise FlipscopeError(
                         f"request {item.index} has an option that encodes to no tokens", fix="remove empty options"
@@ -355,6 +359,10 @@ class PrefixScorer:
 
         groups = list(self._groups(requests))
         longest = max((len(p) + packing.row_length(it) for p, items in groups for it in items), default=0)
+        # the cache-copying path pads rows, and a window counts padding as positions: where a padded row could pass
+        # the model's window, one request per pass (then the cache is the one generation uses, and exact)
+        padded = sum(max((f(p, it) for p, items in groups for it in items), default=0) for f in _EXTENTS)
+        self.rows_per_pass = self.max_batch if padded < packing.window(self.model) else 1
         if limit and longest <= limit:
             packer = packing.Packer(self.model, self.cache_kw, self.full_cache, self.device, self.pad, self.max_batch,
                                     max(self.batch_tokens, 1024), self.logits_budget, self.cache_budget)  # fmt: skip
