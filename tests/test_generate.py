@@ -4,6 +4,7 @@ prompt, full forward pass per step, no cache) gives; each row stops on its own."
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -243,4 +244,42 @@ def test_sampling_near_zero_temperature_is_greedy(
     hot = backend.generate(requests, Decoding(max_new_tokens=8, temperature=1.0, seed=7))
     assert [g.text for g in cold] == [g.text for g in greedy]
     assert [g.text for g in hot] != [g.text for g in greedy]  # sampling did happen at T = 1
+    backend.close()
+
+
+def test_a_joining_row_takes_a_stopped_rows_slot_in_place(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows stop at different steps (a stop string, the length limit) and waiting prompts take their slots: written
+    into the freed slot, the other rows not copied (few rebuilds), each row's answer what it is alone — including a
+    joining prompt with a shared prefix and suffixes of different lengths."""
+    from flipscope.models import _hf_decode
+
+    copied: list[bool] = []  # per refill that had rows to let in: whether it rebuilt the batch
+    rebuild, refill = _hf_decode._Batch.rebuild, _hf_decode._Batch.refill
+
+    def spy_rebuild(self: Any, *args: Any, **kwargs: Any) -> None:
+        if copied:
+            copied[-1] = True
+        rebuild(self, *args, **kwargs)
+
+    def spy_refill(self: Any, kept: list[int], joining: Any, prefix: int) -> None:
+        running = len(self.rows) > len(kept) and joining is not None and bool(joining.rows)
+        copied.append(False)
+        refill(self, kept, joining, prefix)
+        if not running:
+            copied.pop()  # nothing joined into a running batch
+
+    monkeypatch.setattr(_hf_decode._Batch, "rebuild", spy_rebuild)
+    monkeypatch.setattr(_hf_decode._Batch, "refill", spy_refill)
+    prompts = [CONTEXT * 4 + p for p in [*PROMPTS, "Jupiter", "Why is the sky blue?", "Name a moon."]]
+    backend = load_backend(parse_spec(f"hf:{tiny_llama}"), LoadOptions(device="cpu", batch_size=2))
+    model, tok = backend.model, backend.tokenizer  # type: ignore[attr-defined]
+    free = [greedy_ids(model, tok.encode(p, add_special_tokens=False), 12) for p in prompts]
+    stop = tok.decode(free[0][3:5], skip_special_tokens=True)  # row 0 stops early; lengths differ
+    assert stop.strip()
+    decoding = Decoding(max_new_tokens=12, stop=(stop,))
+    together = backend.generate([GenRequest(p) for p in prompts], decoding)
+    in_place = copied.count(False)
+    alone = [backend.generate([GenRequest(p)], decoding)[0] for p in prompts]
+    assert together == alone
+    assert in_place >= 1  # a join took a stopped row's slot without copying the batch
     backend.close()

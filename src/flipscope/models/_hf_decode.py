@@ -150,8 +150,8 @@ class _Batch:
         than the room after the prefix, or a third of the columns is attended by no row) the batch is rebuilt."""
         free = [slot for slot in range(len(self.rows)) if slot not in set(kept)]
         joined = len(joining.rows) if joining is not None else 0
-        if not self.rows or joining is None or not free or joined > len(free):
-            self.rebuild(kept, joining, prefix)
+        if not self.rows or not joined or not free or joined > len(free):
+            self.rebuild(kept, joining if joined else None, prefix)
             return
         assert self.mask is not None and joining.mask is not None
         width = self.mask.shape[1]
