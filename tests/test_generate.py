@@ -253,20 +253,23 @@ def test_a_joining_row_takes_a_stopped_rows_slot_in_place(tiny_llama: Path, monk
     joining prompt with a shared prefix and suffixes of different lengths."""
     from flipscope.models import _hf_decode
 
-    copied: list[bool] = []  # per refill that had rows to let in: whether it rebuilt the batch
+    copied: list[bool] = []  # per refill that let rows into a running batch: whether it rebuilt the batch
+    inside = [False]
     rebuild, refill = _hf_decode._Batch.rebuild, _hf_decode._Batch.refill
 
     def spy_rebuild(self: Any, *args: Any, **kwargs: Any) -> None:
-        if copied:
+        if inside[0] and copied:
             copied[-1] = True
         rebuild(self, *args, **kwargs)
 
     def spy_refill(self: Any, kept: list[int], joining: Any, prefix: int) -> None:
-        running = len(self.rows) > len(kept) and joining is not None and bool(joining.rows)
+        running = len(self.rows) > len(kept) > 0 and joining is not None and bool(joining.rows)
         copied.append(False)
+        inside[0] = True
         refill(self, kept, joining, prefix)
+        inside[0] = False
         if not running:
-            copied.pop()  # nothing joined into a running batch
+            copied.pop()
 
     monkeypatch.setattr(_hf_decode._Batch, "rebuild", spy_rebuild)
     monkeypatch.setattr(_hf_decode._Batch, "refill", spy_refill)
@@ -281,5 +284,5 @@ def test_a_joining_row_takes_a_stopped_rows_slot_in_place(tiny_llama: Path, monk
     in_place = copied.count(False)
     alone = [backend.generate([GenRequest(p)], decoding)[0] for p in prompts]
     assert together == alone
-    assert in_place >= 1  # a join took a stopped row's slot without copying the batch
+    assert in_place >= 2 and in_place >= len(copied) // 2  # most joins took a stopped row's slot without a copy
     backend.close()

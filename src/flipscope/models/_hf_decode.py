@@ -146,30 +146,31 @@ class _Batch:
     def refill(self, kept: list[int], joining: _Batch | None, prefix: int) -> None:
         """Rows that stopped give their slots to ``joining``'s rows in place — each joining row's own keys and values
         written into its slot's last columns, the slot's other columns after the prefix masked — so the rows that
-        go on are not copied. Where that cannot be done (more rows join than leave, a joining row's suffix is wider
-        than the room after the prefix, or a third of the columns is attended by no row) the batch is rebuilt."""
+        go on are not copied. Where that cannot be done (as many rows must join as left, some row must go on, and a
+        joining row's columns must fit in the room after the prefix) the batch is rebuilt; it is compacted when
+        half the columns after the prefix are attended by no row, or before a row could outgrow the buffers."""
         free = [slot for slot in range(len(self.rows)) if slot not in set(kept)]
-        joined = len(joining.rows) if joining is not None else 0
-        if not self.rows or not joined or not free or joined > len(free):
-            self.rebuild(kept, joining if joined else None, prefix)
+        if joining is None or not joining.rows or not kept or len(joining.rows) != len(free):
+            self.rebuild(kept, joining if joining is not None and joining.rows else None, prefix)
             return
         assert self.mask is not None and joining.mask is not None
-        width = self.mask.shape[1]
+        width, end = self.mask.shape[1], joining.mask.shape[1]
         own = joining.mask[:, prefix:].sum(dim=1).tolist()  # each joining row's columns after the prefix
         if max(own) > width - prefix:
             self.rebuild(kept, joining, prefix)
             return
-        for j, slot in enumerate(free[:joined]):
-            n, end = int(own[j]), joining.mask.shape[1]
+        for j, slot in enumerate(free):
+            n = int(own[j])
             for mine, theirs in zip(self.slabs, joining.slabs, strict=True):
                 mine.kbuf[slot, :, width - n : width] = theirs.keys[j, :, end - n : end]
                 mine.vbuf[slot, :, width - n : width] = theirs.values[j, :, end - n : end]
             self.mask[slot, prefix:] = 0
             self.mask[slot, width - n :] = 1
             self.rows[slot] = joining.rows[j]
-        staying = sorted([*kept, *free[:joined]])
-        if len(staying) < len(self.rows) or 3 * int((~self.mask.bool().any(dim=0)).sum()) > width:
-            self.rebuild(staying, None, prefix, force=True)
+        dead = int((~self.mask.bool().any(dim=0)).sum())
+        room = self.slabs[0].kbuf.shape[-2] - width if self.slabs else self.spare
+        if dead and (2 * dead > width - prefix or room < self.spare):
+            self.rebuild(list(range(len(self.rows))), None, prefix, force=True)
 
 
 def _widen(tensor: Any, at: int, width: int) -> Any:
