@@ -81,8 +81,8 @@ def _slab_class() -> type:
 
         def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
             n = key_states.shape[-2]
-            if self.length + n > self.kbuf.shape[-2]:
-                self._fill(self.keys, self.values, max(n, self.length))
+            if self.length + n > self.kbuf.shape[-2]:  # a refilled row outlives the room: grow by a quarter
+                self._fill(self.keys, self.values, max(n, self.length // 4))
             self.kbuf[:, :, self.length : self.length + n] = key_states
             self.vbuf[:, :, self.length : self.length + n] = value_states
             self.length += n
@@ -146,20 +146,21 @@ class _Batch:
     def refill(self, kept: list[int], joining: _Batch | None, prefix: int) -> None:
         """Rows that stopped give their slots to ``joining``'s rows in place — each joining row's own keys and values
         written into its slot's last columns, the slot's other columns after the prefix masked — so the rows that
-        go on are not copied. Where that cannot be done (as many rows must join as left, some row must go on, and a
-        joining row's columns must fit in the room after the prefix) the batch is rebuilt; it is compacted when
-        half the columns after the prefix are attended by no row, or before a row could outgrow the buffers."""
+        go on are not copied. Where that cannot be done (no row goes on, more rows join than left, or a joining
+        row's columns do not fit in the room after the prefix) the batch is rebuilt; it is compacted when rows left
+        without a replacement or when a third of its columns is attended by no row."""
         free = [slot for slot in range(len(self.rows)) if slot not in set(kept)]
-        if joining is None or not joining.rows or not kept or len(joining.rows) != len(free):
-            self.rebuild(kept, joining if joining is not None and joining.rows else None, prefix)
+        joined = len(joining.rows) if joining is not None else 0
+        if not kept or not joined or len(free) < joined:
+            self.rebuild(kept, joining if joined else None, prefix)
             return
-        assert self.mask is not None and joining.mask is not None
+        assert self.mask is not None and joining is not None and joining.mask is not None
         width, end = self.mask.shape[1], joining.mask.shape[1]
         own = joining.mask[:, prefix:].sum(dim=1).tolist()  # each joining row's columns after the prefix
         if max(own) > width - prefix:
             self.rebuild(kept, joining, prefix)
             return
-        for j, slot in enumerate(free):
+        for j, slot in enumerate(free[:joined]):
             n = int(own[j])
             for mine, theirs in zip(self.slabs, joining.slabs, strict=True):
                 mine.kbuf[slot, :, width - n : width] = theirs.keys[j, :, end - n : end]
@@ -167,10 +168,9 @@ class _Batch:
             self.mask[slot, prefix:] = 0
             self.mask[slot, width - n :] = 1
             self.rows[slot] = joining.rows[j]
-        dead = int((~self.mask.bool().any(dim=0)).sum())
-        room = self.slabs[0].kbuf.shape[-2] - width if self.slabs else self.spare
-        if dead and (2 * dead > width - prefix or room < self.spare):
-            self.rebuild(list(range(len(self.rows))), None, prefix, force=True)
+        staying = sorted([*kept, *free[:joined]])
+        if len(staying) < len(self.rows) or 3 * int((~self.mask.bool().any(dim=0)).sum()) > width:
+            self.rebuild(staying, None, prefix, force=True)
 
 
 def _widen(tensor: Any, at: int, width: int) -> Any:
