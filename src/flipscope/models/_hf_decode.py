@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flipscope.models.base import Decoding, cut_at_stop
-from flipscope.models.hf_common import cache_argument
+from flipscope.models.hf_common import cache_argument, cache_layers
 
 
 def supported(model: Any) -> bool:
@@ -228,7 +228,7 @@ def decode(
             ids = torch.tensor([encoded[0][:prefix]], device=device)  # [1, P]
             cache: Any = DynamicCache()
             model(input_ids=ids, use_cache=True, logits_to_keep=1, **{kw: cache})
-            head = [(layer.keys, layer.values) for layer in cache.layers]  # [1, H, P, D] each
+            head = cache_layers(cache)  # [1, H, P, D] each
 
         batch = _Batch(spare=decoding.max_new_tokens)
         results: list[Any] = [None] * len(encoded)

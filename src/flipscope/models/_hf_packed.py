@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from flipscope.models.hf_common import cache_layers
+
 log = logging.getLogger(__name__)
 
 #: Models already probed: model → (its attention kernel then, the longest row, cached prefix included, a packed row is
@@ -89,9 +91,7 @@ def layout(items: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]], pasts
 def prefix_state(model: Any, cache_kw: str, cache: Any, ids: Sequence[int], device: str) -> list[tuple[Any, Any]]:
     """Run ``ids`` into the empty ``cache``; each layer's keys and values [1, heads, P, d]."""
     model(input_ids=torch.tensor([list(ids)], device=device), use_cache=True, logits_to_keep=1, **{cache_kw: cache})
-    if hasattr(cache, "layers"):
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    return list(zip(cache.key_cache, cache.value_cache, strict=True))  # older transformers
+    return cache_layers(cache)
 
 
 def stacked_cache(cache: Any, states: Sequence[list[tuple[Any, Any]] | None]) -> Any:
@@ -247,7 +247,8 @@ def row_length(item: Any) -> int:
     return len(item.prompt) + sum(len(o) - 1 for o in item.options)
 
 
-def _state_bytes(state: list[tuple[Any, Any]] | None) -> int:
+def state_bytes(state: list[tuple[Any, Any]] | None) -> int:
+    """Bytes held by layers' keys and values (``cache_layers``, ``prefix_state``)."""
     return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in state or [])
 
 
@@ -284,7 +285,7 @@ class Packer:
                 yield from self._wave(wave)
                 wave, held = [], 0
             state = prefix_state(self.model, self.cache_kw, self.new_cache(), prefix, self.device) if prefix else None
-            size = _state_bytes(state)
+            size = state_bytes(state)
             per_token = per_token or (size / len(prefix) if prefix else 0.0)
             wave += [_Entry(item, state, len(prefix)) for item in items]
             held += size
@@ -299,7 +300,7 @@ class Packer:
         """Similar lengths together, across groups: bounded in rows, padded tokens, padding, kept log-probs and
         stacked prefix copies."""
         vocab = int(self.model.config.get_text_config().vocab_size)
-        token_bytes = max((_state_bytes(e.state) / e.past for e in entries if e.state is not None), default=0.0)
+        token_bytes = max((state_bytes(e.state) / e.past for e in entries if e.state is not None), default=0.0)
         batch: list[_Entry] = []
         kept = real = 0
         for entry in sorted(entries, key=lambda e: row_length(e.item)):

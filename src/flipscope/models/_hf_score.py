@@ -31,7 +31,7 @@ import torch
 from flipscope.errors import FlipscopeError
 from flipscope.models import _hf_packed as packing
 from flipscope.models.base import OptionScores, RowSink, nonfinite_scores
-from flipscope.models.hf_common import bos_prefix, cache_argument, context_ids
+from flipscope.models.hf_common import bos_prefix, cache_argument, cache_layers, context_ids
 from flipscope.tasks import ScoreRequest
 
 
@@ -49,11 +49,7 @@ def _select_rows(cache: Any, indices: torch.Tensor) -> Any:
 
 def _cache_bytes(cache: Any) -> int:
     """Bytes held by a key/value cache's tensors."""
-    if hasattr(cache, "layers"):
-        tensors = [t for layer in cache.layers for t in (getattr(layer, "keys", None), getattr(layer, "values", None))]
-    else:  # older transformers
-        tensors = [*getattr(cache, "key_cache", []), *getattr(cache, "value_cache", [])]
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    return packing.state_bytes(cache_layers(cache))
 
 
 #: What bounds a padded row of the cache-copying path: the longest prefix, prompt and option of a call.

@@ -110,6 +110,16 @@ def tokenizer_prompt(tokenizer: Any, request: GenRequest) -> PromptTokens:
     return PromptTokens(text, tuple(ids), tuple(token_texts(tokenizer, ids)), chat=request.chat and chat)
 
 
+def cache_layers(cache: Any) -> list[tuple[Any, Any]]:
+    """Each filled layer's (keys, values) [B, heads, T, d] of a transformers key/value cache: ``cache.layers`` in
+    transformers ≥ 4.56, ``key_cache``/``value_cache`` before."""
+    if hasattr(cache, "layers"):
+        pairs = [(getattr(layer, "keys", None), getattr(layer, "values", None)) for layer in cache.layers]
+    else:  # older transformers
+        pairs = list(zip(getattr(cache, "key_cache", []), getattr(cache, "value_cache", []), strict=True))
+    return [(k, v) for k, v in pairs if k is not None and v is not None]
+
+
 def cache_argument(model: Any) -> str:
     """The name of the forward pass's key/value cache argument: ``cache`` in transformers ≥ 5.x (which warns on the
     old name), ``past_key_values`` before."""
