@@ -52,10 +52,6 @@ def _cache_bytes(cache: Any) -> int:
     return packing.state_bytes(cache_layers(cache))
 
 
-#: What bounds a padded row of the cache-copying path: the longest prefix, prompt and option of a call.
-_EXTENTS = (lambda p, it: len(p), lambda p, it: len(it.prompt), lambda p, it: max(len(o) for o in it.options))
-
-
 def _option_score(rows: torch.Tensor, ids: list[int]) -> tuple[float, bool]:
     """rows: log-probs [T, V] predicting the option's T tokens ``ids`` → (their summed log-probability, whether
     each is its row's argmax: the option is the greedy decoding; ``argmax`` gives a tie to the lowest id)."""
@@ -357,7 +353,7 @@ class PrefixScorer:
         longest = max((len(p) + packing.row_length(it) for p, items in groups for it in items), default=0)
         # the cache-copying path pads rows, and a window counts padding as positions: where a padded row could pass
         # the model's window, one request per pass (then the cache is the one generation uses, and exact)
-        padded = sum(max((f(p, it) for p, items in groups for it in items), default=0) for f in _EXTENTS)
+        padded = _padded_bound(groups)
         self.rows_per_pass = self.max_batch if padded < packing.window(self.model) else 1
         if limit and longest <= limit:
             packer = packing.Packer(self.model, self.cache_kw, self.full_cache, self.device, self.pad, self.max_batch,
@@ -395,3 +391,12 @@ class PrefixScorer:
                 for b, item in enumerate(batch):
                     done(item, [sums[(b, o)] for o in range(len(item.options))])
         return nonfinite_scores([r for r in results if r is not None], self.nonfinite, self.label)
+
+
+def _padded_bound(groups: list[tuple[list[int], list[_Item]]]) -> int:
+    """What no padded row of the cache-copying path can pass: the longest prefix + prompt + option of a call."""
+    entries = [(p, it) for p, items in groups for it in items]
+    prefix = max((len(p) for p, _ in entries), default=0)
+    prompt = max((len(it.prompt) for _, it in entries), default=0)
+    option = max((len(o) for _, it in entries for o in it.options), default=0)
+    return prefix + prompt + option
