@@ -70,13 +70,13 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_packed_rows_score_as_the_cache_copying_path_and_one_pass_per_option(
     tiny_llama: Path, monkeypatch: pytest.MonkeyPatch, max_batch: int
 ) -> None:
-    from flipscope.models import LoadOptions, load_backend, parse_spec
+    from flipscope.models import LoadOptions, _hf_packed, load_backend, parse_spec
 
     backend = load_backend(parse_spec(f"hf:{tiny_llama}"), LoadOptions(device="cpu"))
     model, tokenizer = backend.model, backend.tokenizer  # type: ignore[attr-defined]
     calls = _counting(monkeypatch)
     packed, packed_rows = _score(model, tokenizer, REQUESTS, max_batch=max_batch)
-    assert calls  # the packed path ran
+    assert calls and _hf_packed._PROBED[model][1] == math.inf  # the probe agreed and the packed path ran
     copied, copied_rows = _score(model, tokenizer, REQUESTS, max_batch=max_batch, packed=False)
     for a, b, ref in zip(packed, copied, _reference(model, tokenizer, REQUESTS), strict=True):
         assert a.logprobs == pytest.approx(b.logprobs, rel=1e-6, abs=1e-5)
